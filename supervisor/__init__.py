@@ -1,0 +1,49 @@
+"""supervisor: a fixed-tick game-server supervisor runtime on trio.
+
+The core -- the tick loop, SafeCall, phases and snapshots (``_supervisor``,
+``_safecall``, ``_timing``, ``_phase``, ``_snapshot``) -- imports nothing
+from the layers built on it: the CLI (``_cli``), the HTTP API, the optimizer
+and logging set-up. A plugin author imports from ``supervisor`` (and
+``supervisor.testing``) and nowhere else.
+"""
+
+from ._config import Config, Profile
+from ._context import Context
+from ._errors import (
+    ConfigError,
+    DependencyError,
+    PhaseError,
+    PluginError,
+    StartupError,
+    StepInterrupted,
+    StepTimeout,
+    SupervisorError,
+)
+from ._histogram import HistogramStats
+from ._logging import configure_logging
+from ._phase import Phase
+from ._safecall import ErrorGroup, ErrorRecord
+from ._supervisor import RunSummary, Supervisor, SupervisorStats, SystemStats
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Context",
+    "DependencyError",
+    "ErrorGroup",
+    "ErrorRecord",
+    "HistogramStats",
+    "Phase",
+    "PhaseError",
+    "PluginError",
+    "Profile",
+    "RunSummary",
+    "StartupError",
+    "StepInterrupted",
+    "StepTimeout",
+    "Supervisor",
+    "SupervisorError",
+    "SupervisorStats",
+    "SystemStats",
+    "configure_logging",
+]

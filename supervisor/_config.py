@@ -1,0 +1,575 @@
+"""Config: TOML in, frozen attrs classes out, every mistake named.
+
+A config is built by factories (``Config.from_toml`` -> ``Config.from_mapping``),
+never ``Config(**raw)``: each section checks its keys against the fields it
+knows, suggests the nearest one for a typo, and checks each value's type and
+range. ``SUPERVISOR_<SECTION>_<KEY>`` environment variables override the file,
+and ``[phases.NAME]`` tables are overlays validated at load time and applied
+when that phase is entered.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import attrs
+
+from ._errors import ConfigError
+from ._phase import Phase
+
+__all__ = [
+    "ApiConfig",
+    "Config",
+    "FeaturesConfig",
+    "LoggingConfig",
+    "Profile",
+    "RecoveryConfig",
+    "SupervisorConfig",
+    "SystemsConfig",
+    "TokenConfig",
+    "WatchdogConfig",
+]
+
+_MISSING = object()
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; known keys: {', '.join(sorted(known))}"
+
+
+def _typename(kind: Any) -> str:
+    if kind is float:
+        return "a number"
+    if kind is int:
+        return "an integer"
+    if kind is bool:
+        return "true or false"
+    if kind is str:
+        return "a string"
+    return "a list of strings"
+
+
+def _check_value(value: Any, field: attrs.Attribute[Any], where: str, source: str) -> Any:
+    """Check one value against a field's ``kind``/``choices``/``min``/``max`` metadata."""
+    meta = field.metadata
+    kind = meta.get("kind", str)
+    ok: bool
+    if kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is str:
+        ok = isinstance(value, str)
+    elif kind is tuple:
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        if ok:
+            value = tuple(value)
+    else:  # pragma: no cover - a field declared with an unknown kind is our bug
+        raise AssertionError(kind)
+    if meta.get("optional") and value is None:
+        return None
+    if not ok:
+        raise ConfigError(f"expected {_typename(kind)}, got {value!r}", source=source, key=where)
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(
+            f"{value!r} is not one of {', '.join(map(repr, choices))}", source=source, key=where
+        )
+    low = meta.get("min")
+    if low is not None and value < low:
+        raise ConfigError(f"{value!r} is below the minimum {low!r}", source=source, key=where)
+    high = meta.get("max")
+    if high is not None and value > high:
+        raise ConfigError(f"{value!r} is above the maximum {high!r}", source=source, key=where)
+    return value
+
+
+def _f(default: Any, kind: Any, **meta: Any) -> Any:
+    return attrs.field(default=default, metadata={"kind": kind, **meta})
+
+
+class _Section:
+    """Mixin: build an attrs section from a mapping, rejecting unknown keys."""
+
+    section: ClassVar[str]
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], *, source: str = "<config>") -> Self:
+        """Build the section from ``raw``.
+
+        Raises:
+            ConfigError: a key is unknown (the nearest known key is suggested),
+                or a value has the wrong type or is out of range.
+        """
+        if not isinstance(raw, Mapping):
+            raise ConfigError("expected a table", source=source, key=cls.section)
+        fields = {f.name: f for f in attrs.fields(cls)}  # type: ignore[arg-type]
+        kwargs: dict[str, Any] = {}
+        for key, value in raw.items():
+            field = fields.get(key)
+            if field is None or field.metadata.get("internal"):
+                known = [n for n, f in fields.items() if not f.metadata.get("internal")]
+                raise ConfigError(
+                    "unknown key" + _suggest(key, known), source=source, key=f"{cls.section}.{key}"
+                )
+            kwargs[key] = _check_value(value, field, f"{cls.section}.{key}", source)
+        try:
+            return cls(**kwargs)
+        except ValueError as exc:
+            raise ConfigError(str(exc), source=source, key=cls.section) from None
+
+
+@attrs.frozen(kw_only=True)
+class SupervisorConfig(_Section):
+    """The ``[supervisor]`` section: phase, rate, overrun policy, state."""
+
+    section: ClassVar[str] = "supervisor"
+
+    phase: str = _f("development", str, choices=("development", "testing", "production"))
+    profile: str = _f("auto", str)
+    tick_rate: float | None = _f(None, float, optional=True, min=0.1, max=10_000.0)
+    overrun: str = _f("catch_up", str, choices=("catch_up", "skip"))
+    max_catch_up: int = _f(5, int, min=0, max=10_000)
+    state_dir: str = _f("var", str)
+    snapshot_interval: float = _f(5.0, float, min=0.0)
+    snapshot_generations: int = _f(3, int, min=1, max=1000)
+    budget_fraction: float | None = _f(None, float, optional=True, min=0.01, max=1.0)
+    stop_timeout: float = _f(2.0, float, min=0.0)
+
+
+@attrs.frozen(kw_only=True)
+class RecoveryConfig(_Section):
+    """The ``[recovery]`` section: SafeCall's policy, per system."""
+
+    section: ClassVar[str] = "recovery"
+
+    max_restarts: int = _f(5, int, min=0)
+    window_seconds: float = _f(30.0, float, min=0.0)
+    critical_error_limit: int = _f(3, int, min=1)
+    history: int = _f(100, int, min=1, max=1_000_000)
+    backoff_initial: float = _f(1.0, float, min=0.0)
+    backoff_max: float = _f(60.0, float, min=0.0)
+    traceback_limit: int = _f(20, int, min=0, max=1000)
+
+    def __attrs_post_init__(self) -> None:
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError("backoff_max must be at least backoff_initial")
+
+
+@attrs.frozen(kw_only=True)
+class WatchdogConfig(_Section):
+    """The ``[watchdog]`` section: hang detection on a real thread."""
+
+    section: ClassVar[str] = "watchdog"
+
+    hang_timeout: float = _f(0.25, float, min=0.001)
+    kill_timeout: float = _f(1.0, float, min=0.001)
+
+    def __attrs_post_init__(self) -> None:
+        if self.kill_timeout < self.hang_timeout:
+            raise ValueError("kill_timeout must be at least hang_timeout")
+
+
+@attrs.frozen(kw_only=True)
+class FeaturesConfig(_Section):
+    """The ``[features]`` section: feature flags, overridable per phase."""
+
+    section: ClassVar[str] = "features"
+
+    optimizer: bool = _f(True, bool)
+    watchdog: bool = _f(True, bool)
+    redaction: bool | None = _f(None, bool, optional=True)
+    api: bool = _f(True, bool)
+    precise_timing: bool = _f(True, bool)
+
+
+@attrs.frozen(kw_only=True)
+class LoggingConfig(_Section):
+    """The ``[logging]`` section."""
+
+    section: ClassVar[str] = "logging"
+
+    format: str = _f("auto", str, choices=("auto", "console", "json"))
+    level: str = _f("info", str, choices=("debug", "info", "warning", "error"))
+
+
+@attrs.frozen(kw_only=True)
+class TokenConfig:
+    """One API token: a name, a role, and the sha256 of the secret."""
+
+    name: str
+    role: str
+    sha256: str
+
+
+@attrs.frozen(kw_only=True)
+class ApiConfig(_Section):
+    """The ``[api]`` section: where the HTTP API listens and who may use it."""
+
+    section: ClassVar[str] = "api"
+
+    listen: str = _f("unix:var/supervisor.sock", str)
+    audit_log: str = _f("var/audit.jsonl", str)
+    max_body: int = _f(65536, int, min=1, max=16 * 1024 * 1024)
+    tokens: tuple[TokenConfig, ...] = attrs.field(default=(), metadata={"internal": True})
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], *, source: str = "<config>") -> Self:
+        if not isinstance(raw, Mapping):
+            raise ConfigError("expected a table", source=source, key=cls.section)
+        raw = dict(raw)
+        tokens_raw = raw.pop("tokens", [])
+        base = super().from_mapping(raw, source=source)
+        return attrs.evolve(base, tokens=_parse_tokens(tokens_raw, source))
+
+
+def _parse_tokens(raw: Any, source: str) -> tuple[TokenConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("expected a list of tables", source=source, key="api.tokens")
+    tokens = []
+    names: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"api.tokens[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError("expected a table", source=source, key=where)
+        unknown = set(item) - {"name", "role", "sha256"}
+        if unknown:
+            key = sorted(unknown)[0]
+            raise ConfigError(
+                "unknown key" + _suggest(key, ["name", "role", "sha256"]),
+                source=source,
+                key=f"{where}.{key}",
+            )
+        name, role, digest = item.get("name"), item.get("role"), item.get("sha256")
+        if not isinstance(name, str) or not name:
+            raise ConfigError("needs a non-empty 'name'", source=source, key=where)
+        if name in names:
+            raise ConfigError(f"duplicate token name {name!r}", source=source, key=where)
+        if role not in ("viewer", "operator"):
+            raise ConfigError(
+                f"role must be 'viewer' or 'operator', got {role!r}", source=source, key=where
+            )
+        if not isinstance(digest, str) or len(digest) != 64 or not _is_hex(digest):
+            raise ConfigError(
+                "sha256 must be 64 hex digits (the hash of the token, never the token)",
+                source=source,
+                key=where,
+            )
+        names.add(name)
+        tokens.append(TokenConfig(name=name, role=role, sha256=digest.lower()))
+    return tuple(tokens)
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
+
+
+@attrs.frozen(kw_only=True)
+class Profile(_Section):
+    """A device profile (``[profiles.NAME]``): rate, budget and floors."""
+
+    section: ClassVar[str] = "profiles"
+
+    name: str = attrs.field(default="", metadata={"internal": True})
+    tick_rate: float = _f(30.0, float, min=0.1, max=10_000.0)
+    budget_fraction: float = _f(0.8, float, min=0.01, max=1.0)
+    min_tick_rate: float = _f(10.0, float, min=0.1, max=10_000.0)
+    throttle_priority: int = _f(10, int)
+    max_throttle: int = _f(8, int, min=1, max=1000)
+    min_cores: int = _f(0, int, min=0)
+    min_memory_gb: float = _f(0.0, float, min=0.0)
+
+    def __attrs_post_init__(self) -> None:
+        if self.min_tick_rate > self.tick_rate:
+            raise ValueError(f"profile {self.name!r}: min_tick_rate exceeds tick_rate")
+
+
+#: Profiles available without any config; ``[profiles.NAME]`` tables add or replace.
+BUILTIN_PROFILES: dict[str, Profile] = {
+    "low": Profile(name="low", tick_rate=20.0, budget_fraction=0.7, min_tick_rate=5.0),
+    "medium": Profile(
+        name="medium", tick_rate=30.0, budget_fraction=0.8, min_tick_rate=10.0, min_cores=2
+    ),
+    "high": Profile(
+        name="high",
+        tick_rate=60.0,
+        budget_fraction=0.8,
+        min_tick_rate=20.0,
+        min_cores=4,
+        min_memory_gb=4.0,
+    ),
+}
+
+
+@attrs.frozen(kw_only=True)
+class SystemsConfig:
+    """The ``[systems]`` section: which systems run, and their constructor arguments."""
+
+    enabled: tuple[str, ...] | None = None
+    options: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], *, source: str = "<config>") -> Self:
+        """Build from the ``[systems]`` table: ``enabled`` plus one sub-table per system.
+
+        Raises:
+            ConfigError: ``enabled`` is not a list of strings, names a system
+                twice, or a key that is not a table.
+        """
+        if not isinstance(raw, Mapping):
+            raise ConfigError("expected a table", source=source, key="systems")
+        enabled: tuple[str, ...] | None = None
+        options: dict[str, Mapping[str, Any]] = {}
+        for key, value in raw.items():
+            if key == "enabled":
+                if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                    raise ConfigError(
+                        "expected a list of system names or import strings",
+                        source=source,
+                        key="systems.enabled",
+                    )
+                if len(set(value)) != len(value):
+                    dup = next(v for v in value if value.count(v) > 1)
+                    raise ConfigError(
+                        f"{dup!r} is enabled twice", source=source, key="systems.enabled"
+                    )
+                enabled = tuple(value)
+            elif isinstance(value, Mapping):
+                use = value.get("use", _MISSING)
+                if use is not _MISSING and (not isinstance(use, str) or not use):
+                    raise ConfigError(
+                        "'use' must name a system class", source=source, key=f"systems.{key}.use"
+                    )
+                options[key] = dict(value)
+            else:
+                raise ConfigError(
+                    "expected 'enabled' or a [systems.NAME] table of constructor arguments",
+                    source=source,
+                    key=f"systems.{key}",
+                )
+        return cls(enabled=enabled, options=options)
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "supervisor": SupervisorConfig,
+    "recovery": RecoveryConfig,
+    "watchdog": WatchdogConfig,
+    "features": FeaturesConfig,
+    "logging": LoggingConfig,
+    "api": ApiConfig,
+}
+_TOP_LEVEL = [*_SECTIONS, "systems", "profiles", "phases"]
+_OVERLAY_PHASES = ("development", "testing", "production", "emergency_shutdown")
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """A whole, validated config. Build it with ``from_toml`` or ``from_mapping``."""
+
+    supervisor: SupervisorConfig = attrs.field(factory=SupervisorConfig)
+    systems: SystemsConfig = attrs.field(factory=SystemsConfig)
+    recovery: RecoveryConfig = attrs.field(factory=RecoveryConfig)
+    watchdog: WatchdogConfig = attrs.field(factory=WatchdogConfig)
+    features: FeaturesConfig = attrs.field(factory=FeaturesConfig)
+    logging: LoggingConfig = attrs.field(factory=LoggingConfig)
+    api: ApiConfig = attrs.field(factory=ApiConfig)
+    profiles: Mapping[str, Profile] = attrs.field(factory=lambda: dict(BUILTIN_PROFILES))
+    #: The raw mapping this config was built from, kept to apply phase overlays.
+    raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+    overlays: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict, repr=False)
+    source: str = "<defaults>"
+    base_dir: Path = attrs.field(factory=Path.cwd, eq=False)
+
+    @classmethod
+    def from_toml(
+        cls, path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None
+    ) -> Self:
+        """Read, override from the environment, and validate a TOML config file.
+
+        Args:
+            path: the file.
+            env: the environment to read ``SUPERVISOR_*`` overrides from
+                (default ``os.environ``).
+
+        Raises:
+            ConfigError: the file cannot be read, is not TOML, or is invalid.
+        """
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError("no such file", source=source) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read: {exc}", source=source) from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML: {exc}", source=source) from None
+        return cls.from_mapping(raw, source=source, env=env, base_dir=Path(path).resolve().parent)
+
+    @classmethod
+    def from_mapping(
+        cls,
+        raw: Mapping[str, Any],
+        *,
+        source: str = "<config>",
+        env: Mapping[str, str] | None = None,
+        base_dir: Path | None = None,
+    ) -> Self:
+        """Validate ``raw`` (as parsed from TOML), after environment overrides.
+
+        Raises:
+            ConfigError: an unknown section or key, a wrong type or value,
+                or an invalid phase overlay.
+        """
+        raw = apply_env_overrides(raw, os.environ if env is None else env)
+        phases = raw.get("phases", {})
+        if not isinstance(phases, Mapping):
+            raise ConfigError("expected a table of phase overlays", source=source, key="phases")
+        overlays: dict[str, Mapping[str, Any]] = {}
+        for name, overlay in phases.items():
+            if name not in _OVERLAY_PHASES:
+                raise ConfigError(
+                    "unknown phase" + _suggest(name, list(_OVERLAY_PHASES)),
+                    source=source,
+                    key=f"phases.{name}",
+                )
+            if not isinstance(overlay, Mapping):
+                raise ConfigError("expected a table", source=source, key=f"phases.{name}")
+            if "phases" in overlay:
+                raise ConfigError(
+                    "an overlay cannot hold phases", source=source, key=f"phases.{name}"
+                )
+            overlays[name] = overlay
+            # Validate now, so a bad overlay fails at load, not at the phase change.
+            cls._build(_merge(raw, overlay), source=f"{source} [phases.{name}]")
+        built = cls._build(raw, source=source)
+        return attrs.evolve(
+            built,
+            raw=raw,
+            overlays=overlays,
+            source=source,
+            base_dir=base_dir if base_dir is not None else Path.cwd(),
+        )
+
+    @classmethod
+    def _build(cls, raw: Mapping[str, Any], *, source: str) -> Self:
+        kwargs: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key == "phases":
+                continue
+            if key == "systems":
+                kwargs["systems"] = SystemsConfig.from_mapping(value, source=source)
+            elif key == "profiles":
+                kwargs["profiles"] = _parse_profiles(value, source)
+            elif key in _SECTIONS:
+                kwargs[key] = _SECTIONS[key].from_mapping(value, source=source)
+            else:
+                raise ConfigError(
+                    "unknown section" + _suggest(key, _TOP_LEVEL), source=source, key=key
+                )
+        return cls(**kwargs)
+
+    def for_phase(self, phase: Phase) -> Config:
+        """Return this config with ``[phases.<phase>]`` applied (itself if none)."""
+        overlay = self.overlays.get(phase.value)
+        if not overlay:
+            return self
+        built = self._build(
+            _merge(self.raw, overlay), source=f"{self.source} [phases.{phase.value}]"
+        )
+        return attrs.evolve(
+            built, raw=self.raw, overlays=self.overlays, source=self.source, base_dir=self.base_dir
+        )
+
+    def path(self, value: str) -> Path:
+        """Resolve a path from the config against the config file's folder."""
+        p = Path(value)
+        return p if p.is_absolute() else self.base_dir / p
+
+
+def _parse_profiles(raw: Any, source: str) -> dict[str, Profile]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("expected a table of profiles", source=source, key="profiles")
+    profiles = dict(BUILTIN_PROFILES)
+    for name, table in raw.items():
+        if name == "auto":
+            raise ConfigError(
+                "'auto' is reserved for detection", source=source, key="profiles.auto"
+            )
+        if not isinstance(table, Mapping):
+            raise ConfigError("expected a table", source=source, key=f"profiles.{name}")
+        try:
+            profile = Profile.from_mapping(table, source=source)
+        except ConfigError as exc:
+            # Name the profile rather than the generic section.
+            raise ConfigError(
+                str(exc).replace("[profiles.", f"[profiles.{name}.", 1), source=None
+            ) from None
+        profiles[name] = attrs.evolve(profile, name=name)
+    return profiles
+
+
+def _merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overlay`` over ``base`` (tables merge, other values replace)."""
+    out = copy.deepcopy(dict(base))
+    out.pop("phases", None)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_env_overrides(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Return ``raw`` with ``SUPERVISOR_<SECTION>_<KEY>`` variables applied.
+
+    Values are read as TOML values when they parse (``60``, ``true``,
+    ``["a", "b"]``) and as plain strings otherwise. Variables whose second
+    word is not a section (``SUPERVISOR_TOKEN``) are not overrides.
+
+    Raises:
+        ConfigError: a variable names a section but a key it does not have.
+    """
+    out = copy.deepcopy(dict(raw))
+    for var, text in sorted(env.items()):
+        if not var.startswith("SUPERVISOR_"):
+            continue
+        rest = var[len("SUPERVISOR_") :].lower()
+        section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            continue
+        key = rest[len(section) + 1 :]
+        cls = _SECTIONS[section]
+        known = [f.name for f in attrs.fields(cls) if not f.metadata.get("internal")]  # type: ignore[arg-type]
+        if key not in known:
+            raise ConfigError(
+                "unknown key" + _suggest(key, known), source=var, key=f"{section}.{key}"
+            )
+        try:
+            value: Any = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        table = out.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError("expected a table", source=var, key=section)
+        table[key] = value
+    return out

@@ -1,0 +1,73 @@
+"""Exception classes: one per condition, each keeping its culprit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SupervisorError(Exception):
+    """Base of every error the supervisor raises on purpose."""
+
+
+class ConfigError(SupervisorError, ValueError):
+    """Raised when a config file, an override or a CLI value is invalid.
+
+    ``source`` names the file (or environment variable) and ``key`` the
+    dotted key at fault, so the CLI can print one line naming both.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None):
+        self.source = source
+        self.key = key
+        prefix = ""
+        if source:
+            prefix = f"{source}: "
+        if key:
+            prefix += f"[{key}] "
+        super().__init__(prefix + message)
+
+
+class PluginError(SupervisorError, ValueError):
+    """Raised when a game system cannot be found, loaded or validated.
+
+    ``system`` is the name it was enabled under.
+    """
+
+    def __init__(self, message: str, *, system: str | None = None):
+        self.system = system
+        super().__init__(f"system {system!r}: {message}" if system else message)
+
+
+class DependencyError(PluginError):
+    """Raised when ``depends_on`` names an unknown system or forms a cycle."""
+
+    def __init__(self, message: str, *, system: str | None = None, cycle: tuple[str, ...] = ()):
+        self.cycle = cycle
+        super().__init__(message, system=system)
+
+
+class StartupError(SupervisorError, RuntimeError):
+    """Raised when a critical system's ``start`` fails, aborting start-up."""
+
+    def __init__(self, message: str, *, system: str):
+        self.system = system
+        super().__init__(message)
+
+
+class StepTimeout(SupervisorError, TimeoutError):
+    """Raised (and recorded) when an async step overruns its time budget and is cancelled."""
+
+
+class StepInterrupted(BaseException):
+    """Delivered asynchronously by the hang watchdog to a step past ``kill_timeout``.
+
+    A ``BaseException`` so that a system's own ``except Exception`` does not
+    swallow it; SafeCall catches it around every step and records a failure.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args or ("step interrupted by the hang watchdog",))
+
+
+class PhaseError(SupervisorError, RuntimeError):
+    """Raised when a phase change is not allowed from the current phase."""

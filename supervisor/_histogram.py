@@ -1,0 +1,120 @@
+"""A fixed-size log-linear histogram: recording is a bisect and an add, no allocation of its own.
+
+Bucket upper bounds grow by ``GROWTH`` (4 %) from ``LOWEST`` (100 ns) to
+``HIGHEST`` (1000 s), so any quantile is read to within 4 % of the true
+value, which is enough to tell a 100 microsecond p99 from a 104 one. The
+Prometheus exposition re-buckets these counts; nothing records twice.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+
+import attrs
+
+__all__ = ["Histogram", "HistogramStats"]
+
+LOWEST = 1e-7
+HIGHEST = 1e3
+GROWTH = 1.04
+
+_BOUNDS: tuple[float, ...] = tuple(
+    LOWEST * GROWTH**i for i in range(math.ceil(math.log(HIGHEST / LOWEST, GROWTH)) + 1)
+)
+
+
+@attrs.frozen
+class HistogramStats:
+    """Quantiles of a histogram at one moment, in seconds."""
+
+    count: int
+    p50: float
+    p95: float
+    p99: float
+    p999: float
+    max: float
+    mean: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The stats as a JSON-ready mapping."""
+        return attrs.asdict(self)
+
+
+class Histogram:
+    """Counts of values (seconds) in fixed log-spaced buckets.
+
+    ``record`` is on the tick hot path: one bisect over a tuple, two adds,
+    one compare. Values at or below zero land in the first bucket.
+    """
+
+    __slots__ = ("_counts", "count", "max", "total")
+
+    bounds = _BOUNDS
+
+    def __init__(self) -> None:
+        self._counts = [0] * (len(_BOUNDS) + 1)
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+
+    def record(self, value: float) -> None:
+        """Add one value."""
+        self._counts[bisect_left(_BOUNDS, value)] += 1
+        self.count += 1
+        self.total += value
+        self.max = max(self.max, value)
+
+    def reset(self) -> None:
+        """Forget every value, keeping the buckets."""
+        counts = self._counts
+        for i in range(len(counts)):
+            counts[i] = 0
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+
+    def quantile(self, q: float) -> float:
+        """The ``q`` quantile (0..1): the upper bound of the bucket holding it, capped at max.
+
+        Nearest-rank, so it never under-reports; 0.0 when empty.
+        """
+        if self.count == 0:
+            return 0.0
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for i, c in enumerate(self._counts):
+            seen += c
+            if seen >= rank:
+                bound = _BOUNDS[i] if i < len(_BOUNDS) else math.inf
+                return min(bound, self.max) if self.max > 0 else 0.0
+        return self.max  # pragma: no cover - counts always sum to count
+
+    def cumulative(self, upper_bounds: tuple[float, ...]) -> list[int]:
+        """Counts of values at or below each of ``upper_bounds`` (for Prometheus buckets).
+
+        A fine bucket is counted under the first coarse bound at or above its
+        own upper bound, so the answer may place a value one coarse bucket
+        high, never low.
+        """
+        out = []
+        for ub in upper_bounds:
+            idx = bisect_left(_BOUNDS, ub)
+            # Fine bucket idx holds values in (BOUNDS[idx-1], BOUNDS[idx]];
+            # include it only if its upper bound does not exceed ub.
+            if idx < len(_BOUNDS) and _BOUNDS[idx] > ub:
+                idx -= 1
+            out.append(sum(self._counts[: idx + 1]))
+        return out
+
+    def stats(self) -> HistogramStats:
+        """A frozen summary of the quantiles that status and the run summary show."""
+        return HistogramStats(
+            count=self.count,
+            p50=self.quantile(0.5),
+            p95=self.quantile(0.95),
+            p99=self.quantile(0.99),
+            p999=self.quantile(0.999),
+            max=self.max,
+            mean=self.total / self.count if self.count else 0.0,
+        )

@@ -1,0 +1,248 @@
+"""Game systems as plugins: discovery, loading, validation and ordering.
+
+A system is found three ways, all ending in the same validation: an entry
+point in the group ``supervisor.systems``, an import string
+(``pkg.module:Class``), or an object handed to ``Supervisor.register``.
+Which hooks a system has, and whether each is async, is resolved here once,
+at registration, so the tick loop never looks a hook up.
+"""
+
+from __future__ import annotations
+
+import difflib
+import graphlib
+import heapq
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from importlib import metadata
+from typing import Any
+
+import attrs
+
+from ._errors import ConfigError, DependencyError, PluginError
+
+__all__ = ["ENTRY_POINT_GROUP", "Hook", "SystemInfo", "SystemSource", "discover", "order"]
+
+ENTRY_POINT_GROUP = "supervisor.systems"
+
+#: Hooks a system may define besides ``tick``; each may be sync or async.
+OPTIONAL_HOOKS = ("start", "stop", "snapshot", "restore", "recover", "health")
+
+
+@attrs.frozen
+class SystemSource:
+    """Where a system class comes from: an entry point or an import string."""
+
+    name: str
+    target: str
+    origin: str  # "entry point (dist)" | "import string" | "code"
+
+    def load(self) -> Any:
+        """Import and return the class (or factory) this source names.
+
+        Raises:
+            PluginError: the module or attribute cannot be imported.
+        """
+        return load_target(self.target, system=self.name)
+
+
+def load_target(target: str, *, system: str | None = None) -> Any:
+    """Import ``pkg.module:attr`` (or ``pkg.module.attr``) and return the attribute.
+
+    Raises:
+        PluginError: the string is malformed, or importing it fails.
+    """
+    module_name, sep, attr = target.partition(":")
+    if not sep:
+        module_name, _, attr = target.rpartition(".")
+    if not module_name or not attr:
+        raise PluginError(
+            f"{target!r} is not an import string like 'pkg.module:Class'", system=system
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any error at import time is the plugin's, not ours
+        raise PluginError(
+            f"cannot import {module_name!r}: {type(exc).__name__}: {exc}", system=system
+        ) from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise PluginError(f"{module_name!r} has no attribute {attr!r}", system=system) from None
+    return obj
+
+
+def discover() -> dict[str, SystemSource]:
+    """Every system declared in the ``supervisor.systems`` entry-point group, by name."""
+    found: dict[str, SystemSource] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist is not None else "?"
+        found.setdefault(ep.name, SystemSource(ep.name, ep.value, f"entry point ({dist})"))
+    return found
+
+
+def is_import_string(text: str) -> bool:
+    """True when ``text`` looks like ``pkg.module:Class`` rather than a plain name."""
+    return ":" in text
+
+
+def build(name: str, factory: Any, kwargs: Mapping[str, Any], *, source: str = "<config>") -> Any:
+    """Build a system by calling ``factory(**kwargs)``, checking the arguments first.
+
+    Raises:
+        ConfigError: an argument is unknown (nearest suggested), a required
+            one is missing, or the constructor rejects a value.
+    """
+    if not callable(factory):
+        raise PluginError(f"{factory!r} is not a class or callable", system=name)
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        params = sig.parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        accepted = [
+            n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+        for key in kwargs:
+            if key not in params and not takes_any:
+                close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.5)
+                hint = (
+                    f"; did you mean {close[0]!r}?"
+                    if close
+                    else (f"; it takes: {', '.join(accepted)}" if accepted else "; it takes none")
+                )
+                raise ConfigError(
+                    f"system {name!r} has no argument {key!r}{hint}",
+                    source=source,
+                    key=f"systems.{name}.{key}",
+                )
+        missing = [
+            n
+            for n, p in params.items()
+            if p.default is p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and n not in kwargs
+        ]
+        if missing:
+            raise ConfigError(
+                f"system {name!r} needs argument {missing[0]!r}",
+                source=source,
+                key=f"systems.{name}",
+            )
+    try:
+        return factory(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"system {name!r} rejected its arguments: {exc}", source=source, key=f"systems.{name}"
+        ) from None
+
+
+@attrs.frozen
+class Hook:
+    """A resolved hook: the bound callable and whether it must be awaited."""
+
+    fn: Callable[..., Any]
+    is_async: bool
+
+
+@attrs.frozen
+class SystemInfo:
+    """What registration learned about a system, once."""
+
+    name: str
+    critical: bool
+    depends_on: tuple[str, ...]
+    priority: int
+    origin: str
+    tick: Hook
+    hooks: Mapping[str, Hook]
+
+
+def _is_async(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
+    )
+
+
+def inspect_system(system: Any, name: str, origin: str) -> SystemInfo:
+    """Validate ``system`` and resolve its hooks.
+
+    Raises:
+        PluginError: no callable ``tick``, a hook that is not callable, or
+            ``critical`` / ``depends_on`` / ``priority`` of the wrong type.
+    """
+    if not name or not isinstance(name, str):
+        raise PluginError(f"a system needs a non-empty name, got {name!r}")
+    tick = getattr(system, "tick", None)
+    if not callable(tick):
+        raise PluginError("has no callable tick(ctx) method", system=name)
+    hooks: dict[str, Hook] = {}
+    for hook in OPTIONAL_HOOKS:
+        fn = getattr(system, hook, None)
+        if fn is None:
+            continue
+        if not callable(fn):
+            raise PluginError(f"{hook!r} is not callable", system=name)
+        hooks[hook] = Hook(fn, _is_async(fn))
+    critical = getattr(system, "critical", False)
+    if not isinstance(critical, bool):
+        raise PluginError(f"'critical' must be True or False, got {critical!r}", system=name)
+    deps = getattr(system, "depends_on", ())
+    if isinstance(deps, str) or not isinstance(deps, Iterable):
+        raise PluginError(f"'depends_on' must be a tuple of names, got {deps!r}", system=name)
+    deps = tuple(deps)
+    if not all(isinstance(d, str) for d in deps):
+        raise PluginError(f"'depends_on' must be a tuple of names, got {deps!r}", system=name)
+    priority = getattr(system, "priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise PluginError(f"'priority' must be an integer, got {priority!r}", system=name)
+    return SystemInfo(
+        name=name,
+        critical=critical,
+        depends_on=deps,
+        priority=priority,
+        origin=origin,
+        tick=Hook(tick, _is_async(tick)),
+        hooks=hooks,
+    )
+
+
+def order(infos: Iterable[SystemInfo]) -> list[str]:
+    """Names in start/tick order: dependencies first, then lower priority, then name.
+
+    Raises:
+        DependencyError: a system depends on one that is not registered, or
+            the dependencies form a cycle (the cycle is named).
+    """
+    by_name = {i.name: i for i in infos}
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for info in by_name.values():
+        for dep in info.depends_on:
+            if dep not in by_name:
+                close = difflib.get_close_matches(dep, list(by_name), n=1, cutoff=0.5)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise DependencyError(
+                    f"depends on {dep!r}, which is not enabled{hint}", system=info.name
+                )
+        sorter.add(info.name, *info.depends_on)
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as exc:
+        cycle = tuple(exc.args[1])
+        raise DependencyError(
+            "dependency cycle: " + " -> ".join(cycle), system=cycle[0], cycle=cycle
+        ) from None
+    heap: list[tuple[int, str]] = []
+    out: list[str] = []
+    while sorter.is_active():
+        for ready in sorter.get_ready():
+            heapq.heappush(heap, (by_name[ready].priority, ready))
+        _, name = heapq.heappop(heap)
+        out.append(name)
+        sorter.done(name)
+    return out

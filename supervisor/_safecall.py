@@ -1,0 +1,257 @@
+"""SafeCall: error records, the error log, and bounded recovery per system.
+
+Every hook call goes through the supervisor's SafeCall path. A failure
+becomes a frozen ``ErrorRecord``; the ``ErrorLog`` keeps a ring of the last
+``history`` records, counts per system, and groups by fingerprint. Each
+system has a ``Breaker``: a restart budget of ``max_restarts`` within a
+sliding ``window_seconds`` on the supervisor's clock (the intensity/period of
+an Erlang/OTP supervisor); past it the system is quarantined, with a capped
+exponential backoff before one half-open retry.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import hashlib
+import itertools
+import traceback
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import attrs
+
+__all__ = ["Breaker", "BreakerState", "ErrorGroup", "ErrorLog", "ErrorRecord", "make_record"]
+
+#: Longest traceback text kept on a record (characters); the innermost frames are kept.
+TRACEBACK_CHARS = 8000
+#: Longest message kept on a record (characters).
+MESSAGE_CHARS = 2000
+
+
+@attrs.frozen(kw_only=True)
+class ErrorRecord:
+    """One failure of one hook call, with the context an operator needs."""
+
+    id: int
+    time: float  # wall-clock seconds (time.time())
+    tick: int
+    system: str
+    hook: str
+    phase: str
+    exc_type: str
+    message: str
+    traceback: str
+    fingerprint: str
+    gauges: Mapping[str, float]
+    health: str
+    kind: str = "error"  # "error" | "timeout" | "hang" | "interrupted"
+    stack: str | None = None  # the blocking stack the hang watchdog saw, if any
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as a JSON- and msgpack-ready mapping."""
+        d = attrs.asdict(self)
+        d["gauges"] = dict(self.gauges)
+        return d
+
+
+def _innermost(tb: TracebackType | None) -> tuple[str, str]:
+    frame_desc = ("?", "?")
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        frame_desc = (code.co_filename, code.co_name)
+        tb = tb.tb_next
+    return frame_desc
+
+
+def fingerprint(exc: BaseException) -> str:
+    """Identity of a failure: exception type plus the innermost frame (file, function).
+
+    The line number is left out on purpose, so an edit above the failing
+    line does not split one failure into two groups.
+    """
+    filename, func = _innermost(exc.__traceback__)
+    key = f"{type(exc).__module__}.{type(exc).__qualname__}|{filename}|{func}"
+    return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
+
+
+_ids = itertools.count(1)
+
+
+def make_record(
+    exc: BaseException,
+    *,
+    time: float,
+    tick: int,
+    system: str,
+    hook: str,
+    phase: str,
+    gauges: Mapping[str, float],
+    health: str,
+    traceback_limit: int,
+    kind: str = "error",
+    stack: str | None = None,
+) -> ErrorRecord:
+    """Build the frozen record of ``exc`` (the traceback bounded in frames and characters)."""
+    tb = "".join(traceback.format_exception(exc, limit=-traceback_limit if traceback_limit else 0))
+    if len(tb) > TRACEBACK_CHARS:
+        tb = "...\n" + tb[-TRACEBACK_CHARS:]
+    message = str(exc)
+    if len(message) > MESSAGE_CHARS:
+        message = message[:MESSAGE_CHARS] + "..."
+    return ErrorRecord(
+        id=next(_ids),
+        time=time,
+        tick=tick,
+        system=system,
+        hook=hook,
+        phase=phase,
+        exc_type=type(exc).__qualname__,
+        message=message,
+        traceback=tb,
+        fingerprint=fingerprint(exc),
+        gauges=dict(gauges),
+        health=health,
+        kind=kind,
+        stack=stack,
+    )
+
+
+@attrs.frozen(kw_only=True)
+class ErrorGroup:
+    """Every record with one fingerprint: first and last seen, and how many."""
+
+    fingerprint: str
+    system: str
+    exc_type: str
+    message: str  # of the latest occurrence
+    count: int
+    first_seen: float
+    last_seen: float
+    first_tick: int
+    last_tick: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The group as a JSON-ready mapping."""
+        return attrs.asdict(self)
+
+
+@attrs.define(eq=False)
+class _GroupState:
+    first: ErrorRecord
+    last: ErrorRecord
+    count: int = 1
+
+
+class ErrorLog:
+    """A ring of the last ``history`` records, plus counts and groups that never forget.
+
+    Groups are bounded too (``max_groups``): past it the least recently seen
+    group is dropped, so a storm of distinct fingerprints cannot grow memory.
+    """
+
+    def __init__(self, history: int = 100, max_groups: int = 1000) -> None:
+        self.records: collections.deque[ErrorRecord] = collections.deque(maxlen=history)
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._groups: collections.OrderedDict[str, _GroupState] = collections.OrderedDict()
+        self._max_groups = max_groups
+        self.total = 0
+
+    def add(self, record: ErrorRecord) -> None:
+        """Keep ``record``: in the ring, in its system's count, in its group."""
+        self.records.append(record)
+        self.counts[record.system] += 1
+        self.total += 1
+        group = self._groups.get(record.fingerprint)
+        if group is None:
+            self._groups[record.fingerprint] = _GroupState(first=record, last=record)
+            if len(self._groups) > self._max_groups:
+                self._groups.popitem(last=False)
+        else:
+            group.last = record
+            group.count += 1
+            self._groups.move_to_end(record.fingerprint)
+
+    def recent(self, limit: int | None = None, system: str | None = None) -> list[ErrorRecord]:
+        """The newest records first, optionally of one system only."""
+        out = [r for r in reversed(self.records) if system is None or r.system == system]
+        return out if limit is None else out[:limit]
+
+    def groups(self, system: str | None = None) -> list[ErrorGroup]:
+        """The groups, most recently seen first."""
+        out = []
+        for fp, g in reversed(self._groups.items()):
+            if system is not None and g.last.system != system:
+                continue
+            out.append(
+                ErrorGroup(
+                    fingerprint=fp,
+                    system=g.last.system,
+                    exc_type=g.last.exc_type,
+                    message=g.last.message,
+                    count=g.count,
+                    first_seen=g.first.time,
+                    last_seen=g.last.time,
+                    first_tick=g.first.tick,
+                    last_tick=g.last.tick,
+                )
+            )
+        return out
+
+
+class BreakerState(enum.Enum):
+    """Where a system stands in its recovery."""
+
+    CLOSED = "running"  # ticked normally
+    QUARANTINED = "quarantined"  # not ticked until its backoff ends
+    HALF_OPEN = "retrying"  # ticked once more; one success closes, one failure re-opens
+    STOPPED = "stopped"
+
+
+@attrs.define(eq=False, kw_only=True)
+class Breaker:
+    """The restart budget of one system (a sliding window on the supervisor's clock).
+
+    ``failure(now)`` returns True while the budget holds (the system may be
+    recovered and ticked again) and False when it is exhausted (quarantine).
+    ``max_restarts`` failures within ``window`` pass; one more quarantines.
+    """
+
+    max_restarts: int
+    window: float
+    backoff_initial: float
+    backoff_max: float
+    state: BreakerState = BreakerState.CLOSED
+    failures: collections.deque[float] = attrs.field(factory=collections.deque)
+    quarantines: int = 0
+    retry_at: float = 0.0
+
+    def failure(self, now: float) -> bool:
+        """Count a failure at ``now``; return whether the budget still holds."""
+        if self.state is BreakerState.HALF_OPEN:
+            return False
+        failures = self.failures
+        failures.append(now)
+        horizon = now - self.window
+        while failures and failures[0] <= horizon:
+            failures.popleft()
+        return len(failures) <= self.max_restarts
+
+    def quarantine(self, now: float) -> float:
+        """Open the breaker; return when the half-open retry is due."""
+        self.quarantines += 1
+        backoff = min(self.backoff_initial * 2 ** (self.quarantines - 1), self.backoff_max)
+        self.state = BreakerState.QUARANTINED
+        self.retry_at = now + backoff
+        return self.retry_at
+
+    def half_open(self) -> None:
+        """The backoff is over: allow one trial step."""
+        self.state = BreakerState.HALF_OPEN
+
+    def success(self) -> None:
+        """A trial step passed: close, and forget the past failures and backoff."""
+        self.state = BreakerState.CLOSED
+        self.failures.clear()
+        self.quarantines = 0

@@ -1,0 +1,119 @@
+"""The hang watchdog: a thread that sees what trio cannot.
+
+Trio cancels only at checkpoints, so a step stuck in a ``while True`` or a
+blocking call never notices a deadline. This thread samples which step the
+loop thread is in (``Supervisor._current`` plus the tick and a call
+sequence: two reads, no locking; the loop only stores a reference per step).
+A step seen for longer than ``hang_timeout`` gets the loop thread's stack
+recorded; past ``kill_timeout`` an asynchronous ``StepInterrupted`` is
+delivered to the loop thread with ``PyThreadState_SetAsyncExc``, which SafeCall
+catches around the step and counts as a failure.
+
+What cannot be interrupted: an exception set this way is raised when the
+thread next executes Python bytecode. A step blocked inside one C call
+(``time.sleep``, a socket read without timeout, a C extension's loop) is
+recorded as hung, and interrupted only when that call returns.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import sys
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ._errors import StepInterrupted
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
+
+__all__ = ["HangEvent", "Watchdog"]
+
+#: Frames of the blocked stack kept on the record.
+STACK_LIMIT = 30
+
+
+@attrs.frozen
+class HangEvent:
+    """What the watchdog saw: a step running too long, and its stack."""
+
+    system: str
+    tick: int
+    elapsed: float
+    stack: str
+    interrupted: bool
+
+
+class Watchdog:
+    """Watches the loop thread of one supervisor; start() and stop() around its run."""
+
+    def __init__(self, sup: Supervisor, *, hang_timeout: float, kill_timeout: float) -> None:
+        self._sup = sup
+        self.hang_timeout = hang_timeout
+        self.kill_timeout = kill_timeout
+        self._poll = min(hang_timeout / 4, 0.05)
+        self._loop_thread = threading.get_ident()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: Events for the loop thread to turn into error records (deque appends are thread-safe).
+        self.events: collections.deque[HangEvent] = collections.deque(maxlen=1000)
+
+    def start(self) -> None:
+        """Start watching the calling thread (the thread that runs the tick loop)."""
+        self._loop_thread = threading.get_ident()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="supervisor-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _stack(self) -> str:
+        frame = sys._current_frames().get(self._loop_thread)
+        if frame is None:
+            return "<no stack: the loop thread is gone>"
+        return "".join(traceback.format_stack(frame, limit=STACK_LIMIT))
+
+    def _run(self) -> None:
+        sup = self._sup
+        seen_key: tuple[object, int, int] | None = None
+        since = 0.0
+        hang_recorded = interrupted = False
+        while not self._stop.wait(self._poll):
+            slot = sup._current
+            now = time.monotonic()
+            if slot is None:
+                seen_key = None
+                continue
+            key = (slot, sup._tick, sup._call_seq)
+            if key != seen_key:
+                seen_key, since = key, now
+                hang_recorded = interrupted = False
+                continue
+            elapsed = now - since
+            if elapsed >= self.hang_timeout and not hang_recorded:
+                hang_recorded = True
+                stack = self._stack()
+                slot.hang_stack = stack
+                self.events.append(HangEvent(slot.name, key[1], elapsed, stack, interrupted=False))
+            if elapsed >= self.kill_timeout and not interrupted:
+                # Re-check just before delivering: the step may have ended
+                # between the read above and now.
+                if (sup._current, sup._tick, sup._call_seq) != key:
+                    continue
+                interrupted = True
+                self._interrupt()
+
+    def _interrupt(self) -> None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(self._loop_thread), ctypes.py_object(StepInterrupted)
+        )

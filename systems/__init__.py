@@ -1,0 +1,1 @@
+"""The game systems shipped with supervisor, registered by entry point like any plugin."""
