@@ -21,7 +21,15 @@ import trio
 
 from ._config import Config
 from ._context import Context
-from ._errors import ConfigError, PluginError, StartupError, StepInterrupted, StepTimeout
+from ._errors import (
+    ConfigError,
+    DependencyError,
+    PluginError,
+    StartupError,
+    StepInterrupted,
+    StepTimeout,
+    SupervisorError,
+)
 from ._histogram import Histogram, HistogramStats
 from ._logging import get_logger
 from ._phase import Phase
@@ -55,6 +63,7 @@ class _Slot:
     started: bool = False
     hist: Histogram = attrs.field(factory=Histogram)
     failures: int = 0
+    failed_tick: int = -1
     hang_stack: str | None = None
 
     @property
@@ -242,6 +251,7 @@ class Supervisor:
         self._snapshot_written = False
         self._stopped = trio.Event()
         self._force = False
+        self._startup_error: SupervisorError | None = None
         self._run_scope = trio.CancelScope()
 
     # ------------------------------------------------------------------ registration
@@ -456,6 +466,7 @@ class Supervisor:
         )
         self.errors.add(record)
         slot.failures += 1
+        slot.failed_tick = self._tick
         return record
 
     async def _call(
@@ -567,12 +578,10 @@ class Supervisor:
         self._rebuild_active()
 
     def _close_half_open(self) -> None:
-        tick = self._tick
+        """Close the breaker of every half-open system whose trial tick just passed."""
+        ran = self._tick - 1
         for slot in list(self._half_open):
-            if slot.breaker.state is BreakerState.HALF_OPEN and slot.hang_stack is None:
-                last = self.errors.records[-1] if self.errors.records else None
-                if last is not None and last.system == slot.name and last.tick == tick:
-                    continue
+            if slot.breaker.state is BreakerState.HALF_OPEN and slot.failed_tick != ran:
                 slot.breaker.success()
                 self._half_open.remove(slot)
                 self._log.info("system.recovered", system=slot.name)
@@ -767,11 +776,16 @@ class Supervisor:
             systems=len(self._slots),
         )
         self._run_scope = trio.CancelScope()
+        self._startup_error = None
         try:
             with self._run_scope:
                 await self._serve(ticks, duration, exit_on_emergency, handle_signals, task_status)
         finally:
             self._running = False
+        if self._startup_error is not None:
+            # Raised here, outside the nursery, so callers get the error itself
+            # and not an exception group around it.
+            raise self._startup_error
         summary = self.summary()
         self._log.info(
             "supervisor.stop",
@@ -799,7 +813,11 @@ class Supervisor:
                 )
                 self._watchdog.start()
             try:
-                await self._start_systems()
+                try:
+                    await self._start_systems()
+                except (StartupError, DependencyError) as exc:
+                    self._startup_error = exc
+                    return
                 task_status.started()
                 await self._tick_loop(ticks, duration)
                 if self._emergency_reason is not None:
