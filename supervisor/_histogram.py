@@ -40,6 +40,27 @@ class HistogramStats:
         """The stats as a JSON-ready mapping."""
         return attrs.asdict(self)
 
+    @classmethod
+    def from_values(cls, values: list[float]) -> HistogramStats:
+        """Exact nearest-rank quantiles of ``values`` (sorted in place)."""
+        n = len(values)
+        if not n:
+            return cls(count=0, p50=0.0, p95=0.0, p99=0.0, p999=0.0, max=0.0, mean=0.0)
+        values.sort()
+
+        def q(p: float) -> float:
+            return values[max(0, math.ceil(p * n) - 1)]
+
+        return cls(
+            count=n,
+            p50=q(0.5),
+            p95=q(0.95),
+            p99=q(0.99),
+            p999=q(0.999),
+            max=values[-1],
+            mean=sum(values) / n,
+        )
+
 
 class Histogram:
     """Counts of values (seconds) in fixed log-spaced buckets.

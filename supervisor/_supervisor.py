@@ -9,6 +9,7 @@ timer, and nothing is logged when a step succeeds.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import math
 import signal
@@ -43,6 +44,11 @@ from ._watchdog import Watchdog
 __all__ = ["RunSummary", "Supervisor", "SupervisorStats", "SystemStats"]
 
 _HEALTH_VALUES = ("healthy", "degraded", "unhealthy")
+#: Each system's step times go to a ring of this many ticks on the hot path
+#: (one store into an array of doubles); status, metrics and the optimizer
+#: read windowed quantiles from it. A power of two.
+STEP_RING = 1024
+_RING_MASK = STEP_RING - 1
 #: Exceptions a hook may raise that SafeCall turns into a failure. ``trio.Cancelled``
 #: and ``KeyboardInterrupt`` are not among them: they belong to the runtime.
 _STEP_ERRORS = (Exception, StepInterrupted, SystemExit)
@@ -61,9 +67,12 @@ class _Slot:
     ctx: Context = attrs.field(init=False)
     every: int = 1
     started: bool = False
-    hist: Histogram = attrs.field(factory=Histogram)
+    ring: array.array[float] = attrs.field(factory=lambda: array.array("d", bytes(8 * STEP_RING)))
     failures: int = 0
     failed_tick: int = -1
+    #: The ring holds this system's steps for ticks [active_since, window_end).
+    active_since: int = 0
+    window_end: int | None = 0
     hang_stack: str | None = None
 
     @property
@@ -586,21 +595,42 @@ class Supervisor:
                 self._half_open.remove(slot)
                 self._log.info("system.recovered", system=slot.name)
 
+    def step_window(self, name: str) -> list[float]:
+        """Step times of system ``name`` over its last ticks (up to ``STEP_RING``), oldest first."""
+        slot = self._slots[name]
+        end = self._tick if slot.window_end is None else slot.window_end
+        start = max(slot.active_since, end - STEP_RING)
+        ring = slot.ring
+        return [ring[t & _RING_MASK] for t in range(start, end)]
+
     def _rebuild_active(self) -> None:
-        self._active = [
+        active = [
             s
             for s in self._order
             if s.started and s.breaker.state in (BreakerState.CLOSED, BreakerState.HALF_OPEN)
         ]
+        for slot in self._active:
+            if slot not in active:
+                slot.window_end = self._tick
+        for slot in active:
+            if slot.window_end is not None:
+                slot.window_end = None
+                slot.active_since = self._tick
+        self._active = active
 
     # ------------------------------------------------------------------ the tick loop
 
     async def _run_tick(self) -> None:
-        """Step every active system once. The hot path."""
+        """Step every active system once. The hot path.
+
+        One timer read per step: each step's time is the difference with the
+        previous read, stored in the system's ring (see ``step_window``).
+        """
         timer = self._timer
+        idx = self._tick & _RING_MASK
+        t = timer()
         for slot in self._active:
             self._current = slot
-            t0 = timer()
             try:
                 if slot.tick_async:
                     with trio.move_on_after(self._budget) as scope:
@@ -614,7 +644,9 @@ class Supervisor:
             except _STEP_ERRORS as exc:
                 self._current = None
                 await self._step_failed(slot, "tick", exc)
-            slot.hist.record(timer() - t0)
+            now = timer()
+            slot.ring[idx] = now - t
+            t = now
         self._current = None
 
     async def _tick_loop(self, ticks: int | None, duration: float | None) -> None:
@@ -728,6 +760,8 @@ class Supervisor:
                 continue
             await self._call(slot, "stop", slot.ctx, timeout=timeout)
             slot.started = False
+        for slot in self._active:
+            slot.window_end = self._tick
         self._active = []
 
     async def _watch_signals(self) -> None:
@@ -874,7 +908,7 @@ class Supervisor:
                     depends_on=s.info.depends_on,
                     origin=s.info.origin,
                     errors=self.errors.counts[s.name],
-                    step=s.hist.stats(),
+                    step=HistogramStats.from_values(self.step_window(s.name)),
                     every=s.every,
                 )
                 for s in slots
