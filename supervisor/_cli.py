@@ -49,13 +49,20 @@ def _load_config(path: str | None) -> Config:
 
 
 def _with_overrides(config: Config, **sections: dict[str, Any]) -> Config:
-    """Rebuild ``config`` with command-line values layered over its raw mapping."""
+    """Rebuild ``config`` with command-line values layered over its raw mapping.
+
+    Precedence: a command-line flag, then a ``SUPERVISOR_*`` variable, then
+    the file (and its phase overlay).
+    """
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in config.raw.items()}
+    env = dict(config.env)
     for section, given in sections.items():
         values = {k: v for k, v in given.items() if v is not None}
         if values:
             raw.setdefault(section, {}).update(values)
-    return Config.from_mapping(raw, source=config.source, env={}, base_dir=config.base_dir)
+        for key in values:
+            env.pop(f"SUPERVISOR_{section}_{key}".upper(), None)
+    return Config.from_mapping(raw, source=config.source, env=env, base_dir=config.base_dir)
 
 
 def _resolve_log_format(fmt: str, phase: Phase) -> str:

@@ -102,7 +102,11 @@ def _f(default: Any, kind: Any, **meta: Any) -> Any:
 
 
 class _Section:
-    """Mixin: build an attrs section from a mapping, rejecting unknown keys."""
+    """Mixin: build an attrs section from a mapping, rejecting unknown keys.
+
+    A field whose metadata has ``internal`` is parsed by the section itself
+    (``True``: still suggested for a typo) or not settable at all (``"hidden"``).
+    """
 
     section: ClassVar[str]
 
@@ -121,7 +125,7 @@ class _Section:
         for key, value in raw.items():
             field = fields.get(key)
             if field is None or field.metadata.get("internal"):
-                known = [n for n, f in fields.items() if not f.metadata.get("internal")]
+                known = [n for n, f in fields.items() if f.metadata.get("internal") != "hidden"]
                 raise ConfigError(
                     "unknown key" + _suggest(key, known), source=source, key=f"{cls.section}.{key}"
                 )
@@ -274,11 +278,8 @@ def _parse_tokens(raw: Any, source: str) -> tuple[TokenConfig, ...]:
 
 
 def _is_hex(text: str) -> bool:
-    try:
-        int(text, 16)
-    except ValueError:
-        return False
-    return True
+    # Not int(text, 16): that also takes "0x", signs, underscores and spaces.
+    return all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 @attrs.frozen(kw_only=True)
@@ -287,7 +288,7 @@ class Profile(_Section):
 
     section: ClassVar[str] = "profiles"
 
-    name: str = attrs.field(default="", metadata={"internal": True})
+    name: str = attrs.field(default="", metadata={"internal": "hidden"})
     tick_rate: float = _f(30.0, float, min=0.1, max=10_000.0)
     budget_fraction: float = _f(0.8, float, min=0.01, max=1.0)
     min_tick_rate: float = _f(10.0, float, min=0.1, max=10_000.0)
@@ -298,7 +299,7 @@ class Profile(_Section):
 
     def __attrs_post_init__(self) -> None:
         if self.min_tick_rate > self.tick_rate:
-            raise ValueError(f"profile {self.name!r}: min_tick_rate exceeds tick_rate")
+            raise ValueError("min_tick_rate exceeds tick_rate")
 
 
 #: Profiles available without any config; ``[profiles.NAME]`` tables add or replace.
@@ -395,6 +396,8 @@ class Config:
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
     overlays: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict, repr=False)
     source: str = "<defaults>"
+    #: The ``SUPERVISOR_*`` variables read at load, re-applied over phase overlays.
+    env: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)
     base_dir: Path = attrs.field(factory=Path.cwd, eq=False)
 
     @classmethod
@@ -439,7 +442,13 @@ class Config:
             ConfigError: an unknown section or key, a wrong type or value,
                 or an invalid phase overlay.
         """
-        raw = apply_env_overrides(raw, os.environ if env is None else env)
+        env = {
+            k: v
+            for k, v in (os.environ if env is None else env).items()
+            if k.startswith("SUPERVISOR_")
+        }
+        file_raw = copy.deepcopy(dict(raw))
+        raw = apply_env_overrides(file_raw, env)
         phases = raw.get("phases", {})
         if not isinstance(phases, Mapping):
             raise ConfigError("expected a table of phase overlays", source=source, key="phases")
@@ -459,11 +468,15 @@ class Config:
                 )
             overlays[name] = overlay
             # Validate now, so a bad overlay fails at load, not at the phase change.
-            cls._build(_merge(raw, overlay), source=f"{source} [phases.{name}]")
+            cls._build(
+                apply_env_overrides(_merge(file_raw, overlay), env),
+                source=f"{source} [phases.{name}]",
+            )
         built = cls._build(raw, source=source)
         return attrs.evolve(
             built,
-            raw=raw,
+            raw=file_raw,
+            env=env,
             overlays=overlays,
             source=source,
             base_dir=base_dir if base_dir is not None else Path.cwd(),
@@ -493,10 +506,16 @@ class Config:
         if not overlay:
             return self
         built = self._build(
-            _merge(self.raw, overlay), source=f"{self.source} [phases.{phase.value}]"
+            apply_env_overrides(_merge(self.raw, overlay), self.env),
+            source=f"{self.source} [phases.{phase.value}]",
         )
         return attrs.evolve(
-            built, raw=self.raw, overlays=self.overlays, source=self.source, base_dir=self.base_dir
+            built,
+            raw=self.raw,
+            env=self.env,
+            overlays=self.overlays,
+            source=self.source,
+            base_dir=self.base_dir,
         )
 
     def path(self, value: str) -> Path:
@@ -520,9 +539,8 @@ def _parse_profiles(raw: Any, source: str) -> dict[str, Profile]:
             profile = Profile.from_mapping(table, source=source)
         except ConfigError as exc:
             # Name the profile rather than the generic section.
-            raise ConfigError(
-                str(exc).replace("[profiles.", f"[profiles.{name}.", 1), source=None
-            ) from None
+            key = f"profiles.{name}" + (exc.key or "profiles").removeprefix("profiles")
+            raise ConfigError(exc.message, source=exc.source, key=key) from None
         profiles[name] = attrs.evolve(profile, name=name)
     return profiles
 

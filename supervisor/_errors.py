@@ -19,6 +19,7 @@ class ConfigError(SupervisorError, ValueError):
     def __init__(self, message: str, *, source: str | None = None, key: str | None = None):
         self.source = source
         self.key = key
+        self.message = message
         prefix = ""
         if source:
             prefix = f"{source}: "

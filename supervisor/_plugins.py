@@ -137,8 +137,13 @@ def build(name: str, factory: Any, kwargs: Mapping[str, Any], *, source: str = "
     try:
         return factory(**kwargs)
     except (TypeError, ValueError) as exc:
+        # attrs validators raise TypeError(message, attribute, type, value):
+        # the first argument is the sentence a user should read.
+        detail = exc.args[0] if len(exc.args) > 1 and isinstance(exc.args[0], str) else str(exc)
         raise ConfigError(
-            f"system {name!r} rejected its arguments: {exc}", source=source, key=f"systems.{name}"
+            f"system {name!r} rejected its arguments: {detail}",
+            source=source,
+            key=f"systems.{name}",
         ) from None
 
 
@@ -224,7 +229,8 @@ def order(infos: Iterable[SystemInfo]) -> list[str]:
     for info in by_name.values():
         for dep in info.depends_on:
             if dep not in by_name:
-                close = difflib.get_close_matches(dep, list(by_name), n=1, cutoff=0.5)
+                others = [n for n in by_name if n != info.name]
+                close = difflib.get_close_matches(dep, others, n=1, cutoff=0.5)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise DependencyError(
                     f"depends on {dep!r}, which is not enabled{hint}", system=info.name

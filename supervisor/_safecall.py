@@ -60,19 +60,21 @@ def _innermost(tb: TracebackType | None) -> tuple[str, str]:
     frame_desc = ("?", "?")
     while tb is not None:
         code = tb.tb_frame.f_code
-        frame_desc = (code.co_filename, code.co_name)
+        frame_desc = (code.co_filename, code.co_qualname)
         tb = tb.tb_next
     return frame_desc
 
 
-def fingerprint(exc: BaseException) -> str:
-    """Identity of a failure: exception type plus the innermost frame (file, function).
+def fingerprint(exc: BaseException, system: str = "") -> str:
+    """Identity of a failure: the system, the exception type and the innermost frame.
 
-    The line number is left out on purpose, so an edit above the failing
-    line does not split one failure into two groups.
+    The frame is its file and qualified function name; the line number is
+    left out on purpose, so an edit above the failing line does not split
+    one failure into two groups. The system is part of it so that two
+    instances of one class (``use``) failing alike stay apart.
     """
     filename, func = _innermost(exc.__traceback__)
-    key = f"{type(exc).__module__}.{type(exc).__qualname__}|{filename}|{func}"
+    key = f"{system}|{type(exc).__module__}.{type(exc).__qualname__}|{filename}|{func}"
     return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
 
 
@@ -110,7 +112,7 @@ def make_record(
         exc_type=type(exc).__qualname__,
         message=message,
         traceback=tb,
-        fingerprint=fingerprint(exc),
+        fingerprint=fingerprint(exc, system),
         gauges=dict(gauges),
         health=health,
         kind=kind,

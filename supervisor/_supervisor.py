@@ -181,6 +181,18 @@ class RunSummary:
         return 3 if self.snapshot_written else 4
 
 
+def _default_name(factory: Any, target: str) -> str:
+    """The name an import-string system runs under: its ``name`` default, else its class name."""
+    if attrs.has(factory):
+        field = attrs.fields_dict(factory).get("name")
+        default = field.default if field is not None else None
+    else:
+        default = getattr(factory, "name", None)
+    if isinstance(default, str) and default:
+        return default
+    return target.rpartition(":")[2].lower()
+
+
 class Supervisor:
     """Hosts game systems and ticks them at a fixed rate.
 
@@ -285,6 +297,7 @@ class Supervisor:
         found = discover()
         enabled = cfg.enabled if cfg.enabled is not None else tuple(found)
         source = self.config.source
+        configured: set[str] = set()
         for entry in enabled:
             options = dict(cfg.options.get(entry, {}))
             target = options.pop("use", None) or entry
@@ -293,9 +306,10 @@ class Supervisor:
                 origin = f"import string ({target})"
                 name = entry
                 if is_import_string(entry):
-                    name = getattr(factory, "name", None) or target.rpartition(":")[2].lower()
+                    name = _default_name(factory, target)
                     options = dict(cfg.options.get(name, {}))
                     options.pop("use", None)
+                    configured.add(name)
             elif target in found:
                 src = found[target]
                 factory = src.load()
@@ -308,21 +322,21 @@ class Supervisor:
                     source=source,
                     key="systems.enabled",
                 )
+            configured.add(entry)
             system = build(name, factory, options, source=source)
             self.register(system, name=name, origin=origin)
+        try:
+            dependency_order(s.info for s in self._slots.values())
+        except DependencyError as exc:
+            # Found here, before anything starts, and reported against the config.
+            raise ConfigError(str(exc), source=source, key="systems") from None
         for name in cfg.options:
-            if name not in self._slots and not any(
-                is_import_string(e) and name == self._name_of_import(e) for e in enabled
-            ):
+            if name not in configured:
                 raise ConfigError(
                     f"[systems.{name}] configures a system that is not enabled",
                     source=source,
                     key=f"systems.{name}",
                 )
-
-    @staticmethod
-    def _name_of_import(entry: str) -> str:
-        return entry.rpartition(":")[2].lower()
 
     def register(self, system: Any, *, name: str | None = None, origin: str = "code") -> None:
         """Register a system instance; its hooks are resolved now, once.
