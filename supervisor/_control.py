@@ -1,0 +1,142 @@
+"""The control surface: what the HTTP API and the CLI may ask of a running supervisor.
+
+The core implements it; the API layer depends only on this protocol and on
+the frozen values below, never on the supervisor's internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import attrs
+
+__all__ = [
+    "Caller",
+    "Controlled",
+    "LifecycleEvent",
+    "ReadinessCheck",
+    "ReadinessReport",
+    "Refused",
+]
+
+
+@attrs.frozen
+class Caller:
+    """Who asks: a token's name and role, or the peer of the Unix socket."""
+
+    name: str  # token name, or "uid:1000" for an unauthenticated Unix-socket peer
+    role: str  # "viewer" | "operator"
+
+
+@attrs.frozen(kw_only=True)
+class ReadinessCheck:
+    """One check of the deployment readiness report."""
+
+    name: str  # "systems_ready" | "performance" | "error_handling" | "security"
+    ok: bool
+    detail: str
+    recommendation: str | None = None  # set when not ok
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping."""
+        return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class ReadinessReport:
+    """Every check, and whether all passed."""
+
+    checks: tuple[ReadinessCheck, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when every check passed."""
+        return all(c.ok for c in self.checks)
+
+    def check(self, name: str) -> ReadinessCheck:
+        """The check called ``name``.
+
+        Raises:
+            KeyError: no such check.
+        """
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping."""
+        return {"ok": self.ok, "checks": [c.as_dict() for c in self.checks]}
+
+
+@attrs.frozen(kw_only=True)
+class LifecycleEvent:
+    """A phase change or lifecycle action: who asked, when, why, and what happened."""
+
+    time: float  # wall clock
+    tick: int
+    action: str  # "phase" | "emergency" | "restart" | "shutdown" | "resume"
+    before: str
+    after: str
+    caller: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping."""
+        return attrs.asdict(self)
+
+
+class Refused(Exception):
+    """Raised by a control action that is not allowed now; ``detail`` says why.
+
+    ``payload`` carries structured context for the caller (for instance the
+    readiness report that blocked a promotion).
+    """
+
+    def __init__(self, detail: str, payload: Mapping[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.payload = dict(payload or {})
+
+
+class Controlled(Protocol):
+    """What the API layer needs from a supervisor."""
+
+    def status(self) -> dict[str, Any]:
+        """Everything ``supervisor status`` shows, JSON-ready."""
+        ...
+
+    def liveness(self) -> tuple[bool, str]:
+        """(alive, detail): the tick loop made progress recently, or the emergency handler runs."""
+        ...
+
+    def readiness_gate(self) -> tuple[bool, list[str]]:
+        """(ready, reasons): not in EMERGENCY_SHUTDOWN and no system unhealthy or quarantined."""
+        ...
+
+    def readiness(self) -> ReadinessReport:
+        """The deployment readiness report."""
+        ...
+
+    def error_view(self, *, limit: int, system: str | None) -> dict[str, Any]:
+        """Recent error records and groups by fingerprint, JSON-ready (already redacted)."""
+        ...
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        """The Prometheus exposition and its content type."""
+        ...
+
+    async def shutdown(self, *, emergency: bool, reason: str, caller: Caller) -> dict[str, Any]:
+        """Stop gracefully, or enter EMERGENCY_SHUTDOWN. Raises Refused when not allowed."""
+        ...
+
+    async def restart(self, *, caller: Caller) -> dict[str, Any]:
+        """Rebuild the systems from preserved state. Raises Refused when not allowed."""
+        ...
+
+    async def change_phase(
+        self, phase: str, *, force: bool, reason: str, caller: Caller
+    ) -> dict[str, Any]:
+        """Move to ``phase``. Raises Refused (with the readiness report) when not allowed."""
+        ...
