@@ -465,7 +465,7 @@ def run_ours(rate: int, seconds: float) -> TickResult:
         {"supervisor": {"tick_rate": rate}, "features": {"optimizer": False}}, env={}
     )
     configure_logging("json", "warning", stream=sys.stderr)
-    sup = Supervisor(config)
+    sup = Supervisor(config, persist=False)
     sup.register(Probe(), name="probe")
     for i, system in enumerate(make_systems()):
         sup.register(system, name=f"noop{i}")

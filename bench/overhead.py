@@ -47,7 +47,7 @@ def loop_seconds(count: int, ticks: int) -> float:
     config = Config.from_mapping(
         {"features": {"watchdog": True, "optimizer": False}}, env={}
     )
-    sup = Supervisor(config, tick_rate=1000, facts=FIXED_FACTS)
+    sup = Supervisor(config, tick_rate=1000, facts=FIXED_FACTS, persist=False)
     for i in range(count):
         sup.register(Noop(), name=f"noop{i}")
     clock = trio.testing.MockClock(autojump_threshold=0)

@@ -152,6 +152,7 @@ class SupervisorConfig(_Section):
     snapshot_generations: int = _f(3, int, min=1, max=1000)
     budget_fraction: float | None = _f(None, float, optional=True, min=0.01, max=1.0)
     stop_timeout: float = _f(2.0, float, min=0.0)
+    memory_limit_mb: float = _f(0.0, float, min=0.0)
 
 
 @attrs.frozen(kw_only=True)

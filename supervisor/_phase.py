@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import enum
+
+from ._control import LifecycleEvent
+from ._errors import PhaseError
 
 
 class Phase(enum.Enum):
@@ -25,3 +29,85 @@ class Phase(enum.Enum):
         except ValueError:
             names = ", ".join(p.value for p in cls)
             raise ValueError(f"unknown phase {text!r} (expected one of: {names})") from None
+
+
+#: Moves allowed by ``supervisor phase``. EMERGENCY_SHUTDOWN is entered by its
+#: triggers, from any phase, and left only by ``restart`` (back to the phase
+#: it interrupted).
+ALLOWED_MOVES: dict[Phase, frozenset[Phase]] = {
+    Phase.DEVELOPMENT: frozenset({Phase.TESTING, Phase.PRODUCTION}),
+    Phase.TESTING: frozenset({Phase.DEVELOPMENT, Phase.PRODUCTION}),
+    Phase.PRODUCTION: frozenset({Phase.TESTING, Phase.DEVELOPMENT}),
+    Phase.EMERGENCY_SHUTDOWN: frozenset(),
+}
+
+
+class PhaseMachine:
+    """The phase, the moves allowed from it, and the record of every move.
+
+    Pure: the caller passes the time, tick, caller and reason of each move,
+    and decides about the readiness gate; the machine checks the rules and
+    keeps the history.
+    """
+
+    def __init__(self, initial: Phase, *, history: int = 100) -> None:
+        if initial is Phase.EMERGENCY_SHUTDOWN:
+            raise ValueError("a supervisor cannot start in emergency_shutdown")
+        self.phase: Phase = initial
+        #: The phase an emergency interrupted; ``restart`` returns to it.
+        self.interrupted: Phase | None = None
+        self.history: collections.deque[LifecycleEvent] = collections.deque(maxlen=history)
+
+    def check(self, target: Phase, *, force: bool = False) -> None:
+        """Whether ``supervisor phase TARGET`` may move now (the gate aside).
+
+        Raises:
+            PhaseError: the move is not allowed; the message says why.
+        """
+        if force and self.phase is Phase.PRODUCTION:
+            raise PhaseError("--force is refused in production")
+        if target is self.phase:
+            raise PhaseError(f"already in {target.value}")
+        if self.phase is Phase.EMERGENCY_SHUTDOWN:
+            raise PhaseError(
+                "in emergency_shutdown: use `supervisor restart` (back to "
+                f"{self.interrupted.value if self.interrupted else 'the previous phase'}) "
+                "or `supervisor shutdown`"
+            )
+        if target is Phase.EMERGENCY_SHUTDOWN:
+            raise PhaseError("use `supervisor shutdown --emergency` to enter emergency_shutdown")
+        if (
+            target not in ALLOWED_MOVES[self.phase]
+        ):  # pragma: no cover - every other move is allowed
+            raise PhaseError(f"cannot move from {self.phase.value} to {target.value}")
+
+    def move(
+        self,
+        target: Phase,
+        *,
+        time: float,
+        tick: int,
+        caller: str,
+        reason: str,
+        action: str = "phase",
+    ) -> LifecycleEvent:
+        """Record and make the move (checked by the caller; emergencies always pass)."""
+        before = self.phase
+        if target is Phase.EMERGENCY_SHUTDOWN:
+            if before is Phase.EMERGENCY_SHUTDOWN:
+                raise PhaseError("already in emergency_shutdown")
+            self.interrupted = before
+        elif before is Phase.EMERGENCY_SHUTDOWN:
+            self.interrupted = None
+        self.phase = target
+        event = LifecycleEvent(
+            time=time,
+            tick=tick,
+            action=action,
+            before=before.value,
+            after=target.value,
+            caller=caller,
+            reason=reason,
+        )
+        self.history.append(event)
+        return event

@@ -10,21 +10,29 @@ timer, and nothing is logged when a step succeeds.
 from __future__ import annotations
 
 import array
+import collections
 import contextlib
+import functools
 import math
+import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
+import msgpack
+import psutil
 import trio
 
 from ._config import Config
 from ._context import Context
+from ._control import Caller, LifecycleEvent, ReadinessReport, Refused
 from ._errors import (
     ConfigError,
     DependencyError,
+    PhaseError,
     PluginError,
     StartupError,
     StepInterrupted,
@@ -33,11 +41,15 @@ from ._errors import (
 )
 from ._histogram import Histogram, HistogramStats
 from ._logging import get_logger
-from ._phase import Phase
+from ._metrics import SupervisorMetrics
+from ._phase import Phase, PhaseMachine
 from ._plugins import SystemInfo, build, discover, inspect_system, is_import_string, load_target
 from ._plugins import order as dependency_order
 from ._profiles import MachineFacts, choose_profile, detect_facts
+from ._readiness import ReadinessFacts, assess, security_only
+from ._redact import Redactor
 from ._safecall import Breaker, BreakerState, ErrorLog, ErrorRecord, make_record
+from ._snapshot import Snapshot, SnapshotStore
 from ._timing import make_sleeper
 from ._watchdog import Watchdog
 
@@ -49,6 +61,8 @@ _HEALTH_VALUES = ("healthy", "degraded", "unhealthy")
 #: read windowed quantiles from it. A power of two.
 STEP_RING = 1024
 _RING_MASK = STEP_RING - 1
+#: Seconds between the background samples of resources (never per tick).
+HOUSEKEEPING_INTERVAL = 1.0
 #: Exceptions a hook may raise that SafeCall turns into a failure. ``trio.Cancelled``
 #: and ``KeyboardInterrupt`` are not among them: they belong to the runtime.
 _STEP_ERRORS = (Exception, StepInterrupted, SystemExit)
@@ -64,6 +78,7 @@ class _Slot:
     tick_fn: Callable[..., Any]
     tick_async: bool
     breaker: Breaker
+    factory: Callable[[], Any] | None = None
     ctx: Context = attrs.field(init=False)
     every: int = 1
     started: bool = False
@@ -216,14 +231,17 @@ class Supervisor:
         timer: Callable[[], float] = time.perf_counter,
         wall: Callable[[], float] = time.time,
         facts: MachineFacts | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        persist: bool = True,
     ) -> None:
         self.config = config if config is not None else Config()
         if phase is None:
             phase = self.config.supervisor.phase
-        self.phase = Phase.parse(phase) if isinstance(phase, str) else phase
-        if self.phase is Phase.EMERGENCY_SHUTDOWN:
+        start = Phase.parse(phase) if isinstance(phase, str) else phase
+        if start is Phase.EMERGENCY_SHUTDOWN:
             raise ConfigError("cannot start in emergency_shutdown", key="supervisor.phase")
-        self._effective = self.config.for_phase(self.phase)
+        self._phases = PhaseMachine(start)
+        self._effective = self.config.for_phase(start)
         self.facts = facts if facts is not None else detect_facts()
         self.profile, self.profile_reason = choose_profile(
             self._effective.profiles, profile or self._effective.supervisor.profile, self.facts
@@ -274,6 +292,50 @@ class Supervisor:
         self._force = False
         self._startup_error: SupervisorError | None = None
         self._run_scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+        self._tick_limit: int | None = None
+        self._end_time = math.inf
+        self._last_tick_at: float | None = None
+        self._work_ring = array.array("d", bytes(8 * STEP_RING))
+        self._dropped_marks: collections.deque[tuple[int, int]] = collections.deque(maxlen=60)
+        self._emergency_at: float | None = None
+        self._emergency_done = trio.Event()
+        self.emergency_info: dict[str, Any] | None = None
+        self._restart_requested: Caller | None = None
+        self._restart_done = trio.Event()
+        self._restart_result: dict[str, Any] = {}
+        self._wake = trio.Event()
+
+        #: Whether snapshots are written (``supervisor.testing`` turns it off).
+        self.persist = persist
+        self.state_dir = (
+            Path(state_dir)
+            if state_dir is not None
+            else self.config.path(self._effective.supervisor.state_dir)
+        )
+        self.snapshots = SnapshotStore(
+            self.state_dir / "snapshots",
+            generations=self._effective.supervisor.snapshot_generations,
+        )
+        self.last_snapshot: Path | None = None
+        self.snapshot_problems: list[str] = []
+        self.snapshot_failures = 0
+        self.snapshot_stall = Histogram()
+        self.snapshot_write = Histogram()
+        self._next_snapshot = math.inf
+        self._snapshot_lock = trio.Lock()
+        self.snapshots_skipped = 0
+        self.resources: dict[str, float] = {}
+        self.redactor = Redactor(enabled=True)
+        self.metrics = SupervisorMetrics(self)
+
+        #: Long-running services started with the run, each ``await nursery.start(svc, sup)``
+        #: (the HTTP API registers itself here; the core does not import it).
+        self.services: list[Callable[..., Awaitable[Any]]] = []
+        #: Called with the new phase after every phase change.
+        self.phase_listeners: list[Callable[[Phase], None]] = []
+        #: Extra error-sink checks for readiness: each returns a problem or None.
+        self.sink_checks: list[Callable[[], str | None]] = []
 
     # ------------------------------------------------------------------ registration
 
@@ -324,7 +386,12 @@ class Supervisor:
                 )
             configured.add(entry)
             system = build(name, factory, options, source=source)
-            self.register(system, name=name, origin=origin)
+            self.register(
+                system,
+                name=name,
+                origin=origin,
+                factory=functools.partial(build, name, factory, options, source=source),
+            )
         try:
             dependency_order(s.info for s in self._slots.values())
         except DependencyError as exc:
@@ -338,7 +405,14 @@ class Supervisor:
                     key=f"systems.{name}",
                 )
 
-    def register(self, system: Any, *, name: str | None = None, origin: str = "code") -> None:
+    def register(
+        self,
+        system: Any,
+        *,
+        name: str | None = None,
+        origin: str = "code",
+        factory: Callable[[], Any] | None = None,
+    ) -> None:
         """Register a system instance; its hooks are resolved now, once.
 
         Args:
@@ -346,6 +420,8 @@ class Supervisor:
             name: the name to run it under (default: its ``name`` attribute,
                 else its class name in lower case).
             origin: where it came from, for ``supervisor systems`` and status.
+            factory: builds a fresh instance for ``restart``; without one the
+                same instance is kept and only its state restored.
 
         Raises:
             PluginError: the system is invalid or the name is taken.
@@ -364,6 +440,7 @@ class Supervisor:
             info=info,
             tick_fn=info.tick.fn,
             tick_async=info.tick.is_async,
+            factory=factory,
             breaker=Breaker(
                 max_restarts=cfg.max_restarts,
                 window=cfg.window_seconds,
@@ -392,6 +469,21 @@ class Supervisor:
         return [s.name for s in self._order] if self._order else list(self._slots)
 
     # ------------------------------------------------------------------ control
+
+    @property
+    def phase(self) -> Phase:
+        """The current phase."""
+        return self._phases.phase
+
+    @property
+    def gauges(self) -> dict[str, float]:
+        """The gauges systems reported with ``ctx.report``."""
+        return self._gauges
+
+    @property
+    def phase_history(self) -> tuple[LifecycleEvent, ...]:
+        """Every phase change and lifecycle action, oldest first."""
+        return tuple(self._phases.history)
 
     @property
     def tick(self) -> int:
@@ -437,6 +529,7 @@ class Supervisor:
             self._stop_reason = reason
         self._stopping = True
         self._stopped.set()
+        self._wake.set()
 
     def request_emergency(self, reason: str, *, source: str = "operator") -> None:
         """Enter EMERGENCY_SHUTDOWN after the current step: ticking stops, systems stop."""
@@ -444,6 +537,7 @@ class Supervisor:
             return
         self._emergency_reason = reason
         self._emergency_source = source
+        self._emergency_at = time.perf_counter()
         self._stopping = True
 
     @property
@@ -663,7 +757,7 @@ class Supervisor:
             t = now
         self._current = None
 
-    async def _tick_loop(self, ticks: int | None, duration: float | None) -> None:
+    async def _tick_loop(self) -> None:
         cfg = self._effective.supervisor
         sleep_until, sleeper = make_sleeper(precise=self._effective.features.precise_timing)
         current_time = trio.current_time
@@ -672,9 +766,10 @@ class Supervisor:
         work = self.work
         skip = cfg.overrun == "skip"
         max_catch_up = cfg.max_catch_up
+        work_ring = self._work_ring
         anchor = current_time()
-        end = anchor + duration if duration is not None else math.inf
-        last_tick = self._tick + ticks if ticks is not None else None
+        end = self._end_time
+        last_tick = self._tick_limit
         k = 0
         rate = self._rate
         if sleeper is not None:
@@ -711,10 +806,12 @@ class Supervisor:
                     break
                 lateness.record(now - deadline)
                 self._now = deadline
+                self._last_tick_at = now
                 t0 = timer()
                 await self._run_tick()
                 elapsed = timer() - t0
                 work.record(elapsed)
+                work_ring[self._tick & _RING_MASK] = elapsed
                 if elapsed > self._budget:
                     self.overruns += 1
                 self._tick += 1
@@ -725,6 +822,8 @@ class Supervisor:
                     self._drain_watchdog()
                 if self._next_retry <= deadline:
                     await self._retry_quarantined(deadline)
+                if self._next_snapshot <= deadline:
+                    await self._periodic_snapshot()
                 if last_tick is not None and self._tick >= last_tick:
                     break
         finally:
@@ -797,6 +896,7 @@ class Supervisor:
         duration: float | None = None,
         exit_on_emergency: bool = True,
         handle_signals: bool = False,
+        resume: bool = False,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> RunSummary:
         """Start the systems, tick until stopped, stop them; return the summary.
@@ -805,8 +905,9 @@ class Supervisor:
             ticks: stop gracefully after this many ticks.
             duration: stop gracefully after this many seconds of the clock.
             exit_on_emergency: return once an emergency shutdown is done;
-                otherwise stay up (for the API) until ``stop()``.
+                otherwise stay up (for the API) until ``restart`` or ``stop``.
             handle_signals: SIGINT/SIGTERM stop gracefully; a second forces.
+            resume: restore the latest valid snapshot before starting.
 
         Raises:
             StartupError: a critical system failed to start.
@@ -827,7 +928,9 @@ class Supervisor:
         self._startup_error = None
         try:
             with self._run_scope:
-                await self._serve(ticks, duration, exit_on_emergency, handle_signals, task_status)
+                await self._serve(
+                    ticks, duration, exit_on_emergency, handle_signals, resume, task_status
+                )
         finally:
             self._running = False
         if self._startup_error is not None:
@@ -849,11 +952,16 @@ class Supervisor:
         duration: float | None,
         exit_on_emergency: bool,
         handle_signals: bool,
+        resume: bool,
         task_status: trio.TaskStatus[None],
     ) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             if handle_signals:
                 nursery.start_soon(self._watch_signals)
+            nursery.start_soon(self._housekeeping)
+            for service in self.services:
+                await nursery.start(service, self)
             if self._effective.features.watchdog:
                 wd = self._effective.watchdog
                 self._watchdog = Watchdog(
@@ -861,36 +969,581 @@ class Supervisor:
                 )
                 self._watchdog.start()
             try:
+                if resume:
+                    await self._resume_from_disk()
                 try:
                     await self._start_systems()
                 except (StartupError, DependencyError) as exc:
                     self._startup_error = exc
                     return
+                self._tick_limit = self._tick + ticks if ticks is not None else None
+                self._end_time = trio.current_time() + duration if duration else math.inf
+                self._next_snapshot = self._snapshot_due()
                 task_status.started()
-                await self._tick_loop(ticks, duration)
-                if self._emergency_reason is not None:
-                    await self._enter_emergency()
-                    if not exit_on_emergency:
-                        await self._stopped.wait()
-                else:
-                    await self._stop_systems()
+                while True:
+                    await self._tick_loop()
+                    if self._emergency_reason is not None:
+                        await self._enter_emergency()
+                        if exit_on_emergency or not await self._wait_for_restart():
+                            break
+                        await self._restart(from_disk=True)
+                    elif self._restart_requested is not None:
+                        await self._restart(from_disk=False)
+                    else:
+                        await self._graceful_stop()
+                        break
             finally:
                 if self._watchdog is not None:
                     self._watchdog.stop()
                     self._watchdog = None
                 nursery.cancel_scope.cancel()
+                self._nursery = None
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _snapshot_due(self) -> float:
+        interval = self._effective.supervisor.snapshot_interval
+        if not self.persist or interval <= 0:
+            return math.inf
+        return trio.current_time() + interval
+
+    async def _capture(self, reason: str) -> Snapshot:
+        """Collect every system's ``snapshot()`` state, packed, on the loop thread.
+
+        Each state is packed with msgpack here, so the systems may change
+        their live state right after; encoding the file and writing it can
+        then happen on a worker thread.
+        """
+        systems: dict[str, bytes] = {}
+        for slot in self._order:
+            if "snapshot" not in slot.info.hooks:
+                continue
+            ok, state = await self._call(slot, "snapshot")
+            if not ok:
+                continue
+            try:
+                systems[slot.name] = msgpack.packb(state)
+            except (TypeError, ValueError, OverflowError) as exc:
+                record = self._record(slot, "snapshot", exc)
+                self._log.error(
+                    "snapshot.unserialisable",
+                    system=slot.name,
+                    error=record.exc_type,
+                    message=record.message,
+                )
+        interrupted = self._phases.interrupted
+        meta = {
+            "tick_rate": self.tick_rate,
+            "errors": dict(self.errors.counts),
+            "interrupted_phase": interrupted.value if interrupted else None,
+            "error_history": [self._public_record(r) for r in self.errors.recent(limit=20)],
+            "lifecycle": [e.as_dict() for e in self._phases.history],
+        }
+        return Snapshot(
+            tick=self._tick,
+            phase=self.phase.value,
+            reason=reason,
+            time=self._wall(),
+            systems=dict(systems),
+            meta=meta,
+        )
+
+    async def _write_snapshot(self, snap: Snapshot) -> Path | None:
+        """Encode and write ``snap`` on a worker thread; None (logged) when it fails.
+
+        Writes are serialised: the store prunes generations and stray temp
+        files after each write, which must not race another write.
+        """
+        started = time.perf_counter()
+        try:
+            async with self._snapshot_lock:
+                path = await trio.to_thread.run_sync(self.snapshots.write, snap)
+        except (OSError, ValueError, TypeError) as exc:
+            self.snapshot_failures += 1
+            self._log.error("snapshot.failed", tick=snap.tick, reason=snap.reason, error=str(exc))
+            return None
+        self.snapshot_write.record(time.perf_counter() - started)
+        self.last_snapshot = path
+        self._log.info("snapshot.written", path=str(path), tick=snap.tick, reason=snap.reason)
+        return path
+
+    async def _periodic_snapshot(self) -> None:
+        """Capture between ticks (the only stall), write in the background."""
+        self._next_snapshot = self._snapshot_due()
+        if self._snapshot_lock.locked():
+            self.snapshots_skipped += 1
+            return  # the previous write is still going: skip rather than queue
+        started = self._timer()
+        snap = await self._capture("periodic")
+        self.snapshot_stall.record(self._timer() - started)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._write_snapshot, snap)
+
+    async def _resume_from_disk(self) -> None:
+        snap = await self._latest_snapshot()
+        if snap is None:
+            self._log.warning("resume.nothing", folder=str(self.snapshots.directory))
+            return
+        await self._restore(snap)
+        self._phases.history.append(
+            LifecycleEvent(
+                time=self._wall(),
+                tick=self._tick,
+                action="resume",
+                before=snap.phase,
+                after=self.phase.value,
+                caller="run --resume",
+                reason=f"resumed from the snapshot of tick {snap.tick} ({snap.reason})",
+            )
+        )
+        self._log.info("resume.done", tick=snap.tick, reason=snap.reason)
+
+    async def _latest_snapshot(self) -> Snapshot | None:
+        snap, problems = await trio.to_thread.run_sync(self.snapshots.latest)
+        for problem in problems:
+            self._log.error("snapshot.corrupt", problem=str(problem))
+        self.snapshot_problems = [str(p) for p in problems]
+        return snap
+
+    async def _restore(self, snap: Snapshot) -> None:
+        """Give each system its state from ``snap``; the tick count continues from it."""
+        self._tick = snap.tick
+        for slot in self._order or list(self._slots.values()):
+            packed = snap.systems.get(slot.name)
+            if packed is None:
+                continue
+            if "restore" not in slot.info.hooks:
+                self._log.warning("restore.no_hook", system=slot.name)
+                continue
+            try:
+                state = msgpack.unpackb(packed, raw=False, strict_map_key=False)
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                self._record(slot, "restore", exc)
+                continue
+            await self._call(slot, "restore", state)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _enter_phase(self, target: Phase, *, caller: str, reason: str, action: str) -> None:
+        event = self._phases.move(
+            target, time=self._wall(), tick=self._tick, caller=caller, reason=reason, action=action
+        )
+        self._effective = self.config.for_phase(target)
+        recovery = self._effective.recovery
+        for slot in self._slots.values():
+            breaker = slot.breaker
+            breaker.max_restarts = recovery.max_restarts
+            breaker.window = recovery.window_seconds
+            breaker.backoff_initial = recovery.backoff_initial
+            breaker.backoff_max = recovery.backoff_max
+        if self._watchdog is not None:
+            self._watchdog.hang_timeout = self._effective.watchdog.hang_timeout
+            self._watchdog.kill_timeout = self._effective.watchdog.kill_timeout
+        overlay_rate = self._effective.supervisor.tick_rate
+        if overlay_rate is not None and overlay_rate != self.tick_rate:
+            self.set_tick_rate(overlay_rate)
+        log = self._log.critical if target is Phase.EMERGENCY_SHUTDOWN else self._log.info
+        log("supervisor.phase", **event.as_dict())
+        for listener in self.phase_listeners:
+            listener(target)
 
     async def _enter_emergency(self) -> None:
-        previous = self.phase
-        self.phase = Phase.EMERGENCY_SHUTDOWN
-        self._log.critical(
-            "supervisor.emergency",
-            reason=self._emergency_reason,
-            source=self._emergency_source,
-            previous_phase=previous.value,
-            tick=self._tick,
+        """Ticking has stopped: capture state, stop systems in reverse, write the snapshot."""
+        self._enter_phase(
+            Phase.EMERGENCY_SHUTDOWN,
+            caller=self._emergency_source or "supervisor",
+            reason=self._emergency_reason or "",
+            action="emergency",
         )
+        snap = await self._capture(f"emergency: {self._emergency_reason}")
         await self._stop_systems()
+        path = await self._write_snapshot(snap) if self.persist else None
+        self._snapshot_written = path is not None
+        elapsed = time.perf_counter() - (self._emergency_at or time.perf_counter())
+        self.emergency_info = {
+            "reason": self._emergency_reason,
+            "source": self._emergency_source,
+            "tick": self._tick,
+            "snapshot": str(path) if path else None,
+            "trigger_to_snapshot_seconds": elapsed,
+        }
+        self._log.critical("supervisor.emergency", **self.emergency_info)
+        self._emergency_done.set()
+
+    async def _wait_for_restart(self) -> bool:
+        """In EMERGENCY_SHUTDOWN: wait for ``restart`` (True) or ``stop`` (False)."""
+        while self._restart_requested is None and not self._stopped.is_set():
+            self._wake = trio.Event()
+            await self._wake.wait()
+        return self._restart_requested is not None
+
+    async def _restart(self, *, from_disk: bool) -> None:
+        """Stop the systems, build them afresh, restore their state, start, go on ticking."""
+        caller = self._restart_requested
+        assert caller is not None
+        if from_disk:
+            snap = await self._latest_snapshot()
+        else:
+            snap = await self._capture("restart")
+            await self._stop_systems()
+        self._rebuild_systems()
+        if snap is not None:
+            await self._restore(snap)
+        if self.phase is Phase.EMERGENCY_SHUTDOWN:
+            back = self._phases.interrupted or Phase.DEVELOPMENT
+            self._enter_phase(back, caller=caller.name, reason="restart", action="restart")
+        else:
+            self._phases.history.append(
+                LifecycleEvent(
+                    time=self._wall(),
+                    tick=self._tick,
+                    action="restart",
+                    before=self.phase.value,
+                    after=self.phase.value,
+                    caller=caller.name,
+                    reason="restart",
+                )
+            )
+        self._emergency_reason = self._emergency_source = self._emergency_at = None
+        self._emergency_done = trio.Event()
+        self._stopping = False
+        self._restart_requested = None
+        try:
+            await self._start_systems()
+        except StartupError as exc:
+            self.request_emergency(str(exc), source="restart")
+        self._restart_result = {
+            "tick": self._tick,
+            "phase": self.phase.value,
+            "restored": sorted(snap.systems) if snap is not None else [],
+            "from_snapshot": snap.tick if snap is not None else None,
+        }
+        self._log.info("supervisor.restarted", **self._restart_result)
+        self._restart_done.set()
+
+    def _rebuild_systems(self) -> None:
+        recovery = self._effective.recovery
+        for slot in self._slots.values():
+            if slot.factory is not None:
+                system = slot.factory()
+                info = inspect_system(system, slot.name, slot.info.origin)
+                slot.system = system
+                slot.info = info
+                slot.tick_fn = info.tick.fn
+                slot.tick_async = info.tick.is_async
+            slot.breaker = Breaker(
+                max_restarts=recovery.max_restarts,
+                window=recovery.window_seconds,
+                backoff_initial=recovery.backoff_initial,
+                backoff_max=recovery.backoff_max,
+            )
+            slot.every = 1
+            slot.started = False
+            slot.failed_tick = -1
+            slot.hang_stack = None
+        self._critical_errors.clear()
+        self._half_open.clear()
+        self._next_retry = math.inf
+
+    async def _graceful_stop(self) -> None:
+        """A final snapshot, then the systems stop in reverse order."""
+        snap = await self._capture(f"stop: {self._stop_reason or 'completed'}")
+        await self._stop_systems()
+        if self.persist:
+            with trio.move_on_after(self._effective.supervisor.stop_timeout * 5):
+                await self._write_snapshot(snap)
+
+    async def _housekeeping(self) -> None:
+        """Once a second, off the tick: resources, the dropped-tick window, the memory limit."""
+        proc = psutil.Process()
+        proc.cpu_percent()
+        while True:
+            await trio.sleep(HOUSEKEEPING_INTERVAL)
+            self._dropped_marks.append((self._tick, self.dropped_ticks))
+            with proc.oneshot():
+                rss = proc.memory_info().rss
+                self.resources = {
+                    "rss_bytes": rss,
+                    "cpu_percent": proc.cpu_percent(),
+                    "threads": proc.num_threads(),
+                    "open_files": proc.num_fds(),
+                }
+            limit = self._effective.supervisor.memory_limit_mb
+            if limit and rss > limit * 2**20 and self._emergency_reason is None:
+                self.request_emergency(
+                    f"fatal resource limit: RSS {rss / 2**20:.1f} MB exceeds memory_limit_mb "
+                    f"= {limit}",
+                    source="resources",
+                )
+
+    # ------------------------------------------------------------------ control surface
+
+    @property
+    def redaction(self) -> bool:
+        """Whether personal data is redacted: the flag, else on outside DEVELOPMENT."""
+        flag = self._effective.features.redaction
+        if flag is not None:
+            return flag
+        phase = self._phases.phase
+        if phase is Phase.EMERGENCY_SHUTDOWN:
+            phase = self._phases.interrupted or phase
+        return phase is not Phase.DEVELOPMENT
+
+    def _public_record(self, record: ErrorRecord) -> dict[str, Any]:
+        """A record as callers and snapshots see it: redacted, no traceback in production."""
+        d = record.as_dict()
+        if self.phase is Phase.PRODUCTION or self._phases.interrupted is Phase.PRODUCTION:
+            d["traceback"] = None
+            d["stack"] = None
+        if not self.redaction:
+            return d
+        self.redactor.enabled = True
+        out = self.redactor.record(d)
+        return out if out is not None else {"id": record.id, "redacted": "dropped (fail-closed)"}
+
+    def liveness(self) -> tuple[bool, str]:
+        """(alive, detail): ticks are progressing, or the emergency handler is up."""
+        if not self._running:
+            return False, "not running"
+        if self.phase is Phase.EMERGENCY_SHUTDOWN:
+            return True, f"emergency handler alive: {self._emergency_reason}"
+        if self._restart_requested is not None or self._last_tick_at is None:
+            return True, "starting"
+        age = trio.current_time() - self._last_tick_at
+        limit = max(1.0, 5.0 / self._rate)
+        if age > limit:
+            return False, f"no tick for {age:.2f} s (limit {limit:.2f} s)"
+        return True, f"last tick {age * 1e3:.1f} ms ago"
+
+    def readiness_gate(self) -> tuple[bool, list[str]]:
+        """(ready, reasons): not in EMERGENCY_SHUTDOWN, no system unhealthy or quarantined."""
+        reasons = []
+        if not self._running or self._last_tick_at is None:
+            reasons.append("not ticking yet")
+        if self.phase is Phase.EMERGENCY_SHUTDOWN:
+            reasons.append(f"emergency_shutdown: {self._emergency_reason}")
+        reasons.extend(f"quarantined: {name}" for name in self.quarantined())
+        reasons.extend(
+            f"unhealthy: {s.name}"
+            for s in self._slots.values()
+            if s.started
+            and s.breaker.state is not BreakerState.QUARANTINED
+            and self._health(s) == "unhealthy"
+        )
+        return not reasons, reasons
+
+    def _readiness_facts(self) -> ReadinessFacts:
+        window = min(self._tick, STEP_RING)
+        ring = self._work_ring
+        values = [ring[t & _RING_MASK] for t in range(self._tick - window, self._tick)]
+        work = HistogramStats.from_values(values)
+        horizon = self._tick - window
+        base = next(
+            (dropped for tick, dropped in self._dropped_marks if tick >= horizon),
+            self.dropped_ticks,
+        )
+        sink_problem = None
+        for check in (self._snapshot_sink_problem, *self.sink_checks):
+            sink_problem = check()
+            if sink_problem:
+                break
+        api = self._effective.api
+        socket_mode = None
+        if api.listen.startswith("unix:"):
+            with contextlib.suppress(OSError):
+                socket_mode = self.config.path(api.listen[5:]).stat().st_mode & 0o777
+        return ReadinessFacts(
+            not_started=tuple(
+                s.name
+                for s in self._order
+                if not s.started and s.breaker.state is BreakerState.CLOSED
+            )
+            if self._running
+            else tuple(self._slots),
+            quarantined=self.quarantined(),
+            unhealthy=tuple(
+                s.name for s in self._slots.values() if s.started and self._health(s) == "unhealthy"
+            ),
+            window_ticks=window,
+            work_p95=work.p95,
+            budget=self._budget,
+            dropped_in_window=self.dropped_ticks - base,
+            safecall_active=True,
+            sink_problem=sink_problem,
+            target_phase=Phase.PRODUCTION.value,
+            api_enabled=self._effective.features.api,
+            api_tcp=not api.listen.startswith("unix:"),
+            tokens=len(api.tokens),
+            socket_mode=socket_mode,
+            redaction=self._effective.features.redaction is not False,
+        )
+
+    def _snapshot_sink_problem(self) -> str | None:
+        if not self.persist:
+            return "snapshots are off for this supervisor (persist=False)"
+        folder = self.snapshots.directory
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"cannot create the snapshot folder {folder}: {exc.strerror}"
+        if not os.access(folder, os.W_OK):
+            return f"the snapshot folder {folder} is not writable"
+        return None
+
+    def readiness(self) -> ReadinessReport:
+        """The deployment readiness report (each check judged for PRODUCTION)."""
+        return assess(self._readiness_facts())
+
+    def security_report(self) -> ReadinessReport:
+        """The security check alone: starting directly in PRODUCTION requires it."""
+        return security_only(self._readiness_facts())
+
+    def error_view(self, *, limit: int = 20, system: str | None = None) -> dict[str, Any]:
+        """Recent records (newest first) and groups by fingerprint, redacted."""
+        return {
+            "records": [self._public_record(r) for r in self.errors.recent(limit, system)],
+            "groups": [g.as_dict() for g in self.errors.groups(system)][:limit],
+            "counts": dict(self.errors.counts),
+            "total": self.errors.total,
+        }
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        """The Prometheus exposition of this supervisor."""
+        return self.metrics.exposition()
+
+    def next_step(self) -> str:
+        """What an operator should do now, in one sentence."""
+        if self.phase is Phase.EMERGENCY_SHUTDOWN:
+            info = self.emergency_info or {}
+            where = info.get("snapshot") or "no snapshot was written"
+            return (
+                f"emergency: {self._emergency_reason}. State preserved in {where}. Inspect "
+                "`supervisor errors`, fix the cause, then `supervisor restart` to continue from "
+                "that state, or `supervisor shutdown` to stop."
+            )
+        quarantined = self.quarantined()
+        if quarantined:
+            return (
+                f"{', '.join(quarantined)} quarantined: see `supervisor errors --system "
+                f"{quarantined[0]}`; it is retried automatically after its backoff."
+            )
+        return "nothing to do: every system is running."
+
+    def status(self) -> dict[str, Any]:
+        """Everything ``supervisor status`` shows, JSON-ready."""
+        stats = self.statistics().as_dict()
+        ready, reasons = self.readiness_gate()
+        alive, alive_detail = self.liveness()
+        stats.update(
+            alive=alive,
+            alive_detail=alive_detail,
+            ready=ready,
+            not_ready=reasons,
+            next_step=self.next_step(),
+            emergency=self.emergency_info,
+            lifecycle=[e.as_dict() for e in self._phases.history],
+            machine=self.facts.as_dict(),
+            resources=dict(self.resources),
+            snapshots={
+                "folder": str(self.snapshots.directory),
+                "last": str(self.last_snapshot) if self.last_snapshot else None,
+                "stall": self.snapshot_stall.stats().as_dict(),
+                "write": self.snapshot_write.stats().as_dict(),
+                "failures": self.snapshot_failures,
+                "problems": list(self.snapshot_problems),
+            },
+            redaction=self.redaction,
+        )
+        return stats
+
+    async def shutdown(self, *, emergency: bool, reason: str, caller: Caller) -> dict[str, Any]:
+        """Stop gracefully, or enter EMERGENCY_SHUTDOWN and wait until its snapshot is written.
+
+        Raises:
+            Refused: not running, already stopping, or already in an emergency.
+        """
+        if not self._running:
+            raise Refused("the supervisor is not running")
+        if emergency:
+            if self._emergency_reason is not None:
+                raise Refused(f"already in emergency_shutdown: {self._emergency_reason}")
+            self.request_emergency(
+                f"operator {caller.name}: {reason or 'no reason given'}",
+                source=f"operator:{caller.name}",
+            )
+            await self._emergency_done.wait()
+            return {"phase": self.phase.value, **(self.emergency_info or {})}
+        if self._stop_reason:
+            raise Refused(f"already stopping: {self._stop_reason}")
+        self._phases.history.append(
+            LifecycleEvent(
+                time=self._wall(),
+                tick=self._tick,
+                action="shutdown",
+                before=self.phase.value,
+                after="stopped",
+                caller=caller.name,
+                reason=reason,
+            )
+        )
+        self.stop(f"shutdown by {caller.name}" + (f": {reason}" if reason else ""))
+        return {"stopping": True, "tick": self._tick}
+
+    async def restart(self, *, caller: Caller) -> dict[str, Any]:
+        """Rebuild the systems from preserved state and go on ticking.
+
+        Raises:
+            Refused: not running, stopping, a restart in progress, or (after an
+                emergency) no valid snapshot to restart from.
+        """
+        if not self._running:
+            raise Refused("the supervisor is not running")
+        if self._restart_requested is not None:
+            raise Refused("a restart is already in progress")
+        if self._stop_reason:
+            raise Refused(f"stopping: {self._stop_reason}")
+        if self.phase is Phase.EMERGENCY_SHUTDOWN:
+            if not self._emergency_done.is_set():
+                raise Refused("the emergency shutdown is still in progress")
+            snap, problems = await trio.to_thread.run_sync(self.snapshots.latest)
+            if snap is None:
+                raise Refused(
+                    "no valid snapshot to restart from"
+                    + (f" ({'; '.join(map(str, problems))})" if problems else "")
+                    + ": `supervisor shutdown`, then `supervisor run` starts fresh",
+                )
+        self._restart_done = trio.Event()
+        self._restart_requested = caller
+        self._stopping = True
+        self._wake.set()
+        await self._restart_done.wait()
+        return dict(self._restart_result)
+
+    async def change_phase(
+        self, phase: str, *, force: bool, reason: str, caller: Caller
+    ) -> dict[str, Any]:
+        """Move to ``phase``; promotion to PRODUCTION passes the readiness gate unless forced.
+
+        Raises:
+            Refused: the phase is unknown, the move is not allowed, or the
+                readiness gate failed (its report is in the payload).
+        """
+        try:
+            target = Phase.parse(phase)
+            self._phases.check(target, force=force)
+        except (ValueError, PhaseError) as exc:
+            raise Refused(str(exc)) from None
+        if target is Phase.PRODUCTION and not force:
+            report = self.readiness()
+            if not report.ok:
+                failed = ", ".join(c.name for c in report.checks if not c.ok)
+                raise Refused(
+                    f"readiness gate failed: {failed}", payload={"readiness": report.as_dict()}
+                )
+        before = self.phase.value
+        why = reason + (" (forced past the readiness gate)" if force else "")
+        self._enter_phase(target, caller=caller.name, reason=why.strip(), action="phase")
+        return {"before": before, "after": target.value, "forced": force}
 
     # ------------------------------------------------------------------ views
 

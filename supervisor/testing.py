@@ -74,6 +74,7 @@ def make_supervisor(
 
     ``config`` may be a ``Config`` or a plain mapping shaped like the TOML
     file; environment overrides are not read, so tests are hermetic.
+    Snapshots are written only when ``state_dir`` is given.
     """
     if config is None:
         config = Config()
@@ -82,6 +83,8 @@ def make_supervisor(
     if timer is not None:
         kwargs["timer"] = timer
     kwargs.setdefault("facts", FIXED_FACTS)
+    # Snapshots only where the test says: never into the working folder.
+    kwargs.setdefault("persist", kwargs.get("state_dir") is not None)
     sup = Supervisor(config, tick_rate=tick_rate, **kwargs)
     if isinstance(systems, Mapping):
         for name, system in systems.items():

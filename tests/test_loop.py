@@ -146,7 +146,7 @@ class TestRateChange:
         """Going from 10 to 20 Hz at tick 2 (t=0.2): the next ticks are at 0.25, 0.30, ..."""
         rec = Recorder()
         box: list[Supervisor] = []
-        sup = Supervisor(Config(), tick_rate=10, facts=FIXED_FACTS)
+        sup = Supervisor(Config(), tick_rate=10, facts=FIXED_FACTS, persist=False)
         box.append(sup)
         sup.register(rec)
         sup.register(RateChanger(box, at=2, hz=20))
@@ -162,7 +162,7 @@ class TestRateChange:
 
     def test_rate_out_of_range_is_refused(self) -> None:
         """set_tick_rate rejects 0, negatives, huge values and booleans, changing nothing."""
-        sup = Supervisor(Config(), tick_rate=10, facts=FIXED_FACTS)
+        sup = Supervisor(Config(), tick_rate=10, facts=FIXED_FACTS, persist=False)
         for bad in (0, -5, 1e9, True, math.nan):
             with pytest.raises(ValueError, match="tick rate"):
                 sup.set_tick_rate(bad)

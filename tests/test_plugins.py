@@ -163,12 +163,12 @@ class AsyncRecorder(SyncRecorder):
 
 def make_sup(raw: Mapping[str, Any] | None = None) -> Supervisor:
     """A supervisor on a hermetic config and fixed machine facts, with nothing registered."""
-    return Supervisor(Config.from_mapping(raw or {}, env={}), facts=FIXED_FACTS)
+    return Supervisor(Config.from_mapping(raw or {}, env={}), facts=FIXED_FACTS, persist=False)
 
 
 def from_config(raw: Mapping[str, Any]) -> Supervisor:
     """``Supervisor.from_config`` on a hermetic config and fixed machine facts."""
-    return Supervisor.from_config(Config.from_mapping(raw, env={}), facts=FIXED_FACTS)
+    return Supervisor.from_config(Config.from_mapping(raw, env={}), facts=FIXED_FACTS, persist=False)
 
 
 def origins(sup: Supervisor) -> dict[str, str]:

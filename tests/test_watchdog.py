@@ -21,7 +21,7 @@ def _run(*systems: Any, ticks: int, hang: float, kill: float, **features: Any) -
         },
         env={},
     )
-    sup = Supervisor(config, tick_rate=50, facts=FIXED_FACTS)
+    sup = Supervisor(config, tick_rate=50, facts=FIXED_FACTS, persist=False)
     for system in systems:
         sup.register(system)
     trio.run(functools.partial(sup.run, ticks=ticks))
