@@ -33,6 +33,10 @@ EXIT_USAGE = 2
 #: Read when ``--config`` is not given and the file exists in the working folder.
 DEFAULT_CONFIG = "supervisor.toml"
 
+#: Called with the supervisor before ``run`` starts it: each may add services
+#: (the HTTP API) or listeners. Filled by the layers built on the core.
+SERVICES: list[Callable[[Supervisor], None]] = []
+
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     click.echo(f"supervisor: error: {message}", err=True)
@@ -99,6 +103,7 @@ def cli() -> None:
     "--duration", type=float, callback=_positive(float, "--duration"), help="Stop after SECONDS."
 )
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where state is kept.")
+@click.option("--resume", is_flag=True, help="Restore the latest valid snapshot before starting.")
 @click.option(
     "--exit-on-emergency", is_flag=True, help="Exit with code 3 after an emergency shutdown."
 )
@@ -116,6 +121,7 @@ def run(
     ticks: int | None,
     duration: float | None,
     state_dir: str | None,
+    resume: bool,
     exit_on_emergency: bool,
     log_format: str | None,
     summary_json: str | None,
@@ -129,15 +135,38 @@ def run(
             logging={"format": log_format},
         )
         start_phase = Phase.parse(config.supervisor.phase)
-        configure_logging(
-            _resolve_log_format(config.for_phase(start_phase).logging.format, start_phase),
-            config.for_phase(start_phase).logging.level,
+        effective = config.for_phase(start_phase)
+        sup = Supervisor.from_config(
+            config,
+            tick_rate=tick_rate,
+            # A --state-dir is relative to where the command runs, not to the config file.
+            state_dir=Path(state_dir).resolve() if state_dir else None,
         )
-        sup = Supervisor.from_config(config, tick_rate=tick_rate)
     except (ConfigError, PluginError) as exc:
         _fail(str(exc))
     if summary_json is not None and not Path(summary_json).resolve().parent.is_dir():
         _fail(f"--summary-json {summary_json}: the folder does not exist")
+    if sup.phase is Phase.PRODUCTION:
+        report = sup.security_report()
+        if not report.ok:
+            check = report.checks[0]
+            _fail(
+                f"cannot start in production: security check failed: {check.detail} "
+                f"(recommendation: {check.recommendation})"
+            )
+    fmt = effective.logging.format
+    renderer = configure_logging(
+        _resolve_log_format(fmt, start_phase),
+        effective.logging.level,
+        processors=(sup.redactor.structlog_processor(),),
+    )
+    if fmt == "auto":
+        # Entering PRODUCTION (or any phase past DEVELOPMENT) turns JSON logs on.
+        sup.phase_listeners.append(
+            lambda phase: setattr(renderer, "format", _resolve_log_format("auto", phase))
+        )
+    for service in SERVICES:
+        service(sup)
 
     async def main() -> Any:
         return await sup.run(
@@ -145,6 +174,7 @@ def run(
             duration=duration,
             exit_on_emergency=exit_on_emergency,
             handle_signals=True,
+            resume=resume,
         )
 
     try:

@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["Renderer", "configure_logging", "get_logger"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -18,12 +18,31 @@ _LEVELS = {
 }
 
 
+class Renderer:
+    """The last processor: console or JSON, switchable while running.
+
+    Bound loggers keep the processors they were made with, so the format is
+    switched here (entering PRODUCTION turns JSON on) rather than by
+    reconfiguring structlog.
+    """
+
+    def __init__(self, fmt: str, colors: bool) -> None:
+        self.format = fmt
+        self._json = structlog.processors.JSONRenderer()
+        self._console = structlog.dev.ConsoleRenderer(colors=colors)
+
+    def __call__(self, logger: Any, name: str, event_dict: Any) -> Any:
+        if self.format == "json":
+            return self._json(logger, name, event_dict)
+        return self._console(logger, name, event_dict)
+
+
 def configure_logging(
     fmt: str = "console",
     level: str = "info",
     stream: TextIO | None = None,
     processors: tuple[Any, ...] = (),
-) -> None:
+) -> Renderer:
     """Configure structlog for the process.
 
     Args:
@@ -31,12 +50,11 @@ def configure_logging(
         level: the lowest level written; below it a log call is a bare return.
         stream: where lines go (default: standard error).
         processors: extra processors run before rendering (redaction, storm folding).
+
+    Returns:
+        The renderer, whose ``format`` may be switched later.
     """
-    renderer: Any
-    if fmt == "json":
-        renderer = structlog.processors.JSONRenderer()
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty())
+    renderer = Renderer(fmt, colors=(stream or sys.stderr).isatty())
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -48,8 +66,14 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+    return renderer
 
 
 def get_logger(**bound: Any) -> Any:
-    """A structlog logger with ``bound`` values."""
-    return structlog.get_logger("supervisor").bind(**bound)
+    """A structlog logger with ``bound`` values.
+
+    Lazy: it takes structlog's configuration when it logs, not when it is
+    made, so a supervisor built before ``configure_logging`` still logs where
+    and how the CLI configured.
+    """
+    return structlog.get_logger("supervisor", **bound)

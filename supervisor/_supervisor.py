@@ -42,6 +42,7 @@ from ._errors import (
 from ._histogram import Histogram, HistogramStats
 from ._logging import get_logger
 from ._metrics import SupervisorMetrics
+from ._optimizer import Decision, Observation, Optimizer, SystemLoad
 from ._phase import Phase, PhaseMachine
 from ._plugins import SystemInfo, build, discover, inspect_system, is_import_string, load_target
 from ._plugins import order as dependency_order
@@ -63,6 +64,9 @@ STEP_RING = 1024
 _RING_MASK = STEP_RING - 1
 #: Seconds between the background samples of resources (never per tick).
 HOUSEKEEPING_INTERVAL = 1.0
+#: Seconds of the clock between optimizer observations, and the fewest ticks one needs.
+OPTIMIZE_INTERVAL = 0.25
+OPTIMIZE_MIN_TICKS = 5
 #: Exceptions a hook may raise that SafeCall turns into a failure. ``trio.Cancelled``
 #: and ``KeyboardInterrupt`` are not among them: they belong to the runtime.
 _STEP_ERRORS = (Exception, StepInterrupted, SystemExit)
@@ -81,6 +85,8 @@ class _Slot:
     factory: Callable[[], Any] | None = None
     ctx: Context = attrs.field(init=False)
     every: int = 1
+    #: Spreads throttled systems over ticks: a slot runs when (tick + offset) % every == 0.
+    offset: int = 0
     started: bool = False
     ring: array.array[float] = attrs.field(factory=lambda: array.array("d", bytes(8 * STEP_RING)))
     failures: int = 0
@@ -262,6 +268,9 @@ class Supervisor:
         self._slots: dict[str, _Slot] = {}
         self._order: list[_Slot] = []
         self._active: list[_Slot] = []
+        # What the next tick steps: the active systems, less throttled ones off their turn.
+        self._runnable: list[_Slot] = []
+        self._throttled = False
         self._half_open: list[_Slot] = []
         self._next_retry = math.inf
 
@@ -305,6 +314,8 @@ class Supervisor:
         self._restart_done = trio.Event()
         self._restart_result: dict[str, Any] = {}
         self._wake = trio.Event()
+        self.optimizer: Optimizer | None = None
+        self._observed = (0, 0.0, 0)  # (tick, time, dropped) at the last observation
 
         #: Whether snapshots are written (``supervisor.testing`` turns it off).
         self.persist = persist
@@ -326,7 +337,7 @@ class Supervisor:
         self._snapshot_lock = trio.Lock()
         self.snapshots_skipped = 0
         self.resources: dict[str, float] = {}
-        self.redactor = Redactor(enabled=True)
+        self.redactor = Redactor(enabled=self.redaction)
         self.metrics = SupervisorMetrics(self)
 
         #: Long-running services started with the run, each ``await nursery.start(svc, sup)``
@@ -449,6 +460,7 @@ class Supervisor:
             ),
         )
         slot.ctx = Context(self, slot, get_logger(system=name))
+        slot.offset = len(self._slots)
         self._slots[name] = slot
         # The system's own name, when it keeps one, is the name it runs under.
         if getattr(system, "name", name) != name:
@@ -709,7 +721,11 @@ class Supervisor:
         end = self._tick if slot.window_end is None else slot.window_end
         start = max(slot.active_since, end - STEP_RING)
         ring = slot.ring
-        return [ring[t & _RING_MASK] for t in range(start, end)]
+        every, offset = slot.every, slot.offset
+        if every == 1:
+            return [ring[t & _RING_MASK] for t in range(start, end)]
+        # A throttled system's ring holds only the ticks it ran on.
+        return [ring[t & _RING_MASK] for t in range(start, end) if (t + offset) % every == 0]
 
     def _rebuild_active(self) -> None:
         active = [
@@ -725,6 +741,7 @@ class Supervisor:
                 slot.window_end = None
                 slot.active_since = self._tick
         self._active = active
+        self._runnable = active
 
     # ------------------------------------------------------------------ the tick loop
 
@@ -737,7 +754,7 @@ class Supervisor:
         timer = self._timer
         idx = self._tick & _RING_MASK
         t = timer()
-        for slot in self._active:
+        for slot in self._runnable:
             self._current = slot
             try:
                 if slot.tick_async:
@@ -807,6 +824,9 @@ class Supervisor:
                 lateness.record(now - deadline)
                 self._now = deadline
                 self._last_tick_at = now
+                if self._throttled:
+                    tick = self._tick
+                    self._runnable = [s for s in self._active if (tick + s.offset) % s.every == 0]
                 t0 = timer()
                 await self._run_tick()
                 elapsed = timer() - t0
@@ -876,6 +896,7 @@ class Supervisor:
         for slot in self._active:
             slot.window_end = self._tick
         self._active = []
+        self._runnable = []
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -979,6 +1000,7 @@ class Supervisor:
                 self._tick_limit = self._tick + ticks if ticks is not None else None
                 self._end_time = trio.current_time() + duration if duration else math.inf
                 self._next_snapshot = self._snapshot_due()
+                nursery.start_soon(self._optimize)
                 task_status.started()
                 while True:
                     await self._tick_loop()
@@ -1139,9 +1161,17 @@ class Supervisor:
         if self._watchdog is not None:
             self._watchdog.hang_timeout = self._effective.watchdog.hang_timeout
             self._watchdog.kill_timeout = self._effective.watchdog.kill_timeout
-        overlay_rate = self._effective.supervisor.tick_rate
+        overlay_rate = (
+            self.config.overlays.get(target.value, {}).get("supervisor", {}).get("tick_rate")
+        )
+        if self.optimizer is not None:
+            # A phase overlay that sets the rate pins it: the optimizer leaves it alone.
+            self.optimizer.pinned_rate = overlay_rate
+            if overlay_rate is None:
+                self.optimizer.rebase(self.tick_rate)
         if overlay_rate is not None and overlay_rate != self.tick_rate:
             self.set_tick_rate(overlay_rate)
+        self.redactor.enabled = self.redaction
         log = self._log.critical if target is Phase.EMERGENCY_SHUTDOWN else self._log.info
         log("supervisor.phase", **event.as_dict())
         for listener in self.phase_listeners:
@@ -1244,6 +1274,8 @@ class Supervisor:
         self._critical_errors.clear()
         self._half_open.clear()
         self._next_retry = math.inf
+        self._throttled = False
+        self.optimizer = None  # a fresh one starts from the rebuilt systems
 
     async def _graceful_stop(self) -> None:
         """A final snapshot, then the systems stop in reverse order."""
@@ -1252,6 +1284,72 @@ class Supervisor:
         if self.persist:
             with trio.move_on_after(self._effective.supervisor.stop_timeout * 5):
                 await self._write_snapshot(snap)
+
+    async def _optimize(self) -> None:
+        """Every ``OPTIMIZE_INTERVAL`` of the clock, off the tick: observe, decide, apply."""
+        self._observed = (self._tick, trio.current_time(), self.dropped_ticks)
+        while True:
+            await trio.sleep(OPTIMIZE_INTERVAL)
+            now = trio.current_time()
+            enabled = self._effective.features.optimizer
+            if self.optimizer is not None and not enabled:
+                for decision in self.optimizer.release(now):
+                    self._apply_decision(decision)
+                self.optimizer = None
+            if not enabled or self.phase is Phase.EMERGENCY_SHUTDOWN or self._stopping:
+                self._observed = (self._tick, now, self.dropped_ticks)
+                continue
+            if self._tick - self._observed[0] < OPTIMIZE_MIN_TICKS:
+                continue
+            if self.optimizer is None:
+                self.optimizer = Optimizer(profile=self.profile, base_rate=self._rate)
+            for decision in self.optimizer.observe(self._observation(now)):
+                self._apply_decision(decision)
+
+    def _observation(self, now: float) -> Observation:
+        tick0, time0, dropped0 = self._observed
+        self._observed = (self._tick, now, self.dropped_ticks)
+        start = max(tick0, self._tick - STEP_RING)
+        ring = self._work_ring
+        work = HistogramStats.from_values([ring[t & _RING_MASK] for t in range(start, self._tick)])
+        loads = []
+        for slot in self._order:
+            step = HistogramStats.from_values(self.step_window(slot.name))
+            loads.append(
+                SystemLoad(
+                    name=slot.name,
+                    priority=slot.info.priority,
+                    critical=slot.info.critical,
+                    p95=step.p95,
+                    mean=step.mean,
+                    every=slot.every,
+                )
+            )
+        return Observation(
+            now=now,
+            rate=self.tick_rate,
+            budget=self._budget_fraction / self.tick_rate,
+            work_p95=work.p95,
+            work_mean=work.mean,
+            dropped=self.dropped_ticks - dropped0,
+            window=now - time0,
+            systems=tuple(loads),
+        )
+
+    def _apply_decision(self, decision: Decision) -> None:
+        if decision.kind in ("throttle", "unthrottle"):
+            slot = self._slots.get(decision.target or "")
+            if slot is None:
+                return
+            slot.every = max(1, int(decision.after))
+            slot.active_since = self._tick  # its step window restarts at the new cadence
+            self._throttled = any(s.every > 1 for s in self._active)
+            if not self._throttled:
+                self._runnable = self._active
+        else:
+            self.set_tick_rate(decision.after)
+        self.optimizer_adjustments += 1
+        self._log.info("optimizer.decision", **decision.as_dict())
 
     async def _housekeeping(self) -> None:
         """Once a second, off the tick: resources, the dropped-tick window, the memory limit."""
@@ -1297,7 +1395,6 @@ class Supervisor:
             d["stack"] = None
         if not self.redaction:
             return d
-        self.redactor.enabled = True
         out = self.redactor.record(d)
         return out if out is not None else {"id": record.id, "redacted": "dropped (fail-closed)"}
 
@@ -1453,6 +1550,14 @@ class Supervisor:
                 "problems": list(self.snapshot_problems),
             },
             redaction=self.redaction,
+            optimizer=(
+                {
+                    **self.optimizer.statistics().as_dict(),
+                    "events": [e.as_dict() for e in self.optimizer.events],
+                }
+                if self.optimizer is not None
+                else {"state": "off" if not self._effective.features.optimizer else "starting"}
+            ),
         )
         return stats
 
