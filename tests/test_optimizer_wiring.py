@@ -51,7 +51,7 @@ class Costly:
 
 class TestOptimizerWiring:
     def test_overload_throttles_then_recovery_restores(self) -> None:
-        """Sustained overload throttles the low-priority system; ctx.dt covers its real step; load gone restores it."""
+        """Overload throttles the low-priority system (ctx.dt covers its step); calm restores it."""
         timer = FakeTimer()
         # 20 Hz, budget 0.8 * 50 ms = 40 ms. 'cosmetics' costs 45 ms until t = 10 s.
         cosmetics = Costly("cosmetics", timer, 0.045, priority=50, until=10.0)

@@ -10,8 +10,8 @@ import enum
 import json
 import traceback
 import uuid
-from collections.abc import Iterator
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple, cast
 
 import attrs
 import pytest
@@ -509,6 +509,12 @@ class TestRecord:
         assert r.record({"ok": "fine", "bad": bad}) is None
         assert r.dropped == 1
         assert r.record({"ok": "fine"}) == {"ok": "fine"}
+        assert r.dropped == 1
+
+    def test_non_mapping_is_dropped(self) -> None:
+        """Something that is not a mapping at run time is dropped, not passed through."""
+        r = Redactor()
+        assert r.record(cast("Mapping[str, Any]", ["a@b.co"])) is None
         assert r.dropped == 1
 
     def test_base_exceptions_propagate(self) -> None:
