@@ -19,6 +19,9 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from ._api import ApiListenError, make_app, parse_listen, serve_api
+from ._audit import AuditLog
+from ._client import COMMANDS
 from ._config import Config
 from ._errors import ConfigError, PluginError, StartupError
 from ._logging import configure_logging
@@ -33,9 +36,39 @@ EXIT_USAGE = 2
 #: Read when ``--config`` is not given and the file exists in the working folder.
 DEFAULT_CONFIG = "supervisor.toml"
 
-#: Called with the supervisor before ``run`` starts it: each may add services
-#: (the HTTP API) or listeners. Filled by the layers built on the core.
-SERVICES: list[Callable[[Supervisor], None]] = []
+
+def _attach_api(sup: Supervisor) -> None:
+    """Serve the HTTP API inside the supervisor's run, from before the systems start.
+
+    Raises:
+        ConfigError: ``[api] listen`` is malformed.
+    """
+    api = sup.config.api
+    try:
+        addr = parse_listen(api.listen)
+    except ValueError as exc:
+        raise ConfigError(str(exc), source=sup.config.source, key="api.listen") from None
+    listen = f"unix:{sup.config.path(addr.path)}" if addr.path else api.listen
+    audit_path = sup.config.path(api.audit_log)
+    audit = AuditLog(audit_path, redactor=sup.redactor)
+    sup.sink_checks.append(
+        lambda: None if audit.writable() else f"the audit log {audit_path} is not writable"
+    )
+    app = make_app(
+        sup,
+        api=api,
+        tcp=addr.is_tcp,
+        audit=audit,
+        redactor=sup.redactor,
+        phase=lambda: sup.access_phase.value,
+    )
+
+    async def serve(
+        _sup: Supervisor, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        await serve_api(app, listen, task_status=task_status)
+
+    sup.services.append(serve)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -165,8 +198,11 @@ def run(
         sup.phase_listeners.append(
             lambda phase: setattr(renderer, "format", _resolve_log_format("auto", phase))
         )
-    for service in SERVICES:
-        service(sup)
+    if effective.features.api:
+        try:
+            _attach_api(sup)
+        except ConfigError as exc:
+            _fail(str(exc))
 
     async def main() -> Any:
         return await sup.run(
@@ -179,6 +215,8 @@ def run(
 
     try:
         summary = trio.run(main)
+    except ApiListenError as exc:
+        _fail(f"[api] listen {exc.listen}: {exc}")
     except StartupError as exc:
         _fail(str(exc), EXIT_FAILED)
     except PluginError as exc:  # dependency errors surface when the run orders systems
@@ -237,6 +275,10 @@ def _class_default(cls: Any, attr: str, default: Any) -> Any:
                 value = field.default
                 return value.factory() if isinstance(value, attrs.Factory) else value  # type: ignore[arg-type]
     return getattr(cls, attr, default)
+
+
+for _command in COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -161,6 +161,14 @@ class _Collector(Collector):
             "Tick-loop time spent capturing periodic snapshots.",
             sup.snapshot_stall,
         )
+        dropped = CounterMetricFamily(
+            "supervisor_errors_dropped",
+            "Error-recording work skipped to stay bounded, by reason.",
+            labels=["reason"],
+        )
+        for reason in ("traceback_budget", "group_evicted"):
+            dropped.add_metric([reason], sup.errors.dropped.get(reason, 0))
+        yield dropped
         yield CounterMetricFamily(
             "supervisor_snapshot_failures",
             "Snapshots that could not be written.",

@@ -15,6 +15,7 @@ import collections
 import enum
 import hashlib
 import itertools
+import math
 import traceback
 from collections.abc import Mapping
 from types import TracebackType
@@ -94,11 +95,22 @@ def make_record(
     traceback_limit: int,
     kind: str = "error",
     stack: str | None = None,
+    fingerprint_value: str | None = None,
+    traceback_text: str | None = None,
 ) -> ErrorRecord:
-    """Build the frozen record of ``exc`` (the traceback bounded in frames and characters)."""
-    tb = "".join(traceback.format_exception(exc, limit=-traceback_limit if traceback_limit else 0))
-    if len(tb) > TRACEBACK_CHARS:
-        tb = "...\n" + tb[-TRACEBACK_CHARS:]
+    """Build the frozen record of ``exc`` (the traceback bounded in frames and characters).
+
+    ``traceback_text`` reuses an already formatted traceback (formatting is
+    the costly part of a record; an error storm reuses its group's).
+    """
+    if traceback_text is None:
+        tb = "".join(
+            traceback.format_exception(exc, limit=-traceback_limit if traceback_limit else 0)
+        )
+        if len(tb) > TRACEBACK_CHARS:
+            tb = "...\n" + tb[-TRACEBACK_CHARS:]
+    else:
+        tb = traceback_text
     message = str(exc)
     if len(message) > MESSAGE_CHARS:
         message = message[:MESSAGE_CHARS] + "..."
@@ -112,7 +124,7 @@ def make_record(
         exc_type=type(exc).__qualname__,
         message=message,
         traceback=tb,
-        fingerprint=fingerprint(exc, system),
+        fingerprint=fingerprint_value or fingerprint(exc, system),
         gauges=dict(gauges),
         health=health,
         kind=kind,
@@ -144,6 +156,9 @@ class _GroupState:
     first: ErrorRecord
     last: ErrorRecord
     count: int = 1
+    #: When a traceback was last formatted for this group, and the text.
+    formatted_at: float = -math.inf
+    traceback: str = ""
 
 
 class ErrorLog:
@@ -159,21 +174,38 @@ class ErrorLog:
         self._groups: collections.OrderedDict[str, _GroupState] = collections.OrderedDict()
         self._max_groups = max_groups
         self.total = 0
+        #: Work skipped to keep recording bounded, by reason (exported as a metric).
+        self.dropped: collections.Counter[str] = collections.Counter()
 
-    def add(self, record: ErrorRecord) -> None:
-        """Keep ``record``: in the ring, in its system's count, in its group."""
+    def add(self, record: ErrorRecord, *, formatted: bool = True) -> None:
+        """Keep ``record``: in the ring, in its system's count, in its group.
+
+        ``formatted`` says its traceback was freshly formatted (and may be
+        reused by ``recent_traceback``).
+        """
         self.records.append(record)
         self.counts[record.system] += 1
         self.total += 1
         group = self._groups.get(record.fingerprint)
         if group is None:
-            self._groups[record.fingerprint] = _GroupState(first=record, last=record)
+            group = self._groups[record.fingerprint] = _GroupState(first=record, last=record)
             if len(self._groups) > self._max_groups:
                 self._groups.popitem(last=False)
+                self.dropped["group_evicted"] += 1
         else:
             group.last = record
             group.count += 1
             self._groups.move_to_end(record.fingerprint)
+        if formatted:
+            group.formatted_at = record.time
+            group.traceback = record.traceback
+
+    def recent_traceback(self, fp: str, now: float, within: float) -> str | None:
+        """The traceback formatted for group ``fp`` less than ``within`` seconds ago, if any."""
+        group = self._groups.get(fp)
+        if group is None or now - group.formatted_at >= within:
+            return None
+        return group.traceback
 
     def recent(self, limit: int | None = None, system: str | None = None) -> list[ErrorRecord]:
         """The newest records first, optionally of one system only."""

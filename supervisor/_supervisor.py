@@ -49,7 +49,7 @@ from ._plugins import order as dependency_order
 from ._profiles import MachineFacts, choose_profile, detect_facts
 from ._readiness import ReadinessFacts, assess, security_only
 from ._redact import Redactor
-from ._safecall import Breaker, BreakerState, ErrorLog, ErrorRecord, make_record
+from ._safecall import Breaker, BreakerState, ErrorLog, ErrorRecord, fingerprint, make_record
 from ._snapshot import Snapshot, SnapshotStore
 from ._timing import make_sleeper
 from ._watchdog import Watchdog
@@ -67,6 +67,11 @@ HOUSEKEEPING_INTERVAL = 1.0
 #: Seconds of the clock between optimizer observations, and the fewest ticks one needs.
 OPTIMIZE_INTERVAL = 0.25
 OPTIMIZE_MIN_TICKS = 5
+#: Tracebacks formatted per second across all error groups (an error storm reuses them).
+FORMAT_BUDGET = 200
+#: Seconds during which further failures of one fingerprint fold into one storm line.
+LOG_FOLD_INTERVAL = 5.0
+MAX_LOG_FOLDS = 1000
 #: Exceptions a hook may raise that SafeCall turns into a failure. ``trio.Cancelled``
 #: and ``KeyboardInterrupt`` are not among them: they belong to the runtime.
 _STEP_ERRORS = (Exception, StepInterrupted, SystemExit)
@@ -314,6 +319,8 @@ class Supervisor:
         self._restart_done = trio.Event()
         self._restart_result: dict[str, Any] = {}
         self._wake = trio.Event()
+        self._format_budget = FORMAT_BUDGET
+        self._log_folds: dict[str, list[Any]] = {}
         self.optimizer: Optimizer | None = None
         self._observed = (0, 0.0, 0)  # (tick, time, dropped) at the last observation
 
@@ -488,6 +495,11 @@ class Supervisor:
         return self._phases.phase
 
     @property
+    def access_phase(self) -> Phase:
+        """The phase whose API access rules apply: during an emergency, the one it interrupted."""
+        return self._phases.interrupted or self._phases.phase
+
+    @property
     def gauges(self) -> dict[str, float]:
         """The gauges systems reported with ``ctx.report``."""
         return self._gauges
@@ -580,9 +592,23 @@ class Supervisor:
             stack, slot.hang_stack = slot.hang_stack, None
         elif isinstance(exc, StepTimeout):
             kind = "timeout"
+        now = self._wall()
+        fp = fingerprint(exc, slot.name)
+        # Formatting a traceback is the costly part of a record: an error storm
+        # reuses its group's, formatted at most once a second, and all groups
+        # together at most FORMAT_BUDGET times a second.
+        tb = self.errors.recent_traceback(fp, now, 1.0)
+        formatted = tb is None
+        if formatted and self._format_budget <= 0:
+            tb, formatted = "(traceback not formatted: error storm)", False
+            self.errors.dropped["traceback_budget"] += 1
+        if formatted:
+            self._format_budget -= 1
         record = make_record(
             exc,
-            time=self._wall(),
+            fingerprint_value=fp,
+            traceback_text=tb,
+            time=now,
             tick=self._tick,
             system=slot.name,
             hook=hook,
@@ -593,10 +619,53 @@ class Supervisor:
             kind=kind,
             stack=stack,
         )
-        self.errors.add(record)
+        self.errors.add(record, formatted=formatted)
         slot.failures += 1
         slot.failed_tick = self._tick
         return record
+
+    def _log_failure(self, record: ErrorRecord) -> None:
+        """Log a failure, folding a storm: one line per fingerprint per LOG_FOLD_INTERVAL."""
+        folds = self._log_folds
+        fold = folds.get(record.fingerprint)
+        now = record.time
+        if fold is not None and now - fold[0] < LOG_FOLD_INTERVAL:
+            fold[1] += 1
+            return
+        if fold is not None and fold[1]:
+            self._log_storm(record.fingerprint, fold)
+        folds[record.fingerprint] = [now, 0, record.system, record.exc_type]
+        if len(folds) > MAX_LOG_FOLDS:
+            folds.pop(next(iter(folds)))
+        self._log.error(
+            "system.error",
+            system=record.system,
+            hook=record.hook,
+            tick=record.tick,
+            error=record.exc_type,
+            message=record.message,
+            fingerprint=record.fingerprint,
+            kind=record.kind,
+        )
+
+    def _log_storm(self, fp: str, fold: list[Any]) -> None:
+        self._log.error(
+            "system.error_storm",
+            fingerprint=fp,
+            system=fold[2],
+            error=fold[3],
+            suppressed=fold[1],
+            interval=LOG_FOLD_INTERVAL,
+        )
+        fold[1] = 0
+
+    def _flush_log_folds(self, *, all_folds: bool = False) -> None:
+        now = self._wall()
+        for fp, fold in list(self._log_folds.items()):
+            if all_folds or now - fold[0] >= LOG_FOLD_INTERVAL:
+                if fold[1]:
+                    self._log_storm(fp, fold)
+                del self._log_folds[fp]
 
     async def _call(
         self, slot: _Slot, hook: str, *args: Any, timeout: float | None = None
@@ -615,15 +684,7 @@ class Supervisor:
             return True, resolved.fn(*args)
         except _STEP_ERRORS as exc:
             self._current = None
-            record = self._record(slot, hook, exc)
-            self._log.error(
-                "system.error",
-                system=slot.name,
-                hook=hook,
-                error=record.exc_type,
-                message=record.message,
-                fingerprint=record.fingerprint,
-            )
+            self._log_failure(self._record(slot, hook, exc))
             return False, None
         finally:
             self._current = None
@@ -633,16 +694,7 @@ class Supervisor:
         """A tick step failed: record, then recover, quarantine or escalate."""
         record = self._record(slot, hook, exc)
         now = trio.current_time()
-        self._log.error(
-            "system.error",
-            system=slot.name,
-            hook=hook,
-            tick=self._tick,
-            error=record.exc_type,
-            message=record.message,
-            fingerprint=record.fingerprint,
-            kind=record.kind,
-        )
+        self._log_failure(record)
         recovery = self._effective.recovery
         if slot.info.critical:
             horizon = now - recovery.window_seconds
@@ -954,6 +1006,7 @@ class Supervisor:
                 )
         finally:
             self._running = False
+            self._flush_log_folds(all_folds=True)
         if self._startup_error is not None:
             # Raised here, outside the nursery, so callers get the error itself
             # and not an exception group around it.
@@ -982,7 +1035,12 @@ class Supervisor:
                 nursery.start_soon(self._watch_signals)
             nursery.start_soon(self._housekeeping)
             for service in self.services:
-                await nursery.start(service, self)
+                try:
+                    await nursery.start(service, self)
+                except SupervisorError as exc:
+                    self._startup_error = exc
+                    nursery.cancel_scope.cancel()
+                    return
             if self._effective.features.watchdog:
                 wd = self._effective.watchdog
                 self._watchdog = Watchdog(
@@ -1357,6 +1415,8 @@ class Supervisor:
         proc.cpu_percent()
         while True:
             await trio.sleep(HOUSEKEEPING_INTERVAL)
+            self._format_budget = FORMAT_BUDGET
+            self._flush_log_folds()
             self._dropped_marks.append((self._tick, self.dropped_ticks))
             with proc.oneshot():
                 rss = proc.memory_info().rss

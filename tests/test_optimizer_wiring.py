@@ -68,7 +68,8 @@ class TestOptimizerWiring:
         assert result.summary.optimizer_adjustments == len(kinds)
         # While throttled, each step of cosmetics covered several ticks of simulated time.
         assert max(cosmetics.dts) > 1 / 20
-        assert economy.dts == [1 / 20] * len(economy.dts)
+        # The critical system is never throttled: it ran on every tick.
+        assert economy.steps == result.summary.ticks
         # Fully restored by the end: every tick again.
         assert sup._slots["cosmetics"].every == 1
         assert sup.tick_rate == 20

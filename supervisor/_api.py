@@ -1,0 +1,863 @@
+"""The HTTP API: a small, exact ASGI app over :class:`~supervisor._control.Controlled`.
+
+No web framework: nine routes, each answer JSON (``{"error": ...}`` on
+errors) except ``/metrics``. Every request is checked in the same order, so
+the status code a hostile request gets is predictable (``tests/test_api.py``
+pins each step):
+
+1. the route (404), then the method (405, with ``Allow``);
+2. the caller: ``Authorization: Bearer <token>``; a presented token that
+   matches no configured hash is always 401, a missing one is 401 outside
+   DEVELOPMENT and on TCP; then the role (403);
+3. the query string (400), then the body: its size (413, before the rest is
+   read), its media type (415), JSON syntax and the known keys with their
+   types (400, naming the key);
+4. the supervisor call: ``Refused`` is 409, anything unexpected a logged 500
+   without a traceback.
+
+``/healthz`` and ``/readyz`` skip step 2 entirely: probes never carry
+credentials, and their answers reveal nothing.
+
+Every POST to an action route, whatever its outcome from step 2 on, is
+written to the :class:`~supervisor._audit.AuditLog`.
+
+:func:`serve_api` serves the app with hypercorn's trio worker inside the
+caller's trio run, on ``unix:PATH`` (mode 0600) or ``HOST:PORT``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import re
+import socket
+import stat
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from pathlib import Path
+from typing import Any, Final, cast
+from urllib.parse import parse_qsl
+
+import attrs
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from ._audit import AuditEntry, AuditLog
+from ._config import ApiConfig
+from ._control import Caller, Controlled, Refused
+from ._errors import SupervisorError
+from ._logging import get_logger
+from ._phase import Phase
+from ._redact import Redactor
+
+__all__ = [
+    "ASGIApp",
+    "ApiListenError",
+    "ListenAddress",
+    "make_app",
+    "parse_listen",
+    "serve_api",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Longest ``reason`` accepted for shutdown and phase changes.
+MAX_REASON: Final = 500
+#: ``/v1/errors?limit=`` bounds and default.
+MAX_ERRORS_LIMIT: Final = 1000
+DEFAULT_ERRORS_LIMIT: Final = 20
+_MAX_SYSTEM_NAME: Final = 200
+_MAX_PHASE_NAME: Final = 64
+# Echoed back in a 400 naming an unknown key: enough to recognise a typo.
+_MAX_ECHO: Final = 40
+
+_DEVELOPMENT: Final = Phase.DEVELOPMENT.value
+_JSON_TYPE: Final = b"application/json"
+_BASE_HEADERS: Final = (
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+)
+_LIMIT_RE: Final = re.compile(r"[0-9]{1,7}", re.ASCII)
+
+
+class ApiListenError(SupervisorError, OSError):
+    """Raised by :func:`serve_api` when it cannot listen on ``[api] listen``.
+
+    ``listen`` is the address at fault; the message says why (in use, another
+    supervisor is serving there, a path that is not a socket, ...).
+    """
+
+    def __init__(self, message: str, *, listen: str) -> None:
+        self.listen = listen
+        super().__init__(f"[api] listen {listen!r}: {message}")
+
+
+# ---------------------------------------------------------------- addresses
+
+
+@attrs.frozen(kw_only=True)
+class ListenAddress:
+    """Where the API listens (or where a client connects): a Unix socket or TCP."""
+
+    path: str | None = None  # set for a Unix socket
+    host: str | None = None  # set for TCP
+    port: int = 0
+
+    @property
+    def is_tcp(self) -> bool:
+        """True for a TCP address: tokens are then always required."""
+        return self.path is None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_listen(text: str) -> ListenAddress:
+    """Parse ``unix:PATH``, ``HOST:PORT`` or ``http://HOST:PORT`` (IPv6 in brackets).
+
+    Raises:
+        ValueError: the text is none of those; the message says which part is wrong.
+    """
+    text = text.strip()
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if path.startswith("//"):  # unix:///abs/path, as some tools write it
+            path = path[2:]
+        if not path:
+            raise ValueError(f"{text!r}: expected unix:PATH with a path")
+        return ListenAddress(path=path)
+    rest = text.removeprefix("http://").rstrip("/")
+    if "://" in rest or "/" in rest:
+        raise ValueError(f"{text!r}: expected unix:PATH, HOST:PORT or http://HOST:PORT")
+    if rest.startswith("["):
+        host, sep, port_text = rest[1:].partition("]:")
+    else:
+        host, sep, port_text = rest.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r}: expected unix:PATH, HOST:PORT or http://HOST:PORT")
+    if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
+    return ListenAddress(host=host, port=int(port_text))
+
+
+# ------------------------------------------------------------------ answers
+
+
+@attrs.frozen
+class _Answer:
+    status: int
+    body: bytes
+    content_type: bytes = _JSON_TYPE
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    detail: str = "ok"  # what the audit log records as the result
+
+
+class _HttpError(Exception):
+    """An error answer, raised from anywhere in request handling."""
+
+    def __init__(
+        self, status: int, message: str, *, headers: Iterable[tuple[bytes, bytes]] = ()
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = tuple(headers)
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN and infinities (not JSON) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _json_default(obj: Any) -> Any:
+    # A status dict from the core may hold values json does not know; an odd
+    # type must not turn a status request into a 500.
+    if attrs.has(type(obj)):
+        return attrs.asdict(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=str)
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return "[bytes]"
+    return str(obj)
+
+
+def _dumps(obj: Any) -> bytes:
+    try:
+        text = json.dumps(obj, allow_nan=False, ensure_ascii=False, default=_json_default)
+    except ValueError:  # a NaN or an infinity somewhere
+        text = json.dumps(_finite(obj), allow_nan=False, ensure_ascii=False, default=_json_default)
+    return text.encode("utf-8") + b"\n"
+
+
+def _json(
+    status: int, obj: Any, *, detail: str = "ok", headers: Iterable[tuple[bytes, bytes]] = ()
+) -> _Answer:
+    return _Answer(status, _dumps(obj), headers=tuple(headers), detail=detail)
+
+
+def _echo(text: str) -> str:
+    """A user-supplied name, shortened for an error message."""
+    return repr(text if len(text) <= _MAX_ECHO else text[:_MAX_ECHO] + "...")
+
+
+# ------------------------------------------------------------------- routes
+
+
+@attrs.frozen
+class _Route:
+    method: str  # "GET" routes answer HEAD too
+    handler: str  # name of an _Api method
+    params: frozenset[str] = frozenset()  # allowed query parameters
+    public: bool = False  # probes: no token ever looked at
+    action: str | None = None  # audited control action
+
+
+_ROUTES: Final[Mapping[str, _Route]] = {
+    "/healthz": _Route("GET", "_healthz", public=True),
+    "/readyz": _Route("GET", "_readyz", public=True),
+    "/metrics": _Route("GET", "_metrics"),
+    "/v1/status": _Route("GET", "_status"),
+    "/v1/readiness": _Route("GET", "_readiness"),
+    "/v1/errors": _Route("GET", "_errors", params=frozenset({"limit", "system"})),
+    "/v1/shutdown": _Route("POST", "_shutdown", action="shutdown"),
+    "/v1/restart": _Route("POST", "_restart", action="restart"),
+    "/v1/phase": _Route("POST", "_phase", action="phase"),
+}
+
+# Per action: key -> (type, default); a default of _REQUIRED means the key must be given.
+_REQUIRED: Final = object()
+_SCHEMAS: Final[Mapping[str, Mapping[str, tuple[type, Any]]]] = {
+    "shutdown": {"emergency": (bool, False), "reason": (str, "")},
+    "restart": {},
+    "phase": {"phase": (str, _REQUIRED), "force": (bool, False), "reason": (str, "")},
+}
+_TYPE_NAMES: Final = {bool: "true or false", str: "a string"}
+
+
+@attrs.define(eq=False)
+class _AuditNote:
+    """What the audit line of one action request says, filled in as checks pass."""
+
+    action: str
+    caller: Caller | None = None
+    arguments: dict[str, Any] | None = None
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A repeated key is ambiguous (which one did the caller mean, and which
+    # one would the audit log show?), so it is refused rather than last-wins.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"duplicate key {_echo(key)}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; an empty body is ``{}``.
+
+    Raises:
+        _HttpError: 400, the body is not UTF-8 JSON or not an object.
+    """
+    if not body.strip():
+        return {}
+    try:
+        obj = json.loads(
+            body.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
+        )
+    except _DuplicateKey as exc:
+        raise _HttpError(400, f"invalid JSON body: {exc}") from None
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise _HttpError(400, "the body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise _HttpError(400, "the body must be a JSON object")
+    return obj
+
+
+def _validate(action: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of ``action`` from ``obj``, with defaults filled in.
+
+    Raises:
+        _HttpError: 400 naming the first unknown, missing or mistyped key.
+    """
+    schema = _SCHEMAS[action]
+    for key in obj:
+        if key not in schema:
+            known = ", ".join(schema) or "none"
+            raise _HttpError(400, f"unknown key {_echo(key)} (known keys: {known})")
+    out: dict[str, Any] = {}
+    for key, (kind, default) in schema.items():
+        if key not in obj:
+            if default is _REQUIRED:
+                raise _HttpError(400, f"missing key {key!r}")
+            out[key] = default
+            continue
+        value = obj[key]
+        # type() rather than isinstance: True is an int, and 1 is not a bool.
+        if type(value) is not kind:
+            raise _HttpError(400, f"key {key!r} must be {_TYPE_NAMES[kind]}")
+        out[key] = value
+    if len(out.get("reason", "")) > MAX_REASON:
+        raise _HttpError(400, f"key 'reason' must be at most {MAX_REASON} characters")
+    if action == "phase":
+        if len(out["phase"]) > _MAX_PHASE_NAME:
+            raise _HttpError(400, "key 'phase' names no phase")
+        try:
+            out["phase"] = Phase.parse(out["phase"]).value
+        except ValueError as exc:
+            raise _HttpError(400, f"key 'phase': {exc}") from None
+    return out
+
+
+def _query(scope: Scope, allowed: frozenset[str]) -> dict[str, str]:
+    """The query parameters, each at most once and all of them known.
+
+    Raises:
+        _HttpError: 400 naming the unknown or repeated parameter.
+    """
+    raw: bytes = scope.get("query_string", b"")
+    if not raw:
+        return {}
+    try:
+        pairs = parse_qsl(
+            raw.decode("ascii"),
+            keep_blank_values=True,
+            strict_parsing=True,
+            errors="strict",
+            max_num_fields=len(allowed) + 1,
+        )
+    except ValueError:  # bad syntax, too many fields, or not UTF-8 once unquoted
+        raise _HttpError(400, "malformed query string") from None
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        if key not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise _HttpError(400, f"unknown query parameter {_echo(key)} (known: {known})")
+        if key in out:
+            raise _HttpError(400, f"query parameter {key!r} given twice")
+        out[key] = value
+    return out
+
+
+def _resolve(path: str, method: str) -> _Route:
+    """The route for ``method path`` (HEAD counts as GET).
+
+    Raises:
+        _HttpError: 404 for an unknown path, 405 (with ``Allow``) for a wrong method.
+    """
+    route = _ROUTES.get(path)
+    if route is None:
+        raise _HttpError(404, f"no such endpoint: {_echo(path)}")
+    if method == route.method or (method == "HEAD" and route.method == "GET"):
+        return route
+    allow = b"GET, HEAD" if route.method == "GET" else route.method.encode()
+    raise _HttpError(405, f"{path} takes {route.method}", headers=[(b"allow", allow)])
+
+
+def _header(scope: Scope, name: bytes) -> list[bytes]:
+    return [v for k, v in scope.get("headers", ()) if k.lower() == name]
+
+
+def _unauthorized(message: str, *, invalid: bool) -> _HttpError:
+    challenge = b'Bearer error="invalid_token"' if invalid else b"Bearer"
+    return _HttpError(401, message, headers=[(b"www-authenticate", challenge)])
+
+
+# ---------------------------------------------------------------------- app
+
+
+@attrs.define(eq=False)
+class _Api:
+    """The ASGI app; see the module docstring for the order of checks."""
+
+    sup: Controlled
+    api: ApiConfig
+    phase: Callable[[], str]
+    tcp: bool
+    audit: AuditLog
+    redactor: Redactor | None
+    # (sha256 hex as bytes, caller) for each configured token, built once.
+    _tokens: tuple[tuple[bytes, Caller], ...] = attrs.field(init=False)
+    _peer: Caller = attrs.field(init=False)
+    _log: Any = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._tokens = tuple(
+            (t.sha256.lower().encode("ascii"), Caller(name=t.name, role=t.role))
+            for t in self.api.tokens
+        )
+        # Hypercorn does not expose the Unix-socket peer to the app (its ASGI
+        # scope has client=None for AF_UNIX and no socket extension), so
+        # SO_PEERCRED cannot be read per request. The socket is 0600 and owned
+        # by this process's user, so only that user (or root) can connect:
+        # the server's own uid names the peer. Root would be named as this
+        # user too, which is the one inaccuracy, and root can read the token
+        # hashes and state anyway.
+        self._peer = Caller(name=f"uid:{os.getuid()}", role="operator")
+        self._log = get_logger(component="api")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope.get("type")
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            # Closing before accepting makes the server answer 403.
+            await send({"type": "websocket.close", "code": 1008})
+
+    @staticmethod
+    async def _lifespan(receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = str(scope.get("method", ""))
+        path = str(scope.get("path", ""))
+        head = method == "HEAD"
+        note: _AuditNote | None = None
+        try:
+            try:
+                route = _resolve(path, method)
+                if route.action is not None:
+                    note = _AuditNote(action=route.action)
+                answer = await self._route(route, scope, receive, note)
+            except _HttpError as exc:
+                answer = self._error_answer(exc)
+            except Exception:
+                self._log.exception("api.internal_error", method=method, path=path)
+                answer = _json(500, {"error": "internal error"}, detail="internal error")
+        except trio.Cancelled:
+            # Cancelled mid-action (a shutdown can cancel its own request):
+            # the audit log still gets the line, under a short shield.
+            if note is not None:
+                with trio.move_on_after(2.0) as scope_:
+                    scope_.shield = True
+                    await self._write_audit(note, 499, "interrupted before an answer was sent")
+            raise
+        if note is not None:
+            await self._write_audit(note, answer.status, answer.detail)
+        await self._send(send, answer, head=head)
+
+    def _error_answer(self, exc: _HttpError) -> _Answer:
+        message = self.redactor.text(exc.message) if self.redactor else exc.message
+        return _json(exc.status, {"error": message}, detail=message, headers=exc.headers)
+
+    async def _route(
+        self, route: _Route, scope: Scope, receive: Receive, note: _AuditNote | None
+    ) -> _Answer:
+        if route.public:
+            handler: Callable[..., Awaitable[_Answer]] = getattr(self, route.handler)
+            _query(scope, route.params)
+            return await handler()
+        caller = self._authenticate(scope)
+        if note is not None:
+            note.caller = caller
+        if route.method == "POST" and caller.role != "operator":
+            raise _HttpError(403, f"role {caller.role!r} may not {route.action}; needs operator")
+        params = _query(scope, route.params)
+        if route.method == "GET":
+            view: Callable[..., Awaitable[_Answer]] = getattr(self, route.handler)
+            return await view(**params)
+        # Every POST route is an action, so it has an audit note.
+        assert route.action is not None
+        assert note is not None
+        arguments = _validate(route.action, _parse_object(await self._body(scope, receive)))
+        note.arguments = arguments
+        act: Callable[..., Awaitable[dict[str, Any]]] = getattr(self, route.handler)
+        return await self._act(route.action, act, arguments, caller)
+
+    def _authenticate(self, scope: Scope) -> Caller:
+        """The caller of a non-probe request.
+
+        Raises:
+            _HttpError: 401 for a presented token that matches no hash, or for
+                a missing one where a token is required.
+        """
+        values = _header(scope, b"authorization")
+        if not values:
+            if self.tcp or self.phase() != _DEVELOPMENT:
+                raise _unauthorized(
+                    "a token is required: send 'Authorization: Bearer <token>'", invalid=False
+                )
+            return self._peer
+        if len(values) > 1:
+            raise _unauthorized("more than one Authorization header", invalid=True)
+        scheme, _, token = values[0].strip().partition(b" ")
+        token = token.strip()
+        if scheme.lower() != b"bearer" or not token:
+            raise _unauthorized("expected 'Authorization: Bearer <token>'", invalid=True)
+        digest = hashlib.sha256(token).hexdigest().encode("ascii")
+        found: Caller | None = None
+        # Compare against every hash, without stopping at a match, so the
+        # time taken says nothing about which (or whether a) token matched.
+        for expected, caller in self._tokens:
+            if hmac.compare_digest(digest, expected):
+                found = caller
+        if found is None:
+            raise _unauthorized("invalid token", invalid=True)
+        return found
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        """The request body, at most ``api.max_body`` bytes.
+
+        Raises:
+            _HttpError: 413 as soon as the body (declared or received) is too
+                large, without reading the rest; 415 for a non-JSON media type.
+        """
+        limit = self.api.max_body
+        too_large = _HttpError(
+            413,
+            f"the body is larger than {limit} bytes",
+            headers=[(b"connection", b"close")],
+        )
+        lengths = _header(scope, b"content-length")
+        if lengths:
+            text = lengths[0].strip()
+            if len(lengths) > 1 or not text.isdigit():
+                raise _HttpError(400, "malformed Content-Length")
+            if int(text) > limit:
+                raise too_large
+        types = _header(scope, b"content-type")
+        if types:
+            media = types[0].split(b";", 1)[0].strip().lower()
+            if media != _JSON_TYPE and not media.endswith(b"+json"):
+                raise _HttpError(415, "the body must be application/json")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message.get("type") == "http.disconnect":
+                raise _HttpError(400, "the client went away before sending the body")
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _act(
+        self,
+        action: str,
+        handler: Callable[..., Awaitable[dict[str, Any]]],
+        arguments: dict[str, Any],
+        caller: Caller,
+    ) -> _Answer:
+        self._log.info("api.action", action=action, caller=caller.name, **arguments)
+        try:
+            result = await handler(caller=caller, **arguments)
+        except Refused as exc:
+            payload = {k: v for k, v in exc.payload.items() if k != "error"}
+            body: dict[str, Any] = {"error": exc.detail, **payload}
+            if self.redactor is not None:
+                body = self.redactor.record(body) or {"error": self.redactor.text(exc.detail)}
+            self._log.info("api.refused", action=action, caller=caller.name, detail=exc.detail)
+            return _json(409, body, detail=str(body["error"]))
+        except Exception:
+            self._log.exception("api.action_failed", action=action, caller=caller.name)
+            return _json(500, {"error": "internal error"}, detail="internal error")
+        detail = result.get("detail") if isinstance(result, Mapping) else None
+        return _json(200, result, detail=detail if isinstance(detail, str) else "ok")
+
+    async def _write_audit(self, note: _AuditNote, status: int, detail: str) -> None:
+        entry = AuditEntry(
+            caller=note.caller.name if note.caller else "anonymous",
+            role=note.caller.role if note.caller else None,
+            action=note.action,
+            arguments=note.arguments,
+            status=status,
+            detail=detail,
+        )
+        # write() never raises for I/O; anything else is our bug, but it must
+        # not cost the caller the answer to a request that was carried out.
+        try:
+            await trio.to_thread.run_sync(self.audit.write, entry)
+        except Exception:
+            self.audit.failures += 1
+            self._log.exception("api.audit_failed", action=note.action)
+
+    @staticmethod
+    async def _send(send: Send, answer: _Answer, *, head: bool) -> None:
+        headers = [
+            (b"content-type", answer.content_type),
+            (b"content-length", str(len(answer.body)).encode("ascii")),
+            *_BASE_HEADERS,
+            *answer.headers,
+        ]
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if head else answer.body})
+
+    # ---------------------------------------------------------- handlers
+
+    async def _healthz(self) -> _Answer:
+        alive, detail = self.sup.liveness()
+        return _json(200 if alive else 503, {"alive": bool(alive), "detail": detail})
+
+    async def _readyz(self) -> _Answer:
+        ready, reasons = self.sup.readiness_gate()
+        return _json(200 if ready else 503, {"ready": bool(ready), "reasons": list(reasons)})
+
+    async def _metrics(self) -> _Answer:
+        body, content_type = self.sup.metrics_text()
+        return _Answer(200, body, content_type=content_type.encode("latin-1"))
+
+    async def _status(self) -> _Answer:
+        return _json(200, self.sup.status())
+
+    async def _readiness(self) -> _Answer:
+        # 200 either way: the request worked; the report's "ok" says the rest.
+        return _json(200, self.sup.readiness().as_dict())
+
+    async def _errors(self, limit: str | None = None, system: str | None = None) -> _Answer:
+        count = DEFAULT_ERRORS_LIMIT
+        if limit is not None:
+            if not _LIMIT_RE.fullmatch(limit) or not 1 <= int(limit) <= MAX_ERRORS_LIMIT:
+                raise _HttpError(
+                    400,
+                    f"query parameter 'limit' must be a whole number from 1 to {MAX_ERRORS_LIMIT}",
+                )
+            count = int(limit)
+        if system is not None and (
+            not system or len(system) > _MAX_SYSTEM_NAME or not system.isprintable()
+        ):
+            raise _HttpError(400, "query parameter 'system' must be a system name")
+        return _json(200, self.sup.error_view(limit=count, system=system))
+
+    async def _shutdown(self, *, caller: Caller, emergency: bool, reason: str) -> dict[str, Any]:
+        return await self.sup.shutdown(emergency=emergency, reason=reason, caller=caller)
+
+    async def _restart(self, *, caller: Caller) -> dict[str, Any]:
+        return await self.sup.restart(caller=caller)
+
+    async def _phase(
+        self, *, caller: Caller, phase: str, force: bool, reason: str
+    ) -> dict[str, Any]:
+        return await self.sup.change_phase(phase, force=force, reason=reason, caller=caller)
+
+
+def make_app(
+    sup: Controlled,
+    *,
+    api: ApiConfig,
+    phase: Callable[[], str],
+    tcp: bool,
+    audit: AuditLog,
+    redactor: Redactor | None = None,
+) -> ASGIApp:
+    """Build the ASGI app serving ``sup``.
+
+    Args:
+        sup: the supervisor (anything implementing :class:`Controlled`).
+        api: the ``[api]`` section: the token hashes and ``max_body``.
+        phase: returns the name of the phase whose access rules apply now.
+            During EMERGENCY_SHUTDOWN pass the phase it interrupted, so a
+            developer without tokens can still ``restart`` on the socket.
+        tcp: True when the app is served on TCP: a token is then always needed.
+        audit: where every action request is recorded.
+        redactor: applied to error answers (the audit log has its own).
+
+    Returns:
+        The ASGI 3 application, for :func:`serve_api` or any ASGI server.
+    """
+    return _Api(sup=sup, api=api, phase=phase, tcp=tcp, audit=audit, redactor=redactor)
+
+
+# ------------------------------------------------------------------ serving
+
+
+class _ToStructlog(logging.Handler):
+    """Forwards hypercorn's own (error) log records to structlog."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            log = get_logger(component="api.server")
+            level = record.levelname.lower()
+            method = getattr(
+                log, level if level in {"debug", "info", "warning", "error"} else "error"
+            )
+            extra = {}
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                extra["error"] = f"{type(exc).__name__}: {exc}"
+            method("api.server", message=record.getMessage(), **extra)
+        except Exception:
+            self.handleError(record)
+
+
+@functools.cache
+def _server_logger() -> logging.Logger:
+    logger = logging.getLogger("supervisor.api.server")
+    logger.propagate = False
+    # WARNING: hypercorn's INFO lines ("Running on ... (CTRL + C to quit)")
+    # are wrong for an embedded server; serve_api logs its own api.listening.
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(_ToStructlog())
+    return logger
+
+
+def _unix_listener(address: ListenAddress, shown: str) -> socket.socket:
+    assert address.path is not None
+    path = Path(address.path)
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(mode):
+            raise ApiListenError("the path exists and is not a socket", listen=shown)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1.0)
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)  # stale: left by a process that died
+        except OSError:
+            pass  # cannot tell; let bind() report it
+        else:
+            raise ApiListenError(
+                "another process is serving on this socket (is a supervisor already running?)",
+                listen=shown,
+            )
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # umask 0177 makes bind() create the file 0600 at once, so there is
+        # no moment at which another user could connect; chmod anyway in case
+        # the platform ignores the umask for sockets.
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        sock.close()
+        raise ApiListenError(exc.strerror or str(exc), listen=shown) from None
+    return sock
+
+
+def _tcp_listener(address: ListenAddress, shown: str) -> socket.socket:
+    assert address.host is not None
+    try:
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        raise ApiListenError(f"cannot resolve the host: {exc}", listen=shown) from None
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise ApiListenError(exc.strerror or str(exc), listen=shown) from None
+    return sock
+
+
+async def serve_api(
+    app: ASGIApp,
+    listen: str,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    graceful_timeout: float = 1.0,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on ``listen`` until cancelled or ``shutdown_trigger`` returns.
+
+    Use ``await nursery.start(serve_api, app, listen)``: it returns once the
+    socket is listening, with the address actually bound (the real port for
+    ``HOST:0``). A Unix socket's folder is created (0700) if missing, a stale
+    socket file is removed, the new one is 0600, and it is removed on exit.
+
+    Args:
+        app: the ASGI app (from :func:`make_app`).
+        listen: ``unix:PATH`` or ``HOST:PORT`` (relative paths are relative
+            to the working folder: resolve them before).
+        shutdown_trigger: when it returns, stop accepting and give open
+            requests ``graceful_timeout`` seconds to finish.
+        graceful_timeout: seconds open requests get after the trigger.
+
+    Raises:
+        ApiListenError: the address is malformed, in use, or not usable.
+    """
+    try:
+        address = parse_listen(listen)
+    except ValueError as exc:
+        raise ApiListenError(str(exc), listen=listen) from None
+    shown = str(address)
+    if address.is_tcp:
+        sock = _tcp_listener(address, shown)
+        host, port = sock.getsockname()[:2]
+        shown = str(attrs.evolve(address, host=host, port=port))
+    else:
+        sock = _unix_listener(address, shown)
+    inode = None if address.path is None else os.stat(address.path).st_ino
+
+    config = hypercorn.config.Config()
+    # Hand hypercorn our bound socket: it then never binds or chmods itself.
+    config.bind = [f"fd://{sock.detach()}"]
+    config.accesslog = None  # one api.action log line per change is enough
+    config.errorlog = _server_logger()
+    config.graceful_timeout = graceful_timeout
+    config.include_server_header = False
+    log = get_logger(component="api")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                functools.partial(
+                    hypercorn.trio.serve,
+                    cast(Any, app),  # hypercorn's TypedDict scopes vs our plain mappings
+                    config,
+                    shutdown_trigger=shutdown_trigger,
+                )
+            )
+            log.info("api.listening", listen=shown)
+            task_status.started(shown)
+    finally:
+        if address.path is not None:
+            # Only our own socket file: a successor may already have replaced it.
+            with contextlib.suppress(OSError):
+                if os.stat(address.path).st_ino == inode:
+                    os.unlink(address.path)
