@@ -15,7 +15,6 @@ import collections
 import enum
 import hashlib
 import itertools
-import math
 import traceback
 from collections.abc import Mapping
 from types import TracebackType
@@ -66,16 +65,17 @@ def _innermost(tb: TracebackType | None) -> tuple[str, str]:
     return frame_desc
 
 
-def fingerprint(exc: BaseException, system: str = "") -> str:
-    """Identity of a failure: the system, the exception type and the innermost frame.
+def fingerprint(exc: BaseException) -> str:
+    """Identity of a failure: the exception type and the innermost frame.
 
-    The frame is its file and qualified function name; the line number is
-    left out on purpose, so an edit above the failing line does not split
-    one failure into two groups. The system is part of it so that two
-    instances of one class (``use``) failing alike stay apart.
+    The frame is its file and qualified function name (so ``Economy.tick``
+    and ``Tycoon.tick`` differ); the line number is left out on purpose, so
+    an edit above the failing line does not split one failure into two
+    groups. Two instances of one class failing alike share a fingerprint;
+    the error log still groups them per system.
     """
     filename, func = _innermost(exc.__traceback__)
-    key = f"{system}|{type(exc).__module__}.{type(exc).__qualname__}|{filename}|{func}"
+    key = f"{type(exc).__module__}.{type(exc).__qualname__}|{filename}|{func}"
     return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
 
 
@@ -124,7 +124,7 @@ def make_record(
         exc_type=type(exc).__qualname__,
         message=message,
         traceback=tb,
-        fingerprint=fingerprint_value or fingerprint(exc, system),
+        fingerprint=fingerprint_value or fingerprint(exc),
         gauges=dict(gauges),
         health=health,
         kind=kind,
@@ -156,9 +156,6 @@ class _GroupState:
     first: ErrorRecord
     last: ErrorRecord
     count: int = 1
-    #: When a traceback was last formatted for this group, and the text.
-    formatted_at: float = -math.inf
-    traceback: str = ""
 
 
 class ErrorLog:
@@ -171,7 +168,14 @@ class ErrorLog:
     def __init__(self, history: int = 100, max_groups: int = 1000) -> None:
         self.records: collections.deque[ErrorRecord] = collections.deque(maxlen=history)
         self.counts: collections.Counter[str] = collections.Counter()
-        self._groups: collections.OrderedDict[str, _GroupState] = collections.OrderedDict()
+        # Keyed by (system, fingerprint): one failure site in two systems is two groups.
+        self._groups: collections.OrderedDict[tuple[str, str], _GroupState] = (
+            collections.OrderedDict()
+        )
+        # Fingerprint -> (when formatted, traceback), shared by every system.
+        self._formatted: collections.OrderedDict[str, tuple[float, str]] = (
+            collections.OrderedDict()
+        )
         self._max_groups = max_groups
         self.total = 0
         #: Work skipped to keep recording bounded, by reason (exported as a metric).
@@ -186,26 +190,29 @@ class ErrorLog:
         self.records.append(record)
         self.counts[record.system] += 1
         self.total += 1
-        group = self._groups.get(record.fingerprint)
+        key = (record.system, record.fingerprint)
+        group = self._groups.get(key)
         if group is None:
-            group = self._groups[record.fingerprint] = _GroupState(first=record, last=record)
+            self._groups[key] = _GroupState(first=record, last=record)
             if len(self._groups) > self._max_groups:
                 self._groups.popitem(last=False)
                 self.dropped["group_evicted"] += 1
         else:
             group.last = record
             group.count += 1
-            self._groups.move_to_end(record.fingerprint)
+            self._groups.move_to_end(key)
         if formatted:
-            group.formatted_at = record.time
-            group.traceback = record.traceback
+            self._formatted[record.fingerprint] = (record.time, record.traceback)
+            self._formatted.move_to_end(record.fingerprint)
+            if len(self._formatted) > self._max_groups:
+                self._formatted.popitem(last=False)
 
     def recent_traceback(self, fp: str, now: float, within: float) -> str | None:
-        """The traceback formatted for group ``fp`` less than ``within`` seconds ago, if any."""
-        group = self._groups.get(fp)
-        if group is None or now - group.formatted_at >= within:
+        """The traceback formatted for fingerprint ``fp`` less than ``within`` seconds ago."""
+        entry = self._formatted.get(fp)
+        if entry is None or now - entry[0] >= within:
             return None
-        return group.traceback
+        return entry[1]
 
     def recent(self, limit: int | None = None, system: str | None = None) -> list[ErrorRecord]:
         """The newest records first, optionally of one system only."""
@@ -215,7 +222,7 @@ class ErrorLog:
     def groups(self, system: str | None = None) -> list[ErrorGroup]:
         """The groups, most recently seen first."""
         out = []
-        for fp, g in reversed(self._groups.items()):
+        for (_, fp), g in reversed(self._groups.items()):
             if system is not None and g.last.system != system:
                 continue
             out.append(

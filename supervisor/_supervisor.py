@@ -593,7 +593,7 @@ class Supervisor:
         elif isinstance(exc, StepTimeout):
             kind = "timeout"
         now = self._wall()
-        fp = fingerprint(exc, slot.name)
+        fp = fingerprint(exc)
         # Formatting a traceback is the costly part of a record: an error storm
         # reuses its group's, formatted at most once a second, and all groups
         # together at most FORMAT_BUDGET times a second.
@@ -627,7 +627,7 @@ class Supervisor:
     def _log_failure(self, record: ErrorRecord) -> None:
         """Log a failure, folding a storm: one line per fingerprint per LOG_FOLD_INTERVAL."""
         folds = self._log_folds
-        fold = folds.get(record.fingerprint)
+        fold = folds.get(record.fingerprint)  # one storm of one fingerprint, whichever systems
         now = record.time
         if fold is not None and now - fold[0] < LOG_FOLD_INTERVAL:
             fold[1] += 1

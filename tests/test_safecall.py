@@ -454,3 +454,61 @@ def test_record_as_dict_is_plain() -> None:
     assert d["system"] == "flaky"
     assert isinstance(d["gauges"], dict)
     assert sys.getsizeof(d) > 0
+
+
+class TestErrorStorm:
+    def test_instances_of_one_class_share_a_fingerprint_but_not_a_group(self) -> None:
+        """Two systems of one class failing alike: one fingerprint, two groups."""
+        result = run_systems(
+            named={"a": Flaky({1}, name="a"), "b": Flaky({1}, name="b")}, ticks=3, tick_rate=10
+        )
+        first, second = result.errors
+        assert first.fingerprint == second.fingerprint
+        groups = result.supervisor.errors.groups()
+        assert sorted(g.system for g in groups) == ["a", "b"]
+
+    def test_a_storm_reuses_the_formatted_traceback(self) -> None:
+        """Within a second, repeated failures reuse the traceback text formatted first."""
+        flaky = Flaky(fail_from=0)
+        result = run_systems(
+            flaky, ticks=20, tick_rate=100, config=_recovery(max_restarts=1000, history=20)
+        )
+        tracebacks = {id(r.traceback) for r in result.errors}
+        assert len(tracebacks) == 1  # the very same string object, formatted once
+        assert "boom at tick 0" in result.errors[0].traceback
+
+    def test_format_budget_bounds_the_work_of_a_storm(self) -> None:
+        """Past FORMAT_BUDGET formats in one second, records keep coming without tracebacks."""
+        import supervisor._supervisor as core
+
+        class Distinct:
+            name = "distinct"
+
+            def tick(self, ctx: Any) -> None:
+                # A new failure site every tick: a new fingerprint each time.
+                exec(compile("raise ValueError('x')", f"<site{ctx.tick}>", "exec"))
+
+        result = run_systems(
+            Distinct(),
+            ticks=core.FORMAT_BUDGET + 50,
+            tick_rate=1000,
+            config=_recovery(max_restarts=100_000, history=1000),
+        )
+        log = result.supervisor.errors
+        assert log.total == core.FORMAT_BUDGET + 50
+        assert log.dropped["traceback_budget"] > 0
+        unformatted = [r for r in log.records if r.traceback.startswith("(traceback not")]
+        assert len(unformatted) == log.dropped["traceback_budget"]
+
+    def test_log_lines_fold_per_fingerprint(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A storm logs its first failure and then one storm line with the count."""
+        from supervisor import configure_logging
+
+        configure_logging("json", "info", stream=sys.stdout)
+        run_systems(
+            Flaky(fail_from=0), ticks=50, tick_rate=100, config=_recovery(max_restarts=1000)
+        )
+        out = capsys.readouterr().out
+        assert out.count('"system.error"') == 1
+        assert '"system.error_storm"' in out
+        assert '"suppressed": 49' in out
