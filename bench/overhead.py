@@ -44,9 +44,7 @@ class Noop:
 
 def loop_seconds(count: int, ticks: int) -> float:
     """Wall seconds for ``ticks`` ticks of the real loop with ``count`` no-op systems."""
-    config = Config.from_mapping(
-        {"features": {"watchdog": True, "optimizer": False}}, env={}
-    )
+    config = Config.from_mapping({"features": {"watchdog": True, "optimizer": False}}, env={})
     sup = Supervisor(config, tick_rate=1000, facts=FIXED_FACTS, persist=False)
     for i in range(count):
         sup.register(Noop(), name=f"noop{i}")
@@ -95,8 +93,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for count in COUNTS:
         print(f"| {count} | {1 / per_tick[count]:,.0f} | {per_tick[count] * 1e6:.2f} |")
     print()
-    print(f"overhead per system per tick: {slope * 1e6:.3f} µs "
-          f"(a bare call: {bare / 1e3:.3f} µs, in try/except: {guarded / 1e3:.3f} µs)")
+    print(
+        f"overhead per system per tick: {slope * 1e6:.3f} µs "
+        f"(a bare call: {bare / 1e3:.3f} µs, in try/except: {guarded / 1e3:.3f} µs)"
+    )
     figures = {
         "ticks": args.ticks,
         "per_tick_seconds": {str(k): v for k, v in per_tick.items()},
