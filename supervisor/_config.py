@@ -303,7 +303,8 @@ class Profile(_Section):
             raise ValueError("min_tick_rate exceeds tick_rate")
 
 
-#: Profiles available without any config; ``[profiles.NAME]`` tables add or replace.
+#: Profiles available without any config; a ``[profiles.NAME]`` table adds a
+#: profile, or adjusts the shipped one of that name (keys it leaves out keep their values).
 BUILTIN_PROFILES: dict[str, Profile] = {
     "low": Profile(name="low", tick_rate=20.0, budget_fraction=0.7, min_tick_rate=5.0),
     "medium": Profile(
@@ -536,8 +537,15 @@ def _parse_profiles(raw: Any, source: str) -> dict[str, Profile]:
             )
         if not isinstance(table, Mapping):
             raise ConfigError("expected a table", source=source, key=f"profiles.{name}")
+        builtin = BUILTIN_PROFILES.get(name)
+        if builtin is not None:
+            # A table named like a shipped profile adjusts it: unset keys keep their values.
+            base = {k: v for k, v in attrs.asdict(builtin).items() if k != "name"}
+            merged = {**base, **table}
+        else:
+            merged = dict(table)
         try:
-            profile = Profile.from_mapping(table, source=source)
+            profile = Profile.from_mapping(merged, source=source)
         except ConfigError as exc:
             # Name the profile rather than the generic section.
             key = f"profiles.{name}" + (exc.key or "profiles").removeprefix("profiles")

@@ -168,7 +168,9 @@ def make_sup(raw: Mapping[str, Any] | None = None) -> Supervisor:
 
 def from_config(raw: Mapping[str, Any]) -> Supervisor:
     """``Supervisor.from_config`` on a hermetic config and fixed machine facts."""
-    return Supervisor.from_config(Config.from_mapping(raw, env={}), facts=FIXED_FACTS, persist=False)
+    return Supervisor.from_config(
+        Config.from_mapping(raw, env={}), facts=FIXED_FACTS, persist=False
+    )
 
 
 def origins(sup: Supervisor) -> dict[str, str]:
