@@ -6,6 +6,7 @@ code 2 (usage, config) or 1 (a refused or failed command); never a traceback.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -24,6 +25,7 @@ from ._audit import AuditLog
 from ._client import COMMANDS
 from ._config import Config
 from ._errors import ConfigError, PluginError, StartupError
+from ._live import LiveStream, live_status
 from ._logging import configure_logging
 from ._phase import Phase
 from ._plugins import discover
@@ -76,12 +78,21 @@ def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     sys.exit(code)
 
 
+#: What ``supervisor run`` runs with no config: the demo tycoon world.
+DEMO_WORLD = {
+    "systems": {
+        "enabled": ["players", "economy", "tycoon", "datastore", "leaderboard", "security"],
+        "players": {"count": 200},
+    }
+}
+
+
 def _load_config(path: str | None) -> Config:
     if path is None:
         if Path(DEFAULT_CONFIG).is_file():
             path = DEFAULT_CONFIG
         else:
-            return Config.from_mapping({}, source="<built-in defaults>")
+            return Config.from_mapping(DEMO_WORLD, source="<built-in demo world>")
     return Config.from_toml(path)
 
 
@@ -188,11 +199,15 @@ def run(
                 f"(recommendation: {check.recommendation})"
             )
     fmt = effective.logging.format
+    live = LiveStream(sys.stderr) if sys.stderr.isatty() else None
     renderer = configure_logging(
         _resolve_log_format(fmt, start_phase),
         effective.logging.level,
+        stream=live,  # type: ignore[arg-type]  # file-like: write, flush, isatty
         processors=(sup.redactor.structlog_processor(),),
     )
+    if live is not None:
+        sup.services.append(functools.partial(live_status, stream=live))
     if fmt == "auto":
         # Entering PRODUCTION (or any phase past DEVELOPMENT) turns JSON logs on.
         sup.phase_listeners.append(

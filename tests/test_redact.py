@@ -8,6 +8,7 @@ import datetime
 import decimal
 import enum
 import json
+import logging
 import traceback
 import uuid
 from collections.abc import Iterator, Mapping
@@ -555,6 +556,15 @@ class TestStructlogProcessor:
         assert r.dropped == 1
         assert self.logger(r).info("x", value=ReprRaises()) is None
         assert r.dropped == 2
+
+    def test_structlog_meta_keys_pass_untouched(self) -> None:
+        """ProcessorFormatter's _record/_from_structlog keep their live objects."""
+        record = logging.LogRecord("x", logging.INFO, "f.py", 1, "a@b.co", None, None)
+        out = Redactor().structlog_processor()(
+            None, "info", {"event": "a@b.co", "_record": record, "_from_structlog": True}
+        )
+        assert out == {"event": EMAIL, "_record": record, "_from_structlog": True}
+        assert out["_record"] is record
 
     def test_disabled_passes_event_through(self) -> None:
         """With enabled=False the processor returns the very same event dict."""
