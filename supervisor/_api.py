@@ -514,7 +514,8 @@ class _Api:
         if not values:
             if self.tcp or self.phase() != _DEVELOPMENT:
                 raise _unauthorized(
-                    "a token is required: send 'Authorization: Bearer <token>'", invalid=False
+                    "a token is required: send it in the Authorization header as Bearer <token>",
+                    invalid=False,
                 )
             return self._peer
         if len(values) > 1:
@@ -522,7 +523,9 @@ class _Api:
         scheme, _, token = values[0].strip().partition(b" ")
         token = token.strip()
         if scheme.lower() != b"bearer" or not token:
-            raise _unauthorized("expected 'Authorization: Bearer <token>'", invalid=True)
+            raise _unauthorized(
+                "expected the Authorization header to be Bearer <token>", invalid=True
+            )
         digest = hashlib.sha256(token).hexdigest().encode("ascii")
         found: Caller | None = None
         # Compare against every hash, without stopping at a match, so the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -46,6 +47,11 @@ class Context:
     def phase(self) -> str:
         """The supervisor's phase name (``"development"``, ...)."""
         return self._sup.phase.value
+
+    @property
+    def state_dir(self) -> Path:
+        """The supervisor's state folder (snapshots live in ``state_dir/snapshots``)."""
+        return self._sup.state_dir
 
     def system(self, name: str) -> Any:
         """Another registered system, by name.

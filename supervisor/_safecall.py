@@ -173,9 +173,7 @@ class ErrorLog:
             collections.OrderedDict()
         )
         # Fingerprint -> (when formatted, traceback), shared by every system.
-        self._formatted: collections.OrderedDict[str, tuple[float, str]] = (
-            collections.OrderedDict()
-        )
+        self._formatted: collections.OrderedDict[str, tuple[float, str]] = collections.OrderedDict()
         self._max_groups = max_groups
         self.total = 0
         #: Work skipped to keep recording bounded, by reason (exported as a metric).

@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import time
+import types
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -667,6 +668,32 @@ class Supervisor:
                     self._log_storm(fp, fold)
                 del self._log_folds[fp]
 
+    @types.coroutine
+    def _watched(self, slot: _Slot, coro: Any) -> Any:
+        """Await ``coro``, marking ``slot`` as the running step only while its own code runs.
+
+        While the coroutine waits, the loop thread runs trio's scheduler (and
+        other tasks): the hang watchdog must not count that time against the
+        system, nor interrupt the scheduler. So the coroutine is driven step
+        by step, and the marker is set around each step only.
+        """
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            self._current = slot
+            self._call_seq += 1
+            try:
+                yielded = coro.throw(error) if error is not None else coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                self._current = None
+                self._call_seq += 1
+            try:
+                value, error = (yield yielded), None
+            except BaseException as exc:  # passed on into the coroutine
+                value, error = None, exc
+
     async def _call(
         self, slot: _Slot, hook: str, *args: Any, timeout: float | None = None
     ) -> tuple[bool, Any]:
@@ -679,7 +706,7 @@ class Supervisor:
         try:
             if resolved.is_async:
                 with trio.move_on_after(math.inf if timeout is None else timeout):
-                    return True, await resolved.fn(*args)
+                    return True, await self._watched(slot, resolved.fn(*args))
                 raise StepTimeout(f"{hook} overran its {timeout:g} s deadline and was abandoned")
             return True, resolved.fn(*args)
         except _STEP_ERRORS as exc:
@@ -811,7 +838,7 @@ class Supervisor:
             try:
                 if slot.tick_async:
                     with trio.move_on_after(self._budget) as scope:
-                        await slot.tick_fn(slot.ctx)
+                        await self._watched(slot, slot.tick_fn(slot.ctx))
                     if scope.cancelled_caught:
                         raise StepTimeout(
                             f"async tick overran the {self._budget * 1e3:.3g} ms budget"

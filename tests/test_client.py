@@ -201,8 +201,8 @@ class TestAuth:
         result = prod_server.run("status")
         assert result.exit_code == 1
         assert result.stderr.strip() == (
-            "supervisor: error: a token is required: send "
-            "'Authorization: Bearer <token>' (set SUPERVISOR_TOKEN)"
+            "supervisor: error: a token is required: send it in the Authorization header "
+            "as Bearer <token> (set SUPERVISOR_TOKEN)"
         )
 
     def test_viewer_reads_operator_acts(self, prod_server: Server) -> None:

@@ -803,7 +803,18 @@ class TestFromConfig:
         """Without ``enabled``, every entry-point system runs, with its origin."""
         sup = from_config({})
 
-        assert set(sup.names) == {"heartbeat", "wanderers"}
+        shipped = {
+            "heartbeat",
+            "wanderers",
+            "players",
+            "economy",
+            "tycoon",
+            "datastore",
+            "leaderboard",
+            "security",
+        }
+        assert shipped <= set(sup.names)
+        assert set(sup.names) == set(discover())
         assert origins(sup)["heartbeat"].endswith(": systems.example:Heartbeat")
         assert origins(sup)["wanderers"].startswith("entry point (")
 
@@ -873,7 +884,8 @@ class TestFromConfig:
             from_config({"systems": {"enabled": ["zombies"]}})
 
         assert ei.value.key == "systems.enabled"
-        assert "unknown system 'zombies' (discoverable: heartbeat, wanderers" in str(ei.value)
+        listed = ", ".join(sorted(discover()))
+        assert f"unknown system 'zombies' (discoverable: {listed};" in str(ei.value)
 
     def test_use_of_unknown_system(self) -> None:
         """``use`` naming nothing discoverable is an error naming it."""

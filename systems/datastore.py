@@ -1,0 +1,493 @@
+"""The datastore: player data in SQLite, one transaction per tick, acks after commit.
+
+Durability, and what "acknowledged" means
+-----------------------------------------
+At the end of every tick (``priority`` 100 puts it after the other systems of
+the world) the datastore drains the economy's queue -- ledger entries,
+purchases, changed accounts -- and writes it in ONE transaction (group
+commit). Only after ``COMMIT`` returns does it acknowledge the purchases: it
+appends one line per purchase to the ack log (``<path>.acks`` by default; the
+reply a player's client would get) and calls ``Economy.committed``, which
+marks them acknowledged and runs their callbacks. So every acknowledged
+purchase is in the database, whenever the process dies
+(``tests/test_durability.py`` kills it with SIGKILL at random ticks).
+
+The database is in WAL mode. With ``synchronous=NORMAL`` (the default) a
+commit is written to the WAL file but not fsynced: it survives the process
+being killed (the data is in the OS page cache, and SQLite recovers the WAL
+on the next open), not a power loss or kernel crash, which can lose the last
+commits since the latest checkpoint. ``synchronous="FULL"`` fsyncs the WAL on
+every commit and survives power loss too, at the cost of an fsync per tick.
+Autosave: a background thread checkpoints the WAL into the database file
+every ``autosave`` seconds (fsynced even with NORMAL), which bounds both the
+WAL's size and what a power loss can take; the tick never waits for a disk
+flush.
+
+Tables
+------
+``players(id, balance, earnings, paid_tick)``, ``purchases(id, player,
+amount, item, tick)`` (the journal of purchases), ``ledger(seq, player,
+tick, kind, amount, purchase)`` (every balance change: grant, income,
+purchase) and ``meta(key, value)``. A player's balance always equals the sum
+of their ledger, and each purchase has its ledger entry of ``-amount``.
+
+Save on leave, save-all on stop
+-------------------------------
+A leaving player's account is written by the tick's commit, after which the
+economy forgets it; a returning player is loaded back (``load_accounts``).
+``stop`` -- graceful, and on the emergency path, which also stops systems --
+commits what is queued, rewrites every account in memory, checkpoints the WAL
+(``TRUNCATE``: everything is in the fsynced database file) and closes.
+
+Restore and reconcile
+---------------------
+Restore happens before start, and a snapshot may be older than the database
+(after ``kill -9`` the periodic snapshot lags the per-tick commits). The
+database is the durable truth for money and items; snapshots carry only what
+is not durable (random streams, cursors, counters). ``start`` opens the
+database and calls ``Economy.attach_store``, which drops whatever the
+snapshot had queued (never acknowledged; either committed already or lost),
+continues ledger and purchase ids after the database's last ones, and reloads
+every online player's account from it (items are counted from the purchases
+journal). The tick count continues from the snapshot, so when it is older
+than the database the ticks in between are simulated again, on top of the
+committed money: nothing acknowledged is ever rolled back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+from supervisor import Context
+
+from .economy import MAX_BALANCE, Batch, StoredAccount
+
+if TYPE_CHECKING:
+    from .economy import Economy
+
+__all__ = ["SCHEMA", "Datastore", "audit"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS players (
+    id INTEGER PRIMARY KEY,
+    balance INTEGER NOT NULL,
+    earnings INTEGER NOT NULL,
+    paid_tick INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS purchases (
+    id INTEGER PRIMARY KEY,
+    player INTEGER NOT NULL,
+    amount INTEGER NOT NULL,
+    item TEXT NOT NULL,
+    tick INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS purchases_by_player ON purchases (player);
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY,
+    player INTEGER NOT NULL,
+    tick INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    purchase INTEGER
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+_INSERT_LEDGER = "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT_PURCHASE = "INSERT INTO purchases VALUES (?, ?, ?, ?, ?)"
+_UPSERT_PLAYER = (
+    "INSERT INTO players VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+    " balance = excluded.balance, earnings = excluded.earnings, paid_tick = excluded.paid_tick"
+)
+_SET_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+#: SQLite's default limit on ``?`` parameters is 32766; stay far below.
+_CHUNK = 500
+
+
+def _synchronous(value: Any) -> str:
+    text = str(value).upper()
+    if text not in ("NORMAL", "FULL"):
+        raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {value!r}")
+    return text
+
+
+@attrs.define(eq=False)
+class Datastore:
+    """Player data in SQLite (WAL), committed once a tick; critical.
+
+    Args:
+        path: the database file; its folder is created. None (the default):
+            ``world.sqlite3`` in the supervisor's state folder (``ctx.state_dir``).
+        synchronous: ``"NORMAL"`` (survives a killed process) or ``"FULL"``
+            (survives power loss too; an fsync per commit).
+        autosave: seconds between WAL checkpoints on a background thread (0: SQLite's own).
+        ack_log: the acknowledgement log; None: ``path`` with ``.acks``; "": none.
+    """
+
+    path: str | None = None
+    synchronous: str = attrs.field(default="NORMAL", converter=_synchronous)
+    autosave: float = 10.0
+    ack_log: str | None = None
+    name: str = "datastore"
+
+    critical: ClassVar[bool] = True
+    depends_on: ClassVar[tuple[str, ...]] = ("economy",)
+    #: After the other systems: purchases made anywhere in the tick commit with it.
+    priority: ClassVar[int] = 100
+
+    commits: int = attrs.field(init=False, default=0)
+    rows_written: int = attrs.field(init=False, default=0)
+    acks_written: int = attrs.field(init=False, default=0)
+    last_commit_tick: int = attrs.field(init=False, default=-1)
+    autosaves: int = attrs.field(init=False, default=0)
+    autosave_error: str | None = attrs.field(init=False, default=None)
+
+    _conn: sqlite3.Connection | None = attrs.field(init=False, default=None)
+    _ack_fd: int | None = attrs.field(init=False, default=None)
+    _economy: Economy | None = attrs.field(init=False, default=None)
+    _held: Batch | None = attrs.field(init=False, default=None)
+    _started: bool = attrs.field(init=False, default=False)
+    _halt: threading.Event = attrs.field(init=False, factory=threading.Event)
+    _thread: threading.Thread | None = attrs.field(init=False, default=None)
+    _log: Any = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self.autosave < 0:
+            raise ValueError(f"autosave must be >= 0 seconds, got {self.autosave!r}")
+
+    @property
+    def ack_path(self) -> Path | None:
+        """Where acknowledgements are appended (None: not logged)."""
+        if self.ack_log == "":
+            return None
+        if self.ack_log is not None:
+            return Path(self.ack_log)
+        return Path(self._require_path() + ".acks")
+
+    def _require_path(self) -> str:
+        if self.path is None:
+            raise RuntimeError("the datastore has no path until it starts (ctx.state_dir)")
+        return self.path
+
+    # ------------------------------------------------------------------ hooks
+
+    def start(self, ctx: Context) -> None:
+        if self.path is None:
+            self.path = str(ctx.state_dir / "world.sqlite3")
+        self._log = ctx.log
+        self._economy = ctx.system("economy")
+        # A batch held back by a failed commit before a stop was never
+        # acknowledged; the database, reloaded below, is the truth.
+        self._held = None
+        self._open()
+        self._started = True
+        stored_tick = self._meta("last_tick")
+        assert self._economy is not None
+        self._economy.attach_store(self, ctx.tick)
+        if stored_tick is not None and stored_tick >= ctx.tick:
+            # Tick ``stored_tick`` was committed, yet the world resumes at an
+            # earlier one: the snapshot lags the database (a killed process).
+            ctx.log.warning(
+                "datastore.replay",
+                database_tick=stored_tick,
+                resumed_tick=ctx.tick,
+                detail="the snapshot is older than the database: balances come from the database",
+            )
+        if self.autosave > 0:
+            self._halt.clear()
+            self._thread = threading.Thread(
+                target=self._autosave_loop, name=f"{self.name}-autosave", daemon=True
+            )
+            self._thread.start()
+
+    def tick(self, ctx: Context) -> None:
+        self._flush(ctx.tick)
+
+    def _flush(self, tick: int) -> None:
+        """Commit what the economy queued (and any batch held back by a failure), then ack."""
+        assert self._economy is not None
+        batch = self._economy.drain()
+        if self._held is not None:
+            batch = self._held.merge(batch)
+        if batch is None:
+            return
+        # Held until committed: a failed commit is retried, whole, with the next tick's.
+        self._held = batch
+        self._commit(batch, tick)
+        self._held = None
+        self._acknowledge(batch, tick)
+
+    def stop(self, ctx: Context) -> None:
+        """Save everything, then close.
+
+        Both ways first commit what is queued (acknowledging it as any tick
+        does): from then on every change is durable against a killed
+        process. A graceful stop then rewrites every account in memory
+        (save-all), checkpoints the WAL into the fsynced database file and
+        closes. On the emergency path, whose clock runs until the snapshot
+        is written, every account is already saved by the per-tick commits:
+        the checkpoint and close (an fsync) go to a thread of their own.
+        """
+        self._halt.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+        economy = self._economy
+        emergency = ctx.phase == "emergency_shutdown"
+        try:
+            if self._conn is not None and economy is not None:
+                # Stop runs after the last tick (``ctx.tick`` already names the
+                # next one): what is still queued belongs to that last tick.
+                self._flush(max(ctx.tick - 1, 0))
+                if not emergency:
+                    self._save_all(economy)
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            if economy is not None:
+                economy.detach_store()
+            if emergency and self._conn is not None:
+                conn, self._conn = self._conn, None
+                # Not a daemon: an exiting process still finishes the checkpoint.
+                threading.Thread(target=_checkpoint_and_close, args=(conn,)).start()
+            self._close()
+            self._started = False
+
+    def recover(self, ctx: Context, error: Any) -> None:
+        """Roll back a half-done transaction; reopen a broken connection. The batch is kept."""
+        conn = self._conn
+        if conn is not None:
+            _rollback(conn)
+            try:
+                conn.execute("SELECT 1").fetchall()
+            except sqlite3.Error:
+                self._close()
+        if self._conn is None:
+            self._open()
+
+    def health(self) -> str:
+        if self._started and self._conn is None:
+            return "unhealthy"
+        if self._held is not None or self.autosave_error is not None:
+            return "degraded"
+        return "healthy"
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "commits": self.commits,
+            "rows_written": self.rows_written,
+            "acks_written": self.acks_written,
+            "last_commit_tick": self.last_commit_tick,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.commits = int(state["commits"])
+        self.rows_written = int(state["rows_written"])
+        self.acks_written = int(state["acks_written"])
+        self.last_commit_tick = int(state["last_commit_tick"])
+
+    # ------------------------------------------------------------------ the AccountStore side
+
+    def load_accounts(self, pids: Sequence[int]) -> dict[int, StoredAccount]:
+        """Accounts of ``pids`` in the database, with their items counted from the journal."""
+        conn = self._require()
+        found: dict[int, list[Any]] = {}
+        for i in range(0, len(pids), _CHUNK):
+            chunk = pids[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))  # only placeholders are formatted into the SQL
+            for pid, balance, earnings, paid in conn.execute(
+                f"SELECT id, balance, earnings, paid_tick FROM players WHERE id IN ({marks})",
+                chunk,
+            ):
+                found[pid] = [balance, earnings, paid, {}]
+            for pid, item, count in conn.execute(
+                f"SELECT player, item, COUNT(*) FROM purchases WHERE player IN ({marks})"
+                " AND item != '' GROUP BY player, item",
+                chunk,
+            ):
+                if pid in found:
+                    found[pid][3][item] = count
+        return {pid: StoredAccount(b, e, p, items) for pid, (b, e, p, items) in found.items()}
+
+    def last_ids(self) -> tuple[int, int]:
+        conn = self._require()
+        (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()
+        (pid,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM purchases").fetchone()
+        return int(seq), int(pid)
+
+    # ------------------------------------------------------------------ inside
+
+    def _open(self) -> None:
+        path = Path(self._require_path())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # check_same_thread=False only so that the emergency stop can hand the
+        # connection to a closing thread; it is never used by two threads at once.
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            # NORMAL in WAL mode: a commit survives the process being killed,
+            # not a power loss (see the module docstring); FULL survives both.
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA busy_timeout=2000")
+            if self.autosave > 0:
+                # Checkpoints (and their fsyncs) happen on the autosave thread, not in a tick.
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.executescript(SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        ack = self.ack_path
+        if ack is not None and self._ack_fd is None:
+            ack.parent.mkdir(parents=True, exist_ok=True)
+            # O_APPEND and one write per commit: a killed process leaves whole lines.
+            self._ack_fd = os.open(ack, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+        if self._ack_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._ack_fd)
+            self._ack_fd = None
+
+    def _require(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError(f"the datastore {self.path} is not open")
+        return self._conn
+
+    def _meta(self, key: str) -> int | None:
+        row = self._require().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _commit(self, batch: Batch, tick: int) -> None:
+        """Write ``batch`` in one transaction; on any failure nothing of it is written."""
+        conn = self._conn
+        if conn is None:
+            self._open()
+            conn = self._require()
+        assert self._economy is not None
+        players = self._economy.rows(batch.dirty)
+        conn.execute("BEGIN")
+        try:
+            if batch.ledger:
+                conn.executemany(_INSERT_LEDGER, batch.ledger)
+            if batch.purchases:
+                conn.executemany(
+                    _INSERT_PURCHASE,
+                    [(p.id, p.player, p.amount, p.item, p.tick) for p in batch.purchases],
+                )
+            if players:
+                conn.executemany(_UPSERT_PLAYER, players)
+            conn.execute(_SET_META, ("last_tick", tick))
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        self.commits += 1
+        self.rows_written += len(batch.ledger) + len(batch.purchases) + len(players)
+        self.last_commit_tick = tick
+
+    def _acknowledge(self, batch: Batch, tick: int) -> None:
+        """After the commit: the ack log first (the players' replies), then the economy."""
+        assert self._economy is not None
+        try:
+            if batch.purchases and self._ack_fd is not None:
+                lines = "".join(
+                    f"{p.id} {p.player} {p.amount} {p.tick} {p.item or '-'}\n"
+                    for p in batch.purchases
+                )
+                os.write(self._ack_fd, lines.encode())
+                self.acks_written += len(batch.purchases)
+        finally:
+            self._economy.committed(batch, tick)
+
+    def _save_all(self, economy: Economy) -> None:
+        conn = self._require()
+        rows = economy.rows(list(economy.accounts))
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(_UPSERT_PLAYER, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        self.rows_written += len(rows)
+
+    def _autosave_loop(self) -> None:
+        """Checkpoint the WAL every ``autosave`` seconds, on this thread's own connection."""
+        try:
+            conn = sqlite3.connect(self._require_path(), isolation_level=None)
+        except sqlite3.Error as exc:
+            self.autosave_error = str(exc)
+            return
+        try:
+            while not self._halt.wait(self.autosave):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    self.autosave_error = str(exc)
+                else:
+                    self.autosaves += 1
+                    self.autosave_error = None
+        finally:
+            conn.close()
+
+
+def audit(path: str | os.PathLike[str]) -> list[str]:
+    """Check a world database's invariants; the problems found (empty: consistent).
+
+    Every balance equals the sum of its ledger and lies in ``[0, MAX_BALANCE]``;
+    every purchase has exactly one ledger entry of ``-amount``; every ledger
+    entry belongs to a saved player. Safe while the world runs (WAL readers
+    do not block the writer).
+    """
+    problems: list[str] = []
+    conn = sqlite3.connect(path)
+    try:
+        for pid, balance, total in conn.execute(
+            "SELECT p.id, p.balance, COALESCE(SUM(l.amount), 0) AS total FROM players p"
+            " LEFT JOIN ledger l ON l.player = p.id GROUP BY p.id HAVING p.balance != total"
+        ):
+            problems.append(f"player {pid}: balance {balance} != ledger sum {total}")
+        for (pid,) in conn.execute(
+            "SELECT id FROM players WHERE balance < 0 OR balance > ?", (MAX_BALANCE,)
+        ):
+            problems.append(f"player {pid}: balance out of range")
+        for pid, amount, entries in conn.execute(
+            "SELECT p.id, p.amount, COUNT(l.seq) FROM purchases p LEFT JOIN ledger l"
+            " ON l.purchase = p.id AND l.kind = 'purchase' AND l.amount = -p.amount"
+            " AND l.player = p.player GROUP BY p.id HAVING COUNT(l.seq) != 1"
+        ):
+            problems.append(f"purchase {pid} ({amount}): {entries} matching ledger entries")
+        for (player,) in conn.execute(
+            "SELECT DISTINCT player FROM ledger WHERE player NOT IN (SELECT id FROM players)"
+        ):
+            problems.append(f"ledger entries of player {player}, who was never saved")
+    finally:
+        conn.close()
+    return problems
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Undo a half-done transaction, if any; a broken connection is the caller's problem."""
+    with contextlib.suppress(sqlite3.Error):
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+def _checkpoint_and_close(conn: sqlite3.Connection) -> None:
+    """Fold the WAL into the database file (fsynced) and close; errors are moot by then."""
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    with contextlib.suppress(sqlite3.Error):
+        conn.close()

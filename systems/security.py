@@ -1,0 +1,159 @@
+"""Anti-exploit checks on every purchase: impossible amounts and purchase rates.
+
+The security system is a guard of the economy: ``Economy.purchase`` asks
+``check`` before anything else, so a blocked purchase is rejected
+(``blocked:impossible_amount`` / ``blocked:rate_limit``) and never debited,
+journalled or acknowledged.
+
+* Impossible amounts: not an integer, not positive, or above ``max_amount``.
+* Rate: a token bucket per player, ``max_rate`` purchases a second with
+  bursts of up to ``burst``. Time is the economy's simulated clock, so the
+  rule holds in simulated seconds, identically after a restore.
+
+Each violation is counted (by kind and by player) and logged through
+``ctx.log``, so it goes through the supervisor's redaction pipeline.
+``health()`` is degraded while the violations of the last ``window`` seconds
+reach ``alarm``.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+from supervisor import Context
+
+if TYPE_CHECKING:
+    from .economy import Economy
+
+__all__ = ["Security"]
+
+#: Seconds of simulated time between two sweeps of idle buckets.
+_SWEEP = 1.0
+
+
+@attrs.define(eq=False)
+class Security:
+    """Blocks impossible and too-frequent purchases; counts and logs every violation.
+
+    Args:
+        max_rate: purchases per player per second, sustained.
+        burst: purchases a player may make at once.
+        max_amount: the largest plausible purchase, in cents.
+        window: seconds over which violations are counted for ``health()``.
+        alarm: violations within ``window`` that make the system degraded.
+    """
+
+    max_rate: float = 2.0
+    burst: int = 5
+    max_amount: int = 10**12
+    window: float = 60.0
+    alarm: int = 100
+    name: str = "security"
+
+    critical: ClassVar[bool] = False
+    depends_on: ClassVar[tuple[str, ...]] = ("economy",)
+    priority: ClassVar[int] = 0
+
+    #: Violations since the world began, by kind and by player.
+    violations: dict[str, int] = attrs.field(init=False, factory=dict)
+    offenders: dict[int, int] = attrs.field(init=False, factory=dict)
+    checked: int = attrs.field(init=False, default=0)
+    #: Per player: [tokens, time of the last refill].
+    _buckets: dict[int, list[float]] = attrs.field(init=False, factory=dict)
+    _recent: collections.deque[float] = attrs.field(init=False, factory=collections.deque)
+    _now: float = attrs.field(init=False, default=0.0)
+    _next_sweep: float = attrs.field(init=False, default=0.0)
+    _economy: Economy | None = attrs.field(init=False, default=None)
+    _log: Any = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_rate <= 0 or self.burst < 1 or self.max_amount < 1:
+            raise ValueError("max_rate must be > 0, burst and max_amount >= 1")
+        if self.window <= 0 or self.alarm < 1:
+            raise ValueError("window must be > 0 and alarm >= 1")
+
+    # ------------------------------------------------------------------ the guard
+
+    def check(self, player: int, amount: int, item: str, now: float) -> str | None:
+        """None to allow a purchase; otherwise the violation's kind (it is counted and logged)."""
+        self.checked += 1
+        if type(amount) is not int or amount <= 0 or amount > self.max_amount:
+            return self._violation("impossible_amount", player, amount, item, now)
+        bucket = self._buckets.get(player)
+        if bucket is None:
+            bucket = self._buckets[player] = [float(self.burst), now]
+        else:
+            bucket[0] = min(float(self.burst), bucket[0] + (now - bucket[1]) * self.max_rate)
+            bucket[1] = now
+        if bucket[0] < 1.0:
+            return self._violation("rate_limit", player, amount, item, now)
+        bucket[0] -= 1.0
+        return None
+
+    def _violation(self, kind: str, player: int, amount: Any, item: str, now: float) -> str:
+        self.violations[kind] = self.violations.get(kind, 0) + 1
+        self.offenders[player] = self.offenders.get(player, 0) + 1
+        self._recent.append(now)
+        if self._log is not None:
+            self._log.warning(
+                "security.violation", kind=kind, player=player, amount=repr(amount), item=item
+            )
+        return kind
+
+    # ------------------------------------------------------------------ hooks
+
+    def start(self, ctx: Context) -> None:
+        self._log = ctx.log
+        self._economy = ctx.system("economy")
+        assert self._economy is not None
+        self._economy.add_guard(self.check)
+
+    def stop(self, ctx: Context) -> None:
+        if self._economy is not None:
+            self._economy.remove_guard(self.check)
+
+    def tick(self, ctx: Context) -> None:
+        assert self._economy is not None, "security ticked before start"
+        now = self._now = self._economy.clock
+        recent = self._recent
+        horizon = now - self.window
+        while recent and recent[0] < horizon:
+            recent.popleft()
+        if now >= self._next_sweep:
+            # Forget buckets that have refilled: they behave like new ones.
+            self._next_sweep = now + _SWEEP
+            full, rate = float(self.burst), self.max_rate
+            idle = [p for p, (t, at) in self._buckets.items() if t + (now - at) * rate >= full]
+            for pid in idle:
+                del self._buckets[pid]
+
+    def health(self) -> str:
+        return "degraded" if len(self._recent) >= self.alarm else "healthy"
+
+    @property
+    def total(self) -> int:
+        """All violations since the world began."""
+        return sum(self.violations.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "violations": dict(self.violations),
+            "offenders": [[p, n] for p, n in self.offenders.items()],
+            "checked": self.checked,
+            "buckets": [[p, t, at] for p, (t, at) in self._buckets.items()],
+            "recent": list(self._recent),
+            "now": self._now,
+            "next_sweep": self._next_sweep,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.violations = {str(k): int(v) for k, v in state["violations"].items()}
+        self.offenders = {int(p): int(n) for p, n in state["offenders"]}
+        self.checked = int(state["checked"])
+        self._buckets = {int(p): [float(t), float(at)] for p, t, at in state["buckets"]}
+        self._recent = collections.deque(float(t) for t in state["recent"])
+        self._now = float(state["now"])
+        self._next_sweep = float(state["next_sweep"])
