@@ -128,7 +128,7 @@ class _Collector(Collector):
             "Error-recording work skipped to stay bounded, by reason.",
             labels=["reason"],
         )
-        for reason in ("traceback_budget", "group_evicted"):
+        for reason in ("traceback_budget", "group_evicted", "log_fold_evicted"):
             dropped.add_metric([reason], sup.errors.dropped.get(reason, 0))
         yield dropped
         yield CounterMetricFamily(

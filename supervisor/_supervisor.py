@@ -13,6 +13,7 @@ import array
 import collections
 import contextlib
 import functools
+import gc
 import math
 import os
 import signal
@@ -72,7 +73,12 @@ OPTIMIZE_MIN_TICKS = 5
 FORMAT_BUDGET = 200
 #: Seconds during which further failures of one fingerprint fold into one storm line.
 LOG_FOLD_INTERVAL = 5.0
-MAX_LOG_FOLDS = 1000
+#: Error log lines per second at most; storm lines report the rest.
+LOG_BUDGET = 20
+#: Fingerprints folded at once (bounded memory); storms wider than STORM_LINES
+#: are reported in one aggregate line.
+MAX_LOG_FOLDS = 20_000
+STORM_LINES = 10
 #: Exceptions a hook may raise that SafeCall turns into a failure. ``trio.Cancelled``
 #: and ``KeyboardInterrupt`` are not among them: they belong to the runtime.
 _STEP_ERRORS = (Exception, StepInterrupted, SystemExit)
@@ -322,6 +328,7 @@ class Supervisor:
         self._wake = trio.Event()
         self._format_budget = FORMAT_BUDGET
         self._log_folds: dict[str, list[Any]] = {}
+        self._log_budget = LOG_BUDGET
         self.optimizer: Optimizer | None = None
         self._observed = (0, 0.0, 0)  # (tick, time, dropped) at the last observation
 
@@ -626,28 +633,38 @@ class Supervisor:
         return record
 
     def _log_failure(self, record: ErrorRecord) -> None:
-        """Log a failure, folding a storm: one line per fingerprint per LOG_FOLD_INTERVAL."""
+        """Log a failure, folding storms.
+
+        One line per fingerprint per ``LOG_FOLD_INTERVAL``, and at most
+        ``LOG_BUDGET`` such lines a second in all: past it, a new fingerprint
+        is counted (and reported by the next storm line) instead of logged.
+        """
         folds = self._log_folds
-        fold = folds.get(record.fingerprint)  # one storm of one fingerprint, whichever systems
+        fold = folds.get(record.fingerprint)
         now = record.time
         if fold is not None and now - fold[0] < LOG_FOLD_INTERVAL:
             fold[1] += 1
             return
         if fold is not None and fold[1]:
             self._log_storm(record.fingerprint, fold)
-        folds[record.fingerprint] = [now, 0, record.system, record.exc_type]
+        if self._log_budget <= 0:
+            folds[record.fingerprint] = [now, 1, record.system, record.exc_type]
+        else:
+            self._log_budget -= 1
+            folds[record.fingerprint] = [now, 0, record.system, record.exc_type]
+            self._log.error(
+                "system.error",
+                system=record.system,
+                hook=record.hook,
+                tick=record.tick,
+                error=record.exc_type,
+                message=record.message,
+                fingerprint=record.fingerprint,
+                kind=record.kind,
+            )
         if len(folds) > MAX_LOG_FOLDS:
             folds.pop(next(iter(folds)))
-        self._log.error(
-            "system.error",
-            system=record.system,
-            hook=record.hook,
-            tick=record.tick,
-            error=record.exc_type,
-            message=record.message,
-            fingerprint=record.fingerprint,
-            kind=record.kind,
-        )
+            self.errors.dropped["log_fold_evicted"] += 1
 
     def _log_storm(self, fp: str, fold: list[Any]) -> None:
         self._log.error(
@@ -661,12 +678,31 @@ class Supervisor:
         fold[1] = 0
 
     def _flush_log_folds(self, *, all_folds: bool = False) -> None:
+        """Report folded failures: a line per fingerprint, or one line for a wide storm."""
         now = self._wall()
-        for fp, fold in list(self._log_folds.items()):
-            if all_folds or now - fold[0] >= LOG_FOLD_INTERVAL:
-                if fold[1]:
-                    self._log_storm(fp, fold)
-                del self._log_folds[fp]
+        due = [
+            (fp, fold)
+            for fp, fold in self._log_folds.items()
+            if all_folds or now - fold[0] >= LOG_FOLD_INTERVAL
+        ]
+        storms = [(fp, fold) for fp, fold in due if fold[1]]
+        if len(storms) <= STORM_LINES:
+            for fp, fold in storms:
+                self._log_storm(fp, fold)
+        else:
+            storms.sort(key=lambda item: item[1][1], reverse=True)
+            self._log.error(
+                "system.error_storm",
+                fingerprints=len(storms),
+                suppressed=sum(fold[1] for _, fold in storms),
+                top=[
+                    {"fingerprint": fp, "system": f[2], "error": f[3], "suppressed": f[1]}
+                    for fp, f in storms[:STORM_LINES]
+                ],
+                interval=LOG_FOLD_INTERVAL,
+            )
+        for fp, _ in due:
+            del self._log_folds[fp]
 
     @types.coroutine
     def _watched(self, slot: _Slot, coro: Any) -> Any:
@@ -794,11 +830,15 @@ class Supervisor:
                 self._half_open.remove(slot)
                 self._log.info("system.recovered", system=slot.name)
 
-    def step_window(self, name: str) -> list[float]:
-        """Step times of system ``name`` over its last ticks (up to ``STEP_RING``), oldest first."""
+    def step_window(self, name: str, since: int = 0) -> list[float]:
+        """Step times of system ``name`` over its last ticks (up to ``STEP_RING``), oldest first.
+
+        ``since`` leaves out the ticks before it (the optimizer reads only
+        what happened since its last observation).
+        """
         slot = self._slots[name]
         end = self._tick if slot.window_end is None else slot.window_end
-        start = max(slot.active_since, end - STEP_RING)
+        start = max(slot.active_since, end - STEP_RING, since)
         ring = slot.ring
         every, offset = slot.every, slot.offset
         if every == 1:
@@ -1085,6 +1125,10 @@ class Supervisor:
                 self._tick_limit = self._tick + ticks if ticks is not None else None
                 self._end_time = trio.current_time() + duration if duration else math.inf
                 self._next_snapshot = self._snapshot_due()
+                # Everything built so far lives as long as the run: move it out
+                # of the cyclic GC's way, so a full collection stays short.
+                gc.collect()
+                gc.freeze()
                 nursery.start_soon(self._optimize)
                 task_status.started()
                 while True:
@@ -1399,7 +1443,7 @@ class Supervisor:
         work = HistogramStats.from_values([ring[t & _RING_MASK] for t in range(start, self._tick)])
         loads = []
         for slot in self._order:
-            step = HistogramStats.from_values(self.step_window(slot.name))
+            step = HistogramStats.from_values(self.step_window(slot.name, since=start))
             loads.append(
                 SystemLoad(
                     name=slot.name,
@@ -1443,6 +1487,7 @@ class Supervisor:
         while True:
             await trio.sleep(HOUSEKEEPING_INTERVAL)
             self._format_budget = FORMAT_BUDGET
+            self._log_budget = LOG_BUDGET
             self._flush_log_folds()
             self._dropped_marks.append((self._tick, self.dropped_ticks))
             with proc.oneshot():
