@@ -129,9 +129,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     results = [run_child(n, args.seconds) for n in (*PLAYERS, 0)]
     print(f"The demo world at {RATE} Hz, {args.seconds:g} s per row, each in its own process.")
     print()
-    print("| players | work p50 ms | work p99 ms | lateness p99 µs | RSS MB | "
-          "snapshot stall p50 / max ms | snapshot write ms (size) | "
-          "emergency → durable ms | restart → first tick ms |")
+    print(
+        "| players | work p50 ms | work p99 ms | lateness p99 µs | RSS MB | "
+        "snapshot stall p50 / max ms | snapshot write ms (size) | "
+        "emergency → durable ms | restart → first tick ms |"
+    )
     print("|---:|---:|---:|---:|---:|---|---|---:|---:|")
     for r in results:
         name = f"{r['players']:,}" if r["players"] else "50 no-op systems"

@@ -288,7 +288,8 @@ class TestLabels:
                 if "quantile" in s.labels:
                     assert s.labels["quantile"] in {"0.5", "0.95", "0.99"}, s
                 if "reason" in s.labels:
-                    assert s.labels["reason"] in {"traceback_budget", "group_evicted"}, s
+                    reasons = {"traceback_budget", "group_evicted", "log_fold_evicted"}
+                    assert s.labels["reason"] in reasons, s
                 if "name" in s.labels:
                     assert s.labels["name"] in world_run.gauges, s
 
