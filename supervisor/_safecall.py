@@ -22,7 +22,15 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Breaker", "BreakerState", "ErrorGroup", "ErrorLog", "ErrorRecord", "make_record"]
+__all__ = [
+    "Breaker",
+    "BreakerState",
+    "ErrorGroup",
+    "ErrorLog",
+    "ErrorRecord",
+    "TokenBucket",
+    "make_record",
+]
 
 #: Longest traceback text kept on a record (characters); the innermost frames are kept.
 TRACEBACK_CHARS = 8000
@@ -237,6 +245,33 @@ class ErrorLog:
                 )
             )
         return out
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` at once: bounded work, spread evenly.
+
+    Used for the costly parts of an error storm (formatting tracebacks,
+    writing log lines), so that a storm's cost is the same on every tick
+    rather than a burst on one.
+    """
+
+    __slots__ = ("_at", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._at: float | None = None
+
+    def take(self, now: float) -> bool:
+        """Take a token at time ``now`` (seconds); False when none is left."""
+        if self._at is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 class BreakerState(enum.Enum):

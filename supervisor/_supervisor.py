@@ -51,7 +51,15 @@ from ._plugins import order as dependency_order
 from ._profiles import MachineFacts, choose_profile, detect_facts
 from ._readiness import ReadinessFacts, assess, security_only
 from ._redact import Redactor
-from ._safecall import Breaker, BreakerState, ErrorLog, ErrorRecord, fingerprint, make_record
+from ._safecall import (
+    Breaker,
+    BreakerState,
+    ErrorLog,
+    ErrorRecord,
+    TokenBucket,
+    fingerprint,
+    make_record,
+)
 from ._snapshot import Snapshot, SnapshotStore
 from ._timing import make_sleeper
 from ._watchdog import Watchdog
@@ -69,12 +77,15 @@ HOUSEKEEPING_INTERVAL = 1.0
 #: Seconds of the clock between optimizer observations, and the fewest ticks one needs.
 OPTIMIZE_INTERVAL = 0.25
 OPTIMIZE_MIN_TICKS = 5
-#: Tracebacks formatted per second across all error groups (an error storm reuses them).
+#: Tracebacks formatted per second across all fingerprints (a storm reuses them),
+#: and at most this many at once.
 FORMAT_BUDGET = 200
+FORMAT_BURST = 10
 #: Seconds during which further failures of one fingerprint fold into one storm line.
 LOG_FOLD_INTERVAL = 5.0
-#: Error log lines per second at most; storm lines report the rest.
+#: Error log lines per second at most (and at once); storm lines report the rest.
 LOG_BUDGET = 20
+LOG_BURST = 5
 #: Fingerprints folded at once (bounded memory); storms wider than STORM_LINES
 #: are reported in one aggregate line.
 MAX_LOG_FOLDS = 20_000
@@ -326,9 +337,9 @@ class Supervisor:
         self._restart_done = trio.Event()
         self._restart_result: dict[str, Any] = {}
         self._wake = trio.Event()
-        self._format_budget = FORMAT_BUDGET
+        self._format_tokens = TokenBucket(FORMAT_BUDGET, FORMAT_BURST)
         self._log_folds: dict[str, list[Any]] = {}
-        self._log_budget = LOG_BUDGET
+        self._log_tokens = TokenBucket(LOG_BUDGET, LOG_BURST)
         self.optimizer: Optimizer | None = None
         self._observed = (0, 0.0, 0)  # (tick, time, dropped) at the last observation
 
@@ -603,15 +614,13 @@ class Supervisor:
         now = self._wall()
         fp = fingerprint(exc)
         # Formatting a traceback is the costly part of a record: an error storm
-        # reuses its group's, formatted at most once a second, and all groups
-        # together at most FORMAT_BUDGET times a second.
+        # reuses its fingerprint's, formatted at most once a second, and all
+        # fingerprints together at most FORMAT_BUDGET times a second, evenly.
         tb = self.errors.recent_traceback(fp, now, 1.0)
         formatted = tb is None
-        if formatted and self._format_budget <= 0:
+        if formatted and not self._format_tokens.take(now):
             tb, formatted = "(traceback not formatted: error storm)", False
             self.errors.dropped["traceback_budget"] += 1
-        if formatted:
-            self._format_budget -= 1
         record = make_record(
             exc,
             fingerprint_value=fp,
@@ -647,10 +656,9 @@ class Supervisor:
             return
         if fold is not None and fold[1]:
             self._log_storm(record.fingerprint, fold)
-        if self._log_budget <= 0:
+        if not self._log_tokens.take(now):
             folds[record.fingerprint] = [now, 1, record.system, record.exc_type]
         else:
-            self._log_budget -= 1
             folds[record.fingerprint] = [now, 0, record.system, record.exc_type]
             self._log.error(
                 "system.error",
@@ -1486,8 +1494,6 @@ class Supervisor:
         proc.cpu_percent()
         while True:
             await trio.sleep(HOUSEKEEPING_INTERVAL)
-            self._format_budget = FORMAT_BUDGET
-            self._log_budget = LOG_BUDGET
             self._flush_log_folds()
             self._dropped_marks.append((self._tick, self.dropped_ticks))
             with proc.oneshot():

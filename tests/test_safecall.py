@@ -512,3 +512,15 @@ class TestErrorStorm:
         assert out.count('"system.error"') == 1
         assert '"system.error_storm"' in out
         assert '"suppressed": 49' in out
+
+
+class TestTokenBucket:
+    def test_burst_then_rate(self) -> None:
+        """A full bucket gives its burst at once, then tokens at the rate, never above the burst."""
+        from supervisor._safecall import TokenBucket
+
+        bucket = TokenBucket(rate=10, burst=3)
+        assert [bucket.take(0.0) for _ in range(4)] == [True, True, True, False]
+        assert bucket.take(0.1)  # one token a tenth of a second
+        assert not bucket.take(0.1)
+        assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]
