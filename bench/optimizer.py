@@ -14,15 +14,14 @@ Deterministic: the same figures on any machine (the optimizer observes every
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import sys
 from typing import Any
 
 import trio
 import trio.testing
 
+from bench import _common
 from supervisor import Config, Supervisor, configure_logging
 from supervisor.testing import FIXED_FACTS
 
@@ -105,8 +104,7 @@ def react(surge: float) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Each surge; a Markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", help="write the figures to this file")
+    parser = _common.parser(__doc__)
     args = parser.parse_args(argv)
     configure_logging("json", "warning", stream=sys.stderr)
     results = [react(s) for s in SURGES]
@@ -118,9 +116,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"({r['seconds_to_within_budget']:.2f} s) | {r['ticks_to_restored']} ticks "
             f"({r['seconds_to_restored']:.2f} s) | {r['adjustments']} |"
         )
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+    _common.write_json(args.json, results)
     return results
 
 

@@ -14,9 +14,7 @@ Run: ``python -m bench.overhead [--ticks N] [--json FILE]``.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import sys
 import time
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 import trio
 import trio.testing
 
+from bench import _common
 from supervisor import Config, Supervisor, configure_logging
 from supervisor.testing import FIXED_FACTS
 
@@ -77,9 +76,8 @@ def bare_call_ns(calls: int = 1_000_000) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Measure and print a Markdown table; return the figures."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _common.parser(__doc__)
     parser.add_argument("--ticks", type=int, default=TICKS)
-    parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args(argv)
     configure_logging("json", "warning", stream=sys.stderr)
     per_tick: dict[int, float] = {}
@@ -104,9 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "bare_call_seconds": bare * 1e-9,
         "try_call_seconds": guarded * 1e-9,
     }
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(figures, f, indent=2)
+    _common.write_json(args.json, figures)
     return figures
 
 

@@ -11,7 +11,6 @@ Run: ``python -m bench.serve [--seconds S] [--rate HZ] [--json FILE]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from bench import _common
 
 SECONDS = 10.0
 RATE = 60
@@ -113,10 +114,9 @@ def run(seconds: float, rate: int, *, scrape: bool) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Both runs, and a Markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _common.parser(__doc__)
     parser.add_argument("--seconds", type=float, default=SECONDS)
     parser.add_argument("--rate", type=int, default=RATE)
-    parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args(argv)
     quiet = run(args.seconds, args.rate, scrape=False)
     scraped = run(args.seconds, args.rate, scrape=True)
@@ -132,9 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{r['scrapes']} ({r['scrape_p50_ms']:.1f}) |"
         )
     figures = {"quiet": quiet, "scraped": scraped}
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(figures, f, indent=2)
+    _common.write_json(args.json, figures)
     return figures
 
 

@@ -18,14 +18,13 @@ Run: ``python -m bench.storm [--seconds S] [--json FILE]``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from typing import Any
 
 import psutil
 import trio
 
+from bench import _common
 from supervisor import Config, Supervisor, configure_logging
 from supervisor.testing import FIXED_FACTS
 
@@ -99,9 +98,8 @@ def measure(mode: str, seconds: float) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the three modes and print a Markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _common.parser(__doc__)
     parser.add_argument("--seconds", type=float, default=SECONDS)
-    parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args(argv)
     # Logs go to stderr as JSON; a storm folds into a line per fingerprint per 5 s.
     configure_logging("json", "warning", stream=sys.stderr)
@@ -118,9 +116,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"{r['lateness_p99_us']:.0f} | {r['work_p99_ms']:.2f} | "
             f"{r['rss_first_mb']:.1f} → {r['rss_last_mb']:.1f} ({r['rss_max_mb']:.1f}) |"
         )
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+    _common.write_json(args.json, results)
     return results
 
 

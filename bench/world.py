@@ -28,6 +28,8 @@ import tempfile
 import time
 from typing import Any
 
+from bench import _common
+
 PLAYERS = (200, 2_000, 10_000)
 RATE = 30
 SECONDS = 10.0
@@ -118,9 +120,8 @@ def run_child(players: int, seconds: float) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """All scenarios; Markdown tables."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _common.parser(__doc__)
     parser.add_argument("--seconds", type=float, default=SECONDS)
-    parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one is not None:
@@ -144,9 +145,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"{r['snapshot_write_p50_ms']:.1f} ({r['snapshot_bytes'] / 1024:.0f} KiB) | "
             f"{r['emergency_to_durable_ms']:.1f} | {r['restart_to_first_tick_ms']:.1f} |"
         )
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+    _common.write_json(args.json, results)
     return results
 
 

@@ -341,6 +341,7 @@ class Supervisor:
         self._log_folds: dict[str, tuple[float, int, str, str]] = {}
         self._log_tokens = TokenBucket(LOG_BUDGET, LOG_BURST)
         self.optimizer: Optimizer | None = None
+        self._next_observe = math.inf
         self._observed = (0, 0.0, 0)  # (tick, time, dropped) at the last observation
 
         #: Whether snapshots are written (``supervisor.testing`` turns it off).
@@ -972,6 +973,8 @@ class Supervisor:
                     await self._retry_quarantined(deadline)
                 if self._next_snapshot <= deadline:
                     await self._periodic_snapshot()
+                if self._next_observe <= deadline:
+                    self._optimize(deadline)
                 if last_tick is not None and self._tick >= last_tick:
                     break
         finally:
@@ -1138,7 +1141,8 @@ class Supervisor:
                 # of the cyclic GC's way, so a full collection stays short.
                 gc.collect()
                 gc.freeze()
-                nursery.start_soon(self._optimize)
+                self._observed = (self._tick, trio.current_time(), self.dropped_ticks)
+                self._next_observe = trio.current_time() + OPTIMIZE_INTERVAL
                 task_status.started()
                 while True:
                     await self._tick_loop()
@@ -1423,26 +1427,28 @@ class Supervisor:
             with trio.move_on_after(self._effective.supervisor.stop_timeout * 5):
                 await self._write_snapshot(snap)
 
-    async def _optimize(self) -> None:
-        """Every ``OPTIMIZE_INTERVAL`` of the clock, off the tick: observe, decide, apply."""
-        self._observed = (self._tick, trio.current_time(), self.dropped_ticks)
-        while True:
-            await trio.sleep(OPTIMIZE_INTERVAL)
-            now = trio.current_time()
-            enabled = self._effective.features.optimizer
-            if self.optimizer is not None and not enabled:
-                for decision in self.optimizer.release(now):
-                    self._apply_decision(decision)
-                self.optimizer = None
-            if not enabled or self.phase is Phase.EMERGENCY_SHUTDOWN or self._stopping:
-                self._observed = (self._tick, now, self.dropped_ticks)
-                continue
-            if self._tick - self._observed[0] < OPTIMIZE_MIN_TICKS:
-                continue
-            if self.optimizer is None:
-                self.optimizer = Optimizer(profile=self.profile, base_rate=self._rate)
-            for decision in self.optimizer.observe(self._observation(now)):
+    def _optimize(self, now: float) -> None:
+        """Observe, decide, apply: every ``OPTIMIZE_INTERVAL`` of the clock, after a tick.
+
+        Run from the tick loop (one comparison per tick) rather than from a
+        task of its own, so an observation never races the tick that is due
+        at the same instant: on a MockClock the decisions are deterministic.
+        """
+        self._next_observe = now + OPTIMIZE_INTERVAL
+        enabled = self._effective.features.optimizer
+        if self.optimizer is not None and not enabled:
+            for decision in self.optimizer.release(now):
                 self._apply_decision(decision)
+            self.optimizer = None
+        if not enabled or self._stopping:
+            self._observed = (self._tick, now, self.dropped_ticks)
+            return
+        if self._tick - self._observed[0] < OPTIMIZE_MIN_TICKS:
+            return
+        if self.optimizer is None:
+            self.optimizer = Optimizer(profile=self.profile, base_rate=self._rate)
+        for decision in self.optimizer.observe(self._observation(now)):
+            self._apply_decision(decision)
 
     def _observation(self, now: float) -> Observation:
         tick0, time0, dropped0 = self._observed
