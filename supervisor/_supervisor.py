@@ -784,7 +784,13 @@ class Supervisor:
         if slot.breaker.failure(now):
             # Within budget: let the system reset itself. A recover() that
             # fails is one more failure against the same budget.
-            ok, _ = await self._call(slot, "recover", slot.ctx, record)
+            ok, _ = await self._call(
+                slot,
+                "recover",
+                slot.ctx,
+                record,
+                timeout=self._effective.supervisor.stop_timeout,
+            )
             if ok or slot.breaker.failure(now):
                 return
         self._quarantine(slot, now)

@@ -350,3 +350,34 @@ class TestResourceLimit:
         assert summary.emergency
         assert "memory_limit_mb" in (sup.emergency_reason or "")
         assert summary.ticks <= 12
+
+
+class TestLiveness:
+    async def test_a_stalled_loop_turns_liveness_red_then_green(
+        self, tmp_path: Path, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A hanging async recover() stalls ticks: liveness red; after its deadline, green."""
+
+        class Stuck:
+            name = "stuck"
+
+            def tick(self, ctx: Any) -> None:
+                if ctx.tick == 2:
+                    raise RuntimeError("fail once")
+
+            async def recover(self, ctx: Any, error: Any) -> None:
+                await trio.sleep_forever()
+
+        sup = _sup(tmp_path, Stuck(), supervisor={"stop_timeout": 3.0})
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            await trio.sleep(0.2 + 1.5)  # tick 2 at t=0.2, then recover hangs
+            alive, detail = sup.liveness()
+            assert not alive
+            assert "no tick for" in detail
+            await trio.sleep(2.0)  # the recover deadline (3 s) has passed
+            assert sup.liveness()[0]
+            assert sup.tick > 3
+            sup.stop()
+        kinds = [(r.hook, r.kind) for r in sup.errors.records]
+        assert kinds == [("tick", "error"), ("recover", "timeout")]
