@@ -2,9 +2,12 @@
 
 The core -- the tick loop, SafeCall, phases and snapshots (``_supervisor``,
 ``_safecall``, ``_timing``, ``_phase``, ``_snapshot``) -- imports nothing
-from the layers built on it: the CLI (``_cli``), the HTTP API, the optimizer
-and logging set-up. A plugin author imports from ``supervisor`` (and
-``supervisor.testing``) and nowhere else.
+from the layers built on it: the CLI (``_cli``, ``_client``, ``_live``) and
+the HTTP API (``_api``, ``_audit``), which reach it through ``sup.services``
+and the ``Controlled`` protocol of ``_control``. It drives pure helpers
+(the optimizer's decision engine, readiness, redaction) and loads the
+Prometheus collector (``_metrics``) only when first scraped. A plugin author
+imports from ``supervisor`` (and ``supervisor.testing``) and nowhere else.
 """
 
 from ._config import Config, Profile

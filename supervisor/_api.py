@@ -266,7 +266,7 @@ class _AuditNote:
 
 
 class _DuplicateKey(ValueError):
-    pass
+    """Raised while parsing a JSON body that names one key twice."""
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -121,7 +121,7 @@ def _resolve_log_format(fmt: str, phase: Phase) -> str:
     return "json"
 
 
-def _positive(kind: Callable[[str], Any], name: str) -> Callable[[Any, Any, Any], Any]:
+def _positive(name: str) -> Callable[[Any, Any, Any], Any]:
     def check(_ctx: Any, _param: Any, value: Any) -> Any:
         if value is not None and value <= 0:
             raise click.BadParameter(f"{name} must be positive, got {value}")
@@ -141,10 +141,10 @@ def cli() -> None:
     "--phase", type=click.Choice(["development", "testing", "production"]), help="Starting phase."
 )
 @click.option("--profile", help="Device profile name, or 'auto' to detect.")
-@click.option("--tick-rate", type=float, callback=_positive(float, "--tick-rate"), help="Hz.")
-@click.option("--ticks", type=int, callback=_positive(int, "--ticks"), help="Stop after N ticks.")
+@click.option("--tick-rate", type=float, callback=_positive("--tick-rate"), help="Hz.")
+@click.option("--ticks", type=int, callback=_positive("--ticks"), help="Stop after N ticks.")
 @click.option(
-    "--duration", type=float, callback=_positive(float, "--duration"), help="Stop after SECONDS."
+    "--duration", type=float, callback=_positive("--duration"), help="Stop after SECONDS."
 )
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where state is kept.")
 @click.option("--resume", is_flag=True, help="Restore the latest valid snapshot before starting.")

@@ -85,8 +85,6 @@ class Histogram:
 
     __slots__ = ("_counts", "count", "max", "total")
 
-    bounds = _BOUNDS
-
     def __init__(self) -> None:
         self._counts = [0] * (len(_BOUNDS) + 1)
         self.count = 0

@@ -280,7 +280,6 @@ class BreakerState(enum.Enum):
     CLOSED = "running"  # ticked normally
     QUARANTINED = "quarantined"  # not ticked until its backoff ends
     HALF_OPEN = "retrying"  # ticked once more; one success closes, one failure re-opens
-    STOPPED = "stopped"
 
 
 @attrs.define(eq=False, kw_only=True)

@@ -21,7 +21,7 @@ import time
 import types
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import msgpack
@@ -43,7 +43,6 @@ from ._errors import (
 )
 from ._histogram import Histogram, HistogramStats
 from ._logging import get_logger
-from ._metrics import SupervisorMetrics
 from ._optimizer import Decision, Observation, Optimizer, SystemLoad
 from ._phase import Phase, PhaseMachine
 from ._plugins import SystemInfo, build, discover, inspect_system, is_import_string, load_target
@@ -63,6 +62,9 @@ from ._safecall import (
 from ._snapshot import Snapshot, SnapshotStore
 from ._timing import make_sleeper
 from ._watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from ._metrics import SupervisorMetrics
 
 __all__ = ["RunSummary", "Supervisor", "SupervisorStats", "SystemStats"]
 
@@ -112,7 +114,6 @@ class _Slot:
     offset: int = 0
     started: bool = False
     ring: array.array[float] = attrs.field(factory=lambda: array.array("d", bytes(8 * STEP_RING)))
-    failures: int = 0
     failed_tick: int = -1
     #: The ring holds this system's steps for ticks [active_since, window_end).
     active_since: int = 0
@@ -365,7 +366,7 @@ class Supervisor:
         self.snapshots_skipped = 0
         self.resources: dict[str, float] = {}
         self.redactor = Redactor(enabled=self.redaction)
-        self.metrics = SupervisorMetrics(self)
+        self._metrics: SupervisorMetrics | None = None
 
         #: Long-running services started with the run, each ``await nursery.start(svc, sup)``
         #: (the HTTP API registers itself here; the core does not import it).
@@ -423,13 +424,9 @@ class Supervisor:
                     key="systems.enabled",
                 )
             configured.add(entry)
-            system = build(name, factory, options, source=source)
-            self.register(
-                system,
-                name=name,
-                origin=origin,
-                factory=functools.partial(build, name, factory, options, source=source),
-            )
+            # The same factory builds it now and again on every restart.
+            make = functools.partial(build, name, factory, options, source=source)
+            self.register(make(), name=name, origin=origin, factory=make)
         try:
             dependency_order(s.info for s in self._slots.values())
         except DependencyError as exc:
@@ -638,7 +635,6 @@ class Supervisor:
             stack=stack,
         )
         self.errors.add(record, formatted=formatted)
-        slot.failures += 1
         slot.failed_tick = self._tick
         return record
 
@@ -1657,7 +1653,13 @@ class Supervisor:
 
     def metrics_text(self) -> tuple[bytes, str]:
         """The Prometheus exposition of this supervisor."""
-        return self.metrics.exposition()
+        if self._metrics is None:
+            # Imported on the first scrape: prometheus_client is not needed
+            # (nor its memory spent) by a supervisor nobody scrapes.
+            from ._metrics import SupervisorMetrics  # noqa: PLC0415
+
+            self._metrics = SupervisorMetrics(self)
+        return self._metrics.exposition()
 
     def next_step(self) -> str:
         """What an operator should do now, in one sentence."""
