@@ -153,6 +153,9 @@ class SupervisorConfig(_Section):
     budget_fraction: float | None = _f(None, float, optional=True, min=0.01, max=1.0)
     stop_timeout: float = _f(2.0, float, min=0.0)
     memory_limit_mb: float = _f(0.0, float, min=0.0)
+    #: Key for HMAC-SHA256 authentication of snapshot files (unset: plain sha256).
+    #: Prefer the environment (SUPERVISOR_SUPERVISOR_SNAPSHOT_KEY) to the file.
+    snapshot_key: str | None = _f(None, str, optional=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -229,6 +232,18 @@ class ApiConfig(_Section):
     listen: str = _f("unix:var/supervisor.sock", str)
     audit_log: str = _f("var/audit.jsonl", str)
     max_body: int = _f(65536, int, min=1, max=16 * 1024 * 1024)
+    #: Connections served at once; past it new ones are closed at accept.
+    max_connections: int = _f(256, int, min=1, max=100_000)
+    #: Seconds a client has to send a request's headers, then its body.
+    header_timeout: float = _f(5.0, float, min=0.01, max=3600.0)
+    body_timeout: float = _f(10.0, float, min=0.01, max=3600.0)
+    #: Seconds an idle keep-alive connection is kept.
+    keep_alive_timeout: float = _f(5.0, float, min=0.01, max=3600.0)
+    #: TLS on the TCP listener: PEM files (both or neither).
+    tls_cert: str | None = _f(None, str, optional=True)
+    tls_key: str | None = _f(None, str, optional=True)
+    #: Accept tokens over plain HTTP on a non-loopback TCP address (off: refused).
+    allow_plaintext_tokens: bool = _f(False, bool)
     tokens: tuple[TokenConfig, ...] = attrs.field(default=(), metadata={"internal": True})
 
     @classmethod

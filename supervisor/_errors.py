@@ -48,11 +48,24 @@ class DependencyError(PluginError):
 
 
 class StartupError(SupervisorError, RuntimeError):
-    """Raised when a critical system's ``start`` fails, aborting start-up."""
+    """Raised when a critical system's ``start`` fails, aborting start-up.
 
-    def __init__(self, message: str, *, system: str):
+    ``refused`` is True when the system refused to start on purpose (it
+    raised :class:`StartRefused`): the CLI then exits 2, as for a config error.
+    """
+
+    def __init__(self, message: str, *, system: str, refused: bool = False):
         self.system = system
+        self.refused = refused
         super().__init__(message)
+
+
+class StartRefused(SupervisorError):
+    """Raised by a system's ``start`` to refuse starting on purpose, with one clear line.
+
+    For conditions an operator must decide on (a database that lost
+    acknowledged data, say): ``supervisor run`` prints the message and exits 2.
+    """
 
 
 class StepTimeout(SupervisorError, TimeoutError):
