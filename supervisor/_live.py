@@ -1,12 +1,16 @@
 """The live one-line status of ``supervisor run`` on a terminal.
 
 Log lines and the status line share standard error: ``LiveStream`` is the
-file the logger writes to; it clears the status line, writes the log line,
-and draws the status line again below it, so neither garbles the other.
+file the logger writes to. It holds back a partial line until its newline
+arrives (structlog's print logger writes the text and the newline in two
+calls), then clears the status line, writes the whole lines, and draws the
+status line again below them, so log lines scroll whole above it and neither
+garbles the other (``tests/test_terminal.py`` checks a real terminal under tmux).
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, TextIO
 
 import trio
@@ -26,17 +30,22 @@ class LiveStream:
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
+        self._partial = ""
         self.line = ""
 
     def write(self, text: str) -> int:
-        """Write a log line above the status line."""
-        self._stream.write(_CLEAR + text)
-        if text.endswith("\n") and self.line:
-            self._stream.write(self.line)
+        """Buffer ``text``; write every completed line above the status line."""
+        cut = text.rfind("\n")
+        if cut < 0:
+            self._partial += text
+            return len(text)
+        whole = self._partial + text[: cut + 1]
+        self._partial = text[cut + 1 :]
+        self._stream.write(_CLEAR + whole + self.line)
         return len(text)
 
     def flush(self) -> None:
-        """Flush the terminal."""
+        """Flush the terminal (a partial line stays held until its newline)."""
         self._stream.flush()
 
     def isatty(self) -> bool:
@@ -44,17 +53,28 @@ class LiveStream:
         return True
 
     def draw(self, line: str) -> None:
-        """Replace the status line."""
-        self.line = line
-        self._stream.write(_CLEAR + line)
+        """Replace the status line, cut to the terminal's width so it never wraps.
+
+        A wrapped line would leave its first rows behind: the clear sequence
+        only erases the row the cursor is on.
+        """
+        self.line = line[: self._columns() - 1]
+        self._stream.write(_CLEAR + self.line)
         self._stream.flush()
 
     def close_line(self) -> None:
-        """End the status line, so the shell prompt starts on a fresh line."""
-        if self.line:
-            self._stream.write("\n")
+        """End the status line (and any held text), so the shell prompt starts on a fresh line."""
+        if self.line or self._partial:
+            self._stream.write((_CLEAR + self._partial + "\n") if self._partial else "\n")
+            self._partial = ""
             self._stream.flush()
             self.line = ""
+
+    def _columns(self) -> int:
+        try:
+            return max(os.get_terminal_size(self._stream.fileno()).columns, 20)
+        except (OSError, ValueError, AttributeError):
+            return 80
 
 
 def status_line(sup: Supervisor) -> str:
