@@ -9,8 +9,11 @@ On-disk contract:
 
 * Snapshots live in ``state_dir/snapshots/`` as ``snapshot-<tick>.msgpack``,
   the tick written as a plain decimal integer (``snapshot-0.msgpack``,
-  ``snapshot-1200.msgpack``; no sign, no leading zeros). Other names in the
-  folder are not snapshots and are left alone.
+  ``snapshot-1200.msgpack``; no sign, no leading zeros). Ticks are bounded
+  by :data:`MAX_TICK` (2**53): a header outside ``0..MAX_TICK`` is corrupt.
+  Other names in the folder are not snapshots and are left alone, except
+  ``aside-<UTC yyyymmddThhmmssZ>/`` folders, where snapshots that must not be
+  deleted are moved (see below); the store never deletes anything in them.
 * Each file is one msgpack map::
 
       {
@@ -18,7 +21,7 @@ On-disk contract:
           "header": <bin: msgpack map {"tick": int, "phase": str,
                                         "reason": str, "time": float}>,
           "body":   <bin: msgpack map {"systems": {name: state}, "meta": {...}}>,
-          "sha256": <bin, 32 bytes>,
+          "sha256": <bin, 32 bytes>,        # or "hmac_sha256", see below
       }
 
   ``sha256`` is taken over ``len(header)`` (4 bytes, big-endian), then the
@@ -26,6 +29,16 @@ On-disk contract:
   body. Header and body are stored as byte strings, so the checksum is
   verified on the exact bytes that were written, before anything inside them
   is decoded; no re-encoding (and no canonical form) is involved.
+* A store given a ``key`` (``[supervisor] snapshot_key``) writes
+  ``hmac_sha256`` instead of ``sha256``: HMAC-SHA256 with that key over the
+  same bytes, so that only a holder of the key can forge a snapshot (a plain
+  sha256 stops accidents, not an attacker who can write to the folder). A
+  keyed store refuses plain files and files whose MAC does not match ("not
+  authenticated with the configured snapshot_key"), exactly like a corrupt
+  file; a store without a key reads plain files (older snapshots stay
+  readable) and refuses keyed ones, whose integrity it cannot check. Turning
+  a key on therefore makes the existing plain snapshots unreadable until they
+  are moved aside (``run --fresh``) or the key is removed again.
 * Writes are atomic: the bytes go to a temporary file in the same folder
   (``.snapshot-<tick>-<pid>-<random>.tmp``, which never matches
   ``snapshot-*.msgpack``), which is flushed, fsynced, renamed over the final
@@ -34,10 +47,14 @@ On-disk contract:
   file or the complete new one, never a mix.
 * After a successful write the store keeps ``generations`` snapshots: the one
   just written and the ``generations - 1`` newest ones with a lower tick.
-  Older ones are deleted, and so are snapshots with a *higher* tick than the
-  one just written: those belong to a timeline that was rolled back (the
-  supervisor restored an older snapshot and is ticking again from there),
-  and keeping them would make the next restart resurrect that timeline.
+  Older ones (lower ticks beyond the kept generations) are deleted: that is
+  the only deletion. Snapshots with a *higher* tick than the one just
+  written belong to another timeline (a rolled-back one, or the state an
+  emergency preserved before a fresh start): they are moved into a new
+  ``aside-<stamp>/`` folder, so the next restart does not resurrect that
+  timeline and no preserved state is lost. Likewise a file already under the
+  name about to be written, that this store did not write or restore from
+  itself, is moved aside before the new file takes its name.
   Stray temporary files left by a crash mid-write are ignored by
   :meth:`SnapshotStore.scan` / :meth:`SnapshotStore.latest` and deleted by
   the next write.
@@ -45,8 +62,10 @@ On-disk contract:
   turned into a :class:`SnapshotError` with a one-line message naming the
   file and what is wrong with it (truncated, bad checksum, wrong format
   version, not msgpack, missing field, wrong type), and every header and body
-  field is type-checked. :meth:`SnapshotStore.latest` skips a corrupt newest
-  snapshot, reports it, and uses the previous generation.
+  field is type-checked. Symlinks, directories, FIFOs and devices under a
+  snapshot's name are refused without being followed or opened for long.
+  :meth:`SnapshotStore.latest` skips a corrupt newest snapshot, reports it,
+  and uses the previous generation.
 
 Round-trip notes: msgpack has no tuples, so tuples in a system's state come
 back as lists; ``bytes`` and ``str`` stay distinct. :meth:`SnapshotStore.encode`
@@ -62,22 +81,29 @@ concurrently with the writer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import hmac
 import math
 import os
 import re
 import secrets
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
 import msgpack  # type: ignore[import-untyped,unused-ignore]
 
+from ._files import UnsafePathError, check_output_path
+
 __all__ = [
     "FORMAT_VERSION",
     "MAX_HEADER_BYTES",
     "MAX_SNAPSHOT_BYTES",
+    "MAX_TICK",
     "Snapshot",
     "SnapshotError",
     "SnapshotInfo",
@@ -93,9 +119,16 @@ MAX_SNAPSHOT_BYTES: Final = 256 * 1024 * 1024
 MAX_HEADER_BYTES: Final = 1024 * 1024
 """Cap on the encoded header (tick, phase, reason, time)."""
 
+MAX_TICK: Final = 2**53
+"""Highest tick a snapshot may carry: exact as a float, far beyond any real run."""
+
 _SNAPSHOT_NAME: Final = re.compile(r"snapshot-(0|[1-9][0-9]*)\.msgpack")
 _TEMP_NAME: Final = re.compile(r"\.snapshot-.*\.tmp")
-_CONTAINER_FIELDS: Final = frozenset({"format", "header", "body", "sha256"})
+_PLAIN: Final = "sha256"
+_KEYED: Final = "hmac_sha256"
+_CONTAINER_FIELDS: Final = frozenset({"format", "header", "body", _PLAIN})
+_KEYED_FIELDS: Final = frozenset({"format", "header", "body", _KEYED})
+_NOT_AUTHENTICATED: Final = "not authenticated with the configured snapshot_key"
 _HEADER_FIELDS: Final = ("tick", "phase", "reason", "time")
 _BODY_FIELDS: Final = ("systems", "meta")
 _DIGEST_SIZE: Final = hashlib.sha256().digest_size
@@ -177,23 +210,38 @@ class SnapshotStore:
         directory: The folder holding the snapshots (``state_dir / "snapshots"``);
             created on the first write.
         generations: How many snapshots to keep (``>= 1``).
+        key: HMAC-SHA256 key authenticating the files (``None``: plain sha256);
+            see the module docstring. Never shown in ``repr``.
         max_bytes: Largest snapshot file accepted, on write and on read.
+        clock: Wall-clock seconds (:func:`time.time`), for ``aside-`` folder names.
     """
 
     directory: Path
     generations: int = 3
+    key: bytes | None = attrs.field(default=None, repr=False)
     max_bytes: int = attrs.field(default=MAX_SNAPSHOT_BYTES, kw_only=True)
+    clock: Callable[[], float] = attrs.field(default=time.time, kw_only=True, repr=False)
+    # Names this store wrote or restored from: replacing those is the same
+    # timeline carrying on; any other file under the same name is moved aside.
+    _own: set[str] = attrs.field(factory=set, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         """Validate the settings.
 
         Raises:
-            ValueError: If ``generations`` or ``max_bytes`` is below 1.
+            ValueError: If ``generations`` or ``max_bytes`` is below 1, or the
+                key is empty.
+            TypeError: If the key is not ``bytes``.
         """
         if isinstance(self.generations, bool) or self.generations < 1:
             raise ValueError(f"generations must be an integer >= 1, got {self.generations!r}")
         if isinstance(self.max_bytes, bool) or self.max_bytes < 1:
             raise ValueError(f"max_bytes must be an integer >= 1, got {self.max_bytes!r}")
+        if self.key is not None:
+            if not isinstance(self.key, bytes):
+                raise TypeError(f"key must be bytes or None, got {type(self.key).__name__}")
+            if not self.key:
+                raise ValueError("key must not be empty (use None for no key)")
 
     # -- encoding ---------------------------------------------------------
 
@@ -254,7 +302,7 @@ class SnapshotStore:
                 "format": FORMAT_VERSION,
                 "header": header,
                 "body": body,
-                "sha256": _digest(header, body),
+                (_KEYED if self.key is not None else _PLAIN): _digest(header, body, self.key),
             }
         )
         if len(data) > self.max_bytes:
@@ -320,11 +368,22 @@ class SnapshotStore:
             TypeError: If the tick is not an ``int``.
             OSError: If the folder cannot be created or the file cannot be
                 written, synced or renamed, or if an old generation cannot be
-                deleted (in that last case the new snapshot is already durable).
+                deleted or moved aside (in that last case the new snapshot is
+                already durable).
         """
         _check_tick(tick)
         self._ensure_directory()
         final = self.directory / _snapshot_name(tick)
+        if final.name not in self._own and os.path.lexists(final):
+            # Same tick, another timeline (or something else under the name):
+            # os.replace would silently destroy it.
+            self._move_aside([final])
+        try:
+            check_output_path(final)
+        except UnsafePathError as exc:
+            # Something non-regular took the name again (we own the name, or
+            # it reappeared after the move): refuse as the OSError callers expect.
+            raise OSError(errno.EEXIST, str(exc)) from None
         # pid + random suffix: unique without a listing, and O_EXCL makes sure
         # we never write through someone else's file.
         temp = self.directory / f".snapshot-{tick}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
@@ -343,6 +402,7 @@ class SnapshotStore:
                 temp.unlink(missing_ok=True)
             raise
         _fsync_directory(self.directory)
+        self._own.add(final.name)
         self._prune(tick)
         return final
 
@@ -366,7 +426,12 @@ class SnapshotStore:
         try:
             # O_NONBLOCK: a FIFO under a snapshot's name must not hang the
             # reader in open(); it is rejected as "not a regular file" below.
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            # O_NOFOLLOW: a symlink is not a snapshot this store wrote (it
+            # could point at a valid snapshot of another server, or a device).
+            if os.path.islink(path):
+                raise SnapshotError(path, "cannot read: a symlink, not a snapshot file")
+            flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(path, flags)
             with open(fd, "rb", closefd=True) as f:
                 info = os.fstat(f.fileno())
                 if not stat.S_ISREG(info.st_mode):
@@ -417,13 +482,43 @@ class SnapshotStore:
         errors: list[SnapshotError] = []
         for _tick, path in self._snapshot_files():
             try:
-                return self.read(path), errors
+                snap = self.read(path)
             except SnapshotError as exc:
                 # Pruned by a concurrent write between listing and reading:
                 # not corrupt, just gone.
                 if not _vanished(exc):
                     errors.append(exc)
+            else:
+                # The timeline this store continues from: rewriting its tick
+                # replaces the file instead of moving it aside.
+                self._own.add(path.name)
+                return snap, errors
         return None, errors
+
+    def has_snapshots(self) -> bool:
+        """Whether anything under a snapshot's name is in the folder, valid or not.
+
+        Corrupt files count: they are still state an operator may want back
+        (``run`` refuses to start a fresh world over them, see the CLI).
+        """
+        return bool(self._snapshot_files())
+
+    def move_aside(self) -> Path | None:
+        """Move every snapshot file into a new ``aside-<UTC stamp>/`` folder.
+
+        Used by ``run --fresh``: the old timeline is kept, not deleted.
+
+        Returns:
+            The new folder, or ``None`` when there was nothing to move.
+
+        Raises:
+            OSError: If the folder cannot be created or a file cannot be moved
+                (the ones already moved stay moved; nothing is deleted).
+        """
+        paths = [path for _tick, path in self._snapshot_files()]
+        if not paths:
+            return None
+        return self._move_aside(paths)
 
     # -- internals --------------------------------------------------------
 
@@ -450,16 +545,32 @@ class SnapshotStore:
             raise _BadSnapshot(
                 f"wrong format version {fmt}, this supervisor reads version {FORMAT_VERSION}"
             )
-        _check_fields("file", container, _CONTAINER_FIELDS)
-        header, body, digest = container["header"], container["body"], container["sha256"]
-        for name, value in (("header", header), ("body", body), ("sha256", digest)):
+        keyed = _KEYED in container
+        if self.key is not None and not keyed:
+            raise _BadSnapshot(
+                f"{_NOT_AUTHENTICATED}: the file has no HMAC (written without a key?)"
+            )
+        if self.key is None and keyed:
+            raise _BadSnapshot(
+                "authenticated with a snapshot_key, but none is configured: cannot verify it"
+            )
+        mac_field = _KEYED if keyed else _PLAIN
+        _check_fields("file", container, _KEYED_FIELDS if keyed else _CONTAINER_FIELDS)
+        header, body, digest = container["header"], container["body"], container[mac_field]
+        for name, value in (("header", header), ("body", body), (mac_field, digest)):
             if not isinstance(value, bytes):
                 raise _BadSnapshot(f"field {name!r} is {_kind(value)}, expected bytes")
         if len(digest) != _DIGEST_SIZE:
-            raise _BadSnapshot(f"field 'sha256' is {len(digest)} bytes, expected {_DIGEST_SIZE}")
+            raise _BadSnapshot(
+                f"field {mac_field!r} is {len(digest)} bytes, expected {_DIGEST_SIZE}"
+            )
         if len(header) > MAX_HEADER_BYTES:
             raise _BadSnapshot(f"header too large: {len(header)} bytes")
-        if _digest(header, body) != digest:
+        if not hmac.compare_digest(_digest(header, body, self.key), digest):
+            if keyed:
+                raise _BadSnapshot(
+                    f"{_NOT_AUTHENTICATED}: wrong key, or the header or body was altered"
+                )
             raise _BadSnapshot("bad checksum: the header or body was altered or damaged")
 
         fields = _unpack_header(header)
@@ -502,20 +613,29 @@ class SnapshotStore:
         return found
 
     def _prune(self, written: int) -> None:
-        """Delete old generations, rolled-back ones and stray temp files."""
+        """Delete old generations and stray temp files; move newer ticks aside.
+
+        Deletes only snapshots with a lower tick than ``written`` beyond the
+        kept generations; see the module docstring for why a higher tick is
+        moved aside rather than deleted.
+        """
         older = 0
+        newer: list[Path] = []
         for tick, path in self._snapshot_files():
-            if tick == written or path.is_dir():
+            if tick == written:
+                continue
+            if tick > written:
+                newer.append(path)
+                continue
+            if path.is_dir():
                 # A folder under a snapshot's name is not ours to delete;
                 # readers report it as unreadable.
                 continue
-            if tick < written:
-                older += 1
-                if older < self.generations:
-                    continue
-            # tick > written: left over from a rolled-back timeline (see the
-            # module docstring); tick < written: beyond the kept generations.
-            path.unlink(missing_ok=True)
+            older += 1
+            if older >= self.generations:
+                path.unlink(missing_ok=True)
+        if newer:
+            self._move_aside(newer)
         # A crash between creating and renaming a temp file leaves it behind.
         # Single writer per folder (module docstring), so any temp file that
         # still exists now is such a leftover.
@@ -524,6 +644,30 @@ class SnapshotStore:
                 (self.directory / name).unlink(missing_ok=True)
         # No folder fsync after deletions: if a power cut undoes them, the
         # next write prunes again; the new snapshot was synced already.
+
+    def _move_aside(self, paths: list[Path]) -> Path:
+        """Move ``paths`` (entries of the folder) into a new ``aside-<stamp>/`` folder.
+
+        Both folders are fsynced, so a power cut cannot lose a moved file.
+        """
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock()))
+        aside = self.directory / f"aside-{stamp}"
+        suffix = 1
+        while True:
+            try:
+                aside.mkdir()
+                break
+            except FileExistsError:
+                # Two moves in the same second: never mix them in one folder.
+                suffix += 1
+                aside = self.directory / f"aside-{stamp}-{suffix}"
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(path, aside / path.name)
+            self._own.discard(path.name)
+        _fsync_directory(aside)
+        _fsync_directory(self.directory)
+        return aside
 
 
 class _BadSnapshot(Exception):
@@ -539,6 +683,8 @@ def _check_tick(tick: object) -> None:
         raise TypeError(f"tick must be an int, got {type(tick).__name__}")
     if tick < 0:
         raise ValueError(f"tick must be >= 0, got {tick}")
+    if tick > MAX_TICK:
+        raise ValueError(f"tick must be <= 2**53, got {tick}")
 
 
 def _check_str_keys(what: str, mapping: object) -> None:
@@ -567,9 +713,9 @@ def _pack_body(snap: Snapshot) -> bytes:
     return body
 
 
-def _digest(header: bytes, body: bytes) -> bytes:
-    """Checksum of a snapshot's header and body (see the module docstring)."""
-    h = hashlib.sha256()
+def _digest(header: bytes, body: bytes, key: bytes | None = None) -> bytes:
+    """Checksum (or, with a key, HMAC) of a snapshot's header and body (module docstring)."""
+    h = hashlib.sha256() if key is None else hmac.new(key, digestmod=hashlib.sha256)
     # The header length pins the split point, so no byte can move between
     # header and body without changing the digest.
     h.update(len(header).to_bytes(4, "big"))
@@ -614,6 +760,10 @@ def _unpack_blob(what: str, blob: bytes, *, strict_map_key: bool) -> Any:
     # prefix inside the blob cannot make it allocate more than the blob size.
     try:
         return msgpack.unpackb(blob, raw=False, strict_map_key=strict_map_key)
+    except msgpack.StackError:
+        raise _BadSnapshot(f"{what} is not valid msgpack: nested too deeply") from None
+    except UnicodeDecodeError:
+        raise _BadSnapshot(f"{what} is not valid msgpack: a string is not UTF-8") from None
     except (msgpack.UnpackException, ValueError, TypeError, OverflowError) as exc:
         raise _BadSnapshot(f"{what} is not valid msgpack: {_detail(exc)}") from None
 
@@ -628,6 +778,9 @@ def _unpack_header(blob: bytes) -> dict[str, Any]:
         raise _BadSnapshot(f"header field 'tick' is {_kind(tick)}, expected int")
     if tick < 0:
         raise _BadSnapshot(f"header field 'tick' is negative ({tick})")
+    if tick > MAX_TICK:
+        # A forged tick near 2**64 used to reach an OverflowError downstream.
+        raise _BadSnapshot(f"header field 'tick' is {tick}, over the limit 2**53")
     for name in ("phase", "reason"):
         if not isinstance(header[name], str):
             raise _BadSnapshot(f"header field {name!r} is {_kind(header[name])}, expected str")

@@ -252,19 +252,26 @@ class TestGenerations:
         assert snapshot_names(store) == ["snapshot-1.msgpack", "snapshot-2.msgpack"]
         assert store.latest()[0] == make_snapshot(2, reason="shutdown")
 
-    def test_rollback_drops_newer_ticks(self, store: SnapshotStore) -> None:
-        """After a restore from an older tick, the abandoned newer snapshots are deleted.
+    def test_rollback_moves_newer_ticks_aside(self, store: SnapshotStore) -> None:
+        """After a restore from an older tick, the newer snapshots are moved aside, not deleted.
 
-        Otherwise the next restart would pick the rolled-back timeline again.
+        Out of the folder, or the next restart would pick the rolled-back
+        timeline again; kept, because it may be state an emergency preserved
+        (old main deleted it).
         """
+        store.clock = lambda: 1_764_600_000.0  # 2025-12-01T14:40:00Z
         for tick in (10, 20, 30):
             store.write(make_snapshot(tick))
         store.write(make_snapshot(21))
         assert snapshot_names(store) == [
+            "aside-20251201T144000Z",
             "snapshot-10.msgpack",
             "snapshot-20.msgpack",
             "snapshot-21.msgpack",
         ]
+        aside = store.directory / "aside-20251201T144000Z"
+        assert os.listdir(aside) == ["snapshot-30.msgpack"]
+        assert store.read(aside / "snapshot-30.msgpack") == make_snapshot(30)
         assert store.latest()[0] == make_snapshot(21)
 
     def test_failed_write_does_not_prune(
@@ -512,8 +519,8 @@ class TestCorruption:
         """A missing file or a folder in its place is a SnapshotError too."""
         with pytest.raises(SnapshotError, match="cannot read"):
             store.read(store.directory / "snapshot-1.msgpack")
-        (store.directory / "snapshot-5.msgpack").mkdir(parents=True)
         store.write(make_snapshot(4))
+        (store.directory / "snapshot-5.msgpack").mkdir()
         snap, errors = store.latest()
         assert snap == make_snapshot(4)
         assert "cannot read" in str(errors[0])
@@ -565,6 +572,284 @@ class TestCorruption:
             SnapshotInfo(store.directory / "snapshot-1.msgpack", 1, ok=True, problem=None),
         ]
         assert "truncated" in (store.scan()[1].problem or "")
+
+
+KEY = b"k" * 32
+
+
+def forge(header: Any, *, key: bytes | None = None, body: Any = None) -> bytes:
+    """A file an attacker could write: any header, with a valid plain or keyed checksum."""
+    header_bytes = msgpack.packb(header)
+    body_bytes = msgpack.packb(body if body is not None else {"systems": {}, "meta": {}})
+    field = "sha256" if key is None else "hmac_sha256"
+    data: bytes = msgpack.packb(
+        {
+            "format": FORMAT_VERSION,
+            "header": header_bytes,
+            "body": body_bytes,
+            field: _snapshot._digest(header_bytes, body_bytes, key),
+        }
+    )
+    return data
+
+
+class TestAuthentication:
+    def test_keyed_round_trip(self, tmp_path: Path) -> None:
+        """With a key, files carry an HMAC and read back through a store with the same key."""
+        store = SnapshotStore(tmp_path, 3, KEY)
+        path = store.write(make_snapshot(5))
+        container = msgpack.unpackb(path.read_bytes())
+        assert set(container) == {"format", "header", "body", "hmac_sha256"}
+        assert container["hmac_sha256"] != _snapshot._digest(container["header"], container["body"])
+        assert SnapshotStore(tmp_path, 3, KEY).latest() == (make_snapshot(5), [])
+
+    def test_wrong_key(self, tmp_path: Path) -> None:
+        """A file keyed with another key is refused like a corrupt one; the older one is used."""
+        store = SnapshotStore(tmp_path, 3, KEY)
+        store.write(make_snapshot(1))
+        (tmp_path / "snapshot-2.msgpack").write_bytes(forge({**GOOD_HEADER, "tick": 2}, key=b"x"))
+        snap, errors = store.latest()
+        assert snap == make_snapshot(1)
+        assert len(errors) == 1
+        assert "not authenticated with the configured snapshot_key: wrong key" in str(errors[0])
+
+    def test_forged_plain_file_refused_with_a_key(self, tmp_path: Path) -> None:
+        """An unkeyed file with a correct sha256 (anyone can compute one) is refused when keyed."""
+        store = SnapshotStore(tmp_path, 3, KEY)
+        store.write(make_snapshot(1))
+        (tmp_path / "snapshot-9.msgpack").write_bytes(forge({**GOOD_HEADER, "tick": 9}))
+        snap, errors = store.latest()
+        assert snap == make_snapshot(1)
+        assert "not authenticated with the configured snapshot_key: the file has no HMAC" in str(
+            errors[0]
+        )
+
+    def test_altered_keyed_file(self, tmp_path: Path) -> None:
+        """Any flipped byte in a keyed file is refused with one line."""
+        store = SnapshotStore(tmp_path, 3, KEY)
+        path = store.write(make_snapshot(1))
+        good = path.read_bytes()
+        damaged = bytearray(good)
+        damaged[good.index(b"periodic")] ^= 0x20
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(SnapshotError, match="not authenticated") as info:
+            store.read(path)
+        assert "\n" not in str(info.value)
+
+    def test_hmac_field_wrong_size(self, tmp_path: Path) -> None:
+        """A truncated MAC is named as such, not compared."""
+        store = SnapshotStore(tmp_path, 3, KEY)
+        data = msgpack.packb({"format": 1, "header": b"", "body": b"", "hmac_sha256": b"0" * 5})
+        with pytest.raises(SnapshotError, match="'hmac_sha256' is 5 bytes"):
+            store.decode(data, tmp_path / "snapshot-1.msgpack")
+
+    def test_unkeyed_store_reads_old_files_and_refuses_keyed_ones(self, tmp_path: Path) -> None:
+        """Without a key, plain files stay readable; keyed ones cannot be verified: refused."""
+        SnapshotStore(tmp_path).write(make_snapshot(1))
+        SnapshotStore(tmp_path, 3, KEY).write(make_snapshot(2))
+        snap, errors = SnapshotStore(tmp_path).latest()
+        assert snap == make_snapshot(1)
+        assert "authenticated with a snapshot_key, but none is configured" in str(errors[0])
+
+    def test_key_not_in_repr(self, tmp_path: Path) -> None:
+        """The key never shows in a repr (logs, tracebacks)."""
+        assert "kkkk" not in repr(SnapshotStore(tmp_path, 3, KEY))
+
+    def test_bad_keys(self, tmp_path: Path) -> None:
+        """An empty key or a str key is refused at construction."""
+        with pytest.raises(ValueError, match="empty"):
+            SnapshotStore(tmp_path, 3, b"")
+        with pytest.raises(TypeError, match="bytes"):
+            SnapshotStore(tmp_path, 3, "text")  # type: ignore[arg-type]
+
+
+class TestTickBounds:
+    def test_forged_tick_near_2_64(self, store: SnapshotStore) -> None:
+        """A forged header tick near 2**64 is corrupt (old main: OverflowError downstream)."""
+        store.write(make_snapshot(3))
+        tick = 2**64 - 1
+        (store.directory / f"snapshot-{tick}.msgpack").write_bytes(
+            forge({**GOOD_HEADER, "tick": tick})
+        )
+        snap, errors = store.latest()
+        assert snap == make_snapshot(3)
+        assert f"header field 'tick' is {tick}, over the limit 2**53" in str(errors[0])
+
+    def test_limit_is_inclusive(self, store: SnapshotStore) -> None:
+        """2**53 itself is written and read; 2**53 + 1 is refused on write."""
+        assert store.read(store.write(make_snapshot(2**53))).tick == 2**53
+        with pytest.raises(ValueError, match="2\\*\\*53"):
+            store.encode(make_snapshot(2**53 + 1))
+        with pytest.raises(ValueError, match="2\\*\\*53"):
+            store.write_bytes(2**53 + 1, b"")
+
+
+class TestPreservedState:
+    def test_fresh_timeline_keeps_the_emergency_snapshot(self, tmp_path: Path) -> None:
+        """A new run ticking from 0 moves an emergency's snapshot aside instead of deleting it.
+
+        Old main: a plain ``run`` after an emergency deleted the preserved snapshot.
+        """
+        directory = tmp_path / "snapshots"
+        SnapshotStore(directory).write(make_snapshot(500, reason="emergency"))
+        fresh = SnapshotStore(directory, clock=lambda: 0.0)
+        for tick in (0, 1, 2, 3):
+            fresh.write(make_snapshot(tick))
+        aside = directory / "aside-19700101T000000Z"
+        assert fresh.read(aside / "snapshot-500.msgpack") == make_snapshot(500, reason="emergency")
+        assert sorted(os.listdir(directory)) == [
+            "aside-19700101T000000Z",
+            *(f"snapshot-{t}.msgpack" for t in (1, 2, 3)),
+        ]
+
+    def test_only_lower_ticks_are_deleted(self, store: SnapshotStore) -> None:
+        """Pruning deletes lower ticks beyond the generations, nothing else; aside/ is untouched."""
+        store.clock = lambda: 0.0
+        for tick in (10, 20, 30, 40):
+            store.write(make_snapshot(tick))
+        store.write(make_snapshot(25))  # 30, 40 moved aside
+        for tick in (26, 27, 28):
+            store.write(make_snapshot(tick))
+        aside = store.directory / "aside-19700101T000000Z"
+        assert sorted(os.listdir(aside)) == ["snapshot-30.msgpack", "snapshot-40.msgpack"]
+        assert [i.tick for i in store.scan()] == [28, 27, 26]
+
+    def test_same_tick_of_another_timeline_is_moved_aside(self, tmp_path: Path) -> None:
+        """A file under the name about to be written, from another store, is not replaced."""
+        SnapshotStore(tmp_path).write(make_snapshot(7, reason="old timeline"))
+        new = SnapshotStore(tmp_path, clock=lambda: 0.0)
+        new.write(make_snapshot(7, reason="new timeline"))
+        new.write(make_snapshot(7, reason="again"))  # its own file: replaced, as before
+        assert new.read(tmp_path / "snapshot-7.msgpack").reason == "again"
+        assert new.read(tmp_path / "aside-19700101T000000Z" / "snapshot-7.msgpack").reason == (
+            "old timeline"
+        )
+        assert sorted(os.listdir(tmp_path)) == ["aside-19700101T000000Z", "snapshot-7.msgpack"]
+
+    def test_restored_tick_is_replaced_not_moved(self, tmp_path: Path) -> None:
+        """The snapshot a store restored from is its own timeline: rewriting its tick replaces."""
+        SnapshotStore(tmp_path).write(make_snapshot(7))
+        resumed = SnapshotStore(tmp_path)
+        assert resumed.latest()[0] == make_snapshot(7)
+        resumed.write(make_snapshot(7, reason="shutdown"))
+        assert os.listdir(tmp_path) == ["snapshot-7.msgpack"]
+
+    def test_folder_under_the_name_is_moved_aside(self, tmp_path: Path) -> None:
+        """A directory under the target name is moved aside; the write then succeeds."""
+        (tmp_path / "snapshot-4.msgpack").mkdir()
+        store = SnapshotStore(tmp_path, clock=lambda: 0.0)
+        store.write(make_snapshot(4))
+        assert store.latest() == (make_snapshot(4), [])
+        assert (tmp_path / "aside-19700101T000000Z" / "snapshot-4.msgpack").is_dir()
+
+    def test_unsafe_target_is_an_os_error(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """If the target is not a regular file even after the move, write() fails as OSError."""
+        store = SnapshotStore(tmp_path)
+        store.write(make_snapshot(4))
+        (tmp_path / "snapshot-4.msgpack").unlink()
+        (tmp_path / "snapshot-4.msgpack").mkdir()  # replaces a name this store owns
+        with pytest.raises(OSError, match="is a directory, not a regular file"):
+            store.write(make_snapshot(4))
+
+    def test_aside_folders_do_not_collide(self, tmp_path: Path) -> None:
+        """Two moves in the same second get two folders."""
+        store = SnapshotStore(tmp_path, clock=lambda: 0.0)
+        store.write(make_snapshot(1))
+        first = store.move_aside()
+        store.write(make_snapshot(1))
+        second = store.move_aside()
+        assert first is not None
+        assert second is not None
+        assert (first.name, second.name) == ("aside-19700101T000000Z", "aside-19700101T000000Z-2")
+
+    def test_has_snapshots_and_move_aside(self, tmp_path: Path) -> None:
+        """has_snapshots() counts corrupt files too; move_aside() moves every one and says where."""
+        store = SnapshotStore(tmp_path / "snapshots", clock=lambda: 0.0)
+        assert store.has_snapshots() is False
+        assert store.move_aside() is None
+        store.write(make_snapshot(1))
+        store.write(make_snapshot(2)).write_bytes(b"corrupt")
+        (store.directory / "notes.txt").write_text("not a snapshot")
+        assert store.has_snapshots() is True
+        aside = store.move_aside()
+        assert aside == store.directory / "aside-19700101T000000Z"
+        assert sorted(os.listdir(aside)) == ["snapshot-1.msgpack", "snapshot-2.msgpack"]
+        assert store.has_snapshots() is False
+        assert sorted(os.listdir(store.directory)) == ["aside-19700101T000000Z", "notes.txt"]
+        assert store.latest() == (None, [])
+        # The moved files are intact: the good one still reads back.
+        assert store.read(aside / "snapshot-1.msgpack") == make_snapshot(1)
+
+
+class TestHostileFiles:
+    """Each hostile file is one line, and latest() falls back to the previous good snapshot."""
+
+    def check(
+        self, store: SnapshotStore, plant: bytes | Callable[[Path], object], message: str
+    ) -> None:
+        """Write a good snapshot 1, plant the hostile snapshot 2, and check what latest() says."""
+        store.write(make_snapshot(1))
+        path = store.directory / "snapshot-2.msgpack"
+        if isinstance(plant, bytes):
+            path.write_bytes(plant)
+        else:
+            plant(path)
+        snap, errors = store.latest()
+        assert snap == make_snapshot(1)
+        assert len(errors) == 1
+        assert message in str(errors[0])
+        assert "\n" not in str(errors[0])
+
+    def test_truncated(self, store: SnapshotStore) -> None:
+        """A file cut short says truncated."""
+        data = store.encode(make_snapshot(2))
+        self.check(store, data[: len(data) // 2], "truncated")
+
+    def test_huge_header(self, store: SnapshotStore) -> None:
+        """A header over the cap is refused before it is decoded."""
+        header = {**GOOD_HEADER, "tick": 2, "reason": "x" * (2 * 1024 * 1024)}
+        self.check(store, forge(header), "header too large")
+
+    def test_deeply_nested_body(self, store: SnapshotStore) -> None:
+        """100,000 nested arrays in a checksummed body are one line, not a crash."""
+        header = msgpack.packb({**GOOD_HEADER, "tick": 2})
+        body = b"\x82\xa7systems\x80\xa4meta\x81\xa1x" + b"\x91" * 100_000 + b"\xc0"
+        data = msgpack.packb(
+            {
+                "format": 1,
+                "header": header,
+                "body": body,
+                "sha256": _snapshot._digest(header, body),
+            }
+        )
+        self.check(store, data, "body is not valid msgpack: nested too deeply")
+
+    def test_non_utf8_string(self, store: SnapshotStore) -> None:
+        """A string that is not UTF-8 in a checksummed header is one line."""
+        header = msgpack.packb({**GOOD_HEADER, "tick": 2})
+        header = header.replace(b"\xa8periodic", b"\xa8\xff\xfeeriod\xc3(")
+        body = msgpack.packb({"systems": {}, "meta": {}})
+        data = msgpack.packb(
+            {"format": 1, "header": header, "body": body, "sha256": _snapshot._digest(header, body)}
+        )
+        self.check(store, data, "header is not valid msgpack: a string is not UTF-8")
+
+    def test_directory(self, store: SnapshotStore) -> None:
+        """A directory named like a snapshot is reported."""
+        self.check(store, Path.mkdir, "cannot read")
+
+    def test_symlink_to_a_valid_snapshot(self, store: SnapshotStore, tmp_path: Path) -> None:
+        """A symlink is not followed, even to a valid snapshot (another server's, say)."""
+        other = SnapshotStore(tmp_path / "other")
+        target = other.write(make_snapshot(2))
+        self.check(store, lambda path: path.symlink_to(target), "a symlink, not a snapshot file")
+
+    @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+    def test_symlink_to_dev_zero(self, store: SnapshotStore) -> None:
+        """A symlink to a device is refused without reading it."""
+        self.check(store, lambda path: path.symlink_to("/dev/zero"), "a symlink, not a snapshot")
 
 
 @pytest.fixture(scope="module")
@@ -659,9 +944,14 @@ CHILD = textwrap.dedent(
     import importlib.util, sys, time
     from pathlib import Path
 
-    # Load the module by file, not through the supervisor package, so the
-    # child starts fast and does not depend on the rest of the package.
-    spec = importlib.util.spec_from_file_location("snapshot_under_test", sys.argv[1])
+    # Load the module by file under an empty stand-in package, not through
+    # supervisor/__init__.py, so the child starts fast and imports only what
+    # the store itself needs (_files, _errors).
+    import types
+    package = types.ModuleType("supervisor")
+    package.__path__ = [str(Path(sys.argv[1]).parent)]
+    sys.modules["supervisor"] = package
+    spec = importlib.util.spec_from_file_location("supervisor._snapshot", sys.argv[1])
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
