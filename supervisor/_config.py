@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Final, Self
 
 import attrs
 
 from ._errors import ConfigError
+from ._files import UnsafePathError, read_config_bytes
 from ._phase import Phase
 
 __all__ = [
+    "NON_CONFIG_VARIABLES",
     "ApiConfig",
     "Config",
     "FeaturesConfig",
@@ -37,6 +40,18 @@ __all__ = [
 ]
 
 _MISSING = object()
+
+#: ``SUPERVISOR_*`` variables that are not config overrides and must stay
+#: allowed: the client's bearer token. Every other ``SUPERVISOR_*`` variable
+#: must name a config key (a typo is an error, not silently ignored).
+NON_CONFIG_VARIABLES: Final = frozenset({"SUPERVISOR_TOKEN"})
+
+#: Deepest nesting of tables/arrays accepted in a config (real ones use 3-4).
+MAX_DEPTH: Final = 32
+#: Longest string value accepted (paths, addresses, keys).
+MAX_TEXT: Final = 4096
+#: Shortest ``snapshot_key``: HMAC with a shorter key is too easy to guess.
+MIN_SNAPSHOT_KEY: Final = 16
 
 
 def _suggest(key: str, known: list[str]) -> str:
@@ -58,15 +73,55 @@ def _typename(kind: Any) -> str:
     return "a list of strings"
 
 
-def _check_value(value: Any, field: attrs.Attribute[Any], where: str, source: str) -> Any:
-    """Check one value against a field's ``kind``/``choices``/``min``/``max`` metadata."""
-    meta = field.metadata
+def _convert(kind: Any) -> Any:
+    """The converter of a field of ``kind``: integers become floats, lists tuples.
+
+    Anything it cannot convert is passed through unchanged for the validator
+    to refuse with a message naming the key.
+    """
+    if kind is float:
+        return _to_float
+    if kind is tuple:
+        return _to_tuple
+    return None
+
+
+def _to_float(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return value  # over 1e308: left an int, refused by the range check
+    if isinstance(value, float) and value == 0.0:
+        return 0.0  # -0.0 would show as "-0.0" in status and logs
+    return value
+
+
+def _to_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _validate(instance: Any, field: attrs.Attribute[Any], value: Any) -> None:
+    """attrs validator for every ``_f`` field: type, finiteness, choices and range.
+
+    Runs for configs built in code as well as from TOML, so
+    ``WatchdogConfig(hang_timeout=math.nan)`` fails like ``hang_timeout = nan``.
+
+    Raises:
+        ConfigError: naming ``section.key`` (the source is added by ``from_mapping``).
+    """
+    problem = _problem(value, field.metadata)
+    if problem is not None:
+        raise ConfigError(problem, key=f"{type(instance).section}.{field.name}")
+
+
+def _problem(value: Any, meta: Mapping[str, Any]) -> str | None:
+    """What is wrong with ``value`` for a field with ``meta``, or None."""
     kind = meta.get("kind", str)
-    ok: bool
+    if meta.get("optional") and value is None:
+        return None
     if kind is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if ok:
-            value = float(value)
     elif kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif kind is bool:
@@ -74,31 +129,56 @@ def _check_value(value: Any, field: attrs.Attribute[Any], where: str, source: st
     elif kind is str:
         ok = isinstance(value, str)
     elif kind is tuple:
-        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-        if ok:
-            value = tuple(value)
+        ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
     else:  # pragma: no cover - a field declared with an unknown kind is our bug
         raise AssertionError(kind)
-    if meta.get("optional") and value is None:
-        return None
     if not ok:
-        raise ConfigError(f"expected {_typename(kind)}, got {value!r}", source=source, key=where)
+        return f"expected {_typename(kind)}, got {_shown(value)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        # nan compares false with every bound: it would pass any range check
+        # (old main: hang_timeout = nan silently disabled the watchdog).
+        return f"expected a finite number, got {value!r}"
+    if isinstance(value, str):
+        return _text_problem(value, meta)
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(
-            f"{value!r} is not one of {', '.join(map(repr, choices))}", source=source, key=where
-        )
-    low = meta.get("min")
+        return f"{value!r} is not one of {', '.join(map(repr, choices))}"
+    low, high = meta.get("min"), meta.get("max")
     if low is not None and value < low:
-        raise ConfigError(f"{value!r} is below the minimum {low!r}", source=source, key=where)
-    high = meta.get("max")
+        return f"{_shown(value)} is below the minimum {low!r}"
     if high is not None and value > high:
-        raise ConfigError(f"{value!r} is above the maximum {high!r}", source=source, key=where)
-    return value
+        return f"{_shown(value)} is above the maximum {high!r}"
+    return None
+
+
+def _text_problem(value: str, meta: Mapping[str, Any]) -> str | None:
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        return f"{_shown(value)} is not one of {', '.join(map(repr, choices))}"
+    if "\x00" in value:
+        return "must not contain a NUL character"
+    if len(value) > MAX_TEXT:
+        return f"is {len(value)} characters long, over the limit of {MAX_TEXT}"
+    min_len = meta.get("min_len", 0)
+    if len(value) < min_len:
+        return f"must be at least {min_len} characters long"
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: repr, cut short (a 2**70 or a long string stays readable)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _f(default: Any, kind: Any, **meta: Any) -> Any:
-    return attrs.field(default=default, metadata={"kind": kind, **meta})
+    """A config field: its ``kind``, ``choices``, ``min``/``max`` drive the shared validator."""
+    return attrs.field(
+        default=default,
+        metadata={"kind": kind, **meta},
+        converter=_convert(kind),
+        validator=_validate,
+    )
 
 
 class _Section:
@@ -129,9 +209,11 @@ class _Section:
                 raise ConfigError(
                     "unknown key" + _suggest(key, known), source=source, key=f"{cls.section}.{key}"
                 )
-            kwargs[key] = _check_value(value, field, f"{cls.section}.{key}", source)
+            kwargs[key] = value
         try:
             return cls(**kwargs)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, source=source, key=exc.key) from None
         except ValueError as exc:
             raise ConfigError(str(exc), source=source, key=cls.section) from None
 
@@ -143,19 +225,32 @@ class SupervisorConfig(_Section):
     section: ClassVar[str] = "supervisor"
 
     phase: str = _f("development", str, choices=("development", "testing", "production"))
-    profile: str = _f("auto", str)
+    profile: str = _f("auto", str, min_len=1)
     tick_rate: float | None = _f(None, float, optional=True, min=0.1, max=10_000.0)
     overrun: str = _f("catch_up", str, choices=("catch_up", "skip"))
     max_catch_up: int = _f(5, int, min=0, max=10_000)
-    state_dir: str = _f("var", str)
-    snapshot_interval: float = _f(5.0, float, min=0.0)
+    state_dir: str = _f("var", str, min_len=1)
+    #: Seconds between periodic snapshots (0: only at stop); at most a day.
+    snapshot_interval: float = _f(5.0, float, min=0.0, max=86_400.0)
     snapshot_generations: int = _f(3, int, min=1, max=1000)
     budget_fraction: float | None = _f(None, float, optional=True, min=0.01, max=1.0)
-    stop_timeout: float = _f(2.0, float, min=0.0)
-    memory_limit_mb: float = _f(0.0, float, min=0.0)
-    #: Key for HMAC-SHA256 authentication of snapshot files (unset: plain sha256).
+    stop_timeout: float = _f(2.0, float, min=0.0, max=3600.0)
+    #: Resident memory limit in MiB (0: none); at most 16 TiB.
+    memory_limit_mb: float = _f(0.0, float, min=0.0, max=16.0 * 1024 * 1024)
+    #: Key for HMAC-SHA256 authentication of snapshot files (unset: plain sha256),
+    #: at least MIN_SNAPSHOT_KEY characters, used as its UTF-8 bytes.
     #: Prefer the environment (SUPERVISOR_SUPERVISOR_SNAPSHOT_KEY) to the file.
-    snapshot_key: str | None = _f(None, str, optional=True)
+    snapshot_key: str | None = attrs.field(
+        default=None,
+        repr=False,
+        metadata={"kind": str, "optional": True, "min_len": MIN_SNAPSHOT_KEY},
+        validator=_validate,
+    )
+
+    @property
+    def snapshot_key_bytes(self) -> bytes | None:
+        """The snapshot key as the store takes it (``SnapshotStore(..., key=...)``)."""
+        return None if self.snapshot_key is None else self.snapshot_key.encode("utf-8")
 
 
 @attrs.frozen(kw_only=True)
@@ -164,17 +259,21 @@ class RecoveryConfig(_Section):
 
     section: ClassVar[str] = "recovery"
 
-    max_restarts: int = _f(5, int, min=0)
-    window_seconds: float = _f(30.0, float, min=0.0)
-    critical_error_limit: int = _f(3, int, min=1)
+    max_restarts: int = _f(5, int, min=0, max=1_000_000)
+    window_seconds: float = _f(30.0, float, min=0.0, max=86_400.0)
+    critical_error_limit: int = _f(3, int, min=1, max=1_000_000)
     history: int = _f(100, int, min=1, max=1_000_000)
-    backoff_initial: float = _f(1.0, float, min=0.0)
-    backoff_max: float = _f(60.0, float, min=0.0)
+    backoff_initial: float = _f(1.0, float, min=0.0, max=3600.0)
+    backoff_max: float = _f(60.0, float, min=0.0, max=86_400.0)
     traceback_limit: int = _f(20, int, min=0, max=1000)
 
     def __attrs_post_init__(self) -> None:
         if self.backoff_max < self.backoff_initial:
-            raise ValueError("backoff_max must be at least backoff_initial")
+            raise ConfigError(
+                f"backoff_max ({self.backoff_max!r}) must be at least "
+                f"backoff_initial ({self.backoff_initial!r})",
+                key="recovery.backoff_max",
+            )
 
 
 @attrs.frozen(kw_only=True)
@@ -183,12 +282,16 @@ class WatchdogConfig(_Section):
 
     section: ClassVar[str] = "watchdog"
 
-    hang_timeout: float = _f(0.25, float, min=0.001)
-    kill_timeout: float = _f(1.0, float, min=0.001)
+    hang_timeout: float = _f(0.25, float, min=0.001, max=3600.0)
+    kill_timeout: float = _f(1.0, float, min=0.001, max=3600.0)
 
     def __attrs_post_init__(self) -> None:
         if self.kill_timeout < self.hang_timeout:
-            raise ValueError("kill_timeout must be at least hang_timeout")
+            raise ConfigError(
+                f"kill_timeout ({self.kill_timeout!r}) must be at least "
+                f"hang_timeout ({self.hang_timeout!r})",
+                key="watchdog.kill_timeout",
+            )
 
 
 @attrs.frozen(kw_only=True)
@@ -229,8 +332,8 @@ class ApiConfig(_Section):
 
     section: ClassVar[str] = "api"
 
-    listen: str = _f("unix:var/supervisor.sock", str)
-    audit_log: str = _f("var/audit.jsonl", str)
+    listen: str = _f("unix:var/supervisor.sock", str, min_len=1)
+    audit_log: str = _f("var/audit.jsonl", str, min_len=1)
     max_body: int = _f(65536, int, min=1, max=16 * 1024 * 1024)
     #: Connections served at once; past it new ones are closed at accept.
     max_connections: int = _f(256, int, min=1, max=100_000)
@@ -240,11 +343,23 @@ class ApiConfig(_Section):
     #: Seconds an idle keep-alive connection is kept.
     keep_alive_timeout: float = _f(5.0, float, min=0.01, max=3600.0)
     #: TLS on the TCP listener: PEM files (both or neither).
-    tls_cert: str | None = _f(None, str, optional=True)
-    tls_key: str | None = _f(None, str, optional=True)
+    tls_cert: str | None = _f(None, str, optional=True, min_len=1)
+    tls_key: str | None = _f(None, str, optional=True, min_len=1)
     #: Accept tokens over plain HTTP on a non-loopback TCP address (off: refused).
     allow_plaintext_tokens: bool = _f(False, bool)
-    tokens: tuple[TokenConfig, ...] = attrs.field(default=(), metadata={"internal": True})
+    tokens: tuple[TokenConfig, ...] = attrs.field(
+        default=(),
+        metadata={"internal": True},
+        validator=attrs.validators.deep_iterable(attrs.validators.instance_of(TokenConfig)),
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing = "tls_key" if self.tls_key is None else "tls_cert"
+            raise ConfigError(
+                "tls_cert and tls_key go together: set both (PEM files) or neither",
+                key=f"api.{missing}",
+            )
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], *, source: str = "<config>") -> Self:
@@ -308,14 +423,17 @@ class Profile(_Section):
     tick_rate: float = _f(30.0, float, min=0.1, max=10_000.0)
     budget_fraction: float = _f(0.8, float, min=0.01, max=1.0)
     min_tick_rate: float = _f(10.0, float, min=0.1, max=10_000.0)
-    throttle_priority: int = _f(10, int)
+    throttle_priority: int = _f(10, int, min=-1_000_000, max=1_000_000)
     max_throttle: int = _f(8, int, min=1, max=1000)
-    min_cores: int = _f(0, int, min=0)
-    min_memory_gb: float = _f(0.0, float, min=0.0)
+    min_cores: int = _f(0, int, min=0, max=1_000_000)
+    min_memory_gb: float = _f(0.0, float, min=0.0, max=1_048_576.0)
 
     def __attrs_post_init__(self) -> None:
         if self.min_tick_rate > self.tick_rate:
-            raise ValueError("min_tick_rate exceeds tick_rate")
+            raise ConfigError(
+                f"min_tick_rate ({self.min_tick_rate!r}) exceeds tick_rate ({self.tick_rate!r})",
+                key="profiles.min_tick_rate",
+            )
 
 
 #: Profiles available without any config; a ``[profiles.NAME]`` table adds a
@@ -401,13 +519,27 @@ _OVERLAY_PHASES = ("development", "testing", "production", "emergency_shutdown")
 class Config:
     """A whole, validated config. Build it with ``from_toml`` or ``from_mapping``."""
 
-    supervisor: SupervisorConfig = attrs.field(factory=SupervisorConfig)
-    systems: SystemsConfig = attrs.field(factory=SystemsConfig)
-    recovery: RecoveryConfig = attrs.field(factory=RecoveryConfig)
-    watchdog: WatchdogConfig = attrs.field(factory=WatchdogConfig)
-    features: FeaturesConfig = attrs.field(factory=FeaturesConfig)
-    logging: LoggingConfig = attrs.field(factory=LoggingConfig)
-    api: ApiConfig = attrs.field(factory=ApiConfig)
+    supervisor: SupervisorConfig = attrs.field(
+        factory=SupervisorConfig, validator=attrs.validators.instance_of(SupervisorConfig)
+    )
+    systems: SystemsConfig = attrs.field(
+        factory=SystemsConfig, validator=attrs.validators.instance_of(SystemsConfig)
+    )
+    recovery: RecoveryConfig = attrs.field(
+        factory=RecoveryConfig, validator=attrs.validators.instance_of(RecoveryConfig)
+    )
+    watchdog: WatchdogConfig = attrs.field(
+        factory=WatchdogConfig, validator=attrs.validators.instance_of(WatchdogConfig)
+    )
+    features: FeaturesConfig = attrs.field(
+        factory=FeaturesConfig, validator=attrs.validators.instance_of(FeaturesConfig)
+    )
+    logging: LoggingConfig = attrs.field(
+        factory=LoggingConfig, validator=attrs.validators.instance_of(LoggingConfig)
+    )
+    api: ApiConfig = attrs.field(
+        factory=ApiConfig, validator=attrs.validators.instance_of(ApiConfig)
+    )
     profiles: Mapping[str, Profile] = attrs.field(factory=lambda: dict(BUILTIN_PROFILES))
     #: The raw mapping this config was built from, kept to apply phase overlays.
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
@@ -429,19 +561,16 @@ class Config:
                 (default ``os.environ``).
 
         Raises:
-            ConfigError: the file cannot be read, is not TOML, or is invalid.
+            ConfigError: the file is missing, unreadable, not a regular file
+                (FIFO, device, directory), over 1 MiB, not UTF-8, not TOML,
+                nested too deeply, or invalid.
         """
         source = str(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError("no such file", source=source) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read: {exc}", source=source) from None
-        try:
-            raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"not valid TOML: {exc}", source=source) from None
+            data = read_config_bytes(path)
+        except UnsafePathError as exc:
+            raise ConfigError(exc.problem, source=source) from None
+        raw = parse_toml(data, source=source)
         return cls.from_mapping(raw, source=source, env=env, base_dir=Path(path).resolve().parent)
 
     @classmethod
@@ -457,13 +586,15 @@ class Config:
 
         Raises:
             ConfigError: an unknown section or key, a wrong type or value,
-                or an invalid phase overlay.
+                an invalid phase overlay, nesting deeper than MAX_DEPTH, or an
+                unknown ``SUPERVISOR_*`` variable.
         """
         env = {
             k: v
             for k, v in (os.environ if env is None else env).items()
             if k.startswith("SUPERVISOR_")
         }
+        _check_depth(raw, source)
         file_raw = copy.deepcopy(dict(raw))
         raw = apply_env_overrides(file_raw, env)
         phases = raw.get("phases", {})
@@ -541,6 +672,64 @@ class Config:
         return p if p.is_absolute() else self.base_dir / p
 
 
+def parse_toml(data: bytes, *, source: str) -> dict[str, Any]:
+    """Decode and parse a config file's bytes, every failure one line.
+
+    Raises:
+        ConfigError: a byte-order mark, bytes that are not UTF-8, TOML that
+            does not parse (duplicate keys included), nesting too deep for the
+            parser, or an integer too long to convert.
+    """
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise ConfigError(
+            "starts with a byte-order mark (BOM); save it as UTF-8 without one", source=source
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}", source=source
+        ) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {_one_line(str(exc))}", source=source) from None
+    except RecursionError:
+        raise ConfigError(
+            f"not valid TOML: nested too deeply (the limit is {MAX_DEPTH} levels)", source=source
+        ) from None
+    except ValueError as exc:
+        # int("9" * 5000): Python refuses integers of over 4300 digits.
+        raise ConfigError(f"not valid TOML: {_one_line(str(exc))}", source=source) from None
+    _check_depth(raw, source)
+    return raw
+
+
+def _check_depth(raw: Mapping[str, Any], source: str) -> None:
+    """Refuse tables/arrays nested deeper than MAX_DEPTH, without recursing.
+
+    Dotted keys (``a.b.c...``) nest without recursion in the parser, but
+    ``copy.deepcopy`` and the overlay merge would then recurse past Python's
+    limit: a RecursionError traceback in old main.
+    """
+    stack: list[tuple[Any, int]] = [(raw, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(
+                f"nested too deeply (the limit is {MAX_DEPTH} levels of tables and arrays)",
+                source=source,
+            )
+        if isinstance(value, Mapping):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend((v, depth + 1) for v in value)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _parse_profiles(raw: Any, source: str) -> dict[str, Profile]:
     if not isinstance(raw, Mapping):
         raise ConfigError("expected a table of profiles", source=source, key="profiles")
@@ -585,33 +774,81 @@ def apply_env_overrides(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[
     """Return ``raw`` with ``SUPERVISOR_<SECTION>_<KEY>`` variables applied.
 
     Values are read as TOML values when they parse (``60``, ``true``,
-    ``["a", "b"]``) and as plain strings otherwise. Variables whose second
-    word is not a section (``SUPERVISOR_TOKEN``) are not overrides.
+    ``["a", "b"]``) and as plain strings otherwise; a string key takes the
+    text as it is unless it is a quoted TOML string (so a numeric-looking
+    ``snapshot_key`` stays a string). Each value is checked by the same
+    validator as the file's, and an error names the variable.
+    Every other ``SUPERVISOR_*`` variable is an error with a suggestion,
+    except the documented non-config ones (:data:`NON_CONFIG_VARIABLES`).
 
     Raises:
-        ConfigError: a variable names a section but a key it does not have.
+        ConfigError: a variable names no config key, or its value is invalid.
     """
     out = copy.deepcopy(dict(raw))
     for var, text in sorted(env.items()):
-        if not var.startswith("SUPERVISOR_"):
+        if not var.startswith("SUPERVISOR_") or var in NON_CONFIG_VARIABLES:
             continue
-        rest = var[len("SUPERVISOR_") :].lower()
-        section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
-        if section is None:
-            continue
-        key = rest[len(section) + 1 :]
-        cls = _SECTIONS[section]
-        known = [f.name for f in attrs.fields(cls) if not f.metadata.get("internal")]  # type: ignore[arg-type]
-        if key not in known:
-            raise ConfigError(
-                "unknown key" + _suggest(key, known), source=var, key=f"{section}.{key}"
-            )
-        try:
-            value: Any = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = text
+        section, field = _env_target(var)
+        value = _env_value(text, field)
+        converter = _convert(field.metadata.get("kind", str))
+        problem = _problem(value if converter is None else converter(value), field.metadata)
+        if problem is not None:
+            raise ConfigError(problem, source=var, key=f"{section}.{field.name}")
         table = out.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError("expected a table", source=var, key=section)
-        table[key] = value
+        table[field.name] = value
     return out
+
+
+def _env_target(var: str) -> tuple[str, attrs.Attribute[Any]]:
+    """The section and field ``SUPERVISOR_<SECTION>_<KEY>`` names.
+
+    Raises:
+        ConfigError: no section matches (the nearest variable is suggested),
+            or the section has no such key (the nearest key is suggested).
+    """
+    rest = var[len("SUPERVISOR_") :].lower()
+    section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
+    table = next((t for t in ("systems", "profiles", "phases") if rest.startswith(t + "_")), None)
+    if table is not None:
+        raise ConfigError(
+            f"[{table}] cannot be set from the environment; set it in the config file",
+            source=var,
+        )
+    if section is None:
+        close = difflib.get_close_matches(var.upper(), _env_names(), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(
+            "not a config variable (SUPERVISOR_<SECTION>_<KEY>), nor one of "
+            f"{', '.join(sorted(NON_CONFIG_VARIABLES))}{hint}",
+            source=var,
+        )
+    key = rest[len(section) + 1 :]
+    fields = {f.name: f for f in attrs.fields(_SECTIONS[section]) if not f.metadata.get("internal")}  # type: ignore[arg-type]
+    if key not in fields:
+        raise ConfigError(
+            "unknown key" + _suggest(key, list(fields)), source=var, key=f"{section}.{key}"
+        )
+    return section, fields[key]
+
+
+def _env_names() -> list[str]:
+    """Every variable the config reads, and the allowed non-config ones."""
+    names = [
+        f"SUPERVISOR_{section}_{f.name}".upper()
+        for section, cls in _SECTIONS.items()
+        for f in attrs.fields(cls)  # type: ignore[arg-type]
+        if not f.metadata.get("internal")
+    ]
+    return [*names, *NON_CONFIG_VARIABLES]
+
+
+def _env_value(text: str, field: attrs.Attribute[Any]) -> Any:
+    try:
+        value: Any = tomllib.loads(f"v = {text}")["v"]
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError, KeyError):
+        return text
+    if field.metadata.get("kind") is str and not isinstance(value, str):
+        return text
+    return value

@@ -256,14 +256,14 @@ class TestRanges:
         """``watchdog.kill_timeout < hang_timeout`` cannot work and is refused at load."""
         err = config_error({"watchdog": {"hang_timeout": 2.0, "kill_timeout": 1.0}})
 
-        assert err.key == "watchdog"
-        assert "kill_timeout must be at least hang_timeout" in str(err)
+        assert err.key == "watchdog.kill_timeout"
+        assert "kill_timeout (1.0) must be at least hang_timeout (2.0)" in str(err)
 
     def test_kill_timeout_below_default_hang_timeout_rejected(self) -> None:
         """The check also applies against a default: kill_timeout=0.1 < the 0.25 default."""
         err = config_error({"watchdog": {"kill_timeout": 0.1}})
 
-        assert "kill_timeout must be at least hang_timeout" in str(err)
+        assert "kill_timeout (0.1) must be at least hang_timeout (0.25)" in str(err)
 
     def test_kill_timeout_equal_to_hang_timeout_allowed(self) -> None:
         """Equal timeouts are allowed: the step is interrupted as soon as it is noticed."""
@@ -275,8 +275,8 @@ class TestRanges:
         """Recovery backoff must not shrink: backoff_max < backoff_initial is an error."""
         err = config_error({"recovery": {"backoff_initial": 5, "backoff_max": 1}})
 
-        assert err.key == "recovery"
-        assert "backoff_max must be at least backoff_initial" in str(err)
+        assert err.key == "recovery.backoff_max"
+        assert "backoff_max (1.0) must be at least backoff_initial (5.0)" in str(err)
 
 
 class TestChoices:
@@ -543,8 +543,8 @@ class TestProfiles:
         """
         err = config_error({"profiles": {"arena": {"tick_rate": 10, "min_tick_rate": 20}}})
 
-        assert "min_tick_rate exceeds tick_rate" in str(err)
-        assert "arena" in str(err)
+        assert "min_tick_rate (20.0) exceeds tick_rate (10.0)" in str(err)
+        assert err.key == "profiles.arena.min_tick_rate"
 
     def test_auto_is_reserved(self) -> None:
         """``auto`` means "detect", so no profile may take that name."""
@@ -658,7 +658,7 @@ class TestPhaseOverlays:
         )
 
         assert "[phases.testing]" in str(err)
-        assert "kill_timeout must be at least hang_timeout" in str(err)
+        assert "kill_timeout (0.3) must be at least hang_timeout (0.5)" in str(err)
 
     def test_unknown_section_in_overlay(self) -> None:
         """An unknown section in an overlay is named and corrected."""
@@ -756,12 +756,9 @@ class TestEnvOverrides:
         assert err.key == "supervisor.tick_rate"
         assert "got 'fast'" in str(err)
 
-    @pytest.mark.parametrize(
-        "var",
-        ["SUPERVISOR_TOKEN", "SUPERVISOR_API", "SUPERVISOR_SYSTEMS_ENABLED", "SUPERVISORS_X_Y"],
-    )
+    @pytest.mark.parametrize("var", ["SUPERVISOR_TOKEN", "SUPERVISORS_X_Y", "OTHER_SUPERVISOR_X"])
     def test_non_override_variables_ignored(self, var: str) -> None:
-        """Variables whose second word is not a section, like SUPERVISOR_TOKEN, are ignored."""
+        """The client's SUPERVISOR_TOKEN and variables of other prefixes are not overrides."""
         assert load({}, env={var: "s3cret", "HOME": "/root"}).supervisor == SupervisorConfig()
 
     def test_unknown_key_in_known_section_names_the_variable(self) -> None:
@@ -877,8 +874,7 @@ class TestFromToml:
         with pytest.raises(ConfigError) as ei:
             Config.from_toml(tmp_path, env={})
 
-        assert str(ei.value).startswith(f"{tmp_path}: cannot read")
-        assert "\n" not in str(ei.value)
+        assert str(ei.value) == f"{tmp_path}: is a directory, not a regular file"
 
     def test_not_utf8(self, tmp_path: Path) -> None:
         """A file that is not UTF-8 is one line naming it."""
@@ -888,8 +884,7 @@ class TestFromToml:
         with pytest.raises(ConfigError) as ei:
             Config.from_toml(path, env={})
 
-        assert str(ei.value).startswith(f"{path}: cannot read")
-        assert "\n" not in str(ei.value)
+        assert str(ei.value) == f"{path}: not UTF-8 text: byte 0xff at offset 26"
 
     def test_path_resolves_against_config_folder(self, tmp_path: Path) -> None:
         """Relative paths in the config resolve against the file's folder, absolute stay."""
