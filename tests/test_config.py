@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import random
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,7 @@ import pytest
 from supervisor import Config, ConfigError, Phase, Profile
 from supervisor._config import (
     BUILTIN_PROFILES,
+    NON_CONFIG_VARIABLES,
     ApiConfig,
     FeaturesConfig,
     LoggingConfig,
@@ -956,3 +961,379 @@ class TestSystemsSection:
     def test_systems_not_a_table(self) -> None:
         """``systems = ["a"]`` is an error."""
         assert config_error({"systems": ["a"]}).key == "systems"
+
+
+SECTION_CLASSES: list[type[Any]] = [
+    SupervisorConfig,
+    RecoveryConfig,
+    WatchdogConfig,
+    ApiConfig,
+    Profile,
+]
+
+
+def number_fields(kind: type) -> list[tuple[type[Any], str]]:
+    """Every (section class, field name) of a numeric kind, for tests that cover them all."""
+    return [
+        (cls, f.name)
+        for cls in SECTION_CLASSES
+        for f in attrs.fields(cls)
+        if f.metadata.get("kind") is kind
+    ]
+
+
+FLOAT_FIELDS = number_fields(float)
+INT_FIELDS = number_fields(int)
+
+
+def field_id(case: tuple[type[Any], str]) -> str:
+    return f"{case[0].section}.{case[1]}"
+
+
+def from_file(tmp_path: Path, text: str | bytes, env: Mapping[str, str] | None = None) -> Config:
+    path = tmp_path / "game.toml"
+    if isinstance(text, str):
+        text = text.encode()
+    path.write_bytes(text)
+    return Config.from_toml(path, env={} if env is None else env)
+
+
+def file_error(tmp_path: Path, text: str | bytes, env: Mapping[str, str] | None = None) -> str:
+    """The one-line message loading ``text`` as a config file gives."""
+    with pytest.raises(ConfigError) as ei:
+        from_file(tmp_path, text, env)
+    message = str(ei.value)
+    assert "\n" not in message
+    assert ei.value.__cause__ is None
+    return message
+
+
+class TestNonFinite:
+    """NaN and infinities are refused everywhere (old main: nan disabled the watchdog)."""
+
+    @pytest.mark.parametrize("case", FLOAT_FIELDS, ids=field_id)
+    @pytest.mark.parametrize("literal", ["nan", "+inf", "-inf", "-nan"])
+    def test_in_a_file(self, tmp_path: Path, case: tuple[type[Any], str], literal: str) -> None:
+        """``key = nan`` / ``inf`` in any float key of any section is one line naming it."""
+        cls, name = case
+        table = "profiles.arena" if cls is Profile else cls.section
+        message = file_error(tmp_path, f"[{table}]\n{name} = {literal}\n")
+        assert f"[{table}.{name}] expected a finite number, got" in message
+
+    @pytest.mark.parametrize("case", FLOAT_FIELDS, ids=field_id)
+    def test_built_in_code(self, case: tuple[type[Any], str]) -> None:
+        """A section built in code is checked like one from a file."""
+        cls, name = case
+        for bad in (math.nan, math.inf, -math.inf):
+            with pytest.raises(ConfigError) as ei:
+                cls(**{name: bad})
+            assert ei.value.key == f"{cls.section}.{name}"
+            assert "finite" in str(ei.value)
+
+    def test_hang_timeout_nan(self) -> None:
+        """The headline case: ``hang_timeout = nan`` no longer turns the watchdog off."""
+        err = config_error({"watchdog": {"hang_timeout": math.nan}})
+        assert str(err) == "<config>: [watchdog.hang_timeout] expected a finite number, got nan"
+
+    def test_stop_timeout_nan_from_environment(self) -> None:
+        """NaN from a variable is refused too, naming the variable."""
+        err = config_error({}, env={"SUPERVISOR_SUPERVISOR_STOP_TIMEOUT": "nan"})
+        assert str(err) == (
+            "SUPERVISOR_SUPERVISOR_STOP_TIMEOUT: [supervisor.stop_timeout] "
+            "expected a finite number, got nan"
+        )
+
+    def test_negative_zero_is_zero(self) -> None:
+        """``-0.0`` is 0 where 0 is allowed, stored as +0.0 (never shown as -0.0)."""
+        cfg = load({"supervisor": {"snapshot_interval": -0.0, "stop_timeout": -0}})
+        assert math.copysign(1.0, cfg.supervisor.snapshot_interval) == 1.0
+        assert cfg.supervisor.stop_timeout == 0.0
+
+
+class TestUpperBounds:
+    """Every number has a ceiling: no 1e308-second timeouts, no 2**70 counters."""
+
+    @pytest.mark.parametrize("case", FLOAT_FIELDS, ids=field_id)
+    def test_every_float_has_a_maximum(self, case: tuple[type[Any], str]) -> None:
+        """1e308 (and a 400-digit integer, which float() cannot take) is refused by name."""
+        cls, name = case
+        for huge in (1e308, 10**400):
+            with pytest.raises(ConfigError) as ei:
+                cls(**{name: huge})
+            assert ei.value.key == f"{cls.section}.{name}"
+            assert "above the maximum" in str(ei.value)
+
+    @pytest.mark.parametrize("case", INT_FIELDS, ids=field_id)
+    def test_every_integer_has_bounds(self, case: tuple[type[Any], str]) -> None:
+        """2**70 and -2**70 are refused by name for every integer key."""
+        cls, name = case
+        for huge, word in ((2**70, "above the maximum"), (-(2**70), "below the minimum")):
+            with pytest.raises(ConfigError, match=word) as ei:
+                cls(**{name: huge})
+            assert ei.value.key == f"{cls.section}.{name}"
+
+    def test_huge_integer_message_stays_short(self, tmp_path: Path) -> None:
+        """A 4000-digit integer is shown cut short, still on one line."""
+        message = file_error(tmp_path, f"[supervisor]\nmax_catch_up = {'9' * 4000}\n")
+        assert "[supervisor.max_catch_up]" in message
+        assert len(message) < 400
+
+    def test_integer_too_long_for_python(self, tmp_path: Path) -> None:
+        """Over 4300 digits Python's int() refuses: still one line, not a traceback."""
+        message = file_error(tmp_path, f"[supervisor]\nmax_catch_up = {'9' * 5000}\n")
+        assert "not valid TOML" in message
+
+
+class TestCodeBuiltConfigs:
+    """A config built in code is validated like one read from TOML."""
+
+    def test_supervisor_config(self) -> None:
+        """The brief's example: the first bad field is named (old main accepted both)."""
+        with pytest.raises(ConfigError) as ei:
+            SupervisorConfig(overrun="bogus", max_catch_up=-3)
+        assert ei.value.key == "supervisor.overrun"
+        assert "'bogus' is not one of 'catch_up', 'skip'" in str(ei.value)
+        with pytest.raises(ConfigError, match=r"\[supervisor.max_catch_up\] -3 is below"):
+            SupervisorConfig(max_catch_up=-3)
+
+    def test_recovery_history_zero(self) -> None:
+        """``RecoveryConfig(history=0)`` is refused naming recovery.history."""
+        with pytest.raises(ConfigError) as ei:
+            RecoveryConfig(history=0)
+        assert str(ei.value) == "[recovery.history] 0 is below the minimum 1"
+
+    def test_wrong_types(self) -> None:
+        """Types are checked too: a string timeout, a bool count, an int flag."""
+        with pytest.raises(ConfigError, match=r"watchdog\.hang_timeout"):
+            WatchdogConfig(hang_timeout="0.25")  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match=r"recovery\.history"):
+            RecoveryConfig(history=True)
+        with pytest.raises(ConfigError, match=r"features\.optimizer"):
+            FeaturesConfig(optimizer=1)  # type: ignore[arg-type]
+
+    def test_evolve_is_checked(self) -> None:
+        """attrs.evolve goes through the validators as well."""
+        with pytest.raises(ConfigError, match=r"supervisor\.tick_rate"):
+            attrs.evolve(SupervisorConfig(), tick_rate=math.inf)
+
+    def test_integers_become_floats(self) -> None:
+        """``stop_timeout=3`` in code is stored as 3.0, as from a file."""
+        assert type(SupervisorConfig(stop_timeout=3).stop_timeout) is float
+
+    def test_cross_field_checks_in_code(self) -> None:
+        """Cross-field checks are ConfigErrors naming the key, not bare ValueErrors."""
+        with pytest.raises(ConfigError) as ei:
+            WatchdogConfig(hang_timeout=2.0, kill_timeout=1.0)
+        assert ei.value.key == "watchdog.kill_timeout"
+
+    def test_sections_of_a_config(self) -> None:
+        """A Config takes only the section classes."""
+        with pytest.raises(TypeError, match="supervisor"):
+            Config(supervisor={"tick_rate": 30})  # type: ignore[arg-type]
+
+    def test_tokens_must_be_token_configs(self) -> None:
+        """``ApiConfig(tokens=...)`` takes TokenConfig entries only."""
+        with pytest.raises(TypeError):
+            ApiConfig(tokens=({"name": "x"},))  # type: ignore[arg-type]
+
+
+class TestTls:
+    def test_both_or_neither(self) -> None:
+        """tls_cert without tls_key (or the reverse) is refused naming the missing one."""
+        err = config_error({"api": {"tls_cert": "cert.pem"}})
+        assert err.key == "api.tls_key"
+        assert "set both (PEM files) or neither" in str(err)
+        assert config_error({"api": {"tls_key": "key.pem"}}).key == "api.tls_cert"
+
+    def test_both(self) -> None:
+        """Both together are accepted."""
+        api = load({"api": {"tls_cert": "c.pem", "tls_key": "k.pem"}}).api
+        assert (api.tls_cert, api.tls_key) == ("c.pem", "k.pem")
+
+    def test_empty_path_refused(self) -> None:
+        """An empty path is not 'no TLS'."""
+        assert config_error({"api": {"tls_cert": "", "tls_key": "k"}}).key == "api.tls_cert"
+
+
+class TestStrings:
+    @pytest.mark.parametrize("key", ["state_dir", "profile"])
+    def test_nul_refused(self, key: str) -> None:
+        """A NUL byte (which os functions reject with a ValueError) is one line."""
+        err = config_error({"supervisor": {key: "var\x00x"}})
+        assert err.key == f"supervisor.{key}"
+        assert "NUL" in str(err)
+
+    def test_too_long(self) -> None:
+        """Strings over 4096 characters are refused, the length named."""
+        err = config_error({"api": {"listen": "x" * 5000}})
+        assert "5000 characters long, over the limit of 4096" in str(err)
+
+    @pytest.mark.parametrize(("section", "key"), [("supervisor", "state_dir"), ("api", "listen")])
+    def test_empty_path_refused(self, section: str, key: str) -> None:
+        """An empty path or address is refused rather than meaning the current folder."""
+        assert "at least 1 characters" in str(config_error({section: {key: ""}}))
+
+
+class TestSnapshotKey:
+    KEY = "0123456789abcdef-secret"
+
+    def test_bytes_for_the_store(self) -> None:
+        """The key is handed to SnapshotStore as its UTF-8 bytes; unset is None."""
+        cfg = load({"supervisor": {"snapshot_key": self.KEY}})
+        assert cfg.supervisor.snapshot_key_bytes == self.KEY.encode()
+        assert load({}).supervisor.snapshot_key_bytes is None
+
+    def test_not_in_repr(self) -> None:
+        """The key never shows in a repr (logs, status dumps)."""
+        cfg = load({"supervisor": {"snapshot_key": self.KEY}})
+        assert self.KEY not in repr(cfg.supervisor)
+        assert self.KEY not in repr(cfg)
+
+    def test_too_short(self) -> None:
+        """A key under 16 characters is refused."""
+        err = config_error({"supervisor": {"snapshot_key": "short"}})
+        assert err.key == "supervisor.snapshot_key"
+        assert "at least 16 characters" in str(err)
+
+    def test_numeric_key_from_environment_stays_a_string(self) -> None:
+        """A key of digits from the environment is the text, not a number."""
+        digits = "12345678901234567890"
+        cfg = load({}, env={"SUPERVISOR_SUPERVISOR_SNAPSHOT_KEY": digits})
+        assert cfg.supervisor.snapshot_key == digits
+
+
+class TestEnvironmentNames:
+    def test_misspelt_section(self) -> None:
+        """``SUPERVISOR_SUPERVISR_TICK_RATE`` is an error suggesting the right variable.
+
+        Old main ignored it silently.
+        """
+        err = config_error({}, env={"SUPERVISOR_SUPERVISR_TICK_RATE": "60"})
+        assert err.source == "SUPERVISOR_SUPERVISR_TICK_RATE"
+        assert str(err).endswith("did you mean SUPERVISOR_SUPERVISOR_TICK_RATE?")
+
+    def test_token_variable_allowed(self) -> None:
+        """The client's SUPERVISOR_TOKEN stays allowed, as listed in NON_CONFIG_VARIABLES."""
+        assert "SUPERVISOR_TOKEN" in NON_CONFIG_VARIABLES
+        cfg = load({}, env={"SUPERVISOR_TOKEN": "s3cret", "SUPERVISOR_SUPERVISOR_TICK_RATE": "9"})
+        assert cfg.supervisor.tick_rate == 9.0
+
+    @pytest.mark.parametrize("var", ["SUPERVISOR_API", "SUPERVISOR_X", "SUPERVISOR_"])
+    def test_not_a_config_variable(self, var: str) -> None:
+        """A variable that names no section and key is an error naming it."""
+        err = config_error({}, env={var: "1"})
+        assert err.source == var
+        assert "not a config variable" in str(err)
+
+    @pytest.mark.parametrize("table", ["systems", "profiles", "phases"])
+    def test_tables_not_settable(self, table: str) -> None:
+        """[systems], [profiles] and [phases] cannot come from the environment: said so."""
+        var = f"SUPERVISOR_{table.upper()}_X"
+        err = config_error({}, env={var: "1"})
+        assert f"[{table}] cannot be set from the environment" in str(err)
+
+    def test_value_checked_with_the_field_validator(self) -> None:
+        """An out-of-range value from a variable names the variable and the key."""
+        err = config_error({}, env={"SUPERVISOR_RECOVERY_HISTORY": "0"})
+        assert (
+            str(err) == "SUPERVISOR_RECOVERY_HISTORY: [recovery.history] 0 is below the minimum 1"
+        )
+
+    def test_deeply_nested_value(self) -> None:
+        """A 10,000-deep array in a variable is refused as a value, not a RecursionError."""
+        err = config_error({}, env={"SUPERVISOR_SUPERVISOR_TICK_RATE": "[" * 10_000})
+        assert err.key == "supervisor.tick_rate"
+
+
+class TestHostileFiles:
+    """Every hostile config file is one line (old main: tracebacks, hangs, unbounded reads)."""
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "x = " + "[" * 10_000 + "]" * 10_000,
+            "x = " + "{a=" * 10_000 + "1" + "}" * 10_000,
+        ],
+        ids=["arrays", "inline-tables"],
+    )
+    def test_deep_nesting(self, tmp_path: Path, text: str) -> None:
+        """10,000 levels of arrays or inline tables: one line (old main: RecursionError)."""
+        assert "nested too deeply" in file_error(tmp_path, text)
+
+    def test_deep_dotted_keys(self, tmp_path: Path) -> None:
+        """Dotted keys nest without recursion in tomllib, but are refused before deepcopy."""
+        message = file_error(tmp_path, "[systems.a]\n" + ".".join(["k"] * 10_000) + " = 1\n")
+        assert "nested too deeply (the limit is 32 levels" in message
+
+    def test_nesting_at_the_limit(self, tmp_path: Path) -> None:
+        """32 levels are fine (systems options may nest a little)."""
+        cfg = from_file(tmp_path, "[systems.a]\n" + ".".join(["k"] * 29) + " = 1\n")
+        assert "a" in cfg.systems.options
+
+    def test_deep_mapping_built_in_code(self) -> None:
+        """from_mapping checks depth as well (no RecursionError in deepcopy)."""
+        raw: dict[str, Any] = {}
+        inner = raw
+        for _ in range(5000):
+            inner["k"] = {}
+            inner = inner["k"]
+        assert "nested too deeply" in str(config_error(raw))
+
+    def test_over_one_mebibyte(self, tmp_path: Path) -> None:
+        """A 2 MB config (of comments) is refused by size, before parsing."""
+        message = file_error(tmp_path, b"#" * 2_000_000)
+        assert "too large: 2000000 bytes, over the 1048576-byte limit" in message
+
+    @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+    def test_dev_zero(self) -> None:
+        """``--config /dev/zero`` is refused at once (old main read it without limit)."""
+        with pytest.raises(ConfigError) as ei:
+            Config.from_toml("/dev/zero", env={})
+        assert str(ei.value) == "/dev/zero: is a character device, not a regular file"
+
+    @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+    def test_fifo(self, tmp_path: Path) -> None:
+        """A FIFO is refused without blocking (old main hung in open)."""
+        path = tmp_path / "game.toml"
+        os.mkfifo(path)
+        code = (
+            "import sys; from supervisor import Config, ConfigError\n"
+            "try: Config.from_toml(sys.argv[1], env={})\n"
+            "except ConfigError as e: print(e)\n"
+        )
+        # In a child with a timeout: a regression fails here instead of hanging the suite.
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
+        assert done.stdout == f"{path}: is a FIFO, not a regular file\n"
+
+    def test_directory(self, tmp_path: Path) -> None:
+        """A directory is refused by type."""
+        with pytest.raises(ConfigError, match="is a directory"):
+            Config.from_toml(tmp_path, env={})
+
+    def test_bom(self, tmp_path: Path) -> None:
+        """A byte-order mark is named, with the fix."""
+        message = file_error(tmp_path, b"\xef\xbb\xbf[supervisor]\n")
+        assert message.endswith("starts with a byte-order mark (BOM); save it as UTF-8 without one")
+
+    def test_binary_garbage(self, tmp_path: Path) -> None:
+        """Random bytes are either not UTF-8 or not TOML: one line either way."""
+        rng = random.Random(8)
+        for _ in range(50):
+            data = bytes(rng.randrange(256) for _ in range(200))
+            message = file_error(tmp_path, data)
+            assert "not UTF-8 text" in message or "not valid TOML" in message
+
+    def test_duplicate_keys(self, tmp_path: Path) -> None:
+        """A key given twice is refused by the parser, in one line."""
+        message = file_error(tmp_path, "[supervisor]\ntick_rate = 30\ntick_rate = 60\n")
+        assert "not valid TOML" in message
+
+    def test_nul_in_file(self, tmp_path: Path) -> None:
+        """A NUL byte in the file is refused by the parser."""
+        assert "not valid TOML" in file_error(tmp_path, b"[supervisor]\x00\n")
