@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._supervisor import Supervisor, _Slot
 
-__all__ = ["Context"]
+__all__ = ["GAUGE_NAME", "MAX_GAUGES", "MAX_GAUGE_NAME", "Context", "GaugeError"]
+
+#: What a gauge name may be: an identifier (a valid Prometheus label value and
+#: metric-like name), at most ``MAX_GAUGE_NAME`` characters.
+GAUGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_GAUGE_NAME = 64
+#: Distinct gauges kept, all systems together; more are refused and counted.
+MAX_GAUGES = 64
+#: Integer gauges must fit in 64 bits (a float beyond that loses the value anyway).
+GAUGE_INT_LIMIT = 2**63
+
+
+class GaugeError(ValueError):
+    """A gauge a system reported was refused (bad name, bad value, too many gauges).
+
+    Never raised into the system: it is recorded as that system's error, of
+    kind ``"gauge"``, and the gauge is not published.
+    """
 
 
 class Context:
@@ -19,11 +37,14 @@ class Context:
     into 50 contexts on every tick.
     """
 
-    __slots__ = ("_slot", "_sup", "log", "name")
+    __slots__ = ("_keys", "_slot", "_sup", "_values", "log", "name")
 
     def __init__(self, sup: Supervisor, slot: _Slot, log: Any) -> None:
         self._sup = sup
         self._slot = slot
+        # The supervisor's gauge tables, mutated in place and never rebound.
+        self._keys = sup._gauge_keys
+        self._values = sup._gauges
         self.name = slot.name
         #: A structlog logger bound to this system's name.
         self.log = log
@@ -62,8 +83,28 @@ class Context:
         return self._sup.system(name)
 
     def report(self, name: str, value: float) -> None:
-        """Publish a gauge (``players``, ...): shown in status and metrics, recorded with errors."""
-        self._sup._gauges[name] = value
+        """Publish a gauge (``players``, ...): shown in status and metrics, recorded with errors.
+
+        ``name`` is an identifier (``[A-Za-z_][A-Za-z0-9_]*``, at most 64
+        characters; at most 64 gauges in all). ``value`` is an ``int`` (within
+        64 bits) or a finite ``float``; a ``bool`` counts as 0 or 1. Anything
+        else is recorded as this system's error (kind ``"gauge"``) and not
+        published; nothing is raised.
+
+        The hot path: a name seen before (one dict lookup, checked only the
+        first time) and a plain number. Everything else goes the slow way.
+        """
+        key = self._keys.get(name) if type(name) is str else None
+        number: object = value  # the annotation is the contract, not a guarantee
+        if key is not None:
+            if type(number) is float:
+                if number - number == 0.0:  # finite: inf - inf and nan - nan are nan
+                    self._values[key] = number
+                    return
+            elif type(number) is int and -GAUGE_INT_LIMIT < number < GAUGE_INT_LIMIT:
+                self._values[key] = number
+                return
+        self._sup._report_gauge(self._slot, name, number)
 
     def request_emergency(self, reason: str) -> None:
         """Ask for an emergency shutdown; it begins once the current step returns."""

@@ -42,6 +42,15 @@ ALLOWED_MOVES: dict[Phase, frozenset[Phase]] = {
 }
 
 
+#: Why leaving DEVELOPMENT without tokens is refused, and how to fix it, in one line.
+NO_TOKENS = (
+    "refused: {target} requires an API token and the config has no [api] tokens, so every "
+    'later command would be refused; add one ([[api.tokens]] name = "ops", role = "operator", '
+    "sha256 = the output of `printf %s TOKEN | sha256sum`) and restart, or pass --force "
+    "(recorded)"
+)
+
+
 class PhaseMachine:
     """The phase, the moves allowed from it, and the record of every move.
 
@@ -58,14 +67,22 @@ class PhaseMachine:
         self.interrupted: Phase | None = None
         self.history: collections.deque[LifecycleEvent] = collections.deque(maxlen=history)
 
-    def check(self, target: Phase, *, force: bool = False) -> None:
-        """Whether ``supervisor phase TARGET`` may move now (the gate aside).
+    def check(
+        self, target: Phase, *, force: bool = False, reason: str = "", tokens: int | None = None
+    ) -> None:
+        """Whether ``supervisor phase TARGET`` may move now (the readiness gate aside).
+
+        Args:
+            target: the phase asked for.
+            force: the caller passed ``--force``.
+            reason: the caller's ``--reason``.
+            tokens: how many ``[api] tokens`` the config gives the target phase
+                (None: not checked).
 
         Raises:
-            PhaseError: the move is not allowed; the message says why.
+            PhaseError: the move is not allowed; the one-line message says why
+                and what to do.
         """
-        if force and self.phase is Phase.PRODUCTION:
-            raise PhaseError("--force is refused in production")
         if target is self.phase:
             raise PhaseError(f"already in {target.value}")
         if self.phase is Phase.EMERGENCY_SHUTDOWN:
@@ -76,6 +93,14 @@ class PhaseMachine:
             )
         if target is Phase.EMERGENCY_SHUTDOWN:
             raise PhaseError("use `supervisor shutdown --emergency` to enter emergency_shutdown")
+        if self.phase is Phase.PRODUCTION and not (force and reason.strip()):
+            # Leaving production turns token checks on the socket and redaction off.
+            raise PhaseError(
+                f"leaving production for {target.value} needs --force and a --reason "
+                "(it is recorded); only an emergency shutdown needs neither"
+            )
+        if self.phase is Phase.DEVELOPMENT and tokens == 0 and not force:
+            raise PhaseError(NO_TOKENS.format(target=target.value))
         if (
             target not in ALLOWED_MOVES[self.phase]
         ):  # pragma: no cover - every other move is allowed

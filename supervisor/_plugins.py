@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from ._errors import ConfigError, DependencyError, PluginError
+from ._safecall import safe_message, safe_type_name
 
 __all__ = ["ENTRY_POINT_GROUP", "Hook", "SystemInfo", "SystemSource", "discover", "order"]
 
@@ -64,7 +65,8 @@ def load_target(target: str, *, system: str | None = None) -> Any:
         module = importlib.import_module(module_name)
     except Exception as exc:  # any error at import time is the plugin's, not ours
         raise PluginError(
-            f"cannot import {module_name!r}: {type(exc).__name__}: {exc}", system=system
+            f"cannot import {module_name!r}: {safe_type_name(exc)}: {safe_message(exc)}",
+            system=system,
         ) from None
     obj: Any = module
     for part in attr.split("."):
@@ -139,7 +141,13 @@ def build(name: str, factory: Any, kwargs: Mapping[str, Any], *, source: str = "
     except (TypeError, ValueError) as exc:
         # attrs validators raise TypeError(message, attribute, type, value):
         # the first argument is the sentence a user should read.
-        detail = exc.args[0] if len(exc.args) > 1 and isinstance(exc.args[0], str) else str(exc)
+        # Never the plugin's own __str__ unguarded: it may raise or hang.
+        args = exc.args
+        detail = (
+            str.__str__(args[0])
+            if type(args) is tuple and len(args) > 1 and isinstance(args[0], str)
+            else safe_message(exc)
+        )
         raise ConfigError(
             f"system {name!r} rejected its arguments: {detail}",
             source=source,

@@ -15,12 +15,14 @@ import collections
 import enum
 import hashlib
 import itertools
+import math
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
 import attrs
+import trio
 
 __all__ = [
     "Breaker",
@@ -29,13 +31,89 @@ __all__ = [
     "ErrorLog",
     "ErrorRecord",
     "TokenBucket",
+    "is_runtime_cancel",
     "make_record",
+    "safe_message",
+    "safe_type_name",
 ]
 
 #: Longest traceback text kept on a record (characters); the innermost frames are kept.
 TRACEBACK_CHARS = 8000
 #: Longest message kept on a record (characters).
 MESSAGE_CHARS = 2000
+#: Longest exception type name kept (characters).
+TYPE_NAME_CHARS = 200
+
+
+def is_runtime_cancel(exc: BaseException) -> bool:
+    """Whether ``exc`` is the runtime's own cancellation, which SafeCall must let through.
+
+    A ``trio.Cancelled`` (or a group holding one) belongs to the runtime only
+    while an enclosing cancel scope is actually cancelled (the effective
+    deadline is then ``-inf``): that is a forced stop or our own deadline,
+    and the scope that was cancelled catches it. A ``Cancelled`` leaking out
+    of a plugin with no cancelled scope around it (one it kept from its own
+    scope and raised again) would otherwise crash the run: it is the
+    plugin's failure. Only called on the failure path.
+    """
+    if isinstance(exc, trio.Cancelled):
+        pass
+    elif isinstance(exc, BaseExceptionGroup):
+        if exc.subgroup(trio.Cancelled) is None:
+            return False
+    else:
+        return False
+    try:
+        return trio.current_effective_deadline() == -math.inf
+    except RuntimeError:  # outside trio: nobody to hand it to
+        return False
+
+
+def _plain(text: object, limit: int) -> str | None:
+    """``text`` as an exact ``str`` of at most ``limit`` characters, never running its methods."""
+    if not isinstance(text, str):
+        return None
+    # str.__str__ copies a str subclass into a plain str without calling its overrides.
+    text = str.__str__(text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def safe_type_name(exc: object) -> str:
+    """The qualified name of ``exc``'s type (any object's), without trusting a metaclass."""
+    try:
+        name = _plain(type.__dict__["__qualname__"].__get__(type(exc)), TYPE_NAME_CHARS)
+    except BaseException:
+        name = None
+    return name or "?"
+
+
+def safe_message(exc: BaseException) -> str:
+    """``str(exc)``, bounded to ``MESSAGE_CHARS``; ``<unprintable T>`` when ``__str__`` misbehaves.
+
+    ``__str__`` is plugin code: it may raise (anything, ``KeyboardInterrupt``
+    included), return a non-string, or return megabytes. None of that may
+    escape into the supervisor (``tests/test_faults_plugins.py``).
+    """
+    try:
+        text = _plain(str(exc), MESSAGE_CHARS)
+    except BaseException:
+        text = None
+    return f"<unprintable {safe_type_name(exc)}>" if text is None else text
+
+
+def safe_traceback(exc: BaseException, limit: int) -> str:
+    """The formatted traceback of ``exc``, bounded; a placeholder when formatting fails.
+
+    ``traceback.format_exception`` guards ``str(exc)`` itself, but also reads
+    ``__notes__``, causes and contexts, all of which a hostile exception controls.
+    """
+    try:
+        tb = "".join(traceback.format_exception(exc, limit=-limit if limit else 0))
+    except BaseException:
+        return f"<traceback of {safe_type_name(exc)} could not be formatted>"
+    if len(tb) > TRACEBACK_CHARS:
+        tb = "...\n" + tb[-TRACEBACK_CHARS:]
+    return tb
 
 
 @attrs.frozen(kw_only=True)
@@ -82,9 +160,13 @@ def fingerprint(exc: BaseException) -> str:
     groups. Two instances of one class failing alike share a fingerprint;
     the error log still groups them per system.
     """
-    filename, func = _innermost(exc.__traceback__)
-    key = f"{type(exc).__module__}.{type(exc).__qualname__}|{filename}|{func}"
-    return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
+    try:
+        filename, func = _innermost(exc.__traceback__)
+        module = _plain(type(exc).__module__, TYPE_NAME_CHARS) or "?"
+    except BaseException:
+        filename, func, module = "?", "?", "?"
+    key = f"{module}.{safe_type_name(exc)}|{filename}|{func}"
+    return hashlib.blake2b(key.encode(errors="replace"), digest_size=6).hexdigest()
 
 
 _ids = itertools.count(1)
@@ -105,23 +187,27 @@ def make_record(
     stack: str | None = None,
     fingerprint_value: str | None = None,
     traceback_text: str | None = None,
+    redact: Callable[[str], str] | None = None,
 ) -> ErrorRecord:
     """Build the frozen record of ``exc`` (the traceback bounded in frames and characters).
 
-    ``traceback_text`` reuses an already formatted traceback (formatting is
-    the costly part of a record; an error storm reuses its group's).
+    Never runs plugin-controlled ``__str__``/``__repr__`` unguarded (see
+    ``safe_message``). ``traceback_text`` reuses an already formatted (and
+    already redacted) traceback: formatting is the costly part of a record,
+    and an error storm reuses its group's. ``redact``, when given, is
+    applied once here to every free text of the record, so no surface needs
+    to redact it again.
     """
-    if traceback_text is None:
-        tb = "".join(
-            traceback.format_exception(exc, limit=-traceback_limit if traceback_limit else 0)
-        )
-        if len(tb) > TRACEBACK_CHARS:
-            tb = "...\n" + tb[-TRACEBACK_CHARS:]
-    else:
-        tb = traceback_text
-    message = str(exc)
-    if len(message) > MESSAGE_CHARS:
-        message = message[:MESSAGE_CHARS] + "..."
+    tb = safe_traceback(exc, traceback_limit) if traceback_text is None else traceback_text
+    message = safe_message(exc)
+    exc_type = safe_type_name(exc)
+    if redact is not None:
+        message = redact(message)
+        exc_type = redact(exc_type)
+        if traceback_text is None:
+            tb = redact(tb)
+        if stack is not None:
+            stack = redact(stack)
     return ErrorRecord(
         id=next(_ids),
         time=time,
@@ -129,7 +215,7 @@ def make_record(
         system=system,
         hook=hook,
         phase=phase,
-        exc_type=type(exc).__qualname__,
+        exc_type=exc_type,
         message=message,
         traceback=tb,
         fingerprint=fingerprint_value or fingerprint(exc),
@@ -137,6 +223,18 @@ def make_record(
         health=health,
         kind=kind,
         stack=stack,
+    )
+
+
+def redact_record(record: ErrorRecord, redact: Callable[[str], str]) -> ErrorRecord:
+    """``record`` with every free text redacted (gauge names included)."""
+    return attrs.evolve(
+        record,
+        message=redact(record.message),
+        exc_type=redact(record.exc_type),
+        traceback=redact(record.traceback),
+        stack=None if record.stack is None else redact(record.stack),
+        gauges={redact(k): v for k, v in record.gauges.items()},
     )
 
 
@@ -212,6 +310,25 @@ class ErrorLog:
             self._formatted.move_to_end(record.fingerprint)
             if len(self._formatted) > self._max_groups:
                 self._formatted.popitem(last=False)
+
+    def redact(self, redact: Callable[[str], str]) -> None:
+        """Redact everything kept, once: called when the supervisor enters a redacting phase.
+
+        Records made from then on are redacted when made (``make_record``).
+        """
+        done: dict[int, ErrorRecord] = {}
+
+        def fix(record: ErrorRecord) -> ErrorRecord:
+            new = done.get(record.id)
+            if new is None:
+                new = done[record.id] = redact_record(record, redact)
+            return new
+
+        self.records = collections.deque(map(fix, self.records), maxlen=self.records.maxlen)
+        for group in self._groups.values():
+            group.first, group.last = fix(group.first), fix(group.last)
+        for fp, (at, tb) in self._formatted.items():
+            self._formatted[fp] = (at, redact(tb))
 
     def recent_traceback(self, fp: str, now: float, within: float) -> str | None:
         """The traceback formatted for fingerprint ``fp`` less than ``within`` seconds ago."""

@@ -21,7 +21,7 @@ import time
 import types
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import msgpack
@@ -29,13 +29,14 @@ import psutil
 import trio
 
 from ._config import Config
-from ._context import Context
+from ._context import GAUGE_INT_LIMIT, GAUGE_NAME, MAX_GAUGE_NAME, MAX_GAUGES, Context, GaugeError
 from ._control import Caller, LifecycleEvent, ReadinessReport, Refused
 from ._errors import (
     ConfigError,
     DependencyError,
     PhaseError,
     PluginError,
+    StartRefused,
     StartupError,
     StepInterrupted,
     StepTimeout,
@@ -57,7 +58,10 @@ from ._safecall import (
     ErrorRecord,
     TokenBucket,
     fingerprint,
+    is_runtime_cancel,
     make_record,
+    safe_message,
+    safe_type_name,
 )
 from ._snapshot import Snapshot, SnapshotStore
 from ._timing import make_sleeper
@@ -92,9 +96,79 @@ LOG_BURST = 5
 #: are reported in one aggregate line.
 MAX_LOG_FOLDS = 5_000
 STORM_LINES = 10
-#: Exceptions a hook may raise that SafeCall turns into a failure. ``trio.Cancelled``
-#: and ``KeyboardInterrupt`` are not among them: they belong to the runtime.
-_STEP_ERRORS = (Exception, StepInterrupted, SystemExit)
+#: Seconds of the clock between two calls of each system's ``health()`` (from the tick loop).
+HEALTH_INTERVAL = 1.0
+#: A crashed service is restarted after this backoff (seconds), doubling up to the maximum;
+#: a service that ran for SERVICE_BACKOFF_MAX before crashing starts again from the initial one.
+SERVICE_BACKOFF_INITIAL = 0.1
+SERVICE_BACKOFF_MAX = 10.0
+#: Seconds services get to return on their own once ``closing`` is set, before they are cancelled.
+SERVICE_GRACE = 2.0
+#: Highest tick a snapshot may carry: beyond 2**53 a tick no longer survives a float
+#: (JSON, Prometheus), so such a snapshot is corrupt or forged.
+MAX_TICK = 2**53
+#: Lifecycle events kept (a ring: the oldest go first).
+LIFECYCLE_HISTORY = 1000
+#: Used when a timeout read from a (public, unvalidated) Config is NaN, negative or infinite.
+DEFAULT_STOP_TIMEOUT = 2.0
+DEFAULT_SNAPSHOT_INTERVAL = 5.0
+#: Gauge errors recorded per system per second at most; the rest are counted in errors.dropped.
+GAUGE_ERROR_INTERVAL = 1.0
+
+
+def _seconds(value: float, default: float) -> float:
+    """``value`` if it is a finite, non-negative number of seconds, else ``default``.
+
+    ``Config`` is public and may be built without the file's validators: a
+    NaN must never reach ``trio.move_on_after`` or a deadline comparison
+    (where it silently disables the check).
+    """
+    return value if isinstance(value, int | float) and 0 <= value < math.inf else default
+
+
+def _valid_tick(tick: object) -> bool:
+    """Whether a snapshot's tick is one a run can continue from."""
+    return type(tick) is int and 0 <= tick < MAX_TICK
+
+
+def _gauge_number(value: object) -> float | None:
+    """``value`` if it is a gauge's number (an int within 64 bits, a finite float), else None."""
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if type(value) is int and -GAUGE_INT_LIMIT < value < GAUGE_INT_LIMIT:
+        return value
+    return None
+
+
+def _overran(message: str) -> NoReturn:
+    """Raise the StepTimeout of an async hook or tick that overran (a function: ruff TRY301)."""
+    raise StepTimeout(message)
+
+
+def _service_name(service: Any) -> str:
+    """A service's name for logs and ``service_failures``: its function's name."""
+    target = getattr(service, "func", service)  # a functools.partial names its function
+    name = getattr(target, "__name__", None)
+    return name if isinstance(name, str) else type(service).__name__
+
+
+class _ServiceStatus:
+    """The ``task_status`` a supervised service gets: only its first ``started()`` counts.
+
+    A restarted service calls ``started()`` again; by then the run is long
+    past start-up, so the call is ignored.
+    """
+
+    __slots__ = ("_outer", "done")
+
+    def __init__(self, outer: trio.TaskStatus[Any]) -> None:
+        self._outer = outer
+        self.done = False
+
+    def started(self, value: Any = None) -> None:
+        if not self.done:
+            self.done = True
+            self._outer.started(value)
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -119,6 +193,12 @@ class _Slot:
     active_since: int = 0
     window_end: int | None = 0
     hang_stack: str | None = None
+    #: The last value of ``health()``, refreshed from the tick loop (never on request).
+    health: str = "healthy"
+    #: The hook whose failure quarantined the system: its half-open retry calls it first.
+    trial_hook: str | None = None
+    #: When the last gauge error of this system was recorded (they are rate-limited).
+    gauge_error_at: float = -math.inf
 
     @property
     def state(self) -> str:
@@ -270,7 +350,7 @@ class Supervisor:
         start = Phase.parse(phase) if isinstance(phase, str) else phase
         if start is Phase.EMERGENCY_SHUTDOWN:
             raise ConfigError("cannot start in emergency_shutdown", key="supervisor.phase")
-        self._phases = PhaseMachine(start)
+        self._phases = PhaseMachine(start, history=LIFECYCLE_HISTORY)
         self._effective = self.config.for_phase(start)
         self.facts = facts if facts is not None else detect_facts()
         self.profile, self.profile_reason = choose_profile(
@@ -300,7 +380,14 @@ class Supervisor:
 
         self._tick = 0
         self._now = 0.0
+        # Gauge values by published name, and each name a system reported -> its
+        # published (validated, redacted) name. Mutated in place, never rebound:
+        # every Context holds both.
         self._gauges: dict[str, float] = {}
+        self._gauge_keys: dict[str, str] = {}
+        self._last_record: ErrorRecord | None = None
+        self._reused_tb: str | None = None
+        self._next_health = math.inf
         self.errors = ErrorLog(history=self._effective.recovery.history)
         self.lateness = Histogram()
         self.work = Histogram()
@@ -334,6 +421,9 @@ class Supervisor:
         self._emergency_at: float | None = None
         self._emergency_done = trio.Event()
         self.emergency_info: dict[str, Any] | None = None
+        # A snapshot captured before a restart whose critical system could not be
+        # built: the emergency that follows writes it instead of capturing again.
+        self._preserved: Snapshot | None = None
         self._restart_requested: Caller | None = None
         self._restart_done = trio.Event()
         self._restart_result: dict[str, Any] = {}
@@ -368,9 +458,19 @@ class Supervisor:
         self.redactor = Redactor(enabled=self.redaction)
         self._metrics: SupervisorMetrics | None = None
 
-        #: Long-running services started with the run, each ``await nursery.start(svc, sup)``
-        #: (the HTTP API registers itself here; the core does not import it).
+        #: Long-running services started with the run, each
+        #: ``async def svc(sup, task_status=trio.TASK_STATUS_IGNORED)`` (the HTTP API
+        #: registers itself here; the core does not import it). Each runs supervised:
+        #: a crash after ``task_status.started()`` is logged, counted and restarted
+        #: with backoff; the tick goes on.
         self.services: list[Callable[..., Awaitable[Any]]] = []
+        #: Crashes of each service (by its function's name).
+        self.service_failures: collections.Counter[str] = collections.Counter()
+        #: Set when the run is ending (graceful stop, exit after an emergency, forced
+        #: stop): services should return; they are cancelled SERVICE_GRACE seconds later.
+        self.closing = trio.Event()
+        self._services_running = 0
+        self._services_idle = trio.Event()
         #: Called with the new phase after every phase change.
         self.phase_listeners: list[Callable[[Phase], None]] = []
         #: Extra error-sink checks for readiness: each returns a problem or None.
@@ -567,7 +667,7 @@ class Supervisor:
     def stop(self, reason: str = "stop requested") -> None:
         """Stop gracefully after the current tick (systems stopped in reverse order)."""
         if not self._stop_reason:
-            self._stop_reason = reason
+            self._stop_reason = self.redactor.text(reason)
         self._stopping = True
         self._stopped.set()
         self._wake.set()
@@ -576,8 +676,9 @@ class Supervisor:
         """Enter EMERGENCY_SHUTDOWN after the current step: ticking stops, systems stop."""
         if self._emergency_reason is not None:
             return
-        self._emergency_reason = reason
-        self._emergency_source = source
+        # Redacted once, here: every surface (status, snapshots, summary) shows this text.
+        self._emergency_reason = self.redactor.text(reason)
+        self._emergency_source = self.redactor.text(source)
         self._emergency_at = time.perf_counter()
         self._stopping = True
 
@@ -588,21 +689,68 @@ class Supervisor:
 
     # ------------------------------------------------------------------ SafeCall
 
-    def _health(self, slot: _Slot) -> str:
+    @staticmethod
+    def _health(slot: _Slot) -> str:
+        """The system's health as of its last ``health()`` call: never calls plugin code."""
         if slot.breaker.state is BreakerState.QUARANTINED:
             return "unhealthy"
-        hook = slot.info.hooks.get("health")
-        if hook is None or hook.is_async:
-            return "healthy"
-        try:
-            value = hook.fn()
-        except _STEP_ERRORS:
-            return "unhealthy"
-        return value if value in _HEALTH_VALUES else "unhealthy"
+        return slot.health
+
+    async def _check_health(self, now: float) -> None:
+        """Call every active system's ``health()`` and cache it: once a HEALTH_INTERVAL, post-tick.
+
+        Under SafeCall (a hanging sync one is interrupted by the watchdog, an
+        async one gets the tick budget) and against the system's restart
+        budget. Probes and status read the cache (``tests/test_faults_plugins.py``).
+        """
+        self._next_health = now + HEALTH_INTERVAL
+        for slot in self._active:
+            if "health" in slot.info.hooks:
+                await self._probe_health(slot, now)
+
+    async def _probe_health(self, slot: _Slot, now: float) -> bool:
+        ok, value = await self._call(slot, "health", timeout=self._budget)
+        if not ok:
+            slot.health = "unhealthy"
+            self._count_failure(slot, "health", now)
+            return False
+        # type() first: `in` would run a hostile object's __eq__.
+        slot.health = value if type(value) is str and value in _HEALTH_VALUES else "unhealthy"
+        return True
 
     def _record(
-        self, slot: _Slot, hook: str, exc: BaseException, *, kind: str = "error"
+        self,
+        slot: _Slot,
+        hook: str,
+        exc: BaseException,
+        *,
+        kind: str = "error",
+        failed: bool = True,
     ) -> ErrorRecord:
+        """Make, redact and keep the record of ``exc``; ``failed`` marks the step as failed.
+
+        Building it runs plugin code (``__str__``, ``__notes__``...), guarded in
+        ``make_record``; the slot is marked meanwhile so that the watchdog
+        interrupts a ``__str__`` that hangs.
+        """
+        self._current = slot
+        self._call_seq += 1
+        try:
+            record = self._make_record(slot, hook, exc, kind)
+        except StepInterrupted:  # landed between make_record's own guards
+            record = self._make_record(
+                slot, hook, StepInterrupted("recording this error hung and was interrupted"), kind
+            )
+        finally:
+            self._current = None
+            self._call_seq += 1
+        self._last_record = record
+        self.errors.add(record, formatted=record.traceback is not self._reused_tb)
+        if failed:
+            slot.failed_tick = self._tick
+        return record
+
+    def _make_record(self, slot: _Slot, hook: str, exc: BaseException, kind: str) -> ErrorRecord:
         stack = None
         if isinstance(exc, StepInterrupted):
             kind = "interrupted"
@@ -615,11 +763,11 @@ class Supervisor:
         # reuses its fingerprint's, formatted at most once a second, and all
         # fingerprints together at most FORMAT_BUDGET times a second, evenly.
         tb = self.errors.recent_traceback(fp, now, 1.0)
-        formatted = tb is None
-        if formatted and not self._format_tokens.take(now):
-            tb, formatted = "(traceback not formatted: error storm)", False
+        if tb is None and not self._format_tokens.take(now):
+            tb = "(traceback not formatted: error storm)"
             self.errors.dropped["traceback_budget"] += 1
-        record = make_record(
+        self._reused_tb = tb
+        return make_record(
             exc,
             fingerprint_value=fp,
             traceback_text=tb,
@@ -633,10 +781,57 @@ class Supervisor:
             traceback_limit=self._effective.recovery.traceback_limit,
             kind=kind,
             stack=stack,
+            redact=self.redactor.text if self.redactor.enabled else None,
         )
-        self.errors.add(record, formatted=formatted)
-        slot.failed_tick = self._tick
-        return record
+
+    def _report_gauge(self, slot: _Slot, name: object, value: object) -> None:
+        """``ctx.report`` off its fast path: a new name, or a value that is not a plain number.
+
+        A bad gauge is the reporting system's error (kind ``"gauge"``), never
+        raised into it and never published, so ``/metrics`` cannot fail on it.
+        A ``bool`` is published as 0 or 1.
+        """
+        if type(value) is bool:
+            value = int(value)
+        key = self._gauge_keys.get(name) if type(name) is str else None
+        problem = None
+        if not isinstance(name, str) or type(name) is not str:
+            problem = f"a gauge name must be a str, not {safe_type_name(name)}"
+        elif key is None:
+            if len(name) > MAX_GAUGE_NAME or GAUGE_NAME.fullmatch(name) is None:
+                shown = name[:MAX_GAUGE_NAME] + ("..." if len(name) > MAX_GAUGE_NAME else "")
+                problem = (
+                    f"gauge name {shown!r} refused: it must match [A-Za-z_][A-Za-z0-9_]* "
+                    f"and be at most {MAX_GAUGE_NAME} characters"
+                )
+            elif len(self._gauge_keys) >= MAX_GAUGES:
+                self.errors.dropped["gauge_limit"] += 1
+                problem = f"gauge {name!r} refused: at most {MAX_GAUGES} gauges in all"
+        number = _gauge_number(value)
+        if problem is None and number is None:
+            what = "a non-finite float" if type(value) is float else safe_type_name(value)
+            problem = (
+                f"gauge {key or name!r} refused: its value must be a finite int or float, "
+                f"not {what}"
+            )
+        if problem is not None or number is None:
+            self._gauge_error(slot, problem or "gauge refused")
+            return
+        if key is None:
+            assert isinstance(name, str)
+            key = self.redactor.text(name)
+            self._gauge_keys[name] = key
+        self._gauges[key] = number
+
+    def _gauge_error(self, slot: _Slot, problem: str) -> None:
+        """Record a refused gauge, at most once a GAUGE_ERROR_INTERVAL per system."""
+        now = self._now
+        if now - slot.gauge_error_at < GAUGE_ERROR_INTERVAL:
+            self.errors.dropped["gauge_error"] += 1
+            return
+        slot.gauge_error_at = now
+        record = self._record(slot, "report", GaugeError(problem), kind="gauge", failed=False)
+        self._log_failure(record)
 
     def _log_failure(self, record: ErrorRecord) -> None:
         """Log a failure, folding storms.
@@ -739,7 +934,14 @@ class Supervisor:
     async def _call(
         self, slot: _Slot, hook: str, *args: Any, timeout: float | None = None
     ) -> tuple[bool, Any]:
-        """Call an optional hook through SafeCall; ``(ok, result)``."""
+        """Call an optional hook through SafeCall: ``(True, result)`` or ``(False, exception)``.
+
+        Everything the hook raises is its failure (``KeyboardInterrupt``,
+        ``SystemExit`` and ``GeneratorExit`` included), except the runtime's
+        own cancellation (``is_runtime_cancel``). A sync hook is bounded by the
+        watchdog's ``kill_timeout`` (the slot is marked while it runs), an
+        async one by ``timeout``.
+        """
         resolved = slot.info.hooks.get(hook)
         if resolved is None:
             return True, None
@@ -747,17 +949,35 @@ class Supervisor:
         self._current = slot
         try:
             if resolved.is_async:
-                with trio.move_on_after(math.inf if timeout is None else timeout):
+                limit = math.inf if timeout is None else _seconds(timeout, DEFAULT_STOP_TIMEOUT)
+                with trio.move_on_after(limit):
                     return True, await self._watched(slot, resolved.fn(*args))
-                raise StepTimeout(f"{hook} overran its {timeout:g} s deadline and was abandoned")
+                _overran(f"{hook} overran its {limit:g} s deadline and was abandoned")
             return True, resolved.fn(*args)
-        except _STEP_ERRORS as exc:
+        except BaseException as exc:
             self._current = None
+            if is_runtime_cancel(exc):
+                raise
             self._log_failure(self._record(slot, hook, exc))
-            return False, None
+            return False, exc
         finally:
             self._current = None
             self._call_seq += 1
+
+    @property
+    def _stop_timeout(self) -> float:
+        return _seconds(self._effective.supervisor.stop_timeout, DEFAULT_STOP_TIMEOUT)
+
+    def _count_failure(self, slot: _Slot, hook: str, now: float) -> None:
+        """A hook other than ``tick`` failed: it counts against the system's restart budget.
+
+        Past the budget the system is quarantined, and its half-open retry
+        calls that hook again before the system ticks (see ``_retry_quarantined``).
+        """
+        if slot.breaker.state is BreakerState.QUARANTINED:
+            return
+        if not slot.breaker.failure(now):
+            self._quarantine(slot, now, trial=hook)
 
     async def _step_failed(self, slot: _Slot, hook: str, exc: BaseException) -> None:
         """A tick step failed: record, then recover, quarantine or escalate."""
@@ -785,13 +1005,14 @@ class Supervisor:
                 "recover",
                 slot.ctx,
                 record,
-                timeout=self._effective.supervisor.stop_timeout,
+                timeout=self._stop_timeout,
             )
             if ok or slot.breaker.failure(now):
                 return
         self._quarantine(slot, now)
 
-    def _quarantine(self, slot: _Slot, now: float) -> None:
+    def _quarantine(self, slot: _Slot, now: float, *, trial: str | None = None) -> None:
+        slot.trial_hook = trial
         if slot.info.critical:
             self.request_emergency(
                 f"critical system {slot.name!r} exhausted its recovery budget "
@@ -822,16 +1043,35 @@ class Supervisor:
                 self._next_retry = min(self._next_retry, breaker.retry_at)
                 continue
             breaker.half_open()
+            trial, slot.trial_hook = slot.trial_hook, None
             if not slot.started:
-                ok, _ = await self._call(slot, "start", slot.ctx)
+                ok, _ = await self._call(slot, "start", slot.ctx, timeout=self._stop_timeout * 5)
                 if not ok:
                     breaker.state = BreakerState.CLOSED  # quarantine() counts from CLOSED
                     self._quarantine(slot, now)
                     continue
                 slot.started = True
+            if not await self._trial(slot, trial, now):
+                breaker.state = BreakerState.CLOSED
+                self._quarantine(slot, now, trial=trial)
+                continue
             self._half_open.append(slot)
             self._log.info("system.retry", system=slot.name)
         self._rebuild_active()
+
+    async def _trial(self, slot: _Slot, hook: str | None, now: float) -> bool:
+        """Call again the hook (``snapshot`` or ``health``) whose failures quarantined ``slot``.
+
+        Without this, a system whose ``snapshot()`` hangs would pass its
+        half-open tick, close, and hang the next snapshot again, forever.
+        """
+        if hook == "health":
+            ok, _ = await self._call(slot, "health", timeout=self._budget)
+        elif hook == "snapshot":
+            ok, _ = await self._call(slot, "snapshot", timeout=self._stop_timeout)
+        else:
+            return True
+        return ok
 
     def _close_half_open(self) -> None:
         """Close the breaker of every half-open system whose trial tick just passed."""
@@ -892,13 +1132,13 @@ class Supervisor:
                     with trio.move_on_after(self._budget) as scope:
                         await self._watched(slot, slot.tick_fn(slot.ctx))
                     if scope.cancelled_caught:
-                        raise StepTimeout(
-                            f"async tick overran the {self._budget * 1e3:.3g} ms budget"
-                        )
+                        _overran(f"async tick overran the {self._budget * 1e3:.3g} ms budget")
                 else:
                     slot.tick_fn(slot.ctx)
-            except _STEP_ERRORS as exc:
+            except BaseException as exc:
                 self._current = None
+                if is_runtime_cancel(exc):
+                    raise
                 await self._step_failed(slot, "tick", exc)
             now = timer()
             slot.ring[idx] = now - t
@@ -973,6 +1213,8 @@ class Supervisor:
                     self._drain_watchdog()
                 if self._next_retry <= deadline:
                     await self._retry_quarantined(deadline)
+                if self._next_health <= deadline:
+                    await self._check_health(deadline)
                 if self._next_snapshot <= deadline:
                     await self._periodic_snapshot()
                 if self._next_observe <= deadline:
@@ -1001,13 +1243,20 @@ class Supervisor:
         self._order = [
             self._slots[n] for n in dependency_order(s.info for s in self._slots.values())
         ]
-        timeout = self._effective.supervisor.stop_timeout * 5
+        timeout = self._stop_timeout * 5
         for slot in self._order:
-            ok, _ = await self._call(slot, "start", slot.ctx, timeout=timeout)
+            if slot.breaker.state is BreakerState.QUARANTINED:
+                continue  # its constructor failed on restart: it is retried after its backoff
+            ok, exc = await self._call(slot, "start", slot.ctx, timeout=timeout)
             if ok:
                 slot.started = True
                 continue
-            record = self.errors.records[-1]
+            record = self._last_record
+            assert record is not None
+            if isinstance(exc, StartRefused):
+                # Refused on purpose, critical or not: the operator decides (exit 2).
+                await self._stop_systems()
+                raise StartupError(record.message, system=slot.name, refused=True)
             if slot.info.critical:
                 await self._stop_systems()
                 raise StartupError(
@@ -1020,7 +1269,7 @@ class Supervisor:
 
     async def _stop_systems(self) -> None:
         """Stop started systems in reverse order, each within ``stop_timeout``."""
-        timeout = self._effective.supervisor.stop_timeout
+        timeout = self._stop_timeout
         for slot in reversed(self._order):
             if not slot.started:
                 continue
@@ -1115,11 +1364,15 @@ class Supervisor:
             if handle_signals:
                 nursery.start_soon(self._watch_signals)
             nursery.start_soon(self._housekeeping)
+            if self.closing.is_set():  # a second run of this supervisor
+                self.closing = trio.Event()
+            self._services_idle = trio.Event()
             for service in self.services:
                 try:
-                    await nursery.start(service, self)
+                    await nursery.start(self._run_service, service)
                 except SupervisorError as exc:
                     self._startup_error = exc
+                    await self._close_services()
                     nursery.cancel_scope.cancel()
                     return
             if self._effective.features.watchdog:
@@ -1145,11 +1398,14 @@ class Supervisor:
                 gc.freeze()
                 self._observed = (self._tick, trio.current_time(), self.dropped_ticks)
                 self._next_observe = trio.current_time() + OPTIMIZE_INTERVAL
+                self._next_health = trio.current_time()  # checked after the first tick
                 task_status.started()
                 while True:
                     await self._tick_loop()
                     if self._emergency_reason is not None:
-                        await self._enter_emergency()
+                        if self.phase is not Phase.EMERGENCY_SHUTDOWN:
+                            await self._enter_emergency()
+                        # else: a restart failed and left the preserved state as it was.
                         if exit_on_emergency or not await self._wait_for_restart():
                             break
                         await self._restart(from_disk=True)
@@ -1162,13 +1418,78 @@ class Supervisor:
                 if self._watchdog is not None:
                     self._watchdog.stop()
                     self._watchdog = None
+                await self._close_services()
                 nursery.cancel_scope.cancel()
                 self._nursery = None
+
+    async def _close_services(self) -> None:
+        """Set ``closing``; give the services SERVICE_GRACE seconds to return, unless forced.
+
+        So an answer in flight (``shutdown --emergency`` with
+        ``--exit-on-emergency``) is sent before the process exits.
+        """
+        self.closing.set()
+        if self._services_running and not self._force:
+            with trio.move_on_after(SERVICE_GRACE):
+                await self._services_idle.wait()
+
+    async def _run_service(
+        self, service: Callable[..., Awaitable[Any]], task_status: trio.TaskStatus[Any]
+    ) -> None:
+        """Run one service supervised: a crash is logged, counted and restarted with backoff.
+
+        A ``SupervisorError`` before its first ``started()`` stays a start-up
+        error (the run does not start). Any other failure, before or after
+        ``started()``, and at any time later, is the service's: nothing it
+        raises reaches the nursery that runs the tick loop. Only the runtime's
+        own cancellation passes.
+        """
+        name = _service_name(service)
+        status = _ServiceStatus(task_status)
+        delay = SERVICE_BACKOFF_INITIAL
+        self._services_running += 1
+        try:
+            while not self.closing.is_set():
+                began = trio.current_time()
+                try:
+                    await service(self, task_status=status)
+                except BaseException as exc:
+                    if is_runtime_cancel(exc):
+                        raise
+                    if not status.done and isinstance(exc, SupervisorError):
+                        raise
+                    self._service_crashed(name, exc, delay)
+                else:
+                    status.started()  # (nursery.start fails on a task that returns without it)
+                    return  # a service that returns has finished its work
+                status.started()  # a service that crashed before started() must not hold up the run
+                if trio.current_time() - began >= SERVICE_BACKOFF_MAX:
+                    delay = SERVICE_BACKOFF_INITIAL
+                with trio.move_on_after(delay):
+                    await self.closing.wait()
+                delay = min(delay * 2, SERVICE_BACKOFF_MAX)
+        finally:
+            self._services_running -= 1
+            if not self._services_running:
+                self._services_idle.set()
+
+    def _service_crashed(self, name: str, exc: BaseException, delay: float) -> None:
+        self.service_failures[name] += 1
+        self._log.error(
+            "service.crashed",
+            service=name,
+            error=safe_type_name(exc),
+            message=self.redactor.text(safe_message(exc)),
+            failures=self.service_failures[name],
+            restart_in=delay,
+        )
 
     # ------------------------------------------------------------------ snapshots
 
     def _snapshot_due(self) -> float:
         interval = self._effective.supervisor.snapshot_interval
+        if interval != 0:  # 0 is "only at stop"; NaN or infinity must not switch snapshots off
+            interval = _seconds(interval, DEFAULT_SNAPSHOT_INTERVAL)
         if not self.persist or interval <= 0:
             return math.inf
         return trio.current_time() + interval
@@ -1181,16 +1502,22 @@ class Supervisor:
         then happen on a worker thread.
         """
         systems: dict[str, bytes] = {}
+        now = trio.current_time()
         for slot in self._order:
-            if "snapshot" not in slot.info.hooks:
+            # A system quarantined because its snapshot() failed is skipped until its
+            # half-open retry passes: a hanging snapshot() stalls the loop once per
+            # backoff, not once per period.
+            if "snapshot" not in slot.info.hooks or slot.trial_hook == "snapshot":
                 continue
-            ok, state = await self._call(slot, "snapshot")
+            ok, state = await self._call(slot, "snapshot", timeout=self._stop_timeout)
             if not ok:
+                self._count_failure(slot, "snapshot", now)
                 continue
             try:
                 systems[slot.name] = msgpack.packb(state)
-            except (TypeError, ValueError, OverflowError) as exc:
+            except Exception as exc:  # a hostile __index__/__len__ or an unpackable type
                 record = self._record(slot, "snapshot", exc)
+                self._count_failure(slot, "snapshot", now)
                 self._log.error(
                     "snapshot.unserialisable",
                     system=slot.name,
@@ -1226,7 +1553,9 @@ class Supervisor:
                 path = await trio.to_thread.run_sync(self.snapshots.write, snap)
         except (OSError, ValueError, TypeError) as exc:
             self.snapshot_failures += 1
-            self._log.error("snapshot.failed", tick=snap.tick, reason=snap.reason, error=str(exc))
+            self._log.error(
+                "snapshot.failed", tick=snap.tick, reason=snap.reason, error=safe_message(exc)
+            )
             return None
         self.snapshot_write.record(time.perf_counter() - started)
         self.last_snapshot = path
@@ -1251,29 +1580,38 @@ class Supervisor:
             self._log.warning("resume.nothing", folder=str(self.snapshots.directory))
             return
         await self._restore(snap)
-        self._phases.history.append(
-            LifecycleEvent(
-                time=self._wall(),
-                tick=self._tick,
-                action="resume",
-                before=snap.phase,
-                after=self.phase.value,
-                caller="run --resume",
-                reason=f"resumed from the snapshot of tick {snap.tick} ({snap.reason})",
-            )
+        self._lifecycle(
+            action="resume",
+            before=snap.phase,
+            after=self.phase.value,
+            caller="run --resume",
+            reason=f"resumed from the snapshot of tick {snap.tick} ({snap.reason})",
         )
         self._log.info("resume.done", tick=snap.tick, reason=snap.reason)
 
     async def _latest_snapshot(self) -> Snapshot | None:
-        snap, problems = await trio.to_thread.run_sync(self.snapshots.latest)
+        snap, found = await trio.to_thread.run_sync(self.snapshots.latest)
+        problems = [str(p) for p in found]
+        if snap is not None and not _valid_tick(snap.tick):
+            # The store checks this too; a run must never continue from such a tick.
+            problems.append(
+                "the latest snapshot's tick is not between 0 and 2**53: refused as corrupt"
+            )
+            snap = None
         for problem in problems:
-            self._log.error("snapshot.corrupt", problem=str(problem))
-        self.snapshot_problems = [str(p) for p in problems]
+            self._log.error("snapshot.corrupt", problem=problem)
+        self.snapshot_problems = problems
         return snap
 
     async def _restore(self, snap: Snapshot) -> None:
-        """Give each system its state from ``snap``; the tick count continues from it."""
+        """Give each system its state from ``snap``; the tick count continues from it.
+
+        A ``restore()`` that fails (or overruns ``stop_timeout``) counts against
+        its system's restart budget; within it, the system runs on from the
+        state it has.
+        """
         self._tick = snap.tick
+        now = trio.current_time()
         for slot in self._order or list(self._slots.values()):
             packed = snap.systems.get(slot.name)
             if packed is None:
@@ -1283,16 +1621,67 @@ class Supervisor:
                 continue
             try:
                 state = msgpack.unpackb(packed, raw=False, strict_map_key=False)
-            except (ValueError, TypeError, msgpack.UnpackException) as exc:
-                self._record(slot, "restore", exc)
+            except Exception as exc:
+                self._log_failure(self._record(slot, "restore", exc))
+                self._count_failure(slot, "restore", now)
                 continue
-            await self._call(slot, "restore", state)
+            ok, _ = await self._call(slot, "restore", state, timeout=self._stop_timeout)
+            if not ok:
+                self._count_failure(slot, "restore", now)
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _lifecycle(self, *, action: str, before: str, after: str, caller: str, reason: str) -> None:
+        """Keep a lifecycle action that is not a phase move (its free text redacted when made)."""
+        text = self.redactor.text
+        self._phases.history.append(
+            LifecycleEvent(
+                time=self._wall(),
+                tick=self._tick,
+                action=action,
+                before=before,
+                after=after,
+                caller=text(caller),
+                reason=text(reason),
+            )
+        )
+
+    def _redact_history(self) -> None:
+        """Redact, once, what was kept while redaction was off: entering a redacting phase.
+
+        From then on everything is redacted when it is made, so no surface
+        (status, errors, metrics, snapshots, summary) redacts again.
+        """
+        text = self.redactor.text
+        self.errors.redact(text)
+        history = self._phases.history
+        kept = [attrs.evolve(e, caller=text(e.caller), reason=text(e.reason)) for e in history]
+        history.clear()
+        history.extend(kept)
+        keys = {raw: text(key) for raw, key in self._gauge_keys.items()}
+        values = {text(key): value for key, value in self._gauges.items()}
+        self._gauge_keys.clear()
+        self._gauge_keys.update(keys)
+        self._gauges.clear()
+        self._gauges.update(values)
+        if self._emergency_reason is not None:
+            self._emergency_reason = text(self._emergency_reason)
+        if self._emergency_source is not None:
+            self._emergency_source = text(self._emergency_source)
+        self._stop_reason = text(self._stop_reason)
+        if self.emergency_info is not None:
+            self.emergency_info["reason"] = self._emergency_reason
+            self.emergency_info["source"] = self._emergency_source
+
     def _enter_phase(self, target: Phase, *, caller: str, reason: str, action: str) -> None:
+        text = self.redactor.text
         event = self._phases.move(
-            target, time=self._wall(), tick=self._tick, caller=caller, reason=reason, action=action
+            target,
+            time=self._wall(),
+            tick=self._tick,
+            caller=text(caller),
+            reason=text(reason),
+            action=action,
         )
         self._effective = self.config.for_phase(target)
         recovery = self._effective.recovery
@@ -1303,8 +1692,8 @@ class Supervisor:
             breaker.backoff_initial = recovery.backoff_initial
             breaker.backoff_max = recovery.backoff_max
         if self._watchdog is not None:
-            self._watchdog.hang_timeout = self._effective.watchdog.hang_timeout
-            self._watchdog.kill_timeout = self._effective.watchdog.kill_timeout
+            wd = self._effective.watchdog
+            self._watchdog.configure(hang_timeout=wd.hang_timeout, kill_timeout=wd.kill_timeout)
         overlay_rate = (
             self.config.overlays.get(target.value, {}).get("supervisor", {}).get("tick_rate")
         )
@@ -1315,7 +1704,11 @@ class Supervisor:
                 self.optimizer.rebase(self.tick_rate)
         if overlay_rate is not None and overlay_rate != self.tick_rate:
             self.set_tick_rate(overlay_rate)
+        was_redacting = self.redactor.enabled
         self.redactor.enabled = self.redaction
+        if self.redactor.enabled and not was_redacting:
+            self._redact_history()
+            event = self._phases.history[-1]
         log = self._log.critical if target is Phase.EMERGENCY_SHUTDOWN else self._log.info
         log("supervisor.phase", **event.as_dict())
         for listener in self.phase_listeners:
@@ -1329,7 +1722,14 @@ class Supervisor:
             reason=self._emergency_reason or "",
             action="emergency",
         )
-        snap = await self._capture(f"emergency: {self._emergency_reason}")
+        reason = f"emergency: {self._emergency_reason}"
+        if self._preserved is not None:
+            # A restart failed after the systems were stopped: the state captured
+            # before it is the state to preserve (the rebuilt systems hold none).
+            snap = attrs.evolve(self._preserved, phase=self.phase.value, reason=reason)
+            self._preserved = None
+        else:
+            snap = await self._capture(reason)
         await self._stop_systems()
         path = await self._write_snapshot(snap) if self.persist else None
         self._snapshot_written = path is not None
@@ -1360,23 +1760,26 @@ class Supervisor:
         else:
             snap = await self._capture("restart")
             await self._stop_systems()
-        self._rebuild_systems()
+        failed = self._rebuild_systems()
+        critical = [slot.name for slot in failed if slot.info.critical]
+        if critical:
+            self._restart_failed(caller, critical, snap)
+            return
+        now = trio.current_time()
+        for slot in failed:  # not critical: keeps its old instance, retried after its backoff
+            self._quarantine(slot, now)
         if snap is not None:
             await self._restore(snap)
         if self.phase is Phase.EMERGENCY_SHUTDOWN:
             back = self._phases.interrupted or Phase.DEVELOPMENT
             self._enter_phase(back, caller=caller.name, reason="restart", action="restart")
         else:
-            self._phases.history.append(
-                LifecycleEvent(
-                    time=self._wall(),
-                    tick=self._tick,
-                    action="restart",
-                    before=self.phase.value,
-                    after=self.phase.value,
-                    caller=caller.name,
-                    reason="restart",
-                )
+            self._lifecycle(
+                action="restart",
+                before=self.phase.value,
+                after=self.phase.value,
+                caller=caller.name,
+                reason="restart",
             )
         self._emergency_reason = self._emergency_source = self._emergency_at = None
         self._emergency_done = trio.Event()
@@ -1384,7 +1787,7 @@ class Supervisor:
         self._restart_requested = None
         try:
             await self._start_systems()
-        except StartupError as exc:
+        except (StartupError, DependencyError) as exc:
             self.request_emergency(str(exc), source="restart")
         self._restart_result = {
             "tick": self._tick,
@@ -1395,16 +1798,61 @@ class Supervisor:
         self._log.info("supervisor.restarted", **self._restart_result)
         self._restart_done.set()
 
-    def _rebuild_systems(self) -> None:
+    def _restart_failed(self, caller: Caller, critical: list[str], snap: Snapshot | None) -> None:
+        """A critical system's constructor failed on restart: EMERGENCY_SHUTDOWN, state kept.
+
+        After an emergency the snapshot on disk is left as it is (no system
+        runs, so none is written); from a running world, the state captured
+        before the systems stopped is written by the emergency that follows.
+        """
+        reason = f"restart failed: critical system {', '.join(critical)} could not be built"
+        self._restart_requested = None
+        self._stopping = True
+        if self.phase is Phase.EMERGENCY_SHUTDOWN:
+            self._emergency_reason = reason
+            self._emergency_source = "restart"
+            if self.emergency_info is not None:
+                self.emergency_info.update(reason=reason, source="restart")
+            self._lifecycle(
+                action="restart",
+                before=self.phase.value,
+                after=self.phase.value,
+                caller=caller.name,
+                reason=reason,
+            )
+        else:
+            self._preserved = snap
+            self._emergency_reason = None
+            self.request_emergency(reason, source="restart")
+        self._restart_result = {"failed": reason, "tick": self._tick, "phase": self.phase.value}
+        self._log.error("supervisor.restart_failed", systems=critical)
+        self._restart_done.set()
+
+    def _build(self, slot: _Slot) -> None:
+        """Build a fresh instance of ``slot``'s system (plugin code: marked for the watchdog)."""
+        assert slot.factory is not None
+        self._current = slot
+        self._call_seq += 1
+        try:
+            system = slot.factory()
+            info = inspect_system(system, slot.name, slot.info.origin)
+        finally:
+            self._current = None
+            self._call_seq += 1
+        slot.system = system
+        slot.info = info
+        slot.tick_fn = info.tick.fn
+        slot.tick_async = info.tick.is_async
+
+    def _rebuild_systems(self) -> list[_Slot]:
+        """Fresh instances and budgets for every system; returns those whose constructor failed.
+
+        A failed constructor is recorded against its system (hook ``build``),
+        which keeps its old instance.
+        """
         recovery = self._effective.recovery
+        failed = []
         for slot in self._slots.values():
-            if slot.factory is not None:
-                system = slot.factory()
-                info = inspect_system(system, slot.name, slot.info.origin)
-                slot.system = system
-                slot.info = info
-                slot.tick_fn = info.tick.fn
-                slot.tick_async = info.tick.is_async
             slot.breaker = Breaker(
                 max_restarts=recovery.max_restarts,
                 window=recovery.window_seconds,
@@ -1415,18 +1863,30 @@ class Supervisor:
             slot.started = False
             slot.failed_tick = -1
             slot.hang_stack = None
+            slot.health = "healthy"
+            slot.trial_hook = None
+            slot.gauge_error_at = -math.inf
+            if slot.factory is not None:
+                try:
+                    self._build(slot)
+                except BaseException as exc:
+                    if is_runtime_cancel(exc):
+                        raise
+                    self._log_failure(self._record(slot, "build", exc))
+                    failed.append(slot)
         self._critical_errors.clear()
         self._half_open.clear()
         self._next_retry = math.inf
         self._throttled = False
         self.optimizer = None  # a fresh one starts from the rebuilt systems
+        return failed
 
     async def _graceful_stop(self) -> None:
         """A final snapshot, then the systems stop in reverse order."""
         snap = await self._capture(f"stop: {self._stop_reason or 'completed'}")
         await self._stop_systems()
         if self.persist:
-            with trio.move_on_after(self._effective.supervisor.stop_timeout * 5):
+            with trio.move_on_after(self._stop_timeout * 5):
                 await self._write_snapshot(snap)
 
     def _optimize(self, now: float) -> None:
@@ -1535,22 +1995,24 @@ class Supervisor:
         return phase is not Phase.DEVELOPMENT
 
     def _public_record(self, record: ErrorRecord) -> dict[str, Any]:
-        """A record as callers and snapshots see it: redacted, no traceback in production."""
+        """A record as callers and snapshots see it: no traceback in production.
+
+        Records are redacted when made (and the kept ones when a redacting
+        phase begins), so nothing is redacted here.
+        """
         d = record.as_dict()
         if self.phase is Phase.PRODUCTION or self._phases.interrupted is Phase.PRODUCTION:
             d["traceback"] = None
             d["stack"] = None
-        if not self.redaction:
-            return d
-        out = self.redactor.record(d)
-        return out if out is not None else {"id": record.id, "redacted": "dropped (fail-closed)"}
+        return d
 
     def liveness(self) -> tuple[bool, str]:
         """(alive, detail): ticks are progressing, or the emergency handler is up."""
         if not self._running:
             return False, "not running"
+        # Fixed words and numbers only: anonymous callers read this (no free text).
         if self.phase is Phase.EMERGENCY_SHUTDOWN:
-            return True, f"emergency handler alive: {self._emergency_reason}"
+            return True, "emergency_shutdown"
         if self._restart_requested is not None or self._last_tick_at is None:
             return True, "starting"
         age = trio.current_time() - self._last_tick_at
@@ -1560,12 +2022,17 @@ class Supervisor:
         return True, f"last tick {age * 1e3:.1f} ms ago"
 
     def readiness_gate(self) -> tuple[bool, list[str]]:
-        """(ready, reasons): not in EMERGENCY_SHUTDOWN, no system unhealthy or quarantined."""
+        """(ready, reasons): not in EMERGENCY_SHUTDOWN, no system unhealthy or quarantined.
+
+        Reads the health cached by the tick loop: never calls plugin code, and
+        the reasons are fixed words and system names only (anonymous callers
+        read them; the emergency's reason is in ``status()``).
+        """
         reasons = []
         if not self._running or self._last_tick_at is None:
             reasons.append("not ticking yet")
         if self.phase is Phase.EMERGENCY_SHUTDOWN:
-            reasons.append(f"emergency_shutdown: {self._emergency_reason}")
+            reasons.append("emergency_shutdown")
         reasons.extend(f"quarantined: {name}" for name in self.quarantined())
         reasons.extend(
             f"unhealthy: {s.name}"
@@ -1733,16 +2200,12 @@ class Supervisor:
             return {"phase": self.phase.value, **(self.emergency_info or {})}
         if self._stop_reason:
             raise Refused(f"already stopping: {self._stop_reason}")
-        self._phases.history.append(
-            LifecycleEvent(
-                time=self._wall(),
-                tick=self._tick,
-                action="shutdown",
-                before=self.phase.value,
-                after="stopped",
-                caller=caller.name,
-                reason=reason,
-            )
+        self._lifecycle(
+            action="shutdown",
+            before=self.phase.value,
+            after="stopped",
+            caller=caller.name,
+            reason=reason,
         )
         self.stop(f"shutdown by {caller.name}" + (f": {reason}" if reason else ""))
         return {"stopping": True, "tick": self._tick}
@@ -1763,11 +2226,11 @@ class Supervisor:
         if self.phase is Phase.EMERGENCY_SHUTDOWN:
             if not self._emergency_done.is_set():
                 raise Refused("the emergency shutdown is still in progress")
-            snap, problems = await trio.to_thread.run_sync(self.snapshots.latest)
-            if snap is None:
+            if await self._latest_snapshot() is None:
+                problems = self.snapshot_problems
                 raise Refused(
                     "no valid snapshot to restart from"
-                    + (f" ({'; '.join(map(str, problems))})" if problems else "")
+                    + (f" ({'; '.join(problems)})" if problems else "")
                     + ": `supervisor shutdown`, then `supervisor run` starts fresh",
                 )
         self._restart_done = trio.Event()
@@ -1775,6 +2238,8 @@ class Supervisor:
         self._stopping = True
         self._wake.set()
         await self._restart_done.wait()
+        if "failed" in self._restart_result:
+            raise Refused(str(self._restart_result["failed"]), payload=self._restart_result)
         return dict(self._restart_result)
 
     async def change_phase(
@@ -1782,24 +2247,39 @@ class Supervisor:
     ) -> dict[str, Any]:
         """Move to ``phase``; promotion to PRODUCTION passes the readiness gate unless forced.
 
+        The rules of ``PhaseMachine.check``: leaving DEVELOPMENT on a config
+        with no ``[api] tokens`` for the target phase needs ``force`` (it
+        would lock token-less callers out), and leaving PRODUCTION for
+        anything but EMERGENCY_SHUTDOWN needs ``force`` and a reason. What
+        was forced is written into the lifecycle event's reason.
+
         Raises:
             Refused: the phase is unknown, the move is not allowed, or the
                 readiness gate failed (its report is in the payload).
         """
         try:
             target = Phase.parse(phase)
-            self._phases.check(target, force=force)
+            tokens = len(self.config.for_phase(target).api.tokens)
+            self._phases.check(target, force=force, reason=reason, tokens=tokens)
         except (ValueError, PhaseError) as exc:
             raise Refused(str(exc)) from None
-        if target is Phase.PRODUCTION and not force:
-            report = self.readiness()
-            if not report.ok:
-                failed = ", ".join(c.name for c in report.checks if not c.ok)
-                raise Refused(
-                    f"readiness gate failed: {failed}", payload={"readiness": report.as_dict()}
-                )
+        forced = []
+        if force and self.phase is Phase.DEVELOPMENT and not tokens:
+            forced.append("forced without [api] tokens")
+        if force and self.phase is Phase.PRODUCTION:
+            forced.append("forced out of production")
+        if target is Phase.PRODUCTION:
+            if not force:
+                report = self.readiness()
+                if not report.ok:
+                    failed = ", ".join(c.name for c in report.checks if not c.ok)
+                    raise Refused(
+                        f"readiness gate failed: {failed}", payload={"readiness": report.as_dict()}
+                    )
+            else:
+                forced.append("forced past the readiness gate")
         before = self.phase.value
-        why = reason + (" (forced past the readiness gate)" if force else "")
+        why = reason + (f" ({'; '.join(forced)})" if forced else "")
         self._enter_phase(target, caller=caller.name, reason=why.strip(), action="phase")
         return {"before": before, "after": target.value, "forced": force}
 

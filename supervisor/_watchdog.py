@@ -36,6 +36,14 @@ __all__ = ["HangEvent", "Watchdog"]
 
 #: Frames of the blocked stack kept on the record.
 STACK_LIMIT = 30
+#: Used when a timeout handed in is NaN, infinite or not positive (Config is public, and a
+#: NaN compares false with everything: it would silently switch the watchdog off).
+DEFAULT_HANG_TIMEOUT = 0.25
+DEFAULT_KILL_TIMEOUT = 1.0
+
+
+def _positive(value: float, default: float) -> float:
+    return value if isinstance(value, int | float) and 0 < value < float("inf") else default
 
 
 @attrs.frozen
@@ -54,14 +62,21 @@ class Watchdog:
 
     def __init__(self, sup: Supervisor, *, hang_timeout: float, kill_timeout: float) -> None:
         self._sup = sup
-        self.hang_timeout = hang_timeout
-        self.kill_timeout = kill_timeout
-        self._poll = min(hang_timeout / 4, 0.05)
+        self.hang_timeout = DEFAULT_HANG_TIMEOUT
+        self.kill_timeout = DEFAULT_KILL_TIMEOUT
+        self._poll = 0.05
+        self.configure(hang_timeout=hang_timeout, kill_timeout=kill_timeout)
         self._loop_thread = threading.get_ident()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: Events for the loop thread to turn into error records (deque appends are thread-safe).
         self.events: collections.deque[HangEvent] = collections.deque(maxlen=1000)
+
+    def configure(self, *, hang_timeout: float, kill_timeout: float) -> None:
+        """Set the timeouts (a phase overlay may change them); bad values fall back to defaults."""
+        self.hang_timeout = _positive(hang_timeout, DEFAULT_HANG_TIMEOUT)
+        self.kill_timeout = max(_positive(kill_timeout, DEFAULT_KILL_TIMEOUT), self.hang_timeout)
+        self._poll = min(self.hang_timeout / 4, 0.05)
 
     def start(self) -> None:
         """Start watching the calling thread (the thread that runs the tick loop)."""
