@@ -32,35 +32,43 @@ import enum
 import functools
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import math
 import os
+import pwd
 import re
 import socket
+import ssl
 import stat
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl
 
 import attrs
 import hypercorn.config
-import hypercorn.trio
 import trio
 
 from ._audit import AuditEntry, AuditLog
 from ._config import ApiConfig
 from ._control import Caller, Controlled, Refused
-from ._errors import SupervisorError
+from ._errors import ConfigError, SupervisorError
+from ._files import UnsafePathError, check_output_path
+from ._listener import ConnectionLimits, ServerStats, make_ssl_context, serve_connections
 from ._logging import get_logger
 from ._phase import Phase
 from ._redact import Redactor
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
 
 __all__ = [
     "ASGIApp",
     "ApiListenError",
     "ListenAddress",
+    "attach_api",
     "make_app",
     "parse_listen",
     "serve_api",
@@ -82,13 +90,16 @@ _MAX_PHASE_NAME: Final = 64
 # Echoed back in a 400 naming an unknown key: enough to recognise a typo.
 _MAX_ECHO: Final = 40
 
-_DEVELOPMENT: Final = Phase.DEVELOPMENT.value
 _JSON_TYPE: Final = b"application/json"
 _BASE_HEADERS: Final = (
     (b"cache-control", b"no-store"),
     (b"x-content-type-options", b"nosniff"),
 )
 _LIMIT_RE: Final = re.compile(r"[0-9]{1,7}", re.ASCII)
+#: A body in more parts (chunks) than this is refused (413), whatever its size.
+MAX_BODY_PARTS: Final = 1024
+# Refusals of callers with no identity: aggregated in the audit log.
+_ANONYMOUS_REFUSALS: Final = frozenset({401, 403})
 
 
 class ApiListenError(SupervisorError, OSError):
@@ -261,8 +272,10 @@ class _AuditNote:
     """What the audit line of one action request says, filled in as checks pass."""
 
     action: str
+    source: str = "local"  # the client's address, or the Unix peer's uid
     caller: Caller | None = None
     arguments: dict[str, Any] | None = None
+    unaudited: bool = False  # refused (503): the attempt line could not be written
 
 
 class _DuplicateKey(ValueError):
@@ -389,6 +402,30 @@ def _header(scope: Scope, name: bytes) -> list[bytes]:
     return [v for k, v in scope.get("headers", ()) if k.lower() == name]
 
 
+def _peer_uid(scope: Scope) -> int | None:
+    """The Unix peer's uid our listener put in the scope, or None (TCP, or another server)."""
+    extensions = scope.get("extensions") or {}
+    uid = extensions.get("peer_uid")
+    return uid if type(uid) is int else None
+
+
+def _uid_name(uid: int) -> str:
+    """``uid:N(name)``, or ``uid:N`` when the user database has no name for it."""
+    try:
+        return f"uid:{uid}({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid:{uid}"
+
+
+def _source(scope: Scope) -> str:
+    """Where a request came from, for aggregating anonymous refusals: an address, or a uid."""
+    client = scope.get("client")
+    if client:
+        return str(client[0])
+    uid = _peer_uid(scope)
+    return "local" if uid is None else f"uid:{uid}"
+
+
 def _unauthorized(message: str, *, invalid: bool) -> _HttpError:
     challenge = b'Bearer error="invalid_token"' if invalid else b"Bearer"
     return _HttpError(401, message, headers=[(b"www-authenticate", challenge)])
@@ -403,13 +440,17 @@ class _Api:
 
     sup: Controlled
     api: ApiConfig
-    phase: Callable[[], str]
     tcp: bool
     audit: AuditLog
     redactor: Redactor | None
     # (sha256 hex as bytes, caller) for each configured token, built once.
+    stats: ServerStats = attrs.field(factory=ServerStats)
+    #: Action requests refused (503) because their audit line could not be written.
+    audit_refusals: int = attrs.field(default=0, init=False)
+    #: Requests answered 408 because their body did not arrive in time.
+    body_timeouts: int = attrs.field(default=0, init=False)
     _tokens: tuple[tuple[bytes, Caller], ...] = attrs.field(init=False)
-    _peer: Caller = attrs.field(init=False)
+    _owners: dict[int, Caller] = attrs.field(init=False)
     _log: Any = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -417,14 +458,11 @@ class _Api:
             (t.sha256.lower().encode("ascii"), Caller(name=t.name, role=t.role))
             for t in self.api.tokens
         )
-        # Hypercorn does not expose the Unix-socket peer to the app (its ASGI
-        # scope has client=None for AF_UNIX and no socket extension), so
-        # SO_PEERCRED cannot be read per request. The socket is 0600 and owned
-        # by this process's user, so only that user (or root) can connect:
-        # the server's own uid names the peer. Root would be named as this
-        # user too, which is the one inaccuracy, and root can read the token
-        # hashes and state anyway.
-        self._peer = Caller(name=f"uid:{os.getuid()}", role="operator")
+        # The two uids that own the 0600 socket: this process's user and
+        # root. Names are looked up once here: getpwuid may block (NSS/LDAP).
+        self._owners = {
+            uid: Caller(name=_uid_name(uid), role="operator") for uid in {os.getuid(), 0}
+        }
         self._log = get_logger(component="api")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -456,7 +494,7 @@ class _Api:
             try:
                 route = _resolve(path, method)
                 if route.action is not None:
-                    note = _AuditNote(action=route.action)
+                    note = _AuditNote(action=route.action, source=_source(scope))
                 answer = await self._route(route, scope, receive, note)
             except _HttpError as exc:
                 answer = self._error_answer(exc)
@@ -466,13 +504,13 @@ class _Api:
         except trio.Cancelled:
             # Cancelled mid-action (a shutdown can cancel its own request):
             # the audit log still gets the line, under a short shield.
-            if note is not None:
+            if note is not None and note.caller is not None:
                 with trio.move_on_after(2.0) as scope_:
                     scope_.shield = True
-                    await self._write_audit(note, 499, "interrupted before an answer was sent")
+                    await self._write_result(note, 499, "interrupted before an answer was sent")
             raise
         if note is not None:
-            await self._write_audit(note, answer.status, answer.detail)
+            await self._record(note, answer)
         await self._send(send, answer, head=head)
 
     def _error_answer(self, exc: _HttpError) -> _Answer:
@@ -500,24 +538,52 @@ class _Api:
         assert note is not None
         arguments = _validate(route.action, _parse_object(await self._body(scope, receive)))
         note.arguments = arguments
+        # Fail closed: the attempt is on disk before anything changes, or
+        # nothing changes (tests/test_api_audit.py).
+        if not await self._write_entry(self._entry(note, stage="attempt")):
+            note.unaudited = True
+            self.audit_refusals += 1
+            self._log.error(
+                "api.refused_unaudited",
+                action=route.action,
+                caller=caller.name,
+                refusals=self.audit_refusals,
+            )
+            raise _HttpError(
+                503, "the audit log cannot be written, so the action was not carried out"
+            )
         act: Callable[..., Awaitable[dict[str, Any]]] = getattr(self, route.handler)
         return await self._act(route.action, act, arguments, caller)
 
     def _authenticate(self, scope: Scope) -> Caller:
         """The caller of a non-probe request.
 
+        A presented token always decides. Without one, on the Unix socket, the
+        peer's uid (``SO_PEERCRED``, put in the scope by the listener) does:
+        the socket's owner (this process's user, or root) is an operator in
+        every phase (contract section 8), so no phase change can lock the
+        operator out; any other uid is refused. On TCP a token is always needed.
+
         Raises:
             _HttpError: 401 for a presented token that matches no hash, or for
-                a missing one where a token is required.
+                a missing one where a token is required; 403 for a Unix peer
+                that does not own the socket.
         """
         values = _header(scope, b"authorization")
         if not values:
-            if self.tcp or self.phase() != _DEVELOPMENT:
+            uid = None if self.tcp else _peer_uid(scope)
+            if uid is None:
                 raise _unauthorized(
                     "a token is required: send it in the Authorization header as Bearer <token>",
                     invalid=False,
                 )
-            return self._peer
+            owner = self._owners.get(uid)
+            if owner is None:
+                raise _HttpError(
+                    403,
+                    f"uid {uid} does not own this socket: send a token in the Authorization header",
+                )
+            return owner
         if len(values) > 1:
             raise _unauthorized("more than one Authorization header", invalid=True)
         scheme, _, token = values[0].strip().partition(b" ")
@@ -542,7 +608,9 @@ class _Api:
 
         Raises:
             _HttpError: 413 as soon as the body (declared or received) is too
-                large, without reading the rest; 415 for a non-JSON media type.
+                large or comes in too many parts, without reading the rest;
+                415 for a non-JSON media type; 408 when the whole body has
+                not arrived ``api.body_timeout`` seconds after it was asked for.
         """
         limit = self.api.max_body
         too_large = _HttpError(
@@ -564,17 +632,32 @@ class _Api:
                 raise _HttpError(415, "the body must be application/json")
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message.get("type") == "http.disconnect":
-                raise _HttpError(400, "the client went away before sending the body")
-            chunk: bytes = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        # A fixed deadline for the whole body, not per part: a chunked body
+        # that dribbles a byte a second (or never ends) still ends here.
+        with trio.move_on_after(self.api.body_timeout):
+            while True:
+                message = await receive()
+                if message.get("type") == "http.disconnect":
+                    raise _HttpError(400, "the client went away before sending the body")
+                chunk: bytes = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+                if len(chunks) > MAX_BODY_PARTS:
+                    raise _HttpError(
+                        413,
+                        f"the body came in more than {MAX_BODY_PARTS} parts",
+                        headers=[(b"connection", b"close")],
+                    )
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+        self.body_timeouts += 1
+        raise _HttpError(
+            408,
+            f"the body did not arrive within {self.api.body_timeout:g} s",
+            headers=[(b"connection", b"close")],
+        )
 
     async def _act(
         self,
@@ -599,22 +682,52 @@ class _Api:
         detail = result.get("detail") if isinstance(result, Mapping) else None
         return _json(200, result, detail=detail if isinstance(detail, str) else "ok")
 
-    async def _write_audit(self, note: _AuditNote, status: int, detail: str) -> None:
-        entry = AuditEntry(
+    @staticmethod
+    def _entry(
+        note: _AuditNote, *, stage: str, status: int | None = None, detail: str = ""
+    ) -> AuditEntry:
+        return AuditEntry(
             caller=note.caller.name if note.caller else "anonymous",
             role=note.caller.role if note.caller else None,
             action=note.action,
             arguments=note.arguments,
             status=status,
             detail=detail,
+            stage=stage,
         )
-        # write() never raises for I/O; anything else is our bug, but it must
-        # not cost the caller the answer to a request that was carried out.
+
+    async def _write_entry(self, entry: AuditEntry) -> bool:
+        """Write one audit line from a worker thread; False when it is not on disk."""
+        # write() never raises for I/O; anything else is our bug, counted
+        # like a failed write so that an action is refused rather than unaudited.
         try:
-            await trio.to_thread.run_sync(self.audit.write, entry)
+            return await trio.to_thread.run_sync(self.audit.write, entry)
         except Exception:
             self.audit.failures += 1
-            self._log.exception("api.audit_failed", action=note.action)
+            self._log.exception("api.audit_failed", action=entry.action)
+            return False
+
+    async def _write_result(self, note: _AuditNote, status: int, detail: str) -> None:
+        await self._write_entry(self._entry(note, stage="result", status=status, detail=detail))
+
+    async def _record(self, note: _AuditNote, answer: _Answer) -> None:
+        """The audit line(s) for an answered action request."""
+        if note.caller is None and answer.status in _ANONYMOUS_REFUSALS:
+            # Anonymous refusals change nothing and cost an attacker nothing:
+            # counted per source and minute, not one fsync each.
+            for entry in self.audit.tally_refusal(
+                source=note.source, action=note.action, status=answer.status, detail=answer.detail
+            ):
+                await self._write_entry(entry)
+            return
+        if note.unaudited:
+            return  # refused because the attempt line failed: nothing happened
+        await self._write_result(note, answer.status, answer.detail)
+
+    async def flush_audit(self, *, final: bool = False) -> None:
+        """Write the refusal counts of minutes that are over (all of them when ``final``)."""
+        for entry in self.audit.finished_refusals(final=final):
+            await self._write_entry(entry)
 
     @staticmethod
     async def _send(send: Send, answer: _Answer, *, head: bool) -> None:
@@ -639,7 +752,67 @@ class _Api:
 
     async def _metrics(self) -> _Answer:
         body, content_type = self.sup.metrics_text()
-        return _Answer(200, body, content_type=content_type.encode("latin-1"))
+        return _Answer(
+            200, body + self._server_metrics(), content_type=content_type.encode("latin-1")
+        )
+
+    def _server_metrics(self) -> bytes:
+        """The API's own counters, in the Prometheus text format, appended to the core's."""
+        st = self.stats
+        families = (
+            (
+                "supervisor_api_connections_total",
+                "counter",
+                "API connections: served, refused at accept, or evicted before their request.",
+                (
+                    ("outcome", "accepted", st.accepted),
+                    ("outcome", "refused", st.refused),
+                    ("outcome", "evicted", st.evicted),
+                ),
+            ),
+            (
+                "supervisor_api_connections_open",
+                "gauge",
+                "API connections open now.",
+                ((None, None, st.open),),
+            ),
+            (
+                "supervisor_api_timeouts_total",
+                "counter",
+                "API connections or requests ended by a deadline.",
+                (
+                    ("kind", "header", st.header_timeouts),
+                    ("kind", "keep_alive", st.keep_alive_timeouts),
+                    ("kind", "send", st.send_timeouts),
+                    ("kind", "body", self.body_timeouts),
+                ),
+            ),
+            (
+                "supervisor_api_connection_errors_total",
+                "counter",
+                "API connections that ended with an error (logged, never raised).",
+                ((None, None, st.errors),),
+            ),
+            (
+                "supervisor_api_audit_failures_total",
+                "counter",
+                "Audit lines that could not be written.",
+                ((None, None, self.audit.failures),),
+            ),
+            (
+                "supervisor_api_unaudited_refusals_total",
+                "counter",
+                "Actions refused (503) because their audit line could not be written.",
+                ((None, None, self.audit_refusals),),
+            ),
+        )
+        lines = []
+        for name, kind, text, samples in families:
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+            for label, value, count in samples:
+                labels = "" if label is None else f'{{{label}="{value}"}}'
+                lines.append(f"{name}{labels} {float(count)}")
+        return ("\n".join(lines) + "\n").encode("ascii")
 
     async def _status(self) -> _Answer:
         return _json(200, self.sup.status())
@@ -679,27 +852,32 @@ def make_app(
     sup: Controlled,
     *,
     api: ApiConfig,
-    phase: Callable[[], str],
     tcp: bool,
     audit: AuditLog,
     redactor: Redactor | None = None,
+    stats: ServerStats | None = None,
+    phase: Callable[[], str] | None = None,
 ) -> ASGIApp:
     """Build the ASGI app serving ``sup``.
 
     Args:
         sup: the supervisor (anything implementing :class:`Controlled`).
-        api: the ``[api]`` section: the token hashes and ``max_body``.
-        phase: returns the name of the phase whose access rules apply now.
-            During EMERGENCY_SHUTDOWN pass the phase it interrupted, so a
-            developer without tokens can still ``restart`` on the socket.
+        api: the ``[api]`` section: the token hashes, ``max_body``, ``body_timeout``.
         tcp: True when the app is served on TCP: a token is then always needed.
         audit: where every action request is recorded.
         redactor: applied to error answers (the audit log has its own).
+        stats: the listener's counters, shown in ``/metrics`` (:func:`serve_api`
+            uses the app's own when given none).
+        phase: accepted for callers written before peer credentials; access
+            no longer depends on the phase (see ``_Api._authenticate``).
 
     Returns:
         The ASGI 3 application, for :func:`serve_api` or any ASGI server.
     """
-    return _Api(sup=sup, api=api, phase=phase, tcp=tcp, audit=audit, redactor=redactor)
+    del phase  # access follows the caller's identity, never the phase
+    return _Api(
+        sup=sup, api=api, tcp=tcp, audit=audit, redactor=redactor, stats=stats or ServerStats()
+    )
 
 
 # ------------------------------------------------------------------ serving
@@ -799,10 +977,49 @@ def _tcp_listener(address: ListenAddress, shown: str) -> socket.socket:
     return sock
 
 
+def _is_loopback(sock: socket.socket) -> bool:
+    host = sock.getsockname()[0]
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _tls_context(api: ApiConfig, shown: str) -> ssl.SSLContext | None:
+    """The TLS context of ``[api] tls_cert``/``tls_key``, or None when neither is set.
+
+    Raises:
+        ApiListenError: only one is set, or the files are not a usable pair.
+    """
+    if api.tls_cert is None and api.tls_key is None:
+        return None
+    if api.tls_cert is None or api.tls_key is None:
+        raise ApiListenError("set both tls_cert and tls_key, or neither", listen=shown)
+    try:
+        return make_ssl_context(api.tls_cert, api.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+        raise ApiListenError(
+            f"cannot use tls_cert {api.tls_cert!r} and tls_key {api.tls_key!r}: {reason}",
+            listen=shown,
+        ) from None
+
+
+def _hypercorn_config(graceful_timeout: float) -> hypercorn.config.Config:
+    config = hypercorn.config.Config()
+    config.accesslog = None  # one api.action log line per change is enough
+    config.errorlog = _server_logger()
+    config.graceful_timeout = graceful_timeout
+    config.include_server_header = False
+    return config
+
+
 async def serve_api(
     app: ASGIApp,
     listen: str,
     *,
+    api: ApiConfig | None = None,
+    stats: ServerStats | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     graceful_timeout: float = 1.0,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
@@ -813,54 +1030,169 @@ async def serve_api(
     socket is listening, with the address actually bound (the real port for
     ``HOST:0``). A Unix socket's folder is created (0700) if missing, a stale
     socket file is removed, the new one is 0600, and it is removed on exit.
+    Connections are served by :mod:`supervisor._listener`: capped, with
+    deadlines, and no client can make this function raise once it has started.
 
     Args:
         app: the ASGI app (from :func:`make_app`).
         listen: ``unix:PATH`` or ``HOST:PORT`` (relative paths are relative
             to the working folder: resolve them before).
+        api: the ``[api]`` section for the connection limits, TLS (TCP only;
+            certificate paths as given) and ``allow_plaintext_tokens``; the
+            defaults when None.
+        stats: connection counters to update; the app's own when it has them.
         shutdown_trigger: when it returns, stop accepting and give open
             requests ``graceful_timeout`` seconds to finish.
         graceful_timeout: seconds open requests get after the trigger.
 
     Raises:
-        ApiListenError: the address is malformed, in use, or not usable.
+        ApiListenError: the address is malformed, in use, or not usable; TLS
+            files that do not load; a plain-HTTP TCP listener on a
+            non-loopback address without ``allow_plaintext_tokens``.
     """
+    api = api or ApiConfig()
     try:
         address = parse_listen(listen)
     except ValueError as exc:
         raise ApiListenError(str(exc), listen=listen) from None
     shown = str(address)
+    tls = None
     if address.is_tcp:
+        tls = _tls_context(api, shown)
         sock = _tcp_listener(address, shown)
         host, port = sock.getsockname()[:2]
         shown = str(attrs.evolve(address, host=host, port=port))
+        if tls is None and not api.allow_plaintext_tokens and not _is_loopback(sock):
+            sock.close()
+            raise ApiListenError(
+                "tokens would cross the network in plain text: set [api] tls_cert and "
+                "tls_key, or allow_plaintext_tokens = true",
+                listen=shown,
+            )
     else:
         sock = _unix_listener(address, shown)
     inode = None if address.path is None else os.stat(address.path).st_ino
-
-    config = hypercorn.config.Config()
-    # Hand hypercorn our bound socket: it then never binds or chmods itself.
-    config.bind = [f"fd://{sock.detach()}"]
-    config.accesslog = None  # one api.action log line per change is enough
-    config.errorlog = _server_logger()
-    config.graceful_timeout = graceful_timeout
-    config.include_server_header = False
+    if stats is None:
+        own = getattr(app, "stats", None)
+        stats = own if isinstance(own, ServerStats) else ServerStats()
+    limits = ConnectionLimits(
+        max_connections=api.max_connections,
+        header_timeout=api.header_timeout,
+        keep_alive_timeout=api.keep_alive_timeout,
+        send_timeout=api.body_timeout,
+    )
     log = get_logger(component="api")
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(
                 functools.partial(
-                    hypercorn.trio.serve,
-                    cast(Any, app),  # hypercorn's TypedDict scopes vs our plain mappings
-                    config,
+                    serve_connections,
+                    app,
+                    sock,
+                    config=_hypercorn_config(graceful_timeout),
+                    limits=limits,
+                    stats=stats,
+                    ssl_context=tls,
                     shutdown_trigger=shutdown_trigger,
+                    graceful_timeout=graceful_timeout,
                 )
             )
-            log.info("api.listening", listen=shown)
+            log.info("api.listening", listen=shown, tls=tls is not None)
             task_status.started(shown)
     finally:
+        sock.close()  # if serve_connections never took it over
         if address.path is not None:
             # Only our own socket file: a successor may already have replaced it.
             with contextlib.suppress(OSError):
                 if os.stat(address.path).st_ino == inode:
                     os.unlink(address.path)
+
+
+# ------------------------------------------------------------------ attaching
+
+#: Seconds between writes of the anonymous-refusal counts of finished minutes.
+_AUDIT_FLUSH_EVERY: Final = 60.0
+
+
+def _check_audit_path(path: Path, source: str) -> None:
+    """Refuse an audit path that exists and is not a regular file (one line).
+
+    Raises:
+        ConfigError: naming ``api.audit_log``.
+    """
+    try:
+        check_output_path(path)
+    except UnsafePathError as exc:
+        raise ConfigError(exc.problem, source=source, key="api.audit_log") from None
+
+
+async def _wait_closing(sup: Supervisor) -> None:
+    """Return when ``sup`` starts to close.
+
+    ``sup.closing`` is read at call time: each run of a supervisor has its own event.
+    """
+    closing: trio.Event | None = getattr(sup, "closing", None)
+    if closing is None:  # a core without ``closing``: cancellation ends the service
+        await trio.sleep_forever()
+    assert closing is not None
+    await closing.wait()
+
+
+def attach_api(sup: Supervisor) -> None:
+    """Serve the HTTP API inside ``sup``'s run, from before the systems start.
+
+    Appends one service to ``sup.services``: it serves ``[api] listen`` until
+    ``sup.closing`` is set (so an answer in flight, such as the one to
+    ``shutdown --emergency`` with ``--exit-on-emergency``, is sent before the
+    process exits) and writes the audit log's anonymous-refusal counts once a
+    minute and at the end. Also adds the audit log's writability to the
+    readiness sink checks.
+
+    Raises:
+        ConfigError: ``[api] listen`` is malformed, or ``[api] audit_log``
+            exists and is not a regular file.
+    """
+    api = sup.config.api
+    source = sup.config.source
+    try:
+        addr = parse_listen(api.listen)
+    except ValueError as exc:
+        raise ConfigError(str(exc), source=source, key="api.listen") from None
+    listen = f"unix:{sup.config.path(addr.path)}" if addr.path else api.listen
+    audit_path = sup.config.path(api.audit_log)
+    _check_audit_path(audit_path, source)
+    served = attrs.evolve(
+        api,
+        tls_cert=None if api.tls_cert is None else str(sup.config.path(api.tls_cert)),
+        tls_key=None if api.tls_key is None else str(sup.config.path(api.tls_key)),
+    )
+    audit = AuditLog(audit_path, redactor=sup.redactor)
+    sup.sink_checks.append(
+        lambda: None if audit.writable() else f"the audit log {audit_path} is not writable"
+    )
+    app = _Api(sup=sup, api=served, tcp=addr.is_tcp, audit=audit, redactor=sup.redactor)
+
+    async def flush_refusals() -> None:
+        try:
+            while True:
+                await trio.sleep(_AUDIT_FLUSH_EVERY)
+                await app.flush_audit()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                await app.flush_audit(final=True)
+
+    async def serve(
+        _sup: Supervisor, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flush_refusals)
+            await serve_api(
+                app,
+                listen,
+                api=served,
+                shutdown_trigger=functools.partial(_wait_closing, sup),
+                task_status=task_status,
+            )
+            nursery.cancel_scope.cancel()
+
+    sup.services.append(serve)

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import socket
 import stat
@@ -37,7 +38,9 @@ from supervisor._redact import Redactor
 OPERATOR_TOKEN = "op-secret-7f3a9c2e"
 VIEWER_TOKEN = "view-secret-b41d8e07"
 WRONG_TOKEN = "not-a-configured-token"
-UID_CALLER = f"uid:{os.getuid()}"
+OWN_UID = os.getuid()
+STRANGER_UID = OWN_UID + 4242
+UID_CALLER = f"uid:{OWN_UID}({pwd.getpwuid(OWN_UID).pw_name})"
 
 
 def _sha(token: str) -> str:
@@ -196,11 +199,24 @@ class FakeSupervisor:
 # ------------------------------------------------------------------ helpers
 
 MODES = {
-    # name: (supervisor phase, served on TCP)
-    "dev-unix": ("development", False),
-    "prod-unix": ("production", False),
-    "dev-tcp": ("development", True),
+    # name: (supervisor phase, served on TCP, the Unix peer's uid from SO_PEERCRED)
+    "dev-unix": ("development", False, OWN_UID),
+    "prod-unix": ("production", False, OWN_UID),
+    "stranger-unix": ("development", False, STRANGER_UID),
+    "dev-tcp": ("development", True, None),
 }
+
+
+def with_peer(app: Any, uid: int | None) -> Any:
+    """``app`` as our listener serves it: the Unix peer's uid in every request's scope."""
+    if uid is None:
+        return app
+
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        extensions = {**(scope.get("extensions") or {}), "peer_uid": uid}
+        await app({**scope, "extensions": extensions}, receive, send)
+
+    return wrapped
 
 
 @attrs.define(eq=False)
@@ -210,17 +226,22 @@ class Rig:
     fake: FakeSupervisor
     audit: AuditLog
     app: Any
+    peer: int | None = None  # the uid the in-memory transport presents as the Unix peer
 
     def client(self, token: str | None = None) -> httpx.AsyncClient:
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        return httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app), base_url="http://api", headers=headers
-        )
+        transport = httpx.ASGITransport(app=with_peer(self.app, self.peer))
+        return httpx.AsyncClient(transport=transport, base_url="http://api", headers=headers)
 
-    def audit_lines(self) -> list[dict[str, Any]]:
+    def all_audit_lines(self) -> list[dict[str, Any]]:
+        """Every line of the audit file, attempts included."""
         if not self.audit.path.exists():
             return []
         return [json.loads(line) for line in self.audit.path.read_text().splitlines()]
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        """The lines that record what came of a request (no attempt lines)."""
+        return [x for x in self.all_audit_lines() if x["stage"] != "attempt"]
 
 
 def make_rig(
@@ -230,13 +251,14 @@ def make_rig(
     max_body: int = 65536,
     redactor: Redactor | None = None,
     fake: FakeSupervisor | None = None,
+    api_options: dict[str, Any] | None = None,
 ) -> Rig:
-    phase, tcp = MODES[mode]
+    phase, tcp, peer = MODES[mode]
     fake = fake or FakeSupervisor(phase=phase)
     audit = AuditLog(tmp / "audit" / "audit.jsonl", redactor=redactor)
-    api = ApiConfig(tokens=TOKENS, max_body=max_body)
-    app = make_app(fake, api=api, phase=lambda: fake.phase, tcp=tcp, audit=audit, redactor=redactor)
-    return Rig(fake=fake, audit=audit, app=app)
+    api = ApiConfig(tokens=TOKENS, max_body=max_body, **(api_options or {}))
+    app = make_app(fake, api=api, tcp=tcp, audit=audit, redactor=redactor)
+    return Rig(fake=fake, audit=audit, app=app, peer=peer)
 
 
 async def call(
@@ -280,7 +302,10 @@ def expected_status(mode: str, who: str, path: str) -> int:
     if who == "wrong":
         return 401
     if who == "none":
-        return 200 if mode == "dev-unix" else 401
+        peer = MODES[mode][2]
+        if peer is None:
+            return 401
+        return 200 if peer == OWN_UID else 403
     if path in POSTS and who == "viewer":
         return 403
     return 200
@@ -309,18 +334,44 @@ class TestRoleMatrix:
             assert isinstance(response.json(), dict)
         if path in POSTS:
             assert (rig.fake.state() != before) == (want == 200)
-            lines = rig.audit_lines()
-            assert len(lines) == 1
-            assert lines[0]["result"]["status"] == want
+            lines = rig.all_audit_lines()
+            stages = ["attempt", "result"] if want == 200 else ["result"]
+            if who in ("none", "wrong") and want in (401, 403):
+                stages = ["refused"]
+            assert [x["stage"] for x in lines] == stages
+            assert lines[-1]["result"]["status"] == want
 
-    async def test_unix_peer_in_development(self, tmp_path: Path) -> None:
-        """Without a token on the development socket, the caller is uid:N, an operator."""
-        rig = make_rig(tmp_path, "dev-unix")
+    @pytest.mark.parametrize("mode", ["dev-unix", "prod-unix"])
+    async def test_socket_owner_is_operator_in_every_phase(self, tmp_path: Path, mode: str) -> None:
+        """Without a token, the socket's owner is ``uid:N(name)``, an operator, in any phase."""
+        rig = make_rig(tmp_path, mode)
         response = await call(rig, "POST", "/v1/restart")
         assert response.status_code == 200
         name, kwargs = rig.fake.calls[-1]
         assert name == "restart"
         assert kwargs["caller"] == Caller(name=UID_CALLER, role="operator")
+
+    async def test_root_peer_is_operator(self, tmp_path: Path) -> None:
+        """Root can always connect to a 0600 socket; it is named as root, not as the owner."""
+        rig = make_rig(tmp_path, "prod-unix")
+        rig.peer = 0
+        assert (await call(rig, "POST", "/v1/restart")).status_code == 200
+        assert rig.fake.calls[-1][1]["caller"] == Caller(name="uid:0(root)", role="operator")
+
+    async def test_stranger_needs_a_token(self, tmp_path: Path) -> None:
+        """Another uid on the socket is 403 without a token; a token still decides."""
+        rig = make_rig(tmp_path, "stranger-unix")
+        response = await call(rig, "POST", "/v1/restart")
+        assert response.status_code == 403
+        assert f"uid {STRANGER_UID}" in response.json()["error"]
+        assert (await call(rig, "POST", "/v1/restart", token=OPERATOR_TOKEN)).status_code == 200
+        assert rig.fake.restarts == 1
+
+    async def test_no_peer_credentials_needs_a_token(self, tmp_path: Path) -> None:
+        """Served without our listener (no peer uid in the scope), the socket fails closed: 401."""
+        rig = make_rig(tmp_path, "dev-unix")
+        rig.peer = None
+        assert (await call(rig, "GET", "/v1/status")).status_code == 401
 
     async def test_token_names_the_caller(self, tmp_path: Path) -> None:
         """A token's configured name and role reach the supervisor as the caller."""
@@ -339,12 +390,14 @@ class TestRoleMatrix:
             },
         )
 
-    async def test_phase_rules_follow_the_callable(self, tmp_path: Path) -> None:
-        """Moving out of development makes the socket require a token from the next request."""
+    async def test_phase_change_does_not_lock_the_owner_out(self, tmp_path: Path) -> None:
+        """Issue 8: leaving development on the socket no longer makes the owner need a token."""
         rig = make_rig(tmp_path, "dev-unix")
         assert (await call(rig, "POST", "/v1/phase", body={"phase": "testing"})).status_code == 200
-        assert (await call(rig, "GET", "/v1/status")).status_code == 401
-        assert (await call(rig, "GET", "/v1/status", token=VIEWER_TOKEN)).status_code == 200
+        assert rig.fake.phase == "testing"
+        assert (await call(rig, "GET", "/v1/status")).status_code == 200
+        assert (await call(rig, "POST", "/v1/phase", body={"phase": "development"})).status_code == 200
+        assert (await call(rig, "GET", "/v1/status", token=WRONG_TOKEN)).status_code == 401
 
     @pytest.mark.parametrize(
         "header",
@@ -417,11 +470,14 @@ class TestEndpoints:
         assert int(response.headers["content-length"]) > 0
 
     async def test_metrics_body_and_type(self, tmp_path: Path) -> None:
-        """/metrics passes the exposition and its content type through."""
+        """/metrics passes the core's exposition and content type through, then the API's counters."""
         rig = make_rig(tmp_path)
         response = await call(rig, "GET", "/metrics")
-        assert response.content == b"supervisor_ticks_total 1234.0\n"
+        assert response.content.startswith(b"supervisor_ticks_total 1234.0\n# HELP supervisor_api_")
         assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+        samples = [x for x in response.text.splitlines()[1:] if not x.startswith("#")]
+        assert 'supervisor_api_connections_total{outcome="refused"} 0.0' in samples
+        assert all(x.startswith("supervisor_api_") for x in samples)
 
     async def test_readiness_not_ok_is_still_200(self, tmp_path: Path) -> None:
         """The readiness report is an answer, not a failure: its 'ok' says the rest."""
@@ -494,31 +550,43 @@ class TestEndpoints:
 
 class TestAudit:
     async def test_every_post_is_recorded(self, tmp_path: Path) -> None:
-        """Accepted, refused, 401, 403 and 400 requests each leave one line with all fields."""
-        rig = make_rig(tmp_path, "prod-unix")
+        """Accepted, refused, 401, 403 and 400 requests each leave their lines with all fields.
+
+        An action carried out has an attempt line before its result line;
+        anonymous refusals are tallied (``stage`` refused, with a count).
+        """
+        rig = make_rig(tmp_path, "dev-tcp")
         await call(rig, "POST", "/v1/shutdown", token=OPERATOR_TOKEN, body={"reason": "patch"})
         rig.fake.refuse = "already stopping"
         await call(rig, "POST", "/v1/restart", token=OPERATOR_TOKEN)
         await call(rig, "POST", "/v1/restart")
-        await call(rig, "POST", "/v1/restart", token=WRONG_TOKEN)
+        await call(rig, "POST", "/v1/phase", token=WRONG_TOKEN)
         await call(rig, "POST", "/v1/phase", token=VIEWER_TOKEN, body={"phase": "testing"})
         await call(rig, "POST", "/v1/phase", token=OPERATOR_TOKEN, body={"phase": 3})
-        lines = rig.audit_lines()
-        assert [(x["caller"], x["role"], x["action"], x["result"]["status"]) for x in lines] == [
-            ("ops", "operator", "shutdown", 200),
-            ("ops", "operator", "restart", 409),
-            ("anonymous", None, "restart", 401),
-            ("anonymous", None, "restart", 401),
-            ("grafana", "viewer", "phase", 403),
-            ("ops", "operator", "phase", 400),
+        lines = rig.all_audit_lines()
+        assert [
+            (x["stage"], x["caller"], x["role"], x["action"], (x["result"] or {}).get("status"))
+            for x in lines
+        ] == [
+            ("attempt", "ops", "operator", "shutdown", None),
+            ("result", "ops", "operator", "shutdown", 200),
+            ("attempt", "ops", "operator", "restart", None),
+            ("result", "ops", "operator", "restart", 409),
+            ("refused", "anonymous", None, "restart", 401),
+            ("refused", "anonymous", None, "phase", 401),
+            ("result", "grafana", "viewer", "phase", 403),
+            ("result", "ops", "operator", "phase", 400),
         ]
         assert lines[0]["arguments"] == {"emergency": False, "reason": "patch"}
-        assert lines[0]["result"]["detail"] == "stopping"
-        assert lines[1]["result"]["detail"] == "already stopping"
-        assert lines[5]["arguments"] is None
-        assert "'phase'" in lines[5]["result"]["detail"]
+        assert lines[0]["result"] is None
+        assert lines[1]["result"]["detail"] == "stopping"
+        assert lines[3]["result"]["detail"] == "already stopping"
+        assert lines[4]["source"] == "127.0.0.1"
+        assert lines[4]["count"] == 1
+        assert lines[7]["arguments"] is None
+        assert "'phase'" in lines[7]["result"]["detail"]
         for line in lines:
-            assert set(line) == {"time", "caller", "role", "action", "arguments", "result"}
+            assert {"time", "stage", "caller", "role", "action", "arguments", "result"} <= set(line)
             assert line["time"].endswith("Z")
 
     async def test_cancelled_action_still_recorded(self, tmp_path: Path) -> None:
@@ -527,6 +595,10 @@ class TestAudit:
         rig.fake.hang = True
         async with trio.open_nursery() as nursery:
             nursery.start_soon(functools.partial(call, rig, "POST", "/v1/shutdown", body={}))
+            # The attempt line is written from a worker thread first: wait for the call.
+            with trio.fail_after(5):
+                while not rig.fake.calls:
+                    await trio.sleep(0.01)
             await trio.testing.wait_all_tasks_blocked()
             assert rig.fake.calls[-1][0] == "shutdown"
             nursery.cancel_scope.cancel()
@@ -548,7 +620,7 @@ class TestAudit:
         for token in (OPERATOR_TOKEN, VIEWER_TOKEN, WRONG_TOKEN):
             await call(rig, "POST", "/v1/restart", token=token)
         text = rig.audit.path.read_text()
-        assert len(text.splitlines()) == 3
+        assert len(text.splitlines()) == 4  # the operator's attempt and result, 403, 401
         for secret in (OPERATOR_TOKEN, VIEWER_TOKEN, WRONG_TOKEN, _sha(OPERATOR_TOKEN)):
             assert secret not in text
 
@@ -568,15 +640,21 @@ class TestAudit:
         assert line["arguments"]["reason"] == "ban [email] from [ip]"
         assert "bob@" not in rig.audit.path.read_text()
 
-    async def test_write_failure_is_counted_not_fatal(self, tmp_path: Path) -> None:
-        """An unwritable audit log is logged and counted; the API still answers."""
+    async def test_write_failure_refuses_the_action(self, tmp_path: Path) -> None:
+        """Fail closed: an action whose attempt line cannot be written is a 503 and not done."""
         (tmp_path / "audit").write_text("a file where the folder should be")
         rig = make_rig(tmp_path)
         assert not rig.audit.writable()
         response = await call(rig, "POST", "/v1/restart")
-        assert response.status_code == 200
+        assert response.status_code == 503
+        assert "audit log" in response.json()["error"]
+        assert rig.fake.restarts == 0
+        assert not [c for c in rig.fake.calls if c[0] == "restart"]
         assert rig.audit.failures == 1
         assert rig.audit.written == 0
+        metrics = (await call(rig, "GET", "/metrics")).text
+        assert "supervisor_api_unaudited_refusals_total 1.0" in metrics
+        assert "supervisor_api_audit_failures_total 1.0" in metrics
 
     def test_appends_whole_lines(self, tmp_path: Path) -> None:
         """Entries append to an existing file; each line is one JSON object."""
@@ -809,7 +887,7 @@ def is_operator(request: dict[str, Any]) -> bool:
     """The oracle: does this request carry operator rights under section 5's rules?"""
     auth = [v for k, v in request["headers"] if k.lower() == b"authorization"]
     if not auth:
-        return bool(request["mode"] == "dev-unix")
+        return MODES[request["mode"]][2] == OWN_UID
     return len(auth) == 1 and auth[0] in _OPERATOR_AUTH
 
 
@@ -823,7 +901,7 @@ async def test_no_5xx_and_no_unauthorised_change(tmp_path: Path, request: dict[s
     """Arbitrary methods, paths, headers, bodies: never a 5xx; no change without operator rights."""
     rig = make_rig(tmp_path, request["mode"], max_body=1024)
     before = rig.fake.state()
-    status, headers, body = await asgi_request(rig.app, request)
+    status, headers, body = await asgi_request(with_peer(rig.app, rig.peer), request)
     assert 200 <= status < 500
     if not (request["path"] == "/metrics" and status == 200):
         assert headers[b"content-type"] == b"application/json"
