@@ -565,7 +565,7 @@ class Config:
                 (FIFO, device, directory), over 1 MiB, not UTF-8, not TOML,
                 nested too deeply, or invalid.
         """
-        source = str(path)
+        source = _printable(str(path))
         try:
             data = read_config_bytes(path)
         except UnsafePathError as exc:
@@ -589,6 +589,26 @@ class Config:
                 an invalid phase overlay, nesting deeper than MAX_DEPTH, or an
                 unknown ``SUPERVISOR_*`` variable.
         """
+        try:
+            return cls._from_mapping(raw, source=source, env=env, base_dir=base_dir)
+        except ConfigError as exc:
+            # Keys and variable names come from the user: a newline in
+            # ["a\nb"] must not split the one-line error.
+            raise ConfigError(
+                _printable(exc.message),
+                source=None if exc.source is None else _printable(exc.source),
+                key=None if exc.key is None else _printable(exc.key),
+            ) from None
+
+    @classmethod
+    def _from_mapping(
+        cls,
+        raw: Mapping[str, Any],
+        *,
+        source: str,
+        env: Mapping[str, str] | None,
+        base_dir: Path | None,
+    ) -> Self:
         env = {
             k: v
             for k, v in (os.environ if env is None else env).items()
@@ -728,6 +748,13 @@ def _check_depth(raw: Mapping[str, Any], source: str) -> None:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``), so a message stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _parse_profiles(raw: Any, source: str) -> dict[str, Profile]:

@@ -1337,3 +1337,35 @@ class TestHostileFiles:
     def test_nul_in_file(self, tmp_path: Path) -> None:
         """A NUL byte in the file is refused by the parser."""
         assert "not valid TOML" in file_error(tmp_path, b"[supervisor]\x00\n")
+
+
+class TestOneLine:
+    """User-controlled names with control characters cannot split an error line."""
+
+    @pytest.mark.parametrize(
+        ("text", "shown"),
+        [
+            ('["a\\nb"]\n', "[a\\nb] unknown section"),
+            ('[supervisor]\n"tick\\nrate" = 1\n', "[supervisor.tick\\nrate] unknown key"),
+            ('[profiles."a\\nb"]\ntick_rate = nan\n', "[profiles.a\\nb.tick_rate]"),
+            ('[phases."x\\ry"]\n', "[phases.x\\ry] unknown phase"),
+            ('[systems]\n"p\\u2028q" = 5\n', "[systems.p\\u2028q]"),
+        ],
+    )
+    def test_escaped_keys(self, tmp_path: Path, text: str, shown: str) -> None:
+        """Newlines (and other separators) in keys are shown escaped."""
+        assert shown in file_error(tmp_path, text)
+
+    def test_escaped_variable_name(self) -> None:
+        """A control character in a variable name is escaped too."""
+        err = config_error({}, env={"SUPERVISOR_X\nY": "1"})
+        assert err.source == "SUPERVISOR_X\\nY"
+
+    def test_escaped_file_name(self, tmp_path: Path) -> None:
+        """The file's own name is shown escaped."""
+        path = tmp_path / "a\nb.toml"
+        path.write_text("[x]\n")
+        with pytest.raises(ConfigError) as ei:
+            Config.from_toml(path, env={})
+        assert "\n" not in str(ei.value)
+        assert "a\\nb.toml" in str(ei.value)
