@@ -519,27 +519,13 @@ _OVERLAY_PHASES = ("development", "testing", "production", "emergency_shutdown")
 class Config:
     """A whole, validated config. Build it with ``from_toml`` or ``from_mapping``."""
 
-    supervisor: SupervisorConfig = attrs.field(
-        factory=SupervisorConfig, validator=attrs.validators.instance_of(SupervisorConfig)
-    )
-    systems: SystemsConfig = attrs.field(
-        factory=SystemsConfig, validator=attrs.validators.instance_of(SystemsConfig)
-    )
-    recovery: RecoveryConfig = attrs.field(
-        factory=RecoveryConfig, validator=attrs.validators.instance_of(RecoveryConfig)
-    )
-    watchdog: WatchdogConfig = attrs.field(
-        factory=WatchdogConfig, validator=attrs.validators.instance_of(WatchdogConfig)
-    )
-    features: FeaturesConfig = attrs.field(
-        factory=FeaturesConfig, validator=attrs.validators.instance_of(FeaturesConfig)
-    )
-    logging: LoggingConfig = attrs.field(
-        factory=LoggingConfig, validator=attrs.validators.instance_of(LoggingConfig)
-    )
-    api: ApiConfig = attrs.field(
-        factory=ApiConfig, validator=attrs.validators.instance_of(ApiConfig)
-    )
+    supervisor: SupervisorConfig = attrs.field(factory=SupervisorConfig)
+    systems: SystemsConfig = attrs.field(factory=SystemsConfig)
+    recovery: RecoveryConfig = attrs.field(factory=RecoveryConfig)
+    watchdog: WatchdogConfig = attrs.field(factory=WatchdogConfig)
+    features: FeaturesConfig = attrs.field(factory=FeaturesConfig)
+    logging: LoggingConfig = attrs.field(factory=LoggingConfig)
+    api: ApiConfig = attrs.field(factory=ApiConfig)
     profiles: Mapping[str, Profile] = attrs.field(factory=lambda: dict(BUILTIN_PROFILES))
     #: The raw mapping this config was built from, kept to apply phase overlays.
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
@@ -548,6 +534,20 @@ class Config:
     #: The ``SUPERVISOR_*`` variables read at load, re-applied over phase overlays.
     env: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)
     base_dir: Path = attrs.field(factory=Path.cwd, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        """Refuse a section of the wrong class (a dict, say) in a config built in code.
+
+        Raises:
+            TypeError: naming the section.
+        """
+        sections: dict[str, type] = {**_SECTIONS, "systems": SystemsConfig}
+        for name, cls in sections.items():
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                raise TypeError(
+                    f"Config.{name} must be a {cls.__name__}, got {type(value).__name__}"
+                )
 
     @classmethod
     def from_toml(
