@@ -6,6 +6,15 @@ knows, suggests the nearest one for a typo, and checks each value's type and
 range. ``SUPERVISOR_<SECTION>_<KEY>`` environment variables override the file,
 and ``[phases.NAME]`` tables are overlays validated at load time and applied
 when that phase is entered.
+
+The checks live in attrs validators on the fields (driven by each ``_f``
+field's metadata), so a section built in code (``RecoveryConfig(history=0)``)
+fails exactly like one read from TOML: a :class:`ConfigError` naming the key.
+Hostile input is refused in one line, never a traceback or a hang: NaN and
+infinities, numbers past each key's ceiling, NUL bytes and over-long strings,
+nesting past :data:`MAX_DEPTH`, config files that are not regular files or
+are over 1 MiB (see :mod:`._files`), byte-order marks, non-UTF-8 bytes, and
+``SUPERVISOR_*`` variables that name no key (except :data:`NON_CONFIG_VARIABLES`).
 """
 
 from __future__ import annotations
@@ -513,6 +522,23 @@ _SECTIONS: dict[str, type[_Section]] = {
 }
 _TOP_LEVEL = [*_SECTIONS, "systems", "profiles", "phases"]
 _OVERLAY_PHASES = ("development", "testing", "production", "emergency_shutdown")
+#: Keys a phase overlay cannot change: the snapshot store is built once, so a
+#: per-phase state folder or key would write where the next start does not read.
+_FIXED_KEYS = ("state_dir", "snapshot_generations", "snapshot_key")
+
+
+def _check_fixed_keys(overlay: Mapping[str, Any], source: str, phase: str) -> None:
+    table = overlay.get("supervisor")
+    if not isinstance(table, Mapping):
+        return
+    for key in _FIXED_KEYS:
+        if key in table:
+            raise ConfigError(
+                "cannot change with the phase: the state folder and its snapshots "
+                "are set once at start",
+                source=source,
+                key=f"phases.{phase}.supervisor.{key}",
+            )
 
 
 @attrs.frozen(kw_only=True)
@@ -634,6 +660,7 @@ class Config:
                 raise ConfigError(
                     "an overlay cannot hold phases", source=source, key=f"phases.{name}"
                 )
+            _check_fixed_keys(overlay, source, name)
             overlays[name] = overlay
             # Validate now, so a bad overlay fails at load, not at the phase change.
             cls._build(

@@ -1369,3 +1369,13 @@ class TestOneLine:
             Config.from_toml(path, env={})
         assert "\n" not in str(ei.value)
         assert "a\\nb.toml" in str(ei.value)
+
+
+class TestFixedKeys:
+    @pytest.mark.parametrize("key", ["state_dir", "snapshot_generations", "snapshot_key"])
+    def test_not_in_overlays(self, key: str) -> None:
+        """The state folder, generations and snapshot key cannot change with the phase."""
+        value: Any = {"state_dir": "x", "snapshot_generations": 2, "snapshot_key": "k" * 20}[key]
+        err = config_error({"phases": {"production": {"supervisor": {key: value}}}})
+        assert err.key == f"phases.production.supervisor.{key}"
+        assert "cannot change with the phase" in str(err)
