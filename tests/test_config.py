@@ -8,12 +8,14 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from supervisor import Config, ConfigError, Phase, Profile
 from supervisor._config import (
@@ -28,6 +30,7 @@ from supervisor._config import (
     TokenConfig,
     WatchdogConfig,
     apply_env_overrides,
+    parse_toml,
 )
 
 DIGEST = hashlib.sha256(b"correct horse battery staple").hexdigest()
@@ -1379,3 +1382,91 @@ class TestFixedKeys:
         err = config_error({"phases": {"production": {"supervisor": {key: value}}}})
         assert err.key == f"phases.production.supervisor.{key}"
         assert "cannot change with the phase" in str(err)
+
+
+ALL_KEYS = sorted({f.name for cls in SECTION_CLASSES for f in attrs.fields(cls)} | {"x", "use"})
+SECTION_NAMES = ["supervisor", "recovery", "watchdog", "features", "logging", "api", "systems"]
+HOSTILE_VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**60, max_value=2**80)
+    | st.floats()
+    | st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1e308, 5e-324])
+    | st.text(max_size=20)
+    | st.sampled_from(["", "\x00", "a\nb", "x" * 5000])
+    | st.lists(st.text(max_size=5) | st.integers(), max_size=3)
+    | st.dictionaries(st.text(max_size=5), st.integers(), max_size=3)
+)
+
+
+def refusal(call: Callable[[], object]) -> str:
+    """The ConfigError message ``call`` raises ("" if it succeeds); anything else propagates."""
+    try:
+        call()
+    except ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+class TestFuzz:
+    """Whatever the mapping, file or environment holds: a Config or a one-line ConfigError."""
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        raw=st.dictionaries(
+            st.sampled_from([*SECTION_NAMES, "profiles", "phases", "bogus"]),
+            st.dictionaries(st.sampled_from(ALL_KEYS), HOSTILE_VALUES, max_size=4) | HOSTILE_VALUES,
+            max_size=3,
+        )
+    )
+    def test_mapping(self, raw: dict[str, Any]) -> None:
+        """Arbitrary sections and values never raise anything but ConfigError."""
+        assert "\n" not in refusal(lambda: load(raw))
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        env=st.dictionaries(
+            st.sampled_from(
+                [f"SUPERVISOR_{s}_{k}".upper() for s in SECTION_NAMES for k in ALL_KEYS[:12]]
+            )
+            | st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ_", max_size=12).map(
+                lambda rest: "SUPERVISOR_" + rest
+            ),
+            st.text(max_size=12) | st.sampled_from(["nan", "inf", "-0", "1e309", "[" * 500]),
+            max_size=3,
+        )
+    )
+    def test_environment(self, env: dict[str, str]) -> None:
+        """Arbitrary SUPERVISOR_* variables never raise anything but ConfigError."""
+        assert "\n" not in refusal(lambda: load({}, env=env))
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        data=st.binary(max_size=300)
+        | st.lists(
+            st.sampled_from(
+                [
+                    "[supervisor]\n",
+                    "[watchdog]\n",
+                    "[phases.production.watchdog]\n",
+                    "tick_rate = nan\n",
+                    "hang_timeout = inf\n",
+                    "kill_timeout = 1e309\n",
+                    "max_catch_up = 1180591620717411303424\n",
+                    'state_dir = "a\\u0000b"\n',
+                    "x = [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n",
+                    "a.b.c.d = 1\n",
+                    "\ufeff",
+                    "\x00",
+                    "= 1\n",
+                ]
+            ),
+            max_size=6,
+        ).map(lambda parts: "".join(parts).encode())
+    )
+    def test_file_bytes(self, data: bytes) -> None:
+        """Arbitrary bytes, and TOML assembled from hostile lines, never escape ConfigError."""
+        assert "\n" not in refusal(
+            lambda: Config.from_mapping(parse_toml(data, source="f.toml"), source="f.toml", env={})
+        )

@@ -858,9 +858,9 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
 
 
-def _mutations() -> st.SearchStrategy[bytes]:
+def _mutations(key: bytes | None = None) -> st.SearchStrategy[bytes]:
     """A valid snapshot, damaged in a few random places: reaches deeper than random bytes."""
-    good = SnapshotStore(Path("unused")).encode(make_snapshot(7))
+    good = SnapshotStore(Path("unused"), 3, key).encode(make_snapshot(7))
 
     @st.composite
     def mutate(draw: st.DrawFn) -> bytes:
@@ -912,6 +912,18 @@ class TestReadNeverCrashes:
             assert "\n" not in str(result)
         else:
             assert result.tick == 7
+
+    @settings(max_examples=200, deadline=None)
+    @given(data=_mutations(KEY))
+    def test_keyed_mutations(self, data: bytes) -> None:
+        """A damaged keyed snapshot is only ever a one-line SnapshotError, or (undamaged) itself."""
+        store = SnapshotStore(Path("unused"), 3, KEY)
+        path = Path("snapshot-7.msgpack")
+        result = outcome(lambda: store.decode(data, path))
+        if isinstance(result, SnapshotError):
+            assert "\n" not in str(result)
+        else:
+            assert result == make_snapshot(7)
 
     @settings(max_examples=150, deadline=None)
     @given(
