@@ -87,6 +87,13 @@ def safe_type_name(exc: object) -> str:
     return name or "?"
 
 
+def _message(exc: BaseException) -> str | None:
+    try:
+        return _plain(str(exc), MESSAGE_CHARS)
+    except BaseException:  # a failing (or interrupted) __str__ is the plugin's, never ours
+        return None
+
+
 def safe_message(exc: BaseException) -> str:
     """``str(exc)``, bounded to ``MESSAGE_CHARS``; ``<unprintable T>`` when ``__str__`` misbehaves.
 
@@ -94,11 +101,17 @@ def safe_message(exc: BaseException) -> str:
     included), return a non-string, or return megabytes. None of that may
     escape into the supervisor (``tests/test_faults_plugins.py``).
     """
-    try:
-        text = _plain(str(exc), MESSAGE_CHARS)
-    except BaseException:
-        text = None
+    text = _message(exc)
     return f"<unprintable {safe_type_name(exc)}>" if text is None else text
+
+
+def _frames_only(exc: BaseException, limit: int, message: str) -> str:
+    """A traceback of ``exc`` that never calls its ``__str__`` (which already failed once)."""
+    try:
+        frames = "".join(traceback.format_tb(exc.__traceback__, limit=-limit if limit else 0))
+    except BaseException:  # a hostile __traceback__ property
+        frames = ""
+    return f"Traceback (most recent call last):\n{frames}{safe_type_name(exc)}: {message}\n"
 
 
 def safe_traceback(exc: BaseException, limit: int) -> str:
@@ -188,6 +201,7 @@ def make_record(
     fingerprint_value: str | None = None,
     traceback_text: str | None = None,
     redact: Callable[[str], str] | None = None,
+    checkpoint: Callable[[], None] | None = None,
 ) -> ErrorRecord:
     """Build the frozen record of ``exc`` (the traceback bounded in frames and characters).
 
@@ -196,10 +210,21 @@ def make_record(
     already redacted) traceback: formatting is the costly part of a record,
     and an error storm reuses its group's. ``redact``, when given, is
     applied once here to every free text of the record, so no surface needs
-    to redact it again.
+    to redact it again. ``checkpoint`` is called before each call into plugin
+    code (the supervisor starts the watchdog's clock afresh there, so each one
+    gets its own ``kill_timeout``).
     """
-    tb = safe_traceback(exc, traceback_limit) if traceback_text is None else traceback_text
-    message = safe_message(exc)
+    text = _message(exc)
+    message = f"<unprintable {safe_type_name(exc)}>" if text is None else text
+    if traceback_text is not None:
+        tb = traceback_text
+    elif text is None:
+        # Its __str__ failed or hung once: formatting would call it again.
+        tb = _frames_only(exc, traceback_limit, message)
+    else:
+        if checkpoint is not None:
+            checkpoint()
+        tb = safe_traceback(exc, traceback_limit)
     exc_type = safe_type_name(exc)
     if redact is not None:
         message = redact(message)

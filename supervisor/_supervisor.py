@@ -116,14 +116,20 @@ DEFAULT_SNAPSHOT_INTERVAL = 5.0
 GAUGE_ERROR_INTERVAL = 1.0
 
 
-def _seconds(value: float, default: float) -> float:
-    """``value`` if it is a finite, non-negative number of seconds, else ``default``.
+def _non_negative(value: float, default: float) -> float:
+    """``value`` if it is a finite, non-negative number (of seconds, of MB), else ``default``.
 
     ``Config`` is public and may be built without the file's validators: a
     NaN must never reach ``trio.move_on_after`` or a deadline comparison
     (where it silently disables the check).
     """
     return value if isinstance(value, int | float) and 0 <= value < math.inf else default
+
+
+def _health_value(value: object) -> str:
+    """What ``health()`` returned, as one of the three words (anything else is unhealthy)."""
+    # type() first: `in` would run a hostile object's __eq__.
+    return value if type(value) is str and value in _HEALTH_VALUES else "unhealthy"
 
 
 def _valid_tick(tick: object) -> bool:
@@ -714,8 +720,7 @@ class Supervisor:
             slot.health = "unhealthy"
             self._count_failure(slot, "health", now)
             return False
-        # type() first: `in` would run a hostile object's __eq__.
-        slot.health = value if type(value) is str and value in _HEALTH_VALUES else "unhealthy"
+        slot.health = _health_value(value)
         return True
 
     def _record(
@@ -782,7 +787,12 @@ class Supervisor:
             kind=kind,
             stack=stack,
             redact=self.redactor.text if self.redactor.enabled else None,
+            checkpoint=self._new_call,
         )
+
+    def _new_call(self) -> None:
+        """A new call into plugin code on the marked slot: the watchdog's clock starts afresh."""
+        self._call_seq += 1
 
     def _report_gauge(self, slot: _Slot, name: object, value: object) -> None:
         """``ctx.report`` off its fast path: a new name, or a value that is not a plain number.
@@ -949,7 +959,9 @@ class Supervisor:
         self._current = slot
         try:
             if resolved.is_async:
-                limit = math.inf if timeout is None else _seconds(timeout, DEFAULT_STOP_TIMEOUT)
+                limit = (
+                    math.inf if timeout is None else _non_negative(timeout, DEFAULT_STOP_TIMEOUT)
+                )
                 with trio.move_on_after(limit):
                     return True, await self._watched(slot, resolved.fn(*args))
                 _overran(f"{hook} overran its {limit:g} s deadline and was abandoned")
@@ -966,7 +978,7 @@ class Supervisor:
 
     @property
     def _stop_timeout(self) -> float:
-        return _seconds(self._effective.supervisor.stop_timeout, DEFAULT_STOP_TIMEOUT)
+        return _non_negative(self._effective.supervisor.stop_timeout, DEFAULT_STOP_TIMEOUT)
 
     def _count_failure(self, slot: _Slot, hook: str, now: float) -> None:
         """A hook other than ``tick`` failed: it counts against the system's restart budget.
@@ -1066,7 +1078,9 @@ class Supervisor:
         half-open tick, close, and hang the next snapshot again, forever.
         """
         if hook == "health":
-            ok, _ = await self._call(slot, "health", timeout=self._budget)
+            ok, value = await self._call(slot, "health", timeout=self._budget)
+            if ok:
+                slot.health = _health_value(value)
         elif hook == "snapshot":
             ok, _ = await self._call(slot, "snapshot", timeout=self._stop_timeout)
         else:
@@ -1489,7 +1503,7 @@ class Supervisor:
     def _snapshot_due(self) -> float:
         interval = self._effective.supervisor.snapshot_interval
         if interval != 0:  # 0 is "only at stop"; NaN or infinity must not switch snapshots off
-            interval = _seconds(interval, DEFAULT_SNAPSHOT_INTERVAL)
+            interval = _non_negative(interval, DEFAULT_SNAPSHOT_INTERVAL)
         if not self.persist or interval <= 0:
             return math.inf
         return trio.current_time() + interval
@@ -1973,7 +1987,8 @@ class Supervisor:
                     "threads": proc.num_threads(),
                     "open_files": proc.num_fds(),
                 }
-            limit = self._effective.supervisor.memory_limit_mb
+            # (A NaN limit compares false with everything; config rejects it, this counts it as 0.)
+            limit = _non_negative(self._effective.supervisor.memory_limit_mb, 0.0)
             if limit and rss > limit * 2**20 and self._emergency_reason is None:
                 self.request_emergency(
                     f"fatal resource limit: RSS {rss / 2**20:.1f} MB exceeds memory_limit_mb "
