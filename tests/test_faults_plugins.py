@@ -353,6 +353,36 @@ class TestBaseExceptionsInHooks:
         assert sup.tick == 5
         assert list(sup.errors.records) == []
 
+    def test_a_plugins_own_nursery_past_the_budget_is_a_timeout(self) -> None:
+        """Our deadline cancels a tick's nursery: its Cancelled are ours, the rest theirs."""
+
+        class Nest:
+            name = "nest"
+
+            async def tick(self, ctx: Any) -> None:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(trio.sleep_forever)
+                    nursery.start_soon(trio.sleep_forever)
+
+        class Mixed:
+            name = "mixed"
+
+            async def tick(self, ctx: Any) -> None:
+                async def boom() -> None:
+                    await trio.sleep(0.001)
+                    raise ValueError("x")
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(trio.sleep_forever)
+                    nursery.start_soon(boom)
+
+        steady = Steady()
+        result = run_systems(Nest(), Mixed(), steady, ticks=5, tick_rate=30, config=_config(**LOTS))
+        assert (result.summary.ticks, steady.ticks) == (5, 5)
+        kinds = {(r.system, r.exc_type, r.kind) for r in result.errors}
+        assert kinds == {("nest", "StepTimeout", "timeout"), ("mixed", "ExceptionGroup", "error")}
+        assert len(result.errors) == 10
+
     def test_is_runtime_cancel_outside_trio(self) -> None:
         """Outside a trio run nothing is the runtime's to take back."""
         assert not is_runtime_cancel(KeyboardInterrupt())

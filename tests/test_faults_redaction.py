@@ -1,0 +1,121 @@
+"""Redaction at the source: free text is redacted once, when it is made, and never leaks later.
+
+On the old main each surface redacted for itself and most forgot: error
+groups carried raw messages, the emergency reason reached anonymous probes,
+lifecycle reasons and gauge names reached status and snapshots. Here the
+core redacts records, lifecycle events, gauge names, the emergency and stop
+reasons when they are made (while redaction is on), and the kept history
+once when a redacting phase begins.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from supervisor import Phase
+from supervisor._control import Caller
+from supervisor._supervisor import LIFECYCLE_HISTORY
+from supervisor.testing import make_supervisor
+
+OPERATOR = Caller("ops", "operator")
+EMAIL = "jane.doe@example.com"
+API_KEY = "sk_live_" + "a1" * 12
+
+
+class Leaky:
+    """Fails with personal data in its message and reports a gauge named like an API key."""
+
+    name = "leaky"
+
+    def tick(self, ctx: Any) -> None:
+        ctx.report(API_KEY, 1)
+        if ctx.tick == 2:
+            raise ValueError(f"purchase failed for {EMAIL}")
+
+    def snapshot(self) -> dict[str, int]:
+        return {}
+
+    def restore(self, state: dict[str, int]) -> None:
+        pass
+
+
+def _everything(sup: Any) -> str:
+    """Every surface the core serves, as one text (status, errors, summary, lifecycle)."""
+    return json.dumps(
+        {
+            "status": sup.status(),
+            "errors": sup.error_view(limit=100),
+            "summary": sup.summary().as_dict(),
+            "probes": [sup.liveness(), sup.readiness_gate()],
+            "next": sup.next_step(),
+        },
+        default=str,
+    )
+
+
+class TestRedactedWhenMade:
+    async def test_in_testing_nothing_leaves_the_core_unredacted(
+        self, tmp_path: Path, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Records, groups, gauges, lifecycle, emergency reason, snapshot: no e-mail, no key."""
+        sup = make_supervisor([Leaky()], tick_rate=10, phase="testing", state_dir=tmp_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: sup.run(exit_on_emergency=False, task_status=task_status)
+            )
+            await trio.sleep(0.55)
+            await sup.shutdown(emergency=True, reason=f"called by {EMAIL}", caller=OPERATOR)
+            text = _everything(sup)
+            assert EMAIL not in text
+            assert API_KEY not in text
+            assert "[email]" in sup.status()["emergency"]["reason"]
+            assert sup.error_view()["groups"][0]["message"] == "purchase failed for [email]"
+            assert sup.readiness_gate() == (False, ["emergency_shutdown"])
+            assert sup.liveness() == (True, "emergency_shutdown")
+            sup.stop()
+        files = b"".join(p.read_bytes() for p in (tmp_path / "snapshots").glob("*.msgpack"))
+        assert b"[email]" in files  # the emergency's reason, in its snapshot
+        assert EMAIL.encode() not in files
+        assert API_KEY.encode() not in files
+        assert "[email]" in sup.summary().exit_reason
+
+    async def test_entering_a_redacting_phase_redacts_the_kept_history_once(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """In development the text is kept as is; 'phase testing' redacts what was kept."""
+        sup = make_supervisor([Leaky()], tick_rate=10)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            await trio.sleep(0.55)
+            assert EMAIL in sup.errors.recent(1)[0].message  # development: not redacted
+            assert API_KEY in sup.gauges
+            await sup.change_phase("testing", force=True, reason=f"by {EMAIL}", caller=OPERATOR)
+            assert sup.phase is Phase.TESTING
+            text = _everything(sup)
+            assert EMAIL not in text
+            assert API_KEY not in text
+            record = sup.errors.recent(1)[0]
+            assert record.message == "purchase failed for [email]"
+            assert EMAIL not in record.traceback
+            assert list(sup.gauges) == ["[token]"]
+            assert sup.phase_history[-1].reason.startswith("by [email]")
+            await trio.sleep(0.5)  # the gauge keeps being reported under its redacted name
+            assert list(sup.gauges) == ["[token]"]
+            sup.stop("stopped by " + EMAIL)
+        assert sup.summary().exit_reason == "stopped by [email]"
+
+
+class TestLifecycleRing:
+    def test_the_lifecycle_history_is_bounded(self) -> None:
+        """Thousands of lifecycle actions keep the last LIFECYCLE_HISTORY of them."""
+        sup = make_supervisor([])
+        for i in range(3 * LIFECYCLE_HISTORY):
+            sup._lifecycle(action="restart", before="a", after="a", caller="x", reason=str(i))
+        history = sup.phase_history
+        assert len(history) == LIFECYCLE_HISTORY
+        assert history[-1].reason == str(3 * LIFECYCLE_HISTORY - 1)
