@@ -19,18 +19,20 @@ import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 import attrs
 import click
-import httpx
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from ._api import MAX_ERRORS_LIMIT, MAX_REASON, ListenAddress, parse_listen
+from ._address import MAX_ERRORS_LIMIT, MAX_REASON, ListenAddress, parse_listen
 from ._config import ApiConfig, Config
 from ._errors import ConfigError
+
+if TYPE_CHECKING:
+    # Imported where used: ``supervisor --help`` and a refused command never
+    # pay for an HTTP client or a table renderer (tests/test_cli_imports.py).
+    import httpx
+    from rich.console import Console
 
 __all__ = ["COMMANDS", "ApiClient", "resolve_api"]
 
@@ -107,6 +109,8 @@ class ApiClient:
     timeout: float = TIMEOUT
 
     def _client(self) -> httpx.Client:
+        import httpx
+
         headers = {"accept": "application/json"}
         if self.token:
             headers["authorization"] = f"Bearer {self.token}"
@@ -136,6 +140,8 @@ class ApiClient:
         Ends the command (exit 1, one line) when no supervisor answers or the
         answer is not JSON.
         """
+        import httpx
+
         where = str(self.address)
         if self.address.path is not None:
             self._probe_unix(where)
@@ -225,6 +231,8 @@ def _console(*, err: bool = False) -> Console:
     # Built per call: click's test runner (and a redirect) swaps sys.stdout.
     # Piped output gets wide lines rather than rich's 80 columns, so a
     # recommendation lands on one line for grep.
+    from rich.console import Console
+
     file = sys.stderr if err else sys.stdout
     width = None if file.isatty() else 160
     return Console(file=file, highlight=False, soft_wrap=False, width=width)
@@ -242,6 +250,8 @@ def _seconds(value: Any) -> str:
 
 def _text(value: Any) -> str:
     """``value`` for a table cell, escaped: rich would eat ``[api]`` as markup."""
+    from rich.markup import escape
+
     return escape(_plain(value))
 
 
@@ -264,6 +274,8 @@ def _echo_json(data: Any) -> None:
 
 
 def _print_status(data: Mapping[str, Any]) -> None:
+    from rich.table import Table
+
     console = _console()
     overview = Table.grid(padding=(0, 2))
     overview.add_column(style="bold")
@@ -321,6 +333,8 @@ def _print_status(data: Mapping[str, Any]) -> None:
 
 
 def _print_checks(checks: Iterable[Any], *, only_failed: bool = False, err: bool = False) -> None:
+    from rich.table import Table
+
     table = Table("check", "result", "detail", "recommendation")
     for check in checks:
         if not isinstance(check, Mapping) or (only_failed and check.get("ok")):
@@ -335,6 +349,8 @@ def _print_checks(checks: Iterable[Any], *, only_failed: bool = False, err: bool
 
 
 def _print_errors(data: Mapping[str, Any]) -> None:
+    from rich.table import Table
+
     console = _console()
     groups = data.get("groups") or []
     records = data.get("records") or []

@@ -52,6 +52,29 @@ every online player's account from it (items are counted from the purchases
 journal). The tick count continues from the snapshot, so when it is older
 than the database the ticks in between are simulated again, on top of the
 committed money: nothing acknowledged is ever rolled back.
+
+Cross-check at start: the ack log, the snapshot and the database
+----------------------------------------------------------------
+Before it opens the database for writing, a datastore continuing a world
+(it was restored from a snapshot) checks, read-only, that the database still
+holds what was promised: every purchase in the ack log is in ``purchases``
+with the same player, amount, tick and item; the ack log has at least the
+acknowledgements the snapshot counted; and the database's last committed
+tick is not older than the snapshot's. A database emptied, replaced by an old
+copy or rewritten behind its back fails that check, and ``start`` raises
+:class:`supervisor.StartRefused` with one line (``supervisor run`` exits 2),
+leaving every file as it was. An operator who accepts the loss sets
+``[systems.datastore] accept_data_loss = true``: the run starts from what
+the database holds, logs ``datastore.data_loss`` with the figures, and new
+purchase ids continue after the highest acknowledged one, so no id a player
+was given is ever reused.
+
+A new world (nothing restored: ``supervisor run --fresh``, or the first run)
+never merges into an earlier world's database: if the database or the ack
+log already hold data, they (with the ``-wal`` and ``-shm`` files) are moved
+into a new ``aside-<UTC stamp>-<random>/`` folder beside the database, the
+way ``--fresh`` moves old snapshots aside, and ``datastore.moved_aside``
+names it. Nothing is ever deleted.
 """
 
 from __future__ import annotations
@@ -59,14 +82,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import tempfile
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
-from supervisor import Context
+from supervisor import Context, StartRefused
 
 from .economy import MAX_BALANCE, Batch, StoredAccount
 
@@ -107,6 +132,8 @@ _UPSERT_PLAYER = (
     "INSERT INTO players VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
     " balance = excluded.balance, earnings = excluded.earnings, paid_tick = excluded.paid_tick"
 )
+#: ``meta`` key: how many ack log lines an operator accepted as lost (``accept_data_loss``).
+_ACCEPTED = "acks_accepted"
 _SET_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 #: SQLite's default limit on ``?`` parameters is 32766; stay far below.
 _CHUNK = 500
@@ -130,12 +157,17 @@ class Datastore:
             (survives power loss too; an fsync per commit).
         autosave: seconds between WAL checkpoints on a background thread (0: SQLite's own).
         ack_log: the acknowledgement log; None: ``path`` with ``.acks``; "": none.
+        accept_data_loss: start even when the database lost acknowledged
+            purchases (see "Cross-check at start"); the loss is logged.
     """
 
     path: str | None = None
     synchronous: str = attrs.field(default="NORMAL", converter=_synchronous)
     autosave: float = 10.0
     ack_log: str | None = None
+    accept_data_loss: bool = attrs.field(
+        default=False, validator=attrs.validators.instance_of(bool)
+    )
     name: str = "datastore"
 
     critical: ClassVar[bool] = True
@@ -149,6 +181,8 @@ class Datastore:
     last_commit_tick: int = attrs.field(init=False, default=-1)
     autosaves: int = attrs.field(init=False, default=0)
     autosave_error: str | None = attrs.field(init=False, default=None)
+    #: The highest purchase id in the ack log, read at start: ids continue after it.
+    acked_max_id: int = attrs.field(init=False, default=0)
 
     _conn: sqlite3.Connection | None = attrs.field(init=False, default=None)
     _ack_fd: int | None = attrs.field(init=False, default=None)
@@ -158,6 +192,7 @@ class Datastore:
     _halt: threading.Event = attrs.field(init=False, factory=threading.Event)
     _thread: threading.Thread | None = attrs.field(init=False, default=None)
     _log: Any = attrs.field(init=False, default=None)
+    _restored: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
         if self.autosave < 0:
@@ -187,7 +222,17 @@ class Datastore:
         # A batch held back by a failed commit before a stop was never
         # acknowledged; the database, reloaded below, is the truth.
         self._held = None
+        continuing = self._restored or self.last_commit_tick >= 0
+        self._restored = False
+        accepted = None
+        if continuing:
+            accepted = self._cross_check(ctx)
+        else:
+            self._set_aside_old_world(ctx)
         self._open()
+        if accepted is not None:
+            # Recorded, so the next start checks only what came after the accepted loss.
+            self._require().execute(_SET_META, (_ACCEPTED, accepted))
         self._started = True
         stored_tick = self._meta("last_tick")
         assert self._economy is not None
@@ -288,6 +333,7 @@ class Datastore:
         }
 
     def restore(self, state: dict[str, Any]) -> None:
+        self._restored = True
         self.commits = int(state["commits"])
         self.rows_written = int(state["rows_written"])
         self.acks_written = int(state["acks_written"])
@@ -317,10 +363,84 @@ class Datastore:
         return {pid: StoredAccount(b, e, p, items) for pid, (b, e, p, items) in found.items()}
 
     def last_ids(self) -> tuple[int, int]:
+        """The last ledger seq and purchase id (an acknowledged id counts, even if lost)."""
         conn = self._require()
         (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()
         (pid,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM purchases").fetchone()
-        return int(seq), int(pid)
+        return int(seq), max(int(pid), self.acked_max_id)
+
+    # ------------------------------------------------------------------ start-up checks
+
+    def _cross_check(self, ctx: Context) -> int | None:
+        """Refuse (or, with ``accept_data_loss``, log) a database that lost acknowledged data.
+
+        Read-only and before :meth:`_open`, so a refusal changes no file.
+
+        Returns:
+            The ack log lines to record as accepted when a loss was accepted, else None.
+
+        Raises:
+            StartRefused: the database contradicts the ack log or the snapshot.
+        """
+        path = self._require_path()
+        check = _check_against_acks(path, self.ack_path)
+        self.acked_max_id = check.max_id
+        problems = []
+        if check.missing:
+            problems.append(
+                f"{check.missing:,} of {check.acks:,} acknowledged purchases are missing or"
+                f" different (first: id {check.first_missing})"
+            )
+        if check.acks < self.acks_written:
+            problems.append(
+                f"the ack log holds {check.acks:,} acknowledgements, the snapshot counted"
+                f" {self.acks_written:,}"
+            )
+        if self.last_commit_tick >= 0 and (check.db_tick or -1) < self.last_commit_tick:
+            last = "none" if check.db_tick is None else f"tick {check.db_tick}"
+            problems.append(
+                f"its last commit is {last}, the snapshot saw one at tick {self.last_commit_tick}"
+            )
+        if not problems:
+            ctx.log.info("datastore.verified", acknowledged=check.acks, database_tick=check.db_tick)
+            return None
+        if not self.accept_data_loss:
+            raise StartRefused(
+                f"the database {path} lost acknowledged data: {'; '.join(problems)}. Restore it"
+                " from a backup, or set [systems.datastore] accept_data_loss = true to start"
+                " from what it holds (the loss is logged)"
+            )
+        ctx.log.error(
+            "datastore.data_loss",
+            database=path,
+            problems=problems,
+            missing=check.missing,
+            acknowledged=check.acks,
+            detail="accept_data_loss = true: starting from what the database holds",
+        )
+        return check.acks
+
+    def _set_aside_old_world(self, ctx: Context) -> None:
+        """A new world: move an earlier world's database and ack log aside, never into it."""
+        db = Path(self._require_path())
+        files = [Path(f"{db}{suffix}") for suffix in ("", "-wal", "-shm")]
+        ack = self.ack_path
+        if ack is not None:
+            files.append(ack)
+        old = [f for f in files if f.exists() and f.stat().st_size > 0]
+        if not any(f in (db, ack) for f in old):
+            return
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        # mkdtemp: a new folder with a unique name, even for two moves in one second.
+        aside = Path(tempfile.mkdtemp(prefix=f"aside-{stamp}-", dir=db.parent))
+        for f in old:
+            os.rename(f, aside / f.name)
+        ctx.log.warning(
+            "datastore.moved_aside",
+            folder=str(aside),
+            files=[f.name for f in old],
+            detail="a new world: the earlier world's database is kept there, not reused",
+        )
 
     # ------------------------------------------------------------------ inside
 
@@ -476,6 +596,90 @@ def audit(path: str | os.PathLike[str]) -> list[str]:
     finally:
         conn.close()
     return problems
+
+
+@attrs.frozen
+class _AckCheck:
+    """What :func:`_check_against_acks` found."""
+
+    acks: int
+    missing: int
+    first_missing: int | None
+    max_id: int
+    db_tick: int | None
+
+
+def _check_against_acks(db: str, acks: Path | None) -> _AckCheck:
+    """Compare the ack log with the database, read-only, ``_CHUNK`` lines at a time."""
+    db_tick = None
+    count = missing = max_id = accepted = 0
+    first: int | None = None
+    conn = None
+    if Path(db).exists():
+        conn = sqlite3.connect(f"{Path(db).absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        if conn is not None and _has_table(conn, "meta"):
+            meta = dict(conn.execute("SELECT key, value FROM meta"))
+            db_tick = meta.get("last_tick")
+            # The first ``accepted`` acks were lost once and the loss accepted.
+            accepted = meta.get(_ACCEPTED, 0)
+        has_purchases = conn is not None and _has_table(conn, "purchases")
+        for chunk in _ack_chunks(acks):
+            count += len(chunk)
+            max_id = max(max_id, *(a[0] for a in chunk))
+            checked = chunk[max(accepted - count + len(chunk), 0) :]
+            if not checked:
+                continue
+            stored: dict[int, tuple[Any, ...]] = {}
+            if has_purchases:
+                assert conn is not None
+                marks = ",".join("?" * len(checked))  # only placeholders are formatted in
+                stored = {
+                    row[0]: tuple(row[1:])
+                    for row in conn.execute(
+                        "SELECT id, player, amount, tick, item FROM purchases"
+                        f" WHERE id IN ({marks})",
+                        [a[0] for a in checked],
+                    )
+                }
+            for ack in checked:
+                if stored.get(ack[0]) != ack[1:]:
+                    missing += 1
+                    first = ack[0] if first is None else first
+    finally:
+        if conn is not None:
+            conn.close()
+    return _AckCheck(count, missing, first, max_id, db_tick)
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    return conn.execute(sql, (name,)).fetchone() is not None
+
+
+def _ack_chunks(path: Path | None) -> Iterator[list[tuple[int, int, int, int, str]]]:
+    """The ack log's lines as ``(id, player, amount, tick, item)``, ``_CHUNK`` at a time.
+
+    A last line without its newline (a write cut by a full disk) is not an
+    acknowledgement: the reply is only sent once the whole line is written.
+    """
+    if path is None or not path.exists():
+        return
+    chunk: list[tuple[int, int, int, int, str]] = []
+    with path.open("rb") as lines:
+        for raw in lines:
+            if not raw.endswith(b"\n"):
+                break
+            pid, player, amount, tick, item = raw.decode().split(" ")
+            item = item.rstrip("\n")
+            chunk.append(
+                (int(pid), int(player), int(amount), int(tick), "" if item == "-" else item)
+            )
+            if len(chunk) == _CHUNK:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -66,9 +66,10 @@ def short_tmp() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _serve(tmp: Path, phase: str) -> Iterator[Server]:
-    rig = make_rig(tmp, "dev-unix" if phase == "development" else "prod-unix")
-    listen = f"unix:{tmp / 'supervisor.sock'}"
+def _serve(tmp: Path, mode: str) -> Iterator[Server]:
+    rig = make_rig(tmp, mode)
+    tcp = mode.endswith("-tcp")
+    listen = "127.0.0.1:0" if tcp else f"unix:{tmp / 'supervisor.sock'}"
     started = threading.Event()
     state: dict[str, Any] = {}
 
@@ -77,7 +78,7 @@ def _serve(tmp: Path, phase: str) -> Iterator[Server]:
         with trio.CancelScope() as scope:
             state["scope"] = scope
             async with trio.open_nursery() as nursery:
-                await nursery.start(serve_api, rig.app, listen)
+                state["bound"] = await nursery.start(serve_api, rig.app, listen)
                 started.set()
 
     def thread_main() -> None:
@@ -93,7 +94,8 @@ def _serve(tmp: Path, phase: str) -> Iterator[Server]:
     assert started.wait(10)
     assert "error" not in state, state.get("error")
     try:
-        yield Server(fake=rig.fake, listen=listen, audit_path=rig.audit.path)
+        bound = f"http://{state['bound']}" if tcp else listen
+        yield Server(fake=rig.fake, listen=bound, audit_path=rig.audit.path)
     finally:
         trio.from_thread.run_sync(state["scope"].cancel, trio_token=state["token"])
         thread.join(10)
@@ -103,13 +105,19 @@ def _serve(tmp: Path, phase: str) -> Iterator[Server]:
 @pytest.fixture
 def server(short_tmp: Path) -> Iterator[Server]:
     """A supervisor API in DEVELOPMENT: the socket's owner is an operator without a token."""
-    yield from _serve(short_tmp, "development")
+    yield from _serve(short_tmp, "dev-unix")
 
 
 @pytest.fixture
 def prod_server(short_tmp: Path) -> Iterator[Server]:
-    """A supervisor API in PRODUCTION: tokens required."""
-    yield from _serve(short_tmp, "production")
+    """A supervisor API in PRODUCTION on its Unix socket: its owner (us) is an operator."""
+    yield from _serve(short_tmp, "prod-unix")
+
+
+@pytest.fixture
+def tcp_server(short_tmp: Path) -> Iterator[Server]:
+    """A supervisor API on loopback TCP: every request but the probes needs a token."""
+    yield from _serve(short_tmp, "dev-tcp")
 
 
 class TestReadCommands:
@@ -162,8 +170,10 @@ class TestActions:
         assert result.exit_code == 0, result.output
         assert result.stdout.strip() == "shutdown: stopping"
         assert server.fake.stopped
-        entry = json.loads(server.audit_path.read_text())
-        assert entry["arguments"] == {"emergency": False, "reason": "patch day"}
+        entries = [json.loads(line) for line in server.audit_path.read_text().splitlines()]
+        # Fail closed: the attempt is on disk before the action, the result after it.
+        assert [e["stage"] for e in entries] == ["attempt", "result"]
+        assert entries[-1]["arguments"] == {"emergency": False, "reason": "patch day"}
 
     def test_emergency_then_restart(self, server: Server) -> None:
         """shutdown --emergency, then restart."""
@@ -196,24 +206,30 @@ class TestActions:
 
 
 class TestAuth:
-    def test_token_required_outside_development(self, prod_server: Server) -> None:
-        """Without SUPERVISOR_TOKEN in production: exit 1 and a hint to set it."""
-        result = prod_server.run("status")
+    def test_socket_owner_needs_no_token_in_production(self, prod_server: Server) -> None:
+        """SO_PEERCRED: the 0600 socket's owner acts as operator, so no lock-out."""
+        assert prod_server.run("status").exit_code == 0
+        assert prod_server.run("shutdown", "--reason", "night").exit_code == 0
+        assert prod_server.fake.stopped
+
+    def test_token_required_on_tcp(self, tcp_server: Server) -> None:
+        """Without SUPERVISOR_TOKEN on TCP: exit 1 and a hint to set it."""
+        result = tcp_server.run("status")
         assert result.exit_code == 1
         assert result.stderr.strip() == (
             "supervisor: error: a token is required: send it in the Authorization header "
             "as Bearer <token> (set SUPERVISOR_TOKEN)"
         )
 
-    def test_viewer_reads_operator_acts(self, prod_server: Server) -> None:
+    def test_viewer_reads_operator_acts(self, tcp_server: Server) -> None:
         """A viewer token may read but not shut down (403, exit 1); an operator may."""
-        assert prod_server.run("status", token=VIEWER_TOKEN).exit_code == 0
-        result = prod_server.run("shutdown", token=VIEWER_TOKEN)
+        assert tcp_server.run("status", token=VIEWER_TOKEN).exit_code == 0
+        result = tcp_server.run("shutdown", token=VIEWER_TOKEN)
         assert result.exit_code == 1
         assert "needs operator" in result.stderr
-        assert not prod_server.fake.stopped
-        assert prod_server.run("shutdown", token=OPERATOR_TOKEN).exit_code == 0
-        assert prod_server.fake.stopped
+        assert not tcp_server.fake.stopped
+        assert tcp_server.run("shutdown", token=OPERATOR_TOKEN).exit_code == 0
+        assert tcp_server.fake.stopped
 
     def test_wrong_token(self, server: Server) -> None:
         """A wrong token is refused even on the development socket."""
