@@ -458,6 +458,9 @@ class SnapshotStore:
 
         Returns:
             One entry per snapshot file, newest tick first.
+
+        Raises:
+            SnapshotError: The folder exists but cannot be listed.
         """
         infos: list[SnapshotInfo] = []
         for tick, path in self._snapshot_files():
@@ -477,10 +480,15 @@ class SnapshotStore:
         Returns:
             The newest snapshot that reads back intact (``None`` if there is
             none), and the errors of the newer snapshot files that were
-            skipped because they are corrupt, newest first.
+            skipped because they are corrupt, newest first (or the one error
+            saying the folder cannot be listed).
         """
         errors: list[SnapshotError] = []
-        for _tick, path in self._snapshot_files():
+        try:
+            files = self._snapshot_files()
+        except SnapshotError as exc:
+            return None, [exc]
+        for _tick, path in files:
             try:
                 snap = self.read(path)
             except SnapshotError as exc:
@@ -500,6 +508,9 @@ class SnapshotStore:
 
         Corrupt files count: they are still state an operator may want back
         (``run`` refuses to start a fresh world over them, see the CLI).
+
+        Raises:
+            SnapshotError: The folder exists but cannot be listed.
         """
         return bool(self._snapshot_files())
 
@@ -512,6 +523,7 @@ class SnapshotStore:
             The new folder, or ``None`` when there was nothing to move.
 
         Raises:
+            SnapshotError: The folder exists but cannot be listed.
             OSError: If the folder cannot be created or a file cannot be moved
                 (the ones already moved stay moved; nothing is deleted).
         """
@@ -599,11 +611,20 @@ class SnapshotStore:
         _fsync_directory(self.directory.parent)
 
     def _snapshot_files(self) -> list[tuple[int, Path]]:
-        """List ``(tick, path)`` of the snapshot files, newest tick first."""
+        """List ``(tick, path)`` of the snapshot files, newest tick first.
+
+        Raises:
+            SnapshotError: The folder exists but cannot be listed (not a
+                folder, no permission).
+        """
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise SnapshotError(
+                self.directory, f"cannot list the snapshot folder: {exc.strerror or exc}"
+            ) from None
         found = []
         for name in names:
             match = _SNAPSHOT_NAME.fullmatch(name)
