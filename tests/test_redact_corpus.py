@@ -1,0 +1,146 @@
+"""The redaction corpus through :meth:`Redactor.text`: every secret hidden, every innocent kept.
+
+The corpus (``tests/redaction_corpus.py``) is shared with the surface test,
+which runs the same samples through a real supervisor. Here each sample is
+checked alone, inside a log-like sentence, next to numbers that must survive,
+as an ``int`` where it is one, and twice (idempotence).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from redaction_corpus import INNOCENT, POLICY, SECRETS, SHAPES, Secret
+
+from supervisor._redact import PLACEHOLDERS, Redactor
+
+RED = Redactor()
+
+#: Shapes whose rule takes the rest of the line (a Cookie header's pairs).
+TO_END_OF_LINE = frozenset({"cookie"})
+
+
+def _ids(secret: Secret) -> str:
+    return f"{secret.shape}:{secret.text[:24]}"
+
+
+class TestCorpusSize:
+    """The corpus is as broad as the issue asks."""
+
+    def test_counts(self) -> None:
+        """At least 80 secrets over at least 20 shapes, and at least 40 innocent strings."""
+        assert len(SECRETS) >= 80
+        assert len(SHAPES) >= 20
+        assert len(INNOCENT) >= 40
+
+    def test_needles_are_in_their_text(self) -> None:
+        """Every needle (what a surface must never show) is part of its sample."""
+        for secret in SECRETS:
+            for needle in secret.needles:
+                assert needle in secret.text, secret
+
+
+class TestSecrets:
+    """Every secret is replaced by its placeholder."""
+
+    @pytest.mark.parametrize("secret", SECRETS, ids=_ids)
+    def test_alone(self, secret: Secret) -> None:
+        """The sample alone becomes exactly ``redacted``."""
+        assert RED.text(secret.text) == secret.redacted
+
+    @pytest.mark.parametrize("secret", SECRETS, ids=_ids)
+    def test_in_a_log_line(self, secret: Secret) -> None:
+        """Inside a sentence with ticks, durations and a timestamp, only the secret changes."""
+        head = "tick 48213 at 2026-12-01T14:26:32Z took 0.000679988 s: "
+        tail = " (attempt 3 of 5, v1.2.3)"
+        if secret.shape in TO_END_OF_LINE:
+            tail = "\n" + tail
+        assert RED.text(f"{head}{secret.text}{tail}") == f"{head}{secret.redacted}{tail}"
+
+    @pytest.mark.parametrize("secret", SECRETS, ids=_ids)
+    def test_no_needle_survives_in_json(self, secret: Secret) -> None:
+        """Redacted inside a structure and serialised, no needle is left, escaped or not."""
+        record = RED.value({"message": f"failed for {secret.text}", "args": [secret.text]})
+        for dump in (json.dumps(record), json.dumps(record, ensure_ascii=False)):
+            for needle in secret.needles:
+                assert needle not in dump
+                assert json.dumps(needle)[1:-1] not in dump
+
+    @pytest.mark.parametrize("secret", SECRETS, ids=_ids)
+    def test_idempotent(self, secret: Secret) -> None:
+        """Redacting the redacted text again changes nothing."""
+        once = RED.text(f"x {secret.text} y")
+        assert RED.text(once) == once
+
+    def test_every_sample_in_one_message(self) -> None:
+        """All samples joined in one message: none leaks (rules do not shadow each other)."""
+        message = " | ".join(s.text for s in SECRETS)
+        out = RED.text(message)
+        for secret in SECRETS:
+            for needle in secret.needles:
+                assert needle not in out, (secret.shape, needle)
+        assert RED.text(out) == out
+
+    def test_card_numbers_as_ints(self) -> None:
+        """A card number held as an int (a captured local) is redacted too."""
+        for secret in SECRETS:
+            if secret.shape == "card" and secret.text.isdigit():
+                assert RED.value(int(secret.text)) == "[card]"
+
+
+class TestInnocent:
+    """What the logs are full of stays as it is."""
+
+    @pytest.mark.parametrize("item", INNOCENT, ids=lambda i: i.kind)
+    def test_unchanged(self, item: object) -> None:
+        """The string comes back equal."""
+        text = item.text  # type: ignore[attr-defined]
+        assert RED.text(text) == text
+
+    def test_innocent_next_to_secrets(self) -> None:
+        """Innocent text around a secret is kept around its placeholder."""
+        for item in INNOCENT:
+            line = f"{item.text} bob@example.com {item.text}"
+            assert RED.text(line) == f"{item.text} [email] {item.text}", item.kind
+
+
+class TestPolicy:
+    """Decisions pinned: loopback, near misses, key before shape."""
+
+    @pytest.mark.parametrize(("name", "text", "expected"), POLICY, ids=[p[0] for p in POLICY])
+    def test_policy(self, name: str, text: str, expected: str) -> None:
+        """Each decision as the module docstring states it."""
+        assert RED.text(text) == expected
+
+
+class TestSnakeCaseNames:
+    """Secrets glued into identifiers by ``_`` (gauge names, metric labels) are found."""
+
+    @pytest.mark.parametrize(
+        ("name", "expected"),
+        [
+            ("g_4111111111111111", "g_[card]"),
+            ("aws_AKIAIOSFODNN7EXAMPLE", "aws_[token]"),
+            ("x_ghp_1a2B3c4D5e6F7g8H9i0JkLmNoPqRsTuVwXyZ", "x_[token]"),
+            ("iban_DE89370400440532013000", "iban_[iban]"),
+            ("players_online", "players_online"),
+            ("task_live_abcdefghijk", "task_live_abcdefghijk"),
+        ],
+    )
+    def test_identifier(self, name: str, expected: str) -> None:
+        """``_`` is a boundary for cards, keys and IBANs; letters and digits are not."""
+        assert RED.text(name) == expected
+
+
+def test_placeholders_match_no_rule() -> None:
+    """Every placeholder, alone or joined to digits and separators, is left alone."""
+    for placeholder in PLACEHOLDERS:
+        for text in (
+            placeholder,
+            f"{placeholder} 020 7946",
+            f"+1 {placeholder}",
+            f"{placeholder}@x.org",
+        ):
+            assert RED.text(RED.text(text)) == RED.text(text)
+        assert RED.text(placeholder) == placeholder
