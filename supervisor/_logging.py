@@ -1,4 +1,24 @@
-"""Structured logging with structlog: configured once, free when filtered out."""
+"""Structured logging with structlog: configured once, free when filtered out.
+
+The processor chain, in order, and why:
+
+1. ``format_exc_info``: an ``exc_info`` (``log.exception``, ``exc_info=True``
+   or an exception object) becomes a plain traceback string under
+   ``exception``, without local variables. Rich's console traceback shows
+   every frame's locals (passwords, player e-mails, tokens) and renders them
+   *after* every processor ran, so nothing could redact them.
+2. the caller's ``processors`` (the redactor): they see the formatted
+   exception text like any other value, in both formats.
+3. level and timestamp: added after redaction, which has nothing to find in
+   them and would only spend time on a timestamp.
+4. the :class:`Renderer`, console or JSON. Its console renderer is also given
+   the plain formatter, should an ``exc_info`` ever get that far.
+
+Lines are written by structlog's ``WriteLogger``: each line and its newline in
+one ``write`` call (``PrintLogger`` uses ``print``, which writes the text and
+the newline separately, so a live status line redrawn in between could land
+inside a log line).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +35,7 @@ _LEVELS = {
     "info": logging.INFO,
     "warning": logging.WARNING,
     "error": logging.ERROR,
+    "critical": logging.CRITICAL,
 }
 
 
@@ -29,7 +50,10 @@ class Renderer:
     def __init__(self, fmt: str, colors: bool) -> None:
         self.format = fmt
         self._json = structlog.processors.JSONRenderer()
-        self._console = structlog.dev.ConsoleRenderer(colors=colors)
+        # plain_traceback: no rich frames with locals, whatever is installed.
+        self._console = structlog.dev.ConsoleRenderer(
+            colors=colors, exception_formatter=structlog.dev.plain_traceback
+        )
 
     def __call__(self, logger: Any, name: str, event_dict: Any) -> Any:
         if self.format == "json":
@@ -48,22 +72,25 @@ def configure_logging(
     Args:
         fmt: ``"console"`` (readable, for people) or ``"json"`` (one object a line).
         level: the lowest level written; below it a log call is a bare return.
-        stream: where lines go (default: standard error).
-        processors: extra processors run before rendering (redaction, storm folding).
+        stream: where lines go (default: standard error, as it is at this call).
+        processors: extra processors run after exceptions are formatted and
+            before level, timestamp and rendering (redaction goes here).
 
     Returns:
         The renderer, whose ``format`` may be switched later.
     """
-    renderer = Renderer(fmt, colors=(stream or sys.stderr).isatty())
+    out = stream or sys.stderr
+    renderer = Renderer(fmt, colors=out.isatty())
     structlog.configure(
         processors=[
+            structlog.processors.format_exc_info,
+            *processors,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            *processors,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
     return renderer

@@ -106,9 +106,10 @@ Decisions (the corpus in ``tests/test_redact.py`` pins each of them):
 * :meth:`Redactor.text` is idempotent: redacting twice gives the same string
   as redacting once (placeholders never match any pattern).
 
-Place :meth:`Redactor.structlog_processor` last before the renderer: after
-``format_exc_info`` / ``dict_tracebacks`` (so tracebacks are strings by then)
-and after anything that needs live objects in the event dict.
+Place :meth:`Redactor.structlog_processor` after ``format_exc_info`` /
+``dict_tracebacks`` (so tracebacks are strings by then) and after anything
+that needs live objects in the event dict; :func:`supervisor.configure_logging`
+does (exceptions, then redaction, then level, timestamp and the renderer).
 
 This is pattern matching: it catches the listed shapes, not every possible
 secret. A secret with no recognisable shape, outside a sensitive key, passes.
