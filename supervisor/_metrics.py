@@ -2,13 +2,22 @@
 
 Nothing is recorded twice: the tick histograms are re-bucketed from the
 supervisor's fine log-linear ones at scrape time, and per-system step time
-is a summary over each system's ring window. Labels are only system names
-and phase names (bounded), never player ids or messages.
+is a summary over each system's ring window. Labels are only system names,
+gauge names, phase names and fixed reason words (bounded), never player ids
+or messages.
+
+Belt and braces, whatever the core already did at the source: while
+redaction is on, every label value that is not one of our own constants (a
+system name, a gauge name, a reason key) goes through the redactor here; a
+gauge or resource value that is not a finite number is skipped (and
+counted in ``supervisor_gauges_skipped``) rather than turned into a failed
+scrape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -30,6 +39,27 @@ if TYPE_CHECKING:
 __all__ = ["LATENCY_BUCKETS", "SupervisorMetrics"]
 
 
+#: Reasons always exposed (0 until they happen), so the series are stable.
+_DROP_REASONS = (
+    "traceback_budget",
+    "group_evicted",
+    "log_fold_evicted",
+    "gauge_error",
+    "gauge_limit",
+)
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a float if it is a real, finite number (bool and int included), else None."""
+    if not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond a float's range
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
     counts = hist.cumulative(LATENCY_BUCKETS)
     buckets = [(repr(b), float(c)) for b, c in zip(LATENCY_BUCKETS, counts, strict=True)]
@@ -41,8 +71,14 @@ class _Collector(Collector):
     def __init__(self, sup: Supervisor) -> None:
         self._sup = sup
 
+    def _label(self) -> Callable[[str], str]:
+        """What a label value from the core goes through: the redactor while it is on."""
+        redactor = self._sup.redactor
+        return redactor.text if redactor.enabled else str
+
     def collect(self) -> Iterator[Metric]:
         sup = self._sup
+        label = self._label()
         yield CounterMetricFamily("supervisor_ticks", "Ticks run.", value=sup.tick)
         yield _histogram("supervisor_tick_duration_seconds", "Work time of each tick.", sup.work)
         yield _histogram(
@@ -89,16 +125,21 @@ class _Collector(Collector):
         quarantine = set(sup.quarantined())
         for name in sup.names:
             window = HistogramStats.from_values(sup.step_window(name))
+            system = label(name)
             for q, v in (("0.5", window.p50), ("0.95", window.p95), ("0.99", window.p99)):
                 step.add_sample(
-                    "supervisor_system_step_seconds", {"system": name, "quantile": q}, v
+                    "supervisor_system_step_seconds", {"system": system, "quantile": q}, v
                 )
-            step.add_sample("supervisor_system_step_seconds_count", {"system": name}, window.count)
             step.add_sample(
-                "supervisor_system_step_seconds_sum", {"system": name}, window.mean * window.count
+                "supervisor_system_step_seconds_count", {"system": system}, window.count
             )
-            errors.add_metric([name], counts.get(name, 0))
-            quarantined.add_metric([name], 1.0 if name in quarantine else 0.0)
+            step.add_sample(
+                "supervisor_system_step_seconds_sum",
+                {"system": system},
+                window.mean * window.count,
+            )
+            errors.add_metric([system], counts.get(name, 0))
+            quarantined.add_metric([system], 1.0 if name in quarantine else 0.0)
         yield step
         yield errors
         yield quarantined
@@ -106,9 +147,23 @@ class _Collector(Collector):
         gauges = GaugeMetricFamily(
             "supervisor_gauge", "Gauges reported by systems (ctx.report).", labels=["name"]
         )
-        for key, value in sup.gauges.items():
-            gauges.add_metric([key], float(value))
+        skipped = 0
+        seen: set[str] = set()
+        # A copy: the gauges dict is the tick loop's, and is never iterated live.
+        for key, value in list(sup.gauges.items()):
+            number = _finite(value)
+            name = label(str(key))
+            if number is None or name in seen:  # two names redacted alike: keep the first
+                skipped += 1
+                continue
+            seen.add(name)
+            gauges.add_metric([name], number)
         yield gauges
+        yield CounterMetricFamily(
+            "supervisor_gauges_skipped",
+            "Gauges left out of this scrape: not a finite number, or a duplicate redacted name.",
+            value=skipped,
+        )
         res = sup.resources
         for key, doc in (
             ("rss_bytes", "Resident memory of the supervisor process."),
@@ -116,8 +171,9 @@ class _Collector(Collector):
             ("threads", "Threads of the supervisor process."),
             ("open_files", "Open file descriptors of the supervisor process."),
         ):
-            if key in res:
-                yield GaugeMetricFamily(f"supervisor_process_{key}", doc, value=res[key])
+            number = _finite(res.get(key))
+            if number is not None:
+                yield GaugeMetricFamily(f"supervisor_process_{key}", doc, value=number)
         yield _histogram(
             "supervisor_snapshot_stall_seconds",
             "Tick-loop time spent capturing periodic snapshots.",
@@ -128,8 +184,9 @@ class _Collector(Collector):
             "Error-recording work skipped to stay bounded, by reason.",
             labels=["reason"],
         )
-        for reason in ("traceback_budget", "group_evicted", "log_fold_evicted"):
-            dropped.add_metric([reason], sup.errors.dropped.get(reason, 0))
+        counts_dropped = sup.errors.dropped
+        for reason in sorted(set(_DROP_REASONS) | set(counts_dropped)):
+            dropped.add_metric([label(str(reason))], counts_dropped.get(reason, 0))
         yield dropped
         yield CounterMetricFamily(
             "supervisor_snapshot_failures",

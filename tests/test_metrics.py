@@ -288,7 +288,13 @@ class TestLabels:
                 if "quantile" in s.labels:
                     assert s.labels["quantile"] in {"0.5", "0.95", "0.99"}, s
                 if "reason" in s.labels:
-                    reasons = {"traceback_budget", "group_evicted", "log_fold_evicted"}
+                    reasons = {
+                        "traceback_budget",
+                        "group_evicted",
+                        "log_fold_evicted",
+                        "gauge_error",
+                        "gauge_limit",
+                    }
                     assert s.labels["reason"] in reasons, s
                 if "name" in s.labels:
                     assert s.labels["name"] in world_run.gauges, s
@@ -313,3 +319,90 @@ def series(sup: Supervisor) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
         for family in families(sup).values()
         for s in family.samples
     }
+
+
+class Reporter:
+    """Reports one gauge under a name of the test's choosing."""
+
+    name = "reporter"
+
+    def __init__(self, gauge: str) -> None:
+        self.gauge = gauge
+
+    def tick(self, ctx: Any) -> None:
+        ctx.report(self.gauge, 7)
+
+
+def _with_raw_gauges(phase: str, gauges: dict[str, object]) -> Supervisor:
+    """A supervisor run in ``phase``, then given gauges straight into its table.
+
+    Writing into ``sup.gauges`` skips the core's validation and redaction at
+    the source: what the collector does on its own is what is tested.
+    """
+    sup = run_systems(Heartbeat(), ticks=3, tick_rate=RATE, phase=phase).supervisor
+    sup.gauges.update(gauges)  # type: ignore[arg-type]  # deliberately not floats
+    return sup
+
+
+class TestRedactedLabels:
+    """Label values from the core pass the redactor while redaction is on."""
+
+    def test_gauge_name_redacted_in_testing(self) -> None:
+        """A raw e-mail or card in a gauge name is never a label value outside development."""
+        sup = _with_raw_gauges("testing", {"bob@example.com": 1.0, "g_4111111111111111": 2.0})
+        body = sup.metrics_text()[0].decode()
+        assert "bob@example.com" not in body
+        assert "4111111111111111" not in body
+        fams = families(sup)
+        assert value(fams, "supervisor_gauge", name="[email]") == 1.0
+        assert value(fams, "supervisor_gauge", name="g_[card]") == 2.0
+
+    def test_gauge_name_kept_in_development(self) -> None:
+        """Redaction off (development): the name is shown as reported."""
+        sup = _with_raw_gauges("development", {"g_4111111111111111": 2.0})
+        assert value(families(sup), "supervisor_gauge", name="g_4111111111111111") == 2.0
+
+    def test_reported_secret_gauge_name_end_to_end(self) -> None:
+        """Through ctx.report in testing: the card in the name never reaches the exposition."""
+        run = run_systems(Reporter("g_4111111111111111"), ticks=3, tick_rate=RATE, phase="testing")
+        body = run.supervisor.metrics_text()[0].decode()
+        assert "4111111111111111" not in body
+        assert 'supervisor_gauge{name="g_[card]"} 7.0' in body
+
+    def test_two_names_redacted_alike_are_one_series(self) -> None:
+        """Two e-mails in two gauge names redact to one label: kept once, the other skipped."""
+        sup = _with_raw_gauges("testing", {"a@example.com": 1.0, "b@example.com": 2.0})
+        fams = families(sup)
+        assert value(fams, "supervisor_gauge", name="[email]") == 1.0
+        assert value(fams, "supervisor_gauges_skipped") == 1.0
+
+
+class TestBadGaugeValues:
+    """A gauge that is not a finite number is skipped; the scrape never fails."""
+
+    def test_non_numbers_and_non_finite_are_skipped(self) -> None:
+        """NaN, infinities, strings, None, a huge int and an object: skipped and counted."""
+        bad: dict[str, object] = {
+            "nan": math.nan,
+            "inf": math.inf,
+            "ninf": -math.inf,
+            "text": "12",
+            "none": None,
+            "huge": 10**400,
+            "obj": object(),
+        }
+        sup = _with_raw_gauges("testing", {**bad, "ok": 3, "flag": True})
+        fams = families(sup)
+        names = {s.labels["name"] for s in samples(fams["supervisor_gauge"])}
+        assert names == {"ok", "flag"}
+        assert value(fams, "supervisor_gauge", name="ok") == 3.0
+        assert value(fams, "supervisor_gauge", name="flag") == 1.0
+        assert value(fams, "supervisor_gauges_skipped") == len(bad)
+
+    def test_bad_resource_value_is_left_out(self) -> None:
+        """A non-finite process figure is left out instead of failing the scrape."""
+        sup = run_systems(Heartbeat(), ticks=3, tick_rate=RATE).supervisor
+        sup.resources = {"rss_bytes": math.nan, "threads": 4.0}
+        fams = families(sup)
+        assert "supervisor_process_rss_bytes" not in fams
+        assert value(fams, "supervisor_process_threads") == 4.0
