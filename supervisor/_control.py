@@ -108,11 +108,21 @@ class Controlled(Protocol):
         ...
 
     def liveness(self) -> tuple[bool, str]:
-        """(alive, detail): the tick loop made progress recently, or the emergency handler runs."""
+        """(alive, detail): the tick loop made progress recently, or the emergency handler runs.
+
+        Anonymous callers read it: the detail is fixed words and numbers only
+        ("emergency_shutdown", "no tick for 1.20 s (limit 1.00 s)"), never free
+        text, and no plugin code runs to answer.
+        """
         ...
 
     def readiness_gate(self) -> tuple[bool, list[str]]:
-        """(ready, reasons): not in EMERGENCY_SHUTDOWN and no system unhealthy or quarantined."""
+        """(ready, reasons): not in EMERGENCY_SHUTDOWN and no system unhealthy or quarantined.
+
+        Reasons are fixed words and system names only ("emergency_shutdown",
+        "quarantined: economy", "unhealthy: x", "not ticking yet"); health is
+        the value cached by the tick loop, so no plugin code runs to answer.
+        """
         ...
 
     def readiness(self) -> ReadinessReport:
@@ -120,7 +130,7 @@ class Controlled(Protocol):
         ...
 
     def error_view(self, *, limit: int, system: str | None) -> dict[str, Any]:
-        """Recent error records and groups by fingerprint, JSON-ready (already redacted)."""
+        """Recent error records and groups by fingerprint, JSON-ready (redacted when made)."""
         ...
 
     def metrics_text(self) -> tuple[bytes, str]:
@@ -132,11 +142,20 @@ class Controlled(Protocol):
         ...
 
     async def restart(self, *, caller: Caller) -> dict[str, Any]:
-        """Rebuild the systems from preserved state. Raises Refused when not allowed."""
+        """Rebuild the systems from preserved state.
+
+        Raises Refused when not allowed, or when a critical system's
+        constructor failed (the supervisor is then in EMERGENCY_SHUTDOWN with
+        its state preserved; the payload says so).
+        """
         ...
 
     async def change_phase(
         self, phase: str, *, force: bool, reason: str, caller: Caller
     ) -> dict[str, Any]:
-        """Move to ``phase``. Raises Refused (with the readiness report) when not allowed."""
+        """Move to ``phase``. Raises Refused (with the readiness report) when not allowed.
+
+        Leaving DEVELOPMENT with no ``[api] tokens`` needs ``force``; leaving
+        PRODUCTION (but for an emergency) needs ``force`` and a ``reason``.
+        """
         ...

@@ -736,8 +736,10 @@ class Supervisor:
 
         Building it runs plugin code (``__str__``, ``__notes__``...), guarded in
         ``make_record``; the slot is marked meanwhile so that the watchdog
-        interrupts a ``__str__`` that hangs.
+        interrupts a ``__str__`` that hangs. (A gauge error is recorded from
+        inside the system's own step: the marker is put back as it was.)
         """
+        marked = self._current
         self._current = slot
         self._call_seq += 1
         try:
@@ -747,7 +749,7 @@ class Supervisor:
                 slot, hook, StepInterrupted("recording this error hung and was interrupted"), kind
             )
         finally:
-            self._current = None
+            self._current = marked
             self._call_seq += 1
         self._last_record = record
         self.errors.add(record, formatted=record.traceback is not self._reused_tb)
@@ -1472,13 +1474,13 @@ class Supervisor:
                         raise
                     if not status.done and isinstance(exc, SupervisorError):
                         raise
+                    if trio.current_time() - began >= SERVICE_BACKOFF_MAX:
+                        delay = SERVICE_BACKOFF_INITIAL  # it ran a good while: a fresh failure
                     self._service_crashed(name, exc, delay)
                 else:
                     status.started()  # (nursery.start fails on a task that returns without it)
                     return  # a service that returns has finished its work
                 status.started()  # a service that crashed before started() must not hold up the run
-                if trio.current_time() - began >= SERVICE_BACKOFF_MAX:
-                    delay = SERVICE_BACKOFF_INITIAL
                 with trio.move_on_after(delay):
                     await self.closing.wait()
                 delay = min(delay * 2, SERVICE_BACKOFF_MAX)
