@@ -52,6 +52,7 @@ from ._profiles import MachineFacts, choose_profile, detect_facts
 from ._readiness import ReadinessFacts, assess, security_only
 from ._redact import Redactor
 from ._safecall import (
+    MESSAGE_CHARS,
     Breaker,
     BreakerState,
     ErrorLog,
@@ -673,7 +674,7 @@ class Supervisor:
     def stop(self, reason: str = "stop requested") -> None:
         """Stop gracefully after the current tick (systems stopped in reverse order)."""
         if not self._stop_reason:
-            self._stop_reason = self.redactor.text(reason)
+            self._stop_reason = self._text(reason)
         self._stopping = True
         self._stopped.set()
         self._wake.set()
@@ -683,10 +684,17 @@ class Supervisor:
         if self._emergency_reason is not None:
             return
         # Redacted once, here: every surface (status, snapshots, summary) shows this text.
-        self._emergency_reason = self.redactor.text(reason)
-        self._emergency_source = self.redactor.text(source)
+        self._emergency_reason = self._text(reason)
+        self._emergency_source = self._text(source)
         self._emergency_at = time.perf_counter()
         self._stopping = True
+
+    def _text(self, text: str) -> str:
+        """Free text someone else wrote (a reason, a caller): bounded, then redacted once."""
+        text = str.__str__(text) if isinstance(text, str) else "<not text>"
+        if len(text) > MESSAGE_CHARS:
+            text = text[:MESSAGE_CHARS] + "..."
+        return self.redactor.text(text)
 
     @property
     def emergency_reason(self) -> str | None:
@@ -1649,7 +1657,7 @@ class Supervisor:
 
     def _lifecycle(self, *, action: str, before: str, after: str, caller: str, reason: str) -> None:
         """Keep a lifecycle action that is not a phase move (its free text redacted when made)."""
-        text = self.redactor.text
+        text = self._text
         self._phases.history.append(
             LifecycleEvent(
                 time=self._wall(),
@@ -1690,7 +1698,7 @@ class Supervisor:
             self.emergency_info["source"] = self._emergency_source
 
     def _enter_phase(self, target: Phase, *, caller: str, reason: str, action: str) -> None:
-        text = self.redactor.text
+        text = self._text
         event = self._phases.move(
             target,
             time=self._wall(),
@@ -2187,6 +2195,7 @@ class Supervisor:
                 "problems": list(self.snapshot_problems),
             },
             redaction=self.redaction,
+            services={"failures": dict(self.service_failures)},
             optimizer=(
                 {
                     **self.optimizer.statistics().as_dict(),

@@ -871,6 +871,26 @@ class TestNaNGuards:
         assert (wd.hang_timeout, wd.kill_timeout) == (0.1, 1.0)
 
 
+def test_a_gauge_error_inside_a_step_leaves_the_step_watched() -> None:
+    """Recording a bad gauge mid-tick must not unmark the step: a hang after it is interrupted."""
+
+    class BadGaugeThenSpin:
+        name = "spin"
+
+        def tick(self, ctx: Any) -> None:
+            ctx.report("bad", "not a number")
+            if ctx.tick == 1:
+                deadline = time.monotonic() + 5.0
+                while time.monotonic() < deadline:
+                    time.sleep(0.001)
+
+    result = run_systems(
+        BadGaugeThenSpin(), ticks=3, tick_rate=30, config=_config(watchdog=FAST_WATCHDOG)
+    )
+    assert result.summary.ticks == 3
+    assert [(r.tick, r.kind) for r in result.errors] == [(0, "gauge"), (1, "interrupted")]
+
+
 def test_step_interrupted_stays_interrupted() -> None:
     """The watchdog's own interrupt is still a failure of kind 'interrupted'."""
 
