@@ -28,7 +28,14 @@ from ._profiles import MachineFacts
 from ._safecall import ErrorRecord
 from ._supervisor import RunSummary, Supervisor
 
-__all__ = ["FIXED_FACTS", "TestRun", "make_supervisor", "run_systems", "run_systems_async"]
+__all__ = [
+    "FIXED_FACTS",
+    "TestRun",
+    "Ticking",
+    "make_supervisor",
+    "run_systems",
+    "run_systems_async",
+]
 
 #: Machine facts used by the helpers, so a test picks the same profile on every machine.
 FIXED_FACTS = MachineFacts(
@@ -41,6 +48,25 @@ FIXED_FACTS = MachineFacts(
 )
 
 Systems = Iterable[Any] | Mapping[str, Any]
+
+
+class Ticking:
+    """A system that only counts its ticks: run it beside a faulty one to see the world go on.
+
+    ``ticks`` is how many times it was stepped; with ``gauge`` it also reports
+    that count under that name.
+    """
+
+    def __init__(self, name: str = "ticking", *, gauge: str | None = None) -> None:
+        self.name = name
+        self.gauge = gauge
+        self.ticks = 0
+
+    def tick(self, ctx: Any) -> None:
+        """Count the tick (and report it)."""
+        self.ticks += 1
+        if self.gauge is not None:
+            ctx.report(self.gauge, self.ticks)
 
 
 @attrs.frozen

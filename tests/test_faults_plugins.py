@@ -40,7 +40,7 @@ from supervisor._safecall import (
 )
 from supervisor._supervisor import MAX_TICK, _non_negative
 from supervisor._watchdog import Watchdog
-from supervisor.testing import make_supervisor, run_systems
+from supervisor.testing import Ticking, make_supervisor, run_systems
 
 OPERATOR = Caller("ops", "operator")
 #: Watchdog settings for the faults that hang in real time: short, so a test stays fast.
@@ -127,18 +127,6 @@ class Raiser:
         raise self.make()
 
 
-class Steady:
-    """Never fails; counts its ticks; reports a gauge."""
-
-    def __init__(self, name: str = "steady") -> None:
-        self.name = name
-        self.ticks = 0
-
-    def tick(self, ctx: Any) -> None:
-        self.ticks += 1
-        ctx.report("players", self.ticks)
-
-
 LOTS = {"recovery": {"max_restarts": 1_000, "window_seconds": 1.0}}
 
 
@@ -157,7 +145,7 @@ class TestHostileExceptions:
         self, exc: type[BaseException], message: str
     ) -> None:
         """make_record never lets a plugin's __str__ escape: 30 ticks, 30 records."""
-        hostile, steady = Raiser(exc), Steady()
+        hostile, steady = Raiser(exc), Ticking()
         result = run_systems(hostile, steady, ticks=30, tick_rate=30, config=_config(**LOTS))
         assert result.summary.ticks == 30
         assert (hostile.ran, steady.ticks) == (30, 30)
@@ -270,7 +258,7 @@ class TestBaseExceptionsInHooks:
         self, exc: type[BaseException], system_type: type[RaisesOn]
     ) -> None:
         """KeyboardInterrupt/GeneratorExit/SystemExit in tick: recorded, recovered, 30 ticks."""
-        system, steady = system_type(exc, {3, 7}), Steady()
+        system, steady = system_type(exc, {3, 7}), Ticking()
         result = run_systems(system, steady, ticks=30, tick_rate=30)
         assert result.summary.ticks == 30
         assert (system.ran, steady.ticks) == (30, 30)
@@ -283,11 +271,11 @@ class TestBaseExceptionsInHooks:
     def test_system_exit_in_start_quarantines_a_non_critical_system(self) -> None:
         """SystemExit in start(): that system is quarantined; the world ticks on."""
 
-        class ExitsOnStart(Steady):
+        class ExitsOnStart(Ticking):
             def start(self, ctx: Any) -> None:
                 raise SystemExit(3)
 
-        broken, steady = ExitsOnStart("broken"), Steady()
+        broken, steady = ExitsOnStart("broken"), Ticking()
         result = run_systems(broken, steady, ticks=30, tick_rate=30)
         assert result.summary.ticks == 30
         assert steady.ticks == 30
@@ -297,7 +285,7 @@ class TestBaseExceptionsInHooks:
     def test_system_exit_in_a_critical_start_is_a_startup_error(self) -> None:
         """SystemExit in a critical start(): StartupError, not an exit of the process."""
 
-        class CriticalExit(Steady):
+        class CriticalExit(Ticking):
             critical = True
 
             def start(self, ctx: Any) -> None:
@@ -326,7 +314,7 @@ class TestBaseExceptionsInHooks:
                 if ctx.tick == 4 and self.kept is not None:
                     raise self.kept
 
-        steady = Steady()
+        steady = Ticking()
         result = run_systems(Leaky(), steady, ticks=10, tick_rate=30)
         assert result.summary.ticks == 10
         assert steady.ticks == 10
@@ -376,7 +364,7 @@ class TestBaseExceptionsInHooks:
                     nursery.start_soon(trio.sleep_forever)
                     nursery.start_soon(boom)
 
-        steady = Steady()
+        steady = Ticking()
         result = run_systems(Nest(), Mixed(), steady, ticks=5, tick_rate=30, config=_config(**LOTS))
         assert (result.summary.ticks, steady.ticks) == (5, 5)
         kinds = {(r.system, r.exc_type, r.kind) for r in result.errors}
@@ -587,7 +575,7 @@ class TestHealth:
                 self.calls += 1
                 raise StrRaises
 
-        system, steady = Broken(), Steady()
+        system, steady = Broken(), Ticking()
         result = run_systems(
             system,
             steady,
@@ -619,7 +607,7 @@ class TestHealth:
 
         system = Hangs()
         sup = make_supervisor(
-            [system, Steady()],
+            [system, Ticking()],
             tick_rate=20,
             config=_config(watchdog=FAST_WATCHDOG, recovery={"max_restarts": 100}),
         )
@@ -838,7 +826,7 @@ class TestStartRefused:
     def test_start_refused_is_a_refused_startup_error(self, critical: bool) -> None:
         """StartRefused from start(), critical or not: StartupError(refused=True), its message."""
 
-        class Refuses(Steady):
+        class Refuses(Ticking):
             def start(self, ctx: Any) -> None:
                 raise StartRefused("the database lost 185 acknowledged purchases")
 

@@ -18,19 +18,7 @@ import trio.testing
 
 from supervisor import ConfigError, Supervisor
 from supervisor._supervisor import SERVICE_GRACE
-from supervisor.testing import make_supervisor
-
-
-class Ticks:
-    """Counts its ticks."""
-
-    name = "ticks"
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def tick(self, ctx: Any) -> None:
-        self.count += 1
+from supervisor.testing import Ticking, make_supervisor
 
 
 class Crashes:
@@ -58,6 +46,20 @@ def _run(sup: Supervisor, **kwargs: Any) -> Any:
     )
 
 
+async def _stubborn(
+    sup: Supervisor,
+    *,
+    ended: list[float],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """A service that ignores ``closing``: it returns only when cancelled (noted in ``ended``)."""
+    task_status.started()
+    try:
+        await trio.sleep_forever()
+    finally:
+        ended.append(trio.current_time())
+
+
 def _busy_group() -> BaseException:
     # As hypercorn's nursery raises it: a BusyResourceError inside an exception group.
     return ExceptionGroup("serve", [trio.BusyResourceError("another task is using this stream")])
@@ -68,11 +70,11 @@ class TestSupervisedServices:
         self,
     ) -> None:
         """Crashes 1 s after each start: restarted after 0.1, 0.2, 0.4, 0.8, 1.6 s; 100 ticks."""
-        ticks, service = Ticks(), Crashes(1.0, lambda: RuntimeError("boom"))
+        ticks, service = Ticking(), Crashes(1.0, lambda: RuntimeError("boom"))
         sup = make_supervisor([ticks], tick_rate=10)
         sup.services.append(service)
         summary = _run(sup, duration=10)
-        assert (summary.ticks, ticks.count) == (100, 100)
+        assert (summary.ticks, ticks.ticks) == (100, 100)
         assert service.starts == pytest.approx([0.0, 1.1, 2.3, 3.7, 5.5, 8.1])
         assert sup.service_failures == {"Crashes": 6}
         assert summary.exit_reason == "completed"
@@ -84,11 +86,11 @@ class TestSupervisedServices:
     )
     def test_busy_resource_error_over_and_over_never_ends_the_run(self, make: Any) -> None:
         """BusyResourceError at once after every start: 7 crashes in 10 s, 100 ticks, exit 0."""
-        ticks, service = Ticks(), Crashes(0.0, make)
+        ticks, service = Ticking(), Crashes(0.0, make)
         sup = make_supervisor([ticks], tick_rate=10)
         sup.services.append(service)
         summary = _run(sup, duration=10)
-        assert (summary.ticks, ticks.count) == (100, 100)
+        assert (summary.ticks, ticks.ticks) == (100, 100)
         # Backoff 0.1 s doubling: restarts at 0.1, 0.3, 0.7, 1.5, 3.1, 6.3 (then 12.7).
         assert service.starts == pytest.approx([0.0, 0.1, 0.3, 0.7, 1.5, 3.1, 6.3])
         assert sup.service_failures == {"Crashes": 7}
@@ -97,14 +99,14 @@ class TestSupervisedServices:
     def test_the_backoff_is_capped_and_resets_after_a_long_run(self) -> None:
         """A service that runs 20 s before each crash is restarted after 0.1 s every time."""
         service = Crashes(20.0, lambda: OSError("lost the socket"))
-        sup = make_supervisor([Ticks()], tick_rate=10)
+        sup = make_supervisor([Ticking()], tick_rate=10)
         sup.services.append(service)
         _run(sup, duration=65)
         assert service.starts == pytest.approx([0.0, 20.1, 40.2, 60.3])
 
     def test_a_crash_before_started_does_not_hold_up_the_run(self) -> None:
         """A service that raises before started(): counted, restarted; the systems start anyway."""
-        ticks, service = Ticks(), Crashes(0.0, KeyError, before_started=True)
+        ticks, service = Ticking(), Crashes(0.0, KeyError, before_started=True)
         sup = make_supervisor([ticks], tick_rate=10)
         sup.services.append(service)
         summary = _run(sup, duration=1)
@@ -119,12 +121,12 @@ class TestSupervisedServices:
         ) -> None:
             raise ConfigError("cannot listen on unix:/nope/x.sock", key="api.listen")
 
-        ticks = Ticks()
+        ticks = Ticking()
         sup = make_supervisor([ticks], tick_rate=10)
         sup.services.append(bad_listen)
         with pytest.raises(ConfigError, match="cannot listen"):
             _run(sup, ticks=5)
-        assert ticks.count == 0
+        assert ticks.ticks == 0
         assert sup.closing.is_set()
 
     def test_a_service_that_returns_is_not_restarted(self) -> None:
@@ -136,7 +138,7 @@ class TestSupervisedServices:
         ) -> None:
             calls.append(trio.current_time())
 
-        sup = make_supervisor([Ticks()], tick_rate=10)
+        sup = make_supervisor([Ticking()], tick_rate=10)
         sup.services.append(once)
         assert _run(sup, ticks=20).ticks == 20
         assert calls == [0.0]
@@ -157,7 +159,7 @@ class TestClosing:
             await trio.sleep(0.5)  # e.g. sends the answer in flight
             seen.append(("returned", trio.current_time()))
 
-        sup = make_supervisor([Ticks()], tick_rate=10)
+        sup = make_supervisor([Ticking()], tick_rate=10)
         sup.services.append(polite)
         _run(sup, ticks=10)
         assert [name for name, _ in seen] == ["closing", "returned"]
@@ -166,17 +168,9 @@ class TestClosing:
     def test_a_service_ignoring_closing_is_cancelled_after_the_grace(self) -> None:
         """A service that never returns gets SERVICE_GRACE seconds, then it is cancelled."""
         ended: list[float] = []
+        stubborn = functools.partial(_stubborn, ended=ended)
 
-        async def stubborn(
-            sup: Supervisor, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-        ) -> None:
-            task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                ended.append(trio.current_time())
-
-        sup = make_supervisor([Ticks()], tick_rate=10)
+        sup = make_supervisor([Ticking()], tick_rate=10)
         sup.services.append(stubborn)
         _run(sup, ticks=10)
         assert ended == [pytest.approx(0.9 + SERVICE_GRACE)]
@@ -184,15 +178,7 @@ class TestClosing:
     def test_a_forced_stop_gives_no_grace(self) -> None:
         """After a forced stop (a second signal) services are cancelled at once."""
         ended: list[float] = []
-
-        async def stubborn(
-            sup: Supervisor, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-        ) -> None:
-            task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                ended.append(trio.current_time())
+        stubborn = functools.partial(_stubborn, ended=ended)
 
         class Forces:
             name = "forces"
