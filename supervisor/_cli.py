@@ -91,7 +91,38 @@ def _usage_fail(exc: click.UsageError) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def _show_version(ctx: click.Context, _param: Any, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    import platform
+    from importlib import metadata
+
+    try:
+        version = metadata.version("tick-supervisor")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        version = "(not installed)"
+    click.echo(f"supervisor {version} (tick-supervisor) on Python {platform.python_version()}")
+    ctx.exit()
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=(
+        "The commands but run and systems talk to a running supervisor's API, with the "
+        "token from SUPERVISOR_TOKEN when set. Exit codes: 0 done; 1 refused or failed; "
+        "2 usage or config error, or a start refused on purpose; 3 run ended by an "
+        "emergency shutdown, state preserved; 4 emergency shutdown, state not preserved."
+    ),
+)
+@click.option(
+    "--version",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=_show_version,
+    help="Show the version and the Python it runs on.",
+)
 def cli() -> None:
     """A fixed-tick game-server supervisor."""
 

@@ -482,10 +482,20 @@ def restart(api: str | None, config_path: str | None) -> None:
     type=click.Choice(["development", "testing", "production"], case_sensitive=False),
 )
 @_api_options
-@click.option("--force", is_flag=True, help="Skip the readiness gate (refused in production).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Skip the readiness gate, or leave development without tokens (recorded).",
+)
 @click.option("--reason", default="", callback=_check_reason, help="Why (audit log).")
 def phase(target: str, api: str | None, config_path: str | None, force: bool, reason: str) -> None:
-    """Move the running supervisor to PHASE."""
+    """Move the running supervisor to PHASE: development, testing or production.
+
+    \b
+    Promotion to production passes the readiness gate unless --force.
+    Leaving development needs an [api] token in the config, or --force.
+    Leaving production (but for an emergency) needs --force and --reason.
+    """
     _post(
         api,
         config_path,

@@ -1,0 +1,99 @@
+"""``supervisor --help`` and the client commands load none of the server.
+
+A fresh ``pip install .`` once failed on every command, ``--help`` included,
+because the CLI imported the whole server (and httpx, then only in the test
+extra) at start-up. The CLI now imports the server inside ``run`` and the
+HTTP client and table renderer where a command uses them. Each test runs a
+fresh interpreter and compares its ``sys.modules`` with what ``import
+supervisor`` alone loads, so the check holds whatever the package's own
+``__init__`` imports.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+#: Modules only ``run`` (or a command that sends a request) may load. (rich is not
+#: among them: structlog's console renderer, which ``import supervisor`` loads, uses it.)
+HEAVY = (
+    "hypercorn",
+    "h11",
+    "httpx",
+    "httpcore",
+    "prometheus_client",
+    "supervisor._api",
+    "supervisor._metrics",
+    "supervisor._run",
+    "supervisor._listener",
+)
+
+PROBE = """
+import json, sys
+import supervisor
+base = set(sys.modules)
+{body}
+print(json.dumps(sorted(set(sys.modules) - base)))
+"""
+
+
+def _added(body: str) -> list[str]:
+    """The modules ``body`` loads beyond ``import supervisor``, in a fresh interpreter."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(body=body)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    added = json.loads(out.stdout.splitlines()[-1])
+    assert isinstance(added, list)
+    return added
+
+
+def _heavy(modules: list[str]) -> list[str]:
+    return [m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY)]
+
+
+def test_help_loads_no_server() -> None:
+    """``supervisor --help`` (the group and ``run --help``) imports none of HEAVY."""
+    body = """
+from supervisor._cli import cli
+for argv in ([\"--help\"], [\"run\", \"--help\"], [\"status\", \"--help\"]):
+    try:
+        cli.main(argv, prog_name="supervisor")
+    except SystemExit:
+        pass
+"""
+    added = _added(body)
+    assert "supervisor._cli" in added
+    assert _heavy(added) == []
+
+
+def test_a_client_command_loads_no_server() -> None:
+    """``supervisor status`` with nothing running fails in one line, without the server.
+
+    The request itself needs httpx; the server, metrics and tables are not loaded.
+    """
+    body = """
+from supervisor._cli import cli
+try:
+    cli.main(["status", "--api", "unix:/nonexistent/s.sock"], prog_name="supervisor")
+except SystemExit as exc:
+    assert exc.code == 1, exc.code
+"""
+    added = _added(body)
+    assert _heavy([m for m in added if not m.startswith(("httpx", "httpcore", "h11"))]) == []
+
+
+def test_the_package_loads_no_server() -> None:
+    """``import supervisor`` (the plugin author's import) loads no HTTP server or client."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, supervisor; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert _heavy(out.stdout.split()) == []
