@@ -185,6 +185,52 @@ class _Throttled:
         get_logger(component="api.server").warning(self.event, folded=folded, **fields)
 
 
+class _TaskGroup(TaskGroup):
+    """Hypercorn's task group, without its deadlock when an app answers before reading the body.
+
+    Upstream queues request messages for the app in a bounded channel
+    (``max_app_queue_size``) that nothing closes when the app returns. An app
+    that answers early (413 on a declared length, 401 before the body) while
+    the client keeps sending leaves the connection's reading task blocked on a
+    full channel forever, and the app's own last ``send`` blocks there too
+    (hypercorn queues ``http.disconnect`` from inside it): both tasks and the
+    connection slot are held until the process exits
+    (``tests/test_api_server.py::TestDeadlines::test_body_in_too_many_chunks_is_413``).
+    Here the channel is closed as soon as the app returns, messages for an app
+    that has returned are dropped, and the app's own task never blocks on its
+    own queue.
+    """
+
+    async def spawn_app(
+        self, app: Any, config: hypercorn.config.Config, scope: Any, send: Any
+    ) -> Callable[[Any], Awaitable[None]]:
+        put, get = trio.open_memory_channel[Any](config.max_app_queue_size)
+        app_task: list[trio.lowlevel.Task] = []
+
+        async def run_app() -> None:
+            app_task.append(trio.lowlevel.current_task())
+            try:
+                await app(scope, get.receive, send, trio.to_thread.run_sync, trio.from_thread.run)
+            except Exception:  # the app's own bug: logged as hypercorn does, then closed
+                await config.log.exception("Error in ASGI Framework")
+            finally:
+                get.close()
+                await send(None)
+
+        async def app_put(message: Any) -> None:
+            if app_task and trio.lowlevel.current_task() is app_task[0]:
+                # Queued from inside the app's own send: it cannot be reading now.
+                with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                    put.send_nowait(message)
+                return
+            with contextlib.suppress(trio.BrokenResourceError):  # the app has returned
+                await put.send(message)
+
+        assert self._nursery is not None
+        self._nursery.start_soon(run_app)
+        return app_put
+
+
 class _Http11Protocol(H11Protocol):
     """Hypercorn's HTTP/1.1 protocol without the switch to HTTP/2 (see the module docstring)."""
 
@@ -270,7 +316,7 @@ class _Connection(TCPServer):
                 secure = False
             client = parse_socket_addr(sock.family, sock.getpeername())
             server = parse_socket_addr(sock.family, sock.getsockname())
-            async with TaskGroup() as task_group:
+            async with _TaskGroup() as task_group:
                 self._task_group = task_group
                 self.protocol = cast(
                     Any,

@@ -66,7 +66,8 @@ class FakeSupervisor:
     refuse: str | None = None  # when set, every action raises Refused with this detail
     explode: bool = False  # when set, every call raises RuntimeError
     status_override: dict[str, Any] | None = None  # when set, status() returns it
-    hang: bool = False  # when set, shutdown() never returns
+    hang: bool = False  # when set, shutdown() waits for ``release``
+    release: trio.Event = attrs.field(factory=trio.Event)
     calls: list[tuple[str, dict[str, Any]]] = attrs.field(factory=list)
 
     def state(self) -> tuple[str, bool, bool, int]:
@@ -167,7 +168,7 @@ class FakeSupervisor:
     async def shutdown(self, *, emergency: bool, reason: str, caller: Caller) -> dict[str, Any]:
         self._call("shutdown", emergency=emergency, reason=reason, caller=caller)
         if self.hang:
-            await trio.sleep_forever()
+            await self.release.wait()
         if self.refuse:
             raise Refused(self.refuse)
         if emergency:
@@ -396,7 +397,9 @@ class TestRoleMatrix:
         assert (await call(rig, "POST", "/v1/phase", body={"phase": "testing"})).status_code == 200
         assert rig.fake.phase == "testing"
         assert (await call(rig, "GET", "/v1/status")).status_code == 200
-        assert (await call(rig, "POST", "/v1/phase", body={"phase": "development"})).status_code == 200
+        assert (
+            await call(rig, "POST", "/v1/phase", body={"phase": "development"})
+        ).status_code == 200
         assert (await call(rig, "GET", "/v1/status", token=WRONG_TOKEN)).status_code == 401
 
     @pytest.mark.parametrize(
@@ -470,7 +473,7 @@ class TestEndpoints:
         assert int(response.headers["content-length"]) > 0
 
     async def test_metrics_body_and_type(self, tmp_path: Path) -> None:
-        """/metrics passes the core's exposition and content type through, then the API's counters."""
+        """/metrics passes the core's exposition and content type through, then the API counters."""
         rig = make_rig(tmp_path)
         response = await call(rig, "GET", "/metrics")
         assert response.content.startswith(b"supervisor_ticks_total 1234.0\n# HELP supervisor_api_")
@@ -597,7 +600,7 @@ class TestAudit:
             nursery.start_soon(functools.partial(call, rig, "POST", "/v1/shutdown", body={}))
             # The attempt line is written from a worker thread first: wait for the call.
             with trio.fail_after(5):
-                while not rig.fake.calls:
+                while not rig.fake.calls:  # noqa: ASYNC110 - the fake's state, no event
                     await trio.sleep(0.01)
             await trio.testing.wait_all_tasks_blocked()
             assert rig.fake.calls[-1][0] == "shutdown"
