@@ -419,11 +419,11 @@ def _uid_name(uid: int) -> str:
 
 def _source(scope: Scope) -> str:
     """Where a request came from, for aggregating anonymous refusals: an address, or a uid."""
-    client = scope.get("client")
-    if client:
-        return str(client[0])
     uid = _peer_uid(scope)
-    return "local" if uid is None else f"uid:{uid}"
+    if uid is not None:
+        return f"uid:{uid}"
+    client = scope.get("client")
+    return str(client[0]) if client else "local"
 
 
 def _unauthorized(message: str, *, invalid: bool) -> _HttpError:
