@@ -507,12 +507,15 @@ class SnapshotStore:
         """Whether anything under a snapshot's name is in the folder, valid or not.
 
         Corrupt files count: they are still state an operator may want back
-        (``run`` refuses to start a fresh world over them, see the CLI).
-
-        Raises:
-            SnapshotError: The folder exists but cannot be listed.
+        (``run`` refuses to start a fresh world over them, see the CLI). A
+        folder that cannot be listed (a file in its place, no permission)
+        holds nothing the store could read or move: ``False``, and the first
+        write reports the problem.
         """
-        return bool(self._snapshot_files())
+        try:
+            return bool(self._snapshot_files())
+        except SnapshotError:
+            return False
 
     def move_aside(self) -> Path | None:
         """Move every snapshot file into a new ``aside-<UTC stamp>/`` folder.
@@ -520,14 +523,17 @@ class SnapshotStore:
         Used by ``run --fresh``: the old timeline is kept, not deleted.
 
         Returns:
-            The new folder, or ``None`` when there was nothing to move.
+            The new folder, or ``None`` when there was nothing to move (or
+            the folder cannot be listed, see :meth:`has_snapshots`).
 
         Raises:
-            SnapshotError: The folder exists but cannot be listed.
             OSError: If the folder cannot be created or a file cannot be moved
                 (the ones already moved stay moved; nothing is deleted).
         """
-        paths = [path for _tick, path in self._snapshot_files()]
+        try:
+            paths = [path for _tick, path in self._snapshot_files()]
+        except SnapshotError:
+            return None
         if not paths:
             return None
         return self._move_aside(paths)

@@ -785,14 +785,14 @@ class TestPreservedState:
 
 class TestUnlistableFolder:
     def test_folder_is_a_file(self, tmp_path: Path) -> None:
-        """A file where the snapshot folder should be: latest() reports it, never raises."""
+        """A file where the snapshot folder should be: latest() and write() report it, no crash."""
         (tmp_path / "snapshots").write_text("not a folder")
         store = SnapshotStore(tmp_path / "snapshots")
         snap, errors = store.latest()
         assert snap is None
         assert [e.problem for e in errors] == ["cannot list the snapshot folder: Not a directory"]
-        with pytest.raises(SnapshotError, match="cannot list"):
-            store.has_snapshots()
+        assert store.has_snapshots() is False
+        assert store.move_aside() is None
         with pytest.raises(OSError, match="File exists"):
             store.write(make_snapshot(1))
         assert (tmp_path / "snapshots").read_text() == "not a folder"
