@@ -7,22 +7,35 @@ pins each step):
 
 1. the route (404), then the method (405, with ``Allow``);
 2. the caller: ``Authorization: Bearer <token>``; a presented token that
-   matches no configured hash is always 401, a missing one is 401 outside
-   DEVELOPMENT and on TCP; then the role (403);
+   matches no configured hash is always 401. Without one: on TCP, 401; on
+   the Unix socket the peer's uid (``SO_PEERCRED``, read by the listener)
+   decides: the socket's owner (this process's user, or root) is an
+   operator named ``uid:N(user)`` in every phase, any other uid is 403.
+   Then the role (403);
 3. the query string (400), then the body: its size (413, before the rest is
-   read), its media type (415), JSON syntax and the known keys with their
-   types (400, naming the key);
-4. the supervisor call: ``Refused`` is 409, anything unexpected a logged 500
+   read), its media type (415), its parts (413 past ``MAX_BODY_PARTS``), its
+   deadline (408 after ``body_timeout``), JSON syntax and the known keys
+   with their types (400, naming the key);
+4. the audit log: the attempt line is written first; if it cannot be, the
+   action is refused (503) and nothing changes;
+5. the supervisor call: ``Refused`` is 409, anything unexpected a logged 500
    without a traceback.
 
 ``/healthz`` and ``/readyz`` skip step 2 entirely: probes never carry
-credentials, and their answers reveal nothing.
+credentials, and their answers are exactly what the core's ``liveness()``
+and ``readiness_gate()`` return (fixed words, numbers and system names),
+with nothing added here.
 
-Every POST to an action route, whatever its outcome from step 2 on, is
-written to the :class:`~supervisor._audit.AuditLog`.
+Every POST to an action route is audited (:mod:`supervisor._audit`): an
+attempt and a result line for an action carried out, a result line for a
+request refused from a known caller, and a per-minute tally for anonymous
+refusals (401/403 with no caller).
 
-:func:`serve_api` serves the app with hypercorn's trio worker inside the
-caller's trio run, on ``unix:PATH`` (mode 0600) or ``HOST:PORT``.
+:func:`serve_api` serves the app inside the caller's trio run, on
+``unix:PATH`` (mode 0600) or ``HOST:PORT`` (TLS with ``tls_cert``/``tls_key``),
+through :mod:`supervisor._listener`: our own accept loop around hypercorn's
+HTTP/1.1 protocol, with a connection cap and deadlines, in which no client
+can raise. :func:`attach_api` wires it into a supervisor's run.
 """
 
 from __future__ import annotations

@@ -1,0 +1,236 @@
+"""Held connections must not move ticks: lateness idle vs with 600 held API connections.
+
+Two runs of ``supervisor run --duration SECONDS`` as a subprocess (the real
+command) on the demo world at 60 Hz, its API on a loopback TCP port:
+
+* **idle**: nobody connects but a ``/healthz`` prober (one request on a fresh
+  connection every ``PROBE_EVERY`` seconds);
+* **held**: the same prober, plus ``HELD`` connections held by this process,
+  half of them idle (they send nothing) and half slowloris (one byte of a
+  request head every second). A held connection the server closes is opened
+  again after ``REOPEN_AFTER`` seconds, so the pressure lasts the whole run.
+
+Each run's ``--summary-json`` gives its tick start lateness; the prober gives
+``/healthz`` latency and how many probes got no answer; ``/metrics`` (read
+with a token at the end) gives the API's connection counters.
+
+Run: ``python -m bench.held_connections [--seconds S] [--held N] [--json FILE]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from bench import _common
+from bench.serve import _systems
+
+SECONDS = 15.0
+RATE = 60
+HELD = 600
+PROBE_EVERY = 0.1
+REOPEN_AFTER = 1.0
+SLOWLORIS_HEAD = b"GET /healthz HTTP/1.1\r\nHost: bench\r\nX-Pad: " + b"a" * 200
+EVICTED = 'connections_total{outcome="evicted"}'
+REFUSED = 'connections_total{outcome="refused"}'
+HEADER_TIMEOUTS = 'timeouts_total{kind="header"}'
+CONFIG = """
+[supervisor]
+tick_rate = {rate}
+state_dir = "{state}"
+snapshot_interval = 0
+[systems]
+enabled = {systems}
+[api]
+listen = "127.0.0.1:{port}"
+audit_log = "{state}/audit.jsonl"
+tokens = [{{ name = "bench", role = "viewer", sha256 = "{digest}" }}]
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _probe(port: int, latencies: list[float], failures: list[str]) -> None:
+    """GET /healthz on a fresh connection every PROBE_EVERY seconds, until cancelled."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    while True:
+        started = time.perf_counter()
+        try:
+            with trio.fail_after(5):
+                async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+                    await stream.send_all(request)
+                    answer = b""
+                    while chunk := await stream.receive_some(4096):
+                        answer += chunk
+            if answer.startswith(b"HTTP/1.1 200 "):
+                latencies.append(time.perf_counter() - started)
+            else:
+                failures.append(answer[:40].decode("latin-1") or "closed")
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            failures.append(type(exc).__name__)
+        await trio.sleep(PROBE_EVERY)
+
+
+async def _hold(port: int, slowloris: bool, opened: list[int]) -> None:
+    """Keep one connection open (idle, or a slowloris head), reopening it when closed."""
+    while True:
+        try:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        except OSError:
+            await trio.sleep(REOPEN_AFTER)
+            continue
+        opened[0] += 1
+        async with stream:
+            try:
+                if slowloris:
+                    for byte in SLOWLORIS_HEAD:
+                        await stream.send_all(bytes([byte]))
+                        await trio.sleep(1.0)
+                else:
+                    while await stream.receive_some(4096):
+                        pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        await trio.sleep(REOPEN_AFTER)
+
+
+async def _attack(port: int, held: int, seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    failures: list[str] = []
+    opened = [0]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_probe, port, latencies, failures)
+        for i in range(held):
+            nursery.start_soon(_hold, port, i % 2 == 1, opened)
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
+    return {
+        "probes": len(latencies),
+        "probe_failures": len(failures),
+        "healthz_p50_ms": _percentile(latencies, 0.5) * 1e3,
+        "healthz_p99_ms": _percentile(latencies, 0.99) * 1e3,
+        "connections_opened": opened[0],
+    }
+
+
+def _api_counters(port: int, token: str) -> dict[str, float]:
+    text = httpx.get(
+        f"http://127.0.0.1:{port}/metrics",
+        headers={"authorization": f"Bearer {token}"},
+        timeout=5,
+    ).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("supervisor_api_"):
+            name, _, value = line.rpartition(" ")
+            out[name.removeprefix("supervisor_api_")] = float(value)
+    return out
+
+
+def run(seconds: float, rate: int, held: int) -> dict[str, Any]:
+    """One supervisor run with ``held`` connections held against it (0: only the prober)."""
+    exe = Path(sys.executable).parent / "supervisor"
+    token = secrets.token_urlsafe(16)
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp, "bench.toml")
+        cfg.write_text(
+            CONFIG.format(
+                rate=rate,
+                state=tmp,
+                port=port,
+                systems=json.dumps(_systems()),
+                digest=hashlib.sha256(token.encode()).hexdigest(),
+            ),
+            encoding="utf-8",
+        )
+        summary = Path(tmp, "summary.json")
+        # A little longer than the attack, so the counters can be read before it ends.
+        proc = subprocess.Popen(
+            [
+                *(str(exe), "run", "--config", str(cfg), "--duration", str(seconds + 3)),
+                *("--summary-json", str(summary), "--log-format", "json"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            attack = trio.run(_attack, port, held, seconds)
+            attack["api"] = _api_counters(port, token)
+            proc.wait(timeout=seconds + 60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        result: dict[str, Any] = json.loads(summary.read_text(encoding="utf-8"))
+    result.update(attack)
+    result["crashed"] = proc.returncode != 0
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Both runs, and a Markdown table."""
+    parser = _common.parser(__doc__)
+    parser.add_argument("--seconds", type=float, default=SECONDS)
+    parser.add_argument("--rate", type=int, default=RATE)
+    parser.add_argument("--held", type=int, default=HELD)
+    args = parser.parse_args(argv)
+    idle = run(args.seconds, args.rate, 0)
+    held = run(args.seconds, args.rate, args.held)
+    print(f"systems: {', '.join(_systems())} at {args.rate} Hz, {args.seconds:g} s each")
+    print()
+    print(
+        "| run | lateness p50 µs | p99 µs | max µs | /healthz p50 ms | p99 ms | "
+        "unanswered | evicted | refused | header timeouts | exit |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for name, r in (("idle", idle), (f"{args.held} held", held)):
+        lat, api = r["lateness"], r["api"]
+        print(
+            f"| {name} | {lat['p50'] * 1e6:.0f} | {lat['p99'] * 1e6:.0f} | {lat['max'] * 1e6:.0f} "
+            f"| {r['healthz_p50_ms']:.1f} | {r['healthz_p99_ms']:.1f} | {r['probe_failures']} "
+            f"| {api.get(EVICTED, 0):.0f} | {api.get(REFUSED, 0):.0f} "
+            f"| {api.get(HEADER_TIMEOUTS, 0):.0f} "
+            f"| {'crashed' if r['crashed'] else 'ok'} |"
+        )
+    ratio = held["lateness"]["p99"] / max(idle["lateness"]["p99"], 1e-9)
+    print()
+    print(f"lateness p99 held / idle: {ratio:.2f} (target at most 2)")
+    figures = {"idle": idle, "held": held, "p99_ratio": ratio}
+    _common.write_json(args.json, figures)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
