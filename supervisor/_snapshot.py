@@ -661,6 +661,7 @@ class SnapshotStore:
             older += 1
             if older >= self.generations:
                 path.unlink(missing_ok=True)
+                self._own.discard(path.name)
         if newer:
             self._move_aside(newer)
         # A crash between creating and renaming a temp file leaves it behind.

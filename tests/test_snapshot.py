@@ -798,6 +798,58 @@ class TestUnlistableFolder:
         assert (tmp_path / "snapshots").read_text() == "not a folder"
 
 
+class TestPruneModel:
+    """Random write sequences against a model of the rule: only lower ticks are ever deleted."""
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        generations=st.integers(1, 4),
+        steps=st.lists(st.tuples(st.booleans(), st.integers(0, 12)), min_size=1, max_size=25),
+    )
+    def test_matches_the_model(
+        self, tmp_path_factory: pytest.TempPathFactory, generations: int, steps: list[Any]
+    ) -> None:
+        """Each step writes a tick, sometimes from a new store (a new process).
+
+        The model: the written tick stays; higher ticks and a same-tick file
+        the store does not own move aside; lower ticks beyond the generations
+        are deleted. Every snapshot ever written is in the folder, aside, or
+        was deleted by that last rule, and nothing else.
+        """
+        directory = tmp_path_factory.mktemp("prune")
+        store = SnapshotStore(directory, generations)
+        main: dict[int, str] = {}  # tick -> reason of the file in the folder
+        aside: list[tuple[int, str]] = []
+        own: set[int] = set()
+        for index, (new_process, tick) in enumerate(steps):
+            if new_process:
+                store = SnapshotStore(directory, generations)
+                own = set()
+            reason = f"write {index}"
+            if tick in main and tick not in own:
+                aside.append((tick, main.pop(tick)))
+            store.write(make_snapshot(tick, reason=reason))
+            main[tick] = reason
+            own.add(tick)
+            for other in [t for t in main if t > tick]:
+                aside.append((other, main.pop(other)))
+                own.discard(other)
+            for other in sorted((t for t in main if t < tick), reverse=True)[generations - 1 :]:
+                del main[other]
+            got_main = {info.tick: store.read(info.path).reason for info in store.scan()}
+            got_aside = sorted(
+                (snap.tick, snap.reason)
+                for folder in directory.glob("aside-*")
+                for snap in (store.read(path) for path in folder.iterdir())
+            )
+            assert got_main == main
+            assert got_aside == sorted(aside)
+
+
 class TestHostileFiles:
     """Each hostile file is one line, and latest() falls back to the previous good snapshot."""
 
