@@ -169,6 +169,8 @@ def _text_problem(value: str, meta: Mapping[str, Any]) -> str | None:
     if len(value) > MAX_TEXT:
         return f"is {len(value)} characters long, over the limit of {MAX_TEXT}"
     min_len = meta.get("min_len", 0)
+    if not value and min_len:
+        return "must not be empty"
     if len(value) < min_len:
         return f"must be at least {min_len} characters long"
     return None
