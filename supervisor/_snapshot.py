@@ -364,10 +364,11 @@ class SnapshotStore:
             The path of the new snapshot file.
 
         Raises:
-            ValueError: If the tick is negative.
+            ValueError: If the tick is negative or over :data:`MAX_TICK`.
             TypeError: If the tick is not an ``int``.
             OSError: If the folder cannot be created or the file cannot be
-                written, synced or renamed, or if an old generation cannot be
+                written, synced or renamed, if something that is not a regular
+                file holds the name, or if an old generation cannot be
                 deleted or moved aside (in that last case the new snapshot is
                 already durable).
         """
