@@ -228,7 +228,7 @@ _TRIGGER_CHARS: Final = re.compile(r"[0-9@:=]")
 # A Cookie header holds many `name=value` pairs; all of them go, to the end of
 # the line, since the key=value rule would only take the first.
 _COOKIE_HEADER: Final = re.compile(
-    r"(?<!\w)(?P<head>(?:set-)?cookie[ \t]*:[ \t]*)[^\r\n]+", _AI | re.MULTILINE
+    r"(?<!\w)(?P<head>(?:set-)?cookie[ \t]*:[ \t]*)[^\r\n\ue000\ue001]+", _AI | re.MULTILINE
 )
 
 _GENERIC_KEY: Final = re.compile(
@@ -251,7 +251,7 @@ _URL_USERINFO: Final = re.compile(r"(?<=://)[^/\s:\[\]\"'<>]+:[^\s\"'<>]*@(?=[\w
 _PEM: Final = re.compile(
     r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
     r"(?:.*?-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
-    r"|(?:(?:[ \t\r\n]|\\[rn])+"
+    r"|(?:(?:[ \t\r\n\ue000-\ue002]|\\[rn])+"
     r"(?:[A-Za-z0-9+/]{16,}={0,2}|(?:Proc-Type|DEK-Info|Comment):[^\r\n\\]*))*)",
     re.ASCII | re.DOTALL,
 )
@@ -355,8 +355,9 @@ _DIGIT_GROUPS: Final = re.compile(
     r"(?:(?<=\()(?P<area>[0-9]{2,5})\)(?P<psep> ?)|(?<=[0-9])[0-9]{1,4}[ .-])"
     r"[0-9]{2,8}(?:[ .-][0-9]{2,8})*"
     # The last group must not run on into a word, a decimal or a time
-    # (`2026-11-21 10:00` stops before `10`).
-    r"(?![\w]|[.:-][0-9])",
+    # (`2026-11-21 10:00` stops before `10`). A placeholder there counts as
+    # the digits it replaced: else a second pass would see a new edge.
+    r"(?![\w]|[.:-][0-9\[])",
     _A,
 )
 _GROUP_SEPS: Final = re.compile(r"([ .-])")
@@ -383,6 +384,15 @@ _DIGIT_RUN: Final = re.compile(
 _GROUP_SPLIT: Final = re.compile(r"([ -])")
 _IPV4_GATE: Final = re.compile(r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]", _A)
 _CARD_GATE: Final = re.compile(r"[0-9][0-9 -]{12}", _A)
+
+
+# A repr (a KeyError's message, a captured value) or JSON inside a string
+# writes a newline as the two characters `\n`: the `n` would then glue itself
+# to the next line's first word (`\n4111...` is no card, `\nbob@x.org` an
+# address with local part `nbob`). While the rules run, each such escape is
+# one private-use character that no rule takes as part of anything, and is
+# put back after (only when the text holds none of them already).
+_ESCAPES: Final = (("\\n", "\ue000"), ("\\r", "\ue001"), ("\\t", "\ue002"))
 
 
 class RedactionError(RuntimeError):
@@ -491,8 +501,11 @@ def _kv_pattern(extra: tuple[str, ...]) -> re.Pattern[str]:
         # Key: an identifier holding a sensitive word. The case-sensitive
         # lookahead rejects `tokenizer` but accepts `authToken` and `PASSWORD_X`.
         r"(?P<key>[\w.-]*?(?=[" + firsts + r"])(?:" + alts + r")(?:s|ids?)?(?-i:(?![a-z]))[\w.-]*)"
-        r"(?P<sep>[\"']?[ \t]*[:=][ \t]*)"
+        r"(?P<sep>\\?[\"']?[ \t]*[:=][ \t]*)"
         r"(?P<val>\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'"
+        # Quoted with escaped quotes, as a repr or JSON inside a string shows
+        # it (`KeyError("secret: \\'x\\'")` prints `secret: \'x\'`).
+        r"|\\'(?:[^\\\n]|\\[^'\n])*\\'|\\\"(?:[^\\\n]|\\[^\"\n])*\\\""
         # Unquoted: up to a delimiter. `Authorization: Bearer x` takes the
         # scheme word with it. A stray opening quote is taken too, so an
         # unterminated quoted value is still caught.
@@ -500,7 +513,7 @@ def _kv_pattern(extra: tuple[str, ...]) -> re.Pattern[str]:
         # right after the value (`password:x(415) 555-2671`) does not make a
         # second pass take that placeholder as part of the value.
         r"|[\"']?(?:(?:bearer|basic|digest|token|negotiate)[ \t]+)?"
-        r"(?:(?!" + _PLACEHOLDER_AHEAD + r")[^\s,;&\"'(){}<>])+)",
+        r"(?:(?!" + _PLACEHOLDER_AHEAD + r")[^\s,;&\"'(){}<>\ue000-\ue002])+)",
         _AI,
     )
 
@@ -510,6 +523,8 @@ def _kv_sub(m: re.Match[str]) -> str:
     quote = val[0]
     if len(val) >= 2 and quote in "\"'" and val[-1] == quote:
         return f"{m['key']}{m['sep']}{quote}{REDACTED}{quote}"
+    if len(val) >= 4 and quote == "\\" and val[1] in "\"'" and val[-2:] == val[:2]:
+        return f"{m['key']}{m['sep']}{val[:2]}{REDACTED}{val[:2]}"
     return f"{m['key']}{m['sep']}{REDACTED}"
 
 
@@ -630,13 +645,17 @@ _DIGITS: Final = re.compile(r"[0-9]+", _A)
 
 
 def _touches_right(s: str, end: int) -> bool:
-    """Whether ``s[end:]`` continues the number before it (a word, `.5`, `:30`, `-1`)."""
+    """Whether ``s[end:]`` continues the number before it (a word, `.5`, `:30`, `-1`).
+
+    A placeholder after the separator (`:[phone]`) counts as the digits it
+    replaced, so a second pass sees the same edge as the first.
+    """
     if end >= len(s):
         return False
     ch = s[end]
     if _is_word_char(ch):
         return True
-    return ch in ".:-" and end + 1 < len(s) and s[end + 1].isdigit()
+    return ch in ".:-" and end + 1 < len(s) and (s[end + 1].isdigit() or s[end + 1] == "[")
 
 
 def _e164_prefix_ok(part: str, digits: int) -> bool:
@@ -865,6 +884,16 @@ class Redactor:
         return self._text(s)
 
     def _text(self, s: str) -> str:
+        if "\\" not in s or "\ue000" in s or "\ue001" in s or "\ue002" in s:
+            return self._rules(s)
+        for escape, stand_in in _ESCAPES:
+            s = s.replace(escape, stand_in)
+        s = self._rules(s)
+        for escape, stand_in in _ESCAPES:
+            s = s.replace(stand_in, escape)
+        return s
+
+    def _rules(self, s: str) -> str:
         # Rule order matters for idempotence: a later rule's placeholder must
         # never complete an earlier rule's match. A PEM block goes first, whole
         # (`private_key: -----BEGIN ...` must not leave the body to the key

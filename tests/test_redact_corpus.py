@@ -68,6 +68,15 @@ class TestSecrets:
                 assert json.dumps(needle)[1:-1] not in dump
 
     @pytest.mark.parametrize("secret", SECRETS, ids=_ids)
+    def test_inside_a_repr(self, secret: Secret) -> None:
+        """In a repr (``KeyError(msg)``, a captured local) newlines are ``\\n``: still found."""
+        out = RED.text(str(KeyError(f"head\n{secret.text}\ntail 'q' \"qq\"")))
+        for needle in secret.needles:
+            assert needle not in out
+            assert repr(needle)[1:-1] not in out
+        assert RED.text(out) == out
+
+    @pytest.mark.parametrize("secret", SECRETS, ids=_ids)
     def test_idempotent(self, secret: Secret) -> None:
         """Redacting the redacted text again changes nothing."""
         once = RED.text(f"x {secret.text} y")
@@ -144,3 +153,33 @@ def test_placeholders_match_no_rule() -> None:
         ):
             assert RED.text(RED.text(text)) == RED.text(text)
         assert RED.text(placeholder) == placeholder
+
+
+class TestFoundByTheSurfaceTestAndHypothesis:
+    """Cases that broke on the way: each would fail on the first version of the new rules."""
+
+    def test_key_value_inside_a_keyerror(self) -> None:
+        """``str(KeyError(msg))`` is a repr: its quotes are escaped; the value still goes."""
+        message = str(KeyError("secret: 'Zebra-Sunset-42' and \"x\""))
+        out = RED.text(message)
+        assert "Zebra-Sunset-42" not in out
+        assert "secret: \\'[redacted]\\'" in out
+
+    def test_key_value_in_escaped_json(self) -> None:
+        """Escaped JSON inside a string keeps its shape and loses the value."""
+        assert RED.text('{\\"password\\": \\"pw1\\"}') == '{\\"password\\": \\"[redacted]\\"}'
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "password://(415) 555-2671",
+            "+44 20 7946 0958+44 20 7946 0958",
+            "020 7946 0958(415) 555-2671",
+            "+44 20 7946 0958020 7946 0958password",
+            "020 7946 0958:020 7946 0958",
+        ],
+    )
+    def test_idempotent_on_neighbouring_shapes(self, text: str) -> None:
+        """Two shapes side by side: the second pass finds nothing the first did not."""
+        once = RED.text(text)
+        assert RED.text(once) == once
