@@ -19,7 +19,7 @@ import structlog.testing
 import trio
 import trio.testing
 
-from supervisor import Config, Context, Supervisor
+from supervisor import Config, Context, StartupError, Supervisor
 from supervisor._control import Caller
 from supervisor.testing import FIXED_FACTS, make_supervisor, run_systems
 from systems.datastore import Datastore, audit
@@ -645,3 +645,95 @@ class TestConfigs:
         assert len(config.api.tokens) == 2
         testing = Config.from_toml(CONFIGS / "testing.toml", env={})
         assert testing.logging.format == "json"
+
+
+def _drop_purchases(db: Path, state: Path) -> None:
+    """Behind its back: the acknowledged purchases vanish from the database."""
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("DELETE FROM purchases")
+
+
+def _reprice_one(db: Path, state: Path) -> None:
+    """One acknowledged purchase rewritten with another amount."""
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(
+            "UPDATE purchases SET amount = amount + 1 WHERE id = (SELECT MIN(id) FROM purchases)"
+        )
+
+
+def _old_copy(db: Path, state: Path) -> None:
+    """The database replaced by a copy taken before the snapshot's commits."""
+    shutil.copyfile(state / "early.db", db)
+
+
+def _delete_database(db: Path, state: Path) -> None:
+    """The database file gone entirely."""
+    db.unlink()
+
+
+def _truncate_acks(db: Path, state: Path) -> None:
+    """The ack log cut short: fewer acknowledgements than the snapshot counted."""
+    acks = Path(f"{db}.acks")
+    lines = acks.read_text().splitlines(keepends=True)
+    acks.write_text("".join(lines[: len(lines) // 2]))
+
+
+class TestCrossCheck:
+    """The datastore's start-up cross-check of the ack log, the snapshot and the database."""
+
+    @pytest.mark.parametrize(
+        "tamper", [_drop_purchases, _reprice_one, _old_copy, _delete_database, _truncate_acks]
+    )
+    def test_tampering_is_refused_with_every_file_kept(
+        self, tmp_path: Path, tamper: Callable[[Path, Path], None]
+    ) -> None:
+        """Each way of losing acknowledged data refuses the start (StartupError, refused)
+        with one line naming the database and the override; no file is changed."""
+        db, state = tmp_path / "w.db", tmp_path / "state"
+        run_persisted(world(db), 30, state, resume=False)
+        shutil.copyfile(db, state / "early.db")
+        run_persisted(world(db), 90, state, resume=True)
+        assert query(db, "SELECT COUNT(*) FROM purchases")[0][0] > 0
+        tamper(db, state)
+        before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+        with pytest.raises(StartupError) as caught:
+            run_persisted(world(db), 10, state, resume=True)
+        assert caught.value.refused
+        message = str(caught.value)
+        assert "\n" not in message
+        assert "lost acknowledged data" in message
+        assert "accept_data_loss = true" in message
+        after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+        assert {k: v for k, v in after.items() if not k.endswith(("-wal", "-shm"))} == before
+
+    def test_accepted_loss_reuses_no_id_and_is_not_refused_again(self, tmp_path: Path) -> None:
+        """``accept_data_loss``: the run goes on from the database, ids continue after the
+        highest acknowledged one, and the next start (without the override) passes."""
+        db, state = tmp_path / "w.db", tmp_path / "state"
+        run_persisted(world(db), 90, state, resume=False)
+        acked = [int(line.split()[0]) for line in Path(f"{db}.acks").read_text().splitlines()]
+        _drop_purchases(db, state)
+        accepting = Datastore(path=str(db), autosave=0, accept_data_loss=True)
+        with structlog.testing.capture_logs() as logs:
+            run_persisted(world(db, datastore=accepting), 90, state, resume=True)
+        (loss,) = [e for e in logs if e["event"] == "datastore.data_loss"]
+        assert loss["missing"] == len(acked)
+        ids = [row[0] for row in query(db, "SELECT id FROM purchases")]
+        assert ids
+        assert min(ids) > max(acked)
+        run_persisted(world(db), 10, state, resume=True)
+
+    def test_a_new_world_moves_the_old_database_aside(self, tmp_path: Path) -> None:
+        """Not restored (a fresh world) over a database that holds one: moved aside, whole."""
+        db, state = tmp_path / "w.db", tmp_path / "state"
+        run_persisted(world(db), 60, state, resume=False)
+        old = db.read_bytes(), Path(f"{db}.acks").read_bytes()
+        shutil.rmtree(state)  # as `run --fresh` moves the snapshots aside
+        with structlog.testing.capture_logs() as logs:
+            run_persisted(world(db), 60, state, resume=False)
+        (moved,) = [e for e in logs if e["event"] == "datastore.moved_aside"]
+        aside = Path(moved["folder"])
+        assert aside.parent == tmp_path
+        assert ((aside / "w.db").read_bytes(), (aside / "w.db.acks").read_bytes()) == old
+        assert audit(db) == []
+        assert query(db, "SELECT MIN(id) FROM purchases")[0][0] == 1
