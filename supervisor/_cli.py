@@ -63,6 +63,11 @@ class _Group(click.Group):
         """Run the command; exit with its code, usage errors reported in one line."""
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
+        if args is not None and any("\x00" in str(arg) for arg in args):
+            # No shell can pass one (execve cannot), but a caller in Python can,
+            # and every path, name and value below would fail on it differently.
+            click.echo("supervisor: error: an argument contains a NUL byte", err=True)
+            sys.exit(EXIT_USAGE)
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
         except click.UsageError as exc:
