@@ -9,6 +9,18 @@ class SupervisorError(Exception):
     """Base of every error the supervisor raises on purpose."""
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``), so a message stays one line.
+
+    Names in error messages (keys, files, systems, arguments) come from the
+    user; a newline in one must not split the one-line error the CLI prints.
+    Idempotent: an escaped text is printable.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class ConfigError(SupervisorError, ValueError):
     """Raised when a config file, an override or a CLI value is invalid.
 
@@ -17,9 +29,9 @@ class ConfigError(SupervisorError, ValueError):
     """
 
     def __init__(self, message: str, *, source: str | None = None, key: str | None = None):
-        self.source = source
-        self.key = key
-        self.message = message
+        self.source = source = None if source is None else printable(source)
+        self.key = key = None if key is None else printable(key)
+        self.message = message = printable(message)
         prefix = ""
         if source:
             prefix = f"{source}: "
@@ -36,6 +48,7 @@ class PluginError(SupervisorError, ValueError):
 
     def __init__(self, message: str, *, system: str | None = None):
         self.system = system
+        message = printable(message)
         super().__init__(f"system {system!r}: {message}" if system else message)
 
 
