@@ -19,7 +19,8 @@ def test_printable_is_one_line_and_idempotent(text: str) -> None:
 
 def test_config_error_escapes_message_source_and_key() -> None:
     exc = ConfigError("bad\nvalue", source="conf\n.toml", key="api.\rlisten")
-    assert "\n" not in str(exc) and "\r" not in str(exc)
+    assert "\n" not in str(exc)
+    assert "\r" not in str(exc)
     assert str(exc) == "conf\\n.toml: [api.\\rlisten] bad\\nvalue"
     assert exc.key == "api.\\rlisten"
 
