@@ -101,14 +101,19 @@ class Leaky:
         if i < len(chunks):
             chunk = chunks[i]
             ctx.log.info("leaky.detail", detail=chunk, shapes={"all": chunk})
+            ctx.log.info(chunk)  # a secret as the event name
+            ctx.log.info("leaky.keys", **{text: 1 for text in plan["texts"]})
             try:
                 raise KeyError(chunk)
-            except KeyError:
+            except KeyError as exc:
+                exc.add_note(chunk)
                 ctx.log.exception("leaky.caught", detail=chunk)
             try:
                 raise LookupError(chunk)
             except LookupError as cause:
-                raise ValueError(chunk) from cause
+                error = ValueError(chunk)
+                error.add_note(chunk)
+                raise error from cause
         if i == len(chunks):
             ctx.report(plan["bad_gauge"], 1)  # refused: its name is the error's message
             raise RuntimeError(plan["straddle"])
@@ -123,6 +128,20 @@ class Leaky:
 
     def restore(self, state):
         self.count = state["count"]
+
+
+class CriticalStartFail:
+    name = "critical"
+    critical = True
+
+    def __init__(self, plan):
+        self.message = _load(plan)["start"]
+
+    def start(self, ctx):
+        raise ValueError(self.message)
+
+    def tick(self, ctx):
+        pass
 
 
 class StartFail:
@@ -188,6 +207,7 @@ def _plan() -> dict[str, Any]:
     everything = JOIN.join(s.text for s in SECRETS)
     return {
         "chunks": _chunks(),
+        "texts": [s.text for s in SECRETS],
         "gauges": _gauge_names(),
         "bad_gauge": "bad gauge " + first.replace(JOIN, " "),
         # The cut keeps the first 13 characters of the address: "straddle.vict".
@@ -288,6 +308,8 @@ class SurfaceRun:
     env: dict[str, str] = attrs.Factory(dict)
     #: False writes ``[features] redaction = false``: the control run.
     redaction: bool = True
+    #: The systems enabled (``critical`` fails its start and ends the run).
+    systems: tuple[str, ...] = ("leaky", "startfail")
 
     @property
     def socket(self) -> Path:
@@ -329,15 +351,17 @@ class SurfaceRun:
             "[features]",
             f"redaction = {'true' if self.redaction else 'false'}",
             "[systems]",
-            'enabled = ["leaky", "startfail"]',
-            "[systems.leaky]",
-            'use = "leaky_surface:Leaky"',
-            f"plan = {json.dumps(str(plan))}",
-            f"trigger = {json.dumps(str(self.trigger))}",
-            "[systems.startfail]",
-            'use = "leaky_surface:StartFail"',
-            f"plan = {json.dumps(str(plan))}",
+            f"enabled = {json.dumps(list(self.systems))}",
         ]
+        classes = {"leaky": "Leaky", "startfail": "StartFail", "critical": "CriticalStartFail"}
+        for name in self.systems:
+            lines += [
+                f"[systems.{name}]",
+                f'use = "leaky_surface:{classes[name]}"',
+                f"plan = {json.dumps(str(plan))}",
+            ]
+            if name == "leaky":
+                lines.append(f"trigger = {json.dumps(str(self.trigger))}")
         config.write_text("\n".join(lines) + "\n", encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
         env.update(PYTHONPATH=str(modules), PYTHONUNBUFFERED="1")
@@ -417,6 +441,26 @@ class SurfaceRun:
         leaks.check_json(f"answer to {label}", answer.content)
         return answer
 
+    def hostile_requests(self, leaks: Leaks) -> None:
+        """Secrets where a client puts them: query, path, and as a (wrong) bearer token."""
+        email, card = "bob@example.com", "4111111111111111"
+        with self.http() as http:
+            answer = http.get("/v1/errors", params={"system": email, "limit": card})
+            assert answer.status_code == 400, answer.text
+            leaks.check_json("answer to a query with secrets", answer.content)
+            answer = http.get(f"/v1/{email}/{card}")
+            assert answer.status_code == 404, answer.text
+            leaks.check_json("answer to a path with secrets", answer.content)
+        with httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(self.socket)),
+            base_url="http://supervisor",
+            headers={"authorization": f"Bearer {card}"},
+            timeout=10.0,
+        ) as wrong:
+            answer = wrong.post("/v1/shutdown", json={"reason": email})
+            assert answer.status_code == 401, answer.text
+            leaks.check_json("answer to a wrong token", answer.content)
+
     def read_api(self, leaks: Leaks) -> None:
         """Every API surface (and the anonymous probes) at this moment."""
         with self.http() as http:
@@ -479,6 +523,7 @@ def _scenario(run: SurfaceRun, to_phase: str, reasons: tuple[str, str]) -> Leaks
         assert answer.status_code == 400, answer.text
         answer = run.post("/v1/shutdown", {reasons[1][:60]: True}, leaks, "bad body")
         assert answer.status_code == 400, answer.text
+        run.hostile_requests(leaks)
         run.read_api(leaks)
 
         # The system asks for an emergency with every secret in its reason.
@@ -561,3 +606,20 @@ class TestEverySurface:
         run = SurfaceRun(tmp_path, "production", "console")
         leaks = _scenario(run, "testing", (second, first))
         _assert_no_leaks(leaks, run)
+
+    def test_critical_start_failure_line(self, tmp_path: Path) -> None:
+        """A critical system failing its start with secrets: the one error line is redacted."""
+        run = SurfaceRun(tmp_path, "testing", "json", systems=("critical",))
+        leaks = Leaks()
+        with run.running():
+            assert run.proc is not None
+            run.proc.wait(timeout=STEP_TIMEOUT)
+        assert run.proc.returncode not in (0, None), run.stderr()
+        errors = [
+            line for line in run.stderr().splitlines() if line.startswith("supervisor: error")
+        ]
+        assert len(errors) == 1, run.stderr()
+        assert "critical" in errors[0]
+        assert "ValueError: [" in errors[0], errors[0]  # starts with a placeholder
+        leaks.check_text("stderr (start-up error line)", run.stderr())
+        assert not leaks.found, leaks.report()
