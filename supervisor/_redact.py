@@ -144,7 +144,7 @@ import ipaddress
 import re
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import attrs
 import structlog
@@ -393,6 +393,15 @@ _CARD_GATE: Final = re.compile(r"[0-9][0-9 -]{12}", _A)
 # one private-use character that no rule takes as part of anything, and is
 # put back after (only when the text holds none of them already).
 _ESCAPES: Final = (("\\n", "\ue000"), ("\\r", "\ue001"), ("\\t", "\ue002"))
+
+
+# `Redactor.text_within`: how much of an over-long text is redacted (a window
+# of at least this many times the limit), and how many redacted characters at
+# the window's cut edge are dropped (a secret the window split is no longer
+# recognisable; none of the shapes is longer once its header is gone).
+_WINDOW_FACTOR: Final = 2
+_CUT_GUARD: Final = 256
+_LONGEST_PLACEHOLDER: Final = max(map(len, PLACEHOLDERS))
 
 
 class RedactionError(RuntimeError):
@@ -935,6 +944,57 @@ class Redactor:
         if _CARD_GATE.search(s) is not None:
             s = _DIGIT_RUN.sub(_card_sub, s)
         return s
+
+    def text_within(
+        self,
+        s: str,
+        limit: int,
+        *,
+        keep: Literal["head", "tail"] = "head",
+        marker: str = "...",
+    ) -> str:
+        """Redact ``s`` and bound it to ``limit`` characters: redaction first, then the cut.
+
+        Cutting first can split a secret so that no rule knows it any more
+        (``straddle.victim@exa`` is no address, ``DE89 3704 00`` no IBAN) and
+        half of it is kept. Here the kept side is redacted whole, within a
+        window of ``2 * limit`` characters (at least ``limit + 1024``), so a
+        megabyte message costs no more than the window; when the window itself
+        cut ``s``, the last 256 redacted characters at that edge are dropped.
+        A placeholder split by the final cut is dropped whole.
+
+        Args:
+            s: The text, of any length.
+            limit: Most characters kept (the marker comes on top).
+            keep: ``"head"`` (messages) or ``"tail"`` (tracebacks: the
+                innermost frames and the error line are at the end).
+            marker: Added on the cut side when anything was cut.
+
+        Returns:
+            The redacted text, at most ``limit + len(marker)`` characters.
+        """
+        if len(s) <= limit:
+            return self.text(s)
+        window = max(limit * _WINDOW_FACTOR, limit + 1024)
+        if keep == "head":
+            out = self.text(s[:window])
+            if len(s) > window:
+                out = out[: max(0, len(out) - _CUT_GUARD)]
+            if len(out) > limit:
+                out = out[:limit]
+                bracket = out.rfind("[", max(0, limit - _LONGEST_PLACEHOLDER))
+                if bracket >= 0 and "]" not in out[bracket:]:
+                    out = out[:bracket]
+            return out + marker
+        out = self.text(s[-window:])
+        if len(s) > window:
+            out = out[_CUT_GUARD:]
+        if len(out) > limit:
+            out = out[-limit:]
+            bracket = out.find("]", 0, _LONGEST_PLACEHOLDER)
+            if bracket >= 0 and "[" not in out[:bracket]:
+                out = out[bracket + 1 :]
+        return marker + out
 
     def value(self, obj: object) -> object:
         """Redact a value recursively, building new containers.

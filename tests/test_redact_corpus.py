@@ -183,3 +183,58 @@ class TestFoundByTheSurfaceTestAndHypothesis:
         """Two shapes side by side: the second pass finds nothing the first did not."""
         once = RED.text(text)
         assert RED.text(once) == once
+
+
+class TestTextWithin:
+    """Redaction before the cut: a secret across the limit is never half-kept."""
+
+    LIMIT = 2000
+
+    def test_short_text_is_just_redacted(self) -> None:
+        """Within the limit, text_within is text."""
+        assert RED.text_within("mail bob@example.com", self.LIMIT) == "mail [email]"
+
+    def test_secret_across_the_cut_is_gone(self) -> None:
+        """An address straddling the limit: cut first it leaves ``straddle.vict``; here nothing."""
+        s = "x" * (self.LIMIT - 14) + " straddle.victim@example.com and more"
+        cut_first = RED.text(s[: self.LIMIT])
+        assert "straddle.vict" in cut_first  # the old order: cut, then redact
+        out = RED.text_within(s, self.LIMIT)
+        assert "straddle" not in out
+        assert out.endswith("...")
+        assert len(out) <= self.LIMIT + 3
+
+    @pytest.mark.parametrize("secret", SECRETS, ids=_ids)
+    def test_every_shape_at_every_offset_of_the_cut(self, secret: Secret) -> None:
+        """Each sample placed so the cut falls inside it, at every position: no needle kept."""
+        for offset in range(1, len(secret.text)):
+            pad = ("y " * self.LIMIT)[: self.LIMIT - offset - 1] + " "
+            out = RED.text_within(pad + secret.text + " tail", self.LIMIT)
+            assert len(out) <= self.LIMIT + 3
+            for needle in secret.needles:
+                assert needle[:12] not in out, offset
+
+    def test_window_shrinking_does_not_keep_its_cut_edge(self) -> None:
+        """Long keys shrink to placeholders; the address split by the window's edge is dropped."""
+        pem = SECRETS[-4].text  # a multi-line PEM key
+        head = (pem + "\n") * 40
+        window = max(self.LIMIT * 2, self.LIMIT + 1024)
+        pad = window - len(head) - 10
+        s = head + "z" * pad + " victim.person@example.com" + "w" * 5000
+        out = RED.text_within(s, self.LIMIT)
+        assert "victim" not in out
+        assert "MII" not in out
+
+    def test_tail_keeps_the_end_redacted(self) -> None:
+        """``keep='tail'`` (tracebacks): the start is cut after redaction, the marker first."""
+        s = "head 4111 1111 1111 1111 " + "t" * (self.LIMIT - 12) + " error for bob@example.com"
+        out = RED.text_within(s, self.LIMIT, keep="tail", marker="...\n")
+        assert out.startswith("...\n")
+        assert out.endswith("error for [email]")
+        assert "4111" not in out
+        assert len(out) <= self.LIMIT + 4
+
+    def test_disabled_only_cuts(self) -> None:
+        """With redaction off, the text is cut, nothing replaced."""
+        off = Redactor(enabled=False)
+        assert off.text_within("bob@example.com" * 10, 20) == "bob@example.combob@e..."
