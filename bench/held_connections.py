@@ -137,6 +137,12 @@ async def _attack(port: int, held: int, seconds: float) -> dict[str, Any]:
     }
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _api_counters(port: int, token: str) -> dict[str, float]:
     text = httpx.get(
         f"http://127.0.0.1:{port}/metrics",
@@ -187,7 +193,9 @@ def run(seconds: float, rate: int, held: int) -> dict[str, Any]:
                     break
                 except OSError:
                     time.sleep(0.05)
+            cpu_before = _cpu_seconds(proc.pid)
             attack = trio.run(_attack, port, held, seconds)
+            attack["cpu_percent"] = 100 * (_cpu_seconds(proc.pid) - cpu_before) / seconds
             attack["api"] = _api_counters(port, token)
             proc.wait(timeout=seconds + 60)
         finally:
@@ -212,16 +220,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(
         "| run | lateness p50 µs | p99 µs | max µs | /healthz p50 ms | p99 ms | "
-        "unanswered | evicted | refused | header timeouts | exit |"
+        "unanswered | evicted | refused | header timeouts | CPU % | exit |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name, r in (("idle", idle), (f"{args.held} held", held)):
         lat, api = r["lateness"], r["api"]
         print(
             f"| {name} | {lat['p50'] * 1e6:.0f} | {lat['p99'] * 1e6:.0f} | {lat['max'] * 1e6:.0f} "
             f"| {r['healthz_p50_ms']:.1f} | {r['healthz_p99_ms']:.1f} | {r['probe_failures']} "
             f"| {api.get(EVICTED, 0):.0f} | {api.get(REFUSED, 0):.0f} "
-            f"| {api.get(HEADER_TIMEOUTS, 0):.0f} "
+            f"| {api.get(HEADER_TIMEOUTS, 0):.0f} | {r['cpu_percent']:.0f} "
             f"| {'crashed' if r['crashed'] else 'ok'} |"
         )
     ratio = held["lateness"]["p99"] / max(idle["lateness"]["p99"], 1e-9)

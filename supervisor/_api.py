@@ -64,6 +64,7 @@ import attrs
 import hypercorn.config
 import trio
 
+from ._address import MAX_ERRORS_LIMIT, MAX_REASON, ListenAddress, parse_listen
 from ._audit import AuditEntry, AuditLog
 from ._config import ApiConfig
 from ._control import Caller, Controlled, Refused
@@ -93,10 +94,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-#: Longest ``reason`` accepted for shutdown and phase changes.
-MAX_REASON: Final = 500
-#: ``/v1/errors?limit=`` bounds and default.
-MAX_ERRORS_LIMIT: Final = 1000
+#: Pending connections the kernel queues before accept().
+_BACKLOG: Final = 128
+#: ``/v1/errors?limit=`` default.
 DEFAULT_ERRORS_LIMIT: Final = 20
 _MAX_SYSTEM_NAME: Final = 200
 _MAX_PHASE_NAME: Final = 64
@@ -125,57 +125,6 @@ class ApiListenError(SupervisorError, OSError):
     def __init__(self, message: str, *, listen: str) -> None:
         self.listen = listen
         super().__init__(f"[api] listen {listen!r}: {message}")
-
-
-# ---------------------------------------------------------------- addresses
-
-
-@attrs.frozen(kw_only=True)
-class ListenAddress:
-    """Where the API listens (or where a client connects): a Unix socket or TCP."""
-
-    path: str | None = None  # set for a Unix socket
-    host: str | None = None  # set for TCP
-    port: int = 0
-
-    @property
-    def is_tcp(self) -> bool:
-        """True for a TCP address: tokens are then always required."""
-        return self.path is None
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def parse_listen(text: str) -> ListenAddress:
-    """Parse ``unix:PATH``, ``HOST:PORT`` or ``http://HOST:PORT`` (IPv6 in brackets).
-
-    Raises:
-        ValueError: the text is none of those; the message says which part is wrong.
-    """
-    text = text.strip()
-    if text.startswith("unix:"):
-        path = text[len("unix:") :]
-        if path.startswith("//"):  # unix:///abs/path, as some tools write it
-            path = path[2:]
-        if not path:
-            raise ValueError(f"{text!r}: expected unix:PATH with a path")
-        return ListenAddress(path=path)
-    rest = text.removeprefix("http://").rstrip("/")
-    if "://" in rest or "/" in rest:
-        raise ValueError(f"{text!r}: expected unix:PATH, HOST:PORT or http://HOST:PORT")
-    if rest.startswith("["):
-        host, sep, port_text = rest[1:].partition("]:")
-    else:
-        host, sep, port_text = rest.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{text!r}: expected unix:PATH, HOST:PORT or http://HOST:PORT")
-    if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
-    return ListenAddress(host=host, port=int(port_text))
 
 
 # ------------------------------------------------------------------ answers
@@ -954,18 +903,27 @@ def _unix_listener(address: ListenAddress, shown: str) -> socket.socket:
         finally:
             probe.close()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Bound and listening under a temporary name, then renamed into place:
+    # the path never names a socket that refuses connections, so a client
+    # that sees the file can connect (tests/test_api_audit.py::TestAttachApi).
+    staging = path.with_name(f".{os.getpid()}.sock")  # short: socket paths are limited
     try:
         # umask 0177 makes bind() create the file 0600 at once, so there is
         # no moment at which another user could connect; chmod anyway in case
         # the platform ignores the umask for sockets.
         old = os.umask(0o177)
         try:
-            sock.bind(str(path))
+            staging.unlink(missing_ok=True)
+            sock.bind(str(staging))
         finally:
             os.umask(old)
-        os.chmod(path, 0o600)
+        os.chmod(staging, 0o600)
+        sock.listen(_BACKLOG)
+        os.rename(staging, path)
     except OSError as exc:
         sock.close()
+        with contextlib.suppress(OSError):
+            staging.unlink()
         raise ApiListenError(exc.strerror or str(exc), listen=shown) from None
     return sock
 
@@ -1139,6 +1097,21 @@ def _check_audit_path(path: Path, source: str) -> None:
         raise ConfigError(exc.problem, source=source, key="api.audit_log") from None
 
 
+def _only(group: BaseExceptionGroup[Any], kind: type[Exception]) -> Exception | None:
+    """The one exception in ``group`` (nested groups flattened) if it is a ``kind``, else None."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if len(leaves) == 1 and isinstance(leaves[0], kind):
+        return leaves[0]
+    return None
+
+
 async def _wait_closing(sup: Supervisor) -> None:
     """Return when ``sup`` starts to close.
 
@@ -1197,15 +1170,22 @@ def attach_api(sup: Supervisor) -> None:
     async def serve(
         _sup: Supervisor, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(flush_refusals)
-            await serve_api(
-                app,
-                listen,
-                api=served,
-                shutdown_trigger=functools.partial(_wait_closing, sup),
-                task_status=task_status,
-            )
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(flush_refusals)
+                await serve_api(
+                    app,
+                    listen,
+                    api=served,
+                    shutdown_trigger=functools.partial(_wait_closing, sup),
+                    task_status=task_status,
+                )
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The nursery wraps serve_api's start-up error: callers catch the one line.
+            error = _only(group, ApiListenError)
+            if error is None:
+                raise
+            raise error from None
 
     sup.services.append(serve)

@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import pytest
 import trio
 from test_api import OWN_UID, STRANGER_UID, UID_CALLER, call, make_rig
 
-from supervisor._api import attach_api
+from supervisor._api import ApiListenError, attach_api
 from supervisor._audit import MAX_REFUSAL_SOURCES, AuditLog
 from supervisor._errors import ConfigError
 from supervisor.testing import Ticking, make_supervisor
@@ -262,3 +263,19 @@ class TestAttachApi:
             ("result", UID_CALLER, "shutdown"),
         ]
         assert os.getuid() == OWN_UID
+
+    async def test_address_in_use_is_one_listen_error(self, short_tmp: Path) -> None:
+        """A port another process listens on: the run fails with the ApiListenError line."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            sup = make_supervisor(
+                [Ticking()],
+                config={"api": {"listen": f"127.0.0.1:{port}", "audit_log": str(short_tmp / "a")}},
+                tick_rate=30,
+            )
+            attach_api(sup)
+            with pytest.raises(ApiListenError, match="in use") as info:
+                await sup.run(duration=5)
+        assert "\n" not in str(info.value)
