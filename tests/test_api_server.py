@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import os
 import shutil
@@ -534,3 +535,36 @@ class TestPlaintextTokens:
         served = await serve("0.0.0.0:0", allow_plaintext_tokens=True)
         served.host = "127.0.0.1"
         assert await healthz(served) == 200
+
+
+class TestGarbage:
+    async def test_closed_connections_leave_no_cycles(self, serve: Any) -> None:
+        """Served, timed-out and evicted connections are freed by reference counting alone.
+
+        Each used to leave its connection and protocol in a reference cycle
+        for the garbage collector, whose pauses then grew with the churn an
+        attacker controls (bench/held_connections.py).
+        """
+        served = await serve(max_connections=5, header_timeout=0.2)
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(20):
+                assert await healthz(served) == 200
+            idle = [await served.connect() for _ in range(20)]
+            await wait_until(lambda: served.stats.open == 0)
+            for stream in idle:
+                await stream.aclose()
+            gc.collect()
+            leaked = [
+                o
+                for o in gc.garbage
+                if type(o).__module__.startswith(("supervisor", "hypercorn", "h11"))
+            ]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        assert served.stats.evicted + served.stats.header_timeouts == 20
+        assert leaked == []
