@@ -23,23 +23,12 @@ import time
 from pathlib import Path
 
 import pytest
+from test_cli_main import QUICK_WORLD
 
 pytestmark = pytest.mark.e2e
 
 SUPERVISOR = Path(sys.executable).parent / "supervisor"
 TIMEOUT = 60.0
-
-QUICK_WORLD = """\
-[supervisor]
-state_dir = "state"
-snapshot_interval = 0
-
-[systems]
-enabled = ["heartbeat"]
-
-[features]
-api = false
-"""
 
 #: The demo world at 200 Hz with purchases every few ticks; no API.
 DEMO_WORLD = """\
