@@ -169,7 +169,16 @@ def cli() -> None:
     help="Write the run summary (one JSON object) to this regular file on exit.",
 )
 def run(**options: Any) -> None:
-    """Start the supervisor in the foreground."""
+    """Start the supervisor in the foreground.
+
+    \b
+    With no --config: ./supervisor.toml if it exists, else the demo world.
+    SUPERVISOR_<SECTION>_<KEY> variables override the config file.
+    Exit codes: 0 clean stop; 1 failed (a critical system did not start);
+    2 usage or config error, or a start refused on purpose (earlier
+    snapshots without --resume/--fresh, a database that lost data);
+    3 ended by an emergency shutdown, state preserved; 4 state not preserved.
+    """
     from ._run import run_command
 
     run_command(**options)

@@ -545,3 +545,12 @@ def errors(
 
 #: The commands for ``cli.add_command``, in the order ``--help`` lists them.
 COMMANDS: Final[list[click.Command]] = [status, shutdown, restart, phase, readiness, errors]
+
+#: What every client command's ``--help`` ends with (CONTRACT section 8).
+EPILOG: Final = (
+    f"Reads {TOKEN_ENV} (the API token, sent as a bearer token; on the Unix socket its "
+    "owner needs none). Exit codes: 0 done; 1 refused, failed or not running; 2 usage "
+    "or config error."
+)
+for _command in COMMANDS:
+    _command.epilog = EPILOG

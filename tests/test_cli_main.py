@@ -98,6 +98,19 @@ class TestUsageErrors:
         assert "--force and --reason" in result.stdout
 
 
+class TestHelp:
+    @pytest.mark.parametrize(
+        "command", ["run", "status", "shutdown", "restart", "phase", "readiness", "errors"]
+    )
+    def test_help_names_exit_codes_and_environment(self, command: str) -> None:
+        """Every command's ``--help`` gives its exit codes and the environment it reads."""
+        result = CliRunner().invoke(cli, [command, "--help"], prog_name="supervisor")
+        assert result.exit_code == 0
+        text = " ".join(result.stdout.split())
+        assert "Exit codes: 0 " in text
+        assert ("SUPERVISOR_<SECTION>_<KEY>" if command == "run" else "SUPERVISOR_TOKEN") in text
+
+
 class TestSummaryJson:
     """``--summary-json`` writes only to a regular file (or through a symlink to one)."""
 
