@@ -1,10 +1,12 @@
-"""Redactor.text cost per typical log line: the fast path and the slow paths.
+"""Redactor.text cost per typical log line, and a whole log event with and without redaction.
 
 Each line is redacted ``NUMBER`` times per run, best of ``REPEAT`` runs
 (``timeit``), reported in microseconds per call. The lines are what the
 supervisor's logs carry: prose without digits (the fast path), JSON-ish event
 lines full of numbers (ticks, ISO timestamps, durations, versions, addresses)
-with nothing to redact, and lines holding one secret of a common shape.
+with nothing to redact, and lines holding one secret of a common shape. Then
+one ``system.error`` log event (eight fields) through ``configure_logging``
+into memory, in both formats, without and with the redaction processor.
 
 Run: ``python -m bench.redact [--json FILE]``.
 """
@@ -12,10 +14,15 @@ Run: ``python -m bench.redact [--json FILE]``.
 from __future__ import annotations
 
 import functools
+import io
 import sys
 import timeit
+from typing import Any
+
+import structlog
 
 from bench import _common
+from supervisor import configure_logging
 from supervisor._redact import Redactor
 
 NUMBER = 20_000
@@ -65,10 +72,38 @@ def measure() -> dict[str, float]:
     return out
 
 
+EVENT: dict[str, Any] = {
+    "system": "economy",
+    "hook": "tick",
+    "tick": 48213,
+    "error": "ValueError",
+    "message": "purchase 1234 failed after 0.000679988 s (attempt 3 of 5)",
+    "fingerprint": "3e03b914f472",
+    "kind": "error",
+}
+
+
+def measure_events() -> dict[str, float]:
+    """Microseconds per log event through the whole processor chain, per format."""
+    out: dict[str, float] = {}
+    for fmt in ("json", "console"):
+        for label, processors in (
+            ("no redaction", ()),
+            ("redacted", (Redactor().structlog_processor(),)),
+        ):
+            configure_logging(fmt, stream=io.StringIO(), processors=processors)
+            log = structlog.get_logger()
+            call = functools.partial(log.info, "system.error", **EVENT)
+            best = min(timeit.repeat(call, number=NUMBER // 4, repeat=REPEAT))
+            out[f"log event, {fmt}, {label}"] = round(best / (NUMBER // 4) * 1e6, 2)
+    structlog.reset_defaults()
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print the figures (and write them as JSON with ``--json``)."""
     args = _common.parser(__doc__).parse_args(argv)
-    figures = measure()
+    figures = {**measure(), **measure_events()}
     width = max(map(len, figures))
     for name, us in figures.items():
         sys.stdout.write(f"{name:<{width}}  {us:8.2f} us\n")

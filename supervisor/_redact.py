@@ -361,7 +361,6 @@ _DIGIT_GROUPS: Final = re.compile(
     _A,
 )
 _GROUP_SEPS: Final = re.compile(r"([ .-])")
-_GROUPS_GATE: Final = re.compile(r"[0-9]{2}[ .-][0-9]{2}|\([0-9]{2}", _A)
 
 # Patterns below start with a character class and check the left context with
 # a lookbehind *after* it (`[0-9](?<![\w.][0-9])`): then re skips non-digits in
@@ -479,6 +478,13 @@ def _key_words(extra: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(words, key=lambda w: (-len(w), w)))
 
 
+@functools.lru_cache(maxsize=1024)
+def _sensitive_key(key: str, extra: tuple[str, ...]) -> bool:
+    """Whether mapping key ``key`` holds a sensitive word (cached: keys repeat)."""
+    norm = _normalise_key(key)
+    return any(w in norm for w in _key_words(extra))
+
+
 @functools.lru_cache(maxsize=32)
 def _gate_words(extra: tuple[str, ...]) -> tuple[str, ...]:
     """Cheap substrings that must occur (lower-cased) for a text key to match.
@@ -492,7 +498,7 @@ def _gate_words(extra: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(p for p in firsts if not any(q != p and q in p for q in firsts)))
 
 
-_PLACEHOLDER_AHEAD: Final = r"\[(?:" + "|".join(re.escape(p[1:-1]) for p in PLACEHOLDERS) + r")\]"
+_PLACEHOLDER_REST: Final = r"(?:" + "|".join(re.escape(p[1:-1]) for p in PLACEHOLDERS) + r")\]"
 
 
 @functools.lru_cache(maxsize=32)
@@ -522,7 +528,9 @@ def _kv_pattern(extra: tuple[str, ...]) -> re.Pattern[str]:
         # right after the value (`password:x(415) 555-2671`) does not make a
         # second pass take that placeholder as part of the value.
         r"|[\"']?(?:(?:bearer|basic|digest|token|negotiate)[ \t]+)?"
-        r"(?:(?!" + _PLACEHOLDER_AHEAD + r")[^\s,;&\"'(){}<>\ue000-\ue002])+)",
+        # Runs without '[' (possessive: no backtracking into them), and a '['
+        # only where no placeholder starts.
+        r"(?:[^\s,;&\"'(){}<>\[\ue000-\ue002]++|\[(?!" + _PLACEHOLDER_REST + r"))+)",
         _AI,
     )
 
@@ -939,8 +947,7 @@ class Redactor:
         # full patterns run; most log lines with numbers stop here.
         if s.count(".") >= 3 and _IPV4_GATE.search(s) is not None:
             s = _IPV4.sub(_ipv4_sub, s)
-        if _GROUPS_GATE.search(s) is not None:
-            s = _DIGIT_GROUPS.sub(_groups_sub, s)
+        s = _DIGIT_GROUPS.sub(_groups_sub, s)
         if _CARD_GATE.search(s) is not None:
             s = _DIGIT_RUN.sub(_card_sub, s)
         return s
@@ -1070,10 +1077,15 @@ class Redactor:
         for key, val in items:
             if isinstance(key, str):
                 new_key: object = self.text(key)
-                # The redacted key is checked too: `sk_live_...` as a key turns
-                # into `[token]`, and a second pass must not mask it then.
-                norm = f"{_normalise_key(key)} {_normalise_key(str(new_key))}"
-                sensitive = any(w in norm for w in words)
+                if new_key == key:
+                    # The common case: event and record keys repeat, so the
+                    # verdict is cached (only for keys nothing was found in).
+                    sensitive = _sensitive_key(key, self.extra_keys)
+                else:
+                    # The redacted key is checked too: `sk_live_...` as a key
+                    # turns into `[token]`, and a second pass must not mask it.
+                    norm = f"{_normalise_key(key)} {_normalise_key(str(new_key))}"
+                    sensitive = any(w in norm for w in words)
             else:
                 sensitive = False
                 new_key = self._hashable(key, depth)
