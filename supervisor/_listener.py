@@ -59,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import random
 import socket
 import ssl
 import struct
@@ -96,6 +97,8 @@ LOG_EVERY: Final = 60.0
 _EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _EXHAUSTED_PAUSE: Final = 0.1
 _PEERCRED_SIZE: Final = struct.calcsize("3i")
+# Jitter for pacing slow heads: not a secret, only a spread.
+_JITTER: Final = random.Random()
 
 
 @attrs.frozen(kw_only=True)
@@ -107,12 +110,15 @@ class ConnectionLimits:
         header_timeout: seconds for a request head (and for a TLS handshake).
         keep_alive_timeout: seconds an idle keep-alive connection is kept.
         send_timeout: seconds the client has to take a response.
+        head_pace: longest random pause before reading the next piece of a
+            request head that arrives in pieces (see ``_Connection._read_data``).
     """
 
     max_connections: int = 256
     header_timeout: float = 5.0
     keep_alive_timeout: float = 5.0
     send_timeout: float = 10.0
+    head_pace: float = 0.25
 
 
 @attrs.define(eq=False)
@@ -388,16 +394,20 @@ class _Connection(TCPServer):
             await self.protocol.handle(Closed())
 
     async def _read_data(self) -> None:
+        pause = 0.0
         while True:
             with trio.CancelScope(deadline=self._deadline) as scope:
                 self._reader = scope
                 if self.evicted:
                     scope.cancel()
                 try:
+                    if pause:
+                        await trio.sleep(pause)
                     data = await self.stream.receive_some(MAX_RECV)
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     break
             self._reader = None
+            pause = 0.0
             if scope.cancelled_caught:
                 self._timed_out()
                 break
@@ -406,6 +416,14 @@ class _Connection(TCPServer):
             await self.protocol.handle(RawData(bytes(data)))
             if not data:
                 break
+            if self.stage == _HEAD:
+                # A head in pieces: read the next piece after a random pause.
+                # Slowloris clients sending in step (a byte a second each)
+                # would otherwise wake every connection task in one scheduler
+                # batch and delay a due tick by the whole batch; jitter
+                # spreads those wake-ups out. A client sending its head in
+                # one piece never pauses; the head deadline still holds.
+                pause = self.limits.head_pace * _JITTER.random()
         await self.protocol.handle(Closed())
 
     def _timed_out(self) -> None:

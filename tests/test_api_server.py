@@ -291,6 +291,19 @@ class TestDeadlines:
         assert served.stats.header_timeouts == 20
         assert await healthz(served) == 200
 
+    async def test_head_in_pieces_is_still_served(self, serve: Any) -> None:
+        """Pieces of a head are read after a random pause (at most head_pace), then answered."""
+        served = await serve(header_timeout=3.0)
+        async with await served.connect() as stream:
+            start = trio.current_time()
+            for i in range(0, len(HEALTHZ_CLOSE), 10):
+                await stream.send_all(HEALTHZ_CLOSE[i : i + 10])
+                await trio.sleep(0.01)
+            answer = await read_all(stream)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        pieces = len(HEALTHZ_CLOSE) // 10 + 1
+        assert trio.current_time() - start < pieces * (0.01 + 0.25) + 0.5
+
     async def test_idle_connection_gets_header_timeout(self, serve: Any) -> None:
         """A connection that sends nothing is closed at header_timeout."""
         served = await serve(header_timeout=0.3)
