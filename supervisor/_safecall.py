@@ -56,12 +56,10 @@ def is_runtime_cancel(exc: BaseException) -> bool:
     scope and raised again) would otherwise crash the run: it is the
     plugin's failure. Only called on the failure path.
     """
-    if isinstance(exc, trio.Cancelled):
-        pass
-    elif isinstance(exc, BaseExceptionGroup):
-        if exc.subgroup(trio.Cancelled) is None:
-            return False
-    else:
+    holds_cancelled = isinstance(exc, trio.Cancelled) or (
+        isinstance(exc, BaseExceptionGroup) and exc.subgroup(trio.Cancelled) is not None
+    )
+    if not holds_cancelled:
         return False
     try:
         return trio.current_effective_deadline() == -math.inf

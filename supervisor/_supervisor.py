@@ -722,14 +722,13 @@ class Supervisor:
             if "health" in slot.info.hooks:
                 await self._probe_health(slot, now)
 
-    async def _probe_health(self, slot: _Slot, now: float) -> bool:
+    async def _probe_health(self, slot: _Slot, now: float) -> None:
         ok, value = await self._call(slot, "health", timeout=self._budget)
-        if not ok:
+        if ok:
+            slot.health = _health_value(value)
+        else:
             slot.health = "unhealthy"
             self._count_failure(slot, "health", now)
-            return False
-        slot.health = _health_value(value)
-        return True
 
     def _record(
         self,
