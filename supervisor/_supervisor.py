@@ -1538,7 +1538,9 @@ class Supervisor:
                 continue
             try:
                 systems[slot.name] = msgpack.packb(state)
-            except Exception as exc:  # a hostile __index__/__len__ or an unpackable type
+            except BaseException as exc:  # an unpackable type, or a hostile mapping's methods
+                if is_runtime_cancel(exc):
+                    raise
                 record = self._record(slot, "snapshot", exc)
                 self._count_failure(slot, "snapshot", now)
                 self._log.error(

@@ -701,6 +701,27 @@ class TestSnapshotHook:
         assert [set(snap.systems) for snap in written] == [{"steady"}] * 30
         assert written[-1].tick == 300
 
+    def test_a_state_that_explodes_while_packed_is_recorded(self) -> None:
+        """snapshot() returns a mapping whose methods raise KeyboardInterrupt inside msgpack."""
+
+        class Explodes(dict[str, int]):
+            def items(self) -> Any:
+                raise KeyboardInterrupt
+
+            def __iter__(self) -> Any:
+                raise KeyboardInterrupt
+
+            def __len__(self) -> int:
+                raise KeyboardInterrupt
+
+        class Packs(Ticking):
+            def snapshot(self) -> Any:
+                return Explodes(a=1)
+
+        result = run_systems(Packs("packs"), ticks=5, tick_rate=30)  # captured at stop
+        assert result.summary.ticks == 5
+        assert [(r.hook, r.exc_type) for r in result.errors] == [("snapshot", "KeyboardInterrupt")]
+
     def test_a_failing_restore_is_recorded_and_the_run_goes_on(self, tmp_path: Path) -> None:
         """Resume where one system's restore() raises: recorded, counted, the others restored."""
 
