@@ -6,8 +6,9 @@ exposition is accepted by Prometheus's own parser, the bearer token of a
 ``viewer`` is enough, the counters and histograms work with ``rate`` and
 ``histogram_quantile``.
 
-``prometheus`` must be on ``PATH``: ``.ci/run`` installs Debian's package
-(``apt-get install prometheus``). Without it this test fails, it does not skip.
+``prometheus`` must be on ``PATH``: ``.ci/services.sh`` (run by the README's
+test command, and so by ``.ci/run``) installs Debian's package when missing.
+Without it this test fails, it does not skip.
 """
 
 from __future__ import annotations
@@ -247,8 +248,8 @@ def test_prometheus_scrapes_a_running_supervisor(tmp_path: Path) -> None:
     prometheus = shutil.which("prometheus")
     if prometheus is None:
         pytest.fail(
-            "`prometheus` is not on PATH: install it (Debian: `apt-get install prometheus`; "
-            ".ci/run does this) to run the Prometheus integration test"
+            "`prometheus` is not on PATH: run `bash .ci/services.sh` (Debian's package, "
+            "as root or with sudo) to run the Prometheus integration test"
         )
     token = secrets.token_urlsafe(24)
     api_port = prom_port = free_port()
