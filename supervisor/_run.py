@@ -167,6 +167,7 @@ def write_summary(path: str, summary: RunSummary) -> None:
     target = Path(os.path.realpath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes it 0600; the summary is for monitoring to read
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(json.dumps(summary.as_dict(), indent=2) + "\n")
         os.replace(tmp, target)
