@@ -289,10 +289,10 @@ _API_KEY: Final = re.compile(
 # is taken instead, else a second pass would find it. Not re.ASCII: local
 # parts and domains may be internationalised (`josé@exämple.com`, RFC 6531),
 # and the top-level domain may be a punycode `xn--` label.
-_EMAIL_DOMAIN: Final = re.compile(
-    r"@(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+(?:xn--[A-Za-z0-9-]{1,59}|[^\W\d_]{2,63})"
-    r"(?![\w.%+-]*@)"
-)
+_DOMAIN: Final = r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+(?:xn--[A-Za-z0-9-]{1,59}|[^\W\d_]{2,63})"
+_EMAIL_DOMAIN: Final = re.compile(r"@" + _DOMAIN + r"(?![\w.%+-]*@)")
+# URL-encoded (`?email=bob%40example.com`): the same, after `%40`.
+_EMAIL_DOMAIN_ENCODED: Final = re.compile(r"%40" + _DOMAIN + r"(?![\w.%+-]*(?:@|%40))")
 # ASCII local-part characters besides letters and digits (`str.isalnum` takes
 # the non-ASCII ones). Not '=', '\'', '/', '&' or '{': in log text they are far
 # more often the separator before an address (`user=bob@x.org`) than part of it.
@@ -345,14 +345,15 @@ _E164: Final = re.compile(
 )
 
 # National phone numbers and SSNs: runs of digit groups joined by one of
-# ' .-', the first group 2-5 digits (or bracketed: `(415) `, `(030) `). Which
+# ' .-', the first group 1-5 digits (or bracketed: `(415) `, `(030) `), so
+# `1-800-555-0199` is a run whose span from `800` is a number. Which
 # spans are phone numbers or SSNs is decided in Python (`_groups_sub`). A run
 # cannot start right after a word character, '.', '+' or '-' (decimals,
 # versions, UUIDs, dates and E.164 numbers are something else), nor after a
 # placeholder's ']' (the first pass saw what the placeholder replaced).
 _DIGIT_GROUPS: Final = re.compile(
     r"[(0-9](?<![\w.+)\]-][(0-9])"
-    r"(?:(?<=\()(?P<area>[0-9]{2,5})\)(?P<psep> ?)|(?<=[0-9])[0-9]{1,4}[ .-])"
+    r"(?:(?<=\()(?P<area>[0-9]{2,5})\)(?P<psep> ?)|(?<=[0-9])[0-9]{0,4}[ .-])"
     r"[0-9]{2,8}(?:[ .-][0-9]{2,8})*"
     # The last group must not run on into a word, a decimal or a time
     # (`2026-11-21 10:00` stops before `10`). A placeholder there counts as
@@ -591,10 +592,10 @@ def _local_part_start(s: str, at: int, floor: int) -> int:
     return start
 
 
-def _redact_emails(s: str) -> str:
+def _redact_emails(s: str, domain: re.Pattern[str] = _EMAIL_DOMAIN) -> str:
     out: list[str] = []
     done = 0  # end of the text already copied to `out`
-    for m in _EMAIL_DOMAIN.finditer(s):
+    for m in domain.finditer(s):
         at = m.start()
         start = _local_part_start(s, at, done)
         if start == at:
@@ -730,7 +731,7 @@ def _span_kind(groups: list[str], seps: list[str], bracketed: bool) -> str | Non
     if nanp and (bracketed or own_seps <= {"-", "."}):
         return PHONE
     digits = sum(lens)
-    if first[0] == "0" and first[1] != "0" and 10 <= digits <= 12:
+    if len(first) > 1 and first[0] == "0" and first[1] != "0" and 10 <= digits <= 12:
         return PHONE
     if first[:2] == "00" and len(first) > 2 and first[2] != "0" and 10 <= digits <= 17:
         return PHONE
@@ -938,6 +939,8 @@ class Redactor:
             s = _API_KEY.sub(TOKEN, s)
         if "@" in s:
             s = _redact_emails(s)
+        if "%40" in s:
+            s = _redact_emails(s, _EMAIL_DOMAIN_ENCODED)
         s = _redact_ibans(s)
         if "+" in s:
             s = _E164.sub(_e164_sub, s)

@@ -76,6 +76,8 @@ SECRETS: tuple[Secret, ...] = (
     _s("email-nonascii", "müller@bücher.de", "[email]"),
     _s("email-nonascii", "дмитрий@пример.рф", "[email]"),
     _s("email-nonascii", "zoë@xn--exmple-cua.com", "[email]"),
+    _s("email-urlencoded", "bob.jones%40example.com", "[email]"),
+    _s("email-urlencoded", "?to=ann%2Bx%40mail.example.org&x=1", "?to=[email]&x=1", "mail.example"),
     _s("email-quoted", '"john doe"@example.com', "[email]", "john doe"),
     _s("email-quoted", '"jane.q@home"@example.net', "[email]", "jane.q@home"),
     # --- URL credentials
@@ -221,6 +223,7 @@ SECRETS: tuple[Secret, ...] = (
     _s("phone-national", "(030) 1234567", "[phone]", "1234567"),
     _s("phone-national", "0151-23456789", "[phone]"),
     _s("phone-national", "0049 30 1234567", "[phone]"),
+    _s("phone-national", "1-800-555-0199", "1-[phone]", "800-555-0199"),
     # --- US social security numbers
     _s("ssn", "078-05-1120", "[ssn]"),
     _s("ssn", "219-09-9999", "[ssn]"),

@@ -703,6 +703,10 @@ FRAGMENTS = [
     "[iban]",
     "[ssn]",
     "[private key]",
+    "0.000123",
+    "1-800-555-0199",
+    "%40",
+    " 0",
 ]
 tricky_text = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=3)), max_size=20).map(
     "".join
