@@ -1117,11 +1117,7 @@ async def _wait_closing(sup: Supervisor) -> None:
 
     ``sup.closing`` is read at call time: each run of a supervisor has its own event.
     """
-    closing: trio.Event | None = getattr(sup, "closing", None)
-    if closing is None:  # a core without ``closing``: cancellation ends the service
-        await trio.sleep_forever()
-    assert closing is not None
-    await closing.wait()
+    await sup.closing.wait()
 
 
 def attach_api(sup: Supervisor) -> None:
