@@ -9,7 +9,8 @@ operator restart mid-run; 60 ticks at 30 Hz on a MockClock). It counts the
 runs that ended normally after exactly their ticks, the faults raised and
 recorded, gauge records, restarts and quarantines, and the runs that
 crashed (on the main before issue 8, with the default seed, 1,191 of 2,000
-did, and 55 of the 1,092 faults raised in the others went unrecorded: health()).
+did; in the others 55 of the 1,092 faults raised went unrecorded, since a
+failing health() was never recorded).
 
 Run: ``python -m bench.faults [--runs N] [--seed S] [--json FILE]``.
 """
