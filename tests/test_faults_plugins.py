@@ -636,7 +636,7 @@ class TestHealth:
         health = [r for r in sup.errors.records if r.hook == "health"]
         assert len(health) == system.calls
         assert {r.kind for r in health} == {"interrupted"}
-        assert max(p[0] for p in probes) < 0.01
+        assert max(p[0] for p in probes) < 0.02  # microseconds, but the machine may preempt
         assert (False, ["unhealthy: slow"]) in [(p[1], p[2]) for p in probes]
 
 
