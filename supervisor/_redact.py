@@ -10,8 +10,9 @@ placeholder         replaces
 ==================  ==============================================================
 ``[email]``         e-mail addresses (``local@domain.tld``; a dot in the domain is
                     required, so ``root@localhost`` is kept), internationalised
-                    ones too (``josé.garcía@exämple.com``, ``xn--`` domains) and
-                    quoted local parts (``"john doe"@example.com``)
+                    ones too (``josé.garcía@exämple.com``, ``xn--`` domains),
+                    quoted local parts (``"john doe"@example.com``) and the
+                    URL-encoded form (``bob%40example.com``)
 ``[ip]``            IPv4 dotted quads and IPv6 addresses (full, ``::``-compressed,
                     IPv4-mapped, with ``%zone``); port / prefix suffixes are kept
 ``[token]``         ``Bearer xxx`` credentials (the word ``Bearer`` is kept), API
@@ -51,7 +52,8 @@ Sensitive keys are :data:`DEFAULT_SENSITIVE_KEYS` plus ``Redactor.extra_keys``.
 Keys are compared case-insensitively after mapping ``-``, ``.`` and spaces to
 ``_``, so ``X-Auth-Token``, ``db_password`` and ``ApiKey`` all count.
 
-Decisions (the corpus in ``tests/test_redact.py`` pins each of them):
+Decisions (``tests/test_redact.py`` and the shared corpus
+``tests/redaction_corpus.py`` pin each of them):
 
 * Mapping keys match by *substring*, as configured: ``session_count`` and
   ``tokenizer`` as mapping keys are redacted too. Structured data errs on the
@@ -105,6 +107,13 @@ Decisions (the corpus in ``tests/test_redact.py`` pins each of them):
   rather than emit something half-redacted.
 * :meth:`Redactor.text` is idempotent: redacting twice gives the same string
   as redacting once (placeholders never match any pattern).
+* Text as a ``repr`` shows it is read like the text itself: an escaped
+  newline or tab (the two characters ``\\n``) separates like a real one, and
+  a value quoted with escaped quotes (``secret: \\'x\\'``, a ``KeyError``'s
+  message) is still a quoted value.
+* Cut *after* redacting (:meth:`Redactor.text_within`): cutting first can
+  split a secret so that no rule knows it any more, and half of it would be
+  kept.
 
 Place :meth:`Redactor.structlog_processor` after ``format_exc_info`` /
 ``dict_tracebacks`` (so tracebacks are strings by then) and after anything
