@@ -818,7 +818,6 @@ def make_app(
     audit: AuditLog,
     redactor: Redactor | None = None,
     stats: ServerStats | None = None,
-    phase: Callable[[], str] | None = None,
 ) -> ASGIApp:
     """Build the ASGI app serving ``sup``.
 
@@ -830,13 +829,10 @@ def make_app(
         redactor: applied to error answers (the audit log has its own).
         stats: the listener's counters, shown in ``/metrics`` (:func:`serve_api`
             uses the app's own when given none).
-        phase: accepted for callers written before peer credentials; access
-            no longer depends on the phase (see ``_Api._authenticate``).
 
     Returns:
         The ASGI 3 application, for :func:`serve_api` or any ASGI server.
     """
-    del phase  # access follows the caller's identity, never the phase
     return _Api(
         sup=sup, api=api, tcp=tcp, audit=audit, redactor=redactor, stats=stats or ServerStats()
     )

@@ -288,10 +288,14 @@ class _Connection(TCPServer):
         """True while no request is being served: the connection may be evicted."""
         return self.stage != _REQUEST
 
-    def evict(self) -> None:
-        """Close this connection soon: it waits for a request head while a newcomer needs room."""
+    def evict(self, *, count: bool = True) -> None:
+        """Close this connection soon: it waits for a request head while a newcomer needs room.
+
+        Also used at shutdown (``count=False``) to close idle connections.
+        """
         self.evicted = True
-        self.stats.evicted += 1
+        if count:
+            self.stats.evicted += 1
         if self._reader is not None:
             self._reader.cancel()
 
@@ -563,9 +567,7 @@ class _Server:
         for conn in list(self._conns):
             if conn.waiting:
                 self._conns.pop(conn, None)
-                conn.evicted = True
-                if conn._reader is not None:
-                    conn._reader.cancel()
+                conn.evict(count=False)
 
 
 def _describe(exc: BaseException) -> str:

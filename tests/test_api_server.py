@@ -581,3 +581,31 @@ class TestGarbage:
             gc.enable()
         assert served.stats.evicted + served.stats.header_timeouts == 20
         assert leaked == []
+
+
+class TestGracefulStop:
+    async def test_trigger_answers_in_flight_and_closes_idle(self, tmp_path: Path) -> None:
+        """After the trigger: the request in flight is answered, idle ones close, no new ones."""
+        rig = make_rig(tmp_path, "dev-tcp")
+        rig.fake.hang = True
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            shown = await nursery.start(
+                functools.partial(serve_api, rig.app, "127.0.0.1:0", shutdown_trigger=stop.wait)
+            )
+            port = int(shown.rpartition(":")[2])
+            idle = await trio.open_tcp_stream("127.0.0.1", port)
+            busy = await trio.open_tcp_stream("127.0.0.1", port)
+            await busy.send_all(
+                b"POST /v1/shutdown HTTP/1.1\r\nHost: sv\r\nContent-Length: 2\r\n"
+                b"Authorization: Bearer " + OPERATOR_TOKEN.encode() + b"\r\n\r\n{}"
+            )
+            await wait_until(lambda: any(c[0] == "shutdown" for c in rig.fake.calls))
+            stop.set()
+            assert await read_all(idle, limit=2) == b""
+            with pytest.raises(OSError, match="failed|refused"):
+                await trio.open_tcp_stream("127.0.0.1", port)
+            rig.fake.release.set()
+            assert (await read_all(busy, limit=2)).startswith(b"HTTP/1.1 200 ")
+            await idle.aclose()
+            await busy.aclose()
