@@ -364,11 +364,11 @@ _E164: Final = re.compile(
 # ' .-', the first group 2-5 digits (or bracketed: `(415) `, `(030) `; or a
 # North American `1-`/`1 `, so `1-800-555-0199` is a run whose span from
 # `800` is a number; a lone first digit in general would make every decimal
-# a candidate). Which
-# spans are phone numbers or SSNs is decided in Python (`_groups_sub`). A run
-# cannot start right after a word character, '.', '+' or '-' (decimals,
-# versions, UUIDs, dates and E.164 numbers are something else), nor after a
-# placeholder's ']' (the first pass saw what the placeholder replaced).
+# a candidate). Which spans are phone numbers or SSNs is decided in Python
+# (`_groups_sub`). A run cannot start right after a word character, '.', '+'
+# or '-' (decimals, versions, UUIDs, dates and E.164 numbers are something
+# else), nor after a placeholder's ']' (the first pass saw what the
+# placeholder replaced).
 _DIGIT_GROUPS: Final = re.compile(
     r"[(0-9](?<![\w.+)\]-][(0-9])"
     r"(?:(?<=\()(?P<area>[0-9]{2,5})\)(?P<psep> ?)|(?<=[0-9])[0-9]{1,4}[ .-]|(?<=1)[ -](?=[2-9]))"

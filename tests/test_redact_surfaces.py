@@ -311,25 +311,17 @@ class SurfaceRun:
     #: The systems enabled (``critical`` fails its start and ends the run).
     systems: tuple[str, ...] = ("leaky", "startfail")
 
-    @property
-    def socket(self) -> Path:
-        return self.tmp / "s.sock"
+    socket: Path = attrs.field(init=False)
+    stderr_path: Path = attrs.field(init=False)
+    summary_path: Path = attrs.field(init=False)
+    audit_path: Path = attrs.field(init=False)
+    trigger: Path = attrs.field(init=False)
 
-    @property
-    def stderr_path(self) -> Path:
-        return self.tmp / "stderr.txt"
-
-    @property
-    def summary_path(self) -> Path:
-        return self.tmp / "summary.json"
-
-    @property
-    def audit_path(self) -> Path:
-        return self.tmp / "audit.jsonl"
-
-    @property
-    def trigger(self) -> Path:
-        return self.tmp / "emergency.trigger"
+    def __attrs_post_init__(self) -> None:
+        names = ("s.sock", "stderr.txt", "summary.json", "audit.jsonl", "emergency.trigger")
+        self.socket, self.stderr_path, self.summary_path, self.audit_path, self.trigger = (
+            self.tmp / name for name in names
+        )
 
     def write(self) -> Path:
         modules = self.tmp / "modules"
