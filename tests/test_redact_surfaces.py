@@ -130,20 +130,6 @@ class Leaky:
         self.count = state["count"]
 
 
-class CriticalStartFail:
-    name = "critical"
-    critical = True
-
-    def __init__(self, plan):
-        self.message = _load(plan)["start"]
-
-    def start(self, ctx):
-        raise ValueError(self.message)
-
-    def tick(self, ctx):
-        pass
-
-
 class StartFail:
     name = "startfail"
 
@@ -155,6 +141,11 @@ class StartFail:
 
     def tick(self, ctx):
         pass
+
+
+class CriticalStartFail(StartFail):
+    name = "critical"
+    critical = True
 '''
 
 
