@@ -603,7 +603,7 @@ class TestGracefulStop:
             await wait_until(lambda: any(c[0] == "shutdown" for c in rig.fake.calls))
             stop.set()
             assert await read_all(idle, limit=2) == b""
-            with pytest.raises(OSError, match="failed|refused"):
+            with pytest.raises(OSError, match=r"failed|refused"):
                 await trio.open_tcp_stream("127.0.0.1", port)
             rig.fake.release.set()
             assert (await read_all(busy, limit=2)).startswith(b"HTTP/1.1 200 ")
