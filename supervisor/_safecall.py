@@ -31,6 +31,8 @@ __all__ = [
     "ErrorLog",
     "ErrorRecord",
     "TokenBucket",
+    "bounded",
+    "bounded_tail",
     "is_runtime_cancel",
     "make_record",
     "safe_message",
@@ -43,6 +45,11 @@ TRACEBACK_CHARS = 8000
 MESSAGE_CHARS = 2000
 #: Longest exception type name kept (characters).
 TYPE_NAME_CHARS = 200
+#: Free text longer than this is cut before it is redacted (redaction costs time per
+#: character); the cut is moved back to a whitespace so that it splits no secret.
+SCAN_CHARS = 32_768
+#: How far back (characters) a cut looks for that whitespace.
+_CUT_SLACK = 4096
 
 
 def is_runtime_cancel(exc: BaseException) -> bool:
@@ -67,13 +74,56 @@ def is_runtime_cancel(exc: BaseException) -> bool:
         return False
 
 
-def _plain(text: object, limit: int) -> str | None:
-    """``text`` as an exact ``str`` of at most ``limit`` characters, never running its methods."""
+def _plain(text: object, limit: int | None = None) -> str | None:
+    """``text`` as an exact ``str`` (cut to ``limit``), never running its methods; else None."""
     if not isinstance(text, str):
         return None
     # str.__str__ copies a str subclass into a plain str without calling its overrides.
     text = str.__str__(text)
-    return text if len(text) <= limit else text[:limit] + "..."
+    return text if limit is None or len(text) <= limit else text[:limit] + "..."
+
+
+def _head(text: str, size: int) -> str:
+    """The first ``size`` characters of ``text``, cut back to a whitespace (not inside a token)."""
+    head = text[:size]
+    cut = max(head.rfind(c, size - _CUT_SLACK) for c in " \n\t")
+    return head[:cut] if cut > 0 else head
+
+
+def _tail(text: str, size: int) -> str:
+    """The last ``size`` characters of ``text``, from the start of a line (not inside a token)."""
+    tail = text[-size:]
+    cut = tail.find("\n", 0, _CUT_SLACK)
+    return tail[cut + 1 :] if cut >= 0 else tail
+
+
+def bounded(text: str, limit: int, redact: Callable[[str], str] | None = None) -> str:
+    """``text`` redacted, then cut to ``limit`` characters (``...`` marks a cut).
+
+    Redaction comes first: a secret that straddles the cut would otherwise
+    lose its tail, no longer match its pattern, and leak its head. Only text
+    longer than ``SCAN_CHARS`` is cut before redaction, at a whitespace.
+    """
+    cut = False
+    if redact is not None:
+        if len(text) > SCAN_CHARS:
+            text, cut = _head(text, SCAN_CHARS), True
+        text = redact(text)
+    if len(text) > limit:
+        return text[:limit] + "..."
+    return text + "..." if cut else text
+
+
+def bounded_tail(text: str, limit: int, redact: Callable[[str], str] | None = None) -> str:
+    """Like ``bounded``, keeping the end (a traceback's innermost frames): ``...`` then the tail."""
+    cut = False
+    if redact is not None:
+        if len(text) > SCAN_CHARS:
+            text, cut = _tail(text, SCAN_CHARS), True
+        text = redact(text)
+    if len(text) > limit:
+        return "...\n" + text[-limit:]
+    return "...\n" + text if cut else text
 
 
 def safe_type_name(exc: object) -> str:
@@ -87,20 +137,22 @@ def safe_type_name(exc: object) -> str:
 
 def _message(exc: BaseException) -> str | None:
     try:
-        return _plain(str(exc), MESSAGE_CHARS)
+        return _plain(str(exc))
     except BaseException:  # a failing (or interrupted) __str__ is the plugin's, never ours
         return None
 
 
-def safe_message(exc: BaseException) -> str:
-    """``str(exc)``, bounded to ``MESSAGE_CHARS``; ``<unprintable T>`` when ``__str__`` misbehaves.
+def safe_message(exc: BaseException, redact: Callable[[str], str] | None = None) -> str:
+    """``str(exc)`` redacted and bounded to ``MESSAGE_CHARS``; ``<unprintable T>`` if it fails.
 
     ``__str__`` is plugin code: it may raise (anything, ``KeyboardInterrupt``
     included), return a non-string, or return megabytes. None of that may
     escape into the supervisor (``tests/test_faults_plugins.py``).
     """
     text = _message(exc)
-    return f"<unprintable {safe_type_name(exc)}>" if text is None else text
+    if text is None:
+        return f"<unprintable {safe_type_name(exc)}>"
+    return bounded(text, MESSAGE_CHARS, redact)
 
 
 def _frames_only(exc: BaseException, limit: int, message: str) -> str:
@@ -113,18 +165,15 @@ def _frames_only(exc: BaseException, limit: int, message: str) -> str:
 
 
 def safe_traceback(exc: BaseException, limit: int) -> str:
-    """The formatted traceback of ``exc``, bounded; a placeholder when formatting fails.
+    """The formatted traceback of ``exc`` (whole: see ``bounded_tail``); a placeholder on failure.
 
     ``traceback.format_exception`` guards ``str(exc)`` itself, but also reads
     ``__notes__``, causes and contexts, all of which a hostile exception controls.
     """
     try:
-        tb = "".join(traceback.format_exception(exc, limit=-limit if limit else 0))
+        return "".join(traceback.format_exception(exc, limit=-limit if limit else 0))
     except BaseException:
         return f"<traceback of {safe_type_name(exc)} could not be formatted>"
-    if len(tb) > TRACEBACK_CHARS:
-        tb = "...\n" + tb[-TRACEBACK_CHARS:]
-    return tb
 
 
 @attrs.frozen(kw_only=True)
@@ -213,22 +262,26 @@ def make_record(
     gets its own ``kill_timeout``).
     """
     text = _message(exc)
-    message = f"<unprintable {safe_type_name(exc)}>" if text is None else text
+    if text is None:
+        message = f"<unprintable {safe_type_name(exc)}>"
+    else:
+        message = bounded(text, MESSAGE_CHARS, redact)
     if traceback_text is not None:
         tb = traceback_text
     elif text is None:
         # Its __str__ failed or hung once: formatting would call it again.
-        tb = _frames_only(exc, traceback_limit, message)
+        tb = bounded_tail(_frames_only(exc, traceback_limit, message), TRACEBACK_CHARS, redact)
     else:
         if checkpoint is not None:
             checkpoint()
         tb = safe_traceback(exc, traceback_limit)
+        if len(text) > MESSAGE_CHARS:
+            # The traceback ends with the message: a huge one, once, as the record shows it.
+            tb = tb.replace(text, message)
+        tb = bounded_tail(tb, TRACEBACK_CHARS, redact)
     exc_type = safe_type_name(exc)
     if redact is not None:
-        message = redact(message)
         exc_type = redact(exc_type)
-        if traceback_text is None:
-            tb = redact(tb)
         if stack is not None:
             stack = redact(stack)
     return ErrorRecord(

@@ -58,6 +58,7 @@ from ._safecall import (
     ErrorLog,
     ErrorRecord,
     TokenBucket,
+    bounded,
     fingerprint,
     is_runtime_cancel,
     make_record,
@@ -690,11 +691,9 @@ class Supervisor:
         self._stopping = True
 
     def _text(self, text: str) -> str:
-        """Free text someone else wrote (a reason, a caller): bounded, then redacted once."""
-        text = str.__str__(text) if isinstance(text, str) else "<not text>"
-        if len(text) > MESSAGE_CHARS:
-            text = text[:MESSAGE_CHARS] + "..."
-        return self.redactor.text(text)
+        """Free text someone else wrote (a reason, a caller): redacted once, then bounded."""
+        plain = str.__str__(text) if isinstance(text, str) else "<not text>"
+        return bounded(plain, MESSAGE_CHARS, self.redactor.text)
 
     @property
     def emergency_reason(self) -> str | None:
@@ -1502,7 +1501,7 @@ class Supervisor:
             "service.crashed",
             service=name,
             error=safe_type_name(exc),
-            message=self.redactor.text(safe_message(exc)),
+            message=safe_message(exc, self.redactor.text),
             failures=self.service_failures[name],
             restart_in=delay,
         )
@@ -1579,7 +1578,10 @@ class Supervisor:
         except (OSError, ValueError, TypeError) as exc:
             self.snapshot_failures += 1
             self._log.error(
-                "snapshot.failed", tick=snap.tick, reason=snap.reason, error=safe_message(exc)
+                "snapshot.failed",
+                tick=snap.tick,
+                reason=snap.reason,
+                error=safe_message(exc, self.redactor.text),
             )
             return None
         self.snapshot_write.record(time.perf_counter() - started)

@@ -19,8 +19,16 @@ import trio.testing
 
 from supervisor import Phase
 from supervisor._control import Caller
+from supervisor._redact import Redactor
+from supervisor._safecall import (
+    MESSAGE_CHARS,
+    SCAN_CHARS,
+    TRACEBACK_CHARS,
+    bounded,
+    bounded_tail,
+)
 from supervisor._supervisor import LIFECYCLE_HISTORY
-from supervisor.testing import make_supervisor
+from supervisor.testing import make_supervisor, run_systems
 
 OPERATOR = Caller("ops", "operator")
 EMAIL = "jane.doe@example.com"
@@ -119,3 +127,47 @@ class TestLifecycleRing:
         history = sup.phase_history
         assert len(history) == LIFECYCLE_HISTORY
         assert history[-1].reason == str(3 * LIFECYCLE_HISTORY - 1)
+
+
+class TestRedactThenCut:
+    """A secret straddling a cut must be redacted whole, not cut into an unrecognisable head."""
+
+    def test_a_message_straddling_the_limit(self) -> None:
+        """An e-mail across MESSAGE_CHARS: the record shows [email] (or its cut), never its head."""
+        text = "x" * (MESSAGE_CHARS - 8) + " " + EMAIL + " tail"
+
+        class Straddles:
+            name = "straddles"
+
+            def tick(self, ctx: Any) -> None:
+                raise ValueError(text)
+
+        result = run_systems(Straddles(), ticks=1, phase="testing")
+        record = result.errors[0]
+        assert len(record.message) <= MESSAGE_CHARS + 3
+        assert "jane" not in record.message
+        assert "jane" not in record.traceback
+        assert record.message.endswith(" [email...") or "[email]" in record.message
+
+    def test_a_traceback_tail_straddling_its_limit(self) -> None:
+        """The kept end of a traceback starts after the cut: an e-mail across it is redacted."""
+        text = "head\n" + EMAIL + " " + "w" * TRACEBACK_CHARS
+        out = bounded_tail(text, TRACEBACK_CHARS, Redactor().text)
+        assert "example" not in out
+        assert "jane" not in out
+        assert out.startswith("...\n")
+        assert len(out) == TRACEBACK_CHARS + 4
+
+    def test_text_past_the_scan_limit_is_cut_at_a_whitespace(self) -> None:
+        """Huge text is cut before redaction only between tokens: no secret is split."""
+        filler = "ab " * ((SCAN_CHARS - 10) // 3)
+        text = filler + EMAIL + " more" * 10
+        assert len(filler) < SCAN_CHARS < len(filler) + len(EMAIL)
+        # Small compressible text (every 'ab' stays): the cut lands before the e-mail.
+        out = bounded(text, 10 * SCAN_CHARS, Redactor().text)
+        assert "jane" not in out
+        assert out.endswith(("ab ...", "ab..."))
+
+    def test_without_redaction_a_plain_cut(self) -> None:
+        """In development nothing is redacted: the first MESSAGE_CHARS characters, then '...'."""
+        assert bounded("y" * 5000, MESSAGE_CHARS) == "y" * MESSAGE_CHARS + "..."
