@@ -34,8 +34,7 @@ from typing import Any
 import httpx
 import trio
 
-from bench import _common
-from bench.serve import _systems
+from bench import _common, serve
 
 SECONDS = 15.0
 RATE = 60
@@ -46,18 +45,11 @@ SLOWLORIS_HEAD = b"GET /healthz HTTP/1.1\r\nHost: bench\r\nX-Pad: " + b"a" * 200
 EVICTED = 'connections_total{outcome="evicted"}'
 REFUSED = 'connections_total{outcome="refused"}'
 HEADER_TIMEOUTS = 'timeouts_total{kind="header"}'
-CONFIG = """
-[supervisor]
-tick_rate = {rate}
-state_dir = "{state}"
-snapshot_interval = 0
-[systems]
-enabled = {systems}
-[api]
-listen = "127.0.0.1:{port}"
-audit_log = "{state}/audit.jsonl"
-tokens = [{{ name = "bench", role = "viewer", sha256 = "{digest}" }}]
-"""
+# bench.serve's config, on loopback TCP, with a token to read /metrics at the end.
+CONFIG = (
+    serve.CONFIG.replace('listen = "unix:{sock}"', 'listen = "127.0.0.1:{port}"')
+    + 'tokens = [{{ name = "bench", role = "viewer", sha256 = "{digest}" }}]\n'
+)
 
 
 def _free_port() -> int:
@@ -169,7 +161,7 @@ def run(seconds: float, rate: int, held: int) -> dict[str, Any]:
                 rate=rate,
                 state=tmp,
                 port=port,
-                systems=json.dumps(_systems()),
+                systems=json.dumps(serve._systems()),
                 digest=hashlib.sha256(token.encode()).hexdigest(),
             ),
             encoding="utf-8",
@@ -216,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     idle = run(args.seconds, args.rate, 0)
     held = run(args.seconds, args.rate, args.held)
-    print(f"systems: {', '.join(_systems())} at {args.rate} Hz, {args.seconds:g} s each")
+    print(f"systems: {', '.join(serve._systems())} at {args.rate} Hz, {args.seconds:g} s each")
     print()
     print(
         "| run | lateness p50 µs | p99 µs | max µs | /healthz p50 ms | p99 ms | "

@@ -721,59 +721,31 @@ class _Api:
     def _server_metrics(self) -> bytes:
         """The API's own counters, in the Prometheus text format, appended to the core's."""
         st = self.stats
-        families = (
-            (
-                "supervisor_api_connections_total",
-                "counter",
-                "API connections: served, refused at accept, or evicted before their request.",
-                (
-                    ("outcome", "accepted", st.accepted),
-                    ("outcome", "refused", st.refused),
-                    ("outcome", "evicted", st.evicted),
-                ),
-            ),
-            (
-                "supervisor_api_connections_open",
-                "gauge",
-                "API connections open now.",
-                ((None, None, st.open),),
-            ),
-            (
-                "supervisor_api_timeouts_total",
-                "counter",
-                "API connections or requests ended by a deadline.",
-                (
-                    ("kind", "header", st.header_timeouts),
-                    ("kind", "keep_alive", st.keep_alive_timeouts),
-                    ("kind", "send", st.send_timeouts),
-                    ("kind", "body", self.body_timeouts),
-                ),
-            ),
-            (
-                "supervisor_api_connection_errors_total",
-                "counter",
-                "API connections that ended with an error (logged, never raised).",
-                ((None, None, st.errors),),
-            ),
-            (
-                "supervisor_api_audit_failures_total",
-                "counter",
-                "Audit lines that could not be written.",
-                ((None, None, self.audit.failures),),
-            ),
-            (
-                "supervisor_api_unaudited_refusals_total",
-                "counter",
-                "Actions refused (503) because their audit line could not be written.",
-                ((None, None, self.audit_refusals),),
-            ),
-        )
+        # (name, type, help, label, {label value: sample}); label None: one unlabelled sample.
+        families: tuple[tuple[str, str, str, str | None, dict[str, int]], ...] = (
+            ("connections_total", "counter",
+             "API connections: served, refused at accept, or evicted before their request.",
+             "outcome", {"accepted": st.accepted, "refused": st.refused, "evicted": st.evicted}),
+            ("connections_open", "gauge", "API connections open now.", None, {"": st.open}),
+            ("timeouts_total", "counter", "API connections or requests ended by a deadline.",
+             "kind", {"header": st.header_timeouts, "keep_alive": st.keep_alive_timeouts,
+                      "send": st.send_timeouts, "body": self.body_timeouts}),
+            ("connection_errors_total", "counter",
+             "API connections that ended with an error (logged, never raised).",
+             None, {"": st.errors}),
+            ("audit_failures_total", "counter", "Audit lines that could not be written.",
+             None, {"": self.audit.failures}),
+            ("unaudited_refusals_total", "counter",
+             "Actions refused (503) because their audit line could not be written.",
+             None, {"": self.audit_refusals}),
+        )  # fmt: skip
         lines = []
-        for name, kind, text, samples in families:
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-            for label, value, count in samples:
+        for name, kind, text, label, samples in families:
+            full = f"supervisor_api_{name}"
+            lines += [f"# HELP {full} {text}", f"# TYPE {full} {kind}"]
+            for value, count in samples.items():
                 labels = "" if label is None else f'{{{label}="{value}"}}'
-                lines.append(f"{name}{labels} {float(count)}")
+                lines.append(f"{full}{labels} {float(count)}")
         return ("\n".join(lines) + "\n").encode("ascii")
 
     async def _status(self) -> _Answer:

@@ -133,6 +133,21 @@ async def read_all(stream: trio.abc.ReceiveStream, limit: float = 5.0) -> bytes:
             data += chunk
 
 
+async def dribble(stream: trio.SocketStream, every: float) -> bytes:
+    """Send a one-byte chunk every ``every`` seconds until the server closes; what it answered."""
+    answer = b""
+    while True:
+        try:
+            await stream.send_all(b"1\r\n \r\n")
+            with trio.move_on_after(every):
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    return answer
+                answer += chunk
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return answer
+
+
 async def wait_until(condition: Callable[[], bool], limit: float = 5.0) -> None:
     """Poll ``condition`` (state another task changes, with no event to wait on)."""
     with trio.fail_after(limit):
@@ -348,18 +363,8 @@ class TestDeadlines:
         stream = await served.connect()
         await stream.send_all(HEAD + b"Transfer-Encoding: chunked\r\n\r\n")
         start = trio.current_time()
-        answer = b""
         with trio.fail_after(5):
-            while True:
-                try:
-                    await stream.send_all(b"1\r\n \r\n")
-                    with trio.move_on_after(0.05):
-                        chunk = await stream.receive_some(4096)
-                        if not chunk:
-                            break
-                        answer += chunk
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    break
+            answer = await dribble(stream, 0.05)
         await stream.aclose()
         assert answer.startswith(b"HTTP/1.1 408 ")
         assert 0.45 <= trio.current_time() - start < 2.0
