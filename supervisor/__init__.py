@@ -8,7 +8,17 @@ and the ``Controlled`` protocol of ``_control``. It drives pure helpers
 (the optimizer's decision engine, readiness, redaction) and loads the
 Prometheus collector (``_metrics``) only when first scraped. A plugin author
 imports from ``supervisor`` (and ``supervisor.testing``) and nowhere else.
+
+The names of the tick loop (``Supervisor`` and its summaries), SafeCall's
+records and ``configure_logging`` are loaded on first use (PEP 562), so
+``supervisor --help`` and the client commands, which import
+``supervisor._cli``, load neither trio, psutil, msgpack nor structlog.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ._config import Config, Profile
 from ._context import Context
@@ -24,10 +34,33 @@ from ._errors import (
     SupervisorError,
 )
 from ._histogram import HistogramStats
-from ._logging import configure_logging
 from ._phase import Phase
-from ._safecall import ErrorGroup, ErrorRecord
-from ._supervisor import RunSummary, Supervisor, SupervisorStats, SystemStats
+
+if TYPE_CHECKING:
+    from ._logging import configure_logging
+    from ._safecall import ErrorGroup, ErrorRecord
+    from ._supervisor import RunSummary, Supervisor, SupervisorStats, SystemStats
+
+#: Public names loaded on first use: {name: module}.
+_LAZY = {
+    "configure_logging": "._logging",
+    "ErrorGroup": "._safecall",
+    "ErrorRecord": "._safecall",
+    "RunSummary": "._supervisor",
+    "Supervisor": "._supervisor",
+    "SupervisorStats": "._supervisor",
+    "SystemStats": "._supervisor",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Config",
