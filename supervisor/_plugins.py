@@ -142,7 +142,7 @@ def build(name: str, factory: Any, kwargs: Mapping[str, Any], *, source: str = "
         # attrs validators raise TypeError(message, attribute, type, value):
         # the first argument is the sentence a user should read.
         # Never the plugin's own __str__ unguarded: it may raise or hang.
-        args = exc.args
+        args = BaseException.__dict__["args"].__get__(exc)  # not a property of theirs
         detail = (
             str.__str__(args[0])
             if type(args) is tuple and len(args) > 1 and isinstance(args[0], str)

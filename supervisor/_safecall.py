@@ -33,6 +33,7 @@ __all__ = [
     "TokenBucket",
     "bounded",
     "bounded_tail",
+    "is_a",
     "is_runtime_cancel",
     "make_record",
     "safe_message",
@@ -52,6 +53,31 @@ SCAN_CHARS = 32_768
 _CUT_SLACK = 4096
 
 
+#: ``type.__mro__`` and ``BaseExceptionGroup.exceptions`` themselves: no class or
+#: metaclass of a plugin can override what these read.
+_MRO = type.__dict__["__mro__"].__get__
+_GROUP_MEMBERS = BaseExceptionGroup.__dict__["exceptions"].__get__
+
+
+def is_a(exc: BaseException, cls: type) -> bool:
+    """``isinstance(exc, cls)`` that runs no code of ``exc``'s class.
+
+    ``isinstance`` reads ``exc.__class__`` (a property a plugin may define)
+    when the plain check fails, and an ABC's check hashes the class (a
+    metaclass may define ``__hash__``): either could raise inside SafeCall's
+    own handler. This compares the classes of the MRO by identity.
+    """
+    return any(c is cls for c in _MRO(type(exc)))
+
+
+def _holds_cancelled(exc: BaseException, depth: int = 0) -> bool:
+    if is_a(exc, trio.Cancelled):
+        return True
+    if depth < 32 and is_a(exc, BaseExceptionGroup):
+        return any(_holds_cancelled(e, depth + 1) for e in _GROUP_MEMBERS(exc))
+    return False
+
+
 def is_runtime_cancel(exc: BaseException) -> bool:
     """Whether ``exc`` is the runtime's own cancellation, which SafeCall must let through.
 
@@ -63,10 +89,7 @@ def is_runtime_cancel(exc: BaseException) -> bool:
     scope and raised again) would otherwise crash the run: it is the
     plugin's failure. Only called on the failure path.
     """
-    holds_cancelled = isinstance(exc, trio.Cancelled) or (
-        isinstance(exc, BaseExceptionGroup) and exc.subgroup(trio.Cancelled) is not None
-    )
-    if not holds_cancelled:
+    if not _holds_cancelled(exc):
         return False
     try:
         return trio.current_effective_deadline() == -math.inf
@@ -126,20 +149,27 @@ def bounded_tail(text: str, limit: int, redact: Callable[[str], str] | None = No
     return "...\n" + text if cut else text
 
 
+#: ``type.__qualname__`` itself: a metaclass cannot override it.
+_QUALNAME = type.__dict__["__qualname__"].__get__
+
+
 def safe_type_name(exc: object) -> str:
     """The qualified name of ``exc``'s type (any object's), without trusting a metaclass."""
     try:
-        name = _plain(type.__dict__["__qualname__"].__get__(type(exc)), TYPE_NAME_CHARS)
+        name = _QUALNAME(type(exc))
     except BaseException:
-        name = None
-    return name or "?"
+        return "?"
+    if type(name) is str and len(name) <= TYPE_NAME_CHARS:
+        return name or "?"
+    return _plain(name, TYPE_NAME_CHARS) or "?"
 
 
 def _message(exc: BaseException) -> str | None:
     try:
-        return _plain(str(exc))
+        text = str(exc)
     except BaseException:  # a failing (or interrupted) __str__ is the plugin's, never ours
         return None
+    return text if type(text) is str else _plain(text)
 
 
 def safe_message(exc: BaseException, redact: Callable[[str], str] | None = None) -> str:
@@ -211,6 +241,12 @@ def _innermost(tb: TracebackType | None) -> tuple[str, str]:
     return frame_desc
 
 
+#: Fingerprints already computed, by (exception type, file, function): an error storm
+#: hashes each failure site once. Bounded: emptied when it reaches this many.
+_FINGERPRINTS: dict[tuple[type, str, str], str] = {}
+FINGERPRINT_CACHE = 4096
+
+
 def fingerprint(exc: BaseException) -> str:
     """Identity of a failure: the exception type and the innermost frame.
 
@@ -220,13 +256,27 @@ def fingerprint(exc: BaseException) -> str:
     groups. Two instances of one class failing alike share a fingerprint;
     the error log still groups them per system.
     """
+    kind = type(exc)
     try:
         filename, func = _innermost(exc.__traceback__)
-        module = _plain(type(exc).__module__, TYPE_NAME_CHARS) or "?"
-    except BaseException:
-        filename, func, module = "?", "?", "?"
-    key = f"{module}.{safe_type_name(exc)}|{filename}|{func}"
-    return hashlib.blake2b(key.encode(errors="replace"), digest_size=6).hexdigest()
+    except BaseException:  # a hostile __traceback__ property
+        filename, func = "?", "?"
+    # Only plain classes and names are cache keys: hashing runs no code of theirs.
+    plain = type(kind) is type and type(filename) is str and type(func) is str
+    site = (kind, filename, func)
+    if plain and (known := _FINGERPRINTS.get(site)) is not None:
+        return known
+    try:
+        module = _plain(kind.__module__, TYPE_NAME_CHARS) or "?"
+    except BaseException:  # a hostile __module__ property on a metaclass
+        module = "?"
+    key = f"{module}.{safe_type_name(exc)}|{_plain(filename) or '?'}|{_plain(func) or '?'}"
+    value = hashlib.blake2b(key.encode(errors="replace"), digest_size=6).hexdigest()
+    if plain:
+        if len(_FINGERPRINTS) >= FINGERPRINT_CACHE:
+            _FINGERPRINTS.clear()
+        _FINGERPRINTS[site] = value
+    return value
 
 
 _ids = itertools.count(1)
@@ -264,6 +314,8 @@ def make_record(
     text = _message(exc)
     if text is None:
         message = f"<unprintable {safe_type_name(exc)}>"
+    elif redact is None and len(text) <= MESSAGE_CHARS:
+        message = text  # the common case of an error storm, kept cheap
     else:
         message = bounded(text, MESSAGE_CHARS, redact)
     if traceback_text is not None:

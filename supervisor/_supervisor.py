@@ -60,6 +60,7 @@ from ._safecall import (
     TokenBucket,
     bounded,
     fingerprint,
+    is_a,
     is_runtime_cancel,
     make_record,
     safe_message,
@@ -765,10 +766,10 @@ class Supervisor:
 
     def _make_record(self, slot: _Slot, hook: str, exc: BaseException, kind: str) -> ErrorRecord:
         stack = None
-        if isinstance(exc, StepInterrupted):
+        if is_a(exc, StepInterrupted):
             kind = "interrupted"
             stack, slot.hang_stack = slot.hang_stack, None
-        elif isinstance(exc, StepTimeout):
+        elif is_a(exc, StepTimeout):
             kind = "timeout"
         now = self._wall()
         fp = fingerprint(exc)
@@ -1275,7 +1276,7 @@ class Supervisor:
                 continue
             record = self._last_record
             assert record is not None
-            if isinstance(exc, StartRefused):
+            if is_a(exc, StartRefused):
                 # Refused on purpose, critical or not: the operator decides (exit 2).
                 await self._stop_systems()
                 raise StartupError(record.message, system=slot.name, refused=True)
@@ -1478,7 +1479,7 @@ class Supervisor:
                 except BaseException as exc:
                     if is_runtime_cancel(exc):
                         raise
-                    if not status.done and isinstance(exc, SupervisorError):
+                    if not status.done and is_a(exc, SupervisorError):
                         raise
                     if trio.current_time() - began >= SERVICE_BACKOFF_MAX:
                         delay = SERVICE_BACKOFF_INITIAL  # it ran a good while: a fresh failure

@@ -209,6 +209,56 @@ class TestHostileExceptions:
         Odd.__module__ = 12345  # type: ignore[assignment]
         assert len(fingerprint(Odd())) == 12
 
+    def test_a_hostile_metaclass_is_never_called(self) -> None:
+        """An exception class whose metaclass breaks hashing, equality and names: recorded."""
+
+        class Meta(type):
+            def __hash__(cls) -> int:
+                raise RuntimeError("hash")
+
+            def __eq__(cls, other: object) -> bool:
+                raise RuntimeError("eq")
+
+            @property
+            def __module__(cls) -> str:  # type: ignore[override]
+                raise RuntimeError("module")
+
+        class Odd(Exception, metaclass=Meta):
+            pass
+
+        steady = Ticking()
+        result = run_systems(Raiser(Odd), steady, ticks=3, tick_rate=30, config=_config(**LOTS))
+        assert (result.summary.ticks, steady.ticks) == (3, 3)
+        assert {r.exc_type.rsplit(".", 1)[-1] for r in result.errors} == {"Odd"}
+        assert len({r.fingerprint for r in result.errors}) == 1
+
+    def test_a_hostile_class_property_is_never_called(self) -> None:
+        """isinstance() reads exc.__class__ when it fails: SafeCall never calls isinstance on it."""
+
+        class LiesAboutItsClass(Exception):
+            @property  # type: ignore[misc]
+            def __class__(self) -> type:
+                raise RuntimeError("__class__")
+
+        class StartsBadly(Ticking):
+            def start(self, ctx: Any) -> None:
+                raise LiesAboutItsClass
+
+        steady = Ticking("steady")
+        result = run_systems(
+            Raiser(LiesAboutItsClass),
+            StartsBadly("starts"),
+            steady,
+            ticks=3,
+            tick_rate=30,
+            config=_config(**LOTS),
+        )
+        assert (result.summary.ticks, steady.ticks) == (3, 3)
+        assert {(r.system, r.hook) for r in result.errors} == {
+            ("hostile", "tick"),
+            ("starts", "start"),
+        }
+
     def test_a_constructor_error_with_hostile_str_is_one_config_line(self) -> None:
         """build(): a ValueError whose __str__ raises still gives one ConfigError line."""
 

@@ -129,6 +129,20 @@ class TestSupervisedServices:
         assert ticks.ticks == 0
         assert sup.closing.is_set()
 
+    def test_a_hostile_exception_class_in_a_service_is_a_crash(self) -> None:
+        """A service raising an exception whose __class__ property raises: counted, restarted."""
+
+        class LiesAboutItsClass(Exception):
+            @property  # type: ignore[misc]
+            def __class__(self) -> type:
+                raise RuntimeError("__class__")
+
+        ticks, service = Ticking(), Crashes(0.5, LiesAboutItsClass)
+        sup = make_supervisor([ticks], tick_rate=10)
+        sup.services.append(service)
+        assert _run(sup, duration=2).ticks == 20
+        assert sup.service_failures["Crashes"] == len(service.starts) == 3  # 0, 0.6, 1.3
+
     def test_a_service_that_returns_is_not_restarted(self) -> None:
         """A service that finishes its work (even before started()) is done, not a crash."""
         calls: list[float] = []
