@@ -272,6 +272,15 @@ _PEM: Final = re.compile(
     re.ASCII | re.DOTALL,
 )
 
+# An END line whose BEGIN was cut away (the kept tail of a long traceback):
+# the base64 lines before it are found by walking back (`_redact_pem_tails`),
+# which stays linear where a regex would retry from every line start.
+_PEM_END: Final = re.compile(r"-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----", re.ASCII)
+_PEM_SEPARATORS: Final = frozenset(" \t\r\n\ue000\ue001\ue002")
+_BASE64_CHARS: Final = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+)
+
 # Capitalised `Bearer` is the HTTP scheme; lower-case `bearer` is also an
 # English word ("the bearer of"), so it needs a token-length value.
 _BEARER: Final = re.compile(
@@ -586,6 +595,40 @@ def _ipv6_sub(m: re.Match[str]) -> str:
     return IP
 
 
+def _pem_tail_start(s: str, end: int, floor: int) -> int:
+    """Start of the base64 lines right before ``s[end]`` (an END line), or ``end``."""
+    start = end
+    i = end
+    while True:
+        j = i  # back over the separators (at least one) before i
+        while j > floor and (
+            s[j - 1] in _PEM_SEPARATORS or (s[j - 1] in "nr" and s[j - 2 : j - 1] == "\\")
+        ):
+            j -= 2 if s[j - 1] in "nr" else 1
+        k = j  # back over one base64 line
+        while k > floor and s[k - 1] in _BASE64_CHARS:
+            k -= 1
+        if j == i or j - k < 16:
+            return start
+        start = i = k
+
+
+def _redact_pem_tails(s: str) -> str:
+    out: list[str] = []
+    done = 0
+    for m in _PEM_END.finditer(s):
+        start = _pem_tail_start(s, m.start(), done)
+        if start == m.start():
+            continue  # an END line alone says nothing
+        out.append(s[done:start])
+        out.append(PRIVATE_KEY)
+        done = m.end()
+    if not out:
+        return s
+    out.append(s[done:])
+    return "".join(out)
+
+
 def _local_part_start(s: str, at: int, floor: int) -> int:
     """Where the local part of the address whose '@' is at ``s[at]`` starts.
 
@@ -598,7 +641,7 @@ def _local_part_start(s: str, at: int, floor: int) -> int:
         lowest = max(floor, at - _QUOTED_LOCAL_MAX)
         while j >= lowest:
             ch = s[j]
-            if ch == "\n":
+            if ch in "\n[]":  # no line break; no brackets, so never a placeholder inside
                 break
             if ch == '"' and (j == 0 or s[j - 1] != "\\"):
                 return j if j < at - 2 else at  # `""@x.org` names no one
@@ -939,6 +982,8 @@ class Redactor:
         # otherwise hold a Luhn-valid run and be half-redacted.
         if "PRIVATE KEY" in s:
             s = _PEM.sub(PRIVATE_KEY, s)
+            if "PRIVATE KEY" in s:
+                s = _redact_pem_tails(s)
         low = s.lower()
         has_sep = ":" in s or "=" in s
         if "cookie" in low and ":" in s:

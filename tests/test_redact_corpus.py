@@ -177,6 +177,7 @@ class TestFoundByTheSurfaceTestAndHypothesis:
             "020 7946 0958(415) 555-2671",
             "+44 20 7946 0958020 7946 0958password",
             "020 7946 0958:020 7946 0958",
+            '"josé@exämple.com\\"john doe"@x.org',
         ],
     )
     def test_idempotent_on_neighbouring_shapes(self, text: str) -> None:

@@ -1,0 +1,117 @@
+"""Limits never keep half a secret: cuts at message and traceback bounds, and keys cut in two.
+
+A text cut before it is redacted can split a secret so that no rule knows
+either half any more, and the kept half leaks. The core cuts error messages
+(``MESSAGE_CHARS``, keeping the head) and tracebacks (``TRACEBACK_CHARS``,
+keeping the tail), and bounds the text it redacts at all (``SCAN_CHARS``);
+:meth:`Redactor.text_within` is the redactor's own bounded form. Each is
+driven here with secrets placed across each cut.
+"""
+
+from __future__ import annotations
+
+import pytest
+from redaction_corpus import PEM_PKCS8, PEM_RSA
+
+from supervisor._redact import PRIVATE_KEY, Redactor
+from supervisor._safecall import (
+    MESSAGE_CHARS,
+    SCAN_CHARS,
+    TRACEBACK_CHARS,
+    bounded,
+    bounded_tail,
+)
+
+RED = Redactor()
+IBAN = "DE89 3704 0044 0532 0130 00"
+#: A key of realistic size (1,700 base64 characters): it shrinks 130x when redacted.
+BIG_PEM = (
+    "-----BEGIN PRIVATE KEY-----\n"
+    + "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\n" * 26
+    + "-----END PRIVATE KEY-----"
+)
+
+
+def _shrinking_head_with_iban_at(cut: int) -> str:
+    """Big keys (which redact to almost nothing), then the IBAN across ``cut``, then more."""
+    head = (BIG_PEM + "\n") * (cut // (len(BIG_PEM) + 1))
+    pad = cut - len(head) - 12
+    return head + "z" * pad + " " + IBAN + " tail" + "w" * 100
+
+
+class TestPemWithoutItsBegin:
+    """The tail of a key (its BEGIN line cut away) is still a key."""
+
+    @pytest.mark.parametrize("pem", [PEM_RSA, PEM_PKCS8, BIG_PEM], ids=["rsa", "pkcs8", "big"])
+    def test_lines_then_end(self, pem: str) -> None:
+        """From any line after BEGIN to END: the base64 lines and END become the placeholder."""
+        lines = pem.split("\n")
+        for first in range(1, len(lines) - 1):
+            tail = "\n".join(lines[first:])
+            out = RED.text(f"...\n{tail}\nValueError: bad key")
+            assert out == f"...\n{PRIVATE_KEY}\nValueError: bad key", first
+
+    def test_escaped_newlines(self) -> None:
+        """The same in a repr, where the newlines are ``\\n``."""
+        escaped = PEM_PKCS8.replace("\n", "\\n")
+        tail = escaped[escaped.index("\\n", 30) + 2 :]
+        assert RED.text(f"key '{tail}' end") == f"key '{PRIVATE_KEY}' end"
+
+    def test_end_line_alone_is_kept(self) -> None:
+        """An END line with no key before it says nothing and stays."""
+        text = "-----END PRIVATE KEY----- was expected"
+        assert RED.text(text) == text
+
+    def test_long_base64_without_end_is_linear(self) -> None:
+        """An END first, then 35,000 base64 characters: one pass, nothing changed after it."""
+        text = (
+            "-----END PRIVATE KEY-----\n" + ("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo" * 2 + "\n") * 500
+        )
+        assert RED.text(text) == text
+
+
+class TestTextWithin:
+    """The redactor's own bounded form against the same placements."""
+
+    def test_iban_at_the_window_edge_of_shrinking_keys(self) -> None:
+        """Keys shrink the head below the limit: the IBAN split by the window's cut is dropped."""
+        text = _shrinking_head_with_iban_at(max(MESSAGE_CHARS * 2, MESSAGE_CHARS + 1024))
+        out = RED.text_within(text, MESSAGE_CHARS)
+        assert "3704" not in out
+        assert "DE89" not in out
+
+    def test_key_across_the_tail_cut(self) -> None:
+        """Keeping the tail: a key whose BEGIN falls before the cut is still redacted whole."""
+        filler = "x" * (TRACEBACK_CHARS - 400)
+        text = "frame\n" * 2000 + BIG_PEM + "\n" + filler + "\nValueError: bad"
+        out = RED.text_within(text, TRACEBACK_CHARS, keep="tail", marker="...\n")
+        assert "MIIEvQ" not in out
+        assert out.endswith("ValueError: bad")
+
+
+class TestCoreLimits:
+    """``supervisor._safecall``'s cuts (the core redacts with them when a record is made)."""
+
+    def test_message_straddling_the_limit(self) -> None:
+        """An address across ``MESSAGE_CHARS``: gone whole, not cut into a kept head."""
+        text = "x" * (MESSAGE_CHARS - 14) + " straddle.victim@example.com more"
+        out = bounded(text, MESSAGE_CHARS, RED.text)
+        assert "straddle" not in out
+
+    def test_message_over_the_scan_bound_with_shrinking_keys(self) -> None:
+        """Over ``SCAN_CHARS``: an IBAN split at the pre-redaction cut must not be kept.
+
+        Big keys shrink 130x when redacted, so what was cut at ``SCAN_CHARS``
+        (at a whitespace, inside the IBAN's grouping) lands within
+        ``MESSAGE_CHARS`` after redaction: ``DE89 3704`` is no IBAN any more.
+        """
+        out = bounded(_shrinking_head_with_iban_at(SCAN_CHARS), MESSAGE_CHARS, RED.text)
+        assert "3704" not in out, out[-80:]
+
+    def test_traceback_over_the_scan_bound_cuts_inside_a_key(self) -> None:
+        """Over ``SCAN_CHARS`` keeping the tail: the key's lines after the cut are still a key."""
+        keys = (BIG_PEM + "\n") * (SCAN_CHARS // len(BIG_PEM) + 2)
+        text = keys + "ValueError: bad key"
+        out = bounded_tail(text, TRACEBACK_CHARS, RED.text)
+        assert "MIIEvQ" not in out
+        assert out.endswith("ValueError: bad key")
