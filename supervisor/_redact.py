@@ -1069,6 +1069,33 @@ class Redactor:
                 out = out[bracket + 1 :]
         return marker + out
 
+    def text_after_cut(
+        self, s: str, *, keep: Literal["head", "tail"] = "head", marker: str = "..."
+    ) -> str:
+        """Redact a text that was cut *before* redaction (kept while redaction was off).
+
+        A secret the old cut split is no longer recognisable, so the 256
+        characters at the cut edge go (the same guard as :meth:`text_within`)
+        before the rest is redacted. Call it only for text that was cut: the
+        caller knows (a message at its limit with ``marker`` at the end).
+
+        Args:
+            s: The cut text, ``marker`` included.
+            keep: Which side the cut kept: ``"head"`` (the marker ends ``s``)
+                or ``"tail"`` (the marker starts it).
+            marker: The cut's marker.
+
+        Returns:
+            The redacted text with its marker; ``text(s)`` if the marker is
+            not where ``keep`` says.
+        """
+        if keep == "head" and s.endswith(marker):
+            body = s[: len(s) - len(marker)]
+            return self.text(body[: max(0, len(body) - _CUT_GUARD)]) + marker
+        if keep == "tail" and s.startswith(marker):
+            return marker + self.text(s[len(marker) + _CUT_GUARD :])
+        return self.text(s)
+
     def value(self, obj: object) -> object:
         """Redact a value recursively, building new containers.
 

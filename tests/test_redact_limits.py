@@ -115,3 +115,27 @@ class TestCoreLimits:
         out = bounded_tail(text, TRACEBACK_CHARS, RED.text)
         assert "MIIEvQ" not in out
         assert out.endswith("ValueError: bad key")
+
+
+class TestTextAfterCut:
+    """Text cut while redaction was off, redacted later (entering a redacting phase)."""
+
+    def test_head_cut_inside_an_address(self) -> None:
+        """``...straddle.vict...``: the cut edge goes, so the half address does."""
+        text = "x" * (MESSAGE_CHARS - 14) + " straddle.victim@example.com"
+        cut = text[:MESSAGE_CHARS] + "..."
+        assert "straddle.vict" in RED.text(cut)  # redacting the cut text as it is leaks
+        out = RED.text_after_cut(cut)
+        assert "straddle" not in out
+        assert out.endswith("...")
+
+    def test_tail_cut_inside_an_iban(self) -> None:
+        """A traceback's kept tail starting inside an IBAN: its last groups go."""
+        text = "...\n0532 0130 00 rest of the frame\n" + "frame\n" * 100 + "ValueError: x"
+        out = RED.text_after_cut(text, keep="tail", marker="...\n")
+        assert "0532" not in out
+        assert out.endswith("ValueError: x")
+
+    def test_without_the_marker_it_is_text(self) -> None:
+        """Not cut (no marker where ``keep`` says): redacted like any text."""
+        assert RED.text_after_cut("mail bob@example.com") == "mail [email]"

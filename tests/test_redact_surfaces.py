@@ -297,7 +297,8 @@ class SurfaceRun:
     token: str = attrs.field(factory=lambda: secrets.token_urlsafe(24))
     proc: subprocess.Popen[str] | None = None
     env: dict[str, str] = attrs.Factory(dict)
-    #: False writes ``[features] redaction = false``: the control run.
+    #: False writes ``[features] redaction = false`` (the control run); else the
+    #: default: on outside development.
     redaction: bool = True
     #: The systems enabled (``critical`` fails its start and ends the run).
     systems: tuple[str, ...] = ("leaky", "startfail")
@@ -331,11 +332,11 @@ class SurfaceRun:
             f'tokens = [{{ name = "ops", role = "operator", sha256 = "{_digest(self.token)}" }}]',
             "[recovery]",
             "max_restarts = 1000",
-            "[features]",
-            f"redaction = {'true' if self.redaction else 'false'}",
             "[systems]",
             f"enabled = {json.dumps(list(self.systems))}",
         ]
+        if not self.redaction:
+            lines += ["[features]", "redaction = false"]
         classes = {"leaky": "Leaky", "startfail": "StartFail", "critical": "CriticalStartFail"}
         for name in self.systems:
             lines += [
@@ -459,6 +460,14 @@ class SurfaceRun:
                 answer = anonymous.get(path)
                 assert answer.status_code in (200, 503), (path, answer.status_code)
                 leaks.check_json(f"{path} (anonymous)", answer.content)
+
+    def snapshot_phase(self, path: Path) -> str:
+        """The phase a snapshot file's header records."""
+        outer = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
+        header = msgpack.unpackb(outer["header"], raw=False, strict_map_key=False)
+        phase = header["phase"]
+        assert isinstance(phase, str)
+        return phase
 
     def read_files(self, leaks: Leaks) -> None:
         """Snapshots (decoded and raw), the summary, standard error, the audit log."""
@@ -606,3 +615,60 @@ class TestEverySurface:
         assert "ValueError: [" in errors[0], errors[0]  # starts with a placeholder
         leaks.check_text("stderr (start-up error line)", run.stderr())
         assert not leaks.found, leaks.report()
+
+
+class TestEnteringARedactingPhase:
+    """What was kept while redaction was off is redacted once a redacting phase begins."""
+
+    def test_development_then_testing(self, tmp_path: Path) -> None:
+        """Secrets flow in DEVELOPMENT (shown, by design), then the move to TESTING hides them.
+
+        After the move, every surface read anew (API, probes, metrics, the
+        summary, snapshots written since) shows none. The logs and the audit
+        lines written *during* development keep what they showed then: a line
+        once written is not taken back. The phase-change reason itself is
+        given while still in development.
+        """
+        run = SurfaceRun(tmp_path, "development", "json")
+        leaks = Leaks()
+        first, second = _halves()
+        chunks = len(_plan()["chunks"])
+        with run.running():
+            run.wait("api.listening", lambda: "api.listening" in run.stderr())
+            run.wait("the leaky system's ticks", lambda: run.status()["tick"] > chunks + 3)
+            with run.http() as http:
+                raw = http.get("/v1/errors?limit=1000").content.decode()
+            assert any(n in raw for s in SECRETS for n in s.needles), "no secret kept in dev?"
+            answer = run.post(
+                "/v1/phase",
+                {"phase": "testing", "force": True, "reason": first},
+                leaks,
+                "POST /v1/phase (from development)",
+            )
+            assert answer.status_code == 200, answer.text
+            run.read_api(leaks)
+            run.trigger.touch()
+            run.wait(
+                "the system's emergency", lambda: run.status()["phase"] == "emergency_shutdown"
+            )
+            run.read_api(leaks)
+            answer = run.post("/v1/shutdown", {"reason": second}, leaks, "POST /v1/shutdown")
+            assert answer.status_code == 200, answer.text
+            assert run.proc is not None
+            run.proc.wait(timeout=STEP_TIMEOUT)
+        leaks.check_json("--summary-json", run.summary_path.read_bytes())
+        later = [
+            path
+            for path in sorted((tmp_path / "state" / "snapshots").rglob("*.msgpack"))
+            if run.snapshot_phase(path) != "development"
+        ]
+        assert later, "no snapshot written after leaving development"
+        for path in later:
+            leaks.check_text(
+                "snapshot file (raw bytes)", path.read_bytes().decode("utf-8", "replace")
+            )
+        # A message cut while redaction was off keeps a half secret at its cut,
+        # which no rule knows later: Redactor.text_after_cut drops that edge.
+        assert not leaks.found, (
+            f"{leaks.count()} (surface, shape) leaks after entering TESTING:\n{leaks.report()}"
+        )
