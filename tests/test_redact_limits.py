@@ -18,8 +18,8 @@ from supervisor._safecall import (
     MESSAGE_CHARS,
     SCAN_CHARS,
     TRACEBACK_CHARS,
-    bounded,
-    bounded_tail,
+    ErrorRecord,
+    make_record,
 )
 
 RED = Redactor()
@@ -30,6 +30,28 @@ BIG_PEM = (
     + "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\n" * 26
     + "-----END PRIVATE KEY-----"
 )
+
+
+def _record(message: str, note: str | None = None) -> ErrorRecord:
+    """The error record the core makes (redacting) of a ValueError raised with ``message``."""
+    try:
+        error = ValueError(message)
+        if note is not None:
+            error.add_note(note)
+        raise error
+    except ValueError as exc:
+        return make_record(
+            exc,
+            time=0.0,
+            tick=1,
+            system="leaky",
+            hook="tick",
+            phase="testing",
+            gauges={},
+            health="healthy",
+            traceback_limit=10,
+            redact=RED.text,
+        )
 
 
 def _shrinking_head_with_iban_at(cut: int) -> str:
@@ -90,13 +112,13 @@ class TestTextWithin:
 
 
 class TestCoreLimits:
-    """``supervisor._safecall``'s cuts (the core redacts with them when a record is made)."""
+    """The records the core makes (``make_record`` with the redactor), cut at its bounds."""
 
     def test_message_straddling_the_limit(self) -> None:
         """An address across ``MESSAGE_CHARS``: gone whole, not cut into a kept head."""
-        text = "x" * (MESSAGE_CHARS - 14) + " straddle.victim@example.com more"
-        out = bounded(text, MESSAGE_CHARS, RED.text)
-        assert "straddle" not in out
+        record = _record("x" * (MESSAGE_CHARS - 14) + " straddle.victim@example.com more")
+        assert "straddle" not in record.message
+        assert "straddle" not in record.traceback
 
     def test_message_over_the_scan_bound_with_shrinking_keys(self) -> None:
         """Over ``SCAN_CHARS``: an IBAN split at the pre-redaction cut must not be kept.
@@ -105,16 +127,17 @@ class TestCoreLimits:
         (at a whitespace, inside the IBAN's grouping) lands within
         ``MESSAGE_CHARS`` after redaction: ``DE89 3704`` is no IBAN any more.
         """
-        out = bounded(_shrinking_head_with_iban_at(SCAN_CHARS), MESSAGE_CHARS, RED.text)
-        assert "3704" not in out, out[-80:]
+        record = _record(_shrinking_head_with_iban_at(SCAN_CHARS))
+        assert "3704" not in record.message, record.message[-80:]
+        assert "3704" not in record.traceback
 
     def test_traceback_over_the_scan_bound_cuts_inside_a_key(self) -> None:
-        """Over ``SCAN_CHARS`` keeping the tail: the key's lines after the cut are still a key."""
+        """A note of keys over ``SCAN_CHARS``: the tail kept starts inside a key, still a key."""
         keys = (BIG_PEM + "\n") * (SCAN_CHARS // len(BIG_PEM) + 2)
-        text = keys + "ValueError: bad key"
-        out = bounded_tail(text, TRACEBACK_CHARS, RED.text)
-        assert "MIIEvQ" not in out
-        assert out.endswith("ValueError: bad key")
+        record = _record("bad key", note=keys + "while loading the keys")
+        assert len(record.traceback) <= TRACEBACK_CHARS + 8
+        assert "MIIEvQ" not in record.traceback
+        assert record.traceback.rstrip().endswith("while loading the keys")
 
 
 class TestTextAfterCut:
