@@ -159,7 +159,7 @@ import functools
 import ipaddress
 import re
 import uuid
-from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, Final, Literal
 
 import attrs
@@ -273,7 +273,7 @@ _PEM: Final = re.compile(
 )
 
 # An END line whose BEGIN was cut away (the kept tail of a long traceback):
-# the base64 lines before it are found by walking back (`_redact_pem_tails`),
+# the base64 lines before it are found by walking back (`_pem_tail_spans`),
 # which stays linear where a regex would retry from every line start.
 _PEM_END: Final = re.compile(r"-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----", re.ASCII)
 _PEM_SEPARATORS: Final = frozenset(" \t\r\n\ue000\ue001\ue002")
@@ -308,7 +308,7 @@ _API_KEY: Final = re.compile(
 
 # E-mail: `@domain` is matched by regex (the literal '@' lets re skip ahead
 # fast) and the local part, always the whole run of local-part characters
-# before the '@', is found by walking back in `_redact_emails`; a regex that
+# before the '@', is found by walking back in `_email_spans`; a regex that
 # starts at the local part is 4x slower. The lookahead refuses a domain that
 # runs into the next address's local part (`a@b.cox@c.de`): the second address
 # is taken instead, else a second pass would find it. Not re.ASCII: local
@@ -613,20 +613,32 @@ def _pem_tail_start(s: str, end: int, floor: int) -> int:
         start = i = k
 
 
-def _redact_pem_tails(s: str) -> str:
+def _splice(s: str, spans: Iterator[tuple[int, int]], placeholder: str) -> str:
+    """``s`` with each span (in order, none overlapping) replaced by ``placeholder``.
+
+    The span finders below are generators that see the end of the last span
+    (``done``), so a rule that walks back (an address's local part, a key's
+    lines) never walks into text already replaced.
+    """
     out: list[str] = []
     done = 0
-    for m in _PEM_END.finditer(s):
-        start = _pem_tail_start(s, m.start(), done)
-        if start == m.start():
-            continue  # an END line alone says nothing
+    for start, end in spans:
         out.append(s[done:start])
-        out.append(PRIVATE_KEY)
-        done = m.end()
+        out.append(placeholder)
+        done = end
     if not out:
         return s
     out.append(s[done:])
     return "".join(out)
+
+
+def _pem_tail_spans(s: str) -> Iterator[tuple[int, int]]:
+    done = 0
+    for m in _PEM_END.finditer(s):
+        start = _pem_tail_start(s, m.start(), done)
+        if start < m.start():  # an END line alone says nothing
+            yield start, m.end()
+            done = m.end()
 
 
 def _local_part_start(s: str, at: int, floor: int) -> int:
@@ -653,21 +665,14 @@ def _local_part_start(s: str, at: int, floor: int) -> int:
     return start
 
 
-def _redact_emails(s: str, domain: re.Pattern[str] = _EMAIL_DOMAIN) -> str:
-    out: list[str] = []
-    done = 0  # end of the text already copied to `out`
+def _email_spans(s: str, domain: re.Pattern[str]) -> Iterator[tuple[int, int]]:
+    done = 0
     for m in domain.finditer(s):
-        at = m.start()
-        start = _local_part_start(s, at, done)
-        if start == at:
-            continue  # no local part: `@handle.tld`, or right after a placeholder
-        out.append(s[done:start])
-        out.append(EMAIL)
-        done = m.end()
-    if not out:
-        return s
-    out.append(s[done:])
-    return "".join(out)
+        start = _local_part_start(s, m.start(), done)
+        # No local part: `@handle.tld`, or right after a placeholder.
+        if start < m.start():
+            yield start, m.end()
+            done = m.end()
 
 
 def _is_word_char(ch: str) -> bool:
@@ -698,26 +703,17 @@ def _iban_end(s: str, start: int, stop: int) -> int:
     return i if int(number) % 97 == 1 else -1
 
 
-def _redact_ibans(s: str) -> str:
-    out: list[str] = []
+def _iban_spans(s: str) -> Iterator[tuple[int, int]]:
     done = 0
     for m in _IBAN_START.finditer(s):
         start = m.start()
         if start < done or (start > 0 and s[start - 1].isalnum()):
             continue
         body = _IBAN_BODY.match(s, start)
-        if body is None:
-            continue
-        end = _iban_end(s, start, body.end())
-        if end < 0:
-            continue
-        out.append(s[done:start])
-        out.append(IBAN)
-        done = end
-    if not out:
-        return s
-    out.append(s[done:])
-    return "".join(out)
+        end = -1 if body is None else _iban_end(s, start, body.end())
+        if end >= 0:
+            yield start, end
+            done = end
 
 
 _DIGITS: Final = re.compile(r"[0-9]+", _A)
@@ -983,7 +979,7 @@ class Redactor:
         if "PRIVATE KEY" in s:
             s = _PEM.sub(PRIVATE_KEY, s)
             if "PRIVATE KEY" in s:
-                s = _redact_pem_tails(s)
+                s = _splice(s, _pem_tail_spans(s), PRIVATE_KEY)
         low = s.lower()
         has_sep = ":" in s or "=" in s
         if "cookie" in low and ":" in s:
@@ -1001,10 +997,10 @@ class Redactor:
         if _might_hold_prefix(s):
             s = _API_KEY.sub(TOKEN, s)
         if "@" in s:
-            s = _redact_emails(s)
+            s = _splice(s, _email_spans(s, _EMAIL_DOMAIN), EMAIL)
         if "%40" in s:
-            s = _redact_emails(s, _EMAIL_DOMAIN_ENCODED)
-        s = _redact_ibans(s)
+            s = _splice(s, _email_spans(s, _EMAIL_DOMAIN_ENCODED), EMAIL)
+        s = _splice(s, _iban_spans(s), IBAN)
         if "+" in s:
             s = _E164.sub(_e164_sub, s)
         if "::" in s or s.count(":") >= 7:
