@@ -24,6 +24,8 @@ from typing import Any
 import attrs
 import trio
 
+from ._redact import Redactor
+
 __all__ = [
     "Breaker",
     "BreakerState",
@@ -32,10 +34,10 @@ __all__ = [
     "ErrorRecord",
     "TokenBucket",
     "bounded",
-    "bounded_tail",
     "is_a",
     "is_runtime_cancel",
     "make_record",
+    "redact_kept",
     "safe_message",
     "safe_type_name",
 ]
@@ -46,11 +48,12 @@ TRACEBACK_CHARS = 8000
 MESSAGE_CHARS = 2000
 #: Longest exception type name kept (characters).
 TYPE_NAME_CHARS = 200
-#: Free text longer than this is cut before it is redacted (redaction costs time per
-#: character); the cut is moved back to a whitespace so that it splits no secret.
-SCAN_CHARS = 32_768
-#: How far back (characters) a cut looks for that whitespace.
-_CUT_SLACK = 4096
+#: Most characters of a message redacted for one record: the redactor's window for
+#: MESSAGE_CHARS (``Redactor.text_within`` cuts there first, and drops the edge).
+SCAN_CHARS = max(2 * MESSAGE_CHARS, MESSAGE_CHARS + 1024)
+#: What marks a cut: at the end of a message, at the start of a traceback.
+CUT = "..."
+CUT_TAIL = "...\n"
 
 
 #: ``type.__mro__`` and ``BaseExceptionGroup.exceptions`` themselves: no class or
@@ -106,47 +109,34 @@ def _plain(text: object, limit: int | None = None) -> str | None:
     return text if limit is None or len(text) <= limit else text[:limit] + "..."
 
 
-def _head(text: str, size: int) -> str:
-    """The first ``size`` characters of ``text``, cut back to a whitespace (not inside a token)."""
-    head = text[:size]
-    cut = max(head.rfind(c, size - _CUT_SLACK) for c in " \n\t")
-    return head[:cut] if cut > 0 else head
+def bounded(text: str, limit: int, redactor: Redactor | None = None, *, tail: bool = False) -> str:
+    """``text`` redacted (when ``redactor`` is on), then cut to ``limit`` characters.
 
-
-def _tail(text: str, size: int) -> str:
-    """The last ``size`` characters of ``text``, from the start of a line (not inside a token)."""
-    tail = text[-size:]
-    cut = tail.find("\n", 0, _CUT_SLACK)
-    return tail[cut + 1 :] if cut >= 0 else tail
-
-
-def bounded(text: str, limit: int, redact: Callable[[str], str] | None = None) -> str:
-    """``text`` redacted, then cut to ``limit`` characters (``...`` marks a cut).
-
-    Redaction comes first: a secret that straddles the cut would otherwise
-    lose its tail, no longer match its pattern, and leak its head. Only text
-    longer than ``SCAN_CHARS`` is cut before redaction, at a whitespace.
+    Redaction comes first (``Redactor.text_within``): a secret that straddles
+    the cut would otherwise lose its tail, no longer match its pattern, and
+    leak its head. Without redaction, a plain cut marked with ``CUT`` (at the
+    end) or ``CUT_TAIL`` (at the start, ``tail``: a traceback keeps its
+    innermost frames); ``redact_record`` knows that mark when the text is
+    redacted later.
     """
-    cut = False
-    if redact is not None:
-        if len(text) > SCAN_CHARS:
-            text, cut = _head(text, SCAN_CHARS), True
-        text = redact(text)
-    if len(text) > limit:
-        return text[:limit] + "..."
-    return text + "..." if cut else text
+    if redactor is not None and redactor.enabled:
+        if tail:
+            return redactor.text_within(text, limit, keep="tail", marker=CUT_TAIL)
+        return redactor.text_within(text, limit, marker=CUT)
+    if len(text) <= limit:
+        return text
+    return CUT_TAIL + text[-limit:] if tail else text[:limit] + CUT
 
 
-def bounded_tail(text: str, limit: int, redact: Callable[[str], str] | None = None) -> str:
-    """Like ``bounded``, keeping the end (a traceback's innermost frames): ``...`` then the tail."""
-    cut = False
-    if redact is not None:
-        if len(text) > SCAN_CHARS:
-            text, cut = _tail(text, SCAN_CHARS), True
-        text = redact(text)
-    if len(text) > limit:
-        return "...\n" + text[-limit:]
-    return "...\n" + text if cut else text
+def redact_kept(text: str, limit: int, redactor: Redactor, *, tail: bool = False) -> str:
+    """Redact ``text`` kept while redaction was off: a secret its cut split goes with the edge."""
+    marker = CUT_TAIL if tail else CUT
+    was_cut = len(text) == limit + len(marker) and (
+        text.startswith(marker) if tail else text.endswith(marker)
+    )
+    if not was_cut:
+        return redactor.text(text)
+    return redactor.text_after_cut(text, keep="tail" if tail else "head", marker=marker)
 
 
 #: ``type.__qualname__`` itself: a metaclass cannot override it.
@@ -172,7 +162,7 @@ def _message(exc: BaseException) -> str | None:
     return text if type(text) is str else _plain(text)
 
 
-def safe_message(exc: BaseException, redact: Callable[[str], str] | None = None) -> str:
+def safe_message(exc: BaseException, redactor: Redactor | None = None) -> str:
     """``str(exc)`` redacted and bounded to ``MESSAGE_CHARS``; ``<unprintable T>`` if it fails.
 
     ``__str__`` is plugin code: it may raise (anything, ``KeyboardInterrupt``
@@ -182,7 +172,7 @@ def safe_message(exc: BaseException, redact: Callable[[str], str] | None = None)
     text = _message(exc)
     if text is None:
         return f"<unprintable {safe_type_name(exc)}>"
-    return bounded(text, MESSAGE_CHARS, redact)
+    return bounded(text, MESSAGE_CHARS, redactor)
 
 
 def _frames_only(exc: BaseException, limit: int, message: str) -> str:
@@ -195,7 +185,7 @@ def _frames_only(exc: BaseException, limit: int, message: str) -> str:
 
 
 def safe_traceback(exc: BaseException, limit: int) -> str:
-    """The formatted traceback of ``exc`` (whole: see ``bounded_tail``); a placeholder on failure.
+    """The formatted traceback of ``exc`` (whole: ``bounded`` cuts it); a placeholder on failure.
 
     ``traceback.format_exception`` guards ``str(exc)`` itself, but also reads
     ``__notes__``, causes and contexts, all of which a hostile exception controls.
@@ -297,32 +287,39 @@ def make_record(
     stack: str | None = None,
     fingerprint_value: str | None = None,
     traceback_text: str | None = None,
-    redact: Callable[[str], str] | None = None,
+    redactor: Redactor | None = None,
     checkpoint: Callable[[], None] | None = None,
+    redact: Callable[[str], str] | None = None,
 ) -> ErrorRecord:
     """Build the frozen record of ``exc`` (the traceback bounded in frames and characters).
 
     Never runs plugin-controlled ``__str__``/``__repr__`` unguarded (see
     ``safe_message``). ``traceback_text`` reuses an already formatted (and
     already redacted) traceback: formatting is the costly part of a record,
-    and an error storm reuses its group's. ``redact``, when given, is
-    applied once here to every free text of the record, so no surface needs
-    to redact it again. ``checkpoint`` is called before each call into plugin
+    and an error storm reuses its group's. ``redactor``, when given and on,
+    is applied once here to every free text of the record (before any cut),
+    so no surface needs to redact it again. ``redact`` (a ``Redactor.text``)
+    is the older spelling of ``redactor``. ``checkpoint`` is called before each call into plugin
     code (the supervisor starts the watchdog's clock afresh there, so each one
     gets its own ``kill_timeout``).
     """
+    if redactor is None and isinstance(owner := getattr(redact, "__self__", None), Redactor):
+        redactor = owner
+    if redactor is not None and not redactor.enabled:
+        redactor = None
     text = _message(exc)
     if text is None:
         message = f"<unprintable {safe_type_name(exc)}>"
-    elif redact is None and len(text) <= MESSAGE_CHARS:
+    elif redactor is None and len(text) <= MESSAGE_CHARS:
         message = text  # the common case of an error storm, kept cheap
     else:
-        message = bounded(text, MESSAGE_CHARS, redact)
+        message = bounded(text, MESSAGE_CHARS, redactor)
     if traceback_text is not None:
         tb = traceback_text
     elif text is None:
         # Its __str__ failed or hung once: formatting would call it again.
-        tb = bounded_tail(_frames_only(exc, traceback_limit, message), TRACEBACK_CHARS, redact)
+        tb = _frames_only(exc, traceback_limit, message)
+        tb = bounded(tb, TRACEBACK_CHARS, redactor, tail=True)
     else:
         if checkpoint is not None:
             checkpoint()
@@ -330,12 +327,12 @@ def make_record(
         if len(text) > MESSAGE_CHARS:
             # The traceback ends with the message: a huge one, once, as the record shows it.
             tb = tb.replace(text, message)
-        tb = bounded_tail(tb, TRACEBACK_CHARS, redact)
+        tb = bounded(tb, TRACEBACK_CHARS, redactor, tail=True)
     exc_type = safe_type_name(exc)
-    if redact is not None:
-        exc_type = redact(exc_type)
+    if redactor is not None:
+        exc_type = redactor.text(exc_type)
         if stack is not None:
-            stack = redact(stack)
+            stack = redactor.text(stack)
     return ErrorRecord(
         id=next(_ids),
         time=time,
@@ -354,13 +351,20 @@ def make_record(
     )
 
 
-def redact_record(record: ErrorRecord, redact: Callable[[str], str]) -> ErrorRecord:
-    """``record`` with every free text redacted (gauge names included)."""
+def redact_record(record: ErrorRecord, redactor: Redactor) -> ErrorRecord:
+    """``record`` (made while redaction was off) with every free text redacted, gauges too."""
+    redact = redactor.text
+    message = redact_kept(record.message, MESSAGE_CHARS, redactor)
+    # The traceback ends with the message as the record had it (cut, for a long one):
+    # that copy goes the same way before the rest is redacted.
+    traceback = record.traceback
+    if record.message and message != record.message:
+        traceback = traceback.replace(record.message, message)
     return attrs.evolve(
         record,
-        message=redact(record.message),
+        message=message,
         exc_type=redact(record.exc_type),
-        traceback=redact(record.traceback),
+        traceback=redact_kept(traceback, TRACEBACK_CHARS, redactor, tail=True),
         stack=None if record.stack is None else redact(record.stack),
         gauges={redact(k): v for k, v in record.gauges.items()},
     )
@@ -439,7 +443,7 @@ class ErrorLog:
             if len(self._formatted) > self._max_groups:
                 self._formatted.popitem(last=False)
 
-    def redact(self, redact: Callable[[str], str]) -> None:
+    def redact(self, redactor: Redactor) -> None:
         """Redact everything kept, once: called when the supervisor enters a redacting phase.
 
         Records made from then on are redacted when made (``make_record``).
@@ -449,14 +453,14 @@ class ErrorLog:
         def fix(record: ErrorRecord) -> ErrorRecord:
             new = done.get(record.id)
             if new is None:
-                new = done[record.id] = redact_record(record, redact)
+                new = done[record.id] = redact_record(record, redactor)
             return new
 
         self.records = collections.deque(map(fix, self.records), maxlen=self.records.maxlen)
         for group in self._groups.values():
             group.first, group.last = fix(group.first), fix(group.last)
         for fp, (at, tb) in self._formatted.items():
-            self._formatted[fp] = (at, redact(tb))
+            self._formatted[fp] = (at, redact_kept(tb, TRACEBACK_CHARS, redactor, tail=True))
 
     def recent_traceback(self, fp: str, now: float, within: float) -> str | None:
         """The traceback formatted for fingerprint ``fp`` less than ``within`` seconds ago."""

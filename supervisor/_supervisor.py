@@ -63,6 +63,7 @@ from ._safecall import (
     is_a,
     is_runtime_cancel,
     make_record,
+    redact_kept,
     safe_message,
     safe_type_name,
 )
@@ -694,7 +695,7 @@ class Supervisor:
     def _text(self, text: str) -> str:
         """Free text someone else wrote (a reason, a caller): redacted once, then bounded."""
         plain = str.__str__(text) if isinstance(text, str) else "<not text>"
-        return bounded(plain, MESSAGE_CHARS, self.redactor.text)
+        return bounded(plain, MESSAGE_CHARS, self.redactor)
 
     @property
     def emergency_reason(self) -> str | None:
@@ -795,7 +796,7 @@ class Supervisor:
             traceback_limit=self._effective.recovery.traceback_limit,
             kind=kind,
             stack=stack,
-            redact=self.redactor.text if self.redactor.enabled else None,
+            redactor=self.redactor,
             checkpoint=self._new_call,
         )
 
@@ -1502,7 +1503,7 @@ class Supervisor:
             "service.crashed",
             service=name,
             error=safe_type_name(exc),
-            message=safe_message(exc, self.redactor.text),
+            message=safe_message(exc, self.redactor),
             failures=self.service_failures[name],
             restart_in=delay,
         )
@@ -1582,7 +1583,7 @@ class Supervisor:
                 "snapshot.failed",
                 tick=snap.tick,
                 reason=snap.reason,
-                error=safe_message(exc, self.redactor.text),
+                error=safe_message(exc, self.redactor),
             )
             return None
         self.snapshot_write.record(time.perf_counter() - started)
@@ -1681,9 +1682,15 @@ class Supervisor:
         (status, errors, metrics, snapshots, summary) redacts again.
         """
         text = self.redactor.text
-        self.errors.redact(text)
+
+        def kept_text(value: str) -> str:  # bounded by _text while redaction was off
+            return redact_kept(value, MESSAGE_CHARS, self.redactor)
+
+        self.errors.redact(self.redactor)
         history = self._phases.history
-        kept = [attrs.evolve(e, caller=text(e.caller), reason=text(e.reason)) for e in history]
+        kept = [
+            attrs.evolve(e, caller=kept_text(e.caller), reason=kept_text(e.reason)) for e in history
+        ]
         history.clear()
         history.extend(kept)
         keys = {raw: text(key) for raw, key in self._gauge_keys.items()}
@@ -1693,10 +1700,10 @@ class Supervisor:
         self._gauges.clear()
         self._gauges.update(values)
         if self._emergency_reason is not None:
-            self._emergency_reason = text(self._emergency_reason)
+            self._emergency_reason = kept_text(self._emergency_reason)
         if self._emergency_source is not None:
-            self._emergency_source = text(self._emergency_source)
-        self._stop_reason = text(self._stop_reason)
+            self._emergency_source = kept_text(self._emergency_source)
+        self._stop_reason = kept_text(self._stop_reason)
         if self.emergency_info is not None:
             self.emergency_info["reason"] = self._emergency_reason
             self.emergency_info["source"] = self._emergency_source

@@ -25,7 +25,6 @@ from supervisor._safecall import (
     SCAN_CHARS,
     TRACEBACK_CHARS,
     bounded,
-    bounded_tail,
 )
 from supervisor._supervisor import LIFECYCLE_HISTORY
 from supervisor.testing import make_supervisor, run_systems
@@ -152,22 +151,48 @@ class TestRedactThenCut:
     def test_a_traceback_tail_straddling_its_limit(self) -> None:
         """The kept end of a traceback starts after the cut: an e-mail across it is redacted."""
         text = "head\n" + EMAIL + " " + "w" * TRACEBACK_CHARS
-        out = bounded_tail(text, TRACEBACK_CHARS, Redactor().text)
+        out = bounded(text, TRACEBACK_CHARS, Redactor(), tail=True)
         assert "example" not in out
         assert "jane" not in out
         assert out.startswith("...\n")
-        assert len(out) == TRACEBACK_CHARS + 4
 
-    def test_text_past_the_scan_limit_is_cut_at_a_whitespace(self) -> None:
-        """Huge text is cut before redaction only between tokens: no secret is split."""
-        filler = "ab " * ((SCAN_CHARS - 10) // 3)
+    def test_text_past_the_scan_window(self) -> None:
+        """An e-mail across the redactor's window edge (SCAN_CHARS) is not kept in part."""
+        filler = "[email] " * 10 + "ab " * ((SCAN_CHARS - 90) // 3)
         text = filler + EMAIL + " more" * 10
         assert len(filler) < SCAN_CHARS < len(filler) + len(EMAIL)
-        # Small compressible text (every 'ab' stays): the cut lands before the e-mail.
-        out = bounded(text, 10 * SCAN_CHARS, Redactor().text)
+        out = bounded(text, MESSAGE_CHARS, Redactor())
         assert "jane" not in out
-        assert out.endswith(("ab ...", "ab..."))
+        assert out.endswith("...")
 
     def test_without_redaction_a_plain_cut(self) -> None:
         """In development nothing is redacted: the first MESSAGE_CHARS characters, then '...'."""
         assert bounded("y" * 5000, MESSAGE_CHARS) == "y" * MESSAGE_CHARS + "..."
+        assert bounded("y" * 5000, MESSAGE_CHARS, Redactor(enabled=False)) == bounded(
+            "y" * 5000, MESSAGE_CHARS
+        )
+
+    async def test_a_message_cut_in_development_is_redacted_whole_later(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Cut while redaction was off, a straddling e-mail's head goes when redaction begins."""
+        text = "x" * (MESSAGE_CHARS - 8) + " " + EMAIL + " tail"
+
+        class Straddles:
+            name = "straddles"
+
+            def tick(self, ctx: Any) -> None:
+                if ctx.tick == 0:
+                    raise ValueError(text)
+
+        sup = make_supervisor([Straddles()], tick_rate=10)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            await trio.sleep(0.15)
+            assert "jane.d" in sup.errors.recent(1)[0].message  # development: cut, as it was
+            await sup.change_phase("testing", force=True, reason="", caller=OPERATOR)
+            record = sup.errors.recent(1)[0]
+            assert "jane" not in record.message
+            assert "jane" not in record.traceback
+            assert record.message.endswith("...")
+            sup.stop()
