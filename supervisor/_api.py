@@ -94,8 +94,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-#: Pending connections the kernel queues before accept().
-_BACKLOG: Final = 128
+#: Pending connections the kernel queues before accept(): as many as it allows.
+_BACKLOG: Final = socket.SOMAXCONN
 #: ``/v1/errors?limit=`` default.
 DEFAULT_ERRORS_LIMIT: Final = 20
 _MAX_SYSTEM_NAME: Final = 200

@@ -609,7 +609,11 @@ async def serve_connections(
         shutdown_trigger: when it returns, stop gracefully.
         graceful_timeout: seconds requests in flight get after the trigger.
     """
-    sock.listen(min(socket.SOMAXCONN, max(limits.max_connections, 128)))
+    # The longest accept queue the kernel allows: a flood of connects that
+    # overflows a short one makes the kernel drop handshakes, and a client
+    # caught in that waits a retransmission (1 s and more) before its request
+    # reaches us, long enough to miss header_timeout (tests/test_api_attack.py).
+    sock.listen(socket.SOMAXCONN)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     server = _Server(app, config, limits, stats, ssl_context)
     async with listener, trio.open_nursery() as nursery:

@@ -70,7 +70,7 @@ class Counts:
     statuses: collections.Counter[int] = attrs.field(factory=collections.Counter)
     closed_without_answer: int = 0
     probes_ok: int = 0
-    probes_failed: int = 0
+    probes_failed: list[str] = attrs.field(factory=list)  # what each failed probe got
 
     @property
     def server_errors(self) -> int:
@@ -184,18 +184,20 @@ async def _probe(port: int, counts: Counts) -> None:
     request = b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
     while True:
         answer = b""
+        failure = "timed out"
         with trio.move_on_after(3):
             try:
                 async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
                     await stream.send_all(request)
                     while chunk := await stream.receive_some(4096):
                         answer += chunk
-            except (OSError, trio.BrokenResourceError):
-                pass
+                failure = "closed without an answer"
+            except (OSError, trio.BrokenResourceError) as exc:
+                failure = f"{type(exc).__name__}: {exc}"
         if answer.startswith(b"HTTP/1.1 200 "):
             counts.probes_ok += 1
         else:
-            counts.probes_failed += 1
+            counts.probes_failed.append(answer.decode("latin-1")[-200:] or failure)
         await trio.sleep(0.05)
 
 
@@ -263,6 +265,25 @@ def running_supervisor(tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], int
             proc.wait()
 
 
+def _api_counters(port: int, token: str) -> dict[str, float]:
+    """The ``supervisor_api_*`` samples of /metrics."""
+    request = (
+        b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
+    )
+    data = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        while chunk := sock.recv(65536):
+            data += chunk
+    out = {}
+    for line in data.decode().splitlines():
+        if line.startswith("supervisor_api_"):
+            name, _, value = line.rpartition(" ")
+            out[name.removeprefix("supervisor_api_")] = float(value)
+    return out
+
+
 def _shutdown(port: int, token: str) -> int:
     body = json.dumps({"reason": "attack over"}).encode()
     request = (
@@ -281,11 +302,13 @@ def run_attack(tmp: Path, rounds: int, reconnects: int) -> dict[str, Any]:
     with running_supervisor(tmp) as (proc, port, token, summary):
         counts = trio.run(attack, port, token, rounds, reconnects)
         alive = proc.poll() is None
+        api = _api_counters(port, token) if alive else {}
         stop_status = _shutdown(port, token) if alive else None
         code = proc.wait(timeout=30)
     return {
         "counts": counts,
         "alive_after_attack": alive,
+        "api": api,
         "shutdown_status": stop_status,
         "exit_code": code,
         "summary": json.loads(summary.read_text()) if summary.exists() else None,
@@ -302,7 +325,7 @@ def test_hostile_traffic_never_kills_or_5xx(tmp_path: Path) -> None:
     assert counts.server_errors == 0, counts.statuses
     assert counts.statuses[408] >= 1  # the operator's never-ending bodies
     assert counts.probes_ok > 0
-    assert counts.probes_failed == 0
+    assert counts.probes_failed == [], json.dumps(result["api"])
     assert result["summary"]["exit_reason"]
 
 
