@@ -6,7 +6,10 @@ supervisor's logs carry: prose without digits (the fast path), JSON-ish event
 lines full of numbers (ticks, ISO timestamps, durations, versions, addresses)
 with nothing to redact, and lines holding one secret of a common shape. Then
 one ``system.error`` log event (eight fields) through ``configure_logging``
-into memory, in both formats, without and with the redaction processor.
+into memory, in both formats, without and with the redaction processor. Last,
+hostile 32 KiB texts (the most the core redacts at once, ``SCAN_CHARS``)
+shaped against each rule: milliseconds for one call, which must grow
+linearly (a quadratic rule shows up here as hundreds of milliseconds).
 
 Run: ``python -m bench.redact [--json FILE]``.
 """
@@ -100,13 +103,40 @@ def measure_events() -> dict[str, float]:
     return out
 
 
+HOSTILE_CHARS = 32_768
+
+HOSTILE: dict[str, str] = {
+    "labels then @": "x@" + "aa." * (HOSTILE_CHARS // 3) + "aa@",
+    "2-digit groups": "12 " * (HOSTILE_CHARS // 3),
+    "3-digit groups": "123 " * (HOSTILE_CHARS // 4),
+    "+ groups": "+1 " * (HOSTILE_CHARS // 3),
+    "BEGIN lines, no END": "-----BEGIN PRIVATE KEY-----\n" * (HOSTILE_CHARS // 28),
+    "card groups": "4111 " * (HOSTILE_CHARS // 5),
+    "IBAN heads": "DE89 " * (HOSTILE_CHARS // 5),
+    "password= runs": "password=" * (HOSTILE_CHARS // 9),
+}
+
+
+def measure_hostile() -> dict[str, float]:
+    """Milliseconds for one ``Redactor.text`` call on each hostile text (best of REPEAT)."""
+    red = Redactor()
+    return {
+        f"hostile 32 KiB: {name} (ms)": round(
+            min(timeit.repeat(functools.partial(red.text, text), number=1, repeat=REPEAT)) * 1e3,
+            2,
+        )
+        for name, text in HOSTILE.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print the figures (and write them as JSON with ``--json``)."""
     args = _common.parser(__doc__).parse_args(argv)
-    figures = {**measure(), **measure_events()}
+    figures = {**measure(), **measure_events(), **measure_hostile()}
     width = max(map(len, figures))
     for name, us in figures.items():
-        sys.stdout.write(f"{name:<{width}}  {us:8.2f} us\n")
+        unit = "" if name.endswith("(ms)") else " us"
+        sys.stdout.write(f"{name:<{width}}  {us:8.2f}{unit}\n")
     _common.write_json(args.json, figures)
 
 

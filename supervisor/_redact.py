@@ -264,12 +264,14 @@ _URL_USERINFO: Final = re.compile(r"(?<=://)[^/\s:\[\]\"'<>]+:[^\s\"'<>]*@(?=[\w
 # PEM private keys (PKCS#1/#8, EC, OpenSSH, encrypted, PGP blocks), as real
 # lines or as a repr with `\n` escapes. With no END line (a truncated log
 # line) the header and every following base64-looking line go.
-_PEM: Final = re.compile(
-    r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
-    r"(?:.*?-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
-    r"|(?:(?:[ \t\r\n\ue000-\ue002]|\\[rn])+"
-    r"(?:[A-Za-z0-9+/]{16,}={0,2}|(?:Proc-Type|DEK-Info|Comment):[^\r\n\\]*))*)",
-    re.ASCII | re.DOTALL,
+# The block's end is found with one forward search for the next END line
+# (`_pem_spans`), not a lazy `.*?END` per BEGIN, which rescanned the rest of
+# the text for every BEGIN without an END (quadratic).
+_PEM_BEGIN: Final = re.compile(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----", re.ASCII)
+_PEM_BODY: Final = re.compile(
+    r"(?:(?:[ \t\r\n\ue000-\ue002]|\\[rn])+"
+    r"(?:[A-Za-z0-9+/]{16,}={0,2}|(?:Proc-Type|DEK-Info|Comment):[^\r\n\\]*))*",
+    re.ASCII,
 )
 
 # An END line whose BEGIN was cut away (the kept tail of a long traceback):
@@ -309,15 +311,20 @@ _API_KEY: Final = re.compile(
 # E-mail: `@domain` is matched by regex (the literal '@' lets re skip ahead
 # fast) and the local part, always the whole run of local-part characters
 # before the '@', is found by walking back in `_email_spans`; a regex that
-# starts at the local part is 4x slower. The lookahead refuses a domain that
-# runs into the next address's local part (`a@b.cox@c.de`): the second address
-# is taken instead, else a second pass would find it. Not re.ASCII: local
-# parts and domains may be internationalised (`josé@exämple.com`, RFC 6531),
-# and the top-level domain may be a punycode `xn--` label.
+# starts at the local part is 4x slower. A domain that runs into the next
+# address's local part (`a@b.cox@c.de`) is refused, and the second address
+# taken instead (else a second pass would find it): checked once per match in
+# `_email_spans`, because the same check as a lookahead rescanned the rest of
+# the text at every label the regex gave back (quadratic: 0.4 s for 32 KiB of
+# `aa.aa.aa...@`). Not re.ASCII: local parts and domains may be
+# internationalised (`josé@exämple.com`, RFC 6531), and the top-level domain
+# may be a punycode `xn--` label.
 _DOMAIN: Final = r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+(?:xn--[A-Za-z0-9-]{1,59}|[^\W\d_]{2,63})"
-_EMAIL_DOMAIN: Final = re.compile(r"@" + _DOMAIN + r"(?![\w.%+-]*@)")
+_EMAIL_DOMAIN: Final = re.compile(r"@" + _DOMAIN)
 # URL-encoded (`?email=bob%40example.com`): the same, after `%40`.
-_EMAIL_DOMAIN_ENCODED: Final = re.compile(r"%40" + _DOMAIN + r"(?![\w.%+-]*(?:@|%40))")
+_EMAIL_DOMAIN_ENCODED: Final = re.compile(r"%40" + _DOMAIN)
+# What may follow a domain and still belong to one address-like token.
+_ADDRESS_RUN: Final = re.compile(r"[\w.%+-]*")
 # ASCII local-part characters besides letters and digits (`str.isalnum` takes
 # the non-ASCII ones). Not '=', '\'', '/', '&' or '{': in log text they are far
 # more often the separator before an address (`user=bob@x.org`) than part of it.
@@ -632,6 +639,28 @@ def _splice(s: str, spans: Iterator[tuple[int, int]], placeholder: str) -> str:
     return "".join(out)
 
 
+def _pem_spans(s: str) -> Iterator[tuple[int, int]]:
+    """Whole blocks, BEGIN to the next END; a BEGIN with no END before the next
+    BEGIN (a truncated key) takes its base64 lines."""
+    done = 0
+    end: re.Match[str] | None = None
+    searched_from = -1  # `end` is the first END at or after this position
+    for m in _PEM_BEGIN.finditer(s):
+        if m.start() < done:
+            continue
+        if searched_from < 0 or (end is not None and end.start() < m.end()):
+            end = _PEM_END.search(s, m.end())
+            searched_from = m.end()
+        following = s.find("-----BEGIN", m.end())
+        if end is not None and (following < 0 or end.start() < following):
+            stop = end.end()
+        else:
+            body = _PEM_BODY.match(s, m.end())
+            stop = m.end() if body is None else body.end()
+        yield m.start(), stop
+        done = stop
+
+
 def _pem_tail_spans(s: str) -> Iterator[tuple[int, int]]:
     done = 0
     for m in _PEM_END.finditer(s):
@@ -668,6 +697,10 @@ def _local_part_start(s: str, at: int, floor: int) -> int:
 def _email_spans(s: str, domain: re.Pattern[str]) -> Iterator[tuple[int, int]]:
     done = 0
     for m in domain.finditer(s):
+        run = _ADDRESS_RUN.match(s, m.end())
+        assert run is not None  # `*`: it always matches
+        if s.startswith("@", run.end()) or "%40" in run[0]:
+            continue  # the domain runs into the next address's local part
         start = _local_part_start(s, m.start(), done)
         # No local part: `@handle.tld`, or right after a placeholder.
         if start < m.start():
@@ -814,9 +847,14 @@ def _groups_sub(m: re.Match[str]) -> str:
         found: tuple[int, str] | None = None
         total = len(groups[i])
         bracketed = i == 0 and texts[0] != groups[0]
+        # Every shape starts with a 3-digit group (SSN, North American) or a
+        # 0 (trunk or international prefix): other groups start none, and a
+        # run of thousands (`12 12 12 ...`) is read in one pass.
+        first = groups[i]
+        hopeless = len(first) != 3 and first[0] != "0" and not bracketed
         # Longest span from group i, as for cards: every span is tried, so
         # what is left holds none and a second pass finds nothing.
-        for j in range(i + 1, n):
+        for j in range(i + 1, 0 if hopeless else n):
             total += len(groups[j])
             if total > 17:
                 break
@@ -977,7 +1015,7 @@ class Redactor:
         # IBANs and phone numbers run before cards: their digit groups could
         # otherwise hold a Luhn-valid run and be half-redacted.
         if "PRIVATE KEY" in s:
-            s = _PEM.sub(PRIVATE_KEY, s)
+            s = _splice(s, _pem_spans(s), PRIVATE_KEY)
             if "PRIVATE KEY" in s:
                 s = _splice(s, _pem_tail_spans(s), PRIVATE_KEY)
         low = s.lower()

@@ -162,3 +162,29 @@ class TestTextAfterCut:
     def test_without_the_marker_it_is_text(self) -> None:
         """Not cut (no marker where ``keep`` says): redacted like any text."""
         assert RED.text_after_cut("mail bob@example.com") == "mail [email]"
+
+
+class TestHostileShapes:
+    """Texts shaped against each rule (their cost is in ``bench/redact.py``): right answers."""
+
+    def test_labels_running_into_an_at(self) -> None:
+        """``x@aa.aa...aa@``: the domain runs into a next local part, so no address here."""
+        text = "x@" + "aa." * 1000 + "aa@"
+        assert RED.text(text) == text
+
+    def test_begin_lines_without_end(self) -> None:
+        """BEGIN after BEGIN and no END: each header is a (truncated, empty) key."""
+        text = "-----BEGIN PRIVATE KEY-----\n" * 100
+        assert RED.text(text) == f"{PRIVATE_KEY}\n" * 100
+
+    def test_keys_without_end_between_begins(self) -> None:
+        """A key cut short before the next key's BEGIN: both go, the second whole."""
+        lines = PEM_PKCS8.split("\n")
+        text = "\n".join(lines[:2]) + "\n" + PEM_PKCS8 + "\nafter"
+        assert RED.text(text) == f"{PRIVATE_KEY}\n{PRIVATE_KEY}\nafter"
+
+    @pytest.mark.parametrize("unit", ["12 ", "123 ", "00 ", "+1 ", "DE89 ", "12-"])
+    def test_long_runs_of_groups(self, unit: str) -> None:
+        """Thousands of digit groups: nothing found, nothing changed, in one pass."""
+        text = unit * 1000
+        assert RED.text(text) == text
