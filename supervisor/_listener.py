@@ -111,7 +111,7 @@ class ConnectionLimits:
         keep_alive_timeout: seconds an idle keep-alive connection is kept.
         send_timeout: seconds the client has to take a response.
         head_pace: longest random pause before reading the next piece of a
-            request head that arrives in pieces (see ``_Connection._read_data``).
+            request head that arrives in pieces (see ``_Connection._serve_requests``).
     """
 
     max_connections: int = 256
@@ -324,6 +324,11 @@ class _Connection(TCPServer):
             else:
                 sock = stream.socket
                 secure = False
+            # Nothing of hypercorn's is built until the first bytes arrive: an
+            # idle holder costs a task and a socket, and evicting it is cheap.
+            first = await self._receive(0.0)
+            if not first:
+                return
             client = parse_socket_addr(sock.family, sock.getpeername())
             server = parse_socket_addr(sock.family, sock.getsockname())
             async with _TaskGroup() as task_group:
@@ -342,7 +347,7 @@ class _Connection(TCPServer):
                         self.protocol_send,
                     ),
                 )
-                await self._read_data()
+                await self._serve_requests(first)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away (reset, TLS failure, closed under us)
         finally:
@@ -397,29 +402,32 @@ class _Connection(TCPServer):
         if broken:
             await self.protocol.handle(Closed())
 
-    async def _read_data(self) -> None:
-        pause = 0.0
+    async def _receive(self, pause: float) -> bytes | None:
+        """The next bytes (b"" at the end), or None: deadline passed, evicted, or stream broken."""
+        with trio.CancelScope(deadline=self._deadline) as scope:
+            self._reader = scope
+            if self.evicted:
+                scope.cancel()
+            try:
+                if pause:
+                    await trio.sleep(pause)
+                data: bytes | None = bytes(await self.stream.receive_some(MAX_RECV))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                data = None
+        self._reader = None
+        if scope.cancelled_caught:
+            self._timed_out()
+            return None
+        return data
+
+    async def _serve_requests(self, data: bytes) -> None:
         while True:
-            with trio.CancelScope(deadline=self._deadline) as scope:
-                self._reader = scope
-                if self.evicted:
-                    scope.cancel()
-                try:
-                    if pause:
-                        await trio.sleep(pause)
-                    data = await self.stream.receive_some(MAX_RECV)
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    break
-            self._reader = None
-            pause = 0.0
-            if scope.cancelled_caught:
-                self._timed_out()
-                break
             if data and self.stage == _IDLE:
                 self._enter(_HEAD, trio.current_time() + self.limits.header_timeout)
-            await self.protocol.handle(RawData(bytes(data)))
+            await self.protocol.handle(RawData(data))
             if not data:
                 break
+            pause = 0.0
             if self.stage == _HEAD:
                 # A head in pieces: read the next piece after a random pause.
                 # Slowloris clients sending in step (a byte a second each)
@@ -428,6 +436,10 @@ class _Connection(TCPServer):
                 # spreads those wake-ups out. A client sending its head in
                 # one piece never pauses; the head deadline still holds.
                 pause = self.limits.head_pace * _JITTER.random()
+            received = await self._receive(pause)
+            if received is None:
+                break
+            data = received
         await self.protocol.handle(Closed())
 
     def _timed_out(self) -> None:

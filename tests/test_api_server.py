@@ -518,7 +518,8 @@ class TestTls:
             await read_all(stream)
             await stream.aclose()
         assert served.stats.errors == 0
-        assert served.stats.header_timeouts == 1  # the silent one
+        # The silent one; random bytes may also look like the start of a TLS record.
+        assert 1 <= served.stats.header_timeouts <= 2
 
     async def test_bad_files_are_one_line(self, tmp_path: Path) -> None:
         """A missing key, or a key that is not PEM, is an ApiListenError naming both files."""
