@@ -56,7 +56,7 @@ def measure(mode: str, seconds: float) -> dict[str, Any]:
     """One run of ``seconds`` in ``mode``: baseline | one | distinct."""
     config = Config.from_mapping(
         {
-            "recovery": {"max_restarts": 10**9, "window_seconds": 1.0, "history": 100},
+            "recovery": {"max_restarts": 1_000_000, "window_seconds": 1.0, "history": 100},
             "features": {"optimizer": False},
         },
         env={},

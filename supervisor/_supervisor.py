@@ -455,6 +455,7 @@ class Supervisor:
         self.snapshots = SnapshotStore(
             self.state_dir / "snapshots",
             generations=self._effective.supervisor.snapshot_generations,
+            key=self._effective.supervisor.snapshot_key_bytes,
         )
         self.last_snapshot: Path | None = None
         self.snapshot_problems: list[str] = []
