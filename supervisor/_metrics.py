@@ -159,7 +159,7 @@ class _Collector(Collector):
             seen.add(name)
             gauges.add_metric([name], number)
         yield gauges
-        yield CounterMetricFamily(
+        yield GaugeMetricFamily(
             "supervisor_gauges_skipped",
             "Gauges left out of this scrape: not a finite number, or a duplicate redacted name.",
             value=skipped,
