@@ -546,7 +546,7 @@ class Supervisor:
         for name in cfg.options:
             if name not in configured:
                 raise ConfigError(
-                    f"[systems.{name}] configures a system that is not enabled",
+                    "configures a system that is not enabled (add it to [systems] enabled)",
                     source=source,
                     key=f"systems.{name}",
                 )

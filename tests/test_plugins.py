@@ -871,7 +871,10 @@ class TestFromConfig:
             from_config({"systems": {"enabled": ["heartbeat"], "wanderers": {"count": 3}}})
 
         assert ei.value.key == "systems.wanderers"
-        assert "[systems.wanderers] configures a system that is not enabled" in str(ei.value)
+        assert str(ei.value).endswith(
+            "[systems.wanderers] configures a system that is not enabled "
+            "(add it to [systems] enabled)"
+        )
 
     def test_table_for_unknown_system_with_all_enabled(self) -> None:
         """With every discovered system enabled, a table for another name is still an error."""
