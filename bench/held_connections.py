@@ -39,6 +39,8 @@ from bench import _common, serve
 SECONDS = 15.0
 RATE = 60
 HELD = 600
+#: ``[api] max_connections`` of the runs: the shipped default.
+MAX_CONNECTIONS = 256
 PROBE_EVERY = 0.1
 REOPEN_AFTER = 1.0
 SLOWLORIS_HEAD = b"GET /healthz HTTP/1.1\r\nHost: bench\r\nX-Pad: " + b"a" * 200
@@ -49,6 +51,7 @@ HEADER_TIMEOUTS = 'timeouts_total{kind="header"}'
 CONFIG = (
     serve.CONFIG.replace('listen = "unix:{sock}"', 'listen = "127.0.0.1:{port}"')
     + 'tokens = [{{ name = "bench", role = "viewer", sha256 = "{digest}" }}]\n'
+    + "max_connections = {max_connections}\n"
 )
 
 
@@ -149,7 +152,7 @@ def _api_counters(port: int, token: str) -> dict[str, float]:
     return out
 
 
-def run(seconds: float, rate: int, held: int) -> dict[str, Any]:
+def run(seconds: float, rate: int, held: int, max_connections: int) -> dict[str, Any]:
     """One supervisor run with ``held`` connections held against it (0: only the prober)."""
     exe = Path(sys.executable).parent / "supervisor"
     token = secrets.token_urlsafe(16)
@@ -163,6 +166,7 @@ def run(seconds: float, rate: int, held: int) -> dict[str, Any]:
                 port=port,
                 systems=json.dumps(serve._systems()),
                 digest=hashlib.sha256(token.encode()).hexdigest(),
+                max_connections=max_connections,
             ),
             encoding="utf-8",
         )
@@ -205,10 +209,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float, default=SECONDS)
     parser.add_argument("--rate", type=int, default=RATE)
     parser.add_argument("--held", type=int, default=HELD)
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS)
     args = parser.parse_args(argv)
-    idle = run(args.seconds, args.rate, 0)
-    held = run(args.seconds, args.rate, args.held)
-    print(f"systems: {', '.join(serve._systems())} at {args.rate} Hz, {args.seconds:g} s each")
+    idle = run(args.seconds, args.rate, 0, args.max_connections)
+    held = run(args.seconds, args.rate, args.held, args.max_connections)
+    print(
+        f"systems: {', '.join(serve._systems())} at {args.rate} Hz, {args.seconds:g} s each, "
+        f"max_connections = {args.max_connections}"
+    )
     print()
     print(
         "| run | lateness p50 µs | p99 µs | max µs | /healthz p50 ms | p99 ms | "

@@ -35,7 +35,8 @@ around it:
   ``send_timeout`` closes the connection. Each is a fixed deadline, not an
   inactivity timer, so a byte a second does not keep a connection alive. The
   body deadline (``body_timeout``, a 408) is the app's: only it knows when it
-  reads a body.
+  reads a body. Deadlines are spread at random over the last tenth of
+  their timeout so that connections opened together do not all expire at once.
 * **HTTP/1.1 only.** Hypercorn would switch a connection to HTTP/2 on an
   ``Upgrade: h2c`` header or the HTTP/2 preface; one HTTP/2 connection then
   runs up to 100 concurrent app tasks, outside the per-connection model. The
@@ -59,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import os
 import random
 import socket
 import ssl
@@ -97,8 +99,21 @@ LOG_EVERY: Final = 60.0
 _EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _EXHAUSTED_PAUSE: Final = 0.1
 _PEERCRED_SIZE: Final = struct.calcsize("3i")
-# Jitter for pacing slow heads: not a secret, only a spread.
+# Jitter for pacing slow heads and spreading deadlines: not a secret, only a spread.
 _JITTER: Final = random.Random()
+#: Deadlines fall at random between (1 - DEADLINE_SPREAD) and 1 times their timeout.
+DEADLINE_SPREAD: Final = 0.1
+
+
+def _within(timeout: float) -> float:
+    """A deadline ``timeout`` seconds from now, less up to DEADLINE_SPREAD of it at random.
+
+    Connections opened together (600 held by one client) would otherwise all
+    expire at the same instant, and trio would close them all in one
+    scheduler batch of several milliseconds, in front of a due tick
+    (bench/held_connections.py). Never later than the configured timeout.
+    """
+    return trio.current_time() + timeout * (1.0 - DEADLINE_SPREAD * _JITTER.random())
 
 
 @attrs.frozen(kw_only=True)
@@ -110,8 +125,8 @@ class ConnectionLimits:
         header_timeout: seconds for a request head (and for a TLS handshake).
         keep_alive_timeout: seconds an idle keep-alive connection is kept.
         send_timeout: seconds the client has to take a response.
-        head_pace: longest random pause before reading the next piece of a
-            request head that arrives in pieces (see ``_Connection._serve_requests``).
+        head_pace: mean seconds between reads of a request head that arrives
+            in pieces (see ``_Connection._poll``).
     """
 
     max_connections: int = 256
@@ -280,7 +295,7 @@ class _Connection(TCPServer):
         self.stats = stats
         self.stage = _HEAD
         self.evicted = False
-        self._deadline = trio.current_time() + limits.header_timeout
+        self._deadline = _within(limits.header_timeout)
         self._reader: trio.CancelScope | None = None
 
     @property
@@ -374,7 +389,7 @@ class _Connection(TCPServer):
             await self.protocol.handle(Closed())
         elif isinstance(event, Updated):
             if event.idle:
-                self._enter(_IDLE, trio.current_time() + self.limits.keep_alive_timeout)
+                self._enter(_IDLE, _within(self.limits.keep_alive_timeout))
             else:
                 self._enter(_REQUEST, math.inf)
 
@@ -409,9 +424,13 @@ class _Connection(TCPServer):
             if self.evicted:
                 scope.cancel()
             try:
-                if pause:
-                    await trio.sleep(pause)
-                data: bytes | None = bytes(await self.stream.receive_some(MAX_RECV))
+                data: bytes | None
+                if pause and isinstance(cast(Any, self.stream), trio.SocketStream):
+                    data = await self._poll(pause)
+                else:
+                    if pause:
+                        await trio.sleep(pause)
+                    data = bytes(await self.stream.receive_some(MAX_RECV))
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 data = None
         self._reader = None
@@ -420,22 +439,43 @@ class _Connection(TCPServer):
             return None
         return data
 
+    async def _poll(self, pace: float) -> bytes:
+        """The next piece of a slow head, read by polling instead of waiting on the socket.
+
+        Slowloris clients send their bytes in step (a byte a second each):
+        tasks waiting on their sockets would all wake in one scheduler batch
+        of several milliseconds, in front of a due tick. Here no task waits
+        on the socket: each sleeps a random while (``pace`` times 0.5 to
+        1.5), then tries a non-blocking read, so the wake-ups stay spread
+        out whatever the clients do. Only for a plain socket (TLS records
+        need the SSL stream) and only once a head came in pieces.
+
+        Raises:
+            trio.ClosedResourceError: the socket was closed meanwhile.
+            OSError: the read failed (reset by the peer).
+        """
+        sock: Any = cast(Any, self.stream).socket
+        while True:
+            await trio.sleep(pace * (0.5 + _JITTER.random()))
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError
+            try:
+                return os.read(fd, MAX_RECV)
+            except BlockingIOError:
+                continue
+
     async def _serve_requests(self, data: bytes) -> None:
         while True:
             if data and self.stage == _IDLE:
-                self._enter(_HEAD, trio.current_time() + self.limits.header_timeout)
+                self._enter(_HEAD, _within(self.limits.header_timeout))
             await self.protocol.handle(RawData(data))
             if not data:
                 break
-            pause = 0.0
-            if self.stage == _HEAD:
-                # A head in pieces: read the next piece after a random pause.
-                # Slowloris clients sending in step (a byte a second each)
-                # would otherwise wake every connection task in one scheduler
-                # batch and delay a due tick by the whole batch; jitter
-                # spreads those wake-ups out. A client sending its head in
-                # one piece never pauses; the head deadline still holds.
-                pause = self.limits.head_pace * _JITTER.random()
+            # A head in pieces is read by polling, at random times (see
+            # _poll). A client sending its head in one piece never gets
+            # here; the head deadline still holds.
+            pause = self.limits.head_pace if self.stage == _HEAD else 0.0
             received = await self._receive(pause)
             if received is None:
                 break
