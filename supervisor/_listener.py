@@ -58,8 +58,8 @@ then wait up to ``sys.getswitchinterval()`` (5 ms) behind it, which is 50x
 the 100 microsecond p99 target. A thread would only help while the trio loop
 is completely stalled, and the watchdog already covers stalls. Measured
 (demo world at 60 Hz, ``/metrics`` scraped 50 times a second by another
-process, three runs each on a shared 2-core machine): tick lateness p99 4.6
-to 12.9 ms on the same loop, 5.2 to 9.8 ms with the server on its own thread
+process, three runs each on a shared 2-core machine): tick lateness p99 7.4
+to 12.9 ms on the same loop, 7.5 to 9.8 ms with the server on its own thread
 and trio loop; no gain to pay a thread for. The work per connection here is
 small, bounded and spread out (above), which is what keeps the loop free.
 """
