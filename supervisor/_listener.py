@@ -23,9 +23,9 @@ around it:
   closed peer. No fixed release exists (0.18.0 is the newest on PyPI); the
   regression test is ``tests/test_api_server.py::TestHalfClosed``.
 * **Bounded.** At most ``max_connections`` at once: past it the oldest
-  connection that has waited at least half of ``header_timeout`` for its
-  request head is closed to make room (``evicted``); when there is none, the
-  new one is closed at accept (``refused``). Preferring the newcomer over an idle holder
+  connection still waiting for its request head is closed to make room
+  (``evicted``); when every connection is busy with a request, the new one is
+  closed at accept (``refused``). Preferring the newcomer over an idle holder
   keeps ``/healthz`` answering while an attacker holds every slot with idle
   or slowloris connections (``bench/held_connections.py``).
 * **Deadlines that data cannot extend.** A request head must be complete
@@ -304,7 +304,6 @@ class _Connection(TCPServer):
         self.stats = stats
         self.stage = _HEAD
         self.evicted = False
-        self.since = trio.current_time()  # when the current stage began
         self._deadline = _within(limits.header_timeout)
         self._reader: trio.CancelScope | None = None
 
@@ -326,7 +325,6 @@ class _Connection(TCPServer):
 
     def _enter(self, stage: str, deadline: float) -> None:
         self.stage = stage
-        self.since = trio.current_time()
         self._deadline = deadline
         if self._reader is not None:
             self._reader.deadline = deadline
@@ -596,18 +594,8 @@ class _Server:
         nursery.start_soon(self._run, conn, stream.socket)
 
     def _evict_oldest(self) -> bool:
-        """Close the oldest connection that has waited long enough for a request head.
-
-        Long enough: half of ``header_timeout``. A connection always gets
-        that long before a newcomer may take its place, and a client that
-        keeps reconnecting is mostly refused at accept (cheap) rather than
-        evicting a connection each time (a connection's set-up and tear-down,
-        several times the cost): the churn an attacker can force is bounded
-        by the cap over that half, while a prober still finds a place.
-        """
-        oldest_start = trio.current_time() - self.limits.header_timeout / 2
         for conn in self._conns:
-            if conn.waiting and conn.since <= oldest_start:
+            if conn.waiting:
                 del self._conns[conn]
                 conn.evict()
                 return True

@@ -385,21 +385,17 @@ class TestDeadlines:
 
 class TestConnectionCap:
     async def test_held_connections_past_the_cap_leave_healthz_answering(self, serve: Any) -> None:
-        """max_connections=20 and 70 idle holders: /healthz answers, nothing dies.
+        """max_connections=20 and 70 idle holders: /healthz answers at once, nothing dies.
 
-        Holders past the cap are refused at accept; once the holders have
-        waited half their header time, the oldest is evicted for each new
-        connection, so a prober is never locked out by idle holders.
+        The oldest connections still waiting for a request head are evicted
+        to make room, so a prober is never locked out by idle holders.
         """
-        served = await serve(max_connections=20, header_timeout=1.0)
+        served = await serve(max_connections=20, header_timeout=30.0)
         held = [await served.connect() for _ in range(70)]
-        # Holders get half their header time before a newcomer may evict them.
-        await trio.sleep(0.5)
         with trio.fail_after(5):
             for _ in range(10):
                 assert await healthz(served) == 200
-        assert served.stats.refused == 50
-        assert served.stats.evicted >= 1
+        assert served.stats.evicted >= 50
         assert served.stats.errors == 0
         assert served.stats.open <= 20
         for stream in held:
@@ -578,9 +574,7 @@ class TestGarbage:
         try:
             for _ in range(20):
                 assert await healthz(served) == 200
-            idle = [await served.connect() for _ in range(5)]
-            await trio.sleep(0.15)  # past half the header time: they may be evicted
-            idle += [await served.connect() for _ in range(15)]
+            idle = [await served.connect() for _ in range(20)]
             await wait_until(lambda: served.stats.open == 0)
             for stream in idle:
                 await stream.aclose()
@@ -594,9 +588,7 @@ class TestGarbage:
             gc.set_debug(0)
             gc.garbage.clear()
             gc.enable()
-        stats = served.stats
-        assert stats.evicted >= 1
-        assert stats.refused + stats.evicted + stats.header_timeouts == 20
+        assert served.stats.evicted + served.stats.header_timeouts == 20
         assert leaked == []
 
 
