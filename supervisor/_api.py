@@ -846,12 +846,20 @@ def _server_logger() -> logging.Logger:
 def _unix_listener(address: ListenAddress, shown: str) -> socket.socket:
     assert address.path is not None
     path = Path(address.path)
-    if not path.parent.is_dir():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
+        if not path.parent.is_dir():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         mode = path.lstat().st_mode
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        # A file where a folder of the path should be, a folder we may not
+        # create or search: one line, at start-up, not a crashing service.
+        raise ApiListenError(
+            f"cannot prepare the socket's folder {str(path.parent)!r}: "
+            f"{exc.strerror or type(exc).__name__}",
+            listen=shown,
+        ) from None
     else:
         if not stat.S_ISSOCK(mode):
             raise ApiListenError("the path exists and is not a socket", listen=shown)

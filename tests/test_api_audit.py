@@ -279,3 +279,27 @@ class TestAttachApi:
             with pytest.raises(ApiListenError, match="in use") as info:
                 await sup.run(duration=5)
         assert "\n" not in str(info.value)
+
+    async def test_socket_folder_that_is_a_file_is_one_listen_error(self, short_tmp: Path) -> None:
+        """A file where the socket's folder should be fails start-up in one line.
+
+        It used to raise FileExistsError inside the service, which then crashed
+        and restarted forever while the world ticked without its API.
+        """
+        (short_tmp / "afile").write_text("not a folder")
+        sup = make_supervisor(
+            [Ticking()],
+            config={
+                "api": {
+                    "listen": f"unix:{short_tmp}/afile/s.sock",
+                    "audit_log": str(short_tmp / "a"),
+                }
+            },
+            tick_rate=30,
+        )
+        attach_api(sup)
+        with pytest.raises(ApiListenError, match="cannot prepare the socket's folder") as info:
+            await sup.run(duration=5)
+        assert "\n" not in str(info.value)
+        assert sup.tick == 0
+        assert (short_tmp / "afile").read_text() == "not a folder"
