@@ -322,6 +322,42 @@ class TestDeadlines:
         pieces = len(HEALTHZ_CLOSE) // 10 + 1
         assert trio.current_time() - start < pieces * (0.01 + 0.25) + 0.5
 
+    async def test_a_slow_head_builds_no_protocol_until_it_is_whole(
+        self, serve: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Slowloris heads cost a socket and a task: hypercorn's protocol is built for whole heads.
+
+        Building it (h11 state, a task group, the ASGI wrapper) for every
+        slowloris connection, then tearing it down at eviction or timeout, was
+        the churn that moved ticks under 600 held connections.
+        """
+        built: list[object] = []
+        original = _listener._Http11Protocol.__init__
+
+        def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+            built.append(self)
+            original(self, *args, **kwargs)
+
+        monkeypatch.setattr(_listener._Http11Protocol, "__init__", counting)
+        served = await serve(header_timeout=0.4)
+        async with await served.connect() as stream:
+            for byte in HEAD[:20]:
+                await stream.send_all(bytes([byte]))
+                await trio.sleep(0.01)
+            assert await read_all(stream) == b""  # cut at the head deadline, no answer
+        assert built == []
+        assert served.stats.header_timeouts == 1
+        # A head ending in bare LFs (h11 takes them) and one past h11's limit
+        # (hypercorn answers 431) still reach the protocol.
+        async with await served.connect() as stream:
+            await stream.send_all(b"GET /healthz HTTP/1.1\nHost: sv\nConnection: close\n\n")
+            assert (await read_all(stream)).startswith(b"HTTP/1.1 200 ")
+        async with await served.connect() as stream:
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(b"GET /healthz HTTP/1.1\r\nX-Pad: " + b"a" * 20_000)
+            assert (await read_all(stream)).startswith(b"HTTP/1.1 431 ")
+        assert len(built) == 2
+
     async def test_idle_connection_gets_header_timeout(self, serve: Any) -> None:
         """A connection that sends nothing is closed at header_timeout."""
         served = await serve(header_timeout=0.3)
