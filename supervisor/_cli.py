@@ -20,6 +20,7 @@ from typing import Any, Final, NoReturn
 import click
 
 from ._client import COMMANDS
+from ._errors import one_line
 
 __all__ = ["MAX_TICKS", "cli", "main"]
 
@@ -73,16 +74,12 @@ class _Group(click.Group):
         except click.UsageError as exc:
             _usage_fail(exc)
         except click.ClickException as exc:
-            click.echo(f"supervisor: error: {_one_line(exc.format_message())}", err=True)
+            click.echo(f"supervisor: error: {one_line(exc.format_message())}", err=True)
             sys.exit(exc.exit_code)
         except click.Abort:
             click.echo("supervisor: aborted", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _usage_fail(exc: click.UsageError) -> NoReturn:
@@ -91,7 +88,7 @@ def _usage_fail(exc: click.UsageError) -> NoReturn:
         click.echo(exc.ctx.get_help(), err=True)
         sys.exit(EXIT_USAGE)
     where = exc.ctx.command_path if exc.ctx is not None else "supervisor"
-    message = _one_line(exc.format_message())
+    message = one_line(exc.format_message())
     click.echo(f"supervisor: error: {where}: {message} (see '{where} --help')", err=True)
     sys.exit(EXIT_USAGE)
 

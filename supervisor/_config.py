@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Final, Self
 
 import attrs
 
-from ._errors import ConfigError
+from ._errors import ConfigError, one_line, printable
 from ._files import UnsafePathError, read_config_bytes
 from ._phase import Phase
 
@@ -593,7 +593,7 @@ class Config:
                 (FIFO, device, directory), over 1 MiB, not UTF-8, not TOML,
                 nested too deeply, or invalid.
         """
-        source = _printable(str(path))
+        source = printable(str(path))
         try:
             data = read_config_bytes(path)
         except UnsafePathError as exc:
@@ -617,26 +617,6 @@ class Config:
                 an invalid phase overlay, nesting deeper than MAX_DEPTH, or an
                 unknown ``SUPERVISOR_*`` variable.
         """
-        try:
-            return cls._from_mapping(raw, source=source, env=env, base_dir=base_dir)
-        except ConfigError as exc:
-            # Keys and variable names come from the user: a newline in
-            # ["a\nb"] must not split the one-line error.
-            raise ConfigError(
-                _printable(exc.message),
-                source=None if exc.source is None else _printable(exc.source),
-                key=None if exc.key is None else _printable(exc.key),
-            ) from None
-
-    @classmethod
-    def _from_mapping(
-        cls,
-        raw: Mapping[str, Any],
-        *,
-        source: str,
-        env: Mapping[str, str] | None,
-        base_dir: Path | None,
-    ) -> Self:
         env = {
             k: v
             for k, v in (os.environ if env is None else env).items()
@@ -742,14 +722,14 @@ def parse_toml(data: bytes, *, source: str) -> dict[str, Any]:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {_one_line(str(exc))}", source=source) from None
+        raise ConfigError(f"not valid TOML: {one_line(str(exc))}", source=source) from None
     except RecursionError:
         raise ConfigError(
             f"not valid TOML: nested too deeply (the limit is {MAX_DEPTH} levels)", source=source
         ) from None
     except ValueError as exc:
         # int("9" * 5000): Python refuses integers of over 4300 digits.
-        raise ConfigError(f"not valid TOML: {_one_line(str(exc))}", source=source) from None
+        raise ConfigError(f"not valid TOML: {one_line(str(exc))}", source=source) from None
     _check_depth(raw, source)
     return raw
 
@@ -773,17 +753,6 @@ def _check_depth(raw: Mapping[str, Any], source: str) -> None:
             stack.extend((v, depth + 1) for v in value.values())
         elif isinstance(value, list | tuple):
             stack.extend((v, depth + 1) for v in value)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _printable(text: str) -> str:
-    """``text`` with control characters escaped (``\\n``), so a message stays one line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _parse_profiles(raw: Any, source: str) -> dict[str, Profile]:

@@ -9,6 +9,11 @@ class SupervisorError(Exception):
     """Base of every error the supervisor raises on purpose."""
 
 
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines too) made one space."""
+    return " ".join(text.split())
+
+
 def printable(text: str) -> str:
     """``text`` with control characters escaped (``\\n``), so a message stays one line.
 

@@ -97,6 +97,7 @@ from typing import Any, Final
 import attrs
 import msgpack  # type: ignore[import-untyped,unused-ignore]
 
+from ._errors import one_line
 from ._files import UnsafePathError, check_output_path
 
 __all__ = [
@@ -152,7 +153,7 @@ class SnapshotError(ValueError):
 
     def __init__(self, path: Path, problem: str) -> None:
         self.path = path
-        self.problem = _one_line(problem)
+        self.problem = one_line(problem)
         # A newline in a file name must not split the one-line message either.
         shown = str(path).replace("\n", "\\n")
         super().__init__(f"{shown}: {self.problem}")
@@ -890,13 +891,7 @@ def _kind(value: object) -> str:
 
 
 def _detail(value: object) -> str:
-    text = _one_line(str(value)) or type(value).__name__
+    text = one_line(str(value)) or type(value).__name__
     if len(text) > _MAX_DETAIL:
         text = text[: _MAX_DETAIL - 3] + "..."
     return text
-
-
-def _one_line(text: str) -> str:
-    # Error messages go to logs one per line; a newline in a file name or a
-    # decoded string must not split them.
-    return " ".join(text.split())
