@@ -19,12 +19,10 @@ from typing import Any, Final, NoReturn
 
 import click
 
-from ._client import COMMANDS
+from ._client import COMMANDS, EXIT_USAGE
 from ._errors import one_line
 
 __all__ = ["MAX_TICKS", "cli", "main"]
-
-EXIT_USAGE: Final = 2
 
 #: ``--ticks`` upper bound: a tick count stays exact as a float (JSON, msgpack
 #: readers) and far below the snapshot format's 64-bit limit.

@@ -51,7 +51,8 @@ TIMEOUT: Final = 30.0
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    """Print one ``supervisor: error:`` line and exit with ``code``."""
     click.echo(f"supervisor: error: {message}", err=True)
     sys.exit(code)
 
@@ -149,15 +150,15 @@ class ApiClient:
             with self._client() as client:
                 response = client.request(method, path, params=params, json=body)
         except httpx.ConnectError as exc:
-            _fail(_connect_problem(where, exc))
+            fail(_connect_problem(where, exc))
         except httpx.TimeoutException:
-            _fail(f"the supervisor at {where} did not answer within {self.timeout:g} s")
+            fail(f"the supervisor at {where} did not answer within {self.timeout:g} s")
         except httpx.HTTPError as exc:
-            _fail(f"lost the connection to the supervisor at {where} ({exc or type(exc).__name__})")
+            fail(f"lost the connection to the supervisor at {where} ({exc or type(exc).__name__})")
         try:
             data = response.json()
         except ValueError:
-            _fail(f"unexpected answer from {where}: HTTP {response.status_code}, not JSON")
+            fail(f"unexpected answer from {where}: HTTP {response.status_code}, not JSON")
         return response.status_code, data
 
     def _probe_unix(self, where: str) -> None:
@@ -173,7 +174,7 @@ class ApiClient:
             probe.settimeout(self.timeout)
             probe.connect(self.address.path)
         except OSError as exc:
-            _fail(_connect_problem(where, exc))
+            fail(_connect_problem(where, exc))
         finally:
             probe.close()
 
@@ -201,11 +202,11 @@ def _client_from(api: str | None, config_path: str | None) -> ApiClient:
     try:
         address = resolve_api(api, config_path)
     except ConfigError as exc:
-        _fail(str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     token = os.environ.get(TOKEN_ENV, "").strip() or None
     if token is not None and not (token.isascii() and token.isprintable() and " " not in token):
         # It could not be sent as a header anyway; say so before connecting.
-        _fail(f"{TOKEN_ENV} must be printable ASCII without spaces", EXIT_USAGE)
+        fail(f"{TOKEN_ENV} must be printable ASCII without spaces", EXIT_USAGE)
     return ApiClient(address=address, token=token)
 
 

@@ -29,6 +29,7 @@ import attrs
 import click
 import trio
 
+from ._client import DEFAULT_CONFIG, EXIT_FAILED, EXIT_USAGE, fail
 from ._config import Config
 from ._errors import ConfigError, PluginError, StartupError, SupervisorError
 from ._files import check_output_path
@@ -41,11 +42,6 @@ from ._supervisor import RunSummary, Supervisor
 
 __all__ = ["DEMO_WORLD", "run_command", "system_rows"]
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-#: Read when ``--config`` is not given and the file exists in the working folder.
-DEFAULT_CONFIG = "supervisor.toml"
 
 #: What ``supervisor run`` runs with no config: the demo tycoon world.
 DEMO_WORLD = {
@@ -54,11 +50,6 @@ DEMO_WORLD = {
         "players": {"count": 200},
     }
 }
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    click.echo(f"supervisor: error: {message}", err=True)
-    sys.exit(code)
 
 
 def _load_config(path: str | None) -> Config:
@@ -116,14 +107,15 @@ def check_preserved_state(sup: Supervisor, *, resume: bool, fresh: bool) -> None
         if resume:
             _no_snapshot_to_resume(folder, [])
     except OSError as exc:
-        _fail(f"{folder}: {exc.strerror or exc}", EXIT_FAILED)
+        fail(f"{folder}: {exc.strerror or exc}", EXIT_FAILED)
 
 
 def _no_snapshot_to_resume(folder: Path, problems: list[Any]) -> NoReturn:
     found = f"{len(problems)} unreadable ({problems[0]})" if problems else "none"
-    _fail(
+    fail(
         f"--resume: no valid snapshot in {folder} (snapshots found: {found}); "
-        "every file was kept; run with --fresh to start a new world instead"
+        "every file was kept; run with --fresh to start a new world instead",
+        EXIT_USAGE,
     )
 
 
@@ -144,9 +136,10 @@ def _check_snapshots(store: SnapshotStore, *, resume: bool, fresh: bool) -> None
             )
         return
     if store.has_snapshots():
-        _fail(
+        fail(
             f"{folder} holds the snapshots of an earlier run: pass --resume to continue "
-            "that world, or --fresh to start a new one (its files are moved aside, never deleted)"
+            "that world, or --fresh to start a new one (its files are moved aside, never deleted)",
+            EXIT_USAGE,
         )
 
 
@@ -215,21 +208,22 @@ def run_command(
             state_dir=Path(state_dir).resolve() if state_dir else None,
         )
     except (ConfigError, PluginError) as exc:
-        _fail(str(exc))
+        fail(str(exc), EXIT_USAGE)
     if summary_json is not None:
         try:
             check_output_path(summary_json)
         except SupervisorError as exc:
-            _fail(f"--summary-json {exc}")
+            fail(f"--summary-json {exc}", EXIT_USAGE)
         if not Path(summary_json).resolve().parent.is_dir():
-            _fail(f"--summary-json {summary_json}: the folder does not exist")
+            fail(f"--summary-json {summary_json}: the folder does not exist", EXIT_USAGE)
     if sup.phase is Phase.PRODUCTION:
         report = sup.security_report()
         if not report.ok:
             check = report.checks[0]
-            _fail(
+            fail(
                 f"cannot start in production: security check failed: {check.detail} "
-                f"(recommendation: {check.recommendation})"
+                f"(recommendation: {check.recommendation})",
+                EXIT_USAGE,
             )
     fmt = effective.logging.format
     live = LiveStream(sys.stderr) if sys.stderr.isatty() else None
@@ -255,7 +249,7 @@ def run_command(
         try:
             attach_api(sup)
         except ConfigError as exc:
-            _fail(str(exc))
+            fail(str(exc), EXIT_USAGE)
     summary = _run(
         sup,
         listen_errors,
@@ -268,7 +262,7 @@ def run_command(
         try:
             write_summary(summary_json, summary)
         except (SupervisorError, OSError) as exc:
-            _fail(f"cannot write --summary-json {summary_json}: {exc}", EXIT_FAILED)
+            fail(f"cannot write --summary-json {summary_json}: {exc}", EXIT_FAILED)
     sys.exit(summary.exit_code)
 
 
@@ -299,11 +293,11 @@ def _run(
     try:
         return trio.run(main)
     except listen_errors as exc:
-        _fail(str(exc))
+        fail(str(exc), EXIT_USAGE)
     except StartupError as exc:
-        _fail(str(exc), EXIT_USAGE if exc.refused else EXIT_FAILED)
+        fail(str(exc), EXIT_USAGE if exc.refused else EXIT_FAILED)
     except PluginError as exc:  # dependency errors surface when the run orders systems
-        _fail(str(exc))
+        fail(str(exc), EXIT_USAGE)
 
 
 # ---------------------------------------------------------------- supervisor systems
