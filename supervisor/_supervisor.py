@@ -67,7 +67,7 @@ from ._safecall import (
     safe_message,
     safe_type_name,
 )
-from ._snapshot import Snapshot, SnapshotStore
+from ._snapshot import MAX_TICK, Snapshot, SnapshotStore
 from ._timing import make_sleeper
 from ._watchdog import Watchdog
 
@@ -108,9 +108,6 @@ SERVICE_BACKOFF_INITIAL = 0.1
 SERVICE_BACKOFF_MAX = 10.0
 #: Seconds services get to return on their own once ``closing`` is set, before they are cancelled.
 SERVICE_GRACE = 2.0
-#: Highest tick a snapshot may carry: beyond 2**53 a tick no longer survives a float
-#: (JSON, Prometheus), so such a snapshot is corrupt or forged.
-MAX_TICK = 2**53
 #: Lifecycle events kept (a ring: the oldest go first).
 LIFECYCLE_HISTORY = 1000
 #: Used when a timeout read from a (public, unvalidated) Config is NaN, negative or infinite.
@@ -137,7 +134,11 @@ def _health_value(value: object) -> str:
 
 
 def _valid_tick(tick: object) -> bool:
-    """Whether a snapshot's tick is one a run can continue from."""
+    """Whether a snapshot's tick is one a run can continue from.
+
+    Below the store's MAX_TICK (2**53): beyond it a tick no longer survives a
+    float (JSON, Prometheus), so such a snapshot is corrupt or forged.
+    """
     return type(tick) is int and 0 <= tick < MAX_TICK
 
 

@@ -38,7 +38,8 @@ from supervisor._safecall import (
     make_record,
     safe_message,
 )
-from supervisor._supervisor import MAX_TICK, _non_negative
+from supervisor._snapshot import MAX_TICK
+from supervisor._supervisor import _non_negative
 from supervisor._watchdog import Watchdog
 from supervisor.testing import Ticking, make_supervisor, run_systems
 
