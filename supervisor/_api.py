@@ -935,13 +935,13 @@ def _is_loopback(sock: socket.socket) -> bool:
 def _tls_context(api: ApiConfig, shown: str) -> ssl.SSLContext | None:
     """The TLS context of ``[api] tls_cert``/``tls_key``, or None when neither is set.
 
+    ``ApiConfig`` refuses one without the other when it is built.
+
     Raises:
-        ApiListenError: only one is set, or the files are not a usable pair.
+        ApiListenError: the files are not a usable pair.
     """
-    if api.tls_cert is None and api.tls_key is None:
-        return None
     if api.tls_cert is None or api.tls_key is None:
-        raise ApiListenError("set both tls_cert and tls_key, or neither", listen=shown)
+        return None
     try:
         return make_ssl_context(api.tls_cert, api.tls_key)
     except (OSError, ssl.SSLError) as exc:
