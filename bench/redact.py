@@ -26,7 +26,7 @@ import structlog
 
 from bench import _common
 from supervisor import configure_logging
-from supervisor._redact import Redactor
+from supervisor._core._redact import Redactor
 
 NUMBER = 20_000
 REPEAT = 5

@@ -46,7 +46,7 @@ def scenario(players: int, seconds: float) -> dict[str, Any]:
     import trio
 
     from supervisor import Config, Supervisor, configure_logging
-    from supervisor._control import Caller
+    from supervisor._core._control import Caller
 
     configure_logging("json", "warning", stream=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,7 +12,7 @@ imports from ``supervisor`` (and ``supervisor.testing``) and nowhere else.
 The names of the tick loop (``Supervisor`` and its summaries), SafeCall's
 records and ``configure_logging`` are loaded on first use (PEP 562), so
 ``supervisor --help`` and the client commands, which import
-``supervisor._cli``, load neither trio, psutil, msgpack nor structlog.
+``supervisor._cli._main``, load neither trio, psutil, msgpack nor structlog.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._config import Config, Profile
-from ._context import Context
+from ._core._config import Config, Profile
+from ._core._context import Context
+from ._core._histogram import HistogramStats
+from ._core._phase import Phase
 from ._errors import (
     ConfigError,
     DependencyError,
@@ -33,23 +35,21 @@ from ._errors import (
     StepTimeout,
     SupervisorError,
 )
-from ._histogram import HistogramStats
-from ._phase import Phase
 
 if TYPE_CHECKING:
+    from ._core._safecall import ErrorGroup, ErrorRecord
+    from ._core._supervisor import RunSummary, Supervisor, SupervisorStats, SystemStats
     from ._logging import configure_logging
-    from ._safecall import ErrorGroup, ErrorRecord
-    from ._supervisor import RunSummary, Supervisor, SupervisorStats, SystemStats
 
 #: Public names loaded on first use: {name: module}.
 _LAZY = {
     "configure_logging": "._logging",
-    "ErrorGroup": "._safecall",
-    "ErrorRecord": "._safecall",
-    "RunSummary": "._supervisor",
-    "Supervisor": "._supervisor",
-    "SupervisorStats": "._supervisor",
-    "SystemStats": "._supervisor",
+    "ErrorGroup": "._core._safecall",
+    "ErrorRecord": "._core._safecall",
+    "RunSummary": "._core._supervisor",
+    "Supervisor": "._core._supervisor",
+    "SupervisorStats": "._core._supervisor",
+    "SystemStats": "._core._supervisor",
 }
 
 

@@ -23,10 +23,10 @@ import attrs
 import trio
 import trio.testing
 
-from ._config import Config
-from ._profiles import MachineFacts
-from ._safecall import ErrorRecord
-from ._supervisor import RunSummary, Supervisor
+from ._core._config import Config
+from ._core._profiles import MachineFacts
+from ._core._safecall import ErrorRecord
+from ._core._supervisor import RunSummary, Supervisor
 
 __all__ = [
     "FIXED_FACTS",

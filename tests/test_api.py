@@ -29,11 +29,11 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor._api import ApiListenError, make_app, parse_listen, serve_api
-from supervisor._audit import AuditEntry, AuditLog
-from supervisor._config import ApiConfig, TokenConfig
-from supervisor._control import Caller, ReadinessCheck, ReadinessReport, Refused
-from supervisor._redact import Redactor
+from supervisor._core._config import ApiConfig, TokenConfig
+from supervisor._core._control import Caller, ReadinessCheck, ReadinessReport, Refused
+from supervisor._core._redact import Redactor
+from supervisor._server._api import ApiListenError, make_app, parse_listen, serve_api
+from supervisor._server._audit import AuditEntry, AuditLog
 
 OPERATOR_TOKEN = "op-secret-7f3a9c2e"
 VIEWER_TOKEN = "view-secret-b41d8e07"
@@ -55,7 +55,7 @@ TOKENS = (
 
 @attrs.define(eq=False)
 class FakeSupervisor:
-    """A :class:`~supervisor._control.Controlled` that records calls and keeps visible state."""
+    """A :class:`Controlled` that records calls and keeps visible state."""
 
     phase: str = "development"
     alive: bool = True

@@ -1,6 +1,6 @@
 """The API's connection layer against hostile clients, on real sockets.
 
-Each test runs :func:`~supervisor._api.serve_api` on a real TCP port or Unix
+Each test runs :func:`~supervisor._server._api.serve_api` on a real TCP port or Unix
 socket in the test's own trio run (real clock: the deadlines under test are
 real-time ones) and attacks it with raw sockets: half-closed bodies,
 slowloris heads, idle holders, never-ending chunked bodies, more connections
@@ -32,10 +32,10 @@ from hypercorn.events import Closed
 from hypercorn.trio.tcp_server import TCPServer
 from test_api import OPERATOR_TOKEN, UID_CALLER, FakeSupervisor, Rig, make_rig
 
-from supervisor import _listener
-from supervisor._api import ApiListenError, serve_api
-from supervisor._config import ApiConfig
-from supervisor._listener import ServerStats
+from supervisor._core._config import ApiConfig
+from supervisor._server import _listener
+from supervisor._server._api import ApiListenError, serve_api
+from supervisor._server._listener import ServerStats
 
 HEAD = b"POST /v1/phase HTTP/1.1\r\nHost: sv\r\nContent-Type: application/json\r\n"
 HALF_CLOSED = HEAD + b"Content-Length: 100\r\n\r\n{"

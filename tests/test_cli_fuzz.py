@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import supervisor._client
-import supervisor._run
-from supervisor._cli import cli
+import supervisor._cli._client
+import supervisor._cli._run
+from supervisor._cli._main import cli
 
 COMMANDS = ["run", "status", "shutdown", "restart", "phase", "readiness", "errors", "systems"]
 OPTIONS = [
@@ -45,8 +45,8 @@ def _no_request(*_args: Any, **_kwargs: Any) -> tuple[int, Any]:
 
 @pytest.fixture(autouse=True)
 def _stubs(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    monkeypatch.setattr(supervisor._run, "run_command", _no_run)
-    monkeypatch.setattr(supervisor._client.ApiClient, "request", _no_request)
+    monkeypatch.setattr(supervisor._cli._run, "run_command", _no_run)
+    monkeypatch.setattr(supervisor._cli._client.ApiClient, "request", _no_request)
     monkeypatch.chdir(tmp_path)
 
 

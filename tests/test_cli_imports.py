@@ -21,16 +21,16 @@ HEAVY = (
     "psutil",
     "msgpack",
     "structlog",
-    "supervisor._supervisor",
+    "supervisor._core._supervisor",
     "hypercorn",
     "h11",
     "httpx",
     "httpcore",
     "prometheus_client",
-    "supervisor._api",
-    "supervisor._metrics",
-    "supervisor._run",
-    "supervisor._listener",
+    "supervisor._server._api",
+    "supervisor._server._metrics",
+    "supervisor._cli._run",
+    "supervisor._server._listener",
 )
 
 PROBE = """
@@ -63,7 +63,7 @@ def _heavy(modules: list[str]) -> list[str]:
 def test_help_loads_no_server() -> None:
     """``supervisor --help`` (the group and ``run --help``) imports none of HEAVY."""
     body = """
-from supervisor._cli import cli
+from supervisor._cli._main import cli
 for argv in ([\"--help\"], [\"run\", \"--help\"], [\"status\", \"--help\"]):
     try:
         cli.main(argv, prog_name="supervisor")
@@ -71,7 +71,7 @@ for argv in ([\"--help\"], [\"run\", \"--help\"], [\"status\", \"--help\"]):
         pass
 """
     added = _added(body)
-    assert "supervisor._cli" in added
+    assert "supervisor._cli._main" in added
     assert _heavy(added) == []
 
 
@@ -81,7 +81,7 @@ def test_a_client_command_loads_no_server() -> None:
     The request itself needs httpx; the server, metrics and tables are not loaded.
     """
     body = """
-from supervisor._cli import cli
+from supervisor._cli._main import cli
 try:
     cli.main(["status", "--api", "unix:/nonexistent/s.sock"], prog_name="supervisor")
 except SystemExit as exc:

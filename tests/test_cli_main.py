@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from supervisor._cli import MAX_TICKS, cli
+from supervisor._cli._main import MAX_TICKS, cli
 
 SUPERVISOR = Path(sys.executable).parent / "supervisor"
 

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisor import Config, ConfigError, Phase, Profile
-from supervisor._config import (
+from supervisor._core._config import (
     BUILTIN_PROFILES,
     NON_CONFIG_VARIABLES,
     ApiConfig,

@@ -8,7 +8,7 @@ this virtualenv as a real process with the plugin package of
 way an operator would: the ``status``/``shutdown``/``restart``/``phase``/
 ``readiness``/``errors`` commands, raw HTTP over the Unix socket, signals and
 ``kill -9``. What it left behind is then read back from disk: snapshots with
-:class:`supervisor._snapshot.SnapshotStore`, the audit log as JSON lines.
+:class:`supervisor._core._snapshot.SnapshotStore`, the audit log as JSON lines.
 
 The ``counter`` system counts its ticks and has ``snapshot``/``restore``, so
 its count equals the tick number on any timeline that was resumed or
@@ -47,7 +47,7 @@ from test_e2e_run import (
     stopped_counts,
 )
 
-from supervisor._snapshot import Snapshot, SnapshotStore
+from supervisor._core._snapshot import Snapshot, SnapshotStore
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisor import Config, Supervisor
-from supervisor._control import Caller, Refused
+from supervisor._core._control import Caller, Refused
 from supervisor.testing import Ticking, make_supervisor
 
 OPERATOR = Caller("ops", "operator")

@@ -18,15 +18,15 @@ import trio
 import trio.testing
 
 from supervisor import Phase
-from supervisor._control import Caller
-from supervisor._redact import Redactor
-from supervisor._safecall import (
+from supervisor._core._control import Caller
+from supervisor._core._redact import Redactor
+from supervisor._core._safecall import (
     MESSAGE_CHARS,
     SCAN_CHARS,
     TRACEBACK_CHARS,
     bounded,
 )
-from supervisor._supervisor import LIFECYCLE_HISTORY
+from supervisor._core._supervisor import LIFECYCLE_HISTORY
 from supervisor.testing import make_supervisor, run_systems
 
 OPERATOR = Caller("ops", "operator")

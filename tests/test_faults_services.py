@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 from supervisor import ConfigError, Supervisor
-from supervisor._supervisor import SERVICE_GRACE
+from supervisor._core._supervisor import SERVICE_GRACE
 from supervisor.testing import Ticking, make_supervisor
 
 

@@ -10,9 +10,9 @@ import trio
 import trio.testing
 
 from supervisor import Config, Phase, PhaseError, Supervisor
-from supervisor._control import Caller, Refused
-from supervisor._phase import PhaseMachine
-from supervisor._readiness import ReadinessFacts, assess
+from supervisor._core._control import Caller, Refused
+from supervisor._core._phase import PhaseMachine
+from supervisor._core._readiness import ReadinessFacts, assess
 from supervisor.testing import make_supervisor
 
 OPERATOR = Caller("ops", "operator")

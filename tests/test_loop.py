@@ -11,8 +11,8 @@ import trio
 import trio.testing
 
 from supervisor import Config, Supervisor
-from supervisor._histogram import Histogram
-from supervisor._timing import make_sleeper, system_clock_offset
+from supervisor._core._histogram import Histogram
+from supervisor._core._timing import make_sleeper, system_clock_offset
 from supervisor.testing import FIXED_FACTS, run_systems, run_systems_async
 
 

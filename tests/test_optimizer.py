@@ -21,7 +21,7 @@ import attrs
 import pytest
 
 from supervisor import Profile
-from supervisor._optimizer import Decision, Observation, Optimizer, SystemLoad
+from supervisor._core._optimizer import Decision, Observation, Optimizer, SystemLoad
 
 PROFILE = Profile(
     name="test",

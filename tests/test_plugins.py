@@ -22,10 +22,10 @@ from supervisor import (
     DependencyError,
     PluginError,
     Supervisor,
-    _plugins,
 )
-from supervisor._cli import cli
-from supervisor._plugins import (
+from supervisor._cli._main import cli
+from supervisor._core import _plugins
+from supervisor._core._plugins import (
     ENTRY_POINT_GROUP,
     Hook,
     SystemInfo,
@@ -216,7 +216,7 @@ class TestDiscover:
         """Entry points of other groups (console scripts, pytest plugins) are ignored."""
         fake_entry_points(
             FakeEntryPoint("players", f"{FAKE_MODULE}:Players"),
-            FakeEntryPoint("supervisor", "supervisor._cli:main", group="console_scripts"),
+            FakeEntryPoint("supervisor", "supervisor._cli._main:main", group="console_scripts"),
         )
 
         assert list(discover()) == ["players"]

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from supervisor._metrics import LATENCY_BUCKETS
+from supervisor._server._metrics import LATENCY_BUCKETS
 
 pytestmark = pytest.mark.e2e
 

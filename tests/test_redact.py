@@ -1,4 +1,4 @@
-"""Tests for supervisor._redact: what is redacted, what is kept, and failing closed."""
+"""Tests for supervisor._core._redact: what is redacted, what is kept, and failing closed."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor._redact import (
+from supervisor._core._redact import (
     BYTES,
     CARD,
     DEFAULT_SENSITIVE_KEYS,

@@ -13,7 +13,7 @@ import json
 import pytest
 from redaction_corpus import INNOCENT, POLICY, SECRETS, SHAPES, Secret
 
-from supervisor._redact import PLACEHOLDERS, Redactor
+from supervisor._core._redact import PLACEHOLDERS, Redactor
 
 RED = Redactor()
 

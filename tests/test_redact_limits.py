@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 from redaction_corpus import PEM_PKCS8, PEM_RSA
 
-from supervisor._redact import PRIVATE_KEY, Redactor
-from supervisor._safecall import (
+from supervisor._core._redact import PRIVATE_KEY, Redactor
+from supervisor._core._safecall import (
     MESSAGE_CHARS,
     SCAN_CHARS,
     TRACEBACK_CHARS,

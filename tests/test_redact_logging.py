@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 from supervisor import configure_logging
-from supervisor._redact import Redactor
+from supervisor._core._redact import Redactor
 
 SECRET_LOCAL = "hunter2-Local-Xq9"
 SECRET_EMAIL = "carol@example.net"

@@ -53,14 +53,14 @@ pytestmark = pytest.mark.e2e
 SUPERVISOR = Path(sys.executable).parent / "supervisor"
 #: How long to wait for the process at each step before failing.
 STEP_TIMEOUT = 15.0
-#: The core's bound on an exception message (``supervisor._safecall.MESSAGE_CHARS``).
+#: The core's bound on an exception message (``supervisor._core._safecall.MESSAGE_CHARS``).
 MESSAGE_CHARS = 2000
-#: The API's bound on a ``reason`` (``supervisor._api.MAX_REASON``).
+#: The API's bound on a ``reason`` (``supervisor._server._api.MAX_REASON``).
 MAX_REASON = 500
 #: Between two samples in one message: a newline, because a Cookie header's
 #: rule rightly takes the rest of its line.
 JOIN = "\n"
-#: Gauge names the core accepts (``supervisor._context.GAUGE_NAME``, at most 64).
+#: Gauge names the core accepts (``supervisor._core._context.GAUGE_NAME``, at most 64).
 GAUGE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 #: A secret that straddles the message limit: redacting after the cut would

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from supervisor import Config, Phase, StartupError
-from supervisor._safecall import Breaker, BreakerState, ErrorLog, make_record
+from supervisor._core._safecall import Breaker, BreakerState, ErrorLog, make_record
 from supervisor.testing import make_supervisor, run_systems
 
 
@@ -479,7 +479,7 @@ class TestErrorStorm:
 
     def test_format_budget_bounds_the_work_of_a_storm(self) -> None:
         """Past FORMAT_BUDGET formats in one second, records keep coming without tracebacks."""
-        import supervisor._supervisor as core
+        import supervisor._core._supervisor as core
 
         class Distinct:
             name = "distinct"
@@ -517,7 +517,7 @@ class TestErrorStorm:
 class TestTokenBucket:
     def test_burst_then_rate(self) -> None:
         """A full bucket gives its burst at once, then tokens at the rate, never above the burst."""
-        from supervisor._safecall import TokenBucket
+        from supervisor._core._safecall import TokenBucket
 
         bucket = TokenBucket(rate=10, burst=3)
         assert [bucket.take(0.0) for _ in range(4)] == [True, True, True, False]

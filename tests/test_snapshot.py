@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor import _snapshot
-from supervisor._snapshot import (
+from supervisor._core import _snapshot
+from supervisor._core._snapshot import (
     FORMAT_VERSION,
     Snapshot,
     SnapshotError,
@@ -1030,7 +1030,7 @@ CHILD = textwrap.dedent(
     package = types.ModuleType("supervisor")
     package.__path__ = [str(Path(sys.argv[1]).parent)]
     sys.modules["supervisor"] = package
-    spec = importlib.util.spec_from_file_location("supervisor._snapshot", sys.argv[1])
+    spec = importlib.util.spec_from_file_location("supervisor._core._snapshot", sys.argv[1])
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)

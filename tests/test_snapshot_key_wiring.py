@@ -8,7 +8,7 @@ import attrs
 import trio
 import trio.testing
 
-from supervisor._snapshot import SnapshotStore
+from supervisor._core._snapshot import SnapshotStore
 from supervisor.testing import make_supervisor
 
 KEY = "k" * 24

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor._live import _CLEAR, LiveStream
+from supervisor._cli._live import _CLEAR, LiveStream
 
 SUPERVISOR = Path(sys.executable).parent / "supervisor"
 #: How long the e2e test waits for the screen to show what it expects.

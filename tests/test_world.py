@@ -20,7 +20,7 @@ import trio
 import trio.testing
 
 from supervisor import Config, Context, StartupError, Supervisor
-from supervisor._control import Caller
+from supervisor._core._control import Caller
 from supervisor.testing import FIXED_FACTS, make_supervisor, run_systems
 from systems.datastore import Datastore, audit
 from systems.economy import MAX_BALANCE, Economy, Purchase, Rejection, StoredAccount

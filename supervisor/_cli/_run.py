@@ -1,6 +1,6 @@
 """``supervisor run``: build the supervisor from the config and run it in the foreground.
 
-Imported by :mod:`supervisor._cli` inside the ``run`` and ``systems``
+Imported by :mod:`supervisor._cli._main` inside the ``run`` and ``systems``
 commands only, so that the other commands never load the tick loop, trio,
 hypercorn or the plugins.
 
@@ -29,16 +29,16 @@ import attrs
 import click
 import trio
 
+from .._core._config import Config
+from .._core._phase import Phase
+from .._core._plugins import discover
+from .._core._snapshot import SnapshotStore
+from .._core._supervisor import RunSummary, Supervisor
+from .._errors import ConfigError, PluginError, StartupError, SupervisorError
+from .._files import check_output_path
+from .._logging import configure_logging, get_logger
 from ._client import DEFAULT_CONFIG, EXIT_FAILED, EXIT_USAGE, fail
-from ._config import Config
-from ._errors import ConfigError, PluginError, StartupError, SupervisorError
-from ._files import check_output_path
 from ._live import LiveStream, live_status
-from ._logging import configure_logging, get_logger
-from ._phase import Phase
-from ._plugins import discover
-from ._snapshot import SnapshotStore
-from ._supervisor import RunSummary, Supervisor
 
 __all__ = ["DEMO_WORLD", "run_command", "system_rows"]
 
@@ -243,7 +243,7 @@ def run_command(
         )
     listen_errors: tuple[type[Exception], ...] = ()
     if effective.features.api:
-        from ._api import ApiListenError, attach_api
+        from .._server._api import ApiListenError, attach_api
 
         listen_errors = (ApiListenError,)
         try:

@@ -7,7 +7,7 @@ command); never a traceback.
 This module stays light on purpose: ``supervisor --help`` and the client
 commands (``status``, ``shutdown``, ...) import neither the tick loop, trio,
 hypercorn nor prometheus_client. ``run`` imports the server inside the
-command (:mod:`supervisor._run`). ``tests/test_cli_imports.py`` holds that line.
+command (:mod:`supervisor._cli._run`). ``tests/test_cli_imports.py`` holds that line.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any, Final, NoReturn
 
 import click
 
+from .._errors import one_line
 from ._client import COMMANDS, EXIT_USAGE
-from ._errors import one_line
 
 __all__ = ["MAX_TICKS", "cli", "main"]
 

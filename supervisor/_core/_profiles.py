@@ -8,8 +8,8 @@ from collections.abc import Mapping
 import attrs
 import psutil
 
+from .._errors import ConfigError
 from ._config import Profile
-from ._errors import ConfigError
 
 __all__ = ["MachineFacts", "choose_profile", "detect_facts"]
 

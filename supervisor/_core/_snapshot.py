@@ -97,8 +97,8 @@ from typing import Any, Final
 import attrs
 import msgpack  # type: ignore[import-untyped,unused-ignore]
 
-from ._errors import one_line
-from ._files import UnsafePathError, check_output_path
+from .._errors import one_line
+from .._files import UnsafePathError, check_output_path
 
 __all__ = [
     "FORMAT_VERSION",

@@ -28,10 +28,7 @@ import msgpack
 import psutil
 import trio
 
-from ._config import Config
-from ._context import GAUGE_INT_LIMIT, GAUGE_NAME, MAX_GAUGE_NAME, MAX_GAUGES, Context, GaugeError
-from ._control import Caller, LifecycleEvent, ReadinessReport, Refused
-from ._errors import (
+from .._errors import (
     ConfigError,
     DependencyError,
     PhaseError,
@@ -42,8 +39,11 @@ from ._errors import (
     StepTimeout,
     SupervisorError,
 )
+from .._logging import get_logger
+from ._config import Config
+from ._context import GAUGE_INT_LIMIT, GAUGE_NAME, MAX_GAUGE_NAME, MAX_GAUGES, Context, GaugeError
+from ._control import Caller, LifecycleEvent, ReadinessReport, Refused
 from ._histogram import Histogram, HistogramStats
-from ._logging import get_logger
 from ._optimizer import Decision, Observation, Optimizer, SystemLoad
 from ._phase import Phase, PhaseMachine
 from ._plugins import SystemInfo, build, discover, inspect_system, is_import_string, load_target
@@ -72,7 +72,7 @@ from ._timing import make_sleeper
 from ._watchdog import Watchdog
 
 if TYPE_CHECKING:
-    from ._metrics import SupervisorMetrics
+    from .._server._metrics import SupervisorMetrics
 
 __all__ = ["RunSummary", "Supervisor", "SupervisorStats", "SystemStats"]
 
@@ -2161,7 +2161,7 @@ class Supervisor:
         if self._metrics is None:
             # Imported on the first scrape: prometheus_client is not needed
             # (nor its memory spent) by a supervisor nobody scrapes.
-            from ._metrics import SupervisorMetrics  # noqa: PLC0415
+            from .._server._metrics import SupervisorMetrics  # noqa: PLC0415
 
             self._metrics = SupervisorMetrics(self)
         return self._metrics.exposition()

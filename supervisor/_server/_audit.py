@@ -38,8 +38,8 @@ from typing import Any
 
 import attrs
 
-from ._logging import get_logger
-from ._redact import Redactor
+from .._core._redact import Redactor
+from .._logging import get_logger
 
 __all__ = ["AuditEntry", "AuditLog"]
 

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 import attrs
 import click
 
-from ._address import MAX_ERRORS_LIMIT, MAX_REASON, ListenAddress, parse_listen
-from ._config import ApiConfig, Config
-from ._errors import ConfigError
+from .._address import MAX_ERRORS_LIMIT, MAX_REASON, ListenAddress, parse_listen
+from .._core._config import ApiConfig, Config
+from .._errors import ConfigError
 
 if TYPE_CHECKING:
     # Imported where used: ``supervisor --help`` and a refused command never

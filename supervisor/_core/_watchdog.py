@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ._errors import StepInterrupted
+from .._errors import StepInterrupted
 
 if TYPE_CHECKING:
     from ._supervisor import Supervisor

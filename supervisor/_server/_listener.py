@@ -95,7 +95,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
 
-from ._logging import get_logger
+from .._logging import get_logger
 
 __all__ = [
     "ConnectionLimits",

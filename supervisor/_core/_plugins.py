@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from ._errors import ConfigError, DependencyError, PluginError
+from .._errors import ConfigError, DependencyError, PluginError
 from ._safecall import safe_message, safe_type_name
 
 __all__ = ["ENTRY_POINT_GROUP", "Hook", "SystemInfo", "SystemSource", "discover", "order"]

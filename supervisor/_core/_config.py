@@ -30,8 +30,8 @@ from typing import Any, ClassVar, Final, Self
 
 import attrs
 
-from ._errors import ConfigError, one_line, printable
-from ._files import UnsafePathError, read_config_bytes
+from .._errors import ConfigError, one_line, printable
+from .._files import UnsafePathError, read_config_bytes
 from ._phase import Phase
 
 __all__ = [

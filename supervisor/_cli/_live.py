@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TextIO
 import trio
 
 if TYPE_CHECKING:
-    from ._supervisor import Supervisor
+    from .._core._supervisor import Supervisor
 
 __all__ = ["LiveStream", "live_status"]
 

@@ -30,11 +30,11 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from ._histogram import LATENCY_BUCKETS, Histogram, HistogramStats
-from ._phase import Phase
+from .._core._histogram import LATENCY_BUCKETS, Histogram, HistogramStats
+from .._core._phase import Phase
 
 if TYPE_CHECKING:
-    from ._supervisor import Supervisor
+    from .._core._supervisor import Supervisor
 
 __all__ = ["LATENCY_BUCKETS", "SupervisorMetrics"]
 

@@ -1,4 +1,4 @@
-"""The HTTP API: a small, exact ASGI app over :class:`~supervisor._control.Controlled`.
+"""The HTTP API: a small, exact ASGI app over :class:`~supervisor._core._control.Controlled`.
 
 No web framework: nine routes, each answer JSON (``{"error": ...}`` on
 errors) except ``/metrics``. Every request is checked in the same order, so
@@ -26,14 +26,14 @@ credentials, and their answers are exactly what the core's ``liveness()``
 and ``readiness_gate()`` return (fixed words, numbers and system names),
 with nothing added here.
 
-Every POST to an action route is audited (:mod:`supervisor._audit`): an
+Every POST to an action route is audited (:mod:`supervisor._server._audit`): an
 attempt and a result line for an action carried out, a result line for a
 request refused from a known caller, and a per-minute tally for anonymous
 refusals (401/403 with no caller).
 
 :func:`serve_api` serves the app inside the caller's trio run, on
 ``unix:PATH`` (mode 0600) or ``HOST:PORT`` (TLS with ``tls_cert``/``tls_key``),
-through :mod:`supervisor._listener`: our own accept loop around hypercorn's
+through :mod:`supervisor._server._listener`: our own accept loop around hypercorn's
 HTTP/1.1 protocol, with a connection cap and deadlines, in which no client
 can raise. :func:`attach_api` wires it into a supervisor's run.
 """
@@ -64,19 +64,19 @@ import attrs
 import hypercorn.config
 import trio
 
-from ._address import MAX_ERRORS_LIMIT, MAX_REASON, ListenAddress, parse_listen
+from .._address import MAX_ERRORS_LIMIT, MAX_REASON, ListenAddress, parse_listen
+from .._core._config import ApiConfig
+from .._core._control import Caller, Controlled, Refused
+from .._core._phase import Phase
+from .._core._redact import Redactor
+from .._errors import ConfigError, SupervisorError
+from .._files import UnsafePathError, check_output_path
+from .._logging import get_logger
 from ._audit import AuditEntry, AuditLog
-from ._config import ApiConfig
-from ._control import Caller, Controlled, Refused
-from ._errors import ConfigError, SupervisorError
-from ._files import UnsafePathError, check_output_path
 from ._listener import ConnectionLimits, ServerStats, make_ssl_context, serve_connections
-from ._logging import get_logger
-from ._phase import Phase
-from ._redact import Redactor
 
 if TYPE_CHECKING:
-    from ._supervisor import Supervisor
+    from .._core._supervisor import Supervisor
 
 __all__ = [
     "ASGIApp",
@@ -977,7 +977,7 @@ async def serve_api(
     socket is listening, with the address actually bound (the real port for
     ``HOST:0``). A Unix socket's folder is created (0700) if missing, a stale
     socket file is removed, the new one is 0600, and it is removed on exit.
-    Connections are served by :mod:`supervisor._listener`: capped, with
+    Connections are served by :mod:`supervisor._server._listener`: capped, with
     deadlines, and no client can make this function raise once it has started.
 
     Args:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import collections
 import enum
 
+from .._errors import PhaseError
 from ._control import LifecycleEvent
-from ._errors import PhaseError
 
 
 class Phase(enum.Enum):

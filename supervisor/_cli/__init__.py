@@ -1,0 +1,1 @@
+"""The command line: the client commands and the `run` command."""

@@ -1,0 +1,1 @@
+"""The HTTP API: listener, ASGI app, audit log and metrics exposition, around the core."""
