@@ -20,7 +20,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._core._config import Config, Profile
+from ._core._config import Config
+from ._core._config_sections import Profile
 from ._core._context import Context
 from ._core._histogram import HistogramStats
 from ._core._phase import Phase

@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisor import Config, ConfigError, Phase, Profile
-from supervisor._core._config import (
+from supervisor._core._config import NON_CONFIG_VARIABLES, apply_env_overrides, parse_toml
+from supervisor._core._config_sections import (
     BUILTIN_PROFILES,
-    NON_CONFIG_VARIABLES,
     ApiConfig,
     FeaturesConfig,
     LoggingConfig,
@@ -29,8 +29,6 @@ from supervisor._core._config import (
     SystemsConfig,
     TokenConfig,
     WatchdogConfig,
-    apply_env_overrides,
-    parse_toml,
 )
 
 DIGEST = hashlib.sha256(b"correct horse battery staple").hexdigest()
@@ -1130,14 +1128,15 @@ class TestCodeBuiltConfigs:
         assert ei.value.key == "watchdog.kill_timeout"
 
     def test_sections_of_a_config(self) -> None:
-        """A Config takes only the section classes."""
-        with pytest.raises(TypeError, match="supervisor"):
+        """A Config takes only the section classes: a ConfigError naming the section."""
+        with pytest.raises(ConfigError) as ei:
             Config(supervisor={"tick_rate": 30})  # type: ignore[arg-type]
+        assert str(ei.value) == "[supervisor] expected a SupervisorConfig, got dict"
 
     def test_tokens_must_be_token_configs(self) -> None:
         """``ApiConfig(tokens=...)`` takes TokenConfig entries only."""
-        with pytest.raises(TypeError):
-            ApiConfig(tokens=({"name": "x"},))  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match=r"\[api\.tokens\] expected TokenConfig entries"):
+            ApiConfig(tokens=({"name": "x"},))
 
 
 class TestTls:

@@ -16,8 +16,8 @@ import attrs
 import psutil
 import pytest
 
-from supervisor import Supervisor
-from supervisor._core._config import BUILTIN_PROFILES, Config, Profile
+from supervisor import Config, Profile, Supervisor
+from supervisor._core._config_sections import BUILTIN_PROFILES
 from supervisor._core._profiles import MachineFacts, choose_profile, detect_facts
 from supervisor._errors import ConfigError
 from supervisor.testing import make_supervisor
@@ -320,7 +320,7 @@ class TestShippedFile:
         """Each table sets every key, so it reads (and copies) as the whole profile."""
         raw = tomllib.loads(PROFILES_TOML.read_text(encoding="utf-8"))
         assert set(raw) == {"profiles"}
-        keys = {f.name for f in attrs.fields(Profile) if not f.metadata.get("internal")}
+        keys = {f.name for f in attrs.fields(Profile) if not f.metadata.get("hidden")}
         assert set(raw["profiles"]) == set(BUILTIN_PROFILES)
         for name, table in raw["profiles"].items():
             assert set(table) == keys, name

@@ -25,7 +25,8 @@ import attrs
 import click
 
 from .._address import MAX_ERRORS_LIMIT, MAX_REASON, ListenAddress, parse_listen
-from .._core._config import ApiConfig, Config
+from .._core._config import Config
+from .._core._config_sections import ApiConfig
 from .._errors import ConfigError
 
 if TYPE_CHECKING:

@@ -60,7 +60,7 @@ from typing import Any, Literal
 
 import attrs
 
-from ._config import Profile
+from ._config_sections import Profile
 
 __all__ = [
     "Decision",

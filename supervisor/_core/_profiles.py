@@ -9,7 +9,7 @@ import attrs
 import psutil
 
 from .._errors import ConfigError
-from ._config import Profile
+from ._config_sections import Profile
 
 __all__ = ["MachineFacts", "choose_profile", "detect_facts"]
 

@@ -65,7 +65,7 @@ import hypercorn.config
 import trio
 
 from .._address import MAX_ERRORS_LIMIT, MAX_REASON, ListenAddress, parse_listen
-from .._core._config import ApiConfig
+from .._core._config_sections import ApiConfig
 from .._core._control import Caller, Controlled, Refused
 from .._core._phase import Phase
 from .._core._redact import Redactor

@@ -1,0 +1,217 @@
+"""The machinery every config field shares: one validator, driven by metadata.
+
+A section's fields are declared with :func:`setting` (its kind, ``choices``,
+``min``/``max``, ``min_len``, ``optional``); :func:`problem` is the single
+place a value is judged, so a section built in code (``RecoveryConfig(history=0)``),
+read from TOML or set from a ``SUPERVISOR_*`` variable fails with the same
+message. :class:`Section` builds a section from a TOML table, refusing unknown
+keys with a suggestion.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Final, Self, TypeVar
+
+import attrs
+
+from .._errors import ConfigError
+
+__all__ = [
+    "MAX_TEXT",
+    "Section",
+    "check",
+    "convert",
+    "plain",
+    "problem",
+    "setting",
+    "sourced",
+    "suggest",
+    "to_tuple",
+]
+
+_T = TypeVar("_T")
+
+#: Longest string value accepted (paths, addresses, keys).
+MAX_TEXT: Final = 4096
+
+
+def suggest(key: str, known: list[str]) -> str:
+    """The end of an "unknown key" message: the nearest known key, or all of them."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; known keys: {', '.join(sorted(known))}"
+
+
+def _typename(kind: Any) -> str:
+    if kind is float:
+        return "a number"
+    if kind is int:
+        return "an integer"
+    if kind is bool:
+        return "true or false"
+    if kind is str:
+        return "a string"
+    return "a list of strings"
+
+
+def convert(kind: Any) -> Any:
+    """The converter of a field of ``kind``: integers become floats, lists tuples.
+
+    Anything it cannot convert is passed through unchanged for the validator
+    to refuse with a message naming the key.
+    """
+    if kind is float:
+        return _to_float
+    if kind is tuple:
+        return to_tuple
+    return None
+
+
+def _to_float(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return value  # over 1e308: left an int, refused by the range check
+    if isinstance(value, float) and value == 0.0:
+        return 0.0  # -0.0 would show as "-0.0" in status and logs
+    return value
+
+
+def to_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def check(instance: Any, field: attrs.Attribute[Any], value: Any) -> None:
+    """attrs validator for every :func:`setting` field: type, finiteness, choices and range.
+
+    Runs for configs built in code as well as from TOML, so
+    ``WatchdogConfig(hang_timeout=math.nan)`` fails like ``hang_timeout = nan``.
+
+    Raises:
+        ConfigError: naming ``section.key`` (the source is added by ``from_mapping``).
+    """
+    found = problem(value, field.metadata)
+    if found is not None:
+        raise ConfigError(found, key=f"{type(instance).section}.{field.name}")
+
+
+def problem(value: Any, meta: Mapping[str, Any]) -> str | None:
+    """What is wrong with ``value`` for a field with ``meta``, or None."""
+    kind = meta.get("kind", str)
+    if meta.get("optional") and value is None:
+        return None
+    if kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is str:
+        ok = isinstance(value, str)
+    elif kind is tuple:
+        ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    else:  # pragma: no cover - a field declared with an unknown kind is our bug
+        raise AssertionError(kind)
+    if not ok:
+        return f"expected {_typename(kind)}, got {_shown(value)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        # nan compares false with every bound: it would pass any range check
+        # (old main: hang_timeout = nan silently disabled the watchdog).
+        return f"expected a finite number, got {value!r}"
+    if isinstance(value, str):
+        return _text_problem(value, meta)
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        return f"{value!r} is not one of {', '.join(map(repr, choices))}"
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and value < low:
+        return f"{_shown(value)} is below the minimum {low!r}"
+    if high is not None and value > high:
+        return f"{_shown(value)} is above the maximum {high!r}"
+    return None
+
+
+def _text_problem(value: str, meta: Mapping[str, Any]) -> str | None:
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        return f"{_shown(value)} is not one of {', '.join(map(repr, choices))}"
+    if "\x00" in value:
+        return "must not contain a NUL character"
+    if len(value) > MAX_TEXT:
+        return f"is {len(value)} characters long, over the limit of {MAX_TEXT}"
+    min_len = meta.get("min_len", 0)
+    if not value and min_len:
+        return "must not be empty"
+    if len(value) < min_len:
+        return f"must be at least {min_len} characters long"
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: repr, cut short (a 2**70 or a long string stays readable)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def setting(default: Any, kind: Any, **meta: Any) -> Any:
+    """A config field: its ``kind``, ``choices``, ``min``/``max`` drive the shared validator."""
+    return attrs.field(
+        default=default,
+        metadata={"kind": kind, **meta},
+        converter=convert(kind),
+        validator=check,
+    )
+
+
+def plain(field: attrs.Attribute[Any]) -> bool:
+    """Whether ``field`` is a plain setting: a TOML key, an environment variable, no parsing."""
+    return not (field.metadata.get("hidden") or field.metadata.get("parse"))
+
+
+class Section:
+    """Mixin: build an attrs section from a TOML table, rejecting unknown keys.
+
+    A field whose metadata has ``parse`` takes its TOML value through that
+    function first (``api.tokens``: a list of tables becomes TokenConfigs);
+    such fields cannot be set from the environment. A field whose metadata
+    has ``hidden`` is not a key at all (a profile's ``name`` is its table's).
+    """
+
+    section: ClassVar[str]
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], *, source: str = "<config>") -> Self:
+        """Build the section from ``raw``.
+
+        Raises:
+            ConfigError: a key is unknown (the nearest known key is suggested),
+                or a value has the wrong type or is out of range.
+        """
+        if not isinstance(raw, Mapping):
+            raise ConfigError("expected a table", source=source, key=cls.section)
+        fields = {f.name: f for f in attrs.fields(cls) if not f.metadata.get("hidden")}  # type: ignore[arg-type]
+        kwargs: dict[str, Any] = {}
+        for key, value in raw.items():
+            field = fields.get(key)
+            if field is None:
+                raise ConfigError(
+                    "unknown key" + suggest(key, list(fields)),
+                    source=source,
+                    key=f"{cls.section}.{key}",
+                )
+            parse: Callable[[Any, str], Any] | None = field.metadata.get("parse")
+            kwargs[key] = value if parse is None else parse(value, source)
+        return sourced(source, lambda: cls(**kwargs))
+
+
+def sourced(source: str, build: Callable[[], _T]) -> _T:
+    """``build()``; its ConfigError (a validator knows no file) is given ``source``."""
+    try:
+        return build()
+    except ConfigError as exc:
+        raise ConfigError(exc.message, source=source, key=exc.key) from None
