@@ -20,7 +20,8 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor._core._redact import (
+from supervisor._core._redact import RedactionError, Redactor
+from supervisor._core._redact_shapes import (
     BYTES,
     CARD,
     DEFAULT_SENSITIVE_KEYS,
@@ -28,8 +29,6 @@ from supervisor._core._redact import (
     IP,
     REDACTED,
     TOKEN,
-    RedactionError,
-    Redactor,
 )
 
 # (id, input, expected output). Each kind appears alone and inside a message.

@@ -13,7 +13,8 @@ import json
 import pytest
 from redaction_corpus import INNOCENT, POLICY, SECRETS, SHAPES, Secret
 
-from supervisor._core._redact import PLACEHOLDERS, Redactor
+from supervisor._core._redact import Redactor
+from supervisor._core._redact_shapes import PLACEHOLDERS
 
 RED = Redactor()
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 from redaction_corpus import PEM_PKCS8, PEM_RSA
 
-from supervisor._core._redact import PRIVATE_KEY, Redactor
+from supervisor._core._redact import Redactor
+from supervisor._core._redact_shapes import PRIVATE_KEY
 from supervisor._core._safecall import (
     MESSAGE_CHARS,
     SCAN_CHARS,
