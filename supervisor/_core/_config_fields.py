@@ -46,33 +46,34 @@ def suggest(key: str, known: list[str]) -> str:
     return f"; known keys: {', '.join(sorted(known))}"
 
 
-def _typename(kind: Any) -> str:
-    if kind is float:
-        return "a number"
-    if kind is int:
-        return "an integer"
-    if kind is bool:
-        return "true or false"
-    if kind is str:
-        return "a string"
-    return "a list of strings"
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: Each kind of setting: how to tell a value of it, and its name in messages.
+_KINDS: Final[dict[type, tuple[Callable[[Any], bool], str]]] = {
+    float: (_is_number, "a number"),
+    int: (_is_integer, "an integer"),
+    bool: (lambda value: isinstance(value, bool), "true or false"),
+    str: (lambda value: isinstance(value, str), "a string"),
+}
 
 
 def convert(kind: Any) -> Any:
-    """The converter of a field of ``kind``: integers become floats, lists tuples.
+    """The converter of a field of ``kind``: integers become floats for a number.
 
     Anything it cannot convert is passed through unchanged for the validator
     to refuse with a message naming the key.
     """
-    if kind is float:
-        return _to_float
-    if kind is tuple:
-        return to_tuple
-    return None
+    return _to_float if kind is float else None
 
 
 def _to_float(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if _is_integer(value):
         try:
             return float(value)
         except OverflowError:
@@ -83,6 +84,7 @@ def _to_float(value: Any) -> Any:
 
 
 def to_tuple(value: Any) -> Any:
+    """Converter: a list (as TOML gives) becomes a tuple; anything else is left to the validator."""
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -105,20 +107,9 @@ def problem(value: Any, meta: Mapping[str, Any]) -> str | None:
     kind = meta.get("kind", str)
     if meta.get("optional") and value is None:
         return None
-    if kind is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is str:
-        ok = isinstance(value, str)
-    elif kind is tuple:
-        ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
-    else:  # pragma: no cover - a field declared with an unknown kind is our bug
-        raise AssertionError(kind)
-    if not ok:
-        return f"expected {_typename(kind)}, got {_shown(value)}"
+    is_kind, kind_name = _KINDS[kind]
+    if not is_kind(value):
+        return f"expected {kind_name}, got {_shown(value)}"
     if isinstance(value, float) and not math.isfinite(value):
         # nan compares false with every bound: it would pass any range check
         # (old main: hang_timeout = nan silently disabled the watchdog).

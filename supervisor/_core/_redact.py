@@ -423,6 +423,10 @@ class Redactor:
             return frozenset([self._hashable(x, depth) for x in obj])
         if isinstance(obj, set):
             return {self._hashable(x, depth) for x in obj}
+        return self._object(obj, depth)
+
+    def _object(self, obj: object, depth: int) -> object:
+        """An instance that is no container: its fields (attrs, dataclass), else its repr."""
         cls = type(obj)
         if not isinstance(obj, type):
             if attrs.has(cls):
