@@ -21,6 +21,7 @@ __all__ = [
     "BUILTIN_PROFILES",
     "MIN_SNAPSHOT_KEY",
     "SECTIONS",
+    "TOKEN_ROLES",
     "ApiConfig",
     "FeaturesConfig",
     "LoggingConfig",
@@ -148,11 +149,13 @@ def _token_name(_inst: object, _attr: attrs.Attribute[Any], value: Any) -> None:
 
 def _token_role(_inst: object, _attr: attrs.Attribute[Any], value: Any) -> None:
     if value not in TOKEN_ROLES:
-        raise ConfigError(f"role must be 'viewer' or 'operator', got {value!r}", key="api.tokens")
+        roles = " or ".join(map(repr, TOKEN_ROLES))
+        raise ConfigError(f"role must be {roles}, got {value!r}", key="api.tokens")
 
 
 def _token_digest(_inst: object, _attr: attrs.Attribute[Any], value: Any) -> None:
     # Not int(value, 16): that also takes "0x", signs, underscores and spaces.
+    # The strip leaves nothing only when every character is a (lower-cased) hex digit.
     if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
         raise ConfigError(
             "sha256 must be 64 hex digits (the hash of the token, never the token)",
