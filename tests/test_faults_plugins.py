@@ -37,7 +37,7 @@ from supervisor._core._safecall import (
     make_record,
     safe_message,
 )
-from supervisor._core._snapshot import MAX_TICK
+from supervisor._core._snapshot_format import MAX_TICK
 from supervisor._core._supervisor import _non_negative
 from supervisor._core._watchdog import Watchdog
 from supervisor._errors import ConfigError, StartRefused, StepInterrupted
@@ -792,7 +792,7 @@ class TestSnapshotHook:
 
     def test_a_snapshot_tick_past_2_to_the_53_is_refused(self, tmp_path: Path) -> None:
         """A snapshot whose tick is >= 2**53 (forged or corrupt) is never continued from."""
-        from supervisor._core._snapshot import Snapshot
+        from supervisor._core._snapshot_format import Snapshot
 
         sup = make_supervisor([Counted("a")], tick_rate=10, state_dir=tmp_path)
         forged = Snapshot(tick=MAX_TICK, phase="development", reason="x", time=0.0, systems={})
