@@ -25,9 +25,18 @@ import pytest
 import trio
 import trio.testing
 
-from supervisor import Config, Phase, StartupError, Supervisor
+from supervisor import (
+    Caller,
+    Config,
+    ConfigError,
+    Phase,
+    Refused,
+    StartRefused,
+    StartupError,
+    StepInterrupted,
+    Supervisor,
+)
 from supervisor._core._context import MAX_GAUGES
-from supervisor._core._control import Caller, Refused
 from supervisor._core._plugins import build
 from supervisor._core._safecall import (
     MESSAGE_CHARS,
@@ -40,7 +49,6 @@ from supervisor._core._safecall import (
 from supervisor._core._snapshot_format import MAX_TICK
 from supervisor._core._supervisor import _non_negative
 from supervisor._core._watchdog import Watchdog
-from supervisor._errors import ConfigError, StartRefused, StepInterrupted
 from supervisor.testing import Ticking, make_supervisor, run_systems
 
 OPERATOR = Caller("ops", "operator")

@@ -9,8 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from supervisor import Config, Phase, PhaseError, Supervisor
-from supervisor._core._control import Caller, Refused
+from supervisor import Caller, Config, Phase, PhaseError, Refused, Supervisor
 from supervisor._core._phase import PhaseMachine
 from supervisor._core._readiness import ReadinessFacts, assess
 from supervisor.testing import make_supervisor

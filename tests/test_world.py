@@ -19,8 +19,7 @@ import structlog.testing
 import trio
 import trio.testing
 
-from supervisor import Config, Context, StartupError, Supervisor
-from supervisor._core._control import Caller
+from supervisor import Caller, Config, Context, StartupError, Supervisor
 from supervisor.testing import FIXED_FACTS, make_supervisor, run_systems
 from systems.datastore import Datastore, audit
 from systems.economy import MAX_BALANCE, Economy, Purchase, Rejection, StoredAccount
