@@ -240,26 +240,33 @@ def decode(data: bytes, path: Path, *, key: bytes | None, max_bytes: int) -> Sna
 
 
 def _decode(data: bytes, path: Path, key: bytes | None, max_bytes: int) -> Snapshot:
+    header, body = _open_envelope(data, key, max_bytes)
+    fields = _unpack_header(header)
+    tick = fields["tick"]
+    named = SNAPSHOT_NAME.fullmatch(path.name)
+    if named is not None and int(named.group(1)) != tick:
+        raise _BadSnapshot(
+            f"the file name says tick {named.group(1)} but the header says tick {tick}"
+        )
+    systems, meta = _unpack_body(body)
+    return Snapshot(
+        tick=tick,
+        phase=fields["phase"],
+        reason=fields["reason"],
+        time=fields["time"],
+        systems=systems,
+        meta=meta,
+    )
+
+
+def _open_envelope(data: bytes, key: bytes | None, max_bytes: int) -> tuple[bytes, bytes]:
+    """Check the outer map (format, fields, checksum or HMAC); return the header and body bytes.
+
+    Nothing inside header or body is decoded before their digest matches.
+    """
     if not data:
         raise _BadSnapshot("truncated: the file is empty")
-    container, extra = _unpack_container(data, max_bytes)
-    # Type first, trailing bytes second: a text file decodes as one small
-    # int followed by "garbage", and "top level is int" says it better.
-    if not isinstance(container, dict):
-        raise _BadSnapshot(f"not a snapshot file: top level is {_kind(container)}, expected a map")
-    if extra:
-        raise _BadSnapshot(f"{extra} unexpected bytes after the snapshot")
-    # The format version comes first: a future version may change every
-    # other field, and "wrong format version 2" is the useful message then.
-    if "format" not in container:
-        raise _BadSnapshot("not a snapshot file: missing field 'format'")
-    fmt = container["format"]
-    if isinstance(fmt, bool) or not isinstance(fmt, int):
-        raise _BadSnapshot(f"field 'format' is {_kind(fmt)}, expected int")
-    if fmt != FORMAT_VERSION:
-        raise _BadSnapshot(
-            f"wrong format version {fmt}, this supervisor reads version {FORMAT_VERSION}"
-        )
+    container = _check_format(*_unpack_container(data, max_bytes))
     keyed = _KEYED in container
     if key is not None and not keyed:
         raise _BadSnapshot(f"{_NOT_AUTHENTICATED}: the file has no HMAC (written without a key?)")
@@ -283,23 +290,29 @@ def _decode(data: bytes, path: Path, key: bytes | None, max_bytes: int) -> Snaps
                 f"{_NOT_AUTHENTICATED}: wrong key, or the header or body was altered"
             )
         raise _BadSnapshot("bad checksum: the header or body was altered or damaged")
+    return header, body
 
-    fields = _unpack_header(header)
-    tick = fields["tick"]
-    named = SNAPSHOT_NAME.fullmatch(path.name)
-    if named is not None and int(named.group(1)) != tick:
+
+def _check_format(container: Any, extra: int) -> dict[Any, Any]:
+    """The outer map, once it is one map alone, of this format version."""
+    # Type first, trailing bytes second: a text file decodes as one small
+    # int followed by "garbage", and "top level is int" says it better.
+    if not isinstance(container, dict):
+        raise _BadSnapshot(f"not a snapshot file: top level is {_kind(container)}, expected a map")
+    if extra:
+        raise _BadSnapshot(f"{extra} unexpected bytes after the snapshot")
+    # The format version comes first: a future version may change every
+    # other field, and "wrong format version 2" is the useful message then.
+    if "format" not in container:
+        raise _BadSnapshot("not a snapshot file: missing field 'format'")
+    fmt = container["format"]
+    if isinstance(fmt, bool) or not isinstance(fmt, int):
+        raise _BadSnapshot(f"field 'format' is {_kind(fmt)}, expected int")
+    if fmt != FORMAT_VERSION:
         raise _BadSnapshot(
-            f"the file name says tick {named.group(1)} but the header says tick {tick}"
+            f"wrong format version {fmt}, this supervisor reads version {FORMAT_VERSION}"
         )
-    systems, meta = _unpack_body(body)
-    return Snapshot(
-        tick=tick,
-        phase=fields["phase"],
-        reason=fields["reason"],
-        time=fields["time"],
-        systems=systems,
-        meta=meta,
-    )
+    return container
 
 
 class _BadSnapshot(Exception):
