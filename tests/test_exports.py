@@ -292,3 +292,18 @@ def test_system_protocol_documents_every_hook() -> None:
         assert f"``{attribute}" in doc, attribute
     assert isinstance(supervisor.testing.Ticking(), supervisor.System)
     assert not isinstance(object(), supervisor.System)
+
+
+class _AsyncTick:
+    async def tick(self, ctx: supervisor.Context) -> None:
+        ctx.report("ticks", ctx.tick)
+
+
+def test_system_is_a_type_a_plugin_can_annotate() -> None:
+    """A sync and an async ``tick`` both satisfy ``System`` (mypy strict checks this file)."""
+    from systems.example import Heartbeat
+
+    typed: list[supervisor.System] = [Heartbeat(), _AsyncTick(), supervisor.testing.Ticking()]
+    result = supervisor.testing.run_systems(*typed, ticks=3)
+    assert result.errors == []
+    assert result.system("heartbeat").beats == 3
