@@ -1,18 +1,20 @@
 """supervisor: a fixed-tick game-server supervisor runtime on trio.
 
-The core -- the tick loop, SafeCall, phases and snapshots (``_supervisor``,
-``_safecall``, ``_timing``, ``_phase``, ``_snapshot``) -- imports nothing
-from the layers built on it: the CLI (``_cli``, ``_client``, ``_live``) and
-the HTTP API (``_api``, ``_audit``), which reach it through ``sup.services``
-and the ``Controlled`` protocol of ``_control``. It drives pure helpers
-(the optimizer's decision engine, readiness, redaction) and loads the
-Prometheus collector (``_metrics``) only when first scraped. A plugin author
-imports from ``supervisor`` (and ``supervisor.testing``) and nowhere else.
+The layers, each importing only the ones below it (``tests/test_layers.py``
+enforces it): the runtime core ``_core`` -- the tick loop, SafeCall, phases,
+snapshots, config -- imports no server, CLI or metrics library; the HTTP
+server ``_server`` (API, listener, audit, Prometheus exposition) reaches the
+core through the ``Controlled`` protocol of ``_core._control``; the command
+line ``_cli`` sits on top. The leaves ``_errors``, ``_files``, ``_address``
+and ``_logging`` are shared by all of them. A plugin author imports from
+``supervisor`` (and ``supervisor.testing``) and nowhere else: ``System`` says
+what a game system may define, ``Context`` is what it sees.
 
 The names of the tick loop (``Supervisor`` and its summaries), SafeCall's
-records and ``configure_logging`` are loaded on first use (PEP 562), so
-``supervisor --help`` and the client commands, which import
-``supervisor._cli._main``, load neither trio, psutil, msgpack nor structlog.
+records, ``MachineFacts`` and ``configure_logging`` are loaded on first use
+(PEP 562), so ``supervisor --help`` and the client commands, which import
+``supervisor._cli._main``, load neither trio, psutil, msgpack nor structlog
+(``tests/test_cli_imports.py``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,22 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._core._config import Config
-from ._core._config_sections import Profile
+from ._core._config_sections import (
+    ApiConfig,
+    FeaturesConfig,
+    LoggingConfig,
+    Profile,
+    RecoveryConfig,
+    SupervisorConfig,
+    SystemsConfig,
+    TokenConfig,
+    WatchdogConfig,
+)
 from ._core._context import Context
+from ._core._control import Caller, LifecycleEvent, ReadinessCheck, ReadinessReport, Refused
 from ._core._histogram import HistogramStats
 from ._core._phase import Phase
+from ._core._system import System
 from ._errors import (
     ConfigError,
     DependencyError,
@@ -38,6 +52,7 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
+    from ._core._profiles import MachineFacts
     from ._core._safecall import ErrorGroup, ErrorRecord
     from ._core._supervisor import RunSummary, Supervisor, SupervisorStats, SystemStats
     from ._logging import configure_logging
@@ -47,6 +62,7 @@ _LAZY = {
     "configure_logging": "._logging",
     "ErrorGroup": "._core._safecall",
     "ErrorRecord": "._core._safecall",
+    "MachineFacts": "._core._profiles",
     "RunSummary": "._core._supervisor",
     "Supervisor": "._core._supervisor",
     "SupervisorStats": "._core._supervisor",
@@ -64,25 +80,40 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ApiConfig",
+    "Caller",
     "Config",
     "ConfigError",
     "Context",
     "DependencyError",
     "ErrorGroup",
     "ErrorRecord",
+    "FeaturesConfig",
     "HistogramStats",
+    "LifecycleEvent",
+    "LoggingConfig",
+    "MachineFacts",
     "Phase",
     "PhaseError",
     "PluginError",
     "Profile",
+    "ReadinessCheck",
+    "ReadinessReport",
+    "RecoveryConfig",
+    "Refused",
     "RunSummary",
     "StartRefused",
     "StartupError",
     "StepInterrupted",
     "StepTimeout",
     "Supervisor",
+    "SupervisorConfig",
     "SupervisorError",
     "SupervisorStats",
+    "System",
     "SystemStats",
+    "SystemsConfig",
+    "TokenConfig",
+    "WatchdogConfig",
     "configure_logging",
 ]

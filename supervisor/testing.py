@@ -47,7 +47,7 @@ FIXED_FACTS = MachineFacts(
     load1=0.0,
 )
 
-Systems = Iterable[Any] | Mapping[str, Any]
+_Systems = Iterable[Any] | Mapping[str, Any]
 
 
 class Ticking:
@@ -89,7 +89,7 @@ class TestRun:
 
 
 def make_supervisor(
-    systems: Systems,
+    systems: _Systems,
     *,
     config: Config | Mapping[str, Any] | None = None,
     tick_rate: float | None = None,

@@ -91,7 +91,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
-from supervisor import Context, StartRefused
+from supervisor import Context, Phase, StartRefused
 
 from .economy import MAX_BALANCE, Batch, StoredAccount
 
@@ -286,7 +286,7 @@ class Datastore:
             self._thread.join(timeout=5.0)
             self._thread = None
         economy = self._economy
-        emergency = ctx.phase == "emergency_shutdown"
+        emergency = Phase(ctx.phase) is Phase.EMERGENCY_SHUTDOWN
         try:
             if self._conn is not None and economy is not None:
                 # Stop runs after the last tick (``ctx.tick`` already names the

@@ -12,6 +12,8 @@ from typing import Any
 
 import attrs
 
+from supervisor import Context
+
 
 @attrs.define(eq=False)
 class Heartbeat:
@@ -23,7 +25,7 @@ class Heartbeat:
     beats: int = 0
     sim_time: float = 0.0
 
-    def tick(self, ctx: Any) -> None:
+    def tick(self, ctx: Context) -> None:
         self.beats += 1
         self.sim_time += ctx.dt
 
@@ -52,13 +54,13 @@ class Wanderers:
             raise ValueError("count must be >= 0 and size >= 1")
         self._rng = random.Random(self.seed)
 
-    def start(self, ctx: Any) -> None:
+    def start(self, ctx: Context) -> None:
         if not self.positions:
             rnd = self._rng.randrange
             self.positions = [[rnd(self.size), rnd(self.size)] for _ in range(self.count)]
         ctx.report("players", len(self.positions))
 
-    def tick(self, ctx: Any) -> None:
+    def tick(self, ctx: Context) -> None:
         rnd = self._rng.randrange
         size = self.size
         for pos in self.positions:

@@ -29,8 +29,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor._core._config_sections import ApiConfig, TokenConfig
-from supervisor._core._control import Caller, ReadinessCheck, ReadinessReport, Refused
+from supervisor import ApiConfig, Caller, ReadinessCheck, ReadinessReport, Refused, TokenConfig
 from supervisor._core._redact import Redactor
 from supervisor._server._api import ApiListenError, make_app, parse_listen, serve_api
 from supervisor._server._audit import AuditEntry, AuditLog

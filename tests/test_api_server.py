@@ -32,7 +32,7 @@ from hypercorn.events import Closed
 from hypercorn.trio.tcp_server import TCPServer
 from test_api import OPERATOR_TOKEN, UID_CALLER, FakeSupervisor, Rig, make_rig
 
-from supervisor._core._config_sections import ApiConfig
+from supervisor import ApiConfig
 from supervisor._server import _listener
 from supervisor._server._api import ApiListenError, serve_api
 from supervisor._server._listener import ServerStats

@@ -47,7 +47,8 @@ from test_e2e_run import (
     stopped_counts,
 )
 
-from supervisor._core._snapshot import Snapshot, SnapshotStore
+from supervisor._core._snapshot import SnapshotStore
+from supervisor._core._snapshot_format import Snapshot
 
 pytestmark = pytest.mark.e2e
 

@@ -401,14 +401,13 @@ class TestEmergency:
     """A critical system that keeps failing ends the run in EMERGENCY_SHUTDOWN."""
 
     def test_critical_failure_exits_with_emergency_code(self, cli: Cli) -> None:
-        """``--exit-on-emergency``: exit 3 (state kept) or 4 (not), phase emergency_shutdown."""
+        """``--exit-on-emergency``: the emergency writes its snapshot, so exit 3 (state kept)."""
         cli.config(
             '[systems]\nenabled = ["critical_bomb", "counter"]\n'
             "[systems.critical_bomb]\nfrom_tick = 5\n"
         )
         result = cli.run("run", "--ticks", "200", "--tick-rate", "100", "--exit-on-emergency")
-        # 4 until the emergency writes its snapshot (a later issue); then 3.
-        assert result.returncode in (3, 4), result.stderr
+        assert result.returncode == 3, result.stderr
         summary = result.require_summary()
         assert_contract_summary(summary)
         assert summary["phase"] == "emergency_shutdown"

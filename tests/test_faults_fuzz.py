@@ -21,8 +21,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor import Config, Supervisor
-from supervisor._core._control import Caller, Refused
+from supervisor import Caller, Config, Refused, Supervisor
 from supervisor.testing import Ticking, make_supervisor
 
 OPERATOR = Caller("ops", "operator")

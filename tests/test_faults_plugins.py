@@ -25,9 +25,18 @@ import pytest
 import trio
 import trio.testing
 
-from supervisor import Config, Phase, StartupError, Supervisor
+from supervisor import (
+    Caller,
+    Config,
+    ConfigError,
+    Phase,
+    Refused,
+    StartRefused,
+    StartupError,
+    StepInterrupted,
+    Supervisor,
+)
 from supervisor._core._context import MAX_GAUGES
-from supervisor._core._control import Caller, Refused
 from supervisor._core._plugins import build
 from supervisor._core._safecall import (
     MESSAGE_CHARS,
@@ -37,10 +46,9 @@ from supervisor._core._safecall import (
     make_record,
     safe_message,
 )
-from supervisor._core._snapshot import MAX_TICK
+from supervisor._core._snapshot_format import MAX_TICK
 from supervisor._core._supervisor import _non_negative
 from supervisor._core._watchdog import Watchdog
-from supervisor._errors import ConfigError, StartRefused, StepInterrupted
 from supervisor.testing import Ticking, make_supervisor, run_systems
 
 OPERATOR = Caller("ops", "operator")
@@ -792,7 +800,7 @@ class TestSnapshotHook:
 
     def test_a_snapshot_tick_past_2_to_the_53_is_refused(self, tmp_path: Path) -> None:
         """A snapshot whose tick is >= 2**53 (forged or corrupt) is never continued from."""
-        from supervisor._core._snapshot import Snapshot
+        from supervisor._core._snapshot_format import Snapshot
 
         sup = make_supervisor([Counted("a")], tick_rate=10, state_dir=tmp_path)
         forged = Snapshot(tick=MAX_TICK, phase="development", reason="x", time=0.0, systems={})

@@ -17,8 +17,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from supervisor import Phase
-from supervisor._core._control import Caller
+from supervisor import Caller, Phase
 from supervisor._core._redact import Redactor
 from supervisor._core._safecall import (
     MESSAGE_CHARS,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor._errors import SupervisorError
+from supervisor import SupervisorError
 from supervisor._files import (
     CONFIG_LIMIT,
     UnsafePathError,

@@ -17,9 +17,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from supervisor import Supervisor
+from supervisor import Phase, Supervisor
 from supervisor._core._histogram import Histogram
-from supervisor._core._phase import Phase
 from supervisor._server._metrics import LATENCY_BUCKETS
 from supervisor.testing import make_supervisor, run_systems
 from systems.example import Heartbeat, Wanderers

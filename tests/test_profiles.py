@@ -16,10 +16,9 @@ import attrs
 import psutil
 import pytest
 
-from supervisor import Config, Profile, Supervisor
+from supervisor import Config, ConfigError, MachineFacts, Profile, Supervisor
 from supervisor._core._config_sections import BUILTIN_PROFILES
-from supervisor._core._profiles import MachineFacts, choose_profile, detect_facts
-from supervisor._errors import ConfigError
+from supervisor._core._profiles import choose_profile, detect_facts
 from supervisor.testing import make_supervisor
 
 PROFILES_TOML = Path(__file__).resolve().parent.parent / "configs" / "profiles.toml"

@@ -13,15 +13,10 @@ from __future__ import annotations
 import pytest
 from redaction_corpus import PEM_PKCS8, PEM_RSA
 
+from supervisor import ErrorRecord
 from supervisor._core._redact import Redactor
 from supervisor._core._redact_shapes import PRIVATE_KEY
-from supervisor._core._safecall import (
-    MESSAGE_CHARS,
-    SCAN_CHARS,
-    TRACEBACK_CHARS,
-    ErrorRecord,
-    make_record,
-)
+from supervisor._core._safecall import MESSAGE_CHARS, SCAN_CHARS, TRACEBACK_CHARS, make_record
 
 RED = Redactor()
 IBAN = "DE89 3704 0044 0532 0130 00"

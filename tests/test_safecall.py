@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
+import msgpack  # type: ignore[import-untyped,unused-ignore]
 import pytest
 import trio
 
@@ -192,7 +194,9 @@ class TestEscalation:
         assert result.supervisor.phase is Phase.EMERGENCY_SHUTDOWN
         assert result.summary.phase == "emergency_shutdown"
         assert result.summary.emergency
-        assert result.summary.exit_code in (3, 4)
+        # No state_dir, so no snapshot: 4 ("emergency, state not preserved"), never 3.
+        assert not result.summary.snapshot_written
+        assert result.summary.exit_code == 4
         assert "exhausted its recovery budget" in (result.supervisor.emergency_reason or "")
         assert bomb.ran == [0, 1, 2, 3, 4]
         assert bomb.stopped
@@ -453,7 +457,8 @@ def test_record_as_dict_is_plain() -> None:
     d = result.errors[0].as_dict()
     assert d["system"] == "flaky"
     assert isinstance(d["gauges"], dict)
-    assert sys.getsizeof(d) > 0
+    assert json.loads(json.dumps(d)) == d
+    assert msgpack.unpackb(msgpack.packb(d)) == d
 
 
 class TestErrorStorm:

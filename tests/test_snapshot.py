@@ -21,13 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor._core import _snapshot
-from supervisor._core._snapshot import (
+from supervisor._core import _snapshot, _snapshot_format
+from supervisor._core._snapshot import SnapshotInfo, SnapshotStore
+from supervisor._core._snapshot_format import (
     FORMAT_VERSION,
+    SNAPSHOT_NAME,
     Snapshot,
     SnapshotError,
-    SnapshotInfo,
-    SnapshotStore,
 )
 
 SNAPSHOT_MODULE = Path(_snapshot.__file__)
@@ -77,7 +77,7 @@ def build_file(
             "format": fmt,
             "header": header_bytes,
             "body": body_bytes,
-            "sha256": _snapshot._digest(header_bytes, body_bytes),
+            "sha256": _snapshot_format._digest(header_bytes, body_bytes),
         }
     )
     return data
@@ -311,7 +311,7 @@ class TestAtomicWrite:
         def spy_replace(src: Any, dst: Any) -> None:
             name = Path(src).name
             assert name.endswith(".tmp")
-            assert not _snapshot._SNAPSHOT_NAME.fullmatch(name)
+            assert not SNAPSHOT_NAME.fullmatch(name)
             assert Path(src).parent == store.directory
             events.append("replace")
             real_replace(src, dst)
@@ -587,7 +587,7 @@ def forge(header: Any, *, key: bytes | None = None, body: Any = None) -> bytes:
             "format": FORMAT_VERSION,
             "header": header_bytes,
             "body": body_bytes,
-            field: _snapshot._digest(header_bytes, body_bytes, key),
+            field: _snapshot_format._digest(header_bytes, body_bytes, key),
         }
     )
     return data
@@ -600,7 +600,9 @@ class TestAuthentication:
         path = store.write(make_snapshot(5))
         container = msgpack.unpackb(path.read_bytes())
         assert set(container) == {"format", "header", "body", "hmac_sha256"}
-        assert container["hmac_sha256"] != _snapshot._digest(container["header"], container["body"])
+        assert container["hmac_sha256"] != _snapshot_format._digest(
+            container["header"], container["body"]
+        )
         assert SnapshotStore(tmp_path, 3, KEY).latest() == (make_snapshot(5), [])
 
     def test_wrong_key(self, tmp_path: Path) -> None:
@@ -888,7 +890,7 @@ class TestHostileFiles:
                 "format": 1,
                 "header": header,
                 "body": body,
-                "sha256": _snapshot._digest(header, body),
+                "sha256": _snapshot_format._digest(header, body),
             }
         )
         self.check(store, data, "body is not valid msgpack: nested too deeply")
@@ -899,7 +901,12 @@ class TestHostileFiles:
         header = header.replace(b"\xa8periodic", b"\xa8\xff\xfeeriod\xc3(")
         body = msgpack.packb({"systems": {}, "meta": {}})
         data = msgpack.packb(
-            {"format": 1, "header": header, "body": body, "sha256": _snapshot._digest(header, body)}
+            {
+                "format": 1,
+                "header": header,
+                "body": body,
+                "sha256": _snapshot_format._digest(header, body),
+            }
         )
         self.check(store, data, "header is not valid msgpack: a string is not UTF-8")
 
@@ -1025,10 +1032,10 @@ CHILD = textwrap.dedent(
 
     # Load the module by file under an empty stand-in package, not through
     # supervisor/__init__.py, so the child starts fast and imports only what
-    # the store itself needs (_files, _errors).
+    # the store itself needs (_snapshot_format, _files, _errors).
     import types
     package = types.ModuleType("supervisor")
-    package.__path__ = [str(Path(sys.argv[1]).parent)]
+    package.__path__ = [str(Path(sys.argv[1]).parent.parent)]
     sys.modules["supervisor"] = package
     spec = importlib.util.spec_from_file_location("supervisor._core._snapshot", sys.argv[1])
     mod = importlib.util.module_from_spec(spec)

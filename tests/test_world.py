@@ -19,8 +19,7 @@ import structlog.testing
 import trio
 import trio.testing
 
-from supervisor import Config, Context, StartupError, Supervisor
-from supervisor._core._control import Caller
+from supervisor import Caller, Config, Context, StartupError, Supervisor
 from supervisor.testing import FIXED_FACTS, make_supervisor, run_systems
 from systems.datastore import Datastore, audit
 from systems.economy import MAX_BALANCE, Economy, Purchase, Rejection, StoredAccount
@@ -610,6 +609,32 @@ class TestHealthAndRecovery:
         saved = dict(query(db, "SELECT id, balance FROM players"))
         assert all(saved[a.pid] == a.balance for a in economy.accounts.values())
         assert audit(db) == []
+
+    @pytest.mark.parametrize("emergency", [True, False])
+    def test_only_a_graceful_stop_saves_all(self, tmp_path: Path, emergency: bool) -> None:
+        """Stopping in EMERGENCY_SHUTDOWN skips the save-all (the per-tick commits made it
+        durable and the clock runs until the snapshot); a graceful stop rewrites every account.
+
+        The datastore tells the two apart by ``ctx.phase``: a comparison that never
+        matches would save all on the emergency path and pass every other test.
+        """
+        saves: list[int] = []
+
+        class Counting(Datastore):
+            def _save_all(self, economy: Economy) -> None:
+                saves.append(len(economy.accounts))
+                super()._save_all(economy)
+
+        db = tmp_path / "w.db"
+        store = Counting(path=str(db), autosave=0, name="datastore")
+        extra: dict[str, Any] = {"datastore": store}
+        if emergency:
+            extra["probe"] = Probe(45, lambda ctx, eco: ctx.request_emergency("drill"))
+        sup = make_supervisor(world(**extra), tick_rate=RATE, config=QUIET, state_dir=tmp_path)
+        run = functools.partial(sup.run, ticks=None if emergency else 60)
+        summary = trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
+        assert summary.emergency is emergency
+        assert len(saves) == (0 if emergency else 1)
 
 
 class TestConfigs:

@@ -67,7 +67,8 @@ from ._safecall import (
     safe_message,
     safe_type_name,
 )
-from ._snapshot import MAX_TICK, Snapshot, SnapshotStore
+from ._snapshot import SnapshotStore
+from ._snapshot_format import MAX_TICK, Snapshot
 from ._timing import make_sleeper
 from ._watchdog import Watchdog
 
