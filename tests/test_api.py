@@ -29,11 +29,13 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from supervisor._address import parse_listen
 from supervisor._core._config import ApiConfig, TokenConfig
 from supervisor._core._control import Caller, ReadinessCheck, ReadinessReport, Refused
 from supervisor._core._redact import Redactor
-from supervisor._server._api import ApiListenError, make_app, parse_listen, serve_api
+from supervisor._server._app import make_app
 from supervisor._server._audit import AuditEntry, AuditLog
+from supervisor._server._serve import ApiListenError, serve_api
 
 OPERATOR_TOKEN = "op-secret-7f3a9c2e"
 VIEWER_TOKEN = "view-secret-b41d8e07"

@@ -1,6 +1,6 @@
 """The API's connection layer against hostile clients, on real sockets.
 
-Each test runs :func:`~supervisor._server._api.serve_api` on a real TCP port or Unix
+Each test runs :func:`~supervisor._server._serve.serve_api` on a real TCP port or Unix
 socket in the test's own trio run (real clock: the deadlines under test are
 real-time ones) and attacks it with raw sockets: half-closed bodies,
 slowloris heads, idle holders, never-ending chunked bodies, more connections
@@ -33,9 +33,9 @@ from hypercorn.trio.tcp_server import TCPServer
 from test_api import OPERATOR_TOKEN, UID_CALLER, FakeSupervisor, Rig, make_rig
 
 from supervisor._core._config import ApiConfig
-from supervisor._server import _listener
-from supervisor._server._api import ApiListenError, serve_api
-from supervisor._server._listener import ServerStats
+from supervisor._server import _connection
+from supervisor._server._connection import ServerStats
+from supervisor._server._serve import ApiListenError, serve_api
 
 HEAD = b"POST /v1/phase HTTP/1.1\r\nHost: sv\r\nContent-Type: application/json\r\n"
 HALF_CLOSED = HEAD + b"Content-Length: 100\r\n\r\n{"
@@ -225,8 +225,8 @@ class TestHalfClosed:
         (the test above) it never does. Even with the race back in place the
         server survives: the per-connection guard counts, never raises.
         """
-        monkeypatch.setattr(_listener._Connection, "_close", TCPServer._close)
-        monkeypatch.setattr(_listener._Connection, "_send_raw", upstream_send)
+        monkeypatch.setattr(_connection.Connection, "_close", TCPServer._close)
+        monkeypatch.setattr(_connection.Connection, "_send_raw", upstream_send)
         served = await serve()
         for _ in range(self.RACE_ATTEMPTS):
             await half_closed(served)
@@ -242,7 +242,7 @@ class TestNothingEscapes:
         self, serve: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Any exception out of one connection (here every other one) is counted, not raised."""
-        original = _listener._Connection.run
+        original = _connection.Connection.run
         calls = 0
 
         async def flaky(self: Any) -> None:
@@ -252,7 +252,7 @@ class TestNothingEscapes:
                 raise RuntimeError("boom from a connection")
             await original(self)
 
-        monkeypatch.setattr(_listener._Connection, "run", flaky)
+        monkeypatch.setattr(_connection.Connection, "run", flaky)
         served = await serve()
         answers = []
         for _ in range(40):
@@ -272,7 +272,7 @@ class TestNothingEscapes:
         async def grouped(self: Any) -> None:
             raise ExceptionGroup("two", [trio.BusyResourceError("a"), OSError("b")])
 
-        monkeypatch.setattr(_listener._Connection, "run", grouped)
+        monkeypatch.setattr(_connection.Connection, "run", grouped)
         served = await serve()
         for _ in range(5):
             async with await served.connect() as stream:
@@ -332,13 +332,13 @@ class TestDeadlines:
         the churn that moved ticks under 600 held connections.
         """
         built: list[object] = []
-        original = _listener._Http11Protocol.__init__
+        original = _connection._Http11Protocol.__init__
 
         def counting(self: Any, *args: Any, **kwargs: Any) -> None:
             built.append(self)
             original(self, *args, **kwargs)
 
-        monkeypatch.setattr(_listener._Http11Protocol, "__init__", counting)
+        monkeypatch.setattr(_connection._Http11Protocol, "__init__", counting)
         served = await serve(header_timeout=0.4)
         async with await served.connect() as stream:
             for byte in HEAD[:20]:
