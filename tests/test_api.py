@@ -481,7 +481,9 @@ class TestEndpoints:
         assert response.content.startswith(b"supervisor_ticks_total 1234.0\n# HELP supervisor_api_")
         assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         samples = [x for x in response.text.splitlines()[1:] if not x.startswith("#")]
-        assert 'supervisor_api_connections_total{outcome="refused"} 0.0' in samples
+        assert 'supervisor_api_connections_total{outcome="evicted"} 0.0' in samples
+        assert "supervisor_api_accept_pauses_total 0.0" in samples
+        assert "supervisor_api_accept_paused_seconds_total 0.0" in samples
         assert all(x.startswith("supervisor_api_") for x in samples)
 
     async def test_readiness_not_ok_is_still_200(self, tmp_path: Path) -> None:

@@ -428,11 +428,17 @@ class Api:
         """The API's own counters, in the Prometheus text format, appended to the core's."""
         st = self.stats
         # (name, type, help, label, {label value: sample}); label None: one unlabelled sample.
-        families: tuple[tuple[str, str, str, str | None, dict[str, int]], ...] = (
+        families: tuple[tuple[str, str, str, str | None, dict[str, float]], ...] = (
             ("connections_total", "counter",
-             "API connections: served, refused at accept, or evicted before their request.",
-             "outcome", {"accepted": st.accepted, "refused": st.refused, "evicted": st.evicted}),
+             "API connections: served, or evicted before their request to make room.",
+             "outcome", {"accepted": st.accepted, "evicted": st.evicted}),
             ("connections_open", "gauge", "API connections open now.", None, {"": st.open}),
+            ("accept_pauses_total", "counter",
+             "Times accepting paused: every connection was serving a request (newcomers wait).",
+             None, {"": st.accept_pauses}),
+            ("accept_paused_seconds_total", "counter",
+             "Seconds accepting was paused with every connection serving a request.",
+             None, {"": st.paused_seconds}),
             ("timeouts_total", "counter", "API connections or requests ended by a deadline.",
              "kind", {"header": st.header_timeouts, "keep_alive": st.keep_alive_timeouts,
                       "send": st.send_timeouts, "body": self.body_timeouts}),

@@ -12,10 +12,14 @@ around it:
   :class:`ServerStats`, never raised. Only cancellation passes through.
 * **Bounded.** At most ``max_connections`` at once: past it the oldest
   connection still waiting for its request head is closed to make room
-  (``evicted``); when every connection is busy with a request, the new one is
-  closed at accept (``refused``). Preferring the newcomer over an idle holder
-  keeps ``/healthz`` answering while an attacker holds every slot with idle
-  or slowloris connections (``bench/held_connections.py``).
+  (``evicted``). Preferring the newcomer over an idle holder keeps
+  ``/healthz`` answering while an attacker holds every slot with idle or
+  slowloris connections (``bench/held_connections.py``). When every
+  connection is serving a request, nothing is closed: the accept loop pauses
+  (``accept_pauses``, ``paused_seconds``) and newcomers wait in the kernel's
+  listen backlog until a request ends. Closing them at accept, as before,
+  only made them reconnect at once, each accept and close costing loop
+  time at a pace the client sets.
 * **Peer credentials.** On a Unix socket the peer's uid (``SO_PEERCRED``) is
   put into each request's ASGI scope as ``scope["extensions"]["peer_uid"]``.
 * **TLS** when given an :class:`ssl.SSLContext` (ALPN ``http/1.1``).
@@ -136,9 +140,10 @@ class _Server:
     context: WorkerContext = attrs.field(factory=lambda: WorkerContext(None))
     # Insertion-ordered: the first waiting connection is the oldest.
     _conns: dict[Connection, None] = attrs.field(factory=dict)
+    _room: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
     _shared: ASGIWrapper = attrs.field(init=False)
     _errors_log: _Throttled = attrs.field(factory=lambda: _Throttled("api.connection_failed"))
-    _refused_log: _Throttled = attrs.field(factory=lambda: _Throttled("api.connections_refused"))
+    _paused_log: _Throttled = attrs.field(factory=lambda: _Throttled("api.accept_paused"))
     _accept_log: _Throttled = attrs.field(factory=lambda: _Throttled("api.accept_failed"))
 
     def __attrs_post_init__(self) -> None:
@@ -163,14 +168,37 @@ class _Server:
                     if exc.errno in _EXHAUSTED:
                         await trio.sleep(_EXHAUSTED_PAUSE)
                     continue
+                if not self._has_room():
+                    try:
+                        await self._wait_for_room()
+                    except BaseException:
+                        stream.socket.close()
+                        raise
+                    if self.context.terminated.is_set():
+                        stream.socket.close()  # drain() began meanwhile
+                        return
                 self._admit(stream, nursery)
 
+    def _has_room(self) -> bool:
+        """True when a new connection can be served now, evicting a waiting one if need be."""
+        return len(self._conns) < self.limits.max_connections or self._evict_oldest()
+
+    async def _wait_for_room(self) -> None:
+        """Hold the accept loop (and one accepted newcomer) until a slot frees.
+
+        Every slot is serving a request. Closing the newcomer would only make
+        it come back (each accept and close costs loop time, and an attacker
+        sets the pace); instead nothing more is accepted, so later arrivals
+        wait in the kernel's listen backlog until a request ends.
+        """
+        started = trio.current_time()
+        self.stats.accept_pauses += 1
+        self._paused_log(max_connections=self.limits.max_connections)
+        while not self._has_room():
+            await self._room.park()
+        self.stats.paused_seconds += trio.current_time() - started
+
     def _admit(self, stream: trio.SocketStream, nursery: trio.Nursery) -> None:
-        if len(self._conns) >= self.limits.max_connections and not self._evict_oldest():
-            self.stats.refused += 1
-            self._refused_log(max_connections=self.limits.max_connections)
-            stream.socket.close()
-            return
         app = self._shared
         if stream.socket.family == socket.AF_UNIX:
             uid = peer_uid(stream.socket)
@@ -212,6 +240,7 @@ class _Server:
         finally:
             self._conns.pop(conn, None)
             self.stats.open -= 1
+            self._room.unpark()
             sock.close()  # idempotent; covers a failure before hypercorn's own close
 
     def _failed(self, exc: BaseException) -> None:
