@@ -511,11 +511,13 @@ def make_app(
         tcp: True when the app is served on TCP: a token is then always needed.
         audit: where every action request is recorded.
         redactor: applied to error answers (the audit log has its own).
-        stats: the listener's counters, shown in ``/metrics`` (:func:`serve_api`
-            uses the app's own when given none).
+        stats: the listener's counters, shown in ``/metrics``
+            (:func:`~supervisor._server._serve.serve_api` uses the app's own
+            when given none).
 
     Returns:
-        The ASGI 3 application, for :func:`serve_api` or any ASGI server.
+        The ASGI 3 application, for
+        :func:`~supervisor._server._serve.serve_api` or any ASGI server.
     """
     return Api(
         sup=sup, api=api, tcp=tcp, audit=audit, redactor=redactor, stats=stats or ServerStats()

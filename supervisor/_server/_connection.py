@@ -33,6 +33,8 @@ on that socket until it closes:
   pieces is read by polling at random times rather than by a task waiting on
   the socket (``Connection._poll``), so slowloris bytes sent in step do not
   wake hundreds of tasks in one scheduler batch in front of a due tick; a
+  connection that never sent a whole head is hung up at once
+  (``Connection._hang_up``: half the scheduler steps per evicted holder); a
   closed connection leaves no reference cycle for the garbage collector.
 * **HTTP/1.1 only.** Hypercorn would switch a connection to HTTP/2 on an
   ``Upgrade: h2c`` header or the HTTP/2 preface; one HTTP/2 connection then
