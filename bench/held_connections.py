@@ -45,7 +45,8 @@ PROBE_EVERY = 0.1
 REOPEN_AFTER = 1.0
 SLOWLORIS_HEAD = b"GET /healthz HTTP/1.1\r\nHost: bench\r\nX-Pad: " + b"a" * 200
 EVICTED = 'connections_total{outcome="evicted"}'
-REFUSED = 'connections_total{outcome="refused"}'
+ACCEPTED = 'connections_total{outcome="accepted"}'
+PAUSES = "accept_pauses_total"
 HEADER_TIMEOUTS = 'timeouts_total{kind="header"}'
 # bench.serve's config, on loopback TCP, with a token to read /metrics at the end.
 CONFIG = (
@@ -220,16 +221,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(
         "| run | lateness p50 µs | p99 µs | max µs | /healthz p50 ms | p99 ms | "
-        "unanswered | evicted | refused | header timeouts | CPU % | exit |"
+        "unanswered | accepted | evicted | header timeouts | accept pauses | CPU % | exit |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name, r in (("idle", idle), (f"{args.held} held", held)):
         lat, api = r["lateness"], r["api"]
         print(
             f"| {name} | {lat['p50'] * 1e6:.0f} | {lat['p99'] * 1e6:.0f} | {lat['max'] * 1e6:.0f} "
             f"| {r['healthz_p50_ms']:.1f} | {r['healthz_p99_ms']:.1f} | {r['probe_failures']} "
-            f"| {api.get(EVICTED, 0):.0f} | {api.get(REFUSED, 0):.0f} "
-            f"| {api.get(HEADER_TIMEOUTS, 0):.0f} | {r['cpu_percent']:.0f} "
+            f"| {api.get(ACCEPTED, 0):.0f} | {api.get(EVICTED, 0):.0f} "
+            f"| {api.get(HEADER_TIMEOUTS, 0):.0f} | {api.get(PAUSES, 0):.0f} "
+            f"| {r['cpu_percent']:.0f} "
             f"| {'crashed' if r['crashed'] else 'ok'} |"
         )
     ratio = held["lateness"]["p99"] / max(idle["lateness"]["p99"], 1e-9)

@@ -1,6 +1,6 @@
 """Where a supervisor's API listens: the part of the API contract a client needs.
 
-Kept apart from :mod:`supervisor._server._api` (hypercorn, trio) so that the client
+Kept apart from :mod:`supervisor._server._serve` (hypercorn, trio) so that the client
 commands (``supervisor status`` and the rest) and ``supervisor --help`` import
 none of the server: a command that only sends one request starts fast.
 """

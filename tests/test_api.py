@@ -30,9 +30,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from supervisor import ApiConfig, Caller, ReadinessCheck, ReadinessReport, Refused, TokenConfig
+from supervisor._address import parse_listen
 from supervisor._core._redact import Redactor
-from supervisor._server._api import ApiListenError, make_app, parse_listen, serve_api
+from supervisor._server._app import make_app
 from supervisor._server._audit import AuditEntry, AuditLog
+from supervisor._server._serve import ApiListenError, serve_api
 
 OPERATOR_TOKEN = "op-secret-7f3a9c2e"
 VIEWER_TOKEN = "view-secret-b41d8e07"
@@ -478,7 +480,9 @@ class TestEndpoints:
         assert response.content.startswith(b"supervisor_ticks_total 1234.0\n# HELP supervisor_api_")
         assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         samples = [x for x in response.text.splitlines()[1:] if not x.startswith("#")]
-        assert 'supervisor_api_connections_total{outcome="refused"} 0.0' in samples
+        assert 'supervisor_api_connections_total{outcome="evicted"} 0.0' in samples
+        assert "supervisor_api_accept_pauses_total 0.0" in samples
+        assert "supervisor_api_accept_paused_seconds_total 0.0" in samples
         assert all(x.startswith("supervisor_api_") for x in samples)
 
     async def test_readiness_not_ok_is_still_200(self, tmp_path: Path) -> None:

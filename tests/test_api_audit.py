@@ -27,8 +27,8 @@ import trio
 from test_api import OWN_UID, STRANGER_UID, UID_CALLER, call, make_rig
 
 from supervisor import ConfigError
-from supervisor._server._api import ApiListenError, attach_api
 from supervisor._server._audit import MAX_REFUSAL_SOURCES, AuditLog
+from supervisor._server._serve import ApiListenError, attach_api
 from supervisor.testing import Ticking, make_supervisor
 
 

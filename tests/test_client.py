@@ -1,7 +1,7 @@
 """The API commands (status, shutdown, restart, phase, readiness, errors) end to end.
 
 Each test runs the real command through click's ``CliRunner`` against a real
-:func:`~supervisor._server._api.serve_api` on a Unix socket, served by a trio run in
+:func:`~supervisor._server._serve.serve_api` on a Unix socket, served by a trio run in
 a background thread, with :class:`test_api.FakeSupervisor` behind it.
 """
 
@@ -25,7 +25,7 @@ from click.testing import CliRunner, Result
 from test_api import OPERATOR_TOKEN, VIEWER_TOKEN, FakeSupervisor, make_rig
 
 from supervisor._cli._client import COMMANDS, resolve_api
-from supervisor._server._api import serve_api
+from supervisor._server._serve import serve_api
 
 
 @click.group()

@@ -74,8 +74,6 @@ KNOWN_OVERSIZE: frozenset[str] = frozenset(
     {
         "supervisor._core._supervisor",
         "supervisor._core._supervisor.Supervisor",
-        "supervisor._server._api",
-        "supervisor._server._listener",
     }
 )
 

@@ -55,7 +55,7 @@ SUPERVISOR = Path(sys.executable).parent / "supervisor"
 STEP_TIMEOUT = 15.0
 #: The core's bound on an exception message (``supervisor._core._safecall.MESSAGE_CHARS``).
 MESSAGE_CHARS = 2000
-#: The API's bound on a ``reason`` (``supervisor._server._api.MAX_REASON``).
+#: The API's bound on a ``reason`` (``supervisor._address.MAX_REASON``).
 MAX_REASON = 500
 #: Between two samples in one message: a newline, because a Cookie header's
 #: rule rightly takes the rest of its line.

@@ -243,7 +243,7 @@ def run_command(
         )
     listen_errors: tuple[type[Exception], ...] = ()
     if effective.features.api:
-        from .._server._api import ApiListenError, attach_api
+        from .._server._serve import ApiListenError, attach_api
 
         listen_errors = (ApiListenError,)
         try:

@@ -1,0 +1,524 @@
+"""The HTTP API: a small, exact ASGI app over :class:`~supervisor._core._control.Controlled`.
+
+No web framework: nine routes, each answer JSON (``{"error": ...}`` on
+errors) except ``/metrics``. Every request is checked in the same order, so
+the status code a hostile request gets is predictable (``tests/test_api.py``
+pins each step):
+
+1. the route (404), then the method (405, with ``Allow``);
+2. the caller: ``Authorization: Bearer <token>``; a presented token that
+   matches no configured hash is always 401. Without one: on TCP, 401; on
+   the Unix socket the peer's uid (``SO_PEERCRED``, read by the listener)
+   decides: the socket's owner (this process's user, or root) is an
+   operator named ``uid:N(user)`` in every phase, any other uid is 403.
+   Then the role (403);
+3. the query string (400), then the body: its size (413, before the rest is
+   read), its media type (415), its parts (413 past ``MAX_BODY_PARTS``), its
+   deadline (408 after ``body_timeout``), JSON syntax and the known keys
+   with their types (400, naming the key);
+4. the audit log: the attempt line is written first; if it cannot be, the
+   action is refused (503) and nothing changes;
+5. the supervisor call: ``Refused`` is 409, anything unexpected a logged 500
+   without a traceback.
+
+``/healthz`` and ``/readyz`` skip step 2 entirely: probes never carry
+credentials, and their answers are exactly what the core's ``liveness()``
+and ``readiness_gate()`` return (fixed words, numbers and system names),
+with nothing added here.
+
+Every POST to an action route is audited (:mod:`supervisor._server._audit`): an
+attempt and a result line for an action carried out, a result line for a
+request refused from a known caller, and a per-minute tally for anonymous
+refusals (401/403 with no caller).
+
+The parsers and the route table are in :mod:`supervisor._server._requests`;
+serving the app on a socket is :mod:`supervisor._server._serve`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+import attrs
+import trio
+
+from .._address import MAX_ERRORS_LIMIT
+from .._core._config_sections import ApiConfig
+from .._core._control import Caller, Controlled, Refused
+from .._core._redact import Redactor
+from .._logging import get_logger
+from ._audit import AuditEntry, AuditLog
+from ._connection import ServerStats
+from ._requests import (
+    JSON_TYPE,
+    Answer,
+    ASGIApp,
+    HttpError,
+    Receive,
+    Route,
+    Scope,
+    Send,
+    header_values,
+    json_answer,
+    parse_object,
+    query,
+    resolve,
+    scope_peer_uid,
+    source_of,
+    uid_name,
+    unauthorized,
+    validate,
+)
+
+__all__ = ["Api", "make_app"]
+
+#: ``/v1/errors?limit=`` default.
+DEFAULT_ERRORS_LIMIT: Final = 20
+_MAX_SYSTEM_NAME: Final = 200
+_BASE_HEADERS: Final = (
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+)
+_LIMIT_RE: Final = re.compile(r"[0-9]{1,7}", re.ASCII)
+#: A body in more parts (chunks) than this is refused (413), whatever its size.
+MAX_BODY_PARTS: Final = 1024
+# Refusals of callers with no identity: aggregated in the audit log.
+_ANONYMOUS_REFUSALS: Final = frozenset({401, 403})
+
+
+@attrs.define(eq=False)
+class _AuditNote:
+    """What the audit line of one action request says, filled in as checks pass."""
+
+    action: str
+    source: str = "local"  # the client's address, or the Unix peer's uid
+    caller: Caller | None = None
+    arguments: dict[str, Any] | None = None
+    unaudited: bool = False  # refused (503): the attempt line could not be written
+
+
+@attrs.define(eq=False)
+class Api:
+    """The ASGI app; see the module docstring for the order of checks."""
+
+    sup: Controlled
+    api: ApiConfig
+    tcp: bool
+    audit: AuditLog
+    redactor: Redactor | None
+    # (sha256 hex as bytes, caller) for each configured token, built once.
+    stats: ServerStats = attrs.field(factory=ServerStats)
+    #: Action requests refused (503) because their audit line could not be written.
+    audit_refusals: int = attrs.field(default=0, init=False)
+    #: Requests answered 408 because their body did not arrive in time.
+    body_timeouts: int = attrs.field(default=0, init=False)
+    _tokens: tuple[tuple[bytes, Caller], ...] = attrs.field(init=False)
+    _owners: dict[int, Caller] = attrs.field(init=False)
+    _log: Any = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._tokens = tuple(
+            (t.sha256.lower().encode("ascii"), Caller(name=t.name, role=t.role))
+            for t in self.api.tokens
+        )
+        # The two uids that own the 0600 socket: this process's user and
+        # root. Names are looked up once here: getpwuid may block (NSS/LDAP).
+        self._owners = {
+            uid: Caller(name=uid_name(uid), role="operator") for uid in {os.getuid(), 0}
+        }
+        self._log = get_logger(component="api")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope.get("type")
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            # Closing before accepting makes the server answer 403.
+            await send({"type": "websocket.close", "code": 1008})
+
+    @staticmethod
+    async def _lifespan(receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = str(scope.get("method", ""))
+        path = str(scope.get("path", ""))
+        head = method == "HEAD"
+        note: _AuditNote | None = None
+        try:
+            try:
+                route = resolve(path, method)
+                if route.action is not None:
+                    note = _AuditNote(action=route.action, source=source_of(scope))
+                answer = await self._route(route, scope, receive, note)
+            except HttpError as exc:
+                answer = self._error_answer(exc)
+            except Exception:
+                self._log.exception("api.internal_error", method=method, path=path)
+                answer = json_answer(500, {"error": "internal error"}, detail="internal error")
+        except trio.Cancelled:
+            # Cancelled mid-action (a shutdown can cancel its own request):
+            # the audit log still gets the line, under a short shield.
+            if note is not None and note.caller is not None:
+                with trio.move_on_after(2.0) as scope_:
+                    scope_.shield = True
+                    await self._write_result(note, 499, "interrupted before an answer was sent")
+            raise
+        if note is not None:
+            await self._record(note, answer)
+        await self._send(send, answer, head=head)
+
+    def _error_answer(self, exc: HttpError) -> Answer:
+        message = self.redactor.text(exc.message) if self.redactor else exc.message
+        return json_answer(exc.status, {"error": message}, detail=message, headers=exc.headers)
+
+    async def _route(
+        self, route: Route, scope: Scope, receive: Receive, note: _AuditNote | None
+    ) -> Answer:
+        if route.public:
+            handler: Callable[..., Awaitable[Answer]] = getattr(self, route.handler)
+            query(scope, route.params)
+            return await handler()
+        caller = self._authenticate(scope)
+        if note is not None:
+            note.caller = caller
+        if route.method == "POST" and caller.role != "operator":
+            raise HttpError(403, f"role {caller.role!r} may not {route.action}; needs operator")
+        params = query(scope, route.params)
+        if route.method == "GET":
+            view: Callable[..., Awaitable[Answer]] = getattr(self, route.handler)
+            return await view(**params)
+        # Every POST route is an action, so it has an audit note.
+        assert route.action is not None
+        assert note is not None
+        arguments = validate(route.action, parse_object(await self._body(scope, receive)))
+        note.arguments = arguments
+        # Fail closed: the attempt is on disk before anything changes, or
+        # nothing changes (tests/test_api_audit.py).
+        if not await self._write_entry(self._entry(note, stage="attempt")):
+            note.unaudited = True
+            self.audit_refusals += 1
+            self._log.error(
+                "api.refused_unaudited",
+                action=route.action,
+                caller=caller.name,
+                refusals=self.audit_refusals,
+            )
+            raise HttpError(
+                503, "the audit log cannot be written, so the action was not carried out"
+            )
+        act: Callable[..., Awaitable[dict[str, Any]]] = getattr(self, route.handler)
+        return await self._act(route.action, act, arguments, caller)
+
+    def _authenticate(self, scope: Scope) -> Caller:
+        """The caller of a non-probe request.
+
+        A presented token always decides. Without one, on the Unix socket, the
+        peer's uid (``SO_PEERCRED``, put in the scope by the listener) does:
+        the socket's owner (this process's user, or root) is an operator in
+        every phase (contract section 8), so no phase change can lock the
+        operator out; any other uid is refused. On TCP a token is always needed.
+
+        Raises:
+            HttpError: 401 for a presented token that matches no hash, or for
+                a missing one where a token is required; 403 for a Unix peer
+                that does not own the socket.
+        """
+        values = header_values(scope, b"authorization")
+        if not values:
+            uid = None if self.tcp else scope_peer_uid(scope)
+            if uid is None:
+                raise unauthorized(
+                    "a token is required: send it in the Authorization header as Bearer <token>",
+                    invalid=False,
+                )
+            owner = self._owners.get(uid)
+            if owner is None:
+                raise HttpError(
+                    403,
+                    f"uid {uid} does not own this socket: send a token in the Authorization header",
+                )
+            return owner
+        if len(values) > 1:
+            raise unauthorized("more than one Authorization header", invalid=True)
+        scheme, _, token = values[0].strip().partition(b" ")
+        token = token.strip()
+        if scheme.lower() != b"bearer" or not token:
+            raise unauthorized(
+                "expected the Authorization header to be Bearer <token>", invalid=True
+            )
+        digest = hashlib.sha256(token).hexdigest().encode("ascii")
+        found: Caller | None = None
+        # Compare against every hash, without stopping at a match, so the
+        # time taken says nothing about which (or whether a) token matched.
+        for expected, caller in self._tokens:
+            if hmac.compare_digest(digest, expected):
+                found = caller
+        if found is None:
+            raise unauthorized("invalid token", invalid=True)
+        return found
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        """The request body, at most ``api.max_body`` bytes.
+
+        Raises:
+            HttpError: 413 as soon as the body (declared or received) is too
+                large or comes in too many parts, without reading the rest;
+                415 for a non-JSON media type; 408 when the whole body has
+                not arrived ``api.body_timeout`` seconds after it was asked for.
+        """
+        limit = self.api.max_body
+        too_large = HttpError(
+            413,
+            f"the body is larger than {limit} bytes",
+            headers=[(b"connection", b"close")],
+        )
+        lengths = header_values(scope, b"content-length")
+        if lengths:
+            text = lengths[0].strip()
+            if len(lengths) > 1 or not text.isdigit():
+                raise HttpError(400, "malformed Content-Length")
+            if int(text) > limit:
+                raise too_large
+        types = header_values(scope, b"content-type")
+        if types:
+            media = types[0].split(b";", 1)[0].strip().lower()
+            if media != JSON_TYPE and not media.endswith(b"+json"):
+                raise HttpError(415, "the body must be application/json")
+        chunks: list[bytes] = []
+        size = 0
+        # A fixed deadline for the whole body, not per part: a chunked body
+        # that dribbles a byte a second (or never ends) still ends here.
+        with trio.move_on_after(self.api.body_timeout):
+            while True:
+                message = await receive()
+                if message.get("type") == "http.disconnect":
+                    raise HttpError(400, "the client went away before sending the body")
+                chunk: bytes = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+                if len(chunks) > MAX_BODY_PARTS:
+                    raise HttpError(
+                        413,
+                        f"the body came in more than {MAX_BODY_PARTS} parts",
+                        headers=[(b"connection", b"close")],
+                    )
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+        self.body_timeouts += 1
+        raise HttpError(
+            408,
+            f"the body did not arrive within {self.api.body_timeout:g} s",
+            headers=[(b"connection", b"close")],
+        )
+
+    async def _act(
+        self,
+        action: str,
+        handler: Callable[..., Awaitable[dict[str, Any]]],
+        arguments: dict[str, Any],
+        caller: Caller,
+    ) -> Answer:
+        self._log.info("api.action", action=action, caller=caller.name, **arguments)
+        try:
+            result = await handler(caller=caller, **arguments)
+        except Refused as exc:
+            payload = {k: v for k, v in exc.payload.items() if k != "error"}
+            body: dict[str, Any] = {"error": exc.detail, **payload}
+            if self.redactor is not None:
+                body = self.redactor.record(body) or {"error": self.redactor.text(exc.detail)}
+            self._log.info("api.refused", action=action, caller=caller.name, detail=exc.detail)
+            return json_answer(409, body, detail=str(body["error"]))
+        except Exception:
+            self._log.exception("api.action_failed", action=action, caller=caller.name)
+            return json_answer(500, {"error": "internal error"}, detail="internal error")
+        detail = result.get("detail") if isinstance(result, Mapping) else None
+        return json_answer(200, result, detail=detail if isinstance(detail, str) else "ok")
+
+    @staticmethod
+    def _entry(
+        note: _AuditNote, *, stage: str, status: int | None = None, detail: str = ""
+    ) -> AuditEntry:
+        return AuditEntry(
+            caller=note.caller.name if note.caller else "anonymous",
+            role=note.caller.role if note.caller else None,
+            action=note.action,
+            arguments=note.arguments,
+            status=status,
+            detail=detail,
+            stage=stage,
+        )
+
+    async def _write_entry(self, entry: AuditEntry) -> bool:
+        """Write one audit line from a worker thread; False when it is not on disk."""
+        # write() never raises for I/O; anything else is our bug, counted
+        # like a failed write so that an action is refused rather than unaudited.
+        try:
+            return await trio.to_thread.run_sync(self.audit.write, entry)
+        except Exception:
+            self.audit.failures += 1
+            self._log.exception("api.audit_failed", action=entry.action)
+            return False
+
+    async def _write_result(self, note: _AuditNote, status: int, detail: str) -> None:
+        await self._write_entry(self._entry(note, stage="result", status=status, detail=detail))
+
+    async def _record(self, note: _AuditNote, answer: Answer) -> None:
+        """The audit line(s) for an answered action request."""
+        if note.caller is None and answer.status in _ANONYMOUS_REFUSALS:
+            # Anonymous refusals change nothing and cost an attacker nothing:
+            # counted per source and minute, not one fsync each.
+            for entry in self.audit.tally_refusal(
+                source=note.source, action=note.action, status=answer.status, detail=answer.detail
+            ):
+                await self._write_entry(entry)
+            return
+        if note.unaudited:
+            return  # refused because the attempt line failed: nothing happened
+        await self._write_result(note, answer.status, answer.detail)
+
+    async def flush_audit(self, *, final: bool = False) -> None:
+        """Write the refusal counts of minutes that are over (all of them when ``final``)."""
+        for entry in self.audit.finished_refusals(final=final):
+            await self._write_entry(entry)
+
+    @staticmethod
+    async def _send(send: Send, answer: Answer, *, head: bool) -> None:
+        headers = [
+            (b"content-type", answer.content_type),
+            (b"content-length", str(len(answer.body)).encode("ascii")),
+            *_BASE_HEADERS,
+            *answer.headers,
+        ]
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if head else answer.body})
+
+    # ---------------------------------------------------------- handlers
+
+    async def _healthz(self) -> Answer:
+        alive, detail = self.sup.liveness()
+        return json_answer(200 if alive else 503, {"alive": bool(alive), "detail": detail})
+
+    async def _readyz(self) -> Answer:
+        ready, reasons = self.sup.readiness_gate()
+        return json_answer(200 if ready else 503, {"ready": bool(ready), "reasons": list(reasons)})
+
+    async def _metrics(self) -> Answer:
+        body, content_type = self.sup.metrics_text()
+        return Answer(
+            200, body + self._server_metrics(), content_type=content_type.encode("latin-1")
+        )
+
+    def _server_metrics(self) -> bytes:
+        """The API's own counters, in the Prometheus text format, appended to the core's."""
+        st = self.stats
+        # (name, type, help, label, {label value: sample}); label None: one unlabelled sample.
+        families: tuple[tuple[str, str, str, str | None, dict[str, float]], ...] = (
+            ("connections_total", "counter",
+             "API connections: served, or evicted before their request to make room.",
+             "outcome", {"accepted": st.accepted, "evicted": st.evicted}),
+            ("connections_open", "gauge", "API connections open now.", None, {"": st.open}),
+            ("accept_pauses_total", "counter",
+             "Times accepting paused: every connection was serving a request (newcomers wait).",
+             None, {"": st.accept_pauses}),
+            ("accept_paused_seconds_total", "counter",
+             "Seconds accepting was paused with every connection serving a request.",
+             None, {"": st.paused_seconds}),
+            ("timeouts_total", "counter", "API connections or requests ended by a deadline.",
+             "kind", {"header": st.header_timeouts, "keep_alive": st.keep_alive_timeouts,
+                      "send": st.send_timeouts, "body": self.body_timeouts}),
+            ("connection_errors_total", "counter",
+             "API connections that ended with an error (logged, never raised).",
+             None, {"": st.errors}),
+            ("audit_failures_total", "counter", "Audit lines that could not be written.",
+             None, {"": self.audit.failures}),
+            ("unaudited_refusals_total", "counter",
+             "Actions refused (503) because their audit line could not be written.",
+             None, {"": self.audit_refusals}),
+        )  # fmt: skip
+        lines = []
+        for name, kind, text, label, samples in families:
+            full = f"supervisor_api_{name}"
+            lines += [f"# HELP {full} {text}", f"# TYPE {full} {kind}"]
+            for value, count in samples.items():
+                labels = "" if label is None else f'{{{label}="{value}"}}'
+                lines.append(f"{full}{labels} {float(count)}")
+        return ("\n".join(lines) + "\n").encode("ascii")
+
+    async def _status(self) -> Answer:
+        return json_answer(200, self.sup.status())
+
+    async def _readiness(self) -> Answer:
+        # 200 either way: the request worked; the report's "ok" says the rest.
+        return json_answer(200, self.sup.readiness().as_dict())
+
+    async def _errors(self, limit: str | None = None, system: str | None = None) -> Answer:
+        count = DEFAULT_ERRORS_LIMIT
+        if limit is not None:
+            if not _LIMIT_RE.fullmatch(limit) or not 1 <= int(limit) <= MAX_ERRORS_LIMIT:
+                raise HttpError(
+                    400,
+                    f"query parameter 'limit' must be a whole number from 1 to {MAX_ERRORS_LIMIT}",
+                )
+            count = int(limit)
+        if system is not None and (
+            not system or len(system) > _MAX_SYSTEM_NAME or not system.isprintable()
+        ):
+            raise HttpError(400, "query parameter 'system' must be a system name")
+        return json_answer(200, self.sup.error_view(limit=count, system=system))
+
+    async def _shutdown(self, *, caller: Caller, emergency: bool, reason: str) -> dict[str, Any]:
+        return await self.sup.shutdown(emergency=emergency, reason=reason, caller=caller)
+
+    async def _restart(self, *, caller: Caller) -> dict[str, Any]:
+        return await self.sup.restart(caller=caller)
+
+    async def _phase(
+        self, *, caller: Caller, phase: str, force: bool, reason: str
+    ) -> dict[str, Any]:
+        return await self.sup.change_phase(phase, force=force, reason=reason, caller=caller)
+
+
+def make_app(
+    sup: Controlled,
+    *,
+    api: ApiConfig,
+    tcp: bool,
+    audit: AuditLog,
+    redactor: Redactor | None = None,
+    stats: ServerStats | None = None,
+) -> ASGIApp:
+    """Build the ASGI app serving ``sup``.
+
+    Args:
+        sup: the supervisor (anything implementing :class:`Controlled`).
+        api: the ``[api]`` section: the token hashes, ``max_body``, ``body_timeout``.
+        tcp: True when the app is served on TCP: a token is then always needed.
+        audit: where every action request is recorded.
+        redactor: applied to error answers (the audit log has its own).
+        stats: the listener's counters, shown in ``/metrics``
+            (:func:`~supervisor._server._serve.serve_api` uses the app's own
+            when given none).
+
+    Returns:
+        The ASGI 3 application, for
+        :func:`~supervisor._server._serve.serve_api` or any ASGI server.
+    """
+    return Api(
+        sup=sup, api=api, tcp=tcp, audit=audit, redactor=redactor, stats=stats or ServerStats()
+    )

@@ -1,0 +1,310 @@
+"""What a request to the API may be, and how an answer is made: no I/O, no state.
+
+The route table, the JSON schemas of the actions, and the parsers that turn
+a request's path, method, query string, headers and body into checked values
+or an :class:`HttpError` (404, 405, 400, 401). :mod:`supervisor._server._app`
+applies them in its fixed order; keeping them here leaves the app with the
+order and the calls into the supervisor, and makes each parser testable
+without a server.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import pwd
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from typing import Any, Final
+from urllib.parse import parse_qsl
+
+import attrs
+
+from .._address import MAX_REASON
+from .._core._phase import Phase
+
+__all__ = [
+    "JSON_TYPE",
+    "ROUTES",
+    "ASGIApp",
+    "Answer",
+    "HttpError",
+    "Receive",
+    "Route",
+    "Scope",
+    "Send",
+    "echo",
+    "header_values",
+    "json_answer",
+    "parse_object",
+    "query",
+    "resolve",
+    "scope_peer_uid",
+    "source_of",
+    "uid_name",
+    "unauthorized",
+    "validate",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON_TYPE: Final = b"application/json"
+_MAX_PHASE_NAME: Final = 64
+# Echoed back in a 400 naming an unknown key: enough to recognise a typo.
+_MAX_ECHO: Final = 40
+
+
+@attrs.frozen
+class Answer:
+    status: int
+    body: bytes
+    content_type: bytes = JSON_TYPE
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    detail: str = "ok"  # what the audit log records as the result
+
+
+class HttpError(Exception):
+    """An error answer, raised from anywhere in request handling."""
+
+    def __init__(
+        self, status: int, message: str, *, headers: Iterable[tuple[bytes, bytes]] = ()
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = tuple(headers)
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN and infinities (not JSON) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _json_default(obj: Any) -> Any:
+    # A status dict from the core may hold values json does not know; an odd
+    # type must not turn a status request into a 500.
+    if attrs.has(type(obj)):
+        return attrs.asdict(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=str)
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return "[bytes]"
+    return str(obj)
+
+
+def _dumps(obj: Any) -> bytes:
+    try:
+        text = json.dumps(obj, allow_nan=False, ensure_ascii=False, default=_json_default)
+    except ValueError:  # a NaN or an infinity somewhere
+        text = json.dumps(_finite(obj), allow_nan=False, ensure_ascii=False, default=_json_default)
+    return text.encode("utf-8") + b"\n"
+
+
+def json_answer(
+    status: int, obj: Any, *, detail: str = "ok", headers: Iterable[tuple[bytes, bytes]] = ()
+) -> Answer:
+    return Answer(status, _dumps(obj), headers=tuple(headers), detail=detail)
+
+
+def echo(text: str) -> str:
+    """A user-supplied name, shortened for an error message."""
+    return repr(text if len(text) <= _MAX_ECHO else text[:_MAX_ECHO] + "...")
+
+
+# ------------------------------------------------------------------- routes
+
+
+@attrs.frozen
+class Route:
+    method: str  # "GET" routes answer HEAD too
+    handler: str  # name of a method of the app (_app._Api)
+    params: frozenset[str] = frozenset()  # allowed query parameters
+    public: bool = False  # probes: no token ever looked at
+    action: str | None = None  # audited control action
+
+
+ROUTES: Final[Mapping[str, Route]] = {
+    "/healthz": Route("GET", "_healthz", public=True),
+    "/readyz": Route("GET", "_readyz", public=True),
+    "/metrics": Route("GET", "_metrics"),
+    "/v1/status": Route("GET", "_status"),
+    "/v1/readiness": Route("GET", "_readiness"),
+    "/v1/errors": Route("GET", "_errors", params=frozenset({"limit", "system"})),
+    "/v1/shutdown": Route("POST", "_shutdown", action="shutdown"),
+    "/v1/restart": Route("POST", "_restart", action="restart"),
+    "/v1/phase": Route("POST", "_phase", action="phase"),
+}
+
+# Per action: key -> (type, default); a default of _REQUIRED means the key must be given.
+_REQUIRED: Final = object()
+_SCHEMAS: Final[Mapping[str, Mapping[str, tuple[type, Any]]]] = {
+    "shutdown": {"emergency": (bool, False), "reason": (str, "")},
+    "restart": {},
+    "phase": {"phase": (str, _REQUIRED), "force": (bool, False), "reason": (str, "")},
+}
+_TYPE_NAMES: Final = {bool: "true or false", str: "a string"}
+
+
+class _DuplicateKey(ValueError):
+    """Raised while parsing a JSON body that names one key twice."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A repeated key is ambiguous (which one did the caller mean, and which
+    # one would the audit log show?), so it is refused rather than last-wins.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"duplicate key {echo(key)}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; an empty body is ``{}``.
+
+    Raises:
+        HttpError: 400, the body is not UTF-8 JSON or not an object.
+    """
+    if not body.strip():
+        return {}
+    try:
+        obj = json.loads(
+            body.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
+        )
+    except _DuplicateKey as exc:
+        raise HttpError(400, f"invalid JSON body: {exc}") from None
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise HttpError(400, "the body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise HttpError(400, "the body must be a JSON object")
+    return obj
+
+
+def validate(action: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of ``action`` from ``obj``, with defaults filled in.
+
+    Raises:
+        HttpError: 400 naming the first unknown, missing or mistyped key.
+    """
+    schema = _SCHEMAS[action]
+    for key in obj:
+        if key not in schema:
+            known = ", ".join(schema) or "none"
+            raise HttpError(400, f"unknown key {echo(key)} (known keys: {known})")
+    out: dict[str, Any] = {}
+    for key, (kind, default) in schema.items():
+        if key not in obj:
+            if default is _REQUIRED:
+                raise HttpError(400, f"missing key {key!r}")
+            out[key] = default
+            continue
+        value = obj[key]
+        # type() rather than isinstance: True is an int, and 1 is not a bool.
+        if type(value) is not kind:
+            raise HttpError(400, f"key {key!r} must be {_TYPE_NAMES[kind]}")
+        out[key] = value
+    if len(out.get("reason", "")) > MAX_REASON:
+        raise HttpError(400, f"key 'reason' must be at most {MAX_REASON} characters")
+    if action == "phase":
+        if len(out["phase"]) > _MAX_PHASE_NAME:
+            raise HttpError(400, "key 'phase' names no phase")
+        try:
+            out["phase"] = Phase.parse(out["phase"]).value
+        except ValueError as exc:
+            raise HttpError(400, f"key 'phase': {exc}") from None
+    return out
+
+
+def query(scope: Scope, allowed: frozenset[str]) -> dict[str, str]:
+    """The query parameters, each at most once and all of them known.
+
+    Raises:
+        HttpError: 400 naming the unknown or repeated parameter.
+    """
+    raw: bytes = scope.get("query_string", b"")
+    if not raw:
+        return {}
+    try:
+        pairs = parse_qsl(
+            raw.decode("ascii"),
+            keep_blank_values=True,
+            strict_parsing=True,
+            errors="strict",
+            max_num_fields=len(allowed) + 1,
+        )
+    except ValueError:  # bad syntax, too many fields, or not UTF-8 once unquoted
+        raise HttpError(400, "malformed query string") from None
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        if key not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise HttpError(400, f"unknown query parameter {echo(key)} (known: {known})")
+        if key in out:
+            raise HttpError(400, f"query parameter {key!r} given twice")
+        out[key] = value
+    return out
+
+
+def resolve(path: str, method: str) -> Route:
+    """The route for ``method path`` (HEAD counts as GET).
+
+    Raises:
+        HttpError: 404 for an unknown path, 405 (with ``Allow``) for a wrong method.
+    """
+    route = ROUTES.get(path)
+    if route is None:
+        raise HttpError(404, f"no such endpoint: {echo(path)}")
+    if method == route.method or (method == "HEAD" and route.method == "GET"):
+        return route
+    allow = b"GET, HEAD" if route.method == "GET" else route.method.encode()
+    raise HttpError(405, f"{path} takes {route.method}", headers=[(b"allow", allow)])
+
+
+def header_values(scope: Scope, name: bytes) -> list[bytes]:
+    return [v for k, v in scope.get("headers", ()) if k.lower() == name]
+
+
+def scope_peer_uid(scope: Scope) -> int | None:
+    """The Unix peer's uid our listener put in the scope, or None (TCP, or another server)."""
+    extensions = scope.get("extensions") or {}
+    uid = extensions.get("peer_uid")
+    return uid if type(uid) is int else None
+
+
+def uid_name(uid: int) -> str:
+    """``uid:N(name)``, or ``uid:N`` when the user database has no name for it."""
+    try:
+        return f"uid:{uid}({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid:{uid}"
+
+
+def source_of(scope: Scope) -> str:
+    """Where a request came from, for aggregating anonymous refusals: an address, or a uid."""
+    uid = scope_peer_uid(scope)
+    if uid is not None:
+        return f"uid:{uid}"
+    client = scope.get("client")
+    return str(client[0]) if client else "local"
+
+
+def unauthorized(message: str, *, invalid: bool) -> HttpError:
+    challenge = b'Bearer error="invalid_token"' if invalid else b"Bearer"
+    return HttpError(401, message, headers=[(b"www-authenticate", challenge)])
