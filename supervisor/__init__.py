@@ -1,6 +1,6 @@
 """supervisor: a fixed-tick game-server supervisor runtime on trio.
 
-The core -- the tick loop, SafeCall, phases and snapshots (``_supervisor``,
+The core -- the tick loop, SafeCall, phases and snapshots (``_runtime``,
 ``_safecall``, ``_timing``, ``_phase``, ``_snapshot``) -- imports nothing
 from the layers built on it: the CLI (``_cli``, ``_client``, ``_live``) and
 the HTTP API (``_api``, ``_audit``), which reach it through ``sup.services``
@@ -37,8 +37,9 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
+    from ._core._runtime import Supervisor
     from ._core._safecall import ErrorGroup, ErrorRecord
-    from ._core._supervisor import RunSummary, Supervisor, SupervisorStats, SystemStats
+    from ._core._views import RunSummary, SupervisorStats, SystemStats
     from ._logging import configure_logging
 
 #: Public names loaded on first use: {name: module}.
@@ -46,10 +47,10 @@ _LAZY = {
     "configure_logging": "._logging",
     "ErrorGroup": "._core._safecall",
     "ErrorRecord": "._core._safecall",
-    "RunSummary": "._core._supervisor",
-    "Supervisor": "._core._supervisor",
-    "SupervisorStats": "._core._supervisor",
-    "SystemStats": "._core._supervisor",
+    "RunSummary": "._core._views",
+    "Supervisor": "._core._runtime",
+    "SupervisorStats": "._core._views",
+    "SystemStats": "._core._views",
 }
 
 

@@ -74,9 +74,10 @@ from .._files import UnsafePathError, check_output_path
 from .._logging import get_logger
 from ._audit import AuditEntry, AuditLog
 from ._listener import ConnectionLimits, ServerStats, make_ssl_context, serve_connections
+from ._metrics import install as install_metrics
 
 if TYPE_CHECKING:
-    from .._core._supervisor import Supervisor
+    from .._core._runtime import Supervisor
 
 __all__ = [
     "ASGIApp",
@@ -749,7 +750,7 @@ class _Api:
         return ("\n".join(lines) + "\n").encode("ascii")
 
     async def _status(self) -> _Answer:
-        return _json(200, self.sup.status())
+        return _json(200, self.sup.status().as_dict())
 
     async def _readiness(self) -> _Answer:
         # 200 either way: the request worked; the report's "ok" says the rest.
@@ -768,18 +769,20 @@ class _Api:
             not system or len(system) > _MAX_SYSTEM_NAME or not system.isprintable()
         ):
             raise _HttpError(400, "query parameter 'system' must be a system name")
-        return _json(200, self.sup.error_view(limit=count, system=system))
+        return _json(200, self.sup.error_view(limit=count, system=system).as_dict())
 
     async def _shutdown(self, *, caller: Caller, emergency: bool, reason: str) -> dict[str, Any]:
-        return await self.sup.shutdown(emergency=emergency, reason=reason, caller=caller)
+        answer = await self.sup.shutdown(emergency=emergency, reason=reason, caller=caller)
+        return answer.as_dict()
 
     async def _restart(self, *, caller: Caller) -> dict[str, Any]:
-        return await self.sup.restart(caller=caller)
+        return (await self.sup.restart(caller=caller)).as_dict()
 
     async def _phase(
         self, *, caller: Caller, phase: str, force: bool, reason: str
     ) -> dict[str, Any]:
-        return await self.sup.change_phase(phase, force=force, reason=reason, caller=caller)
+        answer = await self.sup.change_phase(phase, force=force, reason=reason, caller=caller)
+        return answer.as_dict()
 
 
 def make_app(
@@ -1110,7 +1113,7 @@ def attach_api(sup: Supervisor) -> None:
         ConfigError: ``[api] listen`` is malformed, or ``[api] audit_log``
             exists and is not a regular file.
     """
-    api = sup.config.api
+    api = sup.active_config.api
     source = sup.config.source
     try:
         addr = parse_listen(api.listen)
@@ -1129,6 +1132,7 @@ def attach_api(sup: Supervisor) -> None:
         lambda: None if audit.writable() else f"the audit log {audit_path} is not writable"
     )
     app = _Api(sup=sup, api=served, tcp=addr.is_tcp, audit=audit, redactor=sup.redactor)
+    install_metrics(sup)  # GET /metrics: the core imports no metrics library
 
     async def flush_refusals() -> None:
         try:

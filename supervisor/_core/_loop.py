@@ -1,0 +1,117 @@
+"""The tick loop: sleep to the schedule's deadline, step the systems, run the post-tick chores.
+
+Post-tick chores are registered, in a documented order (``Supervisor``
+registers them; a later capability adds its own after them): each has a
+cheap ``due`` test, called once per tick, and its work, run only when due.
+The order today: close half-open breakers, log watchdog hang events, retry
+quarantined systems, probe health, periodic snapshot, optimizer, then the
+commands queued by callers outside the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import attrs
+import trio
+
+from ._kernel import Kernel
+from ._schedule import TickSchedule
+from ._slots import RING_MASK
+from ._steps import Steps
+from ._timing import make_sleeper
+
+__all__ = ["PostTick", "TickLoop"]
+
+
+@attrs.frozen
+class PostTick:
+    """A chore after each tick: ``run(deadline)`` when ``due(deadline)``."""
+
+    name: str
+    due: Callable[[float], bool]
+    run: Callable[[float], Awaitable[None]]
+
+
+class TickLoop:
+    """Drives ticks until the run state says stop (or the tick or time limit is reached)."""
+
+    def __init__(self, kernel: Kernel, steps: Steps) -> None:
+        self._k = kernel
+        self._steps = steps
+        #: The post-tick chores, in the order they run.
+        self.chores: list[PostTick] = []
+
+    def add_chore(
+        self, name: str, due: Callable[[float], bool], run: Callable[[float], Awaitable[None]]
+    ) -> None:
+        """Register a post-tick chore; it runs after those registered before it."""
+        self.chores.append(PostTick(name, due, run))
+
+    async def run(self) -> None:
+        """Tick until ``run.stopping``, the run's end time, or its tick limit."""
+        k = self._k
+        run = k.run
+        cfg = k.active.supervisor
+        sleep_until, sleeper = make_sleeper(precise=k.active.features.precise_timing)
+        current_time = trio.current_time
+        timer = k.timer
+        lateness = k.lateness
+        work = k.work
+        work_ring = k.work_ring
+        loop = k.loop
+        run_tick = self._steps.run_tick
+        chores = self.chores
+        skip = cfg.overrun == "skip"
+        sched = TickSchedule(
+            anchor=current_time(), rate=k.rate, skip=skip, max_catch_up=cfg.max_catch_up
+        )
+        end = run.end_time
+        last_tick = run.tick_limit
+        if sleeper is not None:
+            sleeper.set_period(1.0 / sched.rate)
+        try:
+            while not run.stopping:
+                if k.pending_rate is not None:
+                    k.apply_rate()
+                    sched.rerate(k.rate)
+                    if sleeper is not None:
+                        sleeper.set_period(1.0 / k.rate)
+                deadline = sched.deadline()
+                now = current_time()
+                if now < deadline:
+                    await sleep_until(deadline)
+                    now = current_time()
+                else:
+                    dropped = sched.catch_up(now)
+                    if dropped:
+                        k.dropped_ticks += dropped
+                        if skip:
+                            continue
+                        deadline = sched.deadline()
+                    await trio.lowlevel.checkpoint()
+                if run.stopping or deadline >= end:
+                    break
+                lateness.record(now - deadline)
+                loop.now = deadline
+                run.last_tick_at = now
+                if k.throttled:
+                    tick = loop.tick
+                    k.runnable = [s for s in k.active_slots if (tick + s.offset) % s.every == 0]
+                t0 = timer()
+                await run_tick()
+                elapsed = timer() - t0
+                work.record(elapsed)
+                work_ring[loop.tick & RING_MASK] = elapsed
+                if elapsed > k.budget:
+                    k.overruns += 1
+                loop.tick += 1
+                sched.advance()
+                for chore in chores:
+                    if chore.due(deadline):
+                        await chore.run(deadline)
+                if last_tick is not None and loop.tick >= last_tick:
+                    break
+        finally:
+            if sleeper is not None:
+                sleeper.close()
