@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from .._errors import ConfigError
 from ._config import Config
 from ._histogram import Histogram
 from ._phase import Phase, PhaseMachine
@@ -45,6 +46,12 @@ def non_negative(value: float, default: float) -> float:
     (where it silently disables the check).
     """
     return value if isinstance(value, int | float) and 0 <= value < math.inf else default
+
+
+def validate_rate(hz: float) -> None:
+    """Refuse a tick rate outside 0.1 to 10000 Hz (ConfigError)."""
+    if isinstance(hz, bool) or not isinstance(hz, int | float) or not 0.1 <= hz <= 10_000:
+        raise ConfigError(f"tick rate must be between 0.1 and 10000 Hz, got {hz!r}")
 
 
 @attrs.define(eq=False)
@@ -179,7 +186,12 @@ class Kernel:
             self.budget = self.budget_fraction * self.loop.dt
 
     def set_tick_rate(self, hz: float) -> None:
-        """Ask for a new rate: taken now when not running, else by the loop at its next tick."""
+        """Ask for a new rate: taken now when not running, else by the loop at its next tick.
+
+        Raises:
+            ConfigError: ``hz`` is out of range.
+        """
+        validate_rate(hz)
         self.pending_rate = float(hz)
         if not self.run.running:
             self.apply_rate()

@@ -12,43 +12,36 @@ public surface; it owns the run state (``RunState``, fresh per ``run()``).
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import gc
-import math
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import attrs
 import trio
 
-from .._errors import ConfigError, DependencyError, PluginError, StartupError, SupervisorError
+from .._errors import ConfigError
 from .._logging import get_logger
 from ._commands import CommandQueue
 from ._config import Config
-from ._context import Context
 from ._control import Caller, LifecycleEvent, ReadinessReport
 from ._failures import FailureRecorder
 from ._gauges import GaugeDesk
 from ._histogram import Histogram
 from ._housekeeping import Housekeeper
-from ._kernel import Kernel, RunState
+from ._kernel import Kernel, RunState, validate_rate
 from ._lifecycle import Lifecycle
-from ._loop import TickLoop
 from ._optimizer import Optimizer
 from ._phase import Phase, PhaseMachine
-from ._plugins import build, discover, inspect_system, is_import_string, load_target
-from ._plugins import order as dependency_order
 from ._profiles import MachineFacts, choose_profile, detect_facts
 from ._recovery import Recovery
 from ._redact import Redactor
-from ._safecall import Breaker, ErrorLog
+from ._registry import register as add_system
+from ._registry import register_from_config
+from ._runner import Runner
+from ._safecall import ErrorLog
 from ._services import Services
-from ._slots import LoopState, Slot
+from ._slots import LoopState
 from ._snapshot import SnapshotStore
 from ._snapshotter import Snapshotter
 from ._steps import Steps
@@ -63,29 +56,11 @@ from ._views import (
     StatusView,
     SupervisorStats,
 )
-from ._watchdog import Watchdog
 
 __all__ = ["Supervisor"]
 
 #: Lifecycle events kept (a ring: the oldest go first).
 LIFECYCLE_HISTORY = 1000
-
-
-def _validate_rate(hz: float) -> None:
-    if isinstance(hz, bool) or not isinstance(hz, int | float) or not 0.1 <= hz <= 10_000:
-        raise ConfigError(f"tick rate must be between 0.1 and 10000 Hz, got {hz!r}")
-
-
-def _default_name(factory: Any, target: str) -> str:
-    """The name an import-string system runs under: its ``name`` default, else its class name."""
-    if attrs.has(factory):
-        field = attrs.fields_dict(factory).get("name")
-        default = field.default if field is not None else None
-    else:
-        default = getattr(factory, "name", None)
-    if isinstance(default, str) and default:
-        return default
-    return target.rpartition(":")[2].lower()
 
 
 class Supervisor:
@@ -126,7 +101,7 @@ class Supervisor:
             active.profiles, profile or active.supervisor.profile, self.facts
         )
         rate = tick_rate or active.supervisor.tick_rate or self.profile.tick_rate
-        _validate_rate(rate)
+        validate_rate(rate)
         fraction = active.supervisor.budget_fraction or self.profile.budget_fraction
         #: Whether snapshots are written (``supervisor.testing`` turns it off).
         self.persist = persist
@@ -194,7 +169,18 @@ class Supervisor:
             facts=self.facts,
             profile=(self.profile.name, self.profile_reason),
         )
-        self._loop = self._tick_loop()
+        self._runner = Runner(
+            k,
+            recorder=self._recorder,
+            steps=self._steps,
+            recovery=self._recovery,
+            snapshots=self._snapshotter,
+            tuning=self._tuning,
+            housekeeper=self._housekeeper,
+            services=self._services,
+            lifecycle=self._lifecycle,
+            commands=self._commands,
+        )
         #: Long-running services started with each run (see ``_services``): the
         #: HTTP API registers itself here; the core does not import it.
         self.services: list[Callable[..., Awaitable[Any]]] = self._services.services
@@ -206,38 +192,6 @@ class Supervisor:
         self.sink_checks: list[Callable[[], str | None]] = self._surface.sink_checks
         #: The Prometheus exposition, installed by the server layer (``_server._metrics``).
         self.metrics_exporter: Callable[[], tuple[bytes, str]] | None = None
-
-    def _tick_loop(self) -> TickLoop:
-        """The tick loop, with the post-tick chores in their documented order."""
-        loop = TickLoop(self._k, self._steps)
-        recovery, snaps, tuning, commands = (
-            self._recovery,
-            self._snapshotter,
-            self._tuning,
-            self._commands,
-        )
-
-        async def close_half_open(_deadline: float) -> None:
-            recovery.close_half_open()
-
-        async def drain_watchdog(_deadline: float) -> None:
-            self._drain_watchdog()
-
-        async def periodic_snapshot(_deadline: float) -> None:
-            assert self._k.run.nursery is not None
-            await snaps.periodic(self._k.run.nursery)
-
-        async def optimize(deadline: float) -> None:
-            tuning.step(deadline)
-
-        loop.add_chore("close_half_open", lambda _d: bool(recovery.half_open), close_half_open)
-        loop.add_chore("watchdog", lambda _d: self._watchdog_events(), drain_watchdog)
-        loop.add_chore("retry", lambda d: recovery.next_retry <= d, recovery.retry)
-        loop.add_chore("health", lambda d: recovery.next_health <= d, recovery.check_health)
-        loop.add_chore("snapshot", lambda d: snaps.next_due <= d, periodic_snapshot)
-        loop.add_chore("optimizer", lambda d: tuning.next_due <= d, optimize)
-        loop.add_chore("commands", lambda _d: bool(commands), commands.drain_after_tick)
-        return loop
 
     # ------------------------------------------------------------------ registration
 
@@ -257,51 +211,7 @@ class Supervisor:
 
     def register_from_config(self) -> None:
         """Register the systems named by the config (see ``from_config``)."""
-        cfg = self._k.active.systems
-        found = discover()
-        enabled = cfg.enabled if cfg.enabled is not None else tuple(found)
-        source = self.config.source
-        configured: set[str] = set()
-        for entry in enabled:
-            options = dict(cfg.options.get(entry, {}))
-            target = options.pop("use", None) or entry
-            if is_import_string(target):
-                factory = load_target(target, system=entry)
-                origin = f"import string ({target})"
-                name = entry
-                if is_import_string(entry):
-                    name = _default_name(factory, target)
-                    options = dict(cfg.options.get(name, {}))
-                    options.pop("use", None)
-                    configured.add(name)
-            elif target in found:
-                src = found[target]
-                factory = src.load()
-                origin = f"{src.origin}: {src.target}"
-                name = entry
-            else:
-                known = ", ".join(sorted(found)) or "none installed"
-                raise ConfigError(
-                    f"unknown system {target!r} (discoverable: {known}; or use 'pkg.module:Class')",
-                    source=source,
-                    key="systems.enabled",
-                )
-            configured.add(entry)
-            # The same factory builds it now and again on every restart.
-            make = functools.partial(build, name, factory, options, source=source)
-            self.register(make(), name=name, origin=origin, factory=make)
-        try:
-            dependency_order(s.info for s in self._k.slots.values())
-        except DependencyError as exc:
-            # Found here, before anything starts, and reported against the config.
-            raise ConfigError(str(exc), source=source, key="systems") from None
-        for name in cfg.options:
-            if name not in configured:
-                raise ConfigError(
-                    "configures a system that is not enabled (add it to [systems] enabled)",
-                    source=source,
-                    key=f"systems.{name}",
-                )
+        register_from_config(self._k)
 
     def register(
         self,
@@ -324,30 +234,7 @@ class Supervisor:
         Raises:
             PluginError: the system is invalid or the name is taken.
         """
-        k = self._k
-        if k.run.running:
-            raise PluginError("cannot register while running", system=name)
-        if name is None:
-            name = getattr(system, "name", None) or type(system).__name__.lower()
-        if name in k.slots:
-            raise PluginError("a system of this name is already registered", system=name)
-        info = inspect_system(system, name, origin)
-        slot = Slot(
-            name=name,
-            system=system,
-            info=info,
-            tick_fn=info.tick.fn,
-            tick_async=info.tick.is_async,
-            factory=factory,
-            breaker=Breaker.of(k.active.recovery),
-        )
-        slot.ctx = Context(k, slot, get_logger(system=name))
-        slot.offset = len(k.slots)
-        k.slots[name] = slot
-        # The system's own name, when it keeps one, is the name it runs under.
-        if getattr(system, "name", name) != name:
-            with contextlib.suppress(AttributeError, TypeError):
-                system.name = name
+        add_system(self._k, system, name=name, origin=origin, factory=factory)
 
     def system(self, name: str) -> Any:
         """The registered system called ``name``.
@@ -502,7 +389,6 @@ class Supervisor:
         Raises:
             ConfigError: ``hz`` is out of range.
         """
-        _validate_rate(hz)
         self._k.set_tick_rate(hz)
 
     def stop(self, reason: str = "stop requested") -> None:
@@ -514,33 +400,6 @@ class Supervisor:
         self._k.request_emergency(reason, source=source)
 
     # ------------------------------------------------------------------ run
-
-    async def _watch_signals(self) -> None:
-        run = self._k.run
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if run.stopping:
-                    self._k.log.warning("supervisor.force_stop", signal=name)
-                    run.force = True
-                    run.scope.cancel()
-                    return
-                self._k.log.info("supervisor.signal", signal=name)
-                self.stop(f"signal {name}")
-
-    def _watchdog_events(self) -> bool:
-        watchdog = self._lifecycle.watchdog
-        return watchdog is not None and bool(watchdog.events)
-
-    def _drain_watchdog(self) -> None:
-        watchdog = self._lifecycle.watchdog
-        assert watchdog is not None
-        events = watchdog.events
-        while events:
-            event = events.popleft()
-            self._k.log.warning(
-                "system.hang", system=event.system, tick=event.tick, elapsed=round(event.elapsed, 3)
-            )
 
     async def run(
         self,
@@ -567,9 +426,6 @@ class Supervisor:
             DependencyError: unknown dependencies or a cycle.
         """
         k = self._k
-        if k.run.running:
-            raise RuntimeError("this supervisor is already running")
-        run = k.run = RunState(running=True)
         k.log.info(
             "supervisor.start",
             phase=self.phase.value,
@@ -577,119 +433,19 @@ class Supervisor:
             profile=self.profile.name,
             systems=len(k.slots),
         )
-        try:
-            with run.scope:
-                await self._serve(
-                    ticks, duration, exit_on_emergency, handle_signals, resume, task_status
-                )
-        finally:
-            run.running = False
-            self._commands.draining = False
-            self._commands.drain()
-            self._recorder.flush(all_folds=True)
-            run.stopped.set()
-        if run.startup_error is not None:
-            # Raised here, outside the nursery, so callers get the error itself
-            # and not an exception group around it.
-            raise run.startup_error
+        await self._runner.run(
+            ticks=ticks,
+            duration=duration,
+            exit_on_emergency=exit_on_emergency,
+            handle_signals=handle_signals,
+            resume=resume,
+            task_status=task_status,
+        )
         summary = self.summary()
         k.log.info(
             "supervisor.stop", reason=summary.exit_reason, ticks=summary.ticks, phase=summary.phase
         )
         return summary
-
-    async def _serve(
-        self,
-        ticks: int | None,
-        duration: float | None,
-        exit_on_emergency: bool,
-        handle_signals: bool,
-        resume: bool,
-        task_status: trio.TaskStatus[None],
-    ) -> None:
-        k = self._k
-        run = k.run
-        services = self._services
-        async with trio.open_nursery() as nursery:
-            run.nursery = nursery
-            if handle_signals:
-                nursery.start_soon(self._watch_signals)
-            nursery.start_soon(self._housekeeper.run)
-            services.open()
-            for service in services.services:
-                try:
-                    await nursery.start(services.run, service)
-                except SupervisorError as exc:
-                    run.startup_error = exc
-                    await services.close(force=run.force)
-                    nursery.cancel_scope.cancel()
-                    return
-            if k.active.features.watchdog:
-                wd = k.active.watchdog
-                watchdog = Watchdog(
-                    k.loop, hang_timeout=wd.hang_timeout, kill_timeout=wd.kill_timeout
-                )
-                self._lifecycle.watchdog = watchdog
-                watchdog.start()
-            try:
-                if resume:
-                    await self._snapshotter.resume()
-                try:
-                    await self._lifecycle.start_systems()
-                except (StartupError, DependencyError) as exc:
-                    run.startup_error = exc
-                    return
-                now = trio.current_time()
-                run.tick_limit = k.loop.tick + ticks if ticks is not None else None
-                run.end_time = now + duration if duration else math.inf
-                self._snapshotter.schedule()
-                # Everything built so far lives as long as the run: move it out
-                # of the cyclic GC's way, so a full collection stays short.
-                gc.collect()
-                gc.freeze()
-                self._tuning.start(now)
-                self._recovery.next_health = now  # checked after the first tick
-                task_status.started()
-                await self._until_the_end(exit_on_emergency)
-            finally:
-                if self._lifecycle.watchdog is not None:
-                    self._lifecycle.watchdog.stop()
-                    self._lifecycle.watchdog = None
-                await services.close(force=run.force)
-                nursery.cancel_scope.cancel()
-                run.nursery = None
-
-    async def _until_the_end(self, exit_on_emergency: bool) -> None:
-        """Tick; when the loop ends, act on why: an emergency, a restart, or the stop."""
-        run = self._k.run
-        lifecycle = self._lifecycle
-        while True:
-            self._commands.draining = True
-            try:
-                await self._loop.run()
-            finally:
-                self._commands.draining = False
-                self._commands.drain()
-            if run.emergency_reason is not None:
-                if self.phase is not Phase.EMERGENCY_SHUTDOWN:
-                    await lifecycle.enter_emergency()
-                # else: a restart failed and left the preserved state as it was.
-                if exit_on_emergency or not await self._wait_for_restart():
-                    break
-                await lifecycle.restart(from_disk=True)
-            elif run.restart_requested is not None:
-                await lifecycle.restart(from_disk=False)
-            else:
-                await lifecycle.graceful_stop()
-                break
-
-    async def _wait_for_restart(self) -> bool:
-        """In EMERGENCY_SHUTDOWN: wait for ``restart`` (True) or ``stop`` (False)."""
-        run = self._k.run
-        while run.restart_requested is None and not run.stop_reason:
-            run.wake = trio.Event()
-            await run.wake.wait()
-        return run.restart_requested is not None
 
     # ------------------------------------------------------------------ control surface
 

@@ -65,7 +65,7 @@ import hypercorn.config
 import trio
 
 from .._address import MAX_ERRORS_LIMIT, MAX_REASON, ListenAddress, parse_listen
-from .._core._config import ApiConfig
+from .._core._config import ApiConfig, TokenConfig
 from .._core._control import Caller, Controlled, Refused
 from .._core._phase import Phase
 from .._core._redact import Redactor
@@ -417,16 +417,19 @@ class _Api:
     _log: Any = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._tokens = tuple(
-            (t.sha256.lower().encode("ascii"), Caller(name=t.name, role=t.role))
-            for t in self.api.tokens
-        )
+        self.use_tokens(self.api.tokens)
         # The two uids that own the 0600 socket: this process's user and
         # root. Names are looked up once here: getpwuid may block (NSS/LDAP).
         self._owners = {
             uid: Caller(name=_uid_name(uid), role="operator") for uid in {os.getuid(), 0}
         }
         self._log = get_logger(component="api")
+
+    def use_tokens(self, tokens: tuple[TokenConfig, ...]) -> None:
+        """Accept these tokens from now on (the phase in force changed its ``[api] tokens``)."""
+        self._tokens = tuple(
+            (t.sha256.lower().encode("ascii"), Caller(name=t.name, role=t.role)) for t in tokens
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
@@ -1133,6 +1136,8 @@ def attach_api(sup: Supervisor) -> None:
     )
     app = _Api(sup=sup, api=served, tcp=addr.is_tcp, audit=audit, redactor=sup.redactor)
     install_metrics(sup)  # GET /metrics: the core imports no metrics library
+    # The tokens of the phase in force: what readiness judges is what the API accepts.
+    sup.phase_listeners.append(lambda _phase: app.use_tokens(sup.active_config.api.tokens))
 
     async def flush_refusals() -> None:
         try:
