@@ -139,8 +139,8 @@ class Kernel:
     overruns: int = 0
     dropped_ticks: int = 0
     run: RunState = attrs.field(factory=RunState)
-    #: Set by the supervisor: what ``ctx.report`` calls off its fast path.
-    report_gauge: Callable[[Slot, object, object], None] = attrs.field(default=None)
+    #: Set by the supervisor: the gauge desk's ``report`` (``ctx.report`` off its fast path).
+    gauge_reporter: Callable[[Slot, object, object], None] | None = None
 
     @property
     def phase(self) -> Phase:
@@ -176,6 +176,11 @@ class Kernel:
     def system(self, name: str) -> Any:
         """The registered system called ``name`` (KeyError when there is none)."""
         return self.slots[name].system
+
+    def report_gauge(self, slot: Slot, name: object, value: object) -> None:
+        """``ctx.report`` off its fast path: a new name, or a value that is not a plain number."""
+        assert self.gauge_reporter is not None
+        self.gauge_reporter(slot, name, value)
 
     def apply_rate(self) -> None:
         """Take the pending tick rate, if any."""

@@ -19,7 +19,7 @@ from ._kernel import Kernel
 from ._schedule import TickSchedule
 from ._slots import RING_MASK
 from ._steps import Steps
-from ._timing import make_sleeper
+from ._timing import PreciseSleeper, make_sleeper
 
 __all__ = ["PostTick", "TickLoop"]
 
@@ -51,9 +51,39 @@ class TickLoop:
     async def run(self) -> None:
         """Tick until ``run.stopping``, the run's end time, or its tick limit."""
         k = self._k
-        run = k.run
-        cfg = k.active.supervisor
         sleep_until, sleeper = make_sleeper(precise=k.active.features.precise_timing)
+        cfg = k.active.supervisor
+        sched = TickSchedule(
+            anchor=trio.current_time(),
+            rate=k.rate,
+            skip=cfg.overrun == "skip",
+            max_catch_up=cfg.max_catch_up,
+        )
+        if sleeper is not None:
+            sleeper.set_period(1.0 / sched.rate)
+        try:
+            await self._ticks(sched, sleep_until, sleeper)
+        finally:
+            if sleeper is not None:
+                sleeper.close()
+
+    def _rerate(self, sched: TickSchedule, sleeper: PreciseSleeper | None) -> None:
+        """Take the pending rate: the schedule re-anchors, the sleeper learns the new period."""
+        k = self._k
+        k.apply_rate()
+        sched.rerate(k.rate)
+        if sleeper is not None:
+            sleeper.set_period(1.0 / k.rate)
+
+    async def _ticks(
+        self,
+        sched: TickSchedule,
+        sleep_until: Callable[[float], Awaitable[None]],
+        sleeper: PreciseSleeper | None,
+    ) -> None:
+        """The loop itself: every value it touches per tick is a local."""
+        k = self._k
+        run = k.run
         current_time = trio.current_time
         timer = k.timer
         lateness = k.lateness
@@ -62,56 +92,43 @@ class TickLoop:
         loop = k.loop
         run_tick = self._steps.run_tick
         chores = self.chores
-        skip = cfg.overrun == "skip"
-        sched = TickSchedule(
-            anchor=current_time(), rate=k.rate, skip=skip, max_catch_up=cfg.max_catch_up
-        )
         end = run.end_time
         last_tick = run.tick_limit
-        if sleeper is not None:
-            sleeper.set_period(1.0 / sched.rate)
-        try:
-            while not run.stopping:
-                if k.pending_rate is not None:
-                    k.apply_rate()
-                    sched.rerate(k.rate)
-                    if sleeper is not None:
-                        sleeper.set_period(1.0 / k.rate)
-                deadline = sched.deadline()
+        while not run.stopping:
+            if k.pending_rate is not None:
+                self._rerate(sched, sleeper)
+            deadline = sched.deadline()
+            now = current_time()
+            if now < deadline:
+                await sleep_until(deadline)
                 now = current_time()
-                if now < deadline:
-                    await sleep_until(deadline)
-                    now = current_time()
-                else:
-                    dropped = sched.catch_up(now)
-                    if dropped:
-                        k.dropped_ticks += dropped
-                        if skip:
-                            continue
-                        deadline = sched.deadline()
-                    await trio.lowlevel.checkpoint()
-                if run.stopping or deadline >= end:
-                    break
-                lateness.record(now - deadline)
-                loop.now = deadline
-                run.last_tick_at = now
-                if k.throttled:
-                    tick = loop.tick
-                    k.runnable = [s for s in k.active_slots if (tick + s.offset) % s.every == 0]
-                t0 = timer()
-                await run_tick()
-                elapsed = timer() - t0
-                work.record(elapsed)
-                work_ring[loop.tick & RING_MASK] = elapsed
-                if elapsed > k.budget:
-                    k.overruns += 1
-                loop.tick += 1
-                sched.advance()
-                for chore in chores:
-                    if chore.due(deadline):
-                        await chore.run(deadline)
-                if last_tick is not None and loop.tick >= last_tick:
-                    break
-        finally:
-            if sleeper is not None:
-                sleeper.close()
+            else:
+                dropped = sched.catch_up(now)
+                if dropped:
+                    k.dropped_ticks += dropped
+                    if sched.skip:
+                        continue
+                    deadline = sched.deadline()
+                await trio.lowlevel.checkpoint()
+            if run.stopping or deadline >= end:
+                break
+            lateness.record(now - deadline)
+            loop.now = deadline
+            run.last_tick_at = now
+            if k.throttled:
+                tick = loop.tick
+                k.runnable = [s for s in k.active_slots if (tick + s.offset) % s.every == 0]
+            t0 = timer()
+            await run_tick()
+            elapsed = timer() - t0
+            work.record(elapsed)
+            work_ring[loop.tick & RING_MASK] = elapsed
+            if elapsed > k.budget:
+                k.overruns += 1
+            loop.tick += 1
+            sched.advance()
+            for chore in chores:
+                if chore.due(deadline):
+                    await chore.run(deadline)
+            if last_tick is not None and loop.tick >= last_tick:
+                break

@@ -136,7 +136,7 @@ class Supervisor:
         self._recovery = Recovery(k, self._recorder, self._steps)
         self._steps.on_failure = self._recovery.step_failed
         gauges = GaugeDesk(k, self._recorder)
-        k.report_gauge = gauges.report
+        k.gauge_reporter = gauges.report
         self.snapshots = SnapshotStore(
             self.state_dir / "snapshots",
             generations=active.supervisor.snapshot_generations,
