@@ -61,6 +61,8 @@ class RunState:
     running: bool = False
     #: The tick loop ends after the current tick (a stop, an emergency or a restart is due).
     stopping: bool = False
+    #: ``stop()`` was called (its reason may be empty).
+    stop_requested: bool = False
     stop_reason: str = ""
     #: A second signal cancelled the run.
     force: bool = False
@@ -206,6 +208,7 @@ class Kernel:
         run = self.run
         if not run.stop_reason:
             run.stop_reason = self.text(reason)
+        run.stop_requested = True
         run.stopping = True
         run.wake.set()
 

@@ -242,7 +242,7 @@ class Runner:
     async def _wait_for_restart(self) -> bool:
         """In EMERGENCY_SHUTDOWN: wait for ``restart`` (True) or ``stop`` (False)."""
         run = self._k.run
-        while run.restart_requested is None and not run.stop_reason:
+        while run.restart_requested is None and not run.stop_requested:
             run.wake = trio.Event()
             await run.wake.wait()
         return run.restart_requested is not None
