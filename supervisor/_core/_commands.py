@@ -1,14 +1,16 @@
 """Commands: requests from outside the loop, executed by the loop at a defined point.
 
 A caller (the API, the CLI) submits a command and awaits its answer; the
-tick loop drains the queue after the current tick (a post-tick chore, the
-last one), so a command never runs in the middle of a step, and the answer
+tick loop drains the queue after the current tick and its post-tick
+chores, so a command never runs in the middle of a step, and the answer
 comes once the command has happened (Nakama's match-handler channel).
-Outside a run's ticking (before it, between runs, during start-up or an
-emergency) there is no tick to wait for: the command runs at once.
+Outside a tick (the loop asleep until its next deadline, start-up, an
+emergency, no run at all) no step runs: the command runs at once.
 
-An emergency is not queued: it is marked on the run state at once (a
-plugin's request empties the rest of the tick, see ``Kernel.request_emergency``)
+Phase changes, stops and restarts are queued; a restart's caller is
+answered once the systems tick again. An emergency is not queued: it is
+marked on the run state at once and empties the rest of the tick (see
+``Kernel.request_emergency``), so it takes effect after the current step,
 and happens when the tick loop has ended; its caller is answered once the
 snapshot is written (``RunState.emergency_done``).
 """
@@ -57,29 +59,25 @@ class CommandQueue:
     """The loop's inbox: commands wait here until the loop's defined point."""
 
     def __init__(self) -> None:
-        self._pending: collections.deque[Command] = collections.deque()
-        #: Whether the tick loop is running and will drain the queue after its tick.
-        self.draining = False
+        #: Commands waiting for the end of the tick.
+        self.pending: collections.deque[Command] = collections.deque()
+        #: Set by the tick loop while a tick steps: commands wait for its end.
+        self.in_tick = False
 
     def __bool__(self) -> bool:
-        return bool(self._pending)
+        return bool(self.pending)
 
     async def submit(self, execute: Callable[[], Any]) -> Any:
         """Run ``execute`` at the loop's next defined point; return its result once it has."""
         command = Command(execute)
-        if self.draining:
-            self._pending.append(command)
+        if self.in_tick:
+            self.pending.append(command)
         else:
             command.run()
         return await command.answer()
 
     def drain(self) -> None:
         """Execute every pending command, in the order they came (the loop's defined point)."""
-        pending = self._pending
+        pending = self.pending
         while pending:
             pending.popleft().run()
-
-    async def drain_after_tick(self, deadline: float) -> None:
-        """``drain`` as a post-tick chore (its signature)."""
-        del deadline
-        self.drain()

@@ -4,8 +4,8 @@ Post-tick chores are registered, in a documented order (``Supervisor``
 registers them; a later capability adds its own after them): each has a
 cheap ``due`` test, called once per tick, and its work, run only when due.
 The order today: close half-open breakers, log watchdog hang events, retry
-quarantined systems, probe health, periodic snapshot, optimizer, then the
-commands queued by callers outside the loop.
+quarantined systems, probe health, periodic snapshot, optimizer. Then the
+commands that callers outside the loop queued meanwhile run (``_commands``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
+from ._commands import CommandQueue
 from ._kernel import Kernel
 from ._schedule import TickSchedule
 from ._slots import RING_MASK
@@ -36,9 +37,10 @@ class PostTick:
 class TickLoop:
     """Drives ticks until the run state says stop (or the tick or time limit is reached)."""
 
-    def __init__(self, kernel: Kernel, steps: Steps) -> None:
+    def __init__(self, kernel: Kernel, steps: Steps, commands: CommandQueue) -> None:
         self._k = kernel
         self._steps = steps
+        self._commands = commands
         #: The post-tick chores, in the order they run.
         self.chores: list[PostTick] = []
 
@@ -91,6 +93,8 @@ class TickLoop:
         work_ring = k.work_ring
         loop = k.loop
         run_tick = self._steps.run_tick
+        commands = self._commands
+        pending = commands.pending
         # (due, run) pairs: two attribute reads fewer per chore per tick.
         chores = tuple((chore.due, chore.run) for chore in self.chores)
         end = run.end_time
@@ -119,6 +123,7 @@ class TickLoop:
             if k.throttled:
                 tick = loop.tick
                 k.runnable = [s for s in k.active_slots if (tick + s.offset) % s.every == 0]
+            commands.in_tick = True  # a command asked for from now waits for the chores' end
             t0 = timer()
             await run_tick()
             elapsed = timer() - t0
@@ -131,5 +136,8 @@ class TickLoop:
             for due, chore in chores:
                 if due(deadline):
                     await chore(deadline)
+            commands.in_tick = False
+            if pending:  # the defined point: after the tick and its chores
+                commands.drain()
             if last_tick is not None and loop.tick >= last_tick:
                 break

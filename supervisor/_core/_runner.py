@@ -59,18 +59,13 @@ class Runner:
         self._services = services
         self._lifecycle = lifecycle
         self._commands = commands
-        self.loop = TickLoop(kernel, steps)
+        self.loop = TickLoop(kernel, steps, commands)
         self._add_chores()
 
     def _add_chores(self) -> None:
         """The post-tick chores, in their documented order (see ``_loop``)."""
         loop = self.loop
-        recovery, snaps, tuning, commands = (
-            self._recovery,
-            self._snapshots,
-            self._tuning,
-            self._commands,
-        )
+        recovery, snaps, tuning = self._recovery, self._snapshots, self._tuning
 
         async def close_half_open(_deadline: float) -> None:
             recovery.close_half_open()
@@ -91,7 +86,6 @@ class Runner:
         loop.add_chore("health", lambda d: recovery.next_health <= d, recovery.check_health)
         loop.add_chore("snapshot", lambda d: snaps.next_due <= d, periodic_snapshot)
         loop.add_chore("optimizer", lambda d: tuning.next_due <= d, optimize)
-        loop.add_chore("commands", lambda _d: bool(commands), commands.drain_after_tick)
 
     def _watchdog_events(self) -> bool:
         watchdog = self._lifecycle.watchdog
@@ -143,7 +137,7 @@ class Runner:
                 )
         finally:
             run.running = False
-            self._commands.draining = False
+            self._commands.in_tick = False
             self._commands.drain()
             self._recorder.flush(all_folds=True)
             run.stopped.set()
@@ -219,12 +213,11 @@ class Runner:
         run = k.run
         lifecycle = self._lifecycle
         while True:
-            self._commands.draining = True
             try:
                 await self.loop.run()
             finally:
                 # Commands that came during the last tick run now, before what follows.
-                self._commands.draining = False
+                self._commands.in_tick = False
                 self._commands.drain()
             if run.emergency_reason is not None:
                 if k.phase is not Phase.EMERGENCY_SHUTDOWN:

@@ -1,13 +1,11 @@
 """The supervisor: the composition root that wires the rooms of the runtime together.
 
-Each room has one job (``_slots`` the system table, ``_steps`` SafeCall and
-the hot path, ``_failures`` recording, ``_recovery`` budgets and quarantine,
-``_loop`` the tick loop and its post-tick chores, ``_snapshotter``,
-``_lifecycle`` start/stop/phases/emergency/restart, ``_tuning`` the
-optimizer's driver, ``_housekeeping``, ``_services``, ``_commands``, and
-``_surface`` the views and actions); they share a ``Kernel``, never the
-``Supervisor``. This module registers systems, runs a run, and exposes the
-public surface; it owns the run state (``RunState``, fresh per ``run()``).
+The rooms share a ``Kernel``, never the ``Supervisor``: ``_slots``, ``_registry``,
+``_steps`` (SafeCall, the hot path), ``_failures``, ``_gauges``, ``_recovery``,
+``_schedule`` + ``_loop`` (ticks and post-tick chores), ``_runner`` (one run),
+``_snapshotter``, ``_lifecycle``, ``_tuning``, ``_housekeeping``, ``_services``,
+``_commands``, ``_surface`` and ``_views``. This module builds and wires them
+and keeps the public surface; each ``run()`` gets a fresh ``RunState``.
 """
 
 from __future__ import annotations
@@ -206,12 +204,8 @@ class Supervisor:
             PluginError: a system cannot be found or is invalid.
         """
         sup = cls(config, **kwargs)
-        sup.register_from_config()
+        register_from_config(sup._k)
         return sup
-
-    def register_from_config(self) -> None:
-        """Register the systems named by the config (see ``from_config``)."""
-        register_from_config(self._k)
 
     def register(
         self,

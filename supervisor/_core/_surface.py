@@ -316,17 +316,22 @@ class ControlSurface:
             return ShutdownResult(
                 tick=k.loop.tick, phase=k.phase.value, emergency=dict(run.emergency_info or {})
             )
-        if run.stop_reason:
-            raise Refused(f"already stopping: {run.stop_reason}")
-        self._lifecycle.record(
-            action="shutdown",
-            before=k.phase.value,
-            after="stopped",
-            caller=caller.name,
-            reason=reason,
-        )
-        k.stop(f"shutdown by {caller.name}" + (f": {reason}" if reason else ""))
-        return ShutdownResult(tick=k.loop.tick, phase=k.phase.value)
+
+        def stop() -> ShutdownResult:  # a command: run after the current tick
+            if k.run.stop_reason:
+                raise Refused(f"already stopping: {k.run.stop_reason}")
+            self._lifecycle.record(
+                action="shutdown",
+                before=k.phase.value,
+                after="stopped",
+                caller=caller.name,
+                reason=reason,
+            )
+            k.stop(f"shutdown by {caller.name}" + (f": {reason}" if reason else ""))
+            return ShutdownResult(tick=k.loop.tick, phase=k.phase.value)
+
+        answer: ShutdownResult = await self._commands.submit(stop)
+        return answer
 
     async def restart(self, *, caller: Caller) -> RestartResult:
         """Rebuild the systems from preserved state and go on ticking.
@@ -353,10 +358,16 @@ class ControlSurface:
                     + (f" ({'; '.join(problems)})" if problems else "")
                     + ": `supervisor shutdown`, then `supervisor run` starts fresh",
                 )
-        run.restart_done = trio.Event()
-        run.restart_requested = caller
-        run.stopping = True
-        run.wake.set()
+
+        def ask() -> None:  # a command: run after the current tick
+            if run.restart_requested is not None:
+                raise Refused("a restart is already in progress")
+            run.restart_done = trio.Event()
+            run.restart_requested = caller
+            run.stopping = True
+            run.wake.set()
+
+        await self._commands.submit(ask)
         await run.restart_done.wait()
         result = run.restart_result
         if "failed" in result:
