@@ -254,3 +254,29 @@ class TestOneActiveConfig:
             with trio.fail_after(20):
                 await sup.run(duration=15)
         assert codes == [401, 200]
+
+
+class Fails:
+    """Raises on tick ``at`` (with no restart budget: quarantined at once)."""
+
+    def __init__(self, name: str, steps: list[tuple[int, str, float]], at: int) -> None:
+        self.name = name
+        self.steps = steps
+        self.at = at
+
+    def tick(self, ctx: Any) -> None:
+        self.steps.append((ctx.tick, self.name, ctx.now))
+        if ctx.tick == self.at:
+            raise RuntimeError("boom")
+
+
+async def test_an_emergency_after_a_quarantine_in_the_same_tick_still_ends_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """a is quarantined at tick 3 (the active list is rebuilt), then b asks: c does not step."""
+    steps: list[tuple[int, str, float]] = []
+    systems = [Fails("a", steps, at=3), Logged("b", steps, at=3), Logged("c", steps)]
+    sup = make_supervisor(systems, tick_rate=RATE, config={"recovery": {"max_restarts": 0}})
+    summary = await sup.run()
+    assert [(t, n) for t, n, _ in steps if t == 3] == [(3, "a"), (3, "b")]
+    assert summary.emergency

@@ -127,6 +127,9 @@ class Kernel:
     #: turn. Never the same list object as ``active_slots``: an emergency empties
     #: it in place, which ends the tick after the current step.
     runnable: list[Slot] = attrs.field(factory=list)
+    #: The list the hot path steps through now (``runnable`` as the tick began:
+    #: a quarantine mid-tick rebinds ``runnable``, not this one).
+    stepping: list[Slot] = attrs.field(factory=list)
     throttled: bool = False
     # Gauge values by published name, and each name a system reported -> its
     # published (validated, redacted) name. Mutated in place, never rebound:
@@ -224,6 +227,7 @@ class Kernel:
         run.stopping = True
         # Emptied in place: the hot path's `for` over this very list ends after
         # the step running now (no check per step). Rebuilt when systems start.
+        self.stepping.clear()
         self.runnable.clear()
         run.wake.set()
 

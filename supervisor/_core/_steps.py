@@ -111,8 +111,9 @@ class Steps:
         loop = k.loop
         timer = k.timer
         idx = loop.tick & RING_MASK
+        runnable = k.stepping = k.runnable
         t = timer()
-        for slot in k.runnable:
+        for slot in runnable:
             loop.current = slot
             try:
                 if slot.tick_async:
