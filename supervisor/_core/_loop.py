@@ -1,8 +1,9 @@
 """The tick loop: sleep to the schedule's deadline, step the systems, run the post-tick chores.
 
-Post-tick chores are registered, in a documented order (``Supervisor``
-registers them; a later capability adds its own after them): each has a
-cheap ``due`` test, called once per tick, and its work, run only when due.
+Post-tick chores (``Chore``) are registered, in a documented order (the
+runner registers them; a later capability adds its own after them): each
+has a ``next_due`` time its room moves, read once per tick, and its work,
+run only when due.
 The order today: close half-open breakers, log watchdog hang events, retry
 quarantined systems, probe health, periodic snapshot, optimizer. Then the
 commands that callers outside the loop queued meanwhile run (``_commands``).
@@ -12,26 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import attrs
 import trio
 
 from ._commands import CommandQueue
 from ._kernel import Kernel
-from ._schedule import TickSchedule
+from ._schedule import Chore, TickSchedule
 from ._slots import RING_MASK
 from ._steps import Steps
 from ._timing import PreciseSleeper, make_sleeper
 
-__all__ = ["PostTick", "TickLoop"]
-
-
-@attrs.frozen
-class PostTick:
-    """A chore after each tick: ``run(deadline)`` when ``due(deadline)``."""
-
-    name: str
-    due: Callable[[float], bool]
-    run: Callable[[float], Awaitable[None]]
+__all__ = ["TickLoop"]
 
 
 class TickLoop:
@@ -42,13 +33,11 @@ class TickLoop:
         self._steps = steps
         self._commands = commands
         #: The post-tick chores, in the order they run.
-        self.chores: list[PostTick] = []
+        self.chores: list[Chore] = []
 
-    def add_chore(
-        self, name: str, due: Callable[[float], bool], run: Callable[[float], Awaitable[None]]
-    ) -> None:
+    def add_chore(self, chore: Chore) -> None:
         """Register a post-tick chore; it runs after those registered before it."""
-        self.chores.append(PostTick(name, due, run))
+        self.chores.append(chore)
 
     async def run(self) -> None:
         """Tick until ``run.stopping``, the run's end time, or its tick limit."""
@@ -95,8 +84,7 @@ class TickLoop:
         run_tick = self._steps.run_tick
         commands = self._commands
         pending = commands.pending
-        # (due, run) pairs: two attribute reads fewer per chore per tick.
-        chores = tuple((chore.due, chore.run) for chore in self.chores)
+        chores = tuple(self.chores)
         end = run.end_time
         last_tick = run.tick_limit
         while not run.stopping:
@@ -133,9 +121,9 @@ class TickLoop:
                 k.overruns += 1
             loop.tick += 1
             sched.advance()
-            for due, chore in chores:
-                if due(deadline):
-                    await chore(deadline)
+            for chore in chores:
+                if chore.next_due <= deadline:
+                    await chore.run(deadline)
             commands.in_tick = False
             if pending:  # the defined point: after the tick and its chores
                 commands.drain()

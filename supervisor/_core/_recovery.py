@@ -16,6 +16,7 @@ import trio
 from ._failures import FailureRecorder
 from ._kernel import Kernel
 from ._safecall import BreakerState
+from ._schedule import Chore
 from ._slots import Slot, health_value
 from ._steps import Steps
 
@@ -34,16 +35,17 @@ class Recovery:
         self._steps = steps
         self.critical_errors: list[float] = []
         self.half_open: list[Slot] = []
-        #: When the next quarantined system is due for its retry (a post-tick chore).
-        self.next_retry = math.inf
-        #: When the systems' ``health()`` is due (a post-tick chore).
-        self.next_health = math.inf
+        #: Post-tick chores: close passed trials, retry quarantined systems, probe health.
+        self.close_chore = Chore("close_half_open", self.close_half_open)
+        self.retry_chore = Chore("retry", self.retry)
+        self.health_chore = Chore("health", self.check_health)
 
     def reset(self) -> None:
         """Forget the past run of the systems (they were rebuilt)."""
         self.critical_errors.clear()
         self.half_open.clear()
-        self.next_retry = math.inf
+        self.close_chore.next_due = math.inf
+        self.retry_chore.next_due = math.inf
 
     async def check_health(self, now: float) -> None:
         """Call every active system's ``health()`` and cache it: once a HEALTH_INTERVAL, post-tick.
@@ -52,7 +54,7 @@ class Recovery:
         async one gets the tick budget) and against the system's restart
         budget. Probes and status read the cache (``tests/test_faults_plugins.py``).
         """
-        self.next_health = now + HEALTH_INTERVAL
+        self.health_chore.next_due = now + HEALTH_INTERVAL
         for slot in self._k.active_slots:
             if "health" in slot.info.hooks:
                 ok, value = await self._steps.call(slot, "health", timeout=self._k.budget)
@@ -113,7 +115,7 @@ class Recovery:
             )
             return
         retry_at = slot.breaker.quarantine(now)
-        self.next_retry = min(self.next_retry, retry_at)
+        self.retry_chore.next_due = min(self.retry_chore.next_due, retry_at)
         if slot in self.half_open:
             self.half_open.remove(slot)
         k.rebuild_active()
@@ -127,13 +129,14 @@ class Recovery:
     async def retry(self, now: float) -> None:
         """Half-open every quarantined system whose backoff is over."""
         k = self._k
-        self.next_retry = math.inf
+        chore = self.retry_chore
+        chore.next_due = math.inf
         for slot in k.order:
             breaker = slot.breaker
             if breaker.state is not BreakerState.QUARANTINED:
                 continue
             if breaker.retry_at > now:
-                self.next_retry = min(self.next_retry, breaker.retry_at)
+                chore.next_due = min(chore.next_due, breaker.retry_at)
                 continue
             breaker.half_open()
             trial, slot.trial_hook = slot.trial_hook, None
@@ -149,6 +152,7 @@ class Recovery:
                 self.quarantine(slot, now, trial=trial)
                 continue
             self.half_open.append(slot)
+            self.close_chore.next_due = -math.inf  # after its trial tick
             k.log.info("system.retry", system=slot.name)
         k.rebuild_active()
 
@@ -168,8 +172,10 @@ class Recovery:
             return True
         return ok
 
-    def close_half_open(self) -> None:
+    async def close_half_open(self, _deadline: float) -> None:
         """Close the breaker of every half-open system whose trial tick just passed."""
+        if not self.half_open:
+            self.close_chore.next_due = math.inf
         ran = self._k.loop.tick - 1
         for slot in list(self.half_open):
             if slot.breaker.state is BreakerState.HALF_OPEN and slot.failed_tick != ran:

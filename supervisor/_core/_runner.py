@@ -24,6 +24,7 @@ from ._lifecycle import Lifecycle
 from ._loop import TickLoop
 from ._phase import Phase
 from ._recovery import Recovery
+from ._schedule import Chore
 from ._services import Services
 from ._snapshotter import Snapshotter
 from ._steps import Steps
@@ -60,40 +61,32 @@ class Runner:
         self._lifecycle = lifecycle
         self._commands = commands
         self.loop = TickLoop(kernel, steps, commands)
+        self._watchdog_chore = Chore("watchdog", self._drain_watchdog)
         self._add_chores()
 
     def _add_chores(self) -> None:
         """The post-tick chores, in their documented order (see ``_loop``)."""
-        loop = self.loop
-        recovery, snaps, tuning = self._recovery, self._snapshots, self._tuning
+        recovery = self._recovery
+        for chore in (
+            recovery.close_chore,
+            self._watchdog_chore,
+            recovery.retry_chore,
+            recovery.health_chore,
+            self._snapshots.chore,
+            self._tuning.chore,
+        ):
+            self.loop.add_chore(chore)
 
-        async def close_half_open(_deadline: float) -> None:
-            recovery.close_half_open()
+    def _hang_seen(self) -> None:
+        """From the watchdog's thread: a hang event waits to be logged after the next tick."""
+        self._watchdog_chore.next_due = -math.inf
 
-        async def drain_watchdog(_deadline: float) -> None:
-            self._drain_watchdog()
-
-        async def periodic_snapshot(_deadline: float) -> None:
-            assert self._k.run.nursery is not None
-            await snaps.periodic(self._k.run.nursery)
-
-        async def optimize(deadline: float) -> None:
-            tuning.step(deadline)
-
-        loop.add_chore("close_half_open", lambda _d: bool(recovery.half_open), close_half_open)
-        loop.add_chore("watchdog", lambda _d: self._watchdog_events(), drain_watchdog)
-        loop.add_chore("retry", lambda d: recovery.next_retry <= d, recovery.retry)
-        loop.add_chore("health", lambda d: recovery.next_health <= d, recovery.check_health)
-        loop.add_chore("snapshot", lambda d: snaps.next_due <= d, periodic_snapshot)
-        loop.add_chore("optimizer", lambda d: tuning.next_due <= d, optimize)
-
-    def _watchdog_events(self) -> bool:
+    async def _drain_watchdog(self, _deadline: float) -> None:
+        """Log the watchdog's hang events (a post-tick chore, due once one was seen)."""
+        self._watchdog_chore.next_due = math.inf  # before draining: a later event sets it again
         watchdog = self._lifecycle.watchdog
-        return watchdog is not None and bool(watchdog.events)
-
-    def _drain_watchdog(self) -> None:
-        watchdog = self._lifecycle.watchdog
-        assert watchdog is not None
+        if watchdog is None:
+            return
         events = watchdog.events
         while events:
             event = events.popleft()
@@ -177,6 +170,7 @@ class Runner:
                 watchdog = Watchdog(
                     k.loop, hang_timeout=wd.hang_timeout, kill_timeout=wd.kill_timeout
                 )
+                watchdog.on_event = self._hang_seen
                 self._lifecycle.watchdog = watchdog
                 watchdog.start()
             try:
@@ -196,7 +190,7 @@ class Runner:
                 gc.collect()
                 gc.freeze()
                 self._tuning.start(now)
-                self._recovery.next_health = now  # checked after the first tick
+                self._recovery.health_chore.next_due = now  # checked after the first tick
                 task_status.started()
                 await self._until_the_end(exit_on_emergency)
             finally:

@@ -11,9 +11,26 @@ with plain numbers.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Awaitable, Callable
+
 import attrs
 
-__all__ = ["TickSchedule"]
+__all__ = ["Chore", "TickSchedule"]
+
+
+@attrs.define(eq=False)
+class Chore:
+    """A post-tick chore: ``run(deadline)`` after a tick once ``next_due <= deadline``.
+
+    Its room moves ``next_due``: a time on the clock, ``-inf`` for "after the
+    next tick", ``inf`` for "nothing to do". The loop reads one float per
+    chore per tick, and calls nothing that is not due.
+    """
+
+    name: str
+    run: Callable[[float], Awaitable[None]]
+    next_due: float = math.inf
 
 
 @attrs.define(kw_only=True)

@@ -21,6 +21,7 @@ from ._histogram import Histogram
 from ._kernel import Kernel, non_negative
 from ._recovery import Recovery
 from ._safecall import is_runtime_cancel, safe_message
+from ._schedule import Chore
 from ._snapshot import MAX_TICK, Snapshot, SnapshotStore
 from ._steps import Steps
 
@@ -61,8 +62,8 @@ class Snapshotter:
         self.skipped = 0
         self.stall = Histogram()
         self.write_time = Histogram()
-        #: When the next periodic snapshot is due (a post-tick chore).
-        self.next_due = math.inf
+        #: The periodic snapshot, a post-tick chore.
+        self.chore = Chore("snapshot", self.periodic)
         self._lock = trio.Lock()
 
     def schedule(self) -> None:
@@ -71,9 +72,9 @@ class Snapshotter:
         if interval != 0:  # 0 is "only at stop"; NaN or infinity must not switch snapshots off
             interval = non_negative(interval, DEFAULT_SNAPSHOT_INTERVAL)
         if not self._k.persist or interval <= 0:
-            self.next_due = math.inf
+            self.chore.next_due = math.inf
         else:
-            self.next_due = trio.current_time() + interval
+            self.chore.next_due = trio.current_time() + interval
 
     async def capture(self, reason: str) -> Snapshot:
         """Collect every system's ``snapshot()`` state, packed, on the loop thread."""
@@ -144,8 +145,10 @@ class Snapshotter:
         self._log.info("snapshot.written", path=str(path), tick=snap.tick, reason=snap.reason)
         return path
 
-    async def periodic(self, nursery: trio.Nursery) -> None:
-        """Capture between ticks (the only stall), write in the background."""
+    async def periodic(self, _deadline: float) -> None:
+        """Capture between ticks (the only stall), write in the background (the run's nursery)."""
+        nursery = self._k.run.nursery
+        assert nursery is not None
         self.schedule()
         if self._lock.locked():
             self.skipped += 1

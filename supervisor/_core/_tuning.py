@@ -8,12 +8,11 @@ the decisions are deterministic.
 
 from __future__ import annotations
 
-import math
-
 from ._config import Profile
 from ._histogram import HistogramStats
 from ._kernel import Kernel
 from ._optimizer import Decision, Observation, Optimizer, SystemLoad
+from ._schedule import Chore
 from ._slots import STEP_RING, ring_window
 
 __all__ = ["OptimizerDriver"]
@@ -31,20 +30,23 @@ class OptimizerDriver:
         self._profile = profile
         self.optimizer: Optimizer | None = None
         self.adjustments = 0
-        #: When the next observation is due (a post-tick chore).
-        self.next_due = math.inf
+        #: The observations, a post-tick chore.
+        self.chore = Chore("optimizer", self._step)
         self._observed = (0, 0.0, 0)  # (tick, time, dropped) at the last observation
 
     def start(self, now: float) -> None:
         """The run's systems are up: the first observation is due OPTIMIZE_INTERVAL from now."""
         k = self._k
         self._observed = (k.loop.tick, now, k.dropped_ticks)
-        self.next_due = now + OPTIMIZE_INTERVAL
+        self.chore.next_due = now + OPTIMIZE_INTERVAL
+
+    async def _step(self, deadline: float) -> None:
+        self.step(deadline)
 
     def step(self, now: float) -> None:
         """Observe, decide, apply: every ``OPTIMIZE_INTERVAL`` of the clock, after a tick."""
         k = self._k
-        self.next_due = now + OPTIMIZE_INTERVAL
+        self.chore.next_due = now + OPTIMIZE_INTERVAL
         enabled = k.active.features.optimizer
         if self.optimizer is not None and not enabled:
             for decision in self.optimizer.release(now):

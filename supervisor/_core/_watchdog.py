@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
@@ -76,8 +77,10 @@ class Watchdog:
         self._loop_thread = threading.get_ident()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        #: Events for the loop thread to turn into error records (deque appends are thread-safe).
+        #: Events for the loop thread to log (deque appends are thread-safe).
         self.events: collections.deque[HangEvent] = collections.deque(maxlen=1000)
+        #: Called (from the watchdog thread) after each event is appended.
+        self.on_event: Callable[[], None] | None = None
 
     def configure(self, *, hang_timeout: float, kill_timeout: float) -> None:
         """Set the timeouts (a phase overlay may change them); bad values fall back to defaults."""
@@ -127,6 +130,8 @@ class Watchdog:
                 stack = self._stack()
                 slot.hang_stack = stack
                 self.events.append(HangEvent(slot.name, key[1], elapsed))
+                if self.on_event is not None:
+                    self.on_event()
             if elapsed >= self.kill_timeout and not interrupted:
                 # Re-check just before delivering: the step may have ended
                 # between the read above and now.
