@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         totals["fault records"] += sum(1 for r in sup.errors.records if r.kind != "gauge")
         totals["gauge records"] += sum(1 for r in sup.errors.records if r.kind == "gauge")
         totals["restarts"] += sum(1 for e in sup.phase_history if e.action == "restart")
-        totals["quarantines"] += sum(s.breaker.quarantines for s in sup._slots.values())
+        totals["quarantines"] += sum(s.breaker.quarantines for s in sup._k.slots.values())
         hooks.update(r.hook for r in sup.errors.records)
     seconds = time.perf_counter() - started
     print("| outcome | count |")

@@ -34,15 +34,15 @@ class _Noop:
 
 
 class _Unvalidated:
-    """The method as it was: one store, no check (``self._sup._gauges[name] = value``)."""
+    """The method as it was: one store, no check (``gauges[name] = value``)."""
 
-    __slots__ = ("_sup",)
+    __slots__ = ("_gauges",)
 
     def __init__(self, sup: Supervisor) -> None:
-        self._sup = sup
+        self._gauges = sup.gauges
 
     def report(self, name: str, value: float) -> None:
-        self._sup._gauges[name] = value
+        self._gauges[name] = value
 
 
 def _ns_per_call(report: Any, name: str, value: Any, calls: int) -> float:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     configure_logging("json", "critical", stream=sys.stderr)
     sup = Supervisor(facts=FIXED_FACTS, persist=False)
     sup.register(_Noop(), name="noop")
-    ctx = sup._slots["noop"].ctx
+    ctx = sup._k.slots["noop"].ctx
     ctx.report("players", 1)  # first sight: validated once
     figures = {
         "unvalidated_ns": _ns_per_call(_Unvalidated(sup).report, "players", 7, args.calls),

@@ -68,15 +68,15 @@ def react(surge: float) -> dict[str, Any]:
     for i in range(4):
         sup.register(Part(work, 0.1 * budget, extra, 20 + i, False), name=f"cosmetic{i}")
     per_tick: list[tuple[float, float, float, bool]] = []  # (time, work, budget, restored)
-    original = sup._run_tick
+    original = sup._steps.run_tick
 
     async def run_tick() -> None:
         before = work.t
         await original()
-        restored = all(s.every == 1 for s in sup._slots.values()) and sup.tick_rate == RATE
-        per_tick.append((sup._now, work.t - before, sup.budget, restored))
+        restored = all(s.every == 1 for s in sup._k.slots.values()) and sup.tick_rate == RATE
+        per_tick.append((sup._k.loop.now, work.t - before, sup.budget, restored))
 
-    sup._run_tick = run_tick  # type: ignore[method-assign]
+    sup._steps.run_tick = run_tick  # type: ignore[method-assign]
     trio.run(
         functools.partial(sup.run, duration=END), clock=trio.testing.MockClock(autojump_threshold=0)
     )

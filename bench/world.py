@@ -89,11 +89,11 @@ def scenario(players: int, seconds: float) -> dict[str, Any]:
                     players_online=sup.gauges.get("players", 0),
                 )
                 caller = Caller("bench", "operator")
-                info = await sup.shutdown(emergency=True, reason="bench", caller=caller)
+                info = (await sup.shutdown(emergency=True, reason="bench", caller=caller)).as_dict()
                 out["emergency_to_durable_ms"] = info["trigger_to_snapshot_seconds"] * 1e3
                 out["emergency_snapshot"] = bool(info["snapshot"])
                 started = time.perf_counter()
-                result = await sup.restart(caller=caller)
+                result = (await sup.restart(caller=caller)).as_dict()
                 while sup.tick <= result["tick"]:
                     await trio.lowlevel.checkpoint()
                 out["restart_to_first_tick_ms"] = (time.perf_counter() - started) * 1e3

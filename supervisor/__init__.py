@@ -53,8 +53,19 @@ from ._errors import (
 
 if TYPE_CHECKING:
     from ._core._profiles import MachineFacts
+    from ._core._runtime import Supervisor
     from ._core._safecall import ErrorGroup, ErrorRecord
-    from ._core._supervisor import RunSummary, Supervisor, SupervisorStats, SystemStats
+    from ._core._views import (
+        ErrorView,
+        PhaseChange,
+        RestartResult,
+        RunSummary,
+        ShutdownResult,
+        SnapshotStatus,
+        StatusView,
+        SupervisorStats,
+        SystemStats,
+    )
     from ._logging import configure_logging
 
 #: Public names loaded on first use: {name: module}.
@@ -63,10 +74,16 @@ _LAZY = {
     "ErrorGroup": "._core._safecall",
     "ErrorRecord": "._core._safecall",
     "MachineFacts": "._core._profiles",
-    "RunSummary": "._core._supervisor",
-    "Supervisor": "._core._supervisor",
-    "SupervisorStats": "._core._supervisor",
-    "SystemStats": "._core._supervisor",
+    "PhaseChange": "._core._views",
+    "RestartResult": "._core._views",
+    "RunSummary": "._core._views",
+    "ShutdownResult": "._core._views",
+    "SnapshotStatus": "._core._views",
+    "StatusView": "._core._views",
+    "ErrorView": "._core._views",
+    "Supervisor": "._core._runtime",
+    "SupervisorStats": "._core._views",
+    "SystemStats": "._core._views",
 }
 
 
@@ -88,12 +105,14 @@ __all__ = [
     "DependencyError",
     "ErrorGroup",
     "ErrorRecord",
+    "ErrorView",
     "FeaturesConfig",
     "HistogramStats",
     "LifecycleEvent",
     "LoggingConfig",
     "MachineFacts",
     "Phase",
+    "PhaseChange",
     "PhaseError",
     "PluginError",
     "Profile",
@@ -101,9 +120,13 @@ __all__ = [
     "ReadinessReport",
     "RecoveryConfig",
     "Refused",
+    "RestartResult",
     "RunSummary",
+    "ShutdownResult",
+    "SnapshotStatus",
     "StartRefused",
     "StartupError",
+    "StatusView",
     "StepInterrupted",
     "StepTimeout",
     "Supervisor",

@@ -25,8 +25,9 @@ import trio.testing
 
 from ._core._config import Config
 from ._core._profiles import MachineFacts
+from ._core._runtime import Supervisor
 from ._core._safecall import ErrorRecord
-from ._core._supervisor import RunSummary, Supervisor
+from ._core._views import RunSummary
 
 __all__ = [
     "FIXED_FACTS",

@@ -54,6 +54,16 @@ TOKENS = (
 )
 
 
+@attrs.frozen
+class _View:
+    """A view or an action's answer as the core returns them: ``as_dict()`` is the JSON."""
+
+    data: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.data)
+
+
 @attrs.define(eq=False)
 class FakeSupervisor:
     """A :class:`Controlled` that records calls and keeps visible state."""
@@ -93,11 +103,11 @@ class FakeSupervisor:
             )
         )
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> _View:
         self._call("status")
         if self.status_override is not None:
-            return self.status_override
-        return {
+            return _View(self.status_override)
+        return _View({
             "phase": self.phase,
             "tick": 1234,
             "tick_rate": 30.0,
@@ -121,7 +131,7 @@ class FakeSupervisor:
             "profile": "low",
             "emergency_reason": None,
             "stopped": self.stopped,
-        }
+        })
 
     def liveness(self) -> tuple[bool, str]:
         self._call("liveness")
@@ -137,9 +147,9 @@ class FakeSupervisor:
         self._call("readiness")
         return self.report()
 
-    def error_view(self, *, limit: int, system: str | None) -> dict[str, Any]:
+    def error_view(self, *, limit: int, system: str | None) -> _View:
         self._call("error_view", limit=limit, system=system)
-        return {
+        return _View({
             "groups": [
                 {
                     "fingerprint": "abcdef0123456789",
@@ -160,13 +170,13 @@ class FakeSupervisor:
                     "message": "division by zero",
                 }
             ],
-        }
+        })
 
     def metrics_text(self) -> tuple[bytes, str]:
         self._call("metrics_text")
         return b"supervisor_ticks_total 1234.0\n", "text/plain; version=0.0.4; charset=utf-8"
 
-    async def shutdown(self, *, emergency: bool, reason: str, caller: Caller) -> dict[str, Any]:
+    async def shutdown(self, *, emergency: bool, reason: str, caller: Caller) -> _View:
         self._call("shutdown", emergency=emergency, reason=reason, caller=caller)
         if self.hang:
             await self.release.wait()
@@ -174,28 +184,28 @@ class FakeSupervisor:
             raise Refused(self.refuse)
         if emergency:
             self.emergency = True
-            return {"detail": "emergency shutdown done; snapshot written", "tick": 1234}
+            return _View({"detail": "emergency shutdown done; snapshot written", "tick": 1234})
         self.stopped = True
-        return {"detail": "stopping", "tick": 1234}
+        return _View({"detail": "stopping", "tick": 1234})
 
-    async def restart(self, *, caller: Caller) -> dict[str, Any]:
+    async def restart(self, *, caller: Caller) -> _View:
         self._call("restart", caller=caller)
         if self.refuse:
             raise Refused(self.refuse)
         self.restarts += 1
         self.emergency = False
-        return {"detail": "restarted from snapshot", "tick": 1234}
+        return _View({"detail": "restarted from snapshot", "tick": 1234})
 
     async def change_phase(
         self, phase: str, *, force: bool, reason: str, caller: Caller
-    ) -> dict[str, Any]:
+    ) -> _View:
         self._call("change_phase", phase=phase, force=force, reason=reason, caller=caller)
         if self.refuse:
             raise Refused(self.refuse)
         if phase == "production" and not force and not self.ready:
             raise Refused("the readiness gate failed", {"readiness": self.report().as_dict()})
         before, self.phase = self.phase, phase
-        return {"detail": f"{before} -> {phase}", "before": before, "after": phase}
+        return _View({"detail": f"{before} -> {phase}", "before": before, "after": phase})
 
 
 # ------------------------------------------------------------------ helpers

@@ -21,7 +21,7 @@ HEAVY = (
     "psutil",
     "msgpack",
     "structlog",
-    "supervisor._core._supervisor",
+    "supervisor._core._runtime",
     "hypercorn",
     "h11",
     "httpx",

@@ -33,6 +33,12 @@ import supervisor.testing
 
 #: The public names of ``supervisor``; the surface changes only by editing this set.
 PUBLIC = {
+    "StatusView",
+    "SnapshotStatus",
+    "ShutdownResult",
+    "RestartResult",
+    "PhaseChange",
+    "ErrorView",
     "ApiConfig",
     "Caller",
     "Config",
@@ -251,8 +257,15 @@ def _supervisor_modules() -> list[types.ModuleType]:
 NOT_FOR_USERS: dict[str, str] = {
     "Renderer": "what configure_logging returns so that `run` can switch the log format "
     "to JSON on entering PRODUCTION; a user keeps the object, never builds or names it",
-    "_Slot": "Context(sup, slot, log) is built by the supervisor, one per system; a plugin "
-    "receives its ctx and never constructs one",
+    "_Slot": "the slot Context(host, slot, log) is built with, by the supervisor",
+    "ContextHost": "Context(host, slot, log) is built by the supervisor, one per system; a "
+    "plugin receives its ctx and never constructs one",
+    "RunState": "Supervisor.run_state: the state of the current run, read (reason, stopped), "
+    "made fresh by run(); never built or named by a user",
+    "Optimizer": "Supervisor.optimizer: read for its statistics() and events (plain views); "
+    "built by the supervisor from [features] optimizer",
+    "Histogram": "Supervisor.snapshot_stall/snapshot_write: read through .stats(), which "
+    "returns the exported HistogramStats",
 }
 
 

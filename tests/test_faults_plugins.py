@@ -37,6 +37,7 @@ from supervisor import (
     Supervisor,
 )
 from supervisor._core._context import MAX_GAUGES
+from supervisor._core._kernel import non_negative
 from supervisor._core._plugins import build
 from supervisor._core._safecall import (
     MESSAGE_CHARS,
@@ -46,9 +47,10 @@ from supervisor._core._safecall import (
     make_record,
     safe_message,
 )
+from supervisor._core._slots import LoopState
 from supervisor._core._snapshot_format import MAX_TICK
-from supervisor._core._supervisor import _non_negative
 from supervisor._core._watchdog import Watchdog
+from supervisor._server._metrics import SupervisorMetrics
 from supervisor.testing import Ticking, make_supervisor, run_systems
 
 OPERATOR = Caller("ops", "operator")
@@ -390,7 +392,7 @@ class TestBaseExceptionsInHooks:
 
             async def tick(self, ctx: Any) -> None:
                 if ctx.tick == 5:
-                    self.box[0]._run_scope.cancel()
+                    self.box[0].run_state.scope.cancel()
                 await trio.lowlevel.checkpoint()
 
         box: list[Supervisor] = []
@@ -497,7 +499,7 @@ class TestConstructorOnRestart:
             await trio.sleep(1.05)  # ticks 0..10
             old = sup.system("econ")
             econ.fail = True
-            result = await sup.restart(caller=OPERATOR)
+            result = (await sup.restart(caller=OPERATOR)).as_dict()
             assert result["tick"] == 11
             assert sup.system("econ") is old
             assert sup.quarantined() == ("econ",)
@@ -530,7 +532,7 @@ class TestConstructorOnRestart:
             core.fail = True
             with pytest.raises(Refused, match="critical system core could not be built"):
                 await sup.restart(caller=OPERATOR)
-            await sup._emergency_done.wait()
+            await sup.run_state.emergency_done.wait()
             assert sup.phase is Phase.EMERGENCY_SHUTDOWN
             snap, problems = sup.snapshots.latest()
             assert problems == []
@@ -540,7 +542,7 @@ class TestConstructorOnRestart:
             # The state captured before the systems stopped, not the rebuilt (empty) ones.
             assert set(snap.systems) == {"core", "world"}
             core.fail = False
-            restarted = await sup.restart(caller=OPERATOR)
+            restarted = (await sup.restart(caller=OPERATOR)).as_dict()
             assert restarted["tick"] == 11
             assert sup.system("core").count == sup.tick >= 11
             sup.stop()
@@ -565,7 +567,7 @@ class TestConstructorOnRestart:
             assert sup.liveness() == (True, "emergency_shutdown")
             assert {p.name: p.read_bytes() for p in (tmp_path / "snapshots").iterdir()} == files
             core.fail = False
-            assert (await sup.restart(caller=OPERATOR))["tick"] == 11
+            assert (await sup.restart(caller=OPERATOR)).as_dict()["tick"] == 11
             assert sup.phase.value == "development"
             sup.stop()
 
@@ -601,7 +603,7 @@ class TestHealth:
         async with trio.open_nursery() as nursery:
             await nursery.start(lambda task_status: sup.run(duration=10, task_status=task_status))
             await trio.sleep(0.01)  # the first tick
-            while sup._running:
+            while sup.run_state.running:
                 for _ in range(10):
                     assert sup.readiness_gate() == (True, [])
                     sup.status()
@@ -678,7 +680,7 @@ class TestHealth:
                     lambda task_status: sup.run(handle_signals=True, task_status=task_status)
                 )
                 threading.Timer(1.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
-                while sup._running:
+                while sup.run_state.running:
                     calls = system.calls
                     began = time.perf_counter()
                     ready, reasons = sup.readiness_gate()
@@ -747,7 +749,7 @@ class TestSnapshotHook:
             written.append(snap)
             return tmp_path / "snapshot"
 
-        sup._write_snapshot = write  # type: ignore[method-assign]
+        sup._snapshotter.write = write  # type: ignore[method-assign]
         trio.run(functools.partial(sup.run, duration=30), clock=_mock())
         assert sup.tick == 300
         assert steady.count == 300
@@ -796,7 +798,7 @@ class TestSnapshotHook:
         assert second[0].count == 30
         assert second[1].count == 10  # ran from its fresh state
         assert [(r.system, r.hook) for r in sup.errors.records] == [("b", "restore")]
-        assert len(sup._slots["b"].breaker.failures) == 1
+        assert len(sup._k.slots["b"].breaker.failures) == 1
 
     def test_a_snapshot_tick_past_2_to_the_53_is_refused(self, tmp_path: Path) -> None:
         """A snapshot whose tick is >= 2**53 (forged or corrupt) is never continued from."""
@@ -811,8 +813,8 @@ class TestSnapshotHook:
             def latest(self) -> tuple[Snapshot, list[str]]:
                 return forged, []
 
-        sup.snapshots = ForgedStore()  # type: ignore[assignment]
-        assert trio.run(sup._latest_snapshot) is None
+        sup._snapshotter.store = ForgedStore()  # type: ignore[assignment]
+        assert trio.run(sup._snapshotter.latest) is None
         assert "2**53" in sup.snapshot_problems[0]
 
 
@@ -858,7 +860,7 @@ class TestGauges:
         assert [(r.hook, r.kind) for r in result.errors] == [("report", "gauge")]
         assert "finite int or float" in result.errors[0].message
         assert sup.errors.dropped["gauge_error"] == 29
-        body, _ = sup.metrics_text()
+        body, _ = SupervisorMetrics(sup).exposition()
         assert b"players" in body
 
     def test_a_bool_is_a_number_and_ints_and_floats_pass(self) -> None:
@@ -888,7 +890,7 @@ class TestGauges:
         assert sup.errors.dropped["gauge_limit"] == (10_000 - MAX_GAUGES) * 3
         assert len(result.errors) == 1
         assert "at most 64 gauges" in result.errors[0].message
-        body, _ = sup.metrics_text()
+        body, _ = SupervisorMetrics(sup).exposition()
         assert body.count(b'supervisor_gauge{name="g') == MAX_GAUGES
 
     def test_a_gauge_name_is_redacted_once_when_first_seen(self) -> None:
@@ -926,14 +928,14 @@ class TestStartRefused:
 class TestNaNGuards:
     def test_timeouts_fall_back_when_nan_or_infinite(self) -> None:
         """The core never hands NaN or infinity to a deadline."""
-        assert _non_negative(math.nan, 2.0) == 2.0
-        assert _non_negative(math.inf, 2.0) == 2.0
-        assert _non_negative(-1.0, 2.0) == 2.0
-        assert _non_negative(0.5, 2.0) == 0.5
+        assert non_negative(math.nan, 2.0) == 2.0
+        assert non_negative(math.inf, 2.0) == 2.0
+        assert non_negative(-1.0, 2.0) == 2.0
+        assert non_negative(0.5, 2.0) == 0.5
 
     def test_the_watchdog_refuses_nan(self) -> None:
         """hang_timeout = NaN would switch the watchdog off silently: the defaults apply."""
-        wd = Watchdog(make_supervisor([]), hang_timeout=math.nan, kill_timeout=math.nan)
+        wd = Watchdog(LoopState(dt=0.1), hang_timeout=math.nan, kill_timeout=math.nan)
         assert (wd.hang_timeout, wd.kill_timeout) == (0.25, 1.0)
         wd.configure(hang_timeout=0.1, kill_timeout=math.inf)
         assert (wd.hang_timeout, wd.kill_timeout) == (0.1, 1.0)

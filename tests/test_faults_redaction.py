@@ -19,13 +19,13 @@ import trio.testing
 
 from supervisor import Caller, Phase
 from supervisor._core._redact import Redactor
+from supervisor._core._runtime import LIFECYCLE_HISTORY
 from supervisor._core._safecall import (
     MESSAGE_CHARS,
     SCAN_CHARS,
     TRACEBACK_CHARS,
     bounded,
 )
-from supervisor._core._supervisor import LIFECYCLE_HISTORY
 from supervisor.testing import make_supervisor, run_systems
 
 OPERATOR = Caller("ops", "operator")
@@ -54,8 +54,8 @@ def _everything(sup: Any) -> str:
     """Every surface the core serves, as one text (status, errors, summary, lifecycle)."""
     return json.dumps(
         {
-            "status": sup.status(),
-            "errors": sup.error_view(limit=100),
+            "status": sup.status().as_dict(),
+            "errors": sup.error_view(limit=100).as_dict(),
             "summary": sup.summary().as_dict(),
             "probes": [sup.liveness(), sup.readiness_gate()],
             "next": sup.next_step(),
@@ -79,8 +79,10 @@ class TestRedactedWhenMade:
             text = _everything(sup)
             assert EMAIL not in text
             assert API_KEY not in text
-            assert "[email]" in sup.status()["emergency"]["reason"]
-            assert sup.error_view()["groups"][0]["message"] == "purchase failed for [email]"
+            assert "[email]" in sup.status().as_dict()["emergency"]["reason"]
+            assert (
+                sup.error_view().as_dict()["groups"][0]["message"] == "purchase failed for [email]"
+            )
             assert sup.readiness_gate() == (False, ["emergency_shutdown"])
             assert sup.liveness() == (True, "emergency_shutdown")
             sup.stop()
@@ -121,7 +123,9 @@ class TestLifecycleRing:
         """Thousands of lifecycle actions keep the last LIFECYCLE_HISTORY of them."""
         sup = make_supervisor([])
         for i in range(3 * LIFECYCLE_HISTORY):
-            sup._lifecycle(action="restart", before="a", after="a", caller="x", reason=str(i))
+            sup._lifecycle.record(
+                action="restart", before="a", after="a", caller="x", reason=str(i)
+            )
         history = sup.phase_history
         assert len(history) == LIFECYCLE_HISTORY
         assert history[-1].reason == str(3 * LIFECYCLE_HISTORY - 1)

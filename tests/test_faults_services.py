@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 from supervisor import ConfigError, Supervisor
-from supervisor._core._supervisor import SERVICE_GRACE
+from supervisor._core._services import SERVICE_GRACE
 from supervisor.testing import Ticking, make_supervisor
 
 
@@ -199,8 +199,8 @@ class TestClosing:
 
             def tick(self, ctx: Any) -> None:
                 if ctx.tick == 3:
-                    sup._force = True
-                    sup._run_scope.cancel()
+                    sup.run_state.force = True
+                    sup.run_state.scope.cancel()
 
         sup = make_supervisor([Forces()], tick_rate=10)
         sup.services.append(stubborn)

@@ -44,38 +44,11 @@ OUTSIDE_LIBRARIES = frozenset(
 #: The client commands' modules: importing them loads no ``_server`` module.
 CLIENT_MODULES = ("supervisor._cli._main", "supervisor._cli._client")
 
-#: Import edges (importer, imported) that break a rule today and are being
-#: removed by the core split (issue 9, helper H1): the Supervisor's helpers
-#: reach into its private fields (``_context``, ``_watchdog``, the metrics
-#: collector, the live view import it to type it), and the Supervisor
-#: imports the metrics collector of the server layer to build it. Each edge
-#: here must still exist (``test_known_edges_are_still_there``): delete an
-#: entry when the edge goes, so this set only ever shrinks.
-KNOWN: frozenset[tuple[str, str]] = frozenset(
-    {
-        # Layering (core -> server) and the cycle _supervisor <-> _metrics.
-        ("supervisor._core._supervisor", "supervisor._server._metrics"),
-        # Cycles through the Supervisor's private fields (TYPE_CHECKING imports).
-        ("supervisor._core._context", "supervisor._core._supervisor"),
-        ("supervisor._core._watchdog", "supervisor._core._supervisor"),
-    }
-)
-
 
 #: Hard limits for one module and one class (the aim is ~650 and ~550, with margin).
 MAX_MODULE_LINES = 700
 MAX_CLASS_LINES = 600
 
-#: Modules and classes over the limits today, each being split by issue 9
-#: (the core runtime and the HTTP server). Like KNOWN,
-#: each must still be over (``test_known_oversize_is_still_over``): delete an
-#: entry once it is split.
-KNOWN_OVERSIZE: frozenset[str] = frozenset(
-    {
-        "supervisor._core._supervisor",
-        "supervisor._core._supervisor.Supervisor",
-    }
-)
 
 
 class Layer(enum.IntEnum):
@@ -248,7 +221,7 @@ GRAPH = Graph.read(ROOT)
 
 
 def _checked_edges() -> list[Edge]:
-    return [e for e in GRAPH.edges if (e.importer, e.imported) not in KNOWN]
+    return list(GRAPH.edges)
 
 
 class TestTheReader:
@@ -372,20 +345,6 @@ def test_no_import_cycle() -> None:
         pytest.fail(f"import cycle: {' -> '.join(exc.args[1])}")
 
 
-def test_known_edges_are_still_there() -> None:
-    """Each KNOWN edge still exists: when one is removed, delete it from KNOWN too."""
-    present = {(e.importer, e.imported) for e in GRAPH.edges}
-    assert sorted(KNOWN - present) == []
-
-
-def test_known_edges_are_needed() -> None:
-    """Each KNOWN edge breaks a rule: without KNOWN, a rule above would fail because of it."""
-    for importer, imported in KNOWN:
-        upward = layer_of(imported) > layer_of(importer)
-        closes_a_cycle = importer in GRAPH.reachable(imported)
-        assert upward or closes_a_cycle, f"{importer} -> {imported} breaks no rule"
-
-
 def _private_uses(tree: ast.Module) -> Iterator[str]:
     """Each import of a non-public ``supervisor`` name in ``tree``, and each ``supervisor._x``."""
     public = {"supervisor": supervisor, "supervisor.testing": supervisor.testing}
@@ -427,14 +386,7 @@ def _sizes() -> dict[str, tuple[int, int]]:
 def test_modules_and_classes_stay_small() -> None:
     """No module over MAX_MODULE_LINES, no class over MAX_CLASS_LINES: one room, one job."""
     over = {name for name, (lines, limit) in _sizes().items() if lines > limit}
-    assert sorted(over - KNOWN_OVERSIZE) == []
-
-
-def test_known_oversize_is_still_over() -> None:
-    """Each KNOWN_OVERSIZE entry exists and is still over its limit: delete it once split."""
-    sizes = _sizes()
-    fixed = [n for n in KNOWN_OVERSIZE if n not in sizes or sizes[n][0] <= sizes[n][1]]
-    assert sorted(fixed) == []
+    assert sorted(over) == []
 
 
 class TestSystems:

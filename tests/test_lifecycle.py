@@ -188,7 +188,7 @@ class TestEmergencyAndRestart:
                 lambda task_status: sup.run(exit_on_emergency=False, task_status=task_status)
             )
             await trio.sleep(1.05)  # ticks 0..10 at 10 Hz
-            result = await sup.shutdown(emergency=True, reason="drill", caller=OPERATOR)
+            result = (await sup.shutdown(emergency=True, reason="drill", caller=OPERATOR)).as_dict()
             assert sup.phase is Phase.EMERGENCY_SHUTDOWN
             assert result["snapshot"] is not None
             assert Path(result["snapshot"]).name == f"snapshot-{sup.tick}.msgpack"
@@ -199,12 +199,12 @@ class TestEmergencyAndRestart:
             # No free text for anonymous probes; the reason is in status().
             assert reasons == ["emergency_shutdown"]
             assert sup.liveness() == (True, "emergency_shutdown")
-            assert sup.status()["emergency"]["reason"] == "operator ops: drill"
+            assert sup.status().as_dict()["emergency"]["reason"] == "operator ops: drill"
             assert "supervisor restart" in sup.next_step()
             await trio.sleep(1.0)
             assert sup.tick == ticks_at_emergency  # nothing ticks in an emergency
 
-            restarted = await sup.restart(caller=OPERATOR)
+            restarted = (await sup.restart(caller=OPERATOR)).as_dict()
             assert restarted["tick"] == ticks_at_emergency
             assert restarted["phase"] == "development"
             assert sup.phase.value == "development"  # (a property: mypy would narrow "is")
@@ -248,7 +248,7 @@ class TestEmergencyAndRestart:
         async with trio.open_nursery() as nursery:
             await nursery.start(sup.run)
             await trio.sleep(0.55)
-            result = await sup.restart(caller=OPERATOR)
+            result = (await sup.restart(caller=OPERATOR)).as_dict()
             assert result["restored"] == ["counter"]
             assert counter.restored == [result["tick"]]
             sup.stop()
@@ -338,7 +338,9 @@ class TestPhaseChanges:
             assert "printf %s TOKEN | sha256sum" in refused.value.detail
             assert "--force" in refused.value.detail
             assert sup.phase is Phase.DEVELOPMENT
-            result = await sup.change_phase("production", force=True, reason="go", caller=OPERATOR)
+            result = (
+                await sup.change_phase("production", force=True, reason="go", caller=OPERATOR)
+            ).as_dict()
             assert result == {"before": "development", "after": "production", "forced": True}
             with pytest.raises(Refused, match="needs --force and a --reason"):
                 await sup.change_phase("testing", force=True, reason="", caller=OPERATOR)
@@ -386,7 +388,7 @@ class TestPhaseChanges:
         """Production -> development is refused without --force and a reason; with both it moves."""
         token = {"name": "ops", "role": "operator", "sha256": "ab" * 32}
         sup = _sup(tmp_path, Counter(), api={"tokens": [token]})
-        sup._phases.phase = Phase.PRODUCTION  # (started in production: no readiness needed here)
+        sup._k.phases.phase = Phase.PRODUCTION  # (started in production: no readiness needed here)
         async with trio.open_nursery() as nursery:
             await nursery.start(sup.run)
             for force, reason in [(False, ""), (False, "rollback"), (True, "")]:
@@ -414,7 +416,7 @@ class TestPhaseChanges:
             await sup.change_phase("testing", force=True, reason="", caller=OPERATOR)
             await trio.sleep(0.2)
             assert sup.tick_rate == 20
-            assert sup._slots["counter"].breaker.max_restarts == 9
+            assert sup._k.slots["counter"].breaker.max_restarts == 9
             assert sup.redaction
             sup.stop()
 

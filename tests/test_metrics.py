@@ -19,7 +19,7 @@ from prometheus_client.samples import Sample
 
 from supervisor import Phase, Supervisor
 from supervisor._core._histogram import Histogram
-from supervisor._server._metrics import LATENCY_BUCKETS
+from supervisor._server._metrics import LATENCY_BUCKETS, SupervisorMetrics
 from supervisor.testing import make_supervisor, run_systems
 from systems.example import Heartbeat, Wanderers
 
@@ -73,7 +73,7 @@ class Bomb:
 
 def families(sup: Supervisor) -> dict[str, Metric]:
     """The parsed exposition of ``sup``, by family name."""
-    body, content_type = sup.metrics_text()
+    body, content_type = SupervisorMetrics(sup).exposition()
     assert content_type.startswith("text/plain")
     return {m.name: m for m in text_string_to_metric_families(body.decode("utf-8"))}
 
@@ -118,7 +118,7 @@ class TestNamesAndTypes:
 
     def test_exposition_uses_the_contract_sample_names(self, world_run: Supervisor) -> None:
         """The text itself declares the ``_total`` names a PromQL query uses."""
-        text = world_run.metrics_text()[0].decode("utf-8")
+        text = SupervisorMetrics(world_run).exposition()[0].decode("utf-8")
         for family, (kind, _) in CONTRACT_METRICS.items():
             declared = f"{family}_total" if kind == "counter" else family
             assert f"# TYPE {declared} {kind}\n" in text, declared
@@ -349,7 +349,7 @@ class TestRedactedLabels:
     def test_gauge_name_redacted_in_testing(self) -> None:
         """A raw e-mail or card in a gauge name is never a label value outside development."""
         sup = _with_raw_gauges("testing", {"bob@example.com": 1.0, "g_4111111111111111": 2.0})
-        body = sup.metrics_text()[0].decode()
+        body = SupervisorMetrics(sup).exposition()[0].decode()
         assert "bob@example.com" not in body
         assert "4111111111111111" not in body
         fams = families(sup)
@@ -364,7 +364,7 @@ class TestRedactedLabels:
     def test_reported_secret_gauge_name_end_to_end(self) -> None:
         """Through ctx.report in testing: the card in the name never reaches the exposition."""
         run = run_systems(Reporter("g_4111111111111111"), ticks=3, tick_rate=RATE, phase="testing")
-        body = run.supervisor.metrics_text()[0].decode()
+        body = SupervisorMetrics(run.supervisor).exposition()[0].decode()
         assert "4111111111111111" not in body
         assert 'supervisor_gauge{name="g_[card]"} 7.0' in body
 
@@ -401,7 +401,7 @@ class TestBadGaugeValues:
     def test_bad_resource_value_is_left_out(self) -> None:
         """A non-finite process figure is left out instead of failing the scrape."""
         sup = run_systems(Heartbeat(), ticks=3, tick_rate=RATE).supervisor
-        sup.resources = {"rss_bytes": math.nan, "threads": 4.0}
+        sup.resources.update(rss_bytes=math.nan, threads=4.0)
         fams = families(sup)
         assert "supervisor_process_rss_bytes" not in fams
         assert value(fams, "supervisor_process_threads") == 4.0

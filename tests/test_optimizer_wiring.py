@@ -71,7 +71,7 @@ class TestOptimizerWiring:
         # The critical system is never throttled: it ran on every tick.
         assert economy.steps == result.summary.ticks
         # Fully restored by the end: every tick again.
-        assert sup._slots["cosmetics"].every == 1
+        assert sup._k.slots["cosmetics"].every == 1
         assert sup.tick_rate == 20
 
     def test_feature_flag_turns_it_off(self) -> None:

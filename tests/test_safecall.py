@@ -484,7 +484,7 @@ class TestErrorStorm:
 
     def test_format_budget_bounds_the_work_of_a_storm(self) -> None:
         """Past FORMAT_BUDGET formats in one second, records keep coming without tracebacks."""
-        import supervisor._core._supervisor as core
+        import supervisor._core._failures as core
 
         class Distinct:
             name = "distinct"

@@ -11,18 +11,43 @@ garbles the other (``tests/test_terminal.py`` checks a real terminal under tmux)
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 import trio
 
+from .._core._phase import Phase
+
 if TYPE_CHECKING:
-    from .._core._supervisor import Supervisor
+    from .._core._histogram import Histogram
 
 __all__ = ["LiveStream", "live_status"]
 
 #: Seconds between redraws of the status line.
 REFRESH = 0.5
 _CLEAR = "\r\x1b[2K"
+
+
+class _Errors(Protocol):
+    total: int
+
+
+class LiveSource(Protocol):
+    """What the status line reads of a supervisor: public counters only."""
+
+    @property
+    def lateness(self) -> Histogram: ...
+    @property
+    def gauges(self) -> Mapping[str, float]: ...
+    @property
+    def errors(self) -> _Errors: ...
+    @property
+    def tick(self) -> int: ...
+    @property
+    def tick_rate(self) -> float: ...
+    @property
+    def phase(self) -> Phase: ...
+    def quarantined(self) -> tuple[str, ...]: ...
 
 
 class LiveStream:
@@ -77,7 +102,7 @@ class LiveStream:
             return 80
 
 
-def status_line(sup: Supervisor) -> str:
+def status_line(sup: LiveSource) -> str:
     """``tick 1234 | 30.0 Hz | late p99 42 µs | players 200 | errors 0 | development``."""
     lat = sup.lateness.stats()
     players = sup.gauges.get("players")
@@ -89,13 +114,13 @@ def status_line(sup: Supervisor) -> str:
         f"late p99 {lat.p99 * 1e6:,.0f} µs",
         f"players {players:,.0f}" if players is not None else "players -",
         f"errors {errors}" + (f" ({len(quarantined)} quarantined)" if quarantined else ""),
-        sup.phase.value.upper() if sup.phase.value == "emergency_shutdown" else sup.phase.value,
+        sup.phase.value.upper() if sup.phase is Phase.EMERGENCY_SHUTDOWN else sup.phase.value,
     ]
     return " | ".join(parts)
 
 
 async def live_status(
-    sup: Supervisor,
+    sup: LiveSource,
     stream: LiveStream,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:

@@ -32,8 +32,9 @@ import trio
 from .._core._config import Config
 from .._core._phase import Phase
 from .._core._plugins import discover
+from .._core._runtime import Supervisor
 from .._core._snapshot import SnapshotStore
-from .._core._supervisor import RunSummary, Supervisor
+from .._core._views import RunSummary
 from .._errors import ConfigError, PluginError, StartupError, SupervisorError
 from .._files import check_output_path
 from .._logging import configure_logging, get_logger

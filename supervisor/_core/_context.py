@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from ._supervisor import Supervisor, _Slot
+from ._phase import Phase
 
 __all__ = ["GAUGE_NAME", "MAX_GAUGES", "MAX_GAUGE_NAME", "Context", "GaugeError"]
 
@@ -30,6 +29,43 @@ class GaugeError(ValueError):
     """
 
 
+class _Loop(Protocol):
+    tick: int
+    now: float
+    dt: float
+
+
+class _Slot(Protocol):
+    name: str
+    every: int
+
+
+class ContextHost(Protocol):
+    """The narrow part of the runtime a ``Context`` reads (the runtime's shared kernel)."""
+
+    loop: Any  # a _Loop: tick, now, dt (an attribute, read on every ``ctx.tick``)
+    gauges: dict[str, float]
+    gauge_keys: dict[str, str]
+    state_dir: Path
+
+    @property
+    def phase(self) -> Phase:
+        """The current phase."""
+        ...
+
+    def system(self, name: str) -> Any:
+        """A registered system by name (KeyError when there is none)."""
+        ...
+
+    def report_gauge(self, slot: Any, name: object, value: object) -> None:
+        """``ctx.report`` off its fast path."""
+        ...
+
+    def request_emergency(self, reason: str, *, source: str = ...) -> None:
+        """An emergency, after the current step."""
+        ...
+
+
 class Context:
     """What a system sees of the supervisor: the tick, time, phase, its peers.
 
@@ -38,14 +74,15 @@ class Context:
     into 50 contexts on every tick.
     """
 
-    __slots__ = ("_key_of", "_slot", "_sup", "_values", "log", "name")
+    __slots__ = ("_host", "_key_of", "_loop", "_slot", "_values", "log", "name")
 
-    def __init__(self, sup: Supervisor, slot: _Slot, log: Any) -> None:
-        self._sup = sup
+    def __init__(self, host: ContextHost, slot: _Slot, log: Any) -> None:
+        self._host = host
+        self._loop: _Loop = host.loop
         self._slot = slot
-        # The supervisor's gauge tables, mutated in place and never rebound.
-        self._key_of = sup._gauge_keys.get
-        self._values = sup._gauges
+        # The runtime's gauge tables, mutated in place and never rebound.
+        self._key_of = host.gauge_keys.get
+        self._values = host.gauges
         self.name = slot.name
         #: A structlog logger bound to this system's name.
         self.log = log
@@ -53,27 +90,27 @@ class Context:
     @property
     def tick(self) -> int:
         """The number of this tick; it continues across restore."""
-        return self._sup._tick
+        return self._loop.tick
 
     @property
     def dt(self) -> float:
         """The simulated time this step covers, in seconds (the fixed step, times the throttle)."""
-        return self._sup._dt * self._slot.every
+        return self._loop.dt * self._slot.every
 
     @property
     def now(self) -> float:
         """This tick's scheduled time on the supervisor's (trio's) clock."""
-        return self._sup._now
+        return self._loop.now
 
     @property
-    def phase(self) -> str:
-        """The supervisor's phase name (``"development"``, ...)."""
-        return self._sup.phase.value
+    def phase(self) -> Phase:
+        """The supervisor's phase (a ``str`` enum: equal to ``"development"``, ...)."""
+        return self._host.phase
 
     @property
     def state_dir(self) -> Path:
         """The supervisor's state folder (snapshots live in ``state_dir/snapshots``)."""
-        return self._sup.state_dir
+        return self._host.state_dir
 
     def system(self, name: str) -> Any:
         """Another registered system, by name.
@@ -81,7 +118,7 @@ class Context:
         Raises:
             KeyError: no system of that name is registered.
         """
-        return self._sup.system(name)
+        return self._host.system(name)
 
     def report(self, name: str, value: float) -> None:
         """Publish a gauge (``players``, ...): shown in status and metrics, recorded with errors.
@@ -108,8 +145,8 @@ class Context:
                 # (finite: inf - inf and nan - nan are nan)
                 self._values[key] = number  # type: ignore[assignment]
                 return
-        self._sup._report_gauge(self._slot, name, number)
+        self._host.report_gauge(self._slot, name, number)
 
     def request_emergency(self, reason: str) -> None:
         """Ask for an emergency shutdown; it begins once the current step returns."""
-        self._sup.request_emergency(f"{self.name}: {reason}", source=f"system:{self.name}")
+        self._host.request_emergency(f"{self.name}: {reason}", source=f"system:{self.name}")

@@ -100,11 +100,19 @@ class Refused(Exception):
         self.payload = dict(payload or {})
 
 
+class View(Protocol):
+    """A frozen view or an action's answer: ``as_dict()`` is its JSON (``_core._views``)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping."""
+        ...
+
+
 class Controlled(Protocol):
     """What the API layer needs from a supervisor."""
 
-    def status(self) -> dict[str, Any]:
-        """Everything ``supervisor status`` shows, JSON-ready."""
+    def status(self) -> View:
+        """Everything ``supervisor status`` shows (a ``StatusView``)."""
         ...
 
     def liveness(self) -> tuple[bool, str]:
@@ -129,20 +137,23 @@ class Controlled(Protocol):
         """The deployment readiness report."""
         ...
 
-    def error_view(self, *, limit: int, system: str | None) -> dict[str, Any]:
-        """Recent error records and groups by fingerprint, JSON-ready (redacted when made)."""
+    def error_view(self, *, limit: int, system: str | None) -> View:
+        """Recent error records and groups by fingerprint (an ``ErrorView``, redacted when made)."""
         ...
 
     def metrics_text(self) -> tuple[bytes, str]:
         """The Prometheus exposition and its content type."""
         ...
 
-    async def shutdown(self, *, emergency: bool, reason: str, caller: Caller) -> dict[str, Any]:
-        """Stop gracefully, or enter EMERGENCY_SHUTDOWN. Raises Refused when not allowed."""
+    async def shutdown(self, *, emergency: bool, reason: str, caller: Caller) -> View:
+        """Stop gracefully, or enter EMERGENCY_SHUTDOWN (a ``ShutdownResult``).
+
+        Raises Refused when not allowed.
+        """
         ...
 
-    async def restart(self, *, caller: Caller) -> dict[str, Any]:
-        """Rebuild the systems from preserved state.
+    async def restart(self, *, caller: Caller) -> View:
+        """Rebuild the systems from preserved state (a ``RestartResult``).
 
         Raises Refused when not allowed, or when a critical system's
         constructor failed (the supervisor is then in EMERGENCY_SHUTDOWN with
@@ -150,10 +161,8 @@ class Controlled(Protocol):
         """
         ...
 
-    async def change_phase(
-        self, phase: str, *, force: bool, reason: str, caller: Caller
-    ) -> dict[str, Any]:
-        """Move to ``phase``. Raises Refused (with the readiness report) when not allowed.
+    async def change_phase(self, phase: str, *, force: bool, reason: str, caller: Caller) -> View:
+        """Move to ``phase`` (a ``PhaseChange``). Raises Refused (with the readiness report).
 
         Leaving DEVELOPMENT with no ``[api] tokens`` needs ``force``; leaving
         PRODUCTION (but for an emergency) needs ``force`` and a ``reason``.

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import collections
 import enum
+from collections.abc import Callable
+
+import attrs
 
 from .._errors import PhaseError
 from ._control import LifecycleEvent
 
 
-class Phase(enum.Enum):
+class Phase(enum.StrEnum):
     """The phase a supervisor is in; values are the names used in config and the CLI."""
 
     DEVELOPMENT = "development"
@@ -125,14 +128,42 @@ class PhaseMachine:
         elif before is Phase.EMERGENCY_SHUTDOWN:
             self.interrupted = None
         self.phase = target
+        return self.record(
+            action=action,
+            before=before.value,
+            after=target.value,
+            time=time,
+            tick=tick,
+            caller=caller,
+            reason=reason,
+        )
+
+    def record(
+        self,
+        *,
+        action: str,
+        before: str,
+        after: str,
+        time: float,
+        tick: int,
+        caller: str,
+        reason: str,
+    ) -> LifecycleEvent:
+        """Keep a lifecycle event (a move, or an action that is not one): the one place built."""
         event = LifecycleEvent(
             time=time,
             tick=tick,
             action=action,
-            before=before.value,
-            after=target.value,
+            before=before,
+            after=after,
             caller=caller,
             reason=reason,
         )
         self.history.append(event)
         return event
+
+    def rewrite(self, text: Callable[[str], str]) -> None:
+        """Pass every kept event's free text (caller, reason) through ``text`` (redaction)."""
+        kept = [attrs.evolve(e, caller=text(e.caller), reason=text(e.reason)) for e in self.history]
+        self.history.clear()
+        self.history.extend(kept)

@@ -27,8 +27,7 @@ class ReadinessFacts:
     work_p95: float = 0.0
     budget: float = 0.0
     dropped_in_window: int = 0
-    # error_handling
-    safecall_active: bool = True
+    # error_handling (every step runs under SafeCall by construction: the sinks are what can fail)
     sink_problem: str | None = None  # None when the error sinks (state dir, audit log) are writable
     # security (of the phase being entered)
     target_phase: str = "production"
@@ -91,13 +90,6 @@ def _performance(f: ReadinessFacts) -> ReadinessCheck:
 
 
 def _error_handling(f: ReadinessFacts) -> ReadinessCheck:
-    if not f.safecall_active:
-        return ReadinessCheck(
-            name="error_handling",
-            ok=False,
-            detail="SafeCall is not routing system steps",
-            recommendation="run the systems under the supervisor's tick loop",
-        )
     if f.sink_problem is not None:
         return ReadinessCheck(
             name="error_handling",

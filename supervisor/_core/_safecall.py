@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._config_sections import RecoveryConfig
 from ._redact import Redactor
 
 __all__ = [
@@ -212,7 +213,7 @@ class ErrorRecord:
     fingerprint: str
     gauges: Mapping[str, float]
     health: str
-    kind: str = "error"  # "error" | "timeout" | "hang" | "interrupted"
+    kind: str = "error"  # "error" | "timeout" | "interrupted" | "gauge"
     stack: str | None = None  # the blocking stack the hang watchdog saw, if any
 
     def as_dict(self) -> dict[str, Any]:
@@ -548,6 +549,20 @@ class Breaker:
     failures: collections.deque[float] = attrs.field(factory=collections.deque)
     quarantines: int = 0
     retry_at: float = 0.0
+
+    @classmethod
+    def of(cls, recovery: RecoveryConfig) -> Breaker:
+        """A fresh breaker with the budget of ``recovery`` (the one place breakers are built)."""
+        breaker = cls(max_restarts=0, window=0.0, backoff_initial=0.0, backoff_max=0.0)
+        breaker.configure(recovery)
+        return breaker
+
+    def configure(self, recovery: RecoveryConfig) -> None:
+        """Take the budget of ``recovery`` (a phase overlay may change it); the state is kept."""
+        self.max_restarts = recovery.max_restarts
+        self.window = recovery.window_seconds
+        self.backoff_initial = recovery.backoff_initial
+        self.backoff_max = recovery.backoff_max
 
     def failure(self, now: float) -> bool:
         """Count a failure at ``now``; return whether the budget still holds."""

@@ -2,12 +2,13 @@
 
 Trio cancels only at checkpoints, so a step stuck in a ``while True`` or a
 blocking call never notices a deadline. This thread samples which step the
-loop thread is in (``Supervisor._current`` plus the tick and a call
-sequence: two reads, no locking; the loop only stores a reference per step).
-A step seen for longer than ``hang_timeout`` gets the loop thread's stack
-recorded; past ``kill_timeout`` an asynchronous ``StepInterrupted`` is
-delivered to the loop thread with ``PyThreadState_SetAsyncExc``, which SafeCall
-catches around the step and counts as a failure.
+loop thread is in (the loop marker's ``current`` slot plus the tick and a
+call sequence: three reads, no locking; the loop only stores a reference per
+step). A step seen for longer than ``hang_timeout`` gets the loop thread's
+stack put on its slot (the record of its interruption carries it); past
+``kill_timeout`` an asynchronous ``StepInterrupted`` is delivered to the
+loop thread with ``PyThreadState_SetAsyncExc``, which SafeCall catches
+around the step and counts as a failure.
 
 What cannot be interrupted: an exception set this way is raised when the
 thread next executes Python bytecode. A step blocked inside one C call
@@ -23,14 +24,12 @@ import sys
 import threading
 import time
 import traceback
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import attrs
 
 from .._errors import StepInterrupted
-
-if TYPE_CHECKING:
-    from ._supervisor import Supervisor
 
 __all__ = ["HangEvent", "Watchdog"]
 
@@ -46,22 +45,31 @@ def _positive(value: float, default: float) -> float:
     return value if isinstance(value, int | float) and 0 < value < float("inf") else default
 
 
+class Marker(Protocol):
+    """What the watchdog reads of the loop: the slot running now, the tick, a call counter.
+
+    ``current`` is a slot (with ``name`` and a writable ``hang_stack``) or None.
+    """
+
+    current: Any
+    tick: int
+    call_seq: int
+
+
 @attrs.frozen
 class HangEvent:
-    """What the watchdog saw: a step running too long, and its stack."""
+    """What the watchdog saw: a step running too long (logged by the loop)."""
 
     system: str
     tick: int
     elapsed: float
-    stack: str
-    interrupted: bool
 
 
 class Watchdog:
     """Watches the loop thread of one supervisor; start() and stop() around its run."""
 
-    def __init__(self, sup: Supervisor, *, hang_timeout: float, kill_timeout: float) -> None:
-        self._sup = sup
+    def __init__(self, marker: Marker, *, hang_timeout: float, kill_timeout: float) -> None:
+        self._marker = marker
         self.hang_timeout = DEFAULT_HANG_TIMEOUT
         self.kill_timeout = DEFAULT_KILL_TIMEOUT
         self._poll = 0.05
@@ -69,8 +77,10 @@ class Watchdog:
         self._loop_thread = threading.get_ident()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        #: Events for the loop thread to turn into error records (deque appends are thread-safe).
+        #: Events for the loop thread to log (deque appends are thread-safe).
         self.events: collections.deque[HangEvent] = collections.deque(maxlen=1000)
+        #: Called (from the watchdog thread) after each event is appended.
+        self.on_event: Callable[[], None] | None = None
 
     def configure(self, *, hang_timeout: float, kill_timeout: float) -> None:
         """Set the timeouts (a phase overlay may change them); bad values fall back to defaults."""
@@ -99,17 +109,17 @@ class Watchdog:
         return "".join(traceback.format_stack(frame, limit=STACK_LIMIT))
 
     def _run(self) -> None:
-        sup = self._sup
+        marker = self._marker
         seen_key: tuple[object, int, int] | None = None
         since = 0.0
         hang_recorded = interrupted = False
         while not self._stop.wait(self._poll):
-            slot = sup._current
+            slot = marker.current
             now = time.monotonic()
             if slot is None:
                 seen_key = None
                 continue
-            key = (slot, sup._tick, sup._call_seq)
+            key = (slot, marker.tick, marker.call_seq)
             if key != seen_key:
                 seen_key, since = key, now
                 hang_recorded = interrupted = False
@@ -119,11 +129,13 @@ class Watchdog:
                 hang_recorded = True
                 stack = self._stack()
                 slot.hang_stack = stack
-                self.events.append(HangEvent(slot.name, key[1], elapsed, stack, interrupted=False))
+                self.events.append(HangEvent(slot.name, key[1], elapsed))
+                if self.on_event is not None:
+                    self.on_event()
             if elapsed >= self.kill_timeout and not interrupted:
                 # Re-check just before delivering: the step may have ended
                 # between the read above and now.
-                if (sup._current, sup._tick, sup._call_seq) != key:
+                if (marker.current, marker.tick, marker.call_seq) != key:
                     continue
                 interrupted = True
                 self._interrupt()

@@ -48,7 +48,7 @@ import attrs
 import trio
 
 from .._address import MAX_ERRORS_LIMIT
-from .._core._config_sections import ApiConfig
+from .._core._config_sections import ApiConfig, TokenConfig
 from .._core._control import Caller, Controlled, Refused
 from .._core._redact import Redactor
 from .._logging import get_logger
@@ -122,16 +122,19 @@ class Api:
     _log: Any = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._tokens = tuple(
-            (t.sha256.lower().encode("ascii"), Caller(name=t.name, role=t.role))
-            for t in self.api.tokens
-        )
+        self.use_tokens(self.api.tokens)
         # The two uids that own the 0600 socket: this process's user and
         # root. Names are looked up once here: getpwuid may block (NSS/LDAP).
         self._owners = {
             uid: Caller(name=uid_name(uid), role="operator") for uid in {os.getuid(), 0}
         }
         self._log = get_logger(component="api")
+
+    def use_tokens(self, tokens: tuple[TokenConfig, ...]) -> None:
+        """Accept these tokens from now on (the phase in force changed its ``[api] tokens``)."""
+        self._tokens = tuple(
+            (t.sha256.lower().encode("ascii"), Caller(name=t.name, role=t.role)) for t in tokens
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
@@ -461,7 +464,7 @@ class Api:
         return ("\n".join(lines) + "\n").encode("ascii")
 
     async def _status(self) -> Answer:
-        return json_answer(200, self.sup.status())
+        return json_answer(200, self.sup.status().as_dict())
 
     async def _readiness(self) -> Answer:
         # 200 either way: the request worked; the report's "ok" says the rest.
@@ -480,18 +483,20 @@ class Api:
             not system or len(system) > _MAX_SYSTEM_NAME or not system.isprintable()
         ):
             raise HttpError(400, "query parameter 'system' must be a system name")
-        return json_answer(200, self.sup.error_view(limit=count, system=system))
+        return json_answer(200, self.sup.error_view(limit=count, system=system).as_dict())
 
     async def _shutdown(self, *, caller: Caller, emergency: bool, reason: str) -> dict[str, Any]:
-        return await self.sup.shutdown(emergency=emergency, reason=reason, caller=caller)
+        answer = await self.sup.shutdown(emergency=emergency, reason=reason, caller=caller)
+        return answer.as_dict()
 
     async def _restart(self, *, caller: Caller) -> dict[str, Any]:
-        return await self.sup.restart(caller=caller)
+        return (await self.sup.restart(caller=caller)).as_dict()
 
     async def _phase(
         self, *, caller: Caller, phase: str, force: bool, reason: str
     ) -> dict[str, Any]:
-        return await self.sup.change_phase(phase, force=force, reason=reason, caller=caller)
+        answer = await self.sup.change_phase(phase, force=force, reason=reason, caller=caller)
+        return answer.as_dict()
 
 
 def make_app(

@@ -17,8 +17,8 @@ scrape.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -34,9 +34,52 @@ from .._core._histogram import LATENCY_BUCKETS, Histogram, HistogramStats
 from .._core._phase import Phase
 
 if TYPE_CHECKING:
-    from .._core._supervisor import Supervisor
+    from .._core._redact import Redactor
 
-__all__ = ["LATENCY_BUCKETS", "SupervisorMetrics"]
+__all__ = ["LATENCY_BUCKETS", "MetricsSource", "SupervisorMetrics", "install"]
+
+
+class MetricsSource(Protocol):
+    """What the collector reads of a supervisor: public counters and views only."""
+
+    @property
+    def redactor(self) -> Redactor: ...
+    @property
+    def tick(self) -> int: ...
+    @property
+    def work(self) -> Histogram: ...
+    @property
+    def lateness(self) -> Histogram: ...
+    @property
+    def overruns(self) -> int: ...
+    @property
+    def dropped_ticks(self) -> int: ...
+    @property
+    def tick_rate(self) -> float: ...
+    @property
+    def budget(self) -> float: ...
+    @property
+    def optimizer_adjustments(self) -> int: ...
+    @property
+    def phase(self) -> Phase: ...
+    @property
+    def errors(self) -> Any: ...  # an ErrorLog: counts, dropped
+    @property
+    def names(self) -> list[str]: ...
+    @property
+    def gauges(self) -> Mapping[str, float]: ...
+    @property
+    def resources(self) -> Mapping[str, float]: ...
+    @property
+    def snapshot_stall(self) -> Histogram: ...
+    @property
+    def snapshot_failures(self) -> int: ...
+    def quarantined(self) -> tuple[str, ...]: ...
+    def step_window(self, name: str, since: int = 0) -> list[float]: ...
+
+
+class _Exported(MetricsSource, Protocol):
+    metrics_exporter: Callable[[], tuple[bytes, str]] | None
 
 
 #: Reasons always exposed (0 until they happen), so the series are stable.
@@ -68,7 +111,7 @@ def _histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
 
 
 class _Collector(Collector):
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(self, sup: MetricsSource) -> None:
         self._sup = sup
 
     def _label(self) -> Callable[[str], str]:
@@ -198,10 +241,18 @@ class _Collector(Collector):
 class SupervisorMetrics:
     """The Prometheus registry of one supervisor."""
 
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(self, sup: MetricsSource) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(sup))
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def install(sup: _Exported) -> None:
+    """Give ``sup`` its Prometheus exposition (``sup.metrics_text()``, ``GET /metrics``).
+
+    Installed by the server layer: the core imports no metrics library.
+    """
+    sup.metrics_exporter = SupervisorMetrics(sup).exposition

@@ -36,10 +36,11 @@ from ._app import Api
 from ._audit import AuditLog
 from ._connection import ConnectionLimits, ServerStats
 from ._listener import make_ssl_context, serve_connections
+from ._metrics import install as install_metrics
 from ._requests import ASGIApp
 
 if TYPE_CHECKING:
-    from .._core._supervisor import Supervisor
+    from .._core._runtime import Supervisor
 
 __all__ = ["ApiListenError", "attach_api", "serve_api"]
 
@@ -356,7 +357,7 @@ def attach_api(sup: Supervisor) -> None:
         ConfigError: ``[api] listen`` is malformed, or ``[api] audit_log``
             exists and is not a regular file.
     """
-    api = sup.config.api
+    api = sup.active_config.api
     source = sup.config.source
     try:
         addr = parse_listen(api.listen)
@@ -375,6 +376,9 @@ def attach_api(sup: Supervisor) -> None:
         lambda: None if audit.writable() else f"the audit log {audit_path} is not writable"
     )
     app = Api(sup=sup, api=served, tcp=addr.is_tcp, audit=audit, redactor=sup.redactor)
+    install_metrics(sup)  # GET /metrics: the core imports no metrics library
+    # The tokens of the phase in force: what readiness judges is what the API accepts.
+    sup.phase_listeners.append(lambda _phase: app.use_tokens(sup.active_config.api.tokens))
 
     async def flush_refusals() -> None:
         try:
