@@ -408,7 +408,8 @@ class TestBuild:
 
         @attrs.define
         class Typed:
-            count: int = attrs.field(validator=attrs.validators.instance_of(int))
+            # Annotated Any: the annotation check lets it through to the validator.
+            count: Any = attrs.field(validator=attrs.validators.instance_of(int))
 
             def tick(self, ctx: Any) -> None:
                 pass
@@ -1080,7 +1081,10 @@ class TestSystemsCommand:
         assert (wanderers["priority"], wanderers["error"]) == (0, None)
 
     def test_json_with_faked_distributions(
-        self, fake_entry_points: InstallEntryPoints, fake_module: types.ModuleType
+        self,
+        fake_entry_points: InstallEntryPoints,
+        fake_module: types.ModuleType,
+        tmp_path: Path,
     ) -> None:
         """Rows come sorted by name; a system that cannot load is listed with its error."""
         fake_entry_points(
@@ -1088,17 +1092,21 @@ class TestSystemsCommand:
             FakeEntryPoint("economy", f"{FAKE_MODULE}:Economy", dist=FakeDistribution("eco")),
             FakeEntryPoint("ghost", "no_such_module_xyz:Ghost"),
         )
+        config = tmp_path / "game.toml"
+        config.write_text('[systems]\nenabled = ["economy"]\n', encoding="utf-8")
 
-        result = CliRunner().invoke(cli, ["systems", "--json"])
+        result = CliRunner().invoke(cli, ["systems", "--config", str(config), "--json"])
 
         assert result.exit_code == 0, result.output
         rows = json.loads(result.stdout)
         assert [r["name"] for r in rows] == ["economy", "ghost", "players"]
+        assert [r["enabled"] for r in rows] == [True, False, False]
         economy, ghost, _ = rows
         assert economy == {
             "name": "economy",
             "origin": "entry point (eco)",
             "target": f"{FAKE_MODULE}:Economy",
+            "enabled": True,
             "critical": False,
             "depends_on": ["players"],
             "priority": 0,

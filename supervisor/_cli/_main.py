@@ -19,8 +19,9 @@ from typing import Any, Final, NoReturn
 
 import click
 
-from .._errors import one_line
-from ._client import COMMANDS, EXIT_USAGE
+from .._errors import ConfigError, one_line
+from ._client import COMMANDS, DEFAULT_CONFIG, EXIT_USAGE, fail
+from ._config_cmd import config
 
 __all__ = ["MAX_TICKS", "cli", "main"]
 
@@ -180,33 +181,56 @@ def run(**options: Any) -> None:
 
 
 @cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help=f"TOML config whose systems to mark (default: ./{DEFAULT_CONFIG}, else the demo world).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
-def systems(as_json: bool) -> None:
-    """List the discoverable systems and where they come from."""
-    from ._run import system_rows
+def systems(config_path: str | None, as_json: bool) -> None:
+    """List the installed systems and the config's, marking the enabled ones.
 
-    rows = system_rows()
+    \b
+    Installed systems come from the supervisor.systems entry points; a
+    config may also enable 'pkg.module:Class' import strings, or run an
+    installed system under another name with [systems.NAME] use = "...".
+    Exit codes: 0 listed; 2 the config is invalid.
+
+    \b
+    Example:
+      supervisor systems --config game.toml
+    """
+    from ._config_cmd import load_config, system_rows
+
+    try:
+        rows = system_rows(load_config(config_path))
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table("name", "from", "critical", "depends_on", "priority")
+    table = Table("", "name", "from", "critical", "depends_on", "priority")
     for row in rows:
         critical = "?" if row["critical"] is None else ("yes" if row["critical"] else "no")
         table.add_row(
-            row["name"],
-            f"{row['origin']}\n{row['target']}"
-            + (f"\n[red]{row['error']}[/]" if row["error"] else ""),
+            "[green]✓[/]" if row["enabled"] else "",
+            escape(row["name"]),
+            escape(f"{row['origin']}\n{row['target']}")
+            + (f"\n[red]{escape(row['error'])}[/]" if row["error"] else ""),
             critical,
-            ", ".join(row["depends_on"]) or "-",
+            escape(", ".join(row["depends_on"])) or "-",
             str(row["priority"]),
         )
     Console().print(table)
+    click.echo("✓ enabled in the config (supervisor run would start it)")
 
 
-for _command in COMMANDS:
+for _command in (*COMMANDS, config):
     cli.add_command(_command)
 
 
