@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import httpx
     from rich.console import Console
 
-__all__ = ["COMMANDS", "ApiClient", "resolve_api"]
+__all__ = ["COMMANDS", "ApiClient", "Unreachable", "resolve_api"]
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -48,6 +48,10 @@ DEFAULT_CONFIG: Final = "supervisor.toml"
 TOKEN_ENV: Final = "SUPERVISOR_TOKEN"
 #: Seconds to wait for an answer; a graceful shutdown stops every system first.
 TIMEOUT: Final = 30.0
+#: ``status --watch``: the default and the bounds of its interval, in seconds.
+WATCH_DEFAULT: Final = 2.0
+MIN_WATCH: Final = 0.1
+MAX_WATCH: Final = 3600.0
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -142,6 +146,23 @@ class ApiClient:
         Ends the command (exit 1, one line) when no supervisor answers or the
         answer is not JSON.
         """
+        try:
+            return self.try_request(method, path, params=params, body=body)
+        except Unreachable as exc:
+            fail(str(exc))
+
+    def try_request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> tuple[int, Any]:
+        """Like :meth:`request`, but raise :class:`Unreachable` rather than end the command.
+
+        ``status --watch`` keeps watching a supervisor that restarts.
+        """
         import httpx
 
         where = str(self.address)
@@ -151,19 +172,25 @@ class ApiClient:
             with self._client() as client:
                 response = client.request(method, path, params=params, json=body)
         except httpx.ConnectError as exc:
-            fail(_connect_problem(where, exc))
+            raise Unreachable(_connect_problem(where, exc)) from None
         except httpx.TimeoutException:
-            fail(f"the supervisor at {where} did not answer within {self.timeout:g} s")
+            raise Unreachable(
+                f"the supervisor at {where} did not answer within {self.timeout:g} s"
+            ) from None
         except httpx.HTTPError as exc:
-            fail(f"lost the connection to the supervisor at {where} ({exc or type(exc).__name__})")
+            raise Unreachable(
+                f"lost the connection to the supervisor at {where} ({exc or type(exc).__name__})"
+            ) from None
         try:
             data = response.json()
         except ValueError:
-            fail(f"unexpected answer from {where}: HTTP {response.status_code}, not JSON")
+            raise Unreachable(
+                f"unexpected answer from {where}: HTTP {response.status_code}, not JSON"
+            ) from None
         return response.status_code, data
 
     def _probe_unix(self, where: str) -> None:
-        """End the command if nothing accepts connections on the socket.
+        """Raise :class:`Unreachable` if nothing accepts connections on the socket.
 
         httpcore's Unix-socket connect leaves its socket to the garbage
         collector when the connect fails (a ResourceWarning), so the common
@@ -175,9 +202,13 @@ class ApiClient:
             probe.settimeout(self.timeout)
             probe.connect(self.address.path)
         except OSError as exc:
-            fail(_connect_problem(where, exc))
+            raise Unreachable(_connect_problem(where, exc)) from None
         finally:
             probe.close()
+
+
+class Unreachable(Exception):
+    """No supervisor answered, or its answer was not JSON; the message is one line."""
 
 
 def _connect_problem(where: str, exc: BaseException) -> str:
@@ -199,7 +230,7 @@ def _connect_problem(where: str, exc: BaseException) -> str:
     return f"no supervisor is running at {where} ({reason})"
 
 
-def _client_from(api: str | None, config_path: str | None) -> ApiClient:
+def client_from(api: str | None, config_path: str | None) -> ApiClient:
     try:
         address = resolve_api(api, config_path)
     except ConfigError as exc:
@@ -211,7 +242,7 @@ def _client_from(api: str | None, config_path: str | None) -> ApiClient:
     return ApiClient(address=address, token=token)
 
 
-def _refused(status: int, data: Any, client: ApiClient) -> NoReturn:
+def refused(status: int, data: Any, client: ApiClient) -> NoReturn:
     """Report a non-200 answer in one line (plus any readiness report) and exit 1."""
     message = data.get("error") if isinstance(data, Mapping) else None
     message = str(message) if message else f"HTTP {status}"
@@ -240,16 +271,6 @@ def _console(*, err: bool = False) -> Console:
     return Console(file=file, highlight=False, soft_wrap=False, width=width)
 
 
-def _seconds(value: Any) -> str:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return "-"
-    if value >= 1.0:
-        return f"{value:.2f} s"
-    if value >= 1e-3:
-        return f"{value * 1e3:.2f} ms"
-    return f"{value * 1e6:.0f} µs"
-
-
 def _text(value: Any) -> str:
     """``value`` for a table cell, escaped: rich would eat ``[api]`` as markup."""
     from rich.markup import escape
@@ -271,67 +292,8 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
-def _echo_json(data: Any) -> None:
+def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
-
-
-def _print_status(data: Mapping[str, Any]) -> None:
-    from rich.table import Table
-
-    console = _console()
-    overview = Table.grid(padding=(0, 2))
-    overview.add_column(style="bold")
-    overview.add_column()
-    lateness = data.get("lateness") or {}
-    rows: list[tuple[str, str]] = [
-        ("phase", _text(data.get("phase"))),
-        ("tick", _text(data.get("tick"))),
-        ("tick rate", f"{_text(data.get('tick_rate'))} Hz"),
-        ("budget", _seconds(data.get("budget"))),
-        (
-            "lateness",
-            f"p50 {_seconds(lateness.get('p50'))}  p99 {_seconds(lateness.get('p99'))}"
-            f"  max {_seconds(lateness.get('max'))}",
-        ),
-        ("overruns", _text(data.get("overruns"))),
-        ("dropped ticks", _text(data.get("dropped_ticks"))),
-        ("profile", _text(data.get("profile"))),
-    ]
-    for name, value in (data.get("gauges") or {}).items():
-        rows.append((_text(name), _text(value)))
-    errors = data.get("errors") or {}
-    rows.append(("errors", _text({k: v for k, v in errors.items() if v}) if errors else "none"))
-    if data.get("quarantined"):
-        rows.append(("quarantined", _text(data["quarantined"])))
-    if data.get("emergency_reason"):
-        rows.append(("emergency", f"[red]{_text(data['emergency_reason'])}[/]"))
-    known = {"systems", "lateness", "work", "gauges", "errors", "quarantined", "emergency_reason"}
-    known |= {"phase", "tick", "tick_rate", "budget", "overruns", "dropped_ticks", "profile"}
-    # Whatever else the supervisor reports (a recommendation, uptime, ...).
-    rows.extend((_text(k), _text(v)) for k, v in data.items() if k not in known)
-    for name, value in rows:
-        overview.add_row(name, value)
-    console.print(overview)
-    systems = data.get("systems") or []
-    if isinstance(systems, Mapping):
-        systems = [{"name": k, **v} for k, v in systems.items() if isinstance(v, Mapping)]
-    if systems:
-        table = Table("system", "state", "health", "errors", "step p50", "step p99", "every")
-        for s in systems:
-            step = s.get("step") or {}
-            state = _text(s.get("state"))
-            if state not in {"closed", "running", "stopped", "-"}:
-                state = f"[yellow]{state}[/]"
-            table.add_row(
-                _text(s.get("name")),
-                state,
-                _text(s.get("health")),
-                _text(s.get("errors")),
-                _seconds(step.get("p50")),
-                _seconds(step.get("p99")),
-                _text(s.get("every")),
-            )
-        console.print(table)
 
 
 def _print_checks(checks: Iterable[Any], *, only_failed: bool = False, err: bool = False) -> None:
@@ -385,7 +347,7 @@ def _print_errors(data: Mapping[str, Any]) -> None:
         console.print(table)
 
 
-def _print_result(action: str, data: Any) -> None:
+def print_result(action: str, data: Any) -> None:
     if isinstance(data, Mapping):
         detail = data.get("detail") or data.get("message")
         if isinstance(detail, str) and detail:
@@ -399,7 +361,7 @@ def _print_result(action: str, data: Any) -> None:
 # --------------------------------------------------------------- commands
 
 
-def _api_options(func: F) -> F:
+def api_options(func: F) -> F:
     func = click.option(
         "--config",
         "config_path",
@@ -413,68 +375,105 @@ def _api_options(func: F) -> F:
     )(func)
 
 
-def _json_option(func: F) -> F:
+def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer.")(func)
 
 
-def _check_reason(_ctx: Any, _param: Any, value: str) -> str:
+def check_reason(_ctx: Any, _param: Any, value: str) -> str:
     if len(value) > MAX_REASON:
         raise click.BadParameter(f"at most {MAX_REASON} characters, got {len(value)}")
     return value
 
 
-def _get(api: str | None, config_path: str | None, path: str, **params: Any) -> Any:
-    client = _client_from(api, config_path)
+def api_get(api: str | None, config_path: str | None, path: str, **params: Any) -> Any:
+    """GET ``path``; return the answer (a refusal ends the command, exit 1)."""
+    client = client_from(api, config_path)
     status, data = client.request(
         "GET", path, params={k: v for k, v in params.items() if v is not None}
     )
     if status != 200:
-        _refused(status, data, client)
+        refused(status, data, client)
     return data
 
 
-def _post(
-    api: str | None, config_path: str | None, action: str, path: str, body: Mapping[str, Any]
-) -> None:
-    client = _client_from(api, config_path)
+def api_post(api: str | None, config_path: str | None, path: str, body: Mapping[str, Any]) -> Any:
+    """POST ``body`` to ``path``; return the answer (a refusal ends the command, exit 1)."""
+    client = client_from(api, config_path)
     status, data = client.request("POST", path, body=body)
     if status != 200:
-        _refused(status, data, client)
-    _print_result(action, data)
+        refused(status, data, client)
+    return data
 
 
 @click.command()
-@_api_options
-@_json_option
-def status(api: str | None, config_path: str | None, as_json: bool) -> None:
-    """Show the phase, tick timing, systems, players and errors."""
-    data = _get(api, config_path, "/v1/status")
+@api_options
+@json_option
+@click.option(
+    "--watch",
+    "interval",
+    type=click.FloatRange(MIN_WATCH, MAX_WATCH),
+    is_flag=False,
+    flag_value=WATCH_DEFAULT,
+    default=None,
+    metavar="[SECONDS]",
+    help=f"Redraw in place every SECONDS (default {WATCH_DEFAULT:g}) until Ctrl-C.",
+)
+def status(api: str | None, config_path: str | None, as_json: bool, interval: float | None) -> None:
+    """Show the phase, tick timing, systems, players, problems and recent lifecycle.
+
+    \b
+    Human units for people; --json keeps the machine keys, in seconds and bytes.
+    The emergency section appears only while in emergency_shutdown.
+
+    \b
+    Example:
+      supervisor status --watch 1
+    """
+    if interval is not None:
+        if as_json:
+            raise click.UsageError("--watch and --json exclude each other")
+        from ._watch import watch
+
+        watch(client_from(api, config_path), interval)
+        return
+    data = api_get(api, config_path, "/v1/status")
     if as_json:
-        _echo_json(data)
-    else:
-        _print_status(data if isinstance(data, Mapping) else {})
+        echo_json(data)
+        return
+    from ._status import render_status
+
+    _console().print(render_status(data if isinstance(data, Mapping) else {}))
 
 
 @click.command()
-@_api_options
+@api_options
 @click.option("--emergency", is_flag=True, help="Enter EMERGENCY_SHUTDOWN instead of stopping.")
-@click.option("--reason", default="", callback=_check_reason, help="Why (audit log).")
+@click.option("--reason", default="", callback=check_reason, help="Why (audit log).")
 def shutdown(api: str | None, config_path: str | None, emergency: bool, reason: str) -> None:
-    """Stop gracefully, or enter an emergency shutdown (state preserved)."""
-    _post(
-        api,
-        config_path,
-        "shutdown",
-        "/v1/shutdown",
-        {"emergency": emergency, "reason": reason},
-    )
+    """Stop gracefully, or enter an emergency shutdown (state preserved).
+
+    \b
+    Example:
+      supervisor shutdown --emergency --reason "disk almost full"
+    """
+    answer = api_post(api, config_path, "/v1/shutdown", {"emergency": emergency, "reason": reason})
+    print_result("shutdown", answer)
 
 
 @click.command()
-@_api_options
+@api_options
 def restart(api: str | None, config_path: str | None) -> None:
-    """Restart the systems in the same process from preserved state."""
-    _post(api, config_path, "restart", "/v1/restart", {})
+    """Restart the systems in the same process from preserved state.
+
+    \b
+    After an emergency shutdown: `supervisor errors`, fix the cause, then
+    this, which continues from the snapshot the emergency wrote.
+
+    \b
+    Example:
+      supervisor restart
+    """
+    print_result("restart", api_post(api, config_path, "/v1/restart", {}))
 
 
 @click.command()
@@ -483,13 +482,13 @@ def restart(api: str | None, config_path: str | None) -> None:
     metavar="PHASE",
     type=click.Choice(["development", "testing", "production"], case_sensitive=False),
 )
-@_api_options
+@api_options
 @click.option(
     "--force",
     is_flag=True,
     help="Skip the readiness gate, or leave development without tokens (recorded).",
 )
-@click.option("--reason", default="", callback=_check_reason, help="Why (audit log).")
+@click.option("--reason", default="", callback=check_reason, help="Why (audit log).")
 def phase(target: str, api: str | None, config_path: str | None, force: bool, reason: str) -> None:
     """Move the running supervisor to PHASE: development, testing or production.
 
@@ -497,25 +496,31 @@ def phase(target: str, api: str | None, config_path: str | None, force: bool, re
     Promotion to production passes the readiness gate unless --force.
     Leaving development needs an [api] token in the config, or --force.
     Leaving production (but for an emergency) needs --force and --reason.
+
+    \b
+    Example:
+      supervisor phase production --reason "release 1.4"
     """
-    _post(
-        api,
-        config_path,
-        "phase",
-        "/v1/phase",
-        {"phase": target.lower(), "force": force, "reason": reason},
+    answer = api_post(
+        api, config_path, "/v1/phase", {"phase": target.lower(), "force": force, "reason": reason}
     )
+    print_result("phase", answer)
 
 
 @click.command()
-@_api_options
-@_json_option
+@api_options
+@json_option
 def readiness(api: str | None, config_path: str | None, as_json: bool) -> None:
-    """Show the deployment readiness report; exit 1 unless every check passes."""
-    data = _get(api, config_path, "/v1/readiness")
+    """Show the deployment readiness report; exit 1 unless every check passes.
+
+    \b
+    Example:
+      supervisor readiness && supervisor phase production
+    """
+    data = api_get(api, config_path, "/v1/readiness")
     ok = isinstance(data, Mapping) and data.get("ok") is True
     if as_json:
-        _echo_json(data)
+        echo_json(data)
     else:
         checks = data.get("checks", []) if isinstance(data, Mapping) else []
         _print_checks(checks)
@@ -524,7 +529,7 @@ def readiness(api: str | None, config_path: str | None, as_json: bool) -> None:
 
 
 @click.command()
-@_api_options
+@api_options
 @click.option(
     "--limit",
     type=click.IntRange(1, MAX_ERRORS_LIMIT),
@@ -533,14 +538,34 @@ def readiness(api: str | None, config_path: str | None, as_json: bool) -> None:
     help="Most recent records to show.",
 )
 @click.option("--system", help="Only this system's errors.")
-@_json_option
+@json_option
 def errors(
     api: str | None, config_path: str | None, limit: int, system: str | None, as_json: bool
 ) -> None:
-    """Show recent error records, grouped by fingerprint with counts."""
-    data = _get(api, config_path, "/v1/errors", limit=limit, system=system)
+    """Show recent error records, grouped by fingerprint with counts.
+
+    \b
+    --system NAME names a system from `supervisor status` (exit 1 if none has it).
+
+    \b
+    Example:
+      supervisor errors --system economy --limit 5
+    """
+    data = api_get(api, config_path, "/v1/errors", limit=limit, system=system)
+    if (
+        system is not None
+        and isinstance(data, Mapping)
+        and not (data.get("groups") or data.get("records"))
+    ):
+        # The API filters by name and cannot tell "none" from "no such system":
+        # the status lists the systems.
+        status = api_get(api, config_path, "/v1/status")
+        listed = status.get("systems") if isinstance(status, Mapping) else None
+        names = [s.get("name") for s in listed or [] if isinstance(s, Mapping)]
+        if names and system not in names:
+            fail(f"no such system {system!r} (systems: {', '.join(map(str, names))})")
     if as_json:
-        _echo_json(data)
+        echo_json(data)
     else:
         _print_errors(data if isinstance(data, Mapping) else {})
 

@@ -19,9 +19,11 @@ from typing import Any, Final, NoReturn
 
 import click
 
+from .._core._config_sections import BUILTIN_PROFILES
 from .._errors import ConfigError, one_line
 from ._client import COMMANDS, DEFAULT_CONFIG, EXIT_USAGE, fail
 from ._config_cmd import config
+from ._operator import OPERATOR_COMMANDS
 
 __all__ = ["MAX_TICKS", "cli", "main"]
 
@@ -110,9 +112,9 @@ def _show_version(ctx: click.Context, _param: Any, value: bool) -> None:
     cls=_Group,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog=(
-        "The commands but run and systems talk to a running supervisor's API, with the "
-        "token from SUPERVISOR_TOKEN when set. Exit codes: 0 done; 1 refused or failed; "
-        "2 usage or config error, or a start refused on purpose; 3 run ended by an "
+        "The commands but run, systems and config talk to a running supervisor's API, "
+        "with the token from SUPERVISOR_TOKEN when set. Exit codes: 0 done; 1 refused or "
+        "failed; 2 usage or config error, or a start refused on purpose; 3 run ended by an "
         "emergency shutdown, state preserved; 4 emergency shutdown, state not preserved."
     ),
 )
@@ -125,7 +127,18 @@ def _show_version(ctx: click.Context, _param: Any, value: bool) -> None:
     help="Show the version and the Python it runs on.",
 )
 def cli() -> None:
-    """A fixed-tick game-server supervisor."""
+    """A fixed-tick game-server supervisor.
+
+    \b
+    Before deploying:  supervisor config check --config game.toml --phase production
+    Start it:          supervisor run --config game.toml
+    Watch it:          supervisor status --watch
+    Each command's --help lists its choices, one example and its exit codes.
+
+    \b
+    Shell completion (bash; for zsh or fish write zsh_source or fish_source):
+      eval "$(_SUPERVISOR_COMPLETE=bash_source supervisor)"
+    """
 
 
 @cli.command()
@@ -133,7 +146,12 @@ def cli() -> None:
 @click.option(
     "--phase", type=click.Choice(["development", "testing", "production"]), help="Starting phase."
 )
-@click.option("--profile", help="Device profile name, or 'auto' to detect.")
+@click.option(
+    "--profile",
+    metavar="NAME",
+    help=f"Device profile: {', '.join(BUILTIN_PROFILES)}, one of the config's "
+    "[profiles], or auto (detect from the machine; the default).",
+)
 @click.option(
     "--tick-rate", type=float, callback=_bounded("--tick-rate", MAX_TICK_RATE), help="Hz."
 )
@@ -158,7 +176,11 @@ def cli() -> None:
 @click.option(
     "--exit-on-emergency", is_flag=True, help="Exit with code 3 after an emergency shutdown."
 )
-@click.option("--log-format", type=click.Choice(["console", "json"]), help="Log line format.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["console", "json"]),
+    help="Log line format (default: console on a terminal, JSON otherwise, whatever the phase).",
+)
 @click.option(
     "--summary-json",
     type=click.Path(dir_okay=False),
@@ -174,6 +196,10 @@ def run(**options: Any) -> None:
     2 usage or config error, or a start refused on purpose (earlier
     snapshots without --resume/--fresh, a database that lost data);
     3 ended by an emergency shutdown, state preserved; 4 state not preserved.
+
+    \b
+    Example:
+      supervisor run --config game.toml --phase testing --resume
     """
     from ._run import run_command
 
@@ -230,7 +256,7 @@ def systems(config_path: str | None, as_json: bool) -> None:
     click.echo("✓ enabled in the config (supervisor run would start it)")
 
 
-for _command in (*COMMANDS, config):
+for _command in (*COMMANDS, *OPERATOR_COMMANDS, config):
     cli.add_command(_command)
 
 
