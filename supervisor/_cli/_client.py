@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import httpx
     from rich.console import Console
 
-__all__ = ["COMMANDS", "ApiClient", "Unreachable", "resolve_api"]
+__all__ = ["COMMANDS", "ApiClient", "Unreachable", "bounded", "resolve_api"]
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -50,7 +50,7 @@ TOKEN_ENV: Final = "SUPERVISOR_TOKEN"
 TIMEOUT: Final = 30.0
 #: ``status --watch``: the default and the bounds of its interval, in seconds.
 WATCH_DEFAULT: Final = 2.0
-MIN_WATCH: Final = 0.1
+MIN_WATCH: Final = 0.05
 MAX_WATCH: Final = 3600.0
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -361,6 +361,22 @@ def print_result(action: str, data: Any) -> None:
 # --------------------------------------------------------------- commands
 
 
+def bounded(high: float, low: float = 0.0) -> Any:
+    """A click callback: the value, if given, is a finite number in (low, high].
+
+    click's FloatRange lets NaN through (no comparison is true of it), and
+    ``time.sleep(nan)`` or a NaN tick rate fail far from the option.
+    """
+
+    def check(_ctx: Any, _param: Any, value: float | None) -> float | None:
+        # ``not low < value`` is also true for NaN.
+        if value is not None and not low < value <= high:
+            raise click.BadParameter(f"must be a number in ({low:g}, {high:g}], got {value}")
+        return value
+
+    return check
+
+
 def api_options(func: F) -> F:
     func = click.option(
         "--config",
@@ -411,12 +427,14 @@ def api_post(api: str | None, config_path: str | None, path: str, body: Mapping[
 @click.option(
     "--watch",
     "interval",
-    type=click.FloatRange(MIN_WATCH, MAX_WATCH),
+    type=float,
+    callback=bounded(MAX_WATCH, MIN_WATCH),
     is_flag=False,
     flag_value=WATCH_DEFAULT,
     default=None,
     metavar="[SECONDS]",
-    help=f"Redraw in place every SECONDS (default {WATCH_DEFAULT:g}) until Ctrl-C.",
+    help=f"Redraw in place every SECONDS (default {WATCH_DEFAULT:g}, at least {MIN_WATCH:g}) "
+    "until Ctrl-C.",
 )
 def status(api: str | None, config_path: str | None, as_json: bool, interval: float | None) -> None:
     """Show the phase, tick timing, systems, players, problems and recent lifecycle.

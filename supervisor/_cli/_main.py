@@ -21,7 +21,7 @@ import click
 
 from .._core._config_sections import BUILTIN_PROFILES
 from .._errors import ConfigError, one_line
-from ._client import COMMANDS, DEFAULT_CONFIG, EXIT_USAGE, fail
+from ._client import COMMANDS, DEFAULT_CONFIG, EXIT_USAGE, bounded, fail
 from ._config_cmd import config
 from ._operator import OPERATOR_COMMANDS
 
@@ -33,18 +33,6 @@ MAX_TICKS: Final = 2**53
 #: ``--tick-rate`` and ``--duration`` bounds (the config's own limits apply on top).
 MAX_TICK_RATE: Final = 10_000.0
 MAX_DURATION: Final = 10.0 * 365 * 86400
-
-
-def _bounded(name: str, high: float) -> Any:
-    """A click callback: the value, if given, is a finite number in (0, high]."""
-
-    def check(_ctx: Any, _param: Any, value: float | None) -> float | None:
-        # ``not 0 < value`` is also true for NaN, which no comparison lets through.
-        if value is not None and not 0 < value <= high:
-            raise click.BadParameter(f"must be a number in (0, {high:g}], got {value}")
-        return value
-
-    return check
 
 
 class _Group(click.Group):
@@ -152,9 +140,7 @@ def cli() -> None:
     help=f"Device profile: {', '.join(BUILTIN_PROFILES)}, one of the config's "
     "[profiles], or auto (detect from the machine; the default).",
 )
-@click.option(
-    "--tick-rate", type=float, callback=_bounded("--tick-rate", MAX_TICK_RATE), help="Hz."
-)
+@click.option("--tick-rate", type=float, callback=bounded(MAX_TICK_RATE), help="Hz.")
 @click.option(
     "--ticks",
     type=click.IntRange(1, MAX_TICKS),
@@ -163,7 +149,7 @@ def cli() -> None:
 @click.option(
     "--duration",
     type=float,
-    callback=_bounded("--duration", MAX_DURATION),
+    callback=bounded(MAX_DURATION),
     help="Stop after SECONDS.",
 )
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where state is kept.")

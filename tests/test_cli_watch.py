@@ -1,0 +1,158 @@
+"""``supervisor status --watch`` in a real terminal (tmux) against a real ``supervisor run``.
+
+What an operator does: start the supervisor, watch it in another terminal,
+see the tick move in place, press Ctrl-C and get the shell back with exit 0.
+tmux gives the watch a terminal (rich's ``Live`` only redraws on one) and
+lets the test read the screen twice. Each test uses its own tmux server
+(``-L``), so no session of the user's is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+SUPERVISOR = Path(sys.executable).parent / "supervisor"
+CONFIG = """\
+[supervisor]
+state_dir = "state"
+
+[api]
+listen = "unix:s.sock"
+
+[systems]
+enabled = ["heartbeat"]
+"""
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+
+
+@attrs.frozen
+class Running:
+    """A ``supervisor run`` in the background, and where its API listens."""
+
+    folder: Path
+    api: str
+    proc: subprocess.Popen[bytes]
+
+
+@pytest.fixture
+def running() -> Iterator[Running]:
+    """The heartbeat world at 20 Hz in a short folder (a socket path fits in 108 bytes)."""
+    folder = Path(tempfile.mkdtemp(prefix="sv-"))
+    (folder / "supervisor.toml").write_text(CONFIG, encoding="utf-8")
+    log = (folder / "run.log").open("wb")
+    proc = subprocess.Popen(
+        [str(SUPERVISOR), "run", "--tick-rate", "20", "--log-format", "json"],
+        cwd=folder,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    api = f"unix:{folder / 's.sock'}"
+    try:
+        deadline = time.monotonic() + 20
+        while not (folder / "s.sock").exists():
+            assert proc.poll() is None, (folder / "run.log").read_text()
+            assert time.monotonic() < deadline, "the API never listened"
+            time.sleep(0.05)
+        yield Running(folder, api, proc)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@attrs.frozen
+class Tmux:
+    """One private tmux server with one session."""
+
+    server: str
+
+    def run(self, *args: str) -> str:
+        # check=False: capture-pane races the session's end, kill-server may find none.
+        out = subprocess.run(
+            ["tmux", "-L", self.server, *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "watch")
+
+    def wait_for(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = re.search(pattern, self.screen())
+            if found:
+                return found
+            assert time.monotonic() < deadline, f"{pattern!r} never on screen:\n{self.screen()}"
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def tmux() -> Iterator[Tmux]:
+    """A tmux server of this test's own, killed after it."""
+    term = Tmux(f"sv-test-{os.getpid()}-{time.monotonic_ns()}")
+    yield term
+    term.run("kill-server")
+
+
+def _tick(screen: str) -> int:
+    found = re.search(r"^\s+tick\s+([\d,]+)$", screen, re.MULTILINE)
+    assert found, screen
+    return int(found.group(1).replace(",", ""))
+
+
+def test_watch_redraws_in_place_until_ctrl_c(running: Running, tmux: Tmux) -> None:
+    """The tick moves between two captures, drawn once (not scrolled); C-c exits 0."""
+    command = f"{SUPERVISOR} status --watch 0.2 --api {running.api}; echo EXIT=$?; sleep 60"
+    tmux.run("new-session", "-d", "-s", "watch", "-x", "120", "-y", "60", command)
+    tmux.wait_for(r"Ctrl-C to quit")
+    tmux.wait_for(r"heartbeat\s+running")
+    first = _tick(tmux.screen())
+    time.sleep(1.0)
+    screen = tmux.screen()
+    second = _tick(screen)
+    assert second > first
+    # Redrawn in place: one frame on the screen, not one per refresh.
+    assert screen.count("Ctrl-C to quit") == 1
+    assert screen.count("\nTick\n") == 1
+
+    tmux.run("send-keys", "-t", "watch", "C-c")
+    tmux.wait_for(r"EXIT=\d+")
+    final = tmux.screen()
+    assert "EXIT=0" in final
+    assert "Traceback" not in final
+    assert "KeyboardInterrupt" not in final
+
+
+def test_watch_shows_a_supervisor_that_stopped(running: Running, tmux: Tmux) -> None:
+    """The supervisor going away is shown in place, and the watch keeps going until C-c."""
+    command = f"{SUPERVISOR} status --watch 0.2 --api {running.api}; echo EXIT=$?; sleep 60"
+    tmux.run("new-session", "-d", "-s", "watch", "-x", "120", "-y", "60", command)
+    tmux.wait_for(r"heartbeat\s+running")
+    running.proc.send_signal(signal.SIGINT)
+    running.proc.wait(15)
+    tmux.wait_for(r"no supervisor is running at unix:\S+s\.sock")
+    tmux.run("send-keys", "-t", "watch", "C-c")
+    tmux.wait_for(r"EXIT=0")
