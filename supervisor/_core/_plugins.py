@@ -14,6 +14,7 @@ import graphlib
 import heapq
 import importlib
 import inspect
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -279,15 +280,30 @@ def check_argument_types(
 
 
 def _argument_hints(factory: Any) -> dict[str, Any]:
-    """The resolved annotations of the constructor's parameters ({} when unreadable)."""
-    try:
-        if attrs.has(factory):
-            fields = attrs.fields(attrs.resolve_types(factory))
-            return {f.alias: f.type for f in fields if f.init and f.type is not None}
-        init = inspect.getattr_static(factory, "__init__") if isinstance(factory, type) else None
-        hints = typing.get_type_hints(factory if init is None else init)
-    except Exception:  # an unresolvable forward reference: leave it to the constructor
-        return {}
+    """The resolved annotation of each constructor parameter that has a readable one.
+
+    Each annotation is resolved on its own, so one that cannot be (a name
+    imported only under TYPE_CHECKING, a class local to a function) leaves
+    that parameter to the constructor and the others still checked. The
+    class itself is not touched (``attrs.resolve_types`` would write to it).
+    """
+    if attrs.has(factory):
+        raw = {f.alias: f.type for f in attrs.fields(factory) if f.init and f.type is not None}
+        module = sys.modules.get(factory.__module__)
+        globalns = vars(module) if module is not None else {}
+    else:
+        target = (
+            inspect.getattr_static(factory, "__init__") if isinstance(factory, type) else factory
+        )
+        raw = dict(getattr(target, "__annotations__", None) or {})
+        globalns = getattr(target, "__globals__", {})
+    hints = {}
+    for name, annotation in raw.items():
+        holder = types.SimpleNamespace(__annotations__={name: annotation}, __globals__=globalns)
+        try:
+            hints[name] = typing.get_type_hints(holder)[name]
+        except Exception:  # unresolvable: leave this one to the constructor
+            continue
     hints.pop("return", None)
     return hints
 
