@@ -119,7 +119,8 @@ class TestCheck:
         path = write(folder, GOOD)
         before = listing(folder)
         assert invoke("config", "check", "--config", path).exit_code == 0
-        assert invoke("config", "check", "--config", path, "--phase", "production").exit_code == 0
+        # Refused (no tokens) after building every system: still nothing written.
+        assert invoke("config", "check", "--config", path, "--phase", "production").exit_code == 2
         assert listing(folder) == before
 
     def test_one_line_per_problem(self, folder: Path) -> None:
@@ -191,6 +192,24 @@ class TestCheck:
         assert result.exit_code == 2
         assert result.stderr.startswith("supervisor: error: SUPERVISOR_SUPERVISOR_TICK_RATE: ")
         assert "game.toml" not in result.stderr
+
+    def test_production_without_tokens(self, folder: Path) -> None:
+        """In production, run's security check too: no API tokens is a problem line, exit 2."""
+        path = write(folder, GOOD)
+        result = invoke("config", "check", "--config", path, "--phase", "production")
+        assert result.exit_code == 2
+        assert result.stderr.splitlines() == [
+            "supervisor: error: cannot start in production: security check failed: the API "
+            "has no tokens in production (recommendation: add [api] tokens with sha256 hashes "
+            '(`printf %s "$TOKEN" | sha256sum`), roles viewer and operator)'
+        ]
+        with_token = GOOD.replace(
+            '[api]\nlisten = "unix:s.sock"',
+            '[api]\nlisten = "unix:s.sock"\n'
+            f'tokens = [{{ name = "ops", role = "operator", sha256 = "{"ab" * 32}" }}]',
+        )
+        path = write(folder, with_token)
+        assert invoke("config", "check", "--config", path, "--phase", "production").exit_code == 0
 
     def test_demo_world_without_a_config(self, folder: Path) -> None:
         """No --config and no ./supervisor.toml: the demo world, as run would start it."""

@@ -242,3 +242,25 @@ class TestReadmeAndCi:
         )
         assert out.stdout.strip() == self._blocks()[1][0]
         assert script.index("bash .ci/smoke.sh") < script.index('eval "$test_command"')
+
+
+class TestLogFormat:
+    """``auto`` logs: console on a terminal, JSON otherwise, whatever the phase."""
+
+    @pytest.mark.parametrize(("tty", "expected"), [(True, "console"), (False, "json")])
+    def test_auto_follows_the_terminal(
+        self, monkeypatch: pytest.MonkeyPatch, tty: bool, expected: str
+    ) -> None:
+        """It once switched a terminal to JSON when the phase left development."""
+        from supervisor._cli import _run
+
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+        assert _run._resolve_log_format("auto") == expected
+
+    @pytest.mark.parametrize("fmt", ["console", "json"])
+    def test_explicit_format_wins(self, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+        """--log-format (or [logging] format) is taken as given, terminal or not."""
+        from supervisor._cli import _run
+
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+        assert _run._resolve_log_format(fmt) == fmt

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import click
@@ -29,6 +29,9 @@ from .._core._config_sections import SECTIONS
 from .._core._phase import Phase
 from .._errors import ConfigError, SupervisorError
 from ._client import DEFAULT_CONFIG, EXIT_OK, EXIT_USAGE, fail
+
+if TYPE_CHECKING:
+    from .._core._control import ReadinessReport
 
 __all__ = [
     "DEMO_WORLD",
@@ -134,6 +137,38 @@ def check_systems(config: Config) -> tuple[list[CheckedSystem], list[str]]:
         for name in names
     ]
     return checked, []
+
+
+def security_problem(config: Config, phase: Phase) -> str | None:
+    """Why ``run`` would refuse to start ``config`` in ``phase`` (only production is judged).
+
+    The same security check ``run`` makes, from the config alone: the
+    socket's permissions are judged when it exists, at run time.
+    """
+    if phase is not Phase.PRODUCTION:
+        return None
+    from .._core._readiness import ReadinessFacts, security_only  # noqa: PLC0415
+
+    api = config.api
+    facts = ReadinessFacts(
+        target_phase=phase.value,
+        api_enabled=config.features.api,
+        api_tcp=not api.listen.startswith("unix:"),
+        tokens=len(api.tokens),
+        redaction=config.features.redaction is not False,
+    )
+    return refusal(security_only(facts))
+
+
+def refusal(report: ReadinessReport) -> str | None:
+    """The one line that refuses a start in production, or None when security passes."""
+    if report.ok:
+        return None
+    check = report.checks[0]
+    return (
+        f"cannot start in production: security check failed: {check.detail} "
+        f"(recommendation: {check.recommendation})"
+    )
 
 
 def shown_mapping(config: Config) -> dict[str, Any]:
@@ -309,7 +344,8 @@ def check(config_path: str | None, phase: str | None, as_json: bool) -> None:
     Checks the file, its phase overlay and the SUPERVISOR_* variables, imports
     every enabled system, builds it with its [systems.NAME] arguments (their
     types checked against the constructor) and orders the systems by their
-    dependencies. Prints what would run (exit 0), or one line per problem
+    dependencies; in production, makes run's security check (API tokens,
+    redaction). Prints what would run (exit 0), or one line per problem
     (exit 2).
 
     \b
@@ -321,6 +357,9 @@ def check(config_path: str | None, phase: str | None, as_json: bool) -> None:
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     checked, problems = check_systems(effective)
+    insecure = security_problem(effective, start)
+    if insecure is not None:
+        problems.append(insecure)
     if as_json:
         click.echo(
             json.dumps(

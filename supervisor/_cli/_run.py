@@ -37,7 +37,7 @@ from .._errors import ConfigError, PluginError, StartupError, SupervisorError
 from .._files import check_output_path
 from .._logging import configure_logging, get_logger
 from ._client import EXIT_FAILED, EXIT_USAGE, fail
-from ._config_cmd import load_config
+from ._config_cmd import load_config, refusal
 from ._live import LiveStream, live_status
 
 __all__ = ["run_command"]
@@ -205,14 +205,9 @@ def run_command(
         if not Path(summary_json).resolve().parent.is_dir():
             fail(f"--summary-json {summary_json}: the folder does not exist", EXIT_USAGE)
     if sup.phase is Phase.PRODUCTION:
-        report = sup.security_report()
-        if not report.ok:
-            check = report.checks[0]
-            fail(
-                f"cannot start in production: security check failed: {check.detail} "
-                f"(recommendation: {check.recommendation})",
-                EXIT_USAGE,
-            )
+        refused = refusal(sup.security_report())
+        if refused is not None:
+            fail(refused, EXIT_USAGE)
     fmt = effective.logging.format
     live = LiveStream(sys.stderr) if sys.stderr.isatty() else None
     configure_logging(
