@@ -366,3 +366,18 @@ class TestCommand:
         result = CliRunner().invoke(cli, ["status", "--watch", value])
         assert result.exit_code == 2
         assert len(result.stderr.splitlines()) == 1
+
+
+class TestMeasuredByTheWatch:
+    def test_shown_when_the_core_has_none(self) -> None:
+        """``--watch`` measures the rate between two answers while the core reports none."""
+        assert (
+            "rate         20 Hz set · 19.9 Hz measured"
+            in render_status(STATUS, now=NOW, measured=19.93).plain
+        )
+
+    def test_the_core_figure_wins(self) -> None:
+        """The supervisor's own figure, when it sends one, is the one shown."""
+        out = render_status(status(measured_tick_rate=20.0), now=NOW, measured=3.0).plain
+        assert "20 Hz set · 20 Hz measured" in out
+        assert "3.0 Hz" not in out

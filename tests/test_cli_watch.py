@@ -156,3 +156,11 @@ def test_watch_shows_a_supervisor_that_stopped(running: Running, tmux: Tmux) -> 
     tmux.wait_for(r"no supervisor is running at unix:\S+s\.sock")
     tmux.run("send-keys", "-t", "watch", "C-c")
     tmux.wait_for(r"EXIT=0")
+
+
+def test_watch_measures_the_rate(running: Running, tmux: Tmux) -> None:
+    """From the second refresh on, the rate measured between two answers is shown (~20 Hz)."""
+    command = f"{SUPERVISOR} status --watch 0.5 --api {running.api}; sleep 60"
+    tmux.run("new-session", "-d", "-s", "watch", "-x", "120", "-y", "60", command)
+    found = tmux.wait_for(r"20 Hz set · ([\d.]+) Hz measured")
+    assert 10 < float(found.group(1)) < 30

@@ -143,12 +143,21 @@ class _Out:
         self.text.append("\n")
 
 
-def render_status(data: Mapping[str, Any], *, now: float | None = None) -> Text:
-    """The status JSON as grouped, human text (``now``: the Unix time to count "ago" from)."""
+def render_status(
+    data: Mapping[str, Any], *, now: float | None = None, measured: float | None = None
+) -> Text:
+    """The status JSON as grouped, human text.
+
+    Args:
+        data: the ``/v1/status`` answer.
+        now: the Unix time to count "ago" from (default: the clock).
+        measured: a tick rate the caller measured (``--watch``, between two
+            answers), shown when the supervisor does not report its own.
+    """
     now = time.time() if now is None else now
     out = _Out()
     _identity(out, data)
-    _tick(out, data)
+    _tick(out, data, measured)
     _systems(out, data)
     _game(out, data)
     _problems(out, data)
@@ -189,12 +198,14 @@ def _identity(out: _Out, data: Mapping[str, Any]) -> None:
     out.line("ready", ready)
 
 
-def _tick(out: _Out, data: Mapping[str, Any]) -> None:
+def _tick(out: _Out, data: Mapping[str, Any], measured: float | None) -> None:
     out.heading("Tick")
     out.line("tick", _count(data.get("tick")))
     rate = f"{_rate(data.get('tick_rate'))} set"
     if "measured_tick_rate" in data:
         rate += f" · {_rate(data.get('measured_tick_rate'))} measured"
+    elif _number(measured):
+        rate += f" · {measured:.1f} Hz measured"
     optimizer = data.get("optimizer") or {}
     if _number(optimizer.get("rate")) and optimizer.get("rate") != data.get("tick_rate"):
         rate += f" · optimizer at {_rate(optimizer['rate'])}"
