@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from supervisor._cli import _client
+from supervisor._cli import _status_cmd
 from supervisor._cli._main import cli
 from supervisor._cli._status import LIFECYCLE_SHOWN, ago, duration, render_status, seconds, size
 
@@ -335,7 +335,7 @@ class TestCommand:
     def answer(self, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         """``/v1/status`` answers the fixture (no server needed to test the printing)."""
         data = status()
-        monkeypatch.setattr(_client, "api_get", lambda *_args, **_kw: data)
+        monkeypatch.setattr(_status_cmd, "api_get", lambda *_args, **_kw: data)
         return data
 
     def test_piped_text(self, answer: dict[str, Any]) -> None:

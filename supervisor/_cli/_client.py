@@ -1,7 +1,9 @@
 """The commands that talk to a running supervisor through its HTTP API.
 
-``status``, ``shutdown``, ``restart``, ``phase``, ``readiness`` and ``errors``
-each find the API the same way (``--api``, else ``--config FILE``'s
+``shutdown``, ``restart``, ``phase``, ``readiness`` and ``errors`` (and
+``status`` in :mod:`supervisor._cli._status_cmd`, the operator commands in
+:mod:`supervisor._cli._operator`, built on the helpers here) each find the
+API the same way (``--api``, else ``--config FILE``'s
 ``[api] listen``, else ``./supervisor.toml``'s, else the default socket),
 send ``SUPERVISOR_TOKEN`` as a bearer token when it is set, and end in one
 of three ways: the answer (a table for people, the raw JSON with
@@ -35,7 +37,20 @@ if TYPE_CHECKING:
     import httpx
     from rich.console import Console
 
-__all__ = ["COMMANDS", "ApiClient", "Unreachable", "bounded", "resolve_api"]
+__all__ = [
+    "COMMANDS",
+    "EPILOG",
+    "ApiClient",
+    "Unreachable",
+    "api_get",
+    "api_options",
+    "bounded",
+    "client_from",
+    "echo_json",
+    "json_option",
+    "refused",
+    "resolve_api",
+]
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -48,10 +63,6 @@ DEFAULT_CONFIG: Final = "supervisor.toml"
 TOKEN_ENV: Final = "SUPERVISOR_TOKEN"
 #: Seconds to wait for an answer; a graceful shutdown stops every system first.
 TIMEOUT: Final = 30.0
-#: ``status --watch``: the default and the bounds of its interval, in seconds.
-WATCH_DEFAULT: Final = 2.0
-MIN_WATCH: Final = 0.05
-MAX_WATCH: Final = 3600.0
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -423,48 +434,6 @@ def api_post(api: str | None, config_path: str | None, path: str, body: Mapping[
 
 @click.command()
 @api_options
-@json_option
-@click.option(
-    "--watch",
-    "interval",
-    type=float,
-    callback=bounded(MAX_WATCH, MIN_WATCH),
-    is_flag=False,
-    flag_value=WATCH_DEFAULT,
-    default=None,
-    metavar="[SECONDS]",
-    help=f"Redraw in place every SECONDS (default {WATCH_DEFAULT:g}, at least {MIN_WATCH:g}) "
-    "until Ctrl-C.",
-)
-def status(api: str | None, config_path: str | None, as_json: bool, interval: float | None) -> None:
-    """Show the phase, tick timing, systems, players, problems and recent lifecycle.
-
-    \b
-    Human units for people; --json keeps the machine keys, in seconds and bytes.
-    The emergency section appears only while in emergency_shutdown.
-
-    \b
-    Example:
-      supervisor status --watch 1
-    """
-    if interval is not None:
-        if as_json:
-            raise click.UsageError("--watch and --json exclude each other")
-        from ._watch import watch
-
-        watch(client_from(api, config_path), interval)
-        return
-    data = api_get(api, config_path, "/v1/status")
-    if as_json:
-        echo_json(data)
-        return
-    from ._status import render_status
-
-    _console().print(render_status(data if isinstance(data, Mapping) else {}))
-
-
-@click.command()
-@api_options
 @click.option("--emergency", is_flag=True, help="Enter EMERGENCY_SHUTDOWN instead of stopping.")
 @click.option("--reason", default="", callback=check_reason, help="Why (audit log).")
 def shutdown(api: str | None, config_path: str | None, emergency: bool, reason: str) -> None:
@@ -589,7 +558,7 @@ def errors(
 
 
 #: The commands for ``cli.add_command``, in the order ``--help`` lists them.
-COMMANDS: Final[list[click.Command]] = [status, shutdown, restart, phase, readiness, errors]
+COMMANDS: Final[list[click.Command]] = [shutdown, restart, phase, readiness, errors]
 
 #: What every client command's ``--help`` ends with (CONTRACT section 8).
 EPILOG: Final = (

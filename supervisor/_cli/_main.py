@@ -24,6 +24,7 @@ from .._errors import ConfigError, one_line
 from ._client import COMMANDS, DEFAULT_CONFIG, EXIT_USAGE, bounded, fail
 from ._config_cmd import config
 from ._operator import OPERATOR_COMMANDS
+from ._status_cmd import status
 
 __all__ = ["MAX_TICKS", "cli", "main"]
 
@@ -242,7 +243,7 @@ def systems(config_path: str | None, as_json: bool) -> None:
     click.echo("✓ enabled in the config (supervisor run would start it)")
 
 
-for _command in (*COMMANDS, *OPERATOR_COMMANDS, config):
+for _command in (status, *COMMANDS, *OPERATOR_COMMANDS, config):
     cli.add_command(_command)
 
 

@@ -21,9 +21,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from rich.console import Console
 from rich.text import Text
 
-__all__ = ["ago", "duration", "render_status", "seconds", "size"]
+__all__ = ["ago", "duration", "print_status", "render_status", "seconds", "size"]
 
 #: Lifecycle events shown (the newest; the JSON keeps them all).
 LIFECYCLE_SHOWN: Final = 5
@@ -141,6 +142,12 @@ class _Out:
     def raw(self, value: str | Text, style: str = "") -> None:
         self.text.append(value if isinstance(value, Text) else Text(value, style=style))
         self.text.append("\n")
+
+
+def print_status(data: Mapping[str, Any]) -> None:
+    """Print the status to standard output: wrapped on a terminal; piped, one item a line."""
+    console = Console(highlight=False)
+    console.print(render_status(data), soft_wrap=not console.is_terminal)
 
 
 def render_status(
