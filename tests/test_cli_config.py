@@ -139,6 +139,18 @@ class TestCheck:
         )
         assert "[systems.weather.snow] system 'weather' has no argument 'snow'" in lines[1]
 
+    def test_unknown_systems_and_bad_arguments_together(self, folder: Path) -> None:
+        """An unknown ``use``, a table nobody enables and a wrong type: three lines, one pass."""
+        bad = (
+            GOOD.replace('use = "game:Clock"', 'use = "nosuch"')
+            .replace('zones = ["north", "south"]', "zones = 3")
+            .replace("[phases", "[systems.ghost]\nx = 1\n\n[phases")
+        )
+        result = invoke("config", "check", "--config", write(folder, bad))
+        assert result.exit_code == 2
+        keys = [line.split("] ")[0].split("[")[-1] for line in result.stderr.splitlines()]
+        assert sorted(keys) == ["systems.clock.use", "systems.ghost", "systems.weather.zones"]
+
     def test_json(self, folder: Path) -> None:
         """--json: ok, the phase, the systems and the problems, for scripts."""
         result = invoke("config", "check", "--config", write(folder, GOOD), "--json")

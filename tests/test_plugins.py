@@ -563,6 +563,17 @@ class TestPlanSystems:
             plan_systems(["wanderers"], {"heartbeat": {}})
         assert ei.value.key == "systems.heartbeat"
 
+    def test_problems_collected_instead_of_raised(self) -> None:
+        """With ``problems``, every unknown system and unused table is kept, the rest planned."""
+        problems: list[Any] = []
+        plans = plan_systems(
+            ["bot", "wanderers", "nosuch"],
+            {"bot": {"use": "gone"}, "ghost": {}},
+            problems=problems,
+        )
+        assert [p.name for p in plans] == ["wanderers"]
+        assert [e.key for e in problems] == ["systems.bot.use", "systems.enabled", "systems.ghost"]
+
     def test_builds_nothing(self) -> None:
         """Planning calls no constructor (config check builds; run's Supervisor builds)."""
         calls: list[str] = []

@@ -106,21 +106,20 @@ def check_systems(config: Config) -> tuple[list[CheckedSystem], list[str]]:
     # The plugin loader brings the redactor and structlog; ``show`` needs neither.
     from .._core._plugins import build, inspect_system, order, plan_systems  # noqa: PLC0415
 
-    problems: list[str] = []
     source = config.source
-    try:
-        plans = plan_systems(config.systems.enabled, config.systems.options, source=source)
-    except SupervisorError as exc:
-        return [], [str(exc)]
+    found: list[SupervisorError] = []
+    plans = plan_systems(
+        config.systems.enabled, config.systems.options, source=source, problems=found
+    )
     infos = []
     for plan in plans:
         try:
             system = build(plan.name, plan.factory, plan.options, source=source)
             infos.append(inspect_system(system, plan.name, plan.origin))
         except SupervisorError as exc:
-            problems.append(str(exc))
-    if problems:
-        return [], problems
+            found.append(exc)
+    if found:
+        return [], [str(exc) for exc in found]
     try:
         names = order(infos)
     except SupervisorError as exc:

@@ -23,7 +23,7 @@ from typing import Any, Literal, Union
 
 import attrs
 
-from .._errors import ConfigError, DependencyError, PluginError
+from .._errors import ConfigError, DependencyError, PluginError, SupervisorError
 from ._safecall import safe_message, safe_type_name
 
 __all__ = [
@@ -119,6 +119,7 @@ def plan_systems(
     *,
     source: str = "<config>",
     found: Mapping[str, SystemSource] | None = None,
+    problems: list[SupervisorError] | None = None,
 ) -> list[PlannedSystem]:
     """Resolve the ``[systems]`` section to factories and arguments; build nothing.
 
@@ -126,6 +127,10 @@ def plan_systems(
     names the place to fix: ``use = "nosuch"`` is blamed on
     ``[systems.NAME] use``, an unknown name in the list on ``[systems] enabled``,
     a table for a system that is not enabled on that table.
+
+    Args:
+        problems: when given, every error is appended to it (and its system
+            left out) instead of raised, so ``config check`` reports them all.
 
     Raises:
         ConfigError: an unknown system, or a table for one not enabled.
@@ -135,39 +140,55 @@ def plan_systems(
     plans: list[PlannedSystem] = []
     configured: set[str] = set()
     for entry in tuple(found) if enabled is None else enabled:
-        args = dict(options.get(entry, {}))
-        use = args.pop("use", None)
-        target = use or entry
-        if is_import_string(target):
-            factory = load_target(target, system=entry)
-            origin = f"import string ({target})"
-            name = entry
-            if is_import_string(entry):
-                name = default_name(factory, target)
-                args = {k: v for k, v in options.get(name, {}).items() if k != "use"}
-                configured.add(name)
-        elif target in found:
-            src = found[target]
-            factory = src.load()
-            origin = f"{src.origin}: {src.target}"
-            name = entry
-        else:
-            known = ", ".join(sorted(found)) or "none installed"
-            raise ConfigError(
-                f"unknown system {target!r} (discoverable: {known}; or use 'pkg.module:Class')",
-                source=source,
-                key=f"systems.{entry}.use" if use else "systems.enabled",
-            )
         configured.add(entry)
-        plans.append(PlannedSystem(name, factory, args, origin))
+        try:
+            plan = _plan(entry, options, source, found)
+        except SupervisorError as exc:
+            if problems is None:
+                raise
+            problems.append(exc)
+            continue
+        configured.add(plan.name)
+        plans.append(plan)
     for name in options:
         if name not in configured:
-            raise ConfigError(
+            unused = ConfigError(
                 "configures a system that is not enabled (add it to [systems] enabled)",
                 source=source,
                 key=f"systems.{name}",
             )
+            if problems is None:
+                raise unused
+            problems.append(unused)
     return plans
+
+
+def _plan(
+    entry: str,
+    options: Mapping[str, Mapping[str, Any]],
+    source: str,
+    found: Mapping[str, SystemSource],
+) -> PlannedSystem:
+    """One entry of the enabled list, resolved (see :func:`plan_systems`)."""
+    args = dict(options.get(entry, {}))
+    use = args.pop("use", None)
+    target = use or entry
+    if is_import_string(target):
+        factory = load_target(target, system=entry)
+        name = entry
+        if is_import_string(entry):
+            name = default_name(factory, target)
+            args = {k: v for k, v in options.get(name, {}).items() if k != "use"}
+        return PlannedSystem(name, factory, args, f"import string ({target})")
+    if target in found:
+        src = found[target]
+        return PlannedSystem(entry, src.load(), args, f"{src.origin}: {src.target}")
+    known = ", ".join(sorted(found)) or "none installed"
+    raise ConfigError(
+        f"unknown system {target!r} (discoverable: {known}; or use 'pkg.module:Class')",
+        source=source,
+        key=f"systems.{entry}.use" if use else "systems.enabled",
+    )
 
 
 def default_name(factory: Any, target: str) -> str:
