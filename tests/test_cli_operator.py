@@ -46,7 +46,7 @@ def api() -> Iterator[FakeApi]:
             path = self.path.split("?")[0]
             fake.requests.append((self.command, self.path, body, self.headers.get("authorization")))
             status, data = fake.answers.get(path, (404, {"error": f"no such endpoint: {path!r}"}))
-            raw = json.dumps(data).encode()
+            raw = data if isinstance(data, bytes) else json.dumps(data).encode()
             self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(raw)))
@@ -173,3 +173,26 @@ class TestErrorsSystem:
         result = api.run("errors", "--system", "economy", "--json")
         assert result.exit_code == 0, result.output
         assert [path.split("?")[0] for _, path, _, _ in api.requests] == ["/v1/errors"]
+
+
+class TestTransport:
+    """The standard-library client's answers to a server that misbehaves."""
+
+    def test_not_json(self, api: FakeApi) -> None:
+        """An answer that is not JSON: one line naming the address and the status, exit 1."""
+        api.answers["/v1/snapshot"] = (200, b"<html>proxy</html>")
+        result = api.run("snapshot")
+        assert result.exit_code == 1
+        assert result.stderr == (
+            f"supervisor: error: unexpected answer from {api.url.removeprefix('http://')}: "
+            "HTTP 200, not JSON\n"
+        )
+
+    def test_query_and_headers(self, api: FakeApi) -> None:
+        """GET parameters are URL-encoded; the token travels as a bearer token."""
+        api.answers["/v1/errors"] = (200, {"records": [{"system": "a b"}], "groups": []})
+        result = api.run("errors", "--system", "a b&c", "--limit", "3", token="s3cret")
+        assert result.exit_code == 0, result.output
+        _, path, _, auth = api.requests[0]
+        assert path == "/v1/errors?limit=3&system=a+b%26c"
+        assert auth == "Bearer s3cret"

@@ -17,11 +17,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
+from urllib.parse import urlencode
 
 import attrs
 import click
@@ -34,7 +34,6 @@ from .._errors import ConfigError
 if TYPE_CHECKING:
     # Imported where used: ``supervisor --help`` and a refused command never
     # pay for an HTTP client or a table renderer (tests/test_cli_imports.py).
-    import httpx
     from rich.console import Console
 
 __all__ = [
@@ -125,25 +124,6 @@ class ApiClient:
     token: str | None = None
     timeout: float = TIMEOUT
 
-    def _client(self) -> httpx.Client:
-        import httpx
-
-        headers = {"accept": "application/json"}
-        if self.token:
-            headers["authorization"] = f"Bearer {self.token}"
-        if self.address.path is not None:
-            return httpx.Client(
-                transport=httpx.HTTPTransport(uds=self.address.path),
-                base_url="http://supervisor",
-                headers=headers,
-                timeout=self.timeout,
-            )
-        host = self.address.host or "127.0.0.1"
-        host = f"[{host}]" if ":" in host else host
-        return httpx.Client(
-            base_url=f"http://{host}:{self.address.port}", headers=headers, timeout=self.timeout
-        )
-
     def request(
         self,
         method: str,
@@ -174,48 +154,36 @@ class ApiClient:
 
         ``status --watch`` keeps watching a supervisor that restarts.
         """
-        import httpx
+        from ._http import HTTPException, NotConnected, exchange
 
         where = str(self.address)
-        if self.address.path is not None:
-            self._probe_unix(where)
+        headers = {"accept": "application/json"}
+        if self.token:
+            headers["authorization"] = f"Bearer {self.token}"
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode("utf-8")
+            headers["content-type"] = "application/json"
+        url = f"{path}?{urlencode(params)}" if params else path
         try:
-            with self._client() as client:
-                response = client.request(method, path, params=params, json=body)
-        except httpx.ConnectError as exc:
+            status, raw = exchange(
+                self.address, method, url, headers=headers, payload=payload, timeout=self.timeout
+            )
+        except NotConnected as exc:
             raise Unreachable(_connect_problem(where, exc)) from None
-        except httpx.TimeoutException:
+        except TimeoutError:
             raise Unreachable(
                 f"the supervisor at {where} did not answer within {self.timeout:g} s"
             ) from None
-        except httpx.HTTPError as exc:
+        except (OSError, HTTPException) as exc:
             raise Unreachable(
                 f"lost the connection to the supervisor at {where} ({exc or type(exc).__name__})"
             ) from None
         try:
-            data = response.json()
+            data = json.loads(raw)
         except ValueError:
-            raise Unreachable(
-                f"unexpected answer from {where}: HTTP {response.status_code}, not JSON"
-            ) from None
-        return response.status_code, data
-
-    def _probe_unix(self, where: str) -> None:
-        """Raise :class:`Unreachable` if nothing accepts connections on the socket.
-
-        httpcore's Unix-socket connect leaves its socket to the garbage
-        collector when the connect fails (a ResourceWarning), so the common
-        "not running" case is detected here, on a socket closed properly.
-        """
-        assert self.address.path is not None
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.settimeout(self.timeout)
-            probe.connect(self.address.path)
-        except OSError as exc:
-            raise Unreachable(_connect_problem(where, exc)) from None
-        finally:
-            probe.close()
+            raise Unreachable(f"unexpected answer from {where}: HTTP {status}, not JSON") from None
+        return status, data
 
 
 class Unreachable(Exception):
