@@ -290,9 +290,10 @@ class TestLifecycle:
         assert len(block) == 1 + LIFECYCLE_SHOWN
         assert block[-1].split() == [
             "3", "min", "ago", "tick", "12,000", "testing", "→", "emergency_shutdown",
-            "emergency", "by", "operator:uid:0(root)", "(disk", "test)",
+            "emergency", "by", "operator:uid:0(root):", "disk", "test",
         ]  # fmt: skip
         assert "1796" not in out  # no epoch floats
+        assert "phase change by operator:uid:0(root)\n" in out + "\n"
 
     def test_absent_when_empty(self) -> None:
         """No events, no section."""

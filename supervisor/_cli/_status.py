@@ -30,6 +30,8 @@ __all__ = ["ago", "duration", "print_status", "render_status", "seconds", "size"
 LIFECYCLE_SHOWN: Final = 5
 #: Width of the labels in the left column.
 LABEL: Final = 12
+#: Lifecycle actions in words.
+ACTIONS: Final = {"phase": "phase change"}
 #: Systems states that need no attention.
 CALM_STATES: Final = frozenset({"running", "closed", "stopped"})
 
@@ -383,11 +385,13 @@ def _lifecycle(out: _Out, data: Mapping[str, Any], now: float) -> None:
 
 
 def _event(event: Mapping[str, Any]) -> str:
-    move = f"{event.get('before') or '?'} → {event.get('after') or '?'}"
-    words = [f"tick {_count(event.get('tick'))}", move, str(event.get("action") or "")]
+    """``tick 2,073  development → testing  phase change by uid:0(root): release 1.4``."""
+    action = str(event.get("action") or "")
+    what = ACTIONS.get(action, action)
     if event.get("caller"):
-        words.append(f"by {event['caller']}")
+        what += f" by {event['caller']}"
     reason = event.get("reason")
-    if reason and reason != event.get("action"):
-        words.append(f"({reason})")
-    return "  ".join(w for w in words[:2]) + "  " + " ".join(w for w in words[2:] if w)
+    if reason and reason != action:
+        what += f": {reason}"
+    move = f"{event.get('before') or '?'} → {event.get('after') or '?'}"
+    return f"tick {_count(event.get('tick'))}  {move}  {what}"
