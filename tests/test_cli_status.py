@@ -18,7 +18,8 @@ from click.testing import CliRunner
 
 from supervisor._cli import _status_cmd
 from supervisor._cli._main import cli
-from supervisor._cli._status import LIFECYCLE_SHOWN, ago, duration, render_status, seconds, size
+from supervisor._cli._status import LIFECYCLE_SHOWN, render_status
+from supervisor._cli._units import ago, duration, seconds, size, word
 
 NOW = 1_796_144_400.0
 
@@ -170,6 +171,15 @@ class TestUnits:
         assert ago(NOW - 180, NOW) == "3 min ago"
         assert ago(NOW - 0.2, NOW) == "just now"
         assert ago("x", NOW) == "-"
+
+    def test_word(self) -> None:
+        """JSON values as words: yes/no, lists, tables as key=value, ``*_seconds`` as durations."""
+        assert word(True) == "yes"
+        assert word(None) == "-"
+        assert word([1, "a"]) == "1, a"
+        assert word({"tick": 12345, "trigger_to_snapshot_seconds": 0.0448}) == (
+            "tick=12,345, trigger_to_snapshot_seconds=44.8 ms"
+        )
 
     @pytest.mark.parametrize(
         ("value", "shown"), [(49627136, "49.6 MB"), (512, "512 B"), (2.5e9, "2.5 GB")]
@@ -327,8 +337,8 @@ class TestKeysTheCoreWillAdd:
         """Today's JSON: no empty lines or dashes for what it does not carry."""
         out = text(STATUS)
         assert out.splitlines()[0] == "supervisor · development"
-        for word in ("measured", "config ", "api ", "10s", "pid", "up "):
-            assert word not in out, word
+        for absent in ("measured", "config ", "api ", "10s", "pid", "up "):
+            assert absent not in out, absent
 
 
 class TestCommand:

@@ -30,6 +30,7 @@ from .._address import MAX_ERRORS_LIMIT, MAX_REASON, ListenAddress, parse_listen
 from .._core._config import Config
 from .._core._config_sections import ApiConfig
 from .._errors import ConfigError
+from ._units import word
 
 if TYPE_CHECKING:
     # Imported where used: ``supervisor --help`` and a refused command never
@@ -254,21 +255,7 @@ def _text(value: Any) -> str:
     """``value`` for a table cell, escaped: rich would eat ``[api]`` as markup."""
     from rich.markup import escape
 
-    return escape(_plain(value))
-
-
-def _plain(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list | tuple):
-        return ", ".join(map(_plain, value)) or "-"
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items()) or "-"
-    return str(value)
+    return escape(word(value))
 
 
 def echo_json(data: Any) -> None:
@@ -332,9 +319,9 @@ def print_result(action: str, data: Any) -> None:
         if isinstance(detail, str) and detail:
             click.echo(f"{action}: {detail}")
             return
-        click.echo(f"{action}: " + (_plain(data) if data else "ok"))
+        click.echo(f"{action}: " + (word(data) if data else "ok"))
         return
-    click.echo(f"{action}: {_plain(data)}")
+    click.echo(f"{action}: {word(data)}")
 
 
 # --------------------------------------------------------------- commands

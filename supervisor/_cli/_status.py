@@ -16,7 +16,6 @@ one item per line, for grep.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -24,7 +23,9 @@ from typing import Any, Final
 from rich.console import Console
 from rich.text import Text
 
-__all__ = ["ago", "duration", "print_status", "render_status", "seconds", "size"]
+from ._units import ago, count, duration, is_number, rate, seconds, size, word
+
+__all__ = ["print_status", "render_status"]
 
 #: Lifecycle events shown (the newest; the JSON keeps them all).
 LIFECYCLE_SHOWN: Final = 5
@@ -34,85 +35,6 @@ LABEL: Final = 12
 ACTIONS: Final = {"phase": "phase change"}
 #: Systems states that need no attention.
 CALM_STATES: Final = frozenset({"running", "closed", "stopped"})
-
-
-# ------------------------------------------------------------------ units
-
-
-def seconds(value: Any) -> str:
-    """A duration in seconds in the unit that reads best: ``7 µs``, ``1.2 ms``, ``3.40 s``."""
-    if not _number(value):
-        return "-"
-    if value >= 1.0:
-        return f"{value:.2f} s"
-    if value >= 1e-3:
-        return f"{value * 1e3:.1f} ms"
-    return f"{value * 1e6:.0f} µs"
-
-
-def duration(value: Any) -> str:
-    """A long span, two units at most: ``45 s``, ``3 min 12 s``, ``2 h 5 min``, ``4 d 1 h``."""
-    if not _number(value) or value < 0:
-        return "-"
-    total = int(value)
-    if total < 60:
-        return f"{total} s"
-    parts: list[str] = []
-    for unit, size_ in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
-        if total >= size_ or parts:
-            amount, total = divmod(total, size_)
-            parts.append(f"{amount} {unit}")
-    first, second = [*parts, "0"][:2]
-    return first if second.startswith("0") else f"{first} {second}"
-
-
-def ago(epoch: Any, now: float) -> str:
-    """``3 min ago`` for a Unix time (``just now`` under a second; ``-`` if not a time)."""
-    if not _number(epoch):
-        return "-"
-    delta = now - epoch
-    if delta < 1:
-        return "just now"
-    return f"{duration(delta)} ago"
-
-
-def size(value: Any) -> str:
-    """Bytes as ``47.3 MB`` (decimal units, as ``top`` and ``ps`` users read them)."""
-    if not _number(value):
-        return "-"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if value >= scale:
-            return f"{value / scale:.1f} {unit}"
-    return f"{int(value)} B"
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _count(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else _word(value)
-
-
-def _rate(value: Any) -> str:
-    return f"{value:g} Hz" if _number(value) else "-"
-
-
-def _word(value: Any) -> str:
-    """Any JSON value as a short word or list, never a Python repr."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:,.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, list | tuple):
-        return ", ".join(map(_word, value)) or "-"
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k} {_word(v)}" for k, v in value.items()) or "-"
-    return str(value)
 
 
 def _percentiles(summary: Any, keys: Sequence[str] = ("p50", "p99", "max")) -> str:
@@ -199,26 +121,26 @@ def _identity(out: _Out, data: Mapping[str, Any]) -> None:
     detail = data.get("alive_detail")
     out.line(
         "alive",
-        f"{_word(alive)}" + (f" ({detail})" if detail and alive else ""),
+        f"{word(alive)}" + (f" ({detail})" if detail and alive else ""),
         style="" if alive is not False else "red",
     )
     not_ready = data.get("not_ready") or []
-    ready = _word(data.get("ready")) + (f" (not: {_word(not_ready)})" if not_ready else "")
+    ready = word(data.get("ready")) + (f" (not: {word(not_ready)})" if not_ready else "")
     out.line("ready", ready)
 
 
 def _tick(out: _Out, data: Mapping[str, Any], measured: float | None) -> None:
     out.heading("Tick")
-    out.line("tick", _count(data.get("tick")))
-    rate = f"{_rate(data.get('tick_rate'))} set"
+    out.line("tick", count(data.get("tick")))
+    rates = f"{rate(data.get('tick_rate'))} set"
     if "measured_tick_rate" in data:
-        rate += f" · {_rate(data.get('measured_tick_rate'))} measured"
-    elif _number(measured):
-        rate += f" · {measured:.1f} Hz measured"
+        rates += f" · {rate(data.get('measured_tick_rate'))} measured"
+    elif is_number(measured):
+        rates += f" · {measured:.1f} Hz measured"
     optimizer = data.get("optimizer") or {}
-    if _number(optimizer.get("rate")) and optimizer.get("rate") != data.get("tick_rate"):
-        rate += f" · optimizer at {_rate(optimizer['rate'])}"
-    out.line("rate", rate)
+    if is_number(optimizer.get("rate")) and optimizer.get("rate") != data.get("tick_rate"):
+        rates += f" · optimizer at {rate(optimizer['rate'])}"
+    out.line("rate", rates)
     out.line("budget", seconds(data.get("budget")))
     windows = data.get("windows")
     if isinstance(windows, Mapping) and windows:
@@ -229,8 +151,7 @@ def _tick(out: _Out, data: Mapping[str, Any], measured: float | None) -> None:
     out.line("lateness", _percentiles(data.get("lateness")) + " (since start)")
     out.line("work", _percentiles(data.get("work")) + " (since start)")
     late = (
-        f"{_count(data.get('overruns'))} overruns · "
-        f"{_count(data.get('dropped_ticks'))} dropped ticks"
+        f"{count(data.get('overruns'))} overruns · {count(data.get('dropped_ticks'))} dropped ticks"
     )
     out.line("late ticks", late, style="yellow" if data.get("overruns") else "")
     profile = data.get("profile")
@@ -238,7 +159,7 @@ def _tick(out: _Out, data: Mapping[str, Any], measured: float | None) -> None:
         out.line("profile", str(profile))
     if isinstance(optimizer, Mapping) and optimizer.get("state"):
         adjustments = optimizer.get("adjustments") or 0
-        out.line("optimizer", f"{optimizer['state']}, {_count(adjustments)} adjustments")
+        out.line("optimizer", f"{optimizer['state']}, {count(adjustments)} adjustments")
 
 
 def _systems(out: _Out, data: Mapping[str, Any]) -> None:
@@ -260,10 +181,10 @@ def _systems(out: _Out, data: Mapping[str, Any]) -> None:
                 str(s.get("name") or "-"),
                 str(s.get("state") or "-"),
                 str(s.get("health") or "-"),
-                _count(s.get("errors")),
+                count(s.get("errors")),
                 seconds(step.get("p50")),
                 seconds(step.get("p99")),
-                "every tick" if every == 1 else f"1 tick in {_word(every)}",
+                "every tick" if every == 1 else f"1 tick in {word(every)}",
             )
         )
     _columns(out, table)
@@ -290,7 +211,7 @@ def _game(out: _Out, data: Mapping[str, Any]) -> None:
     if isinstance(gauges, Mapping) and gauges:
         out.heading("Game")
         for name, value in gauges.items():
-            out.line(str(name), _word(value))
+            out.line(str(name), word(value))
 
 
 def _problems(out: _Out, data: Mapping[str, Any]) -> None:
@@ -300,15 +221,15 @@ def _problems(out: _Out, data: Mapping[str, Any]) -> None:
     in_emergency = data.get("phase") == "emergency_shutdown"
     out.heading("Problems")
     if errors:
-        counts = ", ".join(f"{name} {_count(n)}" for name, n in errors.items())
+        counts = ", ".join(f"{name} {count(n)}" for name, n in errors.items())
         out.line("errors", f"{counts} (supervisor errors)", style="red")
     else:
         out.line("errors", "none")
     if quarantined:
-        out.line("quarantined", _word(quarantined), style="yellow")
+        out.line("quarantined", word(quarantined), style="yellow")
     failures = (data.get("services") or {}).get("failures") or {}
     if failures:
-        out.line("services", _word(failures) + " crashes", style="yellow")
+        out.line("services", word(failures) + " crashes", style="yellow")
     if in_emergency:
         # Only while it applies: the JSON keeps the last emergency after a restart.
         out.heading("Emergency")
@@ -318,10 +239,10 @@ def _problems(out: _Out, data: Mapping[str, Any]) -> None:
         if info.get("source"):
             out.line("by", str(info["source"]))
         if "tick" in info:
-            out.line("at tick", _count(info["tick"]))
+            out.line("at tick", count(info["tick"]))
         snapshot = info.get("snapshot")
         out.line("state", f"preserved in {snapshot}" if snapshot else "NOT preserved", style="")
-        if _number(info.get("trigger_to_snapshot_seconds")):
+        if is_number(info.get("trigger_to_snapshot_seconds")):
             out.line("saved in", seconds(info["trigger_to_snapshot_seconds"]))
 
 
@@ -334,20 +255,20 @@ def _process(out: _Out, data: Mapping[str, Any], now: float) -> None:
     out.heading("Process")
     if resources:
         parts = [f"{size(resources.get('rss_bytes'))} RSS"]
-        if _number(resources.get("cpu_percent")):
+        if is_number(resources.get("cpu_percent")):
             parts.append(f"CPU {resources['cpu_percent']:g}%")
-        for key, word in (("threads", "threads"), ("open_files", "open files")):
+        for key, noun in (("threads", "threads"), ("open_files", "open files")):
             if key in resources:
-                parts.append(f"{_count(resources[key])} {word}")
+                parts.append(f"{count(resources[key])} {noun}")
         out.line("memory", " · ".join(parts))
     if machine:
         cores = machine.get("logical_cores")
         total = machine.get("memory_total_gb")
         free = machine.get("memory_available_gb")
-        parts = [f"{_word(cores)} cores"]
-        if _number(total):
-            parts.append(f"{total:.1f} GB" + (f" ({free:.1f} GB free)" if _number(free) else ""))
-        if _number(machine.get("load1")):
+        parts = [f"{word(cores)} cores"]
+        if is_number(total):
+            parts.append(f"{total:.1f} GB" + (f" ({free:.1f} GB free)" if is_number(free) else ""))
+        if is_number(machine.get("load1")):
             parts.append(f"load {machine['load1']:.2f}")
         out.line("machine", " · ".join(parts))
     if snapshots:
@@ -357,7 +278,7 @@ def _process(out: _Out, data: Mapping[str, Any], now: float) -> None:
 def _snapshots(out: _Out, snapshots: Mapping[str, Any], now: float) -> None:
     last = snapshots.get("last")
     line = f"last {last}" if last else "none written yet"
-    if _number(snapshots.get("last_time")):
+    if is_number(snapshots.get("last_time")):
         line += f" ({ago(snapshots['last_time'], now)})"
     write = snapshots.get("write") or {}
     if write.get("count"):
@@ -367,7 +288,7 @@ def _snapshots(out: _Out, snapshots: Mapping[str, Any], now: float) -> None:
         line += f" · tick stall p99 {seconds(stall.get('p99'))}"
     failures = snapshots.get("failures")
     if failures:
-        line += f" · {_count(failures)} failed"
+        line += f" · {count(failures)} failed"
     out.line("snapshots", line, style="red" if failures else "")
     for problem in snapshots.get("problems") or []:
         out.line("", str(problem), style="yellow")
@@ -394,4 +315,4 @@ def _event(event: Mapping[str, Any]) -> str:
     if reason and reason != action:
         what += f": {reason}"
     move = f"{event.get('before') or '?'} → {event.get('after') or '?'}"
-    return f"tick {_count(event.get('tick'))}  {move}  {what}"
+    return f"tick {count(event.get('tick'))}  {move}  {what}"
