@@ -323,17 +323,19 @@ def _config_option(func: Any) -> Any:
     )(func)
 
 
-@click.group(
-    epilog=(
-        "Reads SUPERVISOR_<SECTION>_<KEY> variables, which override the file. "
-        "Exit codes: 0 the config is good; 2 it is not (one line per problem)."
-    )
+#: What ``config``, ``config check`` and ``config show`` end their help with.
+CONFIG_EPILOG: Final = (
+    "Reads SUPERVISOR_<SECTION>_<KEY> variables, which override the file. "
+    "Exit codes: 0 the config is good; 2 it is not (one line per problem)."
 )
+
+
+@click.group(epilog=CONFIG_EPILOG)
 def config() -> None:
     """Check a config before it runs, or show the one that would run."""
 
 
-@config.command()
+@config.command(epilog=CONFIG_EPILOG)
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 def check(config_path: str | None, phase: str | None, as_json: bool) -> None:
@@ -385,7 +387,7 @@ def check(config_path: str | None, phase: str | None, as_json: bool) -> None:
     raise SystemExit(EXIT_USAGE if problems else EXIT_OK)
 
 
-@config.command()
+@config.command(epilog=CONFIG_EPILOG)
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 def show(config_path: str | None, phase: str | None, as_json: bool) -> None:
