@@ -14,16 +14,13 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import attrs
 import pytest
+from cli_harness import SUPERVISOR, Running, running_supervisor
 
-SUPERVISOR = Path(sys.executable).parent / "supervisor"
 CONFIG = """\
 [supervisor]
 state_dir = "state"
@@ -38,45 +35,11 @@ enabled = ["heartbeat"]
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
 
-@attrs.frozen
-class Running:
-    """A ``supervisor run`` in the background, and where its API listens."""
-
-    folder: Path
-    api: str
-    proc: subprocess.Popen[bytes]
-
-
 @pytest.fixture
 def running() -> Iterator[Running]:
-    """The heartbeat world at 20 Hz in a short folder (a socket path fits in 108 bytes)."""
-    folder = Path(tempfile.mkdtemp(prefix="sv-"))
-    (folder / "supervisor.toml").write_text(CONFIG, encoding="utf-8")
-    log = (folder / "run.log").open("wb")
-    proc = subprocess.Popen(
-        [str(SUPERVISOR), "run", "--tick-rate", "20", "--log-format", "json"],
-        cwd=folder,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    api = f"unix:{folder / 's.sock'}"
-    try:
-        deadline = time.monotonic() + 20
-        while not (folder / "s.sock").exists():
-            assert proc.poll() is None, (folder / "run.log").read_text()
-            assert time.monotonic() < deadline, "the API never listened"
-            time.sleep(0.05)
-        yield Running(folder, api, proc)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
-        shutil.rmtree(folder, ignore_errors=True)
+    """The heartbeat world at 20 Hz."""
+    with running_supervisor(CONFIG) as run:
+        yield run
 
 
 @attrs.frozen
