@@ -519,6 +519,15 @@ class TestArgumentTypes:
         with pytest.raises(ConfigError, match=r"'zones' expects list\[str\] \| None, got int"):
             build("made", factory, {"zones": 3})
 
+    def test_a_converter_decides_what_its_field_takes(self) -> None:
+        """``delay: float = attrs.field(converter=float)`` takes "0.5": the converter judges."""
+
+        @attrs.define
+        class Slow:
+            delay: float = attrs.field(default=0.05, converter=float)
+
+        assert build("slow", Slow, {"delay": "0.5"}).delay == 0.5
+
     def test_unreadable_annotation_is_left_to_the_constructor(self) -> None:
         """A forward reference that cannot resolve: no guess, the constructor decides."""
 

@@ -307,9 +307,15 @@ def _argument_hints(factory: Any) -> dict[str, Any]:
     imported only under TYPE_CHECKING, a class local to a function) leaves
     that parameter to the constructor and the others still checked. The
     class itself is not touched (``attrs.resolve_types`` would write to it).
+    An attrs field with a converter is left to its converter.
     """
     if attrs.has(factory):
-        raw = {f.alias: f.type for f in attrs.fields(factory) if f.init and f.type is not None}
+        # A field with a converter takes what the converter takes, not its type.
+        raw = {
+            f.alias: f.type
+            for f in attrs.fields(factory)
+            if f.init and f.type is not None and f.converter is None
+        }
         module = sys.modules.get(factory.__module__)
         globalns = vars(module) if module is not None else {}
     else:
