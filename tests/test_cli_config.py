@@ -335,6 +335,16 @@ class TestSystems:
         }
         assert rows["wanderers"]["enabled"] is False
 
+    def test_enabled_by_import_string_alone(self, folder: Path) -> None:
+        """``enabled = ["pkg.mod:Class"]`` runs under the class's own name: listed so."""
+        config = '[systems]\nenabled = ["systems.example:Heartbeat"]\n'
+        result = invoke("systems", "--config", write(folder, config), "--json")
+        assert result.exit_code == 0, result.output
+        rows = {row["name"]: row for row in json.loads(result.stdout)}
+        assert rows["heartbeat"]["origin"] == "import string"
+        assert rows["heartbeat"]["enabled"] is True
+        assert "systems.example:Heartbeat" not in rows
+
     def test_table_marks_enabled(self, folder: Path) -> None:
         """The table ticks what is enabled and says what the tick means."""
         result = invoke("systems", "--config", write(folder, GOOD))

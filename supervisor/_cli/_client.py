@@ -48,6 +48,7 @@ __all__ = [
     "client_from",
     "echo_json",
     "json_option",
+    "make_console",
     "refused",
     "resolve_api",
 ]
@@ -240,7 +241,7 @@ def refused(status: int, data: Any, client: ApiClient) -> NoReturn:
 # ------------------------------------------------------------ formatting
 
 
-def _console(*, err: bool = False) -> Console:
+def make_console(*, err: bool = False) -> Console:
     # Built per call: click's test runner (and a redirect) swaps sys.stdout.
     # Piped output gets wide lines rather than rich's 80 columns, so a
     # recommendation lands on one line for grep.
@@ -275,13 +276,13 @@ def _print_checks(checks: Iterable[Any], *, only_failed: bool = False, err: bool
             _text(check.get("detail")),
             _text(check.get("recommendation")),
         )
-    _console(err=err).print(table)
+    make_console(err=err).print(table)
 
 
 def _print_errors(data: Mapping[str, Any]) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = make_console()
     groups = data.get("groups") or []
     records = data.get("records") or []
     if not groups and not records:

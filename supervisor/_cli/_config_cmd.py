@@ -16,6 +16,7 @@ inside the commands (``tests/test_cli_imports.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -255,8 +256,10 @@ def system_rows(config: Config) -> list[dict[str, Any]]:
     """
     from .._core._plugins import (  # noqa: PLC0415 - imports the systems
         SystemSource,
+        default_name,
         discover,
         is_import_string,
+        load_target,
     )
 
     found = discover()
@@ -266,13 +269,18 @@ def system_rows(config: Config) -> list[dict[str, Any]]:
     for entry in enabled or ():
         use = config.systems.options.get(entry, {}).get("use")
         target = use or entry
+        name = entry
         if is_import_string(target):
-            sources[entry] = SystemSource(entry, target, "import string")
+            if is_import_string(entry):
+                # Enabled by its import string alone: it runs under its own name.
+                with contextlib.suppress(SupervisorError):
+                    name = default_name(load_target(target, system=entry), target)
+            sources[name] = SystemSource(name, target, "import string")
         elif target in found and use:
-            sources[entry] = SystemSource(entry, found[target].target, found[target].origin)
+            sources[name] = SystemSource(name, found[target].target, found[target].origin)
         elif target not in found:
-            sources[entry] = SystemSource(entry, target, "unknown: not installed")
-        marked.add(entry)
+            sources[name] = SystemSource(name, target, "unknown: not installed")
+        marked.add(name)
     return [_system_row(src, enabled=name in marked) for name, src in sorted(sources.items())]
 
 

@@ -21,7 +21,7 @@ import click
 
 from .._core._config_sections import BUILTIN_PROFILES
 from .._errors import ConfigError, one_line
-from ._client import COMMANDS, DEFAULT_CONFIG, EXIT_USAGE, bounded, fail
+from ._client import COMMANDS, DEFAULT_CONFIG, EXIT_USAGE, bounded, fail, make_console
 from ._config_cmd import config
 from ._operator import OPERATOR_COMMANDS
 from ._status_cmd import status
@@ -223,11 +223,11 @@ def systems(config_path: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     table = Table("", "name", "from", "critical", "depends_on", "priority")
+    table.columns[2].overflow = "fold"  # an import string stays whole
     for row in rows:
         critical = "?" if row["critical"] is None else ("yes" if row["critical"] else "no")
         table.add_row(
@@ -239,7 +239,7 @@ def systems(config_path: str | None, as_json: bool) -> None:
             escape(", ".join(row["depends_on"])) or "-",
             str(row["priority"]),
         )
-    Console().print(table)
+    make_console().print(table)
     click.echo("✓ enabled in the config (supervisor run would start it)")
 
 
