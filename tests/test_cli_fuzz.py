@@ -20,12 +20,15 @@ import supervisor._cli._client
 import supervisor._cli._run
 from supervisor._cli._main import cli
 
-COMMANDS = ["run", "status", "shutdown", "restart", "phase", "readiness", "errors", "systems"]
+COMMANDS = [
+    "run", "status", "shutdown", "restart", "phase", "readiness", "errors", "systems", "config",
+    "quarantine", "release", "snapshot",
+]  # fmt: skip
 OPTIONS = [
     "--config", "--phase", "--profile", "--tick-rate", "--ticks", "--duration", "--state-dir",
     "--resume", "--fresh", "--exit-on-emergency", "--log-format", "--summary-json", "--api",
     "--json", "--emergency", "--reason", "--force", "--limit", "--system", "--help", "--version",
-    "-h", "--", "-", "--tick", "--no-such",
+    "-h", "--", "-", "--tick", "--no-such", "--watch", "check", "show",
 ]  # fmt: skip
 VALUES = [
     "nan", "-nan", "inf", "-inf", "1e309", "0", "-1", "1", "30", str(2**53), str(2**53 + 1),
@@ -47,6 +50,7 @@ def _no_request(*_args: Any, **_kwargs: Any) -> tuple[int, Any]:
 def _stubs(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     monkeypatch.setattr(supervisor._cli._run, "run_command", _no_run)
     monkeypatch.setattr(supervisor._cli._client.ApiClient, "request", _no_request)
+    monkeypatch.setattr(supervisor._cli._client.ApiClient, "try_request", _no_request)
     monkeypatch.chdir(tmp_path)
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -242,3 +243,84 @@ class TestReadmeAndCi:
         )
         assert out.stdout.strip() == self._blocks()[1][0]
         assert script.index("bash .ci/smoke.sh") < script.index('eval "$test_command"')
+
+
+class TestLogFormat:
+    """``auto`` logs: console on a terminal, JSON otherwise, whatever the phase."""
+
+    @pytest.mark.parametrize(("tty", "expected"), [(True, "console"), (False, "json")])
+    def test_auto_follows_the_terminal(
+        self, monkeypatch: pytest.MonkeyPatch, tty: bool, expected: str
+    ) -> None:
+        """It once switched a terminal to JSON when the phase left development."""
+        from supervisor._cli import _run
+
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+        assert _run._resolve_log_format("auto") == expected
+
+    @pytest.mark.parametrize("fmt", ["console", "json"])
+    def test_explicit_format_wins(self, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+        """--log-format (or [logging] format) is taken as given, terminal or not."""
+        from supervisor._cli import _run
+
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+        assert _run._resolve_log_format(fmt) == fmt
+
+
+def _commands() -> list[list[str]]:
+    """Every command's path: ``[name]`` or ``[group, name]``."""
+    paths: list[list[str]] = []
+    for name, command in cli.commands.items():
+        if isinstance(command, click.Group):
+            paths.extend([name, sub] for sub in command.commands)
+        else:
+            paths.append([name])
+    return paths
+
+
+class TestHelpTexts:
+    @pytest.mark.parametrize("path", _commands(), ids=" ".join)
+    def test_every_command_has_an_example_and_its_exit_codes(self, path: list[str]) -> None:
+        """Each --help shows one example and says what each exit code means."""
+        result = CliRunner().invoke(cli, [*path, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "Example:" in result.stdout
+        assert f"supervisor {' '.join(path)}" in result.stdout.split("Example:")[1]
+        assert "Exit codes: 0" in " ".join(result.stdout.split())
+
+    @pytest.mark.parametrize(
+        "name", ["status", "shutdown", "restart", "phase", "readiness", "errors", "snapshot"]
+    )
+    def test_client_commands_name_the_token_variable(self, name: str) -> None:
+        """The commands that talk to the API say where the token comes from."""
+        assert "SUPERVISOR_TOKEN" in CliRunner().invoke(cli, [name, "--help"]).stdout
+
+    def test_choices_are_listed(self) -> None:
+        """phase lists the phases, run the profiles and log formats."""
+        phase = " ".join(CliRunner().invoke(cli, ["phase", "--help"]).stdout.split())
+        assert "development, testing or production" in phase
+        run = " ".join(CliRunner().invoke(cli, ["run", "--help"]).stdout.split())
+        assert "low, medium, high" in run
+        assert "[console|json]" in run
+
+    def test_completion_is_documented_and_works(self) -> None:
+        """The group help gives the completion line; click completes the phases through it."""
+        assert (
+            "_SUPERVISOR_COMPLETE=bash_source supervisor"
+            in CliRunner().invoke(cli, ["--help"]).stdout
+        )
+        env = {
+            **os.environ,
+            "_SUPERVISOR_COMPLETE": "bash_complete",
+            "COMP_WORDS": "supervisor phase ",
+            "COMP_CWORD": "2",
+        }
+        out = subprocess.run(
+            [sys.executable, "-m", "supervisor"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert out.stdout.split() == ["plain,development", "plain,testing", "plain,production"]

@@ -25,6 +25,7 @@ from click.testing import CliRunner, Result
 from test_api import OPERATOR_TOKEN, VIEWER_TOKEN, FakeSupervisor, make_rig
 
 from supervisor._cli._client import COMMANDS, resolve_api
+from supervisor._cli._status_cmd import status
 from supervisor._server._serve import serve_api
 
 
@@ -33,7 +34,7 @@ def cli() -> None:
     """Stands in for the ``supervisor`` group the lead adds COMMANDS to."""
 
 
-for _command in COMMANDS:
+for _command in (status, *COMMANDS):
     cli.add_command(_command)
 
 

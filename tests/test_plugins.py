@@ -8,7 +8,7 @@ import types
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import pytest
@@ -36,6 +36,7 @@ from supervisor._core._plugins import (
     is_import_string,
     load_target,
     order,
+    plan_systems,
 )
 from supervisor.testing import FIXED_FACTS, run_systems
 from systems.example import Heartbeat, Wanderers
@@ -408,7 +409,8 @@ class TestBuild:
 
         @attrs.define
         class Typed:
-            count: int = attrs.field(validator=attrs.validators.instance_of(int))
+            # Annotated Any: the annotation check lets it through to the validator.
+            count: Any = attrs.field(validator=attrs.validators.instance_of(int))
 
             def tick(self, ctx: Any) -> None:
                 pass
@@ -430,6 +432,174 @@ class TestBuild:
 
 
 # ---------------------------------------------------------------- validation
+
+
+class TestArgumentTypes:
+    """Arguments are checked against the constructor's annotations before it is called."""
+
+    @attrs.define
+    class Typed:
+        day_seconds: float = 10.0
+        count: int = 1
+        name: str = "typed"
+        fast: bool = False
+        zones: list[str] = attrs.Factory(list)
+        limits: dict[str, int] = attrs.Factory(dict)
+        mode: Literal["real", "fast"] = "real"
+        cap: int | None = None
+        pair: tuple[int, str] = (0, "")
+        anything: Any = None
+        _hidden: int = 0
+
+        def tick(self, ctx: Any) -> None:
+            pass
+
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            ({"day_seconds": "ten"}, "'day_seconds' expects float, got str ('ten')"),
+            ({"day_seconds": True}, "'day_seconds' expects float, got bool (True)"),
+            ({"count": 1.5}, "'count' expects int, got float (1.5)"),
+            ({"count": False}, "'count' expects int, got bool (False)"),
+            ({"name": 3}, "'name' expects str, got int (3)"),
+            ({"fast": 1}, "'fast' expects bool, got int (1)"),
+            ({"zones": "north"}, "'zones' expects list[str], got str ('north')"),
+            ({"zones": ["a", 1]}, "'zones' expects list[str], got list (['a', 1])"),
+            ({"limits": {"a": "x"}}, "'limits' expects dict[str, int], got table ({'a': 'x'})"),
+            ({"mode": "slow"}, "'mode' expects Literal['real', 'fast'], got str ('slow')"),
+            ({"cap": "x"}, "'cap' expects int | None, got str ('x')"),
+            ({"pair": [1, 2]}, "'pair' expects tuple[int, str], got list ([1, 2])"),
+            ({"hidden": "x"}, "'hidden' expects int, got str ('x')"),
+            ({"count": "x" * 60}, "'count' expects int, got str ('" + "x" * 36 + "...)"),
+        ],
+    )
+    def test_wrong_type_is_a_config_error(self, kwargs: dict[str, Any], message: str) -> None:
+        """The error names the system, the argument, the expected and the given type."""
+        with pytest.raises(ConfigError) as ei:
+            build("clock", self.Typed, kwargs, source="game.toml")
+
+        key = next(iter(kwargs))
+        assert ei.value.key == f"systems.clock.{key}"
+        assert str(ei.value).startswith(
+            f"game.toml: [systems.clock.{key}] system 'clock' argument "
+        )
+        assert str(ei.value).endswith(message)
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"day_seconds": 3},
+            {"day_seconds": 2.5},
+            {"zones": ["a", "b"]},
+            {"limits": {"a": 1}},
+            {"mode": "fast"},
+            {"cap": 4},
+            {"pair": [1, "x"]},
+            {"anything": {"nested": [1, "x"]}},
+            {"hidden": 3},
+        ],
+    )
+    def test_right_types_build(self, kwargs: dict[str, Any]) -> None:
+        """An int where a float is expected, lists for tuples, Any for anything: built."""
+        assert isinstance(build("clock", self.Typed, kwargs), self.Typed)
+
+    def test_plain_class_and_function(self) -> None:
+        """A plain ``__init__`` and a factory function are judged by their annotations too."""
+
+        class Plain:
+            def __init__(self, day_seconds: float = 1.0) -> None:
+                self.day_seconds = day_seconds
+
+        def factory(zones: list[str] | None = None) -> Plain:
+            # "Plain" (the return) cannot be resolved from here; zones still is.
+            return Plain()
+
+        with pytest.raises(ConfigError, match="'day_seconds' expects float, got str"):
+            build("plain", Plain, {"day_seconds": "x"})
+        with pytest.raises(ConfigError, match=r"'zones' expects list\[str\] \| None, got int"):
+            build("made", factory, {"zones": 3})
+
+    def test_a_converter_decides_what_its_field_takes(self) -> None:
+        """``delay: float = attrs.field(converter=float)`` takes "0.5": the converter judges."""
+
+        @attrs.define
+        class Slow:
+            delay: float = attrs.field(default=0.05, converter=float)
+
+        assert build("slow", Slow, {"delay": "0.5"}).delay == 0.5
+
+    def test_unreadable_annotation_is_left_to_the_constructor(self) -> None:
+        """A forward reference that cannot resolve: no guess, the constructor decides."""
+
+        def factory(level: NoSuchType = None) -> dict[str, Any]:  # type: ignore[name-defined]  # noqa: F821
+            return {"level": level}
+
+        assert build("x", factory, {"level": "anything"}) == {"level": "anything"}
+
+
+class TestPlanSystems:
+    """The ``[systems]`` section resolved to factories, nothing built."""
+
+    def test_use_and_import_strings(self) -> None:
+        """A ``use`` of an installed system, an import string, and a plain name."""
+        plans = plan_systems(
+            ["bot", "systems.example:Heartbeat", "wanderers"],
+            {"bot": {"use": "wanderers", "count": 2}, "heartbeat": {}},
+        )
+        assert [(p.name, p.factory, dict(p.options)) for p in plans] == [
+            ("bot", Wanderers, {"count": 2}),
+            ("heartbeat", Heartbeat, {}),
+            ("wanderers", Wanderers, {}),
+        ]
+        assert plans[1].origin == "import string (systems.example:Heartbeat)"
+
+    def test_unknown_use_is_blamed_on_use(self) -> None:
+        """``use = "nosuch"``: the key to fix is the ``use``, not the enabled list."""
+        with pytest.raises(ConfigError) as ei:
+            plan_systems(["bot"], {"bot": {"use": "nosuch"}}, source="game.toml")
+        assert ei.value.key == "systems.bot.use"
+        assert "unknown system 'nosuch'" in str(ei.value)
+
+    def test_unknown_name_is_blamed_on_the_list(self) -> None:
+        """A listed name that is not installed: [systems.enabled]."""
+        with pytest.raises(ConfigError) as ei:
+            plan_systems(["nosuch"], {})
+        assert ei.value.key == "systems.enabled"
+
+    def test_table_for_a_system_not_enabled(self) -> None:
+        """A table nobody uses is an error on that table."""
+        with pytest.raises(ConfigError) as ei:
+            plan_systems(["wanderers"], {"heartbeat": {}})
+        assert ei.value.key == "systems.heartbeat"
+
+    def test_problems_collected_instead_of_raised(self) -> None:
+        """With ``problems``, every unknown system and unused table is kept, the rest planned."""
+        problems: list[Any] = []
+        plans = plan_systems(
+            ["bot", "wanderers", "nosuch"],
+            {"bot": {"use": "gone"}, "ghost": {}},
+            problems=problems,
+        )
+        assert [p.name for p in plans] == ["wanderers"]
+        assert [e.key for e in problems] == ["systems.bot.use", "systems.enabled", "systems.ghost"]
+
+    def test_builds_nothing(self) -> None:
+        """Planning calls no constructor (config check builds; run's Supervisor builds)."""
+        calls: list[str] = []
+
+        class Counted:
+            def __init__(self) -> None:
+                calls.append("built")
+
+        module = types.ModuleType("counted_mod")
+        module.Counted = Counted  # type: ignore[attr-defined]
+        sys.modules["counted_mod"] = module
+        try:
+            plans = plan_systems(["counted_mod:Counted"], {})
+        finally:
+            del sys.modules["counted_mod"]
+        assert [p.name for p in plans] == ["counted"]
+        assert calls == []
 
 
 class TestInspectSystem:
@@ -1080,7 +1250,10 @@ class TestSystemsCommand:
         assert (wanderers["priority"], wanderers["error"]) == (0, None)
 
     def test_json_with_faked_distributions(
-        self, fake_entry_points: InstallEntryPoints, fake_module: types.ModuleType
+        self,
+        fake_entry_points: InstallEntryPoints,
+        fake_module: types.ModuleType,
+        tmp_path: Path,
     ) -> None:
         """Rows come sorted by name; a system that cannot load is listed with its error."""
         fake_entry_points(
@@ -1088,17 +1261,21 @@ class TestSystemsCommand:
             FakeEntryPoint("economy", f"{FAKE_MODULE}:Economy", dist=FakeDistribution("eco")),
             FakeEntryPoint("ghost", "no_such_module_xyz:Ghost"),
         )
+        config = tmp_path / "game.toml"
+        config.write_text('[systems]\nenabled = ["economy"]\n', encoding="utf-8")
 
-        result = CliRunner().invoke(cli, ["systems", "--json"])
+        result = CliRunner().invoke(cli, ["systems", "--config", str(config), "--json"])
 
         assert result.exit_code == 0, result.output
         rows = json.loads(result.stdout)
         assert [r["name"] for r in rows] == ["economy", "ghost", "players"]
+        assert [r["enabled"] for r in rows] == [True, False, False]
         economy, ghost, _ = rows
         assert economy == {
             "name": "economy",
             "origin": "entry point (eco)",
             "target": f"{FAKE_MODULE}:Economy",
+            "enabled": True,
             "critical": False,
             "depends_on": ["players"],
             "priority": 0,

@@ -1,7 +1,9 @@
 """The commands that talk to a running supervisor through its HTTP API.
 
-``status``, ``shutdown``, ``restart``, ``phase``, ``readiness`` and ``errors``
-each find the API the same way (``--api``, else ``--config FILE``'s
+``shutdown``, ``restart``, ``phase``, ``readiness`` and ``errors`` (and
+``status`` in :mod:`supervisor._cli._status_cmd`, the operator commands in
+:mod:`supervisor._cli._operator`, built on the helpers here) each find the
+API the same way (``--api``, else ``--config FILE``'s
 ``[api] listen``, else ``./supervisor.toml``'s, else the default socket),
 send ``SUPERVISOR_TOKEN`` as a bearer token when it is set, and end in one
 of three ways: the answer (a table for people, the raw JSON with
@@ -15,11 +17,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
+from urllib.parse import urlencode
 
 import attrs
 import click
@@ -28,14 +30,28 @@ from .._address import MAX_ERRORS_LIMIT, MAX_REASON, ListenAddress, parse_listen
 from .._core._config import Config
 from .._core._config_sections import ApiConfig
 from .._errors import ConfigError
+from ._units import word
 
 if TYPE_CHECKING:
     # Imported where used: ``supervisor --help`` and a refused command never
     # pay for an HTTP client or a table renderer (tests/test_cli_imports.py).
-    import httpx
     from rich.console import Console
 
-__all__ = ["COMMANDS", "ApiClient", "resolve_api"]
+__all__ = [
+    "COMMANDS",
+    "EPILOG",
+    "ApiClient",
+    "Unreachable",
+    "api_get",
+    "api_options",
+    "bounded",
+    "client_from",
+    "echo_json",
+    "json_option",
+    "make_console",
+    "refused",
+    "resolve_api",
+]
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -110,25 +126,6 @@ class ApiClient:
     token: str | None = None
     timeout: float = TIMEOUT
 
-    def _client(self) -> httpx.Client:
-        import httpx
-
-        headers = {"accept": "application/json"}
-        if self.token:
-            headers["authorization"] = f"Bearer {self.token}"
-        if self.address.path is not None:
-            return httpx.Client(
-                transport=httpx.HTTPTransport(uds=self.address.path),
-                base_url="http://supervisor",
-                headers=headers,
-                timeout=self.timeout,
-            )
-        host = self.address.host or "127.0.0.1"
-        host = f"[{host}]" if ":" in host else host
-        return httpx.Client(
-            base_url=f"http://{host}:{self.address.port}", headers=headers, timeout=self.timeout
-        )
-
     def request(
         self,
         method: str,
@@ -142,42 +139,57 @@ class ApiClient:
         Ends the command (exit 1, one line) when no supervisor answers or the
         answer is not JSON.
         """
-        import httpx
+        try:
+            return self.try_request(method, path, params=params, body=body)
+        except Unreachable as exc:
+            fail(str(exc))
+
+    def try_request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> tuple[int, Any]:
+        """Like :meth:`request`, but raise :class:`Unreachable` rather than end the command.
+
+        ``status --watch`` keeps watching a supervisor that restarts.
+        """
+        from ._http import HTTPException, NotConnected, exchange
 
         where = str(self.address)
-        if self.address.path is not None:
-            self._probe_unix(where)
+        headers = {"accept": "application/json"}
+        if self.token:
+            headers["authorization"] = f"Bearer {self.token}"
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode("utf-8")
+            headers["content-type"] = "application/json"
+        url = f"{path}?{urlencode(params)}" if params else path
         try:
-            with self._client() as client:
-                response = client.request(method, path, params=params, json=body)
-        except httpx.ConnectError as exc:
-            fail(_connect_problem(where, exc))
-        except httpx.TimeoutException:
-            fail(f"the supervisor at {where} did not answer within {self.timeout:g} s")
-        except httpx.HTTPError as exc:
-            fail(f"lost the connection to the supervisor at {where} ({exc or type(exc).__name__})")
+            status, raw = exchange(
+                self.address, method, url, headers=headers, payload=payload, timeout=self.timeout
+            )
+        except NotConnected as exc:
+            raise Unreachable(_connect_problem(where, exc)) from None
+        except TimeoutError:
+            raise Unreachable(
+                f"the supervisor at {where} did not answer within {self.timeout:g} s"
+            ) from None
+        except (OSError, HTTPException) as exc:
+            raise Unreachable(
+                f"lost the connection to the supervisor at {where} ({exc or type(exc).__name__})"
+            ) from None
         try:
-            data = response.json()
+            data = json.loads(raw)
         except ValueError:
-            fail(f"unexpected answer from {where}: HTTP {response.status_code}, not JSON")
-        return response.status_code, data
+            raise Unreachable(f"unexpected answer from {where}: HTTP {status}, not JSON") from None
+        return status, data
 
-    def _probe_unix(self, where: str) -> None:
-        """End the command if nothing accepts connections on the socket.
 
-        httpcore's Unix-socket connect leaves its socket to the garbage
-        collector when the connect fails (a ResourceWarning), so the common
-        "not running" case is detected here, on a socket closed properly.
-        """
-        assert self.address.path is not None
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.settimeout(self.timeout)
-            probe.connect(self.address.path)
-        except OSError as exc:
-            fail(_connect_problem(where, exc))
-        finally:
-            probe.close()
+class Unreachable(Exception):
+    """No supervisor answered, or its answer was not JSON; the message is one line."""
 
 
 def _connect_problem(where: str, exc: BaseException) -> str:
@@ -199,7 +211,7 @@ def _connect_problem(where: str, exc: BaseException) -> str:
     return f"no supervisor is running at {where} ({reason})"
 
 
-def _client_from(api: str | None, config_path: str | None) -> ApiClient:
+def client_from(api: str | None, config_path: str | None) -> ApiClient:
     try:
         address = resolve_api(api, config_path)
     except ConfigError as exc:
@@ -211,7 +223,7 @@ def _client_from(api: str | None, config_path: str | None) -> ApiClient:
     return ApiClient(address=address, token=token)
 
 
-def _refused(status: int, data: Any, client: ApiClient) -> NoReturn:
+def refused(status: int, data: Any, client: ApiClient) -> NoReturn:
     """Report a non-200 answer in one line (plus any readiness report) and exit 1."""
     message = data.get("error") if isinstance(data, Mapping) else None
     message = str(message) if message else f"HTTP {status}"
@@ -229,7 +241,7 @@ def _refused(status: int, data: Any, client: ApiClient) -> NoReturn:
 # ------------------------------------------------------------ formatting
 
 
-def _console(*, err: bool = False) -> Console:
+def make_console(*, err: bool = False) -> Console:
     # Built per call: click's test runner (and a redirect) swaps sys.stdout.
     # Piped output gets wide lines rather than rich's 80 columns, so a
     # recommendation lands on one line for grep.
@@ -240,98 +252,15 @@ def _console(*, err: bool = False) -> Console:
     return Console(file=file, highlight=False, soft_wrap=False, width=width)
 
 
-def _seconds(value: Any) -> str:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return "-"
-    if value >= 1.0:
-        return f"{value:.2f} s"
-    if value >= 1e-3:
-        return f"{value * 1e3:.2f} ms"
-    return f"{value * 1e6:.0f} µs"
-
-
 def _text(value: Any) -> str:
     """``value`` for a table cell, escaped: rich would eat ``[api]`` as markup."""
     from rich.markup import escape
 
-    return escape(_plain(value))
+    return escape(word(value))
 
 
-def _plain(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list | tuple):
-        return ", ".join(map(_plain, value)) or "-"
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items()) or "-"
-    return str(value)
-
-
-def _echo_json(data: Any) -> None:
+def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
-
-
-def _print_status(data: Mapping[str, Any]) -> None:
-    from rich.table import Table
-
-    console = _console()
-    overview = Table.grid(padding=(0, 2))
-    overview.add_column(style="bold")
-    overview.add_column()
-    lateness = data.get("lateness") or {}
-    rows: list[tuple[str, str]] = [
-        ("phase", _text(data.get("phase"))),
-        ("tick", _text(data.get("tick"))),
-        ("tick rate", f"{_text(data.get('tick_rate'))} Hz"),
-        ("budget", _seconds(data.get("budget"))),
-        (
-            "lateness",
-            f"p50 {_seconds(lateness.get('p50'))}  p99 {_seconds(lateness.get('p99'))}"
-            f"  max {_seconds(lateness.get('max'))}",
-        ),
-        ("overruns", _text(data.get("overruns"))),
-        ("dropped ticks", _text(data.get("dropped_ticks"))),
-        ("profile", _text(data.get("profile"))),
-    ]
-    for name, value in (data.get("gauges") or {}).items():
-        rows.append((_text(name), _text(value)))
-    errors = data.get("errors") or {}
-    rows.append(("errors", _text({k: v for k, v in errors.items() if v}) if errors else "none"))
-    if data.get("quarantined"):
-        rows.append(("quarantined", _text(data["quarantined"])))
-    if data.get("emergency_reason"):
-        rows.append(("emergency", f"[red]{_text(data['emergency_reason'])}[/]"))
-    known = {"systems", "lateness", "work", "gauges", "errors", "quarantined", "emergency_reason"}
-    known |= {"phase", "tick", "tick_rate", "budget", "overruns", "dropped_ticks", "profile"}
-    # Whatever else the supervisor reports (a recommendation, uptime, ...).
-    rows.extend((_text(k), _text(v)) for k, v in data.items() if k not in known)
-    for name, value in rows:
-        overview.add_row(name, value)
-    console.print(overview)
-    systems = data.get("systems") or []
-    if isinstance(systems, Mapping):
-        systems = [{"name": k, **v} for k, v in systems.items() if isinstance(v, Mapping)]
-    if systems:
-        table = Table("system", "state", "health", "errors", "step p50", "step p99", "every")
-        for s in systems:
-            step = s.get("step") or {}
-            state = _text(s.get("state"))
-            if state not in {"closed", "running", "stopped", "-"}:
-                state = f"[yellow]{state}[/]"
-            table.add_row(
-                _text(s.get("name")),
-                state,
-                _text(s.get("health")),
-                _text(s.get("errors")),
-                _seconds(step.get("p50")),
-                _seconds(step.get("p99")),
-                _text(s.get("every")),
-            )
-        console.print(table)
 
 
 def _print_checks(checks: Iterable[Any], *, only_failed: bool = False, err: bool = False) -> None:
@@ -347,13 +276,13 @@ def _print_checks(checks: Iterable[Any], *, only_failed: bool = False, err: bool
             _text(check.get("detail")),
             _text(check.get("recommendation")),
         )
-    _console(err=err).print(table)
+    make_console(err=err).print(table)
 
 
 def _print_errors(data: Mapping[str, Any]) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = make_console()
     groups = data.get("groups") or []
     records = data.get("records") or []
     if not groups and not records:
@@ -385,21 +314,37 @@ def _print_errors(data: Mapping[str, Any]) -> None:
         console.print(table)
 
 
-def _print_result(action: str, data: Any) -> None:
+def print_result(action: str, data: Any) -> None:
     if isinstance(data, Mapping):
         detail = data.get("detail") or data.get("message")
         if isinstance(detail, str) and detail:
             click.echo(f"{action}: {detail}")
             return
-        click.echo(f"{action}: " + (_plain(data) if data else "ok"))
+        click.echo(f"{action}: " + (word(data) if data else "ok"))
         return
-    click.echo(f"{action}: {_plain(data)}")
+    click.echo(f"{action}: {word(data)}")
 
 
 # --------------------------------------------------------------- commands
 
 
-def _api_options(func: F) -> F:
+def bounded(high: float, low: float = 0.0) -> Any:
+    """A click callback: the value, if given, is a finite number in (low, high].
+
+    click's FloatRange lets NaN through (no comparison is true of it), and
+    ``time.sleep(nan)`` or a NaN tick rate fail far from the option.
+    """
+
+    def check(_ctx: Any, _param: Any, value: float | None) -> float | None:
+        # ``not low < value`` is also true for NaN.
+        if value is not None and not low < value <= high:
+            raise click.BadParameter(f"must be a number in ({low:g}, {high:g}], got {value}")
+        return value
+
+    return check
+
+
+def api_options(func: F) -> F:
     func = click.option(
         "--config",
         "config_path",
@@ -413,68 +358,65 @@ def _api_options(func: F) -> F:
     )(func)
 
 
-def _json_option(func: F) -> F:
+def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer.")(func)
 
 
-def _check_reason(_ctx: Any, _param: Any, value: str) -> str:
+def check_reason(_ctx: Any, _param: Any, value: str) -> str:
     if len(value) > MAX_REASON:
         raise click.BadParameter(f"at most {MAX_REASON} characters, got {len(value)}")
     return value
 
 
-def _get(api: str | None, config_path: str | None, path: str, **params: Any) -> Any:
-    client = _client_from(api, config_path)
+def api_get(api: str | None, config_path: str | None, path: str, **params: Any) -> Any:
+    """GET ``path``; return the answer (a refusal ends the command, exit 1)."""
+    client = client_from(api, config_path)
     status, data = client.request(
         "GET", path, params={k: v for k, v in params.items() if v is not None}
     )
     if status != 200:
-        _refused(status, data, client)
+        refused(status, data, client)
     return data
 
 
-def _post(
-    api: str | None, config_path: str | None, action: str, path: str, body: Mapping[str, Any]
-) -> None:
-    client = _client_from(api, config_path)
+def api_post(api: str | None, config_path: str | None, path: str, body: Mapping[str, Any]) -> Any:
+    """POST ``body`` to ``path``; return the answer (a refusal ends the command, exit 1)."""
+    client = client_from(api, config_path)
     status, data = client.request("POST", path, body=body)
     if status != 200:
-        _refused(status, data, client)
-    _print_result(action, data)
+        refused(status, data, client)
+    return data
 
 
 @click.command()
-@_api_options
-@_json_option
-def status(api: str | None, config_path: str | None, as_json: bool) -> None:
-    """Show the phase, tick timing, systems, players and errors."""
-    data = _get(api, config_path, "/v1/status")
-    if as_json:
-        _echo_json(data)
-    else:
-        _print_status(data if isinstance(data, Mapping) else {})
-
-
-@click.command()
-@_api_options
+@api_options
 @click.option("--emergency", is_flag=True, help="Enter EMERGENCY_SHUTDOWN instead of stopping.")
-@click.option("--reason", default="", callback=_check_reason, help="Why (audit log).")
+@click.option("--reason", default="", callback=check_reason, help="Why (audit log).")
 def shutdown(api: str | None, config_path: str | None, emergency: bool, reason: str) -> None:
-    """Stop gracefully, or enter an emergency shutdown (state preserved)."""
-    _post(
-        api,
-        config_path,
-        "shutdown",
-        "/v1/shutdown",
-        {"emergency": emergency, "reason": reason},
-    )
+    """Stop gracefully, or enter an emergency shutdown (state preserved).
+
+    \b
+    Example:
+      supervisor shutdown --emergency --reason "disk almost full"
+    """
+    answer = api_post(api, config_path, "/v1/shutdown", {"emergency": emergency, "reason": reason})
+    print_result("shutdown", answer)
 
 
 @click.command()
-@_api_options
+@api_options
 def restart(api: str | None, config_path: str | None) -> None:
-    """Restart the systems in the same process from preserved state."""
-    _post(api, config_path, "restart", "/v1/restart", {})
+    """Restart the systems in the same process from preserved state.
+
+    \b
+    After an emergency shutdown: `supervisor errors`, fix the cause, then
+    this, which continues from the snapshot the emergency wrote.
+
+    \b
+    Example:
+      supervisor restart
+    """
+    print_result("restart", api_post(api, config_path, "/v1/restart", {}))
 
 
 @click.command()
@@ -483,13 +425,13 @@ def restart(api: str | None, config_path: str | None) -> None:
     metavar="PHASE",
     type=click.Choice(["development", "testing", "production"], case_sensitive=False),
 )
-@_api_options
+@api_options
 @click.option(
     "--force",
     is_flag=True,
     help="Skip the readiness gate, or leave development without tokens (recorded).",
 )
-@click.option("--reason", default="", callback=_check_reason, help="Why (audit log).")
+@click.option("--reason", default="", callback=check_reason, help="Why (audit log).")
 def phase(target: str, api: str | None, config_path: str | None, force: bool, reason: str) -> None:
     """Move the running supervisor to PHASE: development, testing or production.
 
@@ -497,25 +439,31 @@ def phase(target: str, api: str | None, config_path: str | None, force: bool, re
     Promotion to production passes the readiness gate unless --force.
     Leaving development needs an [api] token in the config, or --force.
     Leaving production (but for an emergency) needs --force and --reason.
+
+    \b
+    Example:
+      supervisor phase production --reason "release 1.4"
     """
-    _post(
-        api,
-        config_path,
-        "phase",
-        "/v1/phase",
-        {"phase": target.lower(), "force": force, "reason": reason},
+    answer = api_post(
+        api, config_path, "/v1/phase", {"phase": target.lower(), "force": force, "reason": reason}
     )
+    print_result("phase", answer)
 
 
 @click.command()
-@_api_options
-@_json_option
+@api_options
+@json_option
 def readiness(api: str | None, config_path: str | None, as_json: bool) -> None:
-    """Show the deployment readiness report; exit 1 unless every check passes."""
-    data = _get(api, config_path, "/v1/readiness")
+    """Show the deployment readiness report; exit 1 unless every check passes.
+
+    \b
+    Example:
+      supervisor readiness && supervisor phase production
+    """
+    data = api_get(api, config_path, "/v1/readiness")
     ok = isinstance(data, Mapping) and data.get("ok") is True
     if as_json:
-        _echo_json(data)
+        echo_json(data)
     else:
         checks = data.get("checks", []) if isinstance(data, Mapping) else []
         _print_checks(checks)
@@ -524,7 +472,7 @@ def readiness(api: str | None, config_path: str | None, as_json: bool) -> None:
 
 
 @click.command()
-@_api_options
+@api_options
 @click.option(
     "--limit",
     type=click.IntRange(1, MAX_ERRORS_LIMIT),
@@ -533,20 +481,40 @@ def readiness(api: str | None, config_path: str | None, as_json: bool) -> None:
     help="Most recent records to show.",
 )
 @click.option("--system", help="Only this system's errors.")
-@_json_option
+@json_option
 def errors(
     api: str | None, config_path: str | None, limit: int, system: str | None, as_json: bool
 ) -> None:
-    """Show recent error records, grouped by fingerprint with counts."""
-    data = _get(api, config_path, "/v1/errors", limit=limit, system=system)
+    """Show recent error records, grouped by fingerprint with counts.
+
+    \b
+    --system NAME names a system from `supervisor status` (exit 1 if none has it).
+
+    \b
+    Example:
+      supervisor errors --system economy --limit 5
+    """
+    data = api_get(api, config_path, "/v1/errors", limit=limit, system=system)
+    if (
+        system is not None
+        and isinstance(data, Mapping)
+        and not (data.get("groups") or data.get("records"))
+    ):
+        # The API filters by name and cannot tell "none" from "no such system":
+        # the status lists the systems.
+        status = api_get(api, config_path, "/v1/status")
+        listed = status.get("systems") if isinstance(status, Mapping) else None
+        names = [s.get("name") for s in listed or [] if isinstance(s, Mapping)]
+        if names and system not in names:
+            fail(f"no such system {system!r} (systems: {', '.join(map(str, names))})")
     if as_json:
-        _echo_json(data)
+        echo_json(data)
     else:
         _print_errors(data if isinstance(data, Mapping) else {})
 
 
 #: The commands for ``cli.add_command``, in the order ``--help`` lists them.
-COMMANDS: Final[list[click.Command]] = [status, shutdown, restart, phase, readiness, errors]
+COMMANDS: Final[list[click.Command]] = [shutdown, restart, phase, readiness, errors]
 
 #: What every client command's ``--help`` ends with (CONTRACT section 8).
 EPILOG: Final = (

@@ -19,8 +19,12 @@ from typing import Any, Final, NoReturn
 
 import click
 
-from .._errors import one_line
-from ._client import COMMANDS, EXIT_USAGE
+from .._core._config_sections import BUILTIN_PROFILES
+from .._errors import ConfigError, one_line
+from ._client import COMMANDS, DEFAULT_CONFIG, EXIT_USAGE, bounded, fail, make_console
+from ._config_cmd import config
+from ._operator import OPERATOR_COMMANDS
+from ._status_cmd import status
 
 __all__ = ["MAX_TICKS", "cli", "main"]
 
@@ -30,18 +34,6 @@ MAX_TICKS: Final = 2**53
 #: ``--tick-rate`` and ``--duration`` bounds (the config's own limits apply on top).
 MAX_TICK_RATE: Final = 10_000.0
 MAX_DURATION: Final = 10.0 * 365 * 86400
-
-
-def _bounded(name: str, high: float) -> Any:
-    """A click callback: the value, if given, is a finite number in (0, high]."""
-
-    def check(_ctx: Any, _param: Any, value: float | None) -> float | None:
-        # ``not 0 < value`` is also true for NaN, which no comparison lets through.
-        if value is not None and not 0 < value <= high:
-            raise click.BadParameter(f"must be a number in (0, {high:g}], got {value}")
-        return value
-
-    return check
 
 
 class _Group(click.Group):
@@ -109,9 +101,9 @@ def _show_version(ctx: click.Context, _param: Any, value: bool) -> None:
     cls=_Group,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog=(
-        "The commands but run and systems talk to a running supervisor's API, with the "
-        "token from SUPERVISOR_TOKEN when set. Exit codes: 0 done; 1 refused or failed; "
-        "2 usage or config error, or a start refused on purpose; 3 run ended by an "
+        "The commands but run, systems and config talk to a running supervisor's API, "
+        "with the token from SUPERVISOR_TOKEN when set. Exit codes: 0 done; 1 refused or "
+        "failed; 2 usage or config error, or a start refused on purpose; 3 run ended by an "
         "emergency shutdown, state preserved; 4 emergency shutdown, state not preserved."
     ),
 )
@@ -124,7 +116,18 @@ def _show_version(ctx: click.Context, _param: Any, value: bool) -> None:
     help="Show the version and the Python it runs on.",
 )
 def cli() -> None:
-    """A fixed-tick game-server supervisor."""
+    """A fixed-tick game-server supervisor.
+
+    \b
+    Before deploying:  supervisor config check --config game.toml --phase production
+    Start it:          supervisor run --config game.toml
+    Watch it:          supervisor status --watch
+    Each command's --help lists its choices, one example and its exit codes.
+
+    \b
+    Shell completion (bash; for zsh or fish write zsh_source or fish_source):
+      eval "$(_SUPERVISOR_COMPLETE=bash_source supervisor)"
+    """
 
 
 @cli.command()
@@ -132,10 +135,13 @@ def cli() -> None:
 @click.option(
     "--phase", type=click.Choice(["development", "testing", "production"]), help="Starting phase."
 )
-@click.option("--profile", help="Device profile name, or 'auto' to detect.")
 @click.option(
-    "--tick-rate", type=float, callback=_bounded("--tick-rate", MAX_TICK_RATE), help="Hz."
+    "--profile",
+    metavar="NAME",
+    help=f"Device profile: {', '.join(BUILTIN_PROFILES)}, one of the config's "
+    "[profiles], or auto (detect from the machine; the default).",
 )
+@click.option("--tick-rate", type=float, callback=bounded(MAX_TICK_RATE), help="Hz.")
 @click.option(
     "--ticks",
     type=click.IntRange(1, MAX_TICKS),
@@ -144,7 +150,7 @@ def cli() -> None:
 @click.option(
     "--duration",
     type=float,
-    callback=_bounded("--duration", MAX_DURATION),
+    callback=bounded(MAX_DURATION),
     help="Stop after SECONDS.",
 )
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where state is kept.")
@@ -157,7 +163,11 @@ def cli() -> None:
 @click.option(
     "--exit-on-emergency", is_flag=True, help="Exit with code 3 after an emergency shutdown."
 )
-@click.option("--log-format", type=click.Choice(["console", "json"]), help="Log line format.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["console", "json"]),
+    help="Log line format (default: console on a terminal, JSON otherwise, whatever the phase).",
+)
 @click.option(
     "--summary-json",
     type=click.Path(dir_okay=False),
@@ -173,6 +183,10 @@ def run(**options: Any) -> None:
     2 usage or config error, or a start refused on purpose (earlier
     snapshots without --resume/--fresh, a database that lost data);
     3 ended by an emergency shutdown, state preserved; 4 state not preserved.
+
+    \b
+    Example:
+      supervisor run --config game.toml --phase testing --resume
     """
     from ._run import run_command
 
@@ -180,33 +194,56 @@ def run(**options: Any) -> None:
 
 
 @cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help=f"TOML config whose systems to mark (default: ./{DEFAULT_CONFIG}, else the demo world).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
-def systems(as_json: bool) -> None:
-    """List the discoverable systems and where they come from."""
-    from ._run import system_rows
+def systems(config_path: str | None, as_json: bool) -> None:
+    """List the installed systems and the config's, marking the enabled ones.
 
-    rows = system_rows()
+    \b
+    Installed systems come from the supervisor.systems entry points; a
+    config may also enable 'pkg.module:Class' import strings, or run an
+    installed system under another name with [systems.NAME] use = "...".
+    Exit codes: 0 listed; 2 the config is invalid.
+
+    \b
+    Example:
+      supervisor systems --config game.toml
+    """
+    from ._config_cmd import load_config, system_rows
+
+    try:
+        rows = system_rows(load_config(config_path))
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table("name", "from", "critical", "depends_on", "priority")
+    table = Table("", "name", "from", "critical", "depends_on", "priority")
+    table.columns[2].overflow = "fold"  # an import string stays whole
     for row in rows:
         critical = "?" if row["critical"] is None else ("yes" if row["critical"] else "no")
         table.add_row(
-            row["name"],
-            f"{row['origin']}\n{row['target']}"
-            + (f"\n[red]{row['error']}[/]" if row["error"] else ""),
+            "[green]✓[/]" if row["enabled"] else "",
+            escape(row["name"]),
+            escape(f"{row['origin']}\n{row['target']}")
+            + (f"\n[red]{escape(row['error'])}[/]" if row["error"] else ""),
             critical,
-            ", ".join(row["depends_on"]) or "-",
+            escape(", ".join(row["depends_on"])) or "-",
             str(row["priority"]),
         )
-    Console().print(table)
+    make_console().print(table)
+    click.echo("✓ enabled in the config (supervisor run would start it)")
 
 
-for _command in COMMANDS:
+for _command in (status, *COMMANDS, *OPERATOR_COMMANDS, config):
     cli.add_command(_command)
 
 

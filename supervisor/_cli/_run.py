@@ -25,41 +25,23 @@ import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
 
-import attrs
 import click
 import trio
 
 from .._core._config import Config
 from .._core._phase import Phase
-from .._core._plugins import discover
+from .._core._plugins import plan_systems
 from .._core._runtime import Supervisor
 from .._core._snapshot import SnapshotStore
 from .._core._views import RunSummary
 from .._errors import ConfigError, PluginError, StartupError, SupervisorError
 from .._files import check_output_path
 from .._logging import configure_logging, get_logger
-from ._client import DEFAULT_CONFIG, EXIT_FAILED, EXIT_USAGE, fail
+from ._client import EXIT_FAILED, EXIT_USAGE, fail
+from ._config_cmd import load_config, refusal
 from ._live import LiveStream, live_status
 
-__all__ = ["DEMO_WORLD", "run_command", "system_rows"]
-
-
-#: What ``supervisor run`` runs with no config: the demo tycoon world.
-DEMO_WORLD = {
-    "systems": {
-        "enabled": ["players", "economy", "tycoon", "datastore", "leaderboard", "security"],
-        "players": {"count": 200},
-    }
-}
-
-
-def _load_config(path: str | None) -> Config:
-    if path is None:
-        if Path(DEFAULT_CONFIG).is_file():
-            path = DEFAULT_CONFIG
-        else:
-            return Config.from_mapping(DEMO_WORLD, source="<built-in demo world>")
-    return Config.from_toml(path)
+__all__ = ["run_command"]
 
 
 def _with_overrides(config: Config, **sections: dict[str, Any]) -> Config:
@@ -79,12 +61,16 @@ def _with_overrides(config: Config, **sections: dict[str, Any]) -> Config:
     return Config.from_mapping(raw, source=config.source, env=env, base_dir=config.base_dir)
 
 
-def _resolve_log_format(fmt: str, phase: Phase) -> str:
+def _resolve_log_format(fmt: str) -> str:
+    """``auto``: the console format on a terminal, JSON otherwise, whatever the phase.
+
+    It once switched to JSON on a terminal when the phase left development,
+    so an operator watching a promotion lost readable lines at the moment
+    that mattered; a log collector reads a pipe or a file, never a terminal.
+    """
     if fmt != "auto":
         return fmt
-    if phase is Phase.DEVELOPMENT and sys.stderr.isatty():
-        return "console"
-    return "json"
+    return "console" if sys.stderr.isatty() else "json"
 
 
 # ---------------------------------------------------------------- preserved state
@@ -194,7 +180,7 @@ def run_command(
             "--resume and --fresh exclude each other", click.get_current_context()
         )
     try:
-        config = _load_config(config_path)
+        config = load_config(config_path)
         config = _with_overrides(
             config,
             supervisor={"phase": phase, "profile": profile, "state_dir": state_dir},
@@ -202,6 +188,8 @@ def run_command(
         )
         start_phase = Phase.parse(config.supervisor.phase)
         effective = config.for_phase(start_phase)
+        # Resolved first so that an unknown ``use`` is blamed on its own key.
+        plan_systems(effective.systems.enabled, effective.systems.options, source=config.source)
         sup = Supervisor.from_config(
             config,
             tick_rate=tick_rate,
@@ -218,18 +206,13 @@ def run_command(
         if not Path(summary_json).resolve().parent.is_dir():
             fail(f"--summary-json {summary_json}: the folder does not exist", EXIT_USAGE)
     if sup.phase is Phase.PRODUCTION:
-        report = sup.security_report()
-        if not report.ok:
-            check = report.checks[0]
-            fail(
-                f"cannot start in production: security check failed: {check.detail} "
-                f"(recommendation: {check.recommendation})",
-                EXIT_USAGE,
-            )
+        refused = refusal(sup.security_report())
+        if refused is not None:
+            fail(refused, EXIT_USAGE)
     fmt = effective.logging.format
     live = LiveStream(sys.stderr) if sys.stderr.isatty() else None
-    renderer = configure_logging(
-        _resolve_log_format(fmt, start_phase),
+    configure_logging(
+        _resolve_log_format(fmt),
         effective.logging.level,
         stream=live,  # type: ignore[arg-type]  # file-like: write, flush, isatty
         processors=(sup.redactor.structlog_processor(),),
@@ -237,11 +220,6 @@ def run_command(
     check_preserved_state(sup, resume=resume, fresh=fresh)
     if live is not None:
         sup.services.append(functools.partial(live_status, stream=live))
-    if fmt == "auto":
-        # Entering PRODUCTION (or any phase past DEVELOPMENT) turns JSON logs on.
-        sup.phase_listeners.append(
-            lambda phase: setattr(renderer, "format", _resolve_log_format("auto", phase))
-        )
     listen_errors: tuple[type[Exception], ...] = ()
     if effective.features.api:
         from .._server._serve import ApiListenError, attach_api
@@ -299,36 +277,3 @@ def _run(
         fail(str(exc), EXIT_USAGE if exc.refused else EXIT_FAILED)
     except PluginError as exc:  # dependency errors surface when the run orders systems
         fail(str(exc), EXIT_USAGE)
-
-
-# ---------------------------------------------------------------- supervisor systems
-
-
-def system_rows() -> list[dict[str, Any]]:
-    """One row per discoverable system: name, origin, target, critical, depends_on, priority."""
-    rows = []
-    for name, src in sorted(discover().items()):
-        row: dict[str, Any] = {"name": name, "origin": src.origin, "target": src.target}
-        try:
-            cls = src.load()
-        except PluginError as exc:
-            row.update(critical=None, depends_on=[], priority=None, error=str(exc))
-        else:
-            row.update(
-                critical=bool(_class_default(cls, "critical", False)),
-                depends_on=list(_class_default(cls, "depends_on", ())),
-                priority=_class_default(cls, "priority", 0),
-                error=None,
-            )
-        rows.append(row)
-    return rows
-
-
-def _class_default(cls: Any, attr: str, default: Any) -> Any:
-    """A class attribute, or an attrs field default, without building the class."""
-    if attrs.has(cls):
-        for field in attrs.fields(cls):
-            if field.name == attr and field.default is not attrs.NOTHING:
-                value = field.default
-                return value.factory() if isinstance(value, attrs.Factory) else value  # type: ignore[arg-type]
-    return getattr(cls, attr, default)
