@@ -309,7 +309,8 @@ def assert_audited(
 class TestEmergencyAndRestart:
     """An operator's emergency shutdown, the probes and status during it, and restart."""
 
-    def test_emergency_then_restart_over_the_cli(self, cli: LifeCli) -> None:
+    # One scenario on one running process: its steps depend on each other's state.
+    def test_emergency_then_restart_over_the_cli(self, cli: LifeCli) -> None:  # noqa: PLR0915
         """Snapshot on disk, 503/200 probes, status with the next step, restart continues state."""
         # snapshot_interval = 0: the only snapshots are the emergency's and the stop's.
         cli.write_config(COUNTER_WORLD, supervisor=["snapshot_interval = 0"])

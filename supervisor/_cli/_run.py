@@ -30,7 +30,6 @@ import trio
 
 from .._core._config import Config
 from .._core._phase import Phase
-from .._core._plugins import plan_systems
 from .._core._runtime import Supervisor
 from .._core._snapshot import SnapshotStore
 from .._core._views import RunSummary
@@ -188,8 +187,6 @@ def run_command(
         )
         start_phase = Phase.parse(config.supervisor.phase)
         effective = config.for_phase(start_phase)
-        # Resolved first so that an unknown ``use`` is blamed on its own key.
-        plan_systems(effective.systems.enabled, effective.systems.options, source=config.source)
         sup = Supervisor.from_config(
             config,
             tick_rate=tick_rate,

@@ -66,7 +66,9 @@ class TickLoop:
         if sleeper is not None:
             sleeper.set_period(1.0 / k.rate)
 
-    async def _ticks(
+    # One function on purpose: every value it touches per tick is a local, and a
+    # helper call per tick would cost more than the whole loop's bookkeeping.
+    async def _ticks(  # noqa: PLR0912, PLR0915
         self,
         sched: TickSchedule,
         sleep_until: Callable[[float], Awaitable[None]],
