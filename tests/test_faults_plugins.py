@@ -35,9 +35,10 @@ from supervisor import (
     StartupError,
     StepInterrupted,
     Supervisor,
+    SupervisorConfig,
+    WatchdogConfig,
 )
 from supervisor._core._context import MAX_GAUGES
-from supervisor._core._kernel import non_negative
 from supervisor._core._plugins import build
 from supervisor._core._safecall import (
     MESSAGE_CHARS,
@@ -926,19 +927,30 @@ class TestStartRefused:
 
 
 class TestNaNGuards:
-    def test_timeouts_fall_back_when_nan_or_infinite(self) -> None:
-        """The core never hands NaN or infinity to a deadline."""
-        assert non_negative(math.nan, 2.0) == 2.0
-        assert non_negative(math.inf, 2.0) == 2.0
-        assert non_negative(-1.0, 2.0) == 2.0
-        assert non_negative(0.5, 2.0) == 0.5
+    @pytest.mark.parametrize(
+        ("section", "key"),
+        [
+            (SupervisorConfig, "stop_timeout"),
+            (SupervisorConfig, "snapshot_interval"),
+            (SupervisorConfig, "memory_limit_mb"),
+            (WatchdogConfig, "hang_timeout"),
+            (WatchdogConfig, "kill_timeout"),
+        ],
+    )
+    @pytest.mark.parametrize("bad", [math.nan, math.inf, -1.0])
+    def test_no_nan_infinity_or_negative_reaches_a_deadline(
+        self, section: Any, key: str, bad: float
+    ) -> None:
+        """The core takes these values as they are: the config, even built in code, refuses them."""
+        with pytest.raises(ConfigError, match=key):
+            section(**{key: bad})
 
-    def test_the_watchdog_refuses_nan(self) -> None:
-        """hang_timeout = NaN would switch the watchdog off silently: the defaults apply."""
-        wd = Watchdog(LoopState(dt=0.1), hang_timeout=math.nan, kill_timeout=math.nan)
+    def test_the_watchdog_takes_its_config(self) -> None:
+        """hang_timeout = NaN would switch the watchdog off: it can only get checked values."""
+        wd = Watchdog(LoopState(dt=0.1), WatchdogConfig(hang_timeout=0.1, kill_timeout=0.5))
+        assert (wd.hang_timeout, wd.kill_timeout) == (0.1, 0.5)
+        wd.configure(WatchdogConfig())
         assert (wd.hang_timeout, wd.kill_timeout) == (0.25, 1.0)
-        wd.configure(hang_timeout=0.1, kill_timeout=math.inf)
-        assert (wd.hang_timeout, wd.kill_timeout) == (0.1, 1.0)
 
 
 def test_a_gauge_error_inside_a_step_leaves_the_step_watched() -> None:

@@ -13,7 +13,7 @@ import psutil
 import trio
 
 from ._failures import FailureRecorder
-from ._kernel import Kernel, non_negative
+from ._kernel import Kernel
 
 __all__ = ["HOUSEKEEPING_INTERVAL", "Housekeeper"]
 
@@ -58,8 +58,7 @@ class Housekeeper:
                     "threads": proc.num_threads(),
                     "open_files": proc.num_fds(),
                 }
-            # (A NaN limit compares false with everything; config rejects it, this counts it as 0.)
-            limit = non_negative(k.active.supervisor.memory_limit_mb, 0.0)
+            limit = k.active.supervisor.memory_limit_mb  # finite, >= 0: checked by the config
             if limit and rss > limit * 2**20 and k.run.emergency_reason is None:
                 k.request_emergency(
                     f"fatal resource limit: RSS {rss / 2**20:.1f} MB exceeds memory_limit_mb "

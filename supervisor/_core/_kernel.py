@@ -32,20 +32,7 @@ if TYPE_CHECKING:
     from ._redact import Redactor
     from ._snapshot_format import Snapshot
 
-__all__ = ["Kernel", "RunState", "non_negative"]
-
-#: Used when a timeout read from a (public, unvalidated) Config is NaN, negative or infinite.
-DEFAULT_STOP_TIMEOUT = 2.0
-
-
-def non_negative(value: float, default: float) -> float:
-    """``value`` if it is a finite, non-negative number (of seconds, of MB), else ``default``.
-
-    ``Config`` is public and may be built without the file's validators: a
-    NaN must never reach ``trio.move_on_after`` or a deadline comparison
-    (where it silently disables the check).
-    """
-    return value if isinstance(value, int | float) and 0 <= value < math.inf else default
+__all__ = ["Kernel", "RunState"]
 
 
 def validate_rate(hz: float) -> None:
@@ -160,7 +147,7 @@ class Kernel:
     @property
     def stop_timeout(self) -> float:
         """Seconds a ``stop`` (and, five times, a ``start``) hook gets."""
-        return non_negative(self.active.supervisor.stop_timeout, DEFAULT_STOP_TIMEOUT)
+        return self.active.supervisor.stop_timeout
 
     @property
     def redaction(self) -> bool:

@@ -168,8 +168,7 @@ class Lifecycle:
         for slot in k.slots.values():
             slot.breaker.configure(recovery)
         if self.watchdog is not None:
-            wd = k.active.watchdog
-            self.watchdog.configure(hang_timeout=wd.hang_timeout, kill_timeout=wd.kill_timeout)
+            self.watchdog.configure(k.active.watchdog)
         overlay_rate = (
             k.config.overlays.get(target.value, {}).get("supervisor", {}).get("tick_rate")
         )

@@ -166,10 +166,7 @@ class Runner:
                     nursery.cancel_scope.cancel()
                     return
             if k.active.features.watchdog:
-                wd = k.active.watchdog
-                watchdog = Watchdog(
-                    k.loop, hang_timeout=wd.hang_timeout, kill_timeout=wd.kill_timeout
-                )
+                watchdog = Watchdog(k.loop, k.active.watchdog)
                 watchdog.on_event = self._hang_seen
                 self._lifecycle.watchdog = watchdog
                 watchdog.start()

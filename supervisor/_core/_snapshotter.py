@@ -18,7 +18,7 @@ import trio
 
 from ._failures import FailureRecorder
 from ._histogram import Histogram
-from ._kernel import Kernel, non_negative
+from ._kernel import Kernel
 from ._recovery import Recovery
 from ._safecall import is_runtime_cancel, safe_message
 from ._schedule import Chore
@@ -27,8 +27,6 @@ from ._snapshot_format import MAX_TICK, Snapshot
 from ._steps import Steps
 
 __all__ = ["Snapshotter"]
-
-DEFAULT_SNAPSHOT_INTERVAL = 5.0
 
 
 def _valid_tick(tick: object) -> bool:
@@ -70,8 +68,6 @@ class Snapshotter:
     def schedule(self) -> None:
         """Set when the next periodic snapshot is due (never, when they are off)."""
         interval = self._k.active.supervisor.snapshot_interval
-        if interval != 0:  # 0 is "only at stop"; NaN or infinity must not switch snapshots off
-            interval = non_negative(interval, DEFAULT_SNAPSHOT_INTERVAL)
         if not self._k.persist or interval <= 0:
             self.chore.next_due = math.inf
         else:

@@ -17,7 +17,7 @@ import trio
 
 from .._errors import StepTimeout
 from ._failures import FailureRecorder
-from ._kernel import DEFAULT_STOP_TIMEOUT, Kernel, non_negative
+from ._kernel import Kernel
 from ._safecall import is_runtime_cancel
 from ._slots import RING_MASK, LoopState, Slot
 
@@ -84,7 +84,7 @@ class Steps:
         loop.current = slot
         try:
             if resolved.is_async:
-                limit = math.inf if timeout is None else non_negative(timeout, DEFAULT_STOP_TIMEOUT)
+                limit = math.inf if timeout is None else timeout
                 with trio.move_on_after(limit):
                     return True, await _watched(loop, slot, resolved.fn(*args))
                 _overran(f"{hook} overran its {limit:g} s deadline and was abandoned")

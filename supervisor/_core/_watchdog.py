@@ -30,21 +30,16 @@ from typing import Any, Protocol
 import attrs
 
 from .._errors import StepInterrupted
+from ._config_sections import WatchdogConfig
 
 __all__ = ["HangEvent", "Watchdog"]
 
 #: Frames of the blocked stack kept on the record.
 STACK_LIMIT = 30
+
+
 #: Used when a timeout handed in is NaN, infinite or not positive (Config is public, and a
 #: NaN compares false with everything: it would silently switch the watchdog off).
-DEFAULT_HANG_TIMEOUT = 0.25
-DEFAULT_KILL_TIMEOUT = 1.0
-
-
-def _positive(value: float, default: float) -> float:
-    return value if isinstance(value, int | float) and 0 < value < float("inf") else default
-
-
 class Marker(Protocol):
     """What the watchdog reads of the loop: the slot running now, the tick, a call counter.
 
@@ -68,12 +63,12 @@ class HangEvent:
 class Watchdog:
     """Watches the loop thread of one supervisor; start() and stop() around its run."""
 
-    def __init__(self, marker: Marker, *, hang_timeout: float, kill_timeout: float) -> None:
+    def __init__(self, marker: Marker, config: WatchdogConfig) -> None:
         self._marker = marker
-        self.hang_timeout = DEFAULT_HANG_TIMEOUT
-        self.kill_timeout = DEFAULT_KILL_TIMEOUT
+        self.hang_timeout = config.hang_timeout
+        self.kill_timeout = config.kill_timeout
         self._poll = 0.05
-        self.configure(hang_timeout=hang_timeout, kill_timeout=kill_timeout)
+        self.configure(config)
         self._loop_thread = threading.get_ident()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -82,10 +77,14 @@ class Watchdog:
         #: Called (from the watchdog thread) after each event is appended.
         self.on_event: Callable[[], None] | None = None
 
-    def configure(self, *, hang_timeout: float, kill_timeout: float) -> None:
-        """Set the timeouts (a phase overlay may change them); bad values fall back to defaults."""
-        self.hang_timeout = _positive(hang_timeout, DEFAULT_HANG_TIMEOUT)
-        self.kill_timeout = max(_positive(kill_timeout, DEFAULT_KILL_TIMEOUT), self.hang_timeout)
+    def configure(self, config: WatchdogConfig) -> None:
+        """Take the timeouts of ``config`` (a phase overlay may change them).
+
+        ``WatchdogConfig`` checks them when it is built (finite, positive, kill
+        not below hang), so a NaN can never switch the watchdog off.
+        """
+        self.hang_timeout = config.hang_timeout
+        self.kill_timeout = config.kill_timeout
         self._poll = min(self.hang_timeout / 4, 0.05)
 
     def start(self) -> None:
