@@ -286,7 +286,7 @@ class Datastore:
             self._thread.join(timeout=5.0)
             self._thread = None
         economy = self._economy
-        emergency = Phase(ctx.phase) is Phase.EMERGENCY_SHUTDOWN
+        emergency = ctx.phase is Phase.EMERGENCY_SHUTDOWN
         try:
             if self._conn is not None and economy is not None:
                 # Stop runs after the last tick (``ctx.tick`` already names the
