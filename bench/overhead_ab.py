@@ -39,7 +39,12 @@ def _measure(tree: Path) -> dict[str, float]:
     """Seconds per tick with 0 and 200 systems, in a fresh process on ``tree``'s sources."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD], cwd=tree, env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", _CHILD],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return {str(k): float(v) for k, v in json.loads(out).items()}
 
