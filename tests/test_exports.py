@@ -33,6 +33,8 @@ import supervisor.testing
 
 #: The public names of ``supervisor``; the surface changes only by editing this set.
 PUBLIC = {
+    "AlertRule",
+    "AlertsConfig",
     "ApiConfig",
     "Caller",
     "Config",
