@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import pytest
 
@@ -14,7 +15,7 @@ from supervisor._core._histogram import Histogram
 from supervisor._errors import ConfigError
 
 
-def _config(*rules: dict[str, object], **alerts: object) -> Config:
+def _config(*rules: Mapping[str, object], **alerts: object) -> Config:
     return Config.from_mapping(
         {"alerts": {"rules": list(rules), **alerts}}, source="c.toml", env={}
     )
@@ -116,7 +117,7 @@ def _rule(when: str = "rss_mb > 100", **kw: object) -> AlertRule:
     return AlertRule(name="r", when=when, **kw)  # type: ignore[arg-type]
 
 
-def _run(ev: Evaluator, series: list[tuple[float, float | None]]) -> list[tuple[float, str]]:
+def _run(ev: Evaluator, series: Sequence[tuple[float, float | None]]) -> list[tuple[float, str]]:
     out: list[tuple[float, str]] = []
     for now, value in series:
         out.extend((now, t.after.value) for t in ev.evaluate(now, 1000.0 + now, {"r": value}))
