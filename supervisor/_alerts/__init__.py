@@ -7,6 +7,6 @@ queues. :func:`attach_alerts` plugs it into a run; :func:`engine_for` is
 how the server finds it.
 """
 
-from ._engine import AlertEngine, attach_alerts, engine_for
+from ._engine import AlertEngine, alerts_view, attach_alerts, engine_for
 
-__all__ = ["AlertEngine", "attach_alerts", "engine_for"]
+__all__ = ["AlertEngine", "alerts_view", "attach_alerts", "engine_for"]

@@ -28,7 +28,7 @@ from ._signals import BurnRate, Fingerprints, Reading, Window, read
 if TYPE_CHECKING:
     from .._core._supervisor import Supervisor
 
-__all__ = ["EVALUATE_EVERY", "AlertEngine", "attach_alerts", "engine_for"]
+__all__ = ["EVALUATE_EVERY", "AlertEngine", "alerts_view", "attach_alerts", "engine_for"]
 
 #: Seconds between evaluations.
 EVALUATE_EVERY: Final = 1.0
@@ -39,6 +39,20 @@ _ENGINES: weakref.WeakKeyDictionary[Any, AlertEngine] = weakref.WeakKeyDictionar
 def engine_for(sup: object) -> AlertEngine | None:
     """The alert engine attached to ``sup``, if any."""
     return _ENGINES.get(sup)
+
+
+def alerts_view(sup: object) -> dict[str, Any]:
+    """What ``GET /v1/alerts`` answers (no rules, nothing firing, when none are attached)."""
+    engine = _ENGINES.get(sup)
+    if engine is None:
+        return {
+            "rules": [],
+            "firing": [],
+            "destinations": [],
+            "evaluations": 0,
+            "value_failures": 0,
+        }
+    return engine.view()
 
 
 class AlertEngine:
@@ -52,7 +66,7 @@ class AlertEngine:
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self.window = Window(burn_rate=burn_rate)
+        self.window = Window(config.window, burn_rate=burn_rate)
         self.evaluator = Evaluator(config.rules)
         self.wall = wall
         self.destinations: list[Destination] = []

@@ -6,10 +6,12 @@ dropped ticks, quarantines, resources and the ``players`` gauge. A reading
 is cheap (two tuple copies of the histograms' buckets, a dict copy of
 per-system error counts) and happens off the tick, in the evaluator's service.
 
-:class:`Window` keeps the last minute of readings and answers each metric
-of :data:`ALERT_METRICS` over it: rates are differences between the newest
-reading and the oldest one within ``window`` seconds ("errors in the last
-minute", not since start and not extrapolated); p99 is read from the
+:class:`Window` keeps the last ``[alerts] window`` seconds (default 60) of
+readings and answers each metric of :data:`ALERT_METRICS` over it: rates
+are differences between the newest reading and the oldest one within the
+window, per minute ("errors in the last minute", not since start, never
+extrapolated from a shorter history: a fresh start under-reports rather
+than pages); p99 is read from the
 difference of the histograms' bucket counts, so a slow start an hour ago
 does not hold the alert up.
 """
@@ -158,15 +160,16 @@ class Window:
         if not self._ring:
             return None
         new, old = self._ring[-1], self._ring[0]
+        per_minute = 60.0 / self.seconds
         if metric == "errors_per_minute":
             system = labels.get("system")
             if system is None:
-                return float(new.errors - old.errors)
-            return float(new.by_system.get(system, 0) - old.by_system.get(system, 0))
+                return per_minute * (new.errors - old.errors)
+            return per_minute * (new.by_system.get(system, 0) - old.by_system.get(system, 0))
         if metric == "new_fingerprints":
             return float(new.new_fingerprints - old.new_fingerprints)
         if metric == "dropped_ticks_per_minute":
-            return float(new.dropped_ticks - old.dropped_ticks)
+            return per_minute * (new.dropped_ticks - old.dropped_ticks)
         if metric == "tick_lateness_p99_ms":
             return 1000.0 * window_quantile(new.lateness, old.lateness, 0.99)
         if metric == "tick_work_p99_ms":

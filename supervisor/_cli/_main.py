@@ -20,6 +20,7 @@ from typing import Any, Final, NoReturn
 import click
 
 from .._errors import one_line
+from ._alerts_cmd import alerts
 from ._client import COMMANDS, EXIT_USAGE
 
 __all__ = ["MAX_TICKS", "cli", "main"]
@@ -208,6 +209,7 @@ def systems(as_json: bool) -> None:
 
 for _command in COMMANDS:
     cli.add_command(_command)
+cli.add_command(alerts)
 
 
 def main() -> None:

@@ -250,6 +250,12 @@ def run_command(
             attach_api(sup)
         except ConfigError as exc:
             fail(str(exc), EXIT_USAGE)
+    from .._alerts import attach_alerts
+
+    try:
+        attach_alerts(sup)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
     summary = _run(
         sup,
         listen_errors,

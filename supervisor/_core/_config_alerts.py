@@ -308,6 +308,8 @@ class AlertsConfig(Section):
     )
     #: The ``instance`` label of every alert (default: this host's name).
     instance: str = setting(socket.gethostname() or "supervisor", str, min_len=1)
+    #: Seconds the windowed metrics look back (rates are per minute whatever it is).
+    window: float = setting(60.0, float, min=1.0, max=3600.0)
     #: Notifications waiting per destination; past it the newest are dropped (counted).
     queue: int = setting(256, int, min=1, max=100_000)
     #: Seconds between re-sends of a firing alert to Alertmanager (it expires

@@ -1,0 +1,75 @@
+"""``supervisor alerts``: each alert rule's state and where its notifications went (issue 11).
+
+A client command like ``status``: it asks the running supervisor's
+``GET /v1/alerts`` and imports no server, trio or metrics code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import click
+
+from ._client import EPILOG, _api_options, _console, _echo_json, _get, _json_option
+
+__all__ = ["alerts"]
+
+_STYLE = {"firing": "bold red", "pending": "yellow", "resolved": "green", "inactive": "dim"}
+
+
+def _seconds(value: object) -> str:
+    return "-" if not isinstance(value, int | float) else f"{value:.0f} s"
+
+
+def _print_alerts(data: Mapping[str, Any]) -> None:
+    from rich.table import Table  # noqa: PLC0415 - rich loads only when a table is printed
+
+    console = _console()
+    rules = data.get("rules") or []
+    if not rules:
+        console.print("no alert rules ([[alerts.rules]] in the config)")
+    else:
+        table = Table("rule", "severity", "state", "value", "when", "for", "fired")
+        for rule in rules:
+            state = str(rule.get("state"))
+            value = rule.get("value")
+            held = rule.get("clearing_for") if state == "firing" else rule.get("holding_for")
+            table.add_row(
+                str(rule.get("rule")),
+                str(rule.get("severity")),
+                f"[{_STYLE.get(state, '')}]{state}[/]",
+                "-" if value is None else f"{value:g}",
+                str(rule.get("when")),
+                _seconds(held),
+                str(rule.get("fired", 0)),
+            )
+        console.print(table)
+    for dest in data.get("destinations") or []:
+        line = (
+            f"{dest.get('destination')}: sent {dest.get('sent', 0)}, "
+            f"queued {dest.get('queued', 0)}, "
+            f"failed attempts {dest.get('failed_attempt', 0)}, gave up {dest.get('gave_up', 0)}, "
+            f"dropped {dest.get('dropped_queue_full', 0)}"
+        )
+        if dest.get("last_error"):
+            line += f" (last error: {dest['last_error']})"
+        console.print(line, highlight=False, markup=False)
+
+
+@click.command(epilog=EPILOG)
+@_api_options
+@_json_option
+def alerts(api: str | None, config_path: str | None, as_json: bool) -> None:
+    """Show each alert rule (pending, firing, resolved) and its notifications' delivery.
+
+    \b
+    The "for" column is how long a pending rule's condition has held, or
+    how long a firing rule's has been false (it resolves at keep_firing_for).
+    Example: supervisor alerts --config configs/production.toml
+    """
+    data = _get(api, config_path, "/v1/alerts")
+    if as_json:
+        _echo_json(data)
+    else:
+        _print_alerts(data if isinstance(data, Mapping) else {})
