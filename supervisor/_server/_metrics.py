@@ -218,6 +218,11 @@ def _alert_metrics(sup: Supervisor) -> Iterator[Metric]:
         for outcome, count in sorted(dest.counts.items()):
             sent.add_metric([dest.name, outcome], count)
     yield sent
+    yield CounterMetricFamily(
+        "supervisor_error_fingerprints_new",
+        "Error fingerprints first seen since the process started (read by the alert evaluator).",
+        value=engine.fingerprints.new,
+    )
 
 
 class SupervisorMetrics:
