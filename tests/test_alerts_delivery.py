@@ -13,19 +13,21 @@ import http.server
 import json
 import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
 import trio.testing
 from test_prometheus import free_port, started, tail
 
-from supervisor import Config, Supervisor
+from supervisor import ApiConfig, Config, Supervisor
 from supervisor._alerts import alerts_view, attach_alerts, engine_for
 from supervisor._alerts._delivery import Destination
 from supervisor._alerts._evaluator import Transition
@@ -311,3 +313,44 @@ async def test_a_full_queue_drops_and_counts() -> None:
     assert [dest.offer({"n": i}) for i in range(4)] == [True, True, False, False]
     assert dest.counts["dropped_queue_full"] == 2
     assert dest.as_dict()["queued"] == 2
+
+
+async def test_the_alerts_command_and_route_show_a_firing_rule() -> None:
+    """``supervisor alerts`` (the real group) through the real API of a real run."""
+    from click.testing import CliRunner
+
+    from supervisor._cli._main import cli
+    from supervisor._server._serve import attach_api
+
+    folder = Path(tempfile.mkdtemp(prefix="sv-"))  # a Unix socket path must be short
+    try:
+        listen = f"unix:{folder / 's.sock'}"
+        config = attrs.evolve(
+            _config(),
+            api=ApiConfig(listen=listen, audit_log=str(folder / "audit.jsonl")),
+        )
+        flaky = Flaky()
+        sup = _supervisor(config, flaky)
+        engine = attach_alerts(sup)
+        assert engine is not None
+        attach_api(sup)
+
+        def invoke(*args: str) -> Any:
+            return CliRunner().invoke(cli, ["alerts", "--api", listen, *args], env={})
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sup.run)
+            await _wait(engine.evaluator.firing, 10.0, "the rule to fire")
+            table = await trio.to_thread.run_sync(invoke)
+            raw = await trio.to_thread.run_sync(invoke, "--json")
+            sup.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert table.exit_code == 0, table.output
+    assert "flaky_errors" in table.output
+    assert "firing" in table.output
+    data = json.loads(raw.output)
+    (rule,) = data["rules"]
+    assert (rule["rule"], rule["state"], rule["severity"]) == ("flaky_errors", "firing", "page")
+    assert rule["firing_for"] >= 0.0
+    assert data["firing"] == ["flaky_errors"]

@@ -21,9 +21,14 @@ from __future__ import annotations
 
 import collections
 import datetime
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+# httpx imports its transport (httpcore, ~60 ms) when the first client is
+# made: imported here, that is paid when the alerts are attached, not in a
+# step of a delivery service, on the loop, while the world ticks.
+import httpcore  # noqa: F401
 import httpx
 import trio
 
@@ -103,6 +108,14 @@ class Destination:
         self.url = url.rstrip("/") + "/api/v2/alerts" if alertmanager else url
         self._send, self._receive = trio.open_memory_channel[Notification](queue)
         self._client = client
+        # Built now, before the run: the CA bundle takes ~20-35 ms to load, a
+        # stall the tick would feel if the service built it. An http:// URL
+        # never uses it, so it gets a context without certificates.
+        self._tls = (
+            ssl.create_default_context()
+            if self.url.startswith("https:")
+            else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        )
         self.counts: collections.Counter[str] = collections.Counter(dict.fromkeys(OUTCOMES, 0))
         self.last_error: str | None = None
         self._log = get_logger(destination=name)
@@ -130,7 +143,7 @@ class Destination:
         """Post what is queued until ``closing`` is set (the service's body)."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch, closing, nursery.cancel_scope)
-            client = self._client or httpx.AsyncClient(timeout=TIMEOUT)
+            client = self._client or httpx.AsyncClient(timeout=TIMEOUT, verify=self._tls)
             try:
                 while True:
                     batch = [await self._receive.receive()]

@@ -57,6 +57,8 @@ class AlertState:
     value: float | None = None
     #: When the condition started holding (pending since), or None.
     holding_since: float | None = None
+    #: When it started firing (while it fires), or None.
+    firing_since: float | None = None
     #: When a firing rule's condition stopped holding, or None.
     clear_since: float | None = None
     #: Wall-clock seconds of the last time it started firing, and resolved.
@@ -66,8 +68,11 @@ class AlertState:
     fired: int = 0
 
     def as_dict(self, now: float) -> dict[str, Any]:
-        """JSON-ready: the rule, its state and value, and for how long (``for_s``)."""
-        since = self.clear_since if self.state is State.FIRING else None
+        """JSON-ready: the rule, its state and value, and for how long in each (seconds)."""
+
+        def age(since: float | None) -> float | None:
+            return None if since is None else now - since
+
         return {
             "rule": self.rule.name,
             "severity": self.rule.severity,
@@ -76,8 +81,9 @@ class AlertState:
             "keep_firing_for": self.rule.keep_firing,
             "state": self.state.value,
             "value": self.value,
-            "holding_for": None if self.holding_since is None else now - self.holding_since,
-            "clearing_for": None if since is None else now - since,
+            "holding_for": age(self.holding_since),
+            "firing_for": age(self.firing_since),
+            "clearing_for": age(self.clear_since),
             "starts_at": self.starts_at,
             "ends_at": self.ends_at,
             "fired": self.fired,
@@ -128,7 +134,7 @@ class Evaluator:
                 st.clear_since = now
             if now - st.clear_since >= rule.keep_firing:
                 st.state, st.ends_at = State.RESOLVED, wall
-                st.holding_since = st.clear_since = None
+                st.holding_since = st.clear_since = st.firing_since = None
             return
         if not holds:
             st.holding_since = None
@@ -139,6 +145,7 @@ class Evaluator:
             st.holding_since = now
         if now - st.holding_since >= rule.for_seconds:
             st.state, st.starts_at, st.ends_at = State.FIRING, wall, None
+            st.firing_since = now
             st.fired += 1
         elif st.state is not State.PENDING:
             st.state = State.PENDING

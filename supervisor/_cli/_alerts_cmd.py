@@ -22,6 +22,18 @@ def _seconds(value: object) -> str:
     return "-" if not isinstance(value, int | float) else f"{value:.0f} s"
 
 
+def _since(rule: Mapping[str, Any]) -> str:
+    """How long in its state: pending or firing for, and a firing rule's time clearing."""
+    state = rule.get("state")
+    if state == "pending":
+        return _seconds(rule.get("holding_for"))
+    if state != "firing":
+        return "-"
+    text = _seconds(rule.get("firing_for"))
+    clearing = rule.get("clearing_for")
+    return text if clearing is None else f"{text} (false for {_seconds(clearing)})"
+
+
 def _print_alerts(data: Mapping[str, Any]) -> None:
     from rich.table import Table  # noqa: PLC0415 - rich loads only when a table is printed
 
@@ -30,18 +42,17 @@ def _print_alerts(data: Mapping[str, Any]) -> None:
     if not rules:
         console.print("no alert rules ([[alerts.rules]] in the config)")
     else:
-        table = Table("rule", "severity", "state", "value", "when", "for", "fired")
+        table = Table("rule", "severity", "state", "since", "value", "when", "fired")
         for rule in rules:
             state = str(rule.get("state"))
             value = rule.get("value")
-            held = rule.get("clearing_for") if state == "firing" else rule.get("holding_for")
             table.add_row(
                 str(rule.get("rule")),
                 str(rule.get("severity")),
                 f"[{_STYLE.get(state, '')}]{state}[/]",
-                "-" if value is None else f"{value:g}",
+                _since(rule),
+                "-" if not isinstance(value, int | float) else f"{value:g}",
                 str(rule.get("when")),
-                _seconds(held),
                 str(rule.get("fired", 0)),
             )
         console.print(table)
@@ -64,8 +75,9 @@ def alerts(api: str | None, config_path: str | None, as_json: bool) -> None:
     """Show each alert rule (pending, firing, resolved) and its notifications' delivery.
 
     \b
-    The "for" column is how long a pending rule's condition has held, or
-    how long a firing rule's has been false (it resolves at keep_firing_for).
+    "since" is how long a rule has been pending or firing; a firing rule
+    whose condition is false again shows for how long (it resolves once
+    that reaches its keep_firing_for).
     Example: supervisor alerts --config configs/production.toml
     """
     data = _get(api, config_path, "/v1/alerts")
