@@ -29,7 +29,8 @@ from test_prometheus import free_port, started, tail
 
 from supervisor import ApiConfig, Config, Supervisor
 from supervisor._alerts import alerts_view, attach_alerts, engine_for
-from supervisor._alerts._delivery import Destination
+from supervisor._alerts._delivery import Destination, rfc3339
+from supervisor._alerts._engine import AlertEngine
 from supervisor._alerts._evaluator import Transition
 from supervisor._alerts._signals import Reading
 from supervisor._errors import ConfigError
@@ -295,11 +296,11 @@ async def test_a_receiver_that_never_answers_is_not_felt_by_the_tick(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Delivery waits on the network, never the tick: lateness p99 stays within noise."""
-    monkeypatch.setattr("supervisor._alerts._delivery.TIMEOUT", 1.0)
+    monkeypatch.setattr("supervisor._alerts._delivery.TIMEOUT", 0.5)
     monkeypatch.setattr("supervisor._alerts._delivery.BACKOFF_INITIAL", 0.1)
-    quiet, _ = await _lateness_p99(_config(), 3.0)
+    quiet, _ = await _lateness_p99(_config(), 4.0)
     with black_hole() as url:
-        stuck, sup = await _lateness_p99(_config(webhooks=[url] * 3), 3.0)
+        stuck, sup = await _lateness_p99(_config(webhooks=[url] * 3), 4.0)
     (dest, *_) = engine_for(sup).destinations  # type: ignore[union-attr]
     assert dest.counts["sent"] == 0
     assert dest.counts["failed_attempt"] >= 1
@@ -354,3 +355,23 @@ async def test_the_alerts_command_and_route_show_a_firing_rule() -> None:
     assert (rule["rule"], rule["state"], rule["severity"]) == ("flaky_errors", "firing", "page")
     assert rule["firing_for"] >= 0.0
     assert data["firing"] == ["flaky_errors"]
+
+
+def test_a_firing_alert_is_re_sent_to_alertmanager_only_and_its_resolve_ends_it() -> None:
+    """Alertmanager forgets an alert not re-sent before its endsAt; webhooks hear transitions."""
+    config = _config(
+        alertmanager="http://127.0.0.1:9", webhooks=["http://127.0.0.1:9/h"], resend=2.0
+    )
+    engine = AlertEngine(config.alerts, wall=lambda: 1_000_000.0)
+    manager, hook = engine.destinations
+    errors = 0
+    for second in range(12):
+        errors += 10 if second < 6 else 0
+        engine.step(Reading(at=float(second), errors=errors, by_system={"flaky": errors}))
+    sent = [manager._receive.receive_nowait() for _ in range(manager.as_dict()["queued"])]
+    hooked = [hook._receive.receive_nowait() for _ in range(hook.as_dict()["queued"])]
+    # Fires at 2 s, re-sent at 4 and 6 s; false from 7 s (window 2 s), resolved at 8 s.
+    assert [a["status"] for a in sent] == ["firing", "firing", "firing", "resolved"]
+    assert [a["status"] for a in hooked] == ["firing", "resolved"]
+    assert sent[0]["endsAt"] == rfc3339(1_000_000.0 + 4 * 2.0)  # 4 re-send periods ahead
+    assert sent[-1]["endsAt"] == sent[-1]["startsAt"] == rfc3339(1_000_000.0)
