@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+import structlog.testing
 import trio
 import trio.testing
 from test_prometheus import free_port, started, tail
@@ -375,3 +376,19 @@ def test_a_firing_alert_is_re_sent_to_alertmanager_only_and_its_resolve_ends_it(
     assert [a["status"] for a in hooked] == ["firing", "resolved"]
     assert sent[0]["endsAt"] == rfc3339(1_000_000.0 + 4 * 2.0)  # 4 re-send periods ahead
     assert sent[-1]["endsAt"] == sent[-1]["startsAt"] == rfc3339(1_000_000.0)
+
+
+def test_a_failing_slo_store_is_counted_logged_once_and_never_fires() -> None:
+    rule = {"name": "burn", "when": 'slo_burn_rate{slo="tick",window="1h"} > 1'}
+    config = Config.from_mapping({"alerts": {"rules": [rule]}}, env={})
+
+    def broken(slo: str, window: str) -> float:
+        raise OSError("the store is gone")
+
+    engine = AlertEngine(config.alerts, burn_rate=broken)
+    with structlog.testing.capture_logs() as logs:
+        for second in range(5):
+            assert engine.step(Reading(at=float(second))) == []
+    assert engine.value_failures == 5
+    assert [e["event"] for e in logs] == ["alert.value_failed"]
+    assert alerts_view(make_supervisor([Ticking()]))["rules"] == []  # none attached there

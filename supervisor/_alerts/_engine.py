@@ -85,6 +85,8 @@ class AlertEngine:
         self.value_failures = 0
         self.evaluations = 0
         self._sent_at: dict[str, float] = {}
+        #: Rules whose value failed at the last evaluation (logged once per failing spell).
+        self._unreadable: set[str] = set()
         self._now = 0.0
         self._log = get_logger()
 
@@ -101,9 +103,16 @@ class AlertEngine:
             except Exception as exc:
                 self.value_failures += 1
                 values[rule.name] = None
-                self._log.warning("alert.value_failed", rule=rule.name, error=type(exc).__name__)
+                if rule.name not in self._unreadable:
+                    self._unreadable.add(rule.name)
+                    self._log.warning(
+                        "alert.value_failed", rule=rule.name, error=type(exc).__name__
+                    )
+            else:
+                self._unreadable.discard(rule.name)
         self.evaluations += 1
         transitions = self.evaluator.evaluate(now, wall, values)
+        states = {st.rule.name: st for st in self.evaluator.states}
         for t in transitions:
             emit = self._log.warning if t.after is State.FIRING else self._log.info
             emit(
@@ -115,14 +124,14 @@ class AlertEngine:
                 before=t.before.value,
             )
             if t.after in (State.FIRING, State.RESOLVED):
-                self._notify(t.rule.name, now, wall, webhooks=True)
+                self._notify(states[t.rule.name], now, wall, webhooks=True)
         for st in self.evaluator.firing():
             if now - self._sent_at.get(st.rule.name, now) >= self.config.resend:
-                self._notify(st.rule.name, now, wall, webhooks=False)
+                self._notify(st, now, wall, webhooks=False)
         return transitions
 
-    def _notify(self, name: str, now: float, wall: float, *, webhooks: bool) -> None:
-        st = next(s for s in self.evaluator.states if s.rule.name == name)
+    def _notify(self, st: AlertState, now: float, wall: float, *, webhooks: bool) -> None:
+        """Queue ``st`` for Alertmanager (and the webhooks, for a transition)."""
         rule = st.rule
         assert st.starts_at is not None
         resolved = st.state is State.RESOLVED
@@ -134,16 +143,19 @@ class AlertEngine:
             status=st.state,
             starts_at=st.starts_at,
             # Firing: Alertmanager resolves it by itself unless re-sent before then.
-            ends_at=st.ends_at if resolved and st.ends_at else wall + 4 * self.config.resend,
+            ends_at=st.ends_at
+            if resolved and st.ends_at is not None
+            else wall + 4 * self.config.resend,
             annotations={
                 "summary": rule.summary or f"{rule.when} (now {value})",
                 "when": rule.when,
                 "value": value,
             },
         )
-        self._sent_at[name] = now
         if resolved:
-            self._sent_at.pop(name, None)
+            self._sent_at.pop(rule.name, None)
+        else:
+            self._sent_at[rule.name] = now
         for dest in self.destinations:
             if dest.alertmanager or webhooks:
                 dest.offer(alert)
