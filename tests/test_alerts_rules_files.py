@@ -84,3 +84,33 @@ def test_the_production_rules_attach() -> None:
         "rss_mb",
     }
     assert engine.destinations == []  # delivery is the deployer's choice
+
+
+@pytest.mark.parametrize(
+    ("rule", "named"),
+    [
+        ('name = "bad"\nwhen = "errors_per_minit > 1"', "[alerts.rules.bad.when] unknown metric"),
+        ('name = "bad"\nwhen = "rss_mb > 1"\nfor = "soon"', "[alerts.rules.bad.for] expected a"),
+        (
+            'name = "burn"\nwhen = \'slo_burn_rate{slo="tick",window="1h"} > 14.4\'',
+            "[alerts.rules.burn.when] names slo_burn_rate, but there is no SLO store",
+        ),
+    ],
+)
+def test_run_refuses_a_bad_rule_with_exit_2_naming_it(
+    tmp_path: Path, rule: str, named: str
+) -> None:
+    from click.testing import CliRunner
+
+    from supervisor._cli._main import cli
+
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        f'[supervisor]\nstate_dir = "var"\n[systems]\nenabled = []\n[features]\napi = false\n'
+        f"[[alerts.rules]]\n{rule}\n",
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(cli, ["run", "--config", str(config), "--ticks", "1"], env={})
+    assert result.exit_code == 2, result.output
+    assert named in result.output
+    assert "Traceback" not in result.output
