@@ -8,11 +8,14 @@
 #
 #   prometheus  tests/test_prometheus.py scrapes a real `supervisor run`
 #   tmux        tests/test_terminal.py reads the live status line off a real terminal
+#   prometheus-alertmanager  tests/test_alerts_delivery.py posts alerts to a real Alertmanager
+#               (promtool, from the prometheus package, checks deploy/prometheus/alerts.yml)
 set -euo pipefail
 
 NEEDS=(
   "prometheus:prometheus"
   "tmux:tmux"
+  "prometheus-alertmanager:prometheus-alertmanager"
 )
 
 missing=()
@@ -50,4 +53,5 @@ for need in "${NEEDS[@]}"; do
     exit 1
   }
 done
-echo "services.sh: $(prometheus --version 2>&1 | sed -n 1p); $(tmux -V)"
+echo "services.sh: $(prometheus --version 2>&1 | sed -n 1p); $(tmux -V);" \
+  "$(prometheus-alertmanager --version 2>&1 | sed -n 1p)"

@@ -23,6 +23,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._core._config import Config
+from ._core._config_alerts import AlertRule, AlertsConfig
 from ._core._config_sections import (
     ApiConfig,
     FeaturesConfig,
@@ -97,6 +98,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AlertRule",
+    "AlertsConfig",
     "ApiConfig",
     "Caller",
     "Config",

@@ -39,6 +39,8 @@ PUBLIC = {
     "RestartResult",
     "PhaseChange",
     "ErrorView",
+    "AlertRule",
+    "AlertsConfig",
     "ApiConfig",
     "Caller",
     "Config",

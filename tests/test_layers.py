@@ -56,9 +56,10 @@ class Layer(enum.IntEnum):
 
     LEAF = 0
     CORE = 1
-    SERVER = 2
-    CLI = 3
-    PUBLIC = 4
+    CAPABILITY = 2  # issue 11: the error store and alerts, above the core, below the server
+    SERVER = 3
+    CLI = 4
+    PUBLIC = 5
 
 
 class Kind(enum.Enum):
@@ -99,6 +100,7 @@ def layer_of(name: str) -> Layer:
     if parts[1] in LEAVES:
         return Layer.LEAF
     by_folder = {"_core": Layer.CORE, "_server": Layer.SERVER, "_cli": Layer.CLI}
+    by_folder |= dict.fromkeys({"_store", "_alerts"}, Layer.CAPABILITY)
     if parts[1] in by_folder:
         return by_folder[parts[1]]
     raise AssertionError(f"{name} is in no layer: add it to LEAVES or a folder")

@@ -21,6 +21,7 @@ import click
 
 from .._core._config_sections import BUILTIN_PROFILES
 from .._errors import ConfigError, one_line
+from ._alerts_cmd import alerts
 from ._client import COMMANDS, DEFAULT_CONFIG, EXIT_USAGE, bounded, fail, make_console
 from ._config_cmd import config
 from ._operator import OPERATOR_COMMANDS
@@ -243,8 +244,9 @@ def systems(config_path: str | None, as_json: bool) -> None:
     click.echo("✓ enabled in the config (supervisor run would start it)")
 
 
-for _command in (status, *COMMANDS, *OPERATOR_COMMANDS, config):
+for _command in (status, *COMMANDS, *OPERATOR_COMMANDS, config, alerts):
     cli.add_command(_command)
+
 
 
 def main() -> None:

@@ -158,6 +158,16 @@ def write_summary(path: str, summary: RunSummary) -> None:
 # ---------------------------------------------------------------- the command
 
 
+def _check_summary_path(path: str) -> None:
+    """Refuse a ``--summary-json`` that could not be written at the end (exit 2, one line)."""
+    try:
+        check_output_path(path)
+    except SupervisorError as exc:
+        fail(f"--summary-json {exc}", EXIT_USAGE)
+    if not Path(path).resolve().parent.is_dir():
+        fail(f"--summary-json {path}: the folder does not exist", EXIT_USAGE)
+
+
 def run_command(
     *,
     config_path: str | None,
@@ -196,12 +206,7 @@ def run_command(
     except (ConfigError, PluginError) as exc:
         fail(str(exc), EXIT_USAGE)
     if summary_json is not None:
-        try:
-            check_output_path(summary_json)
-        except SupervisorError as exc:
-            fail(f"--summary-json {exc}", EXIT_USAGE)
-        if not Path(summary_json).resolve().parent.is_dir():
-            fail(f"--summary-json {summary_json}: the folder does not exist", EXIT_USAGE)
+        _check_summary_path(summary_json)
     if sup.phase is Phase.PRODUCTION:
         refused = refusal(sup.security_report())
         if refused is not None:
@@ -226,6 +231,12 @@ def run_command(
             attach_api(sup)
         except ConfigError as exc:
             fail(str(exc), EXIT_USAGE)
+    from .._alerts import attach_alerts
+
+    try:
+        attach_alerts(sup)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
     summary = _run(
         sup,
         listen_errors,

@@ -33,6 +33,7 @@ import attrs
 
 from .._errors import ConfigError, one_line, printable
 from .._files import UnsafePathError, read_config_bytes
+from ._config_alerts import AlertsConfig
 from ._config_fields import convert, plain, problem, sourced, suggest
 from ._config_sections import (
     BUILTIN_PROFILES,
@@ -121,6 +122,7 @@ class Config:
     features: FeaturesConfig = attrs.field(factory=FeaturesConfig, validator=_is(FeaturesConfig))
     logging: LoggingConfig = attrs.field(factory=LoggingConfig, validator=_is(LoggingConfig))
     api: ApiConfig = attrs.field(factory=ApiConfig, validator=_is(ApiConfig))
+    alerts: AlertsConfig = attrs.field(factory=AlertsConfig, validator=_is(AlertsConfig))
     #: Every profile by name: the built-in ones, adjusted or added to by the file.
     profiles: Mapping[str, Profile] = attrs.field(
         factory=lambda: dict(BUILTIN_PROFILES), validator=_profiles
@@ -330,6 +332,10 @@ def _table(section: attrs.AttrsInstance) -> dict[str, Any]:
         f.name: list(value) if isinstance(value, tuple) else value
         for f in attrs.fields(type(section))
         if plain(f) and (value := getattr(section, f.name)) is not None
+    } | {  # parsed fields that know their TOML form ([[alerts.rules]])
+        f.name: f.metadata["unparse"](getattr(section, f.name))
+        for f in attrs.fields(type(section))
+        if "unparse" in f.metadata
     }
 
 

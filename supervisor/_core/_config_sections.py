@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Final, Self
 import attrs
 
 from .._errors import ConfigError
+from ._config_alerts import AlertsConfig
 from ._config_fields import Section, check, setting, sourced, suggest, to_tuple
 
 __all__ = [
@@ -370,4 +371,5 @@ SECTIONS: dict[str, type[Section]] = {
     "features": FeaturesConfig,
     "logging": LoggingConfig,
     "api": ApiConfig,
+    "alerts": AlertsConfig,
 }

@@ -123,6 +123,15 @@ class Histogram:
                 return min(bound, self.max) if self.max > 0 else 0.0
         return self.max  # pragma: no cover - counts always sum to count
 
+    def counts(self) -> tuple[int, ...]:
+        """Each fine bucket's count (bounds: ``bounds()``, then +inf): windows by difference."""
+        return tuple(self._counts)
+
+    @staticmethod
+    def bounds() -> tuple[float, ...]:
+        """The upper bound of each fine bucket but the last (which is +inf)."""
+        return _BOUNDS
+
     def cumulative(self, upper_bounds: tuple[float, ...]) -> list[int]:
         """Counts of values at or below each of ``upper_bounds`` (for Prometheus buckets).
 

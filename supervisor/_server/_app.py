@@ -1,6 +1,6 @@
 """The HTTP API: a small, exact ASGI app over :class:`~supervisor._core._control.Controlled`.
 
-No web framework: nine routes, each answer JSON (``{"error": ...}`` on
+No web framework: ten routes, each answer JSON (``{"error": ...}`` on
 errors) except ``/metrics``. Every request is checked in the same order, so
 the status code a hostile request gets is predictable (``tests/test_api.py``
 pins each step):
@@ -48,6 +48,7 @@ import attrs
 import trio
 
 from .._address import MAX_ERRORS_LIMIT
+from .._alerts import alerts_view
 from .._core._config_sections import ApiConfig, TokenConfig
 from .._core._control import Caller, Controlled, Refused
 from .._core._redact import Redactor
@@ -484,6 +485,9 @@ class Api:
         ):
             raise HttpError(400, "query parameter 'system' must be a system name")
         return json_answer(200, self.sup.error_view(limit=count, system=system).as_dict())
+
+    async def _alerts(self) -> Answer:
+        return json_answer(200, alerts_view(self.sup))
 
     async def _shutdown(self, *, caller: Caller, emergency: bool, reason: str) -> dict[str, Any]:
         answer = await self.sup.shutdown(emergency=emergency, reason=reason, caller=caller)

@@ -30,6 +30,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from .._alerts import engine_for
 from .._core._histogram import LATENCY_BUCKETS, Histogram, HistogramStats
 from .._core._phase import Phase
 
@@ -238,12 +239,51 @@ class _Collector(Collector):
         )
 
 
+class _AlertCollector(Collector):
+    """The alert engine's metrics, when one is attached (issue 11)."""
+
+    def __init__(self, sup: MetricsSource) -> None:
+        self._sup = sup
+
+    def collect(self) -> Iterator[Metric]:
+        return _alert_metrics(self._sup)
+
+
+def _alert_metrics(sup: MetricsSource) -> Iterator[Metric]:
+    """Issue 11: each rule's firing state, and each destination's notifications by outcome."""
+    engine = engine_for(sup)
+    if engine is None:
+        return
+    firing = GaugeMetricFamily(
+        "supervisor_alerts_firing", "1 while an alert rule fires.", labels=["rule", "severity"]
+    )
+    for st in engine.states():
+        firing.add_metric([st.rule.name, st.rule.severity], 1.0 if st.state == "firing" else 0.0)
+    yield firing
+    sent = CounterMetricFamily(
+        "supervisor_alert_notifications",
+        "Alert notifications by destination and outcome (sent, failed_attempt, gave_up, "
+        "dropped_queue_full).",
+        labels=["destination", "outcome"],
+    )
+    for dest in engine.destinations:
+        for outcome, count in sorted(dest.counts.items()):
+            sent.add_metric([dest.name, outcome], count)
+    yield sent
+    yield CounterMetricFamily(
+        "supervisor_error_fingerprints_new",
+        "Error fingerprints first seen since the process started (read by the alert evaluator).",
+        value=engine.fingerprints.new,
+    )
+
+
 class SupervisorMetrics:
     """The Prometheus registry of one supervisor."""
 
     def __init__(self, sup: MetricsSource) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(sup))
+        self.registry.register(_AlertCollector(sup))
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""

@@ -142,6 +142,7 @@ ROUTES: Final[Mapping[str, Route]] = {
     "/v1/status": Route("GET", "_status"),
     "/v1/readiness": Route("GET", "_readiness"),
     "/v1/errors": Route("GET", "_errors", params=frozenset({"limit", "system"})),
+    "/v1/alerts": Route("GET", "_alerts"),
     "/v1/shutdown": Route("POST", "_shutdown", action="shutdown"),
     "/v1/restart": Route("POST", "_restart", action="restart"),
     "/v1/phase": Route("POST", "_phase", action="phase"),

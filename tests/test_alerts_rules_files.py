@@ -1,0 +1,116 @@
+"""The shipped rules: production.toml's load; alerts.yml passes promtool and matches them.
+
+``promtool`` comes with Debian's ``prometheus`` package (``.ci/services.sh``):
+without it these tests fail, they do not skip.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from supervisor import Config
+from supervisor._alerts import attach_alerts
+from supervisor._core._config_alerts import parse_duration
+from supervisor.testing import Ticking, make_supervisor
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
+PRODUCTION = ROOT / "configs" / "production.toml"
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("`promtool` is not on PATH: run `bash .ci/services.sh` (Debian's prometheus)")
+    return subprocess.run(
+        [promtool, *args], capture_output=True, text=True, timeout=60, check=False, cwd=RULES.parent
+    )
+
+
+def test_promtool_checks_the_rules() -> None:
+    done = _promtool("check", "rules", str(RULES))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 6 rules found" in done.stdout
+
+
+def test_promtool_unit_tests_fire_each_rule_on_a_crossing_series() -> None:
+    done = _promtool("test", "rules", "alerts_test.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _yaml_rules() -> dict[str, dict[str, str]]:
+    """``alert: NAME`` blocks of alerts.yml as {name: {key: value}} (its flat keys only)."""
+    rules: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in RULES.read_text(encoding="utf-8").splitlines():
+        found = re.match(r"\s*-?\s*(alert|for|keep_firing_for|severity|summary):\s*([^#]*)", line)
+        if found is None:
+            continue
+        key, value = found[1], found[2].strip().strip('"')
+        if key == "alert":
+            current = rules[value] = {}
+        else:
+            current[key] = value
+    return rules
+
+
+def test_alerts_yml_is_production_toml_in_prometheus_terms() -> None:
+    config = Config.from_toml(PRODUCTION, env={})
+    yml = _yaml_rules()
+    assert sorted(yml) == sorted(rule.name for rule in config.alerts.rules)
+    for rule in config.alerts.rules:
+        prom = yml[rule.name]
+        assert prom["severity"] == rule.severity, rule.name
+        assert prom["summary"] == rule.summary, rule.name
+        assert parse_duration(prom["for"]) == rule.for_seconds, rule.name
+        assert parse_duration(prom["keep_firing_for"]) == rule.keep_firing, rule.name
+
+
+def test_the_production_rules_attach() -> None:
+    config = Config.from_toml(PRODUCTION, env={})
+    engine = attach_alerts(make_supervisor([Ticking()], config=config))
+    assert engine is not None
+    assert {st.rule.metric for st in engine.states()} == {
+        "errors_per_minute",
+        "new_fingerprints",
+        "tick_lateness_p99_ms",
+        "dropped_ticks_per_minute",
+        "quarantined_systems",
+        "rss_mb",
+    }
+    assert engine.destinations == []  # delivery is the deployer's choice
+
+
+@pytest.mark.parametrize(
+    ("rule", "named"),
+    [
+        ('name = "bad"\nwhen = "errors_per_minit > 1"', "[alerts.rules.bad.when] unknown metric"),
+        ('name = "bad"\nwhen = "rss_mb > 1"\nfor = "soon"', "[alerts.rules.bad.for] expected a"),
+        (
+            'name = "burn"\nwhen = \'slo_burn_rate{slo="tick",window="1h"} > 14.4\'',
+            "[alerts.rules.burn.when] names slo_burn_rate, but there is no SLO store",
+        ),
+    ],
+)
+def test_run_refuses_a_bad_rule_with_exit_2_naming_it(
+    tmp_path: Path, rule: str, named: str
+) -> None:
+    from click.testing import CliRunner
+
+    from supervisor._cli._main import cli
+
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        f'[supervisor]\nstate_dir = "var"\n[systems]\nenabled = []\n[features]\napi = false\n'
+        f"[[alerts.rules]]\n{rule}\n",
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(cli, ["run", "--config", str(config), "--ticks", "1"], env={})
+    assert result.exit_code == 2, result.output
+    assert named in result.output
+    assert "Traceback" not in result.output
