@@ -46,6 +46,8 @@ class RunState:
     """One ``run()``: made fresh at its start, kept after it for ``summary`` and ``status``."""
 
     running: bool = False
+    #: When ``run()`` began (the trio clock): status's uptime counts from it.
+    started_at: float | None = None
     #: The tick loop ends after the current tick (a stop, an emergency or a restart is due).
     stopping: bool = False
     #: ``stop()`` was called (its reason may be empty).
