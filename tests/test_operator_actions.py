@@ -20,7 +20,7 @@ import trio.testing
 
 from supervisor import Caller, Refused
 from supervisor._core._control import Unknown
-from supervisor.testing import Ticking, make_supervisor
+from supervisor.testing import Ticking, make_supervisor, run_systems
 
 OPERATOR = Caller(name="uid:0(root)", role="operator")
 RATE = 20.0
@@ -206,6 +206,14 @@ class TestWindows:
         assert seen["measured_tick_rate"] == pytest.approx(30, abs=3.1)
         assert seen["uptime_seconds"] == pytest.approx(18.0)
         assert set(ten["lateness"]) == {"count", "p50", "p99", "max"}
+
+    def test_after_the_run(self) -> None:
+        """Read outside trio once the run is over: uptime is the run's length, windows stay."""
+        run = run_systems(Ticking("a"), ticks=100, tick_rate=RATE)
+        d = run.supervisor.status().as_dict()
+        assert d["uptime_seconds"] == pytest.approx(100 / RATE, abs=0.2)
+        assert d["windows"]["10s"]["lateness"]["count"] > 0
+        assert d["measured_tick_rate"] == pytest.approx(RATE, rel=0.1)
 
     def test_status_who_and_where(self) -> None:
         """version, pid, config file and listen are there before any run; uptime only after."""

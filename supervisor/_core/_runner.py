@@ -135,6 +135,7 @@ class Runner:
                 )
         finally:
             run.running = False
+            run.ended_at = trio.current_time()
             self._commands.in_tick = False
             self._commands.drain()
             self._recorder.flush(all_folds=True)

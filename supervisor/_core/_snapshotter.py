@@ -177,7 +177,8 @@ class Snapshotter:
         self.demand_chore.next_due = math.inf
         requests, self.requests = self.requests, []
         nursery = self._k.run.nursery
-        assert nursery is not None
+        if not requests or nursery is None:
+            return
         snap = await self.capture(requests[0].reason)
         nursery.start_soon(self._write_and_answer, snap, requests)
 

@@ -297,11 +297,10 @@ class ControlSurface:
         else:
             opt = {"state": "off" if not k.active.features.optimizer else "starting"}
         info = k.run.emergency_info
-        started = k.run.started_at
         return StatusView(
             version=_version(),
             pid=os.getpid(),
-            uptime_seconds=None if started is None else trio.current_time() - started,
+            uptime_seconds=k.run.uptime,
             config_file=_config_file(k),
             listen=self.listen,
             stats=self.statistics(),

@@ -96,7 +96,11 @@ class TickWindows:
         k = self._k
         if not self.samples:
             return Windowed(measured_tick_rate=None, windows=())
-        now = trio.current_time() if k.run.running else self.samples[-1].time
+        run = k.run
+        if run.running:
+            now = trio.current_time()
+        else:  # read after the run: as of its end
+            now = run.ended_at if run.ended_at is not None else self.samples[-1].time
         current = self._take(now)
         windows = []
         for label, span in WINDOWS:
