@@ -116,6 +116,7 @@ class TickWindows:
         elapsed = now - base.time
         rate = (current.tick - base.tick) / elapsed if elapsed > 0 else None
         return Windowed(
-            measured_tick_rate=rate if rate is None or math.isfinite(rate) else None,
+            # To 0.1 Hz: more digits are noise of where the window's edge fell.
+            measured_tick_rate=round(rate, 1) if rate is not None and math.isfinite(rate) else None,
             windows=tuple(windows),
         )
