@@ -60,6 +60,7 @@ class TestQuarantine:
                 "system": "b",
                 "state": "quarantined (by operator)",
                 "tick": held.tick,
+                "detail": f"b quarantined (by operator) at tick {held.tick}",
             }
             assert held.tick == b.ticks  # b stepped every tick before the answer, none since
             stepped = b.ticks

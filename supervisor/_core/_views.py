@@ -292,8 +292,8 @@ class SystemAction:
     tick: int
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready mapping."""
-        return attrs.asdict(self)
+        """JSON-ready mapping; ``detail`` is the line the CLI prints and the audit log keeps."""
+        return {**attrs.asdict(self), "detail": f"{self.system} {self.state} at tick {self.tick}"}
 
 
 @attrs.frozen(kw_only=True)
