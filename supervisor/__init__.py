@@ -36,8 +36,15 @@ from ._core._config_sections import (
     WatchdogConfig,
 )
 from ._core._context import Context
-from ._core._control import Caller, LifecycleEvent, ReadinessCheck, ReadinessReport, Refused
-from ._core._histogram import HistogramStats
+from ._core._control import (
+    Caller,
+    LifecycleEvent,
+    ReadinessCheck,
+    ReadinessReport,
+    Refused,
+    Unknown,
+)
+from ._core._histogram import HistogramStats, WindowStats
 from ._core._phase import Phase
 from ._core._system import System
 from ._errors import (
@@ -63,10 +70,13 @@ if TYPE_CHECKING:
         RunSummary,
         ShutdownResult,
         SnapshotStatus,
+        SnapshotTaken,
         StatusView,
         SupervisorStats,
+        SystemAction,
         SystemStats,
     )
+    from ._core._windows import Windowed
     from ._logging import configure_logging
 
 #: Public names loaded on first use: {name: module}.
@@ -85,6 +95,9 @@ _LAZY = {
     "Supervisor": "._core._runtime",
     "SupervisorStats": "._core._views",
     "SystemStats": "._core._views",
+    "SystemAction": "._core._views",
+    "SnapshotTaken": "._core._views",
+    "Windowed": "._core._windows",
 }
 
 
@@ -127,6 +140,7 @@ __all__ = [
     "RunSummary",
     "ShutdownResult",
     "SnapshotStatus",
+    "SnapshotTaken",
     "StartRefused",
     "StartupError",
     "StatusView",
@@ -137,9 +151,13 @@ __all__ = [
     "SupervisorError",
     "SupervisorStats",
     "System",
+    "SystemAction",
     "SystemStats",
     "SystemsConfig",
     "TokenConfig",
+    "Unknown",
     "WatchdogConfig",
+    "WindowStats",
+    "Windowed",
     "configure_logging",
 ]

@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from supervisor._alerts._evaluator import Evaluator, State
-from supervisor._alerts._signals import Fingerprints, Reading, Window, window_quantile
+from supervisor._alerts._signals import Fingerprints, Reading, Window
 from supervisor._core._config import Config
 from supervisor._core._config_alerts import AlertRule, parse_duration, parse_when
-from supervisor._core._histogram import Histogram
+from supervisor._core._histogram import Histogram, WindowStats
 from supervisor._errors import ConfigError
 
 
@@ -161,7 +161,7 @@ def test_a_resolved_alert_can_fire_again_with_a_new_start() -> None:
     assert ev.states[0].state is State.FIRING
 
 
-def _hist_counts(values: list[float]) -> tuple[int, ...]:
+def _hist_counts(values: list[float]) -> Sequence[int]:
     h = Histogram()
     for v in values:
         h.record(v)
@@ -171,9 +171,10 @@ def _hist_counts(values: list[float]) -> tuple[int, ...]:
 def test_window_p99_is_over_the_window_not_since_start() -> None:
     old = _hist_counts([0.5] * 1000)  # a slow start: 500 ms ticks
     new = _hist_counts([0.5] * 1000 + [0.001] * 1000)
-    assert window_quantile(new, old, 0.99) == pytest.approx(0.001, rel=0.05)
-    assert window_quantile(new, (), 0.99) == pytest.approx(0.5, rel=0.05)
-    assert window_quantile(old, old, 0.99) == 0.0
+    zero = Histogram().counts()
+    assert WindowStats.between(new, old, math.inf).p99 == pytest.approx(0.001, rel=0.05)
+    assert WindowStats.between(new, zero, math.inf).p99 == pytest.approx(0.5, rel=0.05)
+    assert WindowStats.between(old, old, math.inf).p99 == 0.0
 
 
 def test_window_rates_are_differences_over_the_last_minute() -> None:

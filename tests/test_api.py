@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 from supervisor import ApiConfig, Caller, ReadinessCheck, ReadinessReport, Refused, TokenConfig
 from supervisor._address import parse_listen
+from supervisor._core._control import Unknown
 from supervisor._core._redact import Redactor
 from supervisor._server._app import make_app
 from supervisor._server._audit import AuditEntry, AuditLog
@@ -77,8 +78,8 @@ class FakeSupervisor:
     refuse: str | None = None  # when set, every action raises Refused with this detail
     explode: bool = False  # when set, every call raises RuntimeError
     status_override: dict[str, Any] | None = None  # when set, status() returns it
-    hang: bool = False  # when set, shutdown() waits for ``release``
-    release: trio.Event = attrs.field(factory=trio.Event)
+    hang: bool = False  # when set, shutdown() waits for ``unhang``
+    unhang: trio.Event = attrs.field(factory=trio.Event)
     calls: list[tuple[str, dict[str, Any]]] = attrs.field(factory=list)
 
     def state(self) -> tuple[str, bool, bool, int]:
@@ -179,7 +180,7 @@ class FakeSupervisor:
     async def shutdown(self, *, emergency: bool, reason: str, caller: Caller) -> _View:
         self._call("shutdown", emergency=emergency, reason=reason, caller=caller)
         if self.hang:
-            await self.release.wait()
+            await self.unhang.wait()
         if self.refuse:
             raise Refused(self.refuse)
         if emergency:
@@ -195,6 +196,26 @@ class FakeSupervisor:
         self.restarts += 1
         self.emergency = False
         return _View({"detail": "restarted from snapshot", "tick": 1234})
+
+    async def quarantine(self, name: str, *, reason: str, caller: Caller) -> _View:
+        self._call("quarantine", system=name, reason=reason, caller=caller)
+        if name != "economy":
+            raise Unknown(f"no such system: {name!r} (systems: economy)")
+        if self.refuse:
+            raise Refused(self.refuse)
+        return _View({"system": name, "state": "quarantined (by operator)", "tick": 1234})
+
+    async def release(self, name: str, *, reason: str, caller: Caller) -> _View:
+        self._call("release", system=name, reason=reason, caller=caller)
+        if name != "economy":
+            raise Unknown(f"no such system: {name!r} (systems: economy)")
+        return _View({"system": name, "state": "running", "tick": 1234})
+
+    async def snapshot(self, *, reason: str, caller: Caller) -> _View:
+        self._call("snapshot", reason=reason, caller=caller)
+        if self.refuse:
+            raise Refused(self.refuse)
+        return _View({"path": "/srv/game/var/snapshots/snapshot-1234.msgpack", "tick": 1234})
 
     async def change_phase(
         self, phase: str, *, force: bool, reason: str, caller: Caller

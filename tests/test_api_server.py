@@ -466,7 +466,7 @@ class TestConnectionCap:
         assert served.stats.accept_pauses == 1
         assert served.stats.open == 5
         # The actions end: their connections close, and the newcomer gets a slot.
-        served.rig.fake.release.set()
+        served.rig.fake.unhang.set()
         for stream in busy:
             assert (await read_all(stream)).startswith(b"HTTP/1.1 200 ")
             await stream.aclose()
@@ -663,7 +663,7 @@ class TestGracefulStop:
             assert await read_all(idle, limit=2) == b""
             with pytest.raises(OSError, match=r"failed|refused"):
                 await trio.open_tcp_stream("127.0.0.1", port)
-            rig.fake.release.set()
+            rig.fake.unhang.set()
             assert (await read_all(busy, limit=2)).startswith(b"HTTP/1.1 200 ")
             await idle.aclose()
             await busy.aclose()
@@ -691,7 +691,7 @@ class TestGracefulStop:
             await newcomer.send_all(b"GET /healthz HTTP/1.1\r\nHost: sv\r\n\r\n")
             await wait_until(lambda: rig.app.stats.accept_pauses == 1)
             stop.set()
-            rig.fake.release.set()
+            rig.fake.unhang.set()
             assert (await read_all(busy, limit=2)).startswith(b"HTTP/1.1 200 ")
             assert await read_all(newcomer, limit=2) == b""
             await busy.aclose()

@@ -81,7 +81,8 @@ class TestReadCommands:
         out = world.ctl("status")
         assert out.returncode == 0, out.stderr
         text = out.stdout
-        assert text.startswith("supervisor · development\n")
+        assert text.startswith("supervisor ")
+        assert " · development · pid " in text.splitlines()[0]
         systems = _section(text, "Systems")
         assert systems[0].split() == [
             "system", "state", "health", "errors", "step", "p50", "step", "p99", "runs",
@@ -132,13 +133,11 @@ class TestReadCommands:
         assert out.returncode == 1
         assert {c["name"] for c in json.loads(out.stdout)["checks"]} >= {"security"}
 
-    def test_routes_the_core_does_not_serve_yet(self, world: Running) -> None:
-        """quarantine and snapshot fail in one line until the core serves their routes."""
-        for args in (["quarantine", "flaky"], ["snapshot"]):
-            out = world.ctl(*args)
-            assert out.returncode == 1
-            assert len(out.stderr.splitlines()) == 1
-            assert out.stderr.startswith("supervisor: error: ")
+    def test_operator_routes_are_served(self, world: Running) -> None:
+        """The core serves them now (tests/test_cli_operator_e2e.py goes through each)."""
+        out = world.ctl("release", "nosuch")
+        assert out.returncode == 1
+        assert out.stderr.startswith("supervisor: error: no such system: 'nosuch'")
 
 
 def test_emergency_restart_and_stop() -> None:
@@ -150,7 +149,7 @@ def test_emergency_restart_and_stop() -> None:
         assert " ms" in out.stdout or " µs" in out.stdout  # trigger_to_snapshot_seconds, human
 
         during = run.ctl("status").stdout
-        assert during.startswith("supervisor · emergency_shutdown\n")
+        assert " · emergency_shutdown · " in during.splitlines()[0]
         emergency = _section(during, "Emergency")
         assert emergency[0].endswith("disk almost full")
         assert any(line.split()[0] == "state" and "preserved in" in line for line in emergency)
@@ -159,7 +158,7 @@ def test_emergency_restart_and_stop() -> None:
 
         assert run.ctl("restart").returncode == 0
         after = run.ctl("status").stdout
-        assert after.startswith("supervisor · development\n")
+        assert " · development · " in after.splitlines()[0]
         assert "\nEmergency\n" not in after
         assert "emergency_shutdown → development  restart" in after
 

@@ -33,6 +33,11 @@ import supervisor.testing
 
 #: The public names of ``supervisor``; the surface changes only by editing this set.
 PUBLIC = {
+    "SnapshotTaken",
+    "SystemAction",
+    "Unknown",
+    "Windowed",
+    "WindowStats",  # issue 10's operator
     "StatusView",
     "SnapshotStatus",
     "ShutdownResult",

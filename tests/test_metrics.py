@@ -39,7 +39,7 @@ CONTRACT_METRICS: dict[str, tuple[str, str]] = {
     "supervisor_optimizer_adjustments": ("counter", "supervisor_optimizer_adjustments_total"),
 }
 #: The only label names allowed: each has a small, fixed set of values.
-BOUNDED_LABELS = frozenset({"system", "phase", "quantile", "le", "reason", "name"})
+BOUNDED_LABELS = frozenset({"system", "phase", "quantile", "le", "reason", "name", "window"})
 TICKS = 30
 RATE = 30.0
 

@@ -27,7 +27,9 @@ from supervisor._cli._live import _CLEAR, LiveStream
 SUPERVISOR = Path(sys.executable).parent / "supervisor"
 #: How long the e2e test waits for the screen to show what it expects.
 SCREEN_TIMEOUT = 15.0
-STATUS = re.compile(r"^tick \d+ \| [\d.]+ Hz \| late p99 [\d,]+ µs \| players \S+ \| errors \d+")
+STATUS = re.compile(
+    r"^tick \d+ \| [\d.]+ Hz \| late p99 ([\d,]+ µs \(10s\)|-) \| players \S+ \| errors \d+"
+)
 
 
 class FakeTerminal(io.StringIO):

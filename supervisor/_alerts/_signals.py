@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from .._core._histogram import Histogram
+from .._core._histogram import Histogram, WindowStats
 
 if TYPE_CHECKING:
     from .._core._runtime import Supervisor
@@ -35,7 +35,11 @@ __all__ = ["BurnRate", "Fingerprints", "Reading", "Window", "read"]
 #: ``slo_burn_rate(slo, window) -> float``: given by the SLO store (None: no such rules).
 BurnRate = Callable[[str, str], float]
 
-_BOUNDS: Final = Histogram.bounds()
+
+
+def _empty() -> Sequence[int]:
+    """The bucket counts of a histogram nothing was recorded into."""
+    return Histogram().counts()
 #: Fingerprints remembered to tell a new one (the oldest forgotten first).
 MAX_FINGERPRINTS: Final = 100_000
 
@@ -49,8 +53,8 @@ class Reading:
     by_system: Mapping[str, int] = attrs.field(factory=dict)
     #: Fingerprints first seen since the process started (cumulative).
     new_fingerprints: int = 0
-    lateness: tuple[int, ...] = ()
-    work: tuple[int, ...] = ()
+    lateness: Sequence[int] = attrs.field(factory=_empty)
+    work: Sequence[int] = attrs.field(factory=_empty)
     dropped_ticks: int = 0
     quarantined: int = 0
     rss_mb: float | None = None
@@ -114,27 +118,6 @@ def read(sup: Supervisor, fingerprints: Fingerprints, now: float) -> Reading:
     )
 
 
-def window_quantile(new: tuple[int, ...], old: tuple[int, ...], q: float) -> float:
-    """The ``q`` quantile (seconds) of the values recorded between two bucket-count readings.
-
-    Nearest rank, read as the upper bound of the bucket holding it (within
-    4 %, never under); walks from the top, so a p99 touches a few buckets.
-    0.0 when nothing was recorded in between.
-    """
-    if not old:
-        old = (0,) * len(new)
-    total = sum(new) - sum(old)
-    if total <= 0:
-        return 0.0
-    above = total - max(1, math.ceil(q * total))  # values strictly above the quantile's rank
-    seen = 0
-    for i in range(len(new) - 1, -1, -1):
-        seen += new[i] - old[i]
-        if seen > above:
-            return _BOUNDS[i] if i < len(_BOUNDS) else math.inf
-    return 0.0  # pragma: no cover - the counts sum to total
-
-
 class Window:
     """The last ``seconds`` of readings, and each alert metric over them."""
 
@@ -171,9 +154,9 @@ class Window:
         if metric == "dropped_ticks_per_minute":
             return per_minute * (new.dropped_ticks - old.dropped_ticks)
         if metric == "tick_lateness_p99_ms":
-            return 1000.0 * window_quantile(new.lateness, old.lateness, 0.99)
+            return 1000.0 * WindowStats.between(new.lateness, old.lateness, math.inf).p99
         if metric == "tick_work_p99_ms":
-            return 1000.0 * window_quantile(new.work, old.work, 0.99)
+            return 1000.0 * WindowStats.between(new.work, old.work, math.inf).p99
         if metric == "quarantined_systems":
             return float(new.quarantined)
         if metric == "slo_burn_rate":

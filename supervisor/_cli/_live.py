@@ -19,7 +19,7 @@ import trio
 from .._core._phase import Phase
 
 if TYPE_CHECKING:
-    from .._core._histogram import Histogram
+    from .._core._windows import Windowed
 
 __all__ = ["LiveStream", "live_status"]
 
@@ -35,8 +35,7 @@ class _Errors(Protocol):
 class LiveSource(Protocol):
     """What the status line reads of a supervisor: public counters only."""
 
-    @property
-    def lateness(self) -> Histogram: ...
+    def windows(self) -> Windowed: ...
     @property
     def gauges(self) -> Mapping[str, float]: ...
     @property
@@ -103,15 +102,21 @@ class LiveStream:
 
 
 def status_line(sup: LiveSource) -> str:
-    """``tick 1234 | 30.0 Hz | late p99 42 µs | players 200 | errors 0 | development``."""
-    lat = sup.lateness.stats()
+    """``tick 1234 | 30.0 Hz | late p99 42 µs (10s) | players 200 | errors 0 | development``.
+
+    Lateness over the last 10 s, not since start: one bad minute long ago
+    must not pin the figure for good.
+    """
+    late = "late p99 -"  # before the first run's first sample
+    for label, lateness, _work in sup.windows().windows[:1]:
+        late = f"late p99 {lateness.p99 * 1e6:,.0f} µs ({label})"
     players = sup.gauges.get("players")
     errors = sup.errors.total
     quarantined = sup.quarantined()
     parts = [
         f"tick {sup.tick}",
         f"{sup.tick_rate:.1f} Hz",
-        f"late p99 {lat.p99 * 1e6:,.0f} µs",
+        late,
         f"players {players:,.0f}" if players is not None else "players -",
         f"errors {errors}" + (f" ({len(quarantined)} quarantined)" if quarantined else ""),
         sup.phase.value.upper() if sup.phase is Phase.EMERGENCY_SHUTDOWN else sup.phase.value,

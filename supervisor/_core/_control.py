@@ -18,6 +18,7 @@ __all__ = [
     "ReadinessCheck",
     "ReadinessReport",
     "Refused",
+    "Unknown",
 ]
 
 
@@ -100,6 +101,10 @@ class Refused(Exception):
         self.payload = dict(payload or {})
 
 
+class Unknown(Refused):
+    """Raised by an action on a thing that does not exist (no such system): the API's 404."""
+
+
 class View(Protocol):
     """A frozen view or an action's answer: ``as_dict()`` is its JSON (``_core._views``)."""
 
@@ -158,6 +163,27 @@ class Controlled(Protocol):
         Raises Refused when not allowed, or when a critical system's
         constructor failed (the supervisor is then in EMERGENCY_SHUTDOWN with
         its state preserved; the payload says so).
+        """
+        ...
+
+    async def quarantine(self, name: str, *, reason: str, caller: Caller) -> View:
+        """Take system ``name`` out of the tick until released (a ``SystemAction``).
+
+        Raises Unknown for no such system, Refused when it is held already.
+        """
+        ...
+
+    async def release(self, name: str, *, reason: str, caller: Caller) -> View:
+        """Put system ``name`` back into the tick, its budget reset (a ``SystemAction``).
+
+        Raises Unknown for no such system, Refused when it is not quarantined.
+        """
+        ...
+
+    async def snapshot(self, *, reason: str, caller: Caller) -> View:
+        """Write a snapshot after the current tick; answered once written (``SnapshotTaken``).
+
+        Raises Refused when not running, in an emergency, or snapshots are off.
         """
         ...
 

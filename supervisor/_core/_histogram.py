@@ -8,12 +8,14 @@ Prometheus exposition re-buckets these counts; nothing records twice.
 
 from __future__ import annotations
 
+import array
 import math
 from bisect import bisect_left
+from collections.abc import Sequence
 
 import attrs
 
-__all__ = ["Histogram", "HistogramStats"]
+__all__ = ["Histogram", "HistogramStats", "WindowStats"]
 
 LOWEST = 1e-7
 HIGHEST = 1e3
@@ -76,6 +78,47 @@ class HistogramStats:
         )
 
 
+@attrs.frozen
+class WindowStats:
+    """Quantiles of the values recorded between two samples of a histogram's counts, in seconds.
+
+    Read from the difference of the bucket counts, so each figure is a bucket's
+    upper bound (within 4 %), capped at the histogram's maximum since start.
+    """
+
+    count: int
+    p50: float
+    p99: float
+    max: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The stats as a JSON-ready mapping."""
+        return attrs.asdict(self)
+
+    @classmethod
+    def between(cls, newer: Sequence[int], older: Sequence[int], cap: float) -> WindowStats:
+        """The values counted in ``newer`` but not in ``older`` (two ``Histogram.counts()``)."""
+        diff = [n - o for n, o in zip(newer, older, strict=True)]
+        total = sum(diff)
+        if not total:
+            return cls(count=0, p50=0.0, p99=0.0, max=0.0)
+
+        def bound(i: int) -> float:
+            return min(_BOUNDS[i] if i < len(_BOUNDS) else math.inf, cap)
+
+        def q(p: float) -> float:
+            rank = max(1, math.ceil(p * total))
+            seen = 0
+            for i, c in enumerate(diff):
+                seen += c
+                if seen >= rank:
+                    return bound(i)
+            return cap  # pragma: no cover - the differences sum to total
+
+        top = max(i for i, c in enumerate(diff) if c)
+        return cls(count=total, p50=q(0.5), p99=q(0.99), max=bound(top))
+
+
 class Histogram:
     """Counts of values (seconds) in fixed log-spaced buckets.
 
@@ -123,14 +166,9 @@ class Histogram:
                 return min(bound, self.max) if self.max > 0 else 0.0
         return self.max  # pragma: no cover - counts always sum to count
 
-    def counts(self) -> tuple[int, ...]:
-        """Each fine bucket's count (bounds: ``bounds()``, then +inf): windows by difference."""
-        return tuple(self._counts)
-
-    @staticmethod
-    def bounds() -> tuple[float, ...]:
-        """The upper bound of each fine bucket but the last (which is +inf)."""
-        return _BOUNDS
+    def counts(self) -> array.array[int]:
+        """A copy of the bucket counts (off the hot path: windows subtract two of them)."""
+        return array.array("q", self._counts)
 
     def cumulative(self, upper_bounds: tuple[float, ...]) -> list[int]:
         """Counts of values at or below each of ``upper_bounds`` (for Prometheus buckets).

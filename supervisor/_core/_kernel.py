@@ -46,6 +46,9 @@ class RunState:
     """One ``run()``: made fresh at its start, kept after it for ``summary`` and ``status``."""
 
     running: bool = False
+    #: When ``run()`` began and ended (the trio clock): status's uptime counts between them.
+    started_at: float | None = None
+    ended_at: float | None = None
     #: The tick loop ends after the current tick (a stop, an emergency or a restart is due).
     stopping: bool = False
     #: ``stop()`` was called (its reason may be empty).
@@ -75,6 +78,14 @@ class RunState:
     restart_done: trio.Event = attrs.field(factory=trio.Event)
     restart_result: dict[str, Any] = attrs.field(factory=dict)
     wake: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def uptime(self) -> float | None:
+        """Seconds since the run began (until it ended); None before any run."""
+        if self.started_at is None:
+            return None
+        end = self.ended_at if self.ended_at is not None else trio.current_time()
+        return end - self.started_at
 
     @property
     def exit_reason(self) -> str:

@@ -5,7 +5,8 @@ runner registers them; a later capability adds its own after them): each
 has a ``next_due`` time its room moves, read once per tick, and its work,
 run only when due.
 The order today: close half-open breakers, log watchdog hang events, retry
-quarantined systems, probe health, periodic snapshot, optimizer. Then the
+quarantined systems, probe health, periodic snapshot, a snapshot an operator
+asked for, optimizer, the sample of the windowed figures. Then the
 commands that callers outside the loop queued meanwhile run (``_commands``).
 """
 

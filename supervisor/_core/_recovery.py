@@ -126,6 +126,35 @@ class Recovery:
             quarantines=slot.breaker.quarantines,
         )
 
+    def hold(self, slot: Slot) -> None:
+        """An operator takes ``slot`` out of the tick: quarantined until ``release``, no retry."""
+        slot.held = True
+        slot.breaker.state = BreakerState.QUARANTINED
+        slot.breaker.retry_at = math.inf  # the half-open retry passes it by
+        if slot in self.half_open:
+            self.half_open.remove(slot)
+        self._k.rebuild_active()
+        self._k.log.warning("system.held", system=slot.name)
+
+    def release(self, slot: Slot) -> None:
+        """Back into the tick, its restart budget reset (a system never started is started first).
+
+        A started system ticks again from the next tick; one whose start failed
+        goes through the half-open retry now (start, then one trial tick).
+        """
+        slot.held = False
+        breaker = slot.breaker
+        breaker.failures.clear()
+        breaker.quarantines = 0
+        slot.trial_hook = None
+        if slot.started:
+            breaker.state = BreakerState.CLOSED
+            self._k.rebuild_active()
+        else:
+            breaker.retry_at = -math.inf
+            self.retry_chore.next_due = -math.inf
+        self._k.log.info("system.released", system=slot.name)
+
     async def retry(self, now: float) -> None:
         """Half-open every quarantined system whose backoff is over."""
         k = self._k

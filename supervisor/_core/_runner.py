@@ -30,6 +30,7 @@ from ._snapshotter import Snapshotter
 from ._steps import Steps
 from ._tuning import OptimizerDriver
 from ._watchdog import Watchdog
+from ._windows import TickWindows
 
 __all__ = ["Runner"]
 
@@ -50,8 +51,10 @@ class Runner:
         services: Services,
         lifecycle: Lifecycle,
         commands: CommandQueue,
+        windows: TickWindows,
     ) -> None:
         self._k = kernel
+        self._windows = windows
         self._recorder = recorder
         self._recovery = recovery
         self._snapshots = snapshots
@@ -73,7 +76,9 @@ class Runner:
             recovery.retry_chore,
             recovery.health_chore,
             self._snapshots.chore,
+            self._snapshots.demand_chore,
             self._tuning.chore,
+            self._windows.chore,
         ):
             self.loop.add_chore(chore)
 
@@ -122,7 +127,7 @@ class Runner:
         k = self._k
         if k.run.running:
             raise RuntimeError("this supervisor is already running")
-        run = k.run = RunState(running=True)
+        run = k.run = RunState(running=True, started_at=trio.current_time())
         try:
             with run.scope:
                 await self._serve(
@@ -130,6 +135,7 @@ class Runner:
                 )
         finally:
             run.running = False
+            run.ended_at = trio.current_time()
             self._commands.in_tick = False
             self._commands.drain()
             self._recorder.flush(all_folds=True)
@@ -187,6 +193,7 @@ class Runner:
                 gc.collect()
                 gc.freeze()
                 self._tuning.start(now)
+                self._windows.start(now)
                 self._recovery.health_chore.next_due = now  # checked after the first tick
                 task_status.started()
                 await self._until_the_end(exit_on_emergency)
@@ -210,6 +217,7 @@ class Runner:
                 # Commands that came during the last tick run now, before what follows.
                 self._commands.in_tick = False
                 self._commands.drain()
+                self._snapshots.refuse_requests("the tick loop stopped before the snapshot")
             if run.emergency_reason is not None:
                 if k.phase is not Phase.EMERGENCY_SHUTDOWN:
                     await lifecycle.enter_emergency()

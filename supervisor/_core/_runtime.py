@@ -4,8 +4,9 @@ The rooms share a ``Kernel``, never the ``Supervisor``: ``_slots``, ``_registry`
 ``_steps`` (SafeCall, the hot path), ``_failures``, ``_gauges``, ``_recovery``,
 ``_schedule`` + ``_loop`` (ticks and post-tick chores), ``_runner`` (one run),
 ``_snapshotter``, ``_lifecycle``, ``_tuning``, ``_housekeeping``, ``_services``,
-``_commands``, ``_surface`` and ``_views``. This module builds and wires them
-and keeps the public surface; each ``run()`` gets a fresh ``RunState``.
+``_commands``, ``_windows`` (10 s / 60 s figures), ``_surface`` and ``_views``.
+This module builds and wires them and keeps the public surface; each ``run()``
+gets a fresh ``RunState``.
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ from ._views import (
     RestartResult,
     RunSummary,
     ShutdownResult,
+    SnapshotTaken,
     StatusView,
     SupervisorStats,
+    SystemAction,
 )
+from ._windows import TickWindows, Windowed
 
 __all__ = ["Supervisor"]
 
@@ -156,6 +160,7 @@ class Supervisor:
             tuning=self._tuning,
         )
         self._commands = CommandQueue()
+        self._windows = TickWindows(k)
         self._surface = ControlSurface(
             k,
             lifecycle=self._lifecycle,
@@ -164,6 +169,8 @@ class Supervisor:
             tuning=self._tuning,
             housekeeper=self._housekeeper,
             commands=self._commands,
+            recovery=self._recovery,
+            windows=self._windows,
             facts=self.facts,
             profile=(self.profile.name, self.profile_reason),
         )
@@ -178,6 +185,7 @@ class Supervisor:
             services=self._services,
             lifecycle=self._lifecycle,
             commands=self._commands,
+            windows=self._windows,
         )
         #: Long-running services started with each run (see ``_services``): the
         #: HTTP API registers itself here; the core does not import it.
@@ -494,6 +502,31 @@ class Supervisor:
     ) -> PhaseChange:
         """Move to ``phase`` after the current tick; promotion passes the readiness gate."""
         return await self._surface.change_phase(phase, force=force, reason=reason, caller=caller)
+
+    async def quarantine(self, name: str, *, reason: str, caller: Caller) -> SystemAction:
+        """Take system ``name`` out of the tick after the current one; it stays out until released.
+
+        Raises:
+            Unknown: no such system.
+            Refused: an operator holds it already.
+        """
+        return await self._surface.quarantine(name, reason=reason, caller=caller)
+
+    async def release(self, name: str, *, reason: str, caller: Caller) -> SystemAction:
+        """Put system ``name`` back into the tick, its restart budget reset."""
+        return await self._surface.release(name, reason=reason, caller=caller)
+
+    async def snapshot(self, *, reason: str, caller: Caller) -> SnapshotTaken:
+        """Write a snapshot after the current tick; answered with its path once written."""
+        return await self._surface.snapshot(reason=reason, caller=caller)
+
+    def windows(self) -> Windowed:
+        """Lateness and work over the last 10 s and 60 s, and the tick rate measured over 10 s."""
+        return self._windows.figures()
+
+    def set_listen(self, address: str | None) -> None:
+        """The server layer reports the API address it bound (status shows it)."""
+        self._surface.listen = address
 
     def quarantined(self) -> tuple[str, ...]:
         """Names of the systems in quarantine now."""

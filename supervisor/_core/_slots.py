@@ -102,10 +102,14 @@ class Slot:
     trial_hook: str | None = None
     #: When the last gauge error of this system was recorded (they are rate-limited).
     gauge_error_at: float = -math.inf
+    #: Quarantined by an operator: out of the tick, never retried, until released.
+    held: bool = False
 
     @property
     def state(self) -> str:
-        """``stopped``, ``running``, ``quarantined`` or ``retrying``."""
+        """``stopped``, ``running``, ``quarantined`` (``(by operator)``) or ``retrying``."""
+        if self.held:
+            return "quarantined (by operator)"
         if not self.started and self.breaker.state is BreakerState.CLOSED:
             return "stopped"
         return self.breaker.state.value
@@ -134,3 +138,4 @@ class Slot:
         self.cached_health = "healthy"
         self.trial_hook = None
         self.gauge_error_at = -math.inf
+        self.held = False

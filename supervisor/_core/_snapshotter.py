@@ -3,7 +3,10 @@
 Capture runs on the loop thread between ticks (each state packed with
 msgpack at once, so systems may change their live state right after);
 encoding and writing happen on a worker thread, serialised by a lock. The
-periodic snapshot is a post-tick chore.
+periodic snapshot is a post-tick chore, and so is a snapshot an operator asks
+for (``supervisor snapshot``): the command marks it due, the chore captures
+after the next tick, and the caller is answered once the file is written.
+Periodic writes log at debug (one every few seconds is noise); others at info.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import msgpack
 import trio
 
@@ -26,7 +30,19 @@ from ._snapshot import SnapshotStore
 from ._snapshot_format import MAX_TICK, Snapshot
 from ._steps import Steps
 
-__all__ = ["Snapshotter"]
+__all__ = ["SnapshotRequest", "Snapshotter"]
+
+
+@attrs.define(eq=False)
+class SnapshotRequest:
+    """A snapshot asked for now: answered (``done``) once written, or once it cannot be."""
+
+    reason: str
+    done: trio.Event = attrs.field(factory=trio.Event)
+    path: Path | None = None
+    tick: int = 0
+    #: Why there is no path: the write failed, or the run ended first.
+    problem: str = ""
 
 
 def _valid_tick(tick: object) -> bool:
@@ -56,6 +72,11 @@ class Snapshotter:
         self._steps = steps
         self._recovery = recovery
         self.last: Path | None = None
+        #: When ``last`` was written (wall clock, Unix seconds).
+        self.last_time: float | None = None
+        #: Snapshots asked for, captured by ``demand_chore`` after the next tick.
+        self.requests: list[SnapshotRequest] = []
+        self.demand_chore = Chore("snapshot_now", self.on_demand)
         self.problems: list[str] = []
         self.failures = 0
         self.skipped = 0
@@ -139,8 +160,45 @@ class Snapshotter:
             return None
         self.write_time.record(time.perf_counter() - started)
         self.last = path
-        self._log.info("snapshot.written", path=str(path), tick=snap.tick, reason=snap.reason)
+        self.last_time = self._k.wall()
+        log = self._log.debug if snap.reason == "periodic" else self._log.info
+        log("snapshot.written", path=str(path), tick=snap.tick, reason=snap.reason)
         return path
+
+    def request(self, reason: str) -> SnapshotRequest:
+        """Ask for a snapshot after the next tick (from a command, on the loop)."""
+        req = SnapshotRequest(reason)
+        self.requests.append(req)
+        self.demand_chore.next_due = -math.inf
+        return req
+
+    async def on_demand(self, _deadline: float) -> None:
+        """Capture once for every request waiting; write in the background, then answer them."""
+        self.demand_chore.next_due = math.inf
+        requests, self.requests = self.requests, []
+        nursery = self._k.run.nursery
+        if not requests or nursery is None:
+            return
+        snap = await self.capture(requests[0].reason)
+        nursery.start_soon(self._write_and_answer, snap, requests)
+
+    async def _write_and_answer(self, snap: Snapshot, requests: list[SnapshotRequest]) -> None:
+        path = None
+        try:
+            path = await self.write(snap)
+        finally:
+            for req in requests:
+                req.path, req.tick = path, snap.tick
+                req.problem = "" if path is not None else "the snapshot could not be written"
+                req.done.set()
+
+    def refuse_requests(self, problem: str) -> None:
+        """The tick loop ended before capturing them: answer the waiting requests with why."""
+        requests, self.requests = self.requests, []
+        self.demand_chore.next_due = math.inf
+        for req in requests:
+            req.problem = problem
+            req.done.set()
 
     async def periodic(self, _deadline: float) -> None:
         """Capture between ticks (the only stall), write in the background (the run's nursery)."""

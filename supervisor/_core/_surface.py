@@ -10,15 +10,17 @@ the tick loop, and the caller is answered once it has happened).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable
+from importlib import metadata
 from typing import Any
 
 import trio
 
 from .._errors import PhaseError
 from ._commands import CommandQueue
-from ._control import Caller, ReadinessReport, Refused
+from ._control import Caller, ReadinessReport, Refused, Unknown
 from ._histogram import HistogramStats
 from ._housekeeping import Housekeeper
 from ._kernel import Kernel
@@ -26,8 +28,9 @@ from ._lifecycle import Lifecycle
 from ._phase import Phase
 from ._profiles import MachineFacts
 from ._readiness import ReadinessFacts, assess, security_only
+from ._recovery import Recovery
 from ._services import Services
-from ._slots import STEP_RING, ring_window
+from ._slots import STEP_RING, Slot, ring_window
 from ._snapshotter import Snapshotter
 from ._tuning import OptimizerDriver
 from ._views import (
@@ -37,12 +40,24 @@ from ._views import (
     RunSummary,
     ShutdownResult,
     SnapshotStatus,
+    SnapshotTaken,
     StatusView,
     SupervisorStats,
+    SystemAction,
     SystemStats,
 )
+from ._windows import TickWindows
 
 __all__ = ["ControlSurface"]
+
+
+@functools.cache
+def _version() -> str:
+    """This package's version (read once: the metadata lookup reads files)."""
+    try:
+        return metadata.version("tick-supervisor")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 class ControlSurface:
@@ -58,10 +73,14 @@ class ControlSurface:
         tuning: OptimizerDriver,
         housekeeper: Housekeeper,
         commands: CommandQueue,
+        recovery: Recovery,
+        windows: TickWindows,
         facts: MachineFacts,
         profile: tuple[str, str],
     ) -> None:
         self._k = kernel
+        self._recovery = recovery
+        self._windows = windows
         self._lifecycle = lifecycle
         self._snapshots = snapshots
         self._services = services
@@ -72,6 +91,8 @@ class ControlSurface:
         self._profile, self._profile_reason = profile
         #: Extra error-sink checks for readiness: each returns a problem or None.
         self.sink_checks: list[Callable[[], str | None]] = []
+        #: The API address actually bound, reported by the server layer (None: no API).
+        self.listen: str | None = None
 
     # ------------------------------------------------------------------ probes
 
@@ -202,6 +223,7 @@ class ControlSurface:
             profile=self._profile,
             profile_reason=self._profile_reason,
             emergency_reason=k.run.emergency_reason,
+            windowed=self._windows.figures(),
         )
 
     def summary(self) -> RunSummary:
@@ -245,6 +267,12 @@ class ControlSurface:
                 "`supervisor errors`, fix the cause, then `supervisor restart` to continue from "
                 "that state, or `supervisor shutdown` to stop."
             )
+        held = [s.name for s in k.slots.values() if s.held]
+        if held:
+            return (
+                f"{', '.join(held)} quarantined by an operator: `supervisor release {held[0]}` "
+                "puts it back into the tick."
+            )
         quarantined = k.quarantined()
         if quarantined:
             return (
@@ -270,6 +298,11 @@ class ControlSurface:
             opt = {"state": "off" if not k.active.features.optimizer else "starting"}
         info = k.run.emergency_info
         return StatusView(
+            version=_version(),
+            pid=os.getpid(),
+            uptime_seconds=k.run.uptime,
+            config_file=_config_file(k),
+            listen=self.listen,
             stats=self.statistics(),
             alive=alive,
             alive_detail=alive_detail,
@@ -283,6 +316,7 @@ class ControlSurface:
             snapshots=SnapshotStatus(
                 folder=str(snaps.store.directory),
                 last=str(snaps.last) if snaps.last else None,
+                last_time=snaps.last_time,
                 stall=snaps.stall.stats(),
                 write=snaps.write_time.stats(),
                 failures=snaps.failures,
@@ -379,6 +413,83 @@ class ControlSurface:
             from_snapshot=result["from_snapshot"],
         )
 
+    def _slot(self, name: str) -> Slot:
+        slot = self._k.slots.get(name)
+        if slot is None:
+            raise Unknown(f"no such system: {name!r} (systems: {', '.join(self._k.slots)})")
+        return slot
+
+    async def quarantine(self, name: str, *, reason: str, caller: Caller) -> SystemAction:
+        """Take system ``name`` out of the tick after the current one, until ``release``.
+
+        Raises:
+            Unknown: no such system.
+            Refused: an operator holds it already.
+        """
+        slot = self._slot(name)
+
+        def hold() -> SystemAction:  # a command: run after the current tick
+            if slot.held:
+                raise Refused(f"{name} is already quarantined by an operator")
+            before = slot.state
+            self._recovery.hold(slot)
+            return self._record_move("quarantine", slot, before, caller, reason)
+
+        answer: SystemAction = await self._commands.submit(hold)
+        return answer
+
+    async def release(self, name: str, *, reason: str, caller: Caller) -> SystemAction:
+        """Put system ``name`` back into the tick, its restart budget reset.
+
+        Raises:
+            Unknown: no such system.
+            Refused: it is not quarantined.
+        """
+        slot = self._slot(name)
+
+        def release() -> SystemAction:  # a command: run after the current tick
+            if not slot.quarantined:
+                raise Refused(f"{name} is not quarantined (it is {slot.state})")
+            before = slot.state
+            self._recovery.release(slot)
+            return self._record_move("release", slot, before, caller, reason)
+
+        answer: SystemAction = await self._commands.submit(release)
+        return answer
+
+    def _record_move(
+        self, action: str, slot: Slot, before: str, caller: Caller, reason: str
+    ) -> SystemAction:
+        """Keep a quarantine or release in the lifecycle history; the action's answer."""
+        self._lifecycle.record(
+            action=action,
+            before=f"{slot.name} {before}",
+            after=f"{slot.name} {slot.state}",
+            caller=caller.name,
+            reason=reason,
+        )
+        return SystemAction(system=slot.name, state=slot.state, tick=self._k.loop.tick)
+
+    async def snapshot(self, *, reason: str, caller: Caller) -> SnapshotTaken:
+        """Capture every system's state after the current tick; answer once the file is written.
+
+        Raises:
+            Refused: not ticking (not running, stopping, in an emergency), or
+                snapshots are off, or the write failed.
+        """
+        k = self._k
+        run = k.run
+        if not k.persist:
+            raise Refused("snapshots are off for this supervisor (persist=False)")
+        if not run.running or run.stopping or k.phase is Phase.EMERGENCY_SHUTDOWN:
+            raise Refused("the supervisor is not ticking: no snapshot can be taken now")
+        why = f"operator {caller.name}" + (f": {reason}" if reason else "")
+        request = await self._commands.submit(lambda: self._snapshots.request(k.text(why)))
+        await request.done.wait()
+        if request.path is None:
+            raise Refused(request.problem)
+        return SnapshotTaken(path=str(request.path), tick=request.tick)
+
     async def change_phase(
         self, phase: str, *, force: bool, reason: str, caller: Caller
     ) -> PhaseChange:
@@ -428,3 +539,11 @@ class ControlSurface:
         why = reason + (f" ({'; '.join(forced)})" if forced else "")
         self._lifecycle.enter_phase(target, caller=caller.name, reason=why.strip(), action="phase")
         return PhaseChange(before=before, after=target.value, forced=force)
+
+
+def _config_file(k: Kernel) -> str:
+    """The config file's absolute path, or the source's name when it is not a file."""
+    source = k.config.source
+    if source.startswith("<"):
+        return source
+    return str(k.config.base_dir / os.path.basename(source))

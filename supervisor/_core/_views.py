@@ -16,6 +16,7 @@ import attrs
 from ._control import LifecycleEvent
 from ._histogram import HistogramStats
 from ._profiles import MachineFacts
+from ._windows import Windowed
 
 __all__ = [
     "ErrorView",
@@ -24,8 +25,10 @@ __all__ = [
     "RunSummary",
     "ShutdownResult",
     "SnapshotStatus",
+    "SnapshotTaken",
     "StatusView",
     "SupervisorStats",
+    "SystemAction",
     "SystemStats",
 ]
 
@@ -72,10 +75,15 @@ class SupervisorStats:
     profile: str
     profile_reason: str
     emergency_reason: str | None
+    #: Lateness and work over the last 10 s and 60 s, and the rate measured over 10 s.
+    windowed: Windowed
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready mapping."""
         d = attrs.asdict(self, recurse=False)
+        del d["windowed"]
+        d["measured_tick_rate"] = self.windowed.measured_tick_rate
+        d["windows"] = self.windowed.windows_dict()
         d["lateness"] = self.lateness.as_dict()
         d["work"] = self.work.as_dict()
         d["systems"] = [s.as_dict() for s in self.systems]
@@ -135,6 +143,8 @@ class SnapshotStatus:
 
     folder: str
     last: str | None
+    #: When ``last`` was written (Unix seconds).
+    last_time: float | None
     stall: HistogramStats
     write: HistogramStats
     failures: int
@@ -145,6 +155,7 @@ class SnapshotStatus:
         return {
             "folder": self.folder,
             "last": self.last,
+            "last_time": self.last_time,
             "stall": self.stall.as_dict(),
             "write": self.write.as_dict(),
             "failures": self.failures,
@@ -170,6 +181,14 @@ class StatusView:
     redaction: bool
     service_failures: Mapping[str, int]
     optimizer: Mapping[str, Any]
+    version: str
+    pid: int
+    #: Seconds since ``run()`` began (the trio clock); None before the first run.
+    uptime_seconds: float | None
+    #: The config file's absolute path, or what the config came from (``<built-in demo world>``).
+    config_file: str
+    #: The API address actually bound (``unix:/abs/path``, ``http://host:port``); None when off.
+    listen: str | None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready mapping (the statistics, then the rest)."""
@@ -188,6 +207,11 @@ class StatusView:
             redaction=self.redaction,
             services={"failures": dict(self.service_failures)},
             optimizer=dict(self.optimizer),
+            version=self.version,
+            pid=self.pid,
+            uptime_seconds=self.uptime_seconds,
+            config_file=self.config_file,
+            listen=self.listen,
         )
         return d
 
@@ -257,3 +281,28 @@ class PhaseChange:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready mapping."""
         return {"before": self.before, "after": self.after, "forced": self.forced}
+
+
+@attrs.frozen(kw_only=True)
+class SystemAction:
+    """The answer of ``quarantine`` and ``release``, once done (after the current tick)."""
+
+    system: str
+    state: str
+    tick: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping; ``detail`` is the line the CLI prints and the audit log keeps."""
+        return {**attrs.asdict(self), "detail": f"{self.system} {self.state} at tick {self.tick}"}
+
+
+@attrs.frozen(kw_only=True)
+class SnapshotTaken:
+    """The answer of ``snapshot``, once the file is written."""
+
+    path: str
+    tick: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping."""
+        return attrs.asdict(self)

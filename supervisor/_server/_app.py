@@ -50,7 +50,7 @@ import trio
 from .._address import MAX_ERRORS_LIMIT
 from .._alerts import alerts_view
 from .._core._config_sections import ApiConfig, TokenConfig
-from .._core._control import Caller, Controlled, Refused
+from .._core._control import Caller, Controlled, Refused, Unknown
 from .._core._redact import Redactor
 from .._logging import get_logger
 from ._audit import AuditEntry, AuditLog
@@ -71,6 +71,7 @@ from ._requests import (
     resolve,
     scope_peer_uid,
     source_of,
+    system_of,
     uid_name,
     unauthorized,
     validate,
@@ -209,6 +210,7 @@ class Api:
         assert route.action is not None
         assert note is not None
         arguments = validate(route.action, parse_object(await self._body(scope, receive)))
+        arguments.update(system_of(str(scope.get("path", ""))))
         note.arguments = arguments
         # Fail closed: the attempt is on disk before anything changes, or
         # nothing changes (tests/test_api_audit.py).
@@ -347,7 +349,7 @@ class Api:
             if self.redactor is not None:
                 body = self.redactor.record(body) or {"error": self.redactor.text(exc.detail)}
             self._log.info("api.refused", action=action, caller=caller.name, detail=exc.detail)
-            return json_answer(409, body, detail=str(body["error"]))
+            return json_answer(404 if isinstance(exc, Unknown) else 409, body, detail=body["error"])
         except Exception:
             self._log.exception("api.action_failed", action=action, caller=caller.name)
             return json_answer(500, {"error": "internal error"}, detail="internal error")
@@ -501,6 +503,15 @@ class Api:
     ) -> dict[str, Any]:
         answer = await self.sup.change_phase(phase, force=force, reason=reason, caller=caller)
         return answer.as_dict()
+
+    async def _quarantine(self, *, caller: Caller, name: str, reason: str) -> dict[str, Any]:
+        return (await self.sup.quarantine(name, reason=reason, caller=caller)).as_dict()
+
+    async def _release(self, *, caller: Caller, name: str, reason: str) -> dict[str, Any]:
+        return (await self.sup.release(name, reason=reason, caller=caller)).as_dict()
+
+    async def _snapshot(self, *, caller: Caller, reason: str) -> dict[str, Any]:
+        return (await self.sup.snapshot(reason=reason, caller=caller)).as_dict()
 
 
 def make_app(

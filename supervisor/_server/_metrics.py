@@ -36,6 +36,7 @@ from .._core._phase import Phase
 
 if TYPE_CHECKING:
     from .._core._redact import Redactor
+    from .._core._windows import Windowed
 
 __all__ = ["LATENCY_BUCKETS", "MetricsSource", "SupervisorMetrics", "install"]
 
@@ -76,6 +77,7 @@ class MetricsSource(Protocol):
     @property
     def snapshot_failures(self) -> int: ...
     def quarantined(self) -> tuple[str, ...]: ...
+    def windows(self) -> Windowed: ...
     def step_window(self, name: str, since: int = 0) -> list[float]: ...
 
 
@@ -111,6 +113,36 @@ def _histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
     return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=hist.total)
 
 
+def _tick_times(sup: MetricsSource) -> Iterator[Metric]:
+    """The tick histograms since start, then lateness and work p50/p99 over 10 s and 60 s."""
+    yield _histogram("supervisor_tick_duration_seconds", "Work time of each tick.", sup.work)
+    yield _histogram(
+        "supervisor_tick_lateness_seconds",
+        "How late each tick started after its deadline.",
+        sup.lateness,
+    )
+    figures = sup.windows()
+    families = {
+        kind: GaugeMetricFamily(
+            f"supervisor_tick_{kind}_window_seconds",
+            f"Tick {kind} quantiles over a recent window (the histogram counts since start).",
+            labels=["window", "quantile"],
+        )
+        for kind in ("lateness", "work")
+    }
+    for label, lateness, work in figures.windows:
+        for kind, stats in (("lateness", lateness), ("work", work)):
+            families[kind].add_metric([label, "0.5"], stats.p50)
+            families[kind].add_metric([label, "0.99"], stats.p99)
+    yield from families.values()
+    if figures.measured_tick_rate is not None:
+        yield GaugeMetricFamily(
+            "supervisor_tick_rate_measured_hz",
+            "Ticks per second run over the last 10 s.",
+            value=figures.measured_tick_rate,
+        )
+
+
 class _Collector(Collector):
     def __init__(self, sup: MetricsSource) -> None:
         self._sup = sup
@@ -124,12 +156,7 @@ class _Collector(Collector):
         sup = self._sup
         label = self._label()
         yield CounterMetricFamily("supervisor_ticks", "Ticks run.", value=sup.tick)
-        yield _histogram("supervisor_tick_duration_seconds", "Work time of each tick.", sup.work)
-        yield _histogram(
-            "supervisor_tick_lateness_seconds",
-            "How late each tick started after its deadline.",
-            sup.lateness,
-        )
+        yield from _tick_times(sup)
         yield CounterMetricFamily(
             "supervisor_tick_overruns", "Ticks whose work exceeded the budget.", value=sup.overruns
         )

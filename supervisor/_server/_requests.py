@@ -14,6 +14,7 @@ import enum
 import json
 import math
 import pwd
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Final
 from urllib.parse import parse_qsl
@@ -41,6 +42,7 @@ __all__ = [
     "resolve",
     "scope_peer_uid",
     "source_of",
+    "system_of",
     "uid_name",
     "unauthorized",
     "validate",
@@ -146,7 +148,12 @@ ROUTES: Final[Mapping[str, Route]] = {
     "/v1/shutdown": Route("POST", "_shutdown", action="shutdown"),
     "/v1/restart": Route("POST", "_restart", action="restart"),
     "/v1/phase": Route("POST", "_phase", action="phase"),
+    "/v1/snapshot": Route("POST", "_snapshot", action="snapshot"),
+    # A system's name is a path segment: ``resolve`` reads it (``system_of``).
+    "/v1/systems/{name}/quarantine": Route("POST", "_quarantine", action="quarantine"),
+    "/v1/systems/{name}/release": Route("POST", "_release", action="release"),
 }
+_SYSTEM_PATH: Final = re.compile(r"/v1/systems/([^/]{1,200})/(quarantine|release)")
 
 # Per action: key -> (type, default); a default of _REQUIRED means the key must be given.
 _REQUIRED: Final = object()
@@ -154,6 +161,9 @@ _SCHEMAS: Final[Mapping[str, Mapping[str, tuple[type, Any]]]] = {
     "shutdown": {"emergency": (bool, False), "reason": (str, "")},
     "restart": {},
     "phase": {"phase": (str, _REQUIRED), "force": (bool, False), "reason": (str, "")},
+    "quarantine": {"reason": (str, "")},
+    "release": {"reason": (str, "")},
+    "snapshot": {"reason": (str, "")},
 }
 _TYPE_NAMES: Final = {bool: "true or false", str: "a string"}
 
@@ -270,12 +280,20 @@ def resolve(path: str, method: str) -> Route:
         HttpError: 404 for an unknown path, 405 (with ``Allow``) for a wrong method.
     """
     route = ROUTES.get(path)
+    if route is None and (match := _SYSTEM_PATH.fullmatch(path)):
+        route = ROUTES[f"/v1/systems/{{name}}/{match[2]}"]
     if route is None:
         raise HttpError(404, f"no such endpoint: {echo(path)}")
     if method == route.method or (method == "HEAD" and route.method == "GET"):
         return route
     allow = b"GET, HEAD" if route.method == "GET" else route.method.encode()
     raise HttpError(405, f"{path} takes {route.method}", headers=[(b"allow", allow)])
+
+
+def system_of(path: str) -> dict[str, str]:
+    """``{"name": NAME}`` for ``/v1/systems/NAME/...`` (ASGI paths are percent-decoded), else {}."""
+    match = _SYSTEM_PATH.fullmatch(path)
+    return {"name": match[1]} if match else {}
 
 
 def header_values(scope: Scope, name: bytes) -> list[bytes]:

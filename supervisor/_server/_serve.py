@@ -395,14 +395,20 @@ def attach_api(sup: Supervisor) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(flush_refusals)
-                await serve_api(
-                    app,
-                    listen,
-                    api=served,
-                    shutdown_trigger=functools.partial(_wait_closing, sup),
-                    task_status=task_status,
-                )
-                nursery.cancel_scope.cancel()
+
+                async def serving(task_status: trio.TaskStatus[str]) -> None:
+                    await serve_api(
+                        app,
+                        listen,
+                        api=served,
+                        shutdown_trigger=functools.partial(_wait_closing, sup),
+                        task_status=task_status,
+                    )
+                    nursery.cancel_scope.cancel()
+
+                bound = await nursery.start(serving)
+                sup.set_listen(bound)  # status shows the address actually bound
+                task_status.started(bound)
         except BaseExceptionGroup as group:
             # The nursery wraps serve_api's start-up error: callers catch the one line.
             error = _only(group, ApiListenError)
