@@ -40,7 +40,7 @@ def _print_alerts(data: Mapping[str, Any]) -> None:
     console = make_console()
     rules = data.get("rules") or []
     if not rules:
-        console.print("no alert rules ([[alerts.rules]] in the config)")
+        console.print("no alert rules ([[alerts.rules]] in the config)", markup=False)
     else:
         table = Table("rule", "severity", "state", "since", "value", "when", "fired")
         for rule in rules:
