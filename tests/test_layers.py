@@ -83,9 +83,10 @@ class Layer(enum.IntEnum):
 
     LEAF = 0
     CORE = 1
-    SERVER = 2
-    CLI = 3
-    PUBLIC = 4
+    CAPABILITIES = 2
+    SERVER = 3
+    CLI = 4
+    PUBLIC = 5
 
 
 class Kind(enum.Enum):
@@ -126,6 +127,8 @@ def layer_of(name: str) -> Layer:
     if parts[1] in LEAVES:
         return Layer.LEAF
     by_folder = {"_core": Layer.CORE, "_server": Layer.SERVER, "_cli": Layer.CLI}
+    if parts[1] in {"_store", "_alerts"}:
+        return Layer.CAPABILITIES
     if parts[1] in by_folder:
         return by_folder[parts[1]]
     raise AssertionError(f"{name} is in no layer: add it to LEAVES or a folder")

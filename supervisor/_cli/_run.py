@@ -241,13 +241,16 @@ def run_command(
         sup.phase_listeners.append(
             lambda phase: setattr(renderer, "format", _resolve_log_format("auto", phase))
         )
+    from .._store._shipper import attach_error_store
+
+    error_store = attach_error_store(sup)
     listen_errors: tuple[type[Exception], ...] = ()
     if effective.features.api:
         from .._server._serve import ApiListenError, attach_api
 
         listen_errors = (ApiListenError,)
         try:
-            attach_api(sup)
+            attach_api(sup, error_store=error_store)
         except ConfigError as exc:
             fail(str(exc), EXIT_USAGE)
     summary = _run(

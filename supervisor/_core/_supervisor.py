@@ -486,6 +486,10 @@ class Supervisor:
         self._services_idle = trio.Event()
         #: Called with the new phase after every phase change.
         self.phase_listeners: list[Callable[[Phase], None]] = []
+        #: Called with every record right after it is made (the durable store's
+        #: queue): each must be O(1), never block; one that raises is counted in
+        #: ``errors.dropped["sink_failed"]`` and removed.
+        self.record_sinks: list[Callable[[ErrorRecord], None]] = []
         #: Extra error-sink checks for readiness: each returns a problem or None.
         self.sink_checks: list[Callable[[], str | None]] = []
 
@@ -764,9 +768,19 @@ class Supervisor:
             self._call_seq += 1
         self._last_record = record
         self.errors.add(record, formatted=record.traceback is not self._reused_tb)
+        for sink in self.record_sinks:
+            self._to_sink(sink, record)
         if failed:
             slot.failed_tick = self._tick
         return record
+
+    def _to_sink(self, sink: Callable[[ErrorRecord], None], record: ErrorRecord) -> None:
+        try:
+            sink(record)
+        except Exception:
+            self.errors.dropped["sink_failed"] += 1
+            # Rebound, not edited in place: the loop over the old list goes on.
+            self.record_sinks = [s for s in self.record_sinks if s is not sink]
 
     def _make_record(self, slot: _Slot, hook: str, exc: BaseException, kind: str) -> ErrorRecord:
         stack = None

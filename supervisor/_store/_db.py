@@ -1,0 +1,323 @@
+"""The writing side of the store: batches of records, minute samples, retention.
+
+Used from one worker thread at a time (the shipper's ``to_thread`` calls
+share one capacity limiter), never from the trio thread. Sizes, so that 30
+days at 10,000 errors a minute fit ``max_mb`` (README, "Error store"):
+
+* counts are exact and cheap: one row per (minute, fingerprint, system),
+  folded into one row per hour once older than :data:`FOLD_AFTER`;
+* whole records are a sample: the first ``samples_per_minute`` of each
+  fingerprint in each minute (the rest are in the counts only);
+* a traceback is kept once per fingerprint (the latest), not per record;
+* past ``max_mb`` the oldest whole records go first, then the oldest hourly
+  counts; everything past ``retention_days`` goes. Each is counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Self
+
+import attrs
+
+from ._schema import connect
+
+if TYPE_CHECKING:
+    from .._core._safecall import ErrorRecord
+
+__all__ = ["FOLD_AFTER", "ErrorStore", "MinuteRow"]
+
+#: Minute counts older than this (seconds) are folded into hourly counts.
+FOLD_AFTER: Final = 6 * 3600
+#: Fraction of ``max_mb`` retention brings the file down to once it is over.
+_SIZE_LOW_WATER: Final = 0.9
+#: Records deleted per statement while making room.
+_SIZE_CHUNK: Final = 20_000
+#: A traceback the core did not format (error storm): not worth keeping.
+_UNFORMATTED: Final = "(traceback not formatted"
+#: Most (fingerprint, minute) sample counters kept between batches.
+_MAX_SAMPLED: Final = 100_000
+
+
+@attrs.define
+class MinuteRow:
+    """What one minute of the run looked like (the SLOs' raw material)."""
+
+    minute: int
+    seconds: float = 0.0
+    emergency: float = 0.0
+    ticks: int = 0
+    #: Ticks later than each of ``LATENCY_BUCKETS``'s bounds (trailing zeros left out).
+    late: list[int] = attrs.field(factory=list)
+    lateness_p99: float = 0.0
+    work_p99: float = 0.0
+    player_seconds: float = 0.0
+    errors: int = 0
+
+    def values(self) -> tuple[Any, ...]:
+        """The row as the ``minutes`` table takes it."""
+        late = list(self.late)
+        while late and not late[-1]:
+            late.pop()
+        return (
+            self.minute,
+            self.seconds,
+            self.emergency,
+            self.ticks,
+            json.dumps(late, separators=(",", ":")),
+            self.lateness_p99,
+            self.work_p99,
+            self.player_seconds,
+            self.errors,
+        )
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> MinuteRow:
+        """Back from a ``minutes`` row."""
+        return cls(
+            minute=row[0],
+            seconds=row[1],
+            emergency=row[2],
+            ticks=row[3],
+            late=json.loads(row[4]),
+            lateness_p99=row[5],
+            work_p99=row[6],
+            player_seconds=row[7],
+            errors=row[8],
+        )
+
+
+@attrs.define(eq=False)
+class ErrorStore:
+    """The store file, open for writing. Build it with :meth:`open`."""
+
+    path: Path
+    conn: sqlite3.Connection
+    run: int
+    retention_days: float = 30.0
+    max_mb: float = 100.0
+    samples_per_minute: int = 5
+    #: Rows given up, by reason (also kept in the ``dropped`` table).
+    dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    #: Records kept in counts only (the fingerprint's minute had its samples).
+    counted_only: int = 0
+    written: int = 0
+    _fp_ids: dict[str, int] = attrs.field(factory=dict)
+    _sampled: dict[tuple[int, int], int] = attrs.field(factory=dict)
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        retention_days: float = 30.0,
+        max_mb: float = 100.0,
+        samples_per_minute: int = 5,
+        config_version: str = "",
+        source: str = "",
+        now: float,
+    ) -> Self:
+        """Open (create, migrate) the store and record this run's start.
+
+        Raises:
+            sqlite3.Error: the file cannot be opened or written.
+            StoreVersionError: the file is newer than this version.
+        """
+        conn = connect(path)
+        run = conn.execute(
+            "INSERT INTO runs (started, pid, config_version, source) VALUES (?, ?, ?, ?) "
+            "RETURNING id",
+            (now, os.getpid(), config_version, source),
+        ).fetchone()[0]
+        return cls(
+            path=path,
+            conn=conn,
+            run=run,
+            retention_days=retention_days,
+            max_mb=max_mb,
+            samples_per_minute=samples_per_minute,
+        )
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the file and close."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self.conn.close()
+
+    # ------------------------------------------------------------- writing
+
+    def write(self, records: Sequence[ErrorRecord]) -> None:
+        """Store one batch in one transaction: fingerprints, counts, sampled records."""
+        if not records:
+            return
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            ids = self._fingerprints(records)
+            counts: collections.Counter[tuple[int, int, str]] = collections.Counter()
+            kept = []
+            for r in records:
+                fp = ids[r.fingerprint]
+                minute = int(r.time) // 60 * 60
+                counts[(minute, fp, r.system)] += 1
+                key = (fp, minute)
+                n = self._sampled.get(key, 0)
+                if n >= self.samples_per_minute:
+                    self.counted_only += 1
+                    continue
+                self._sampled[key] = n + 1
+                kept.append(
+                    (r.time, r.tick, r.system, r.hook, r.phase, r.kind, fp, r.message,
+                     r.health, json.dumps(dict(r.gauges), separators=(",", ":")), r.stack,
+                     self.run)
+                )  # fmt: skip
+            conn.executemany(
+                "INSERT INTO counts VALUES (?, 60, ?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET n = n + excluded.n",
+                [(*key, n) for key, n in counts.items()],
+            )
+            conn.executemany(
+                "INSERT INTO records (time, tick, system, hook, phase, kind, fp, message, "
+                "health, gauges, stack, run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                kept,
+            )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        self.written += len(records)
+        if len(self._sampled) > _MAX_SAMPLED:
+            newest = max(m for _, m in self._sampled)
+            self._sampled = {k: v for k, v in self._sampled.items() if k[1] == newest}
+
+    def _fingerprints(self, records: Iterable[ErrorRecord]) -> dict[str, int]:
+        """Upsert each fingerprint of the batch once; their row ids."""
+        latest: dict[str, ErrorRecord] = {}
+        seen: dict[str, tuple[float, int]] = {}
+        traces: dict[str, str] = {}
+        for r in records:
+            latest[r.fingerprint] = r
+            first, n = seen.get(r.fingerprint, (r.time, 0))
+            seen[r.fingerprint] = (min(first, r.time), n + 1)
+            if r.traceback and not r.traceback.startswith(_UNFORMATTED):
+                traces[r.fingerprint] = r.traceback
+        ids = {}
+        for fp, r in latest.items():
+            first, n = seen[fp]
+            ids[fp] = self.conn.execute(
+                "INSERT INTO fingerprints (fingerprint, exc_type, message, traceback, "
+                "first_seen, last_seen, total) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (fingerprint) DO UPDATE SET message = excluded.message, "
+                "traceback = coalesce(excluded.traceback, traceback), "
+                "first_seen = min(first_seen, excluded.first_seen), "
+                "last_seen = max(last_seen, excluded.last_seen), "
+                "total = total + excluded.total RETURNING id",
+                (fp, r.exc_type, r.message, traces.get(fp), first, r.time, n),
+            ).fetchone()[0]
+        self._fp_ids.update(ids)
+        return ids
+
+    def write_minute(self, row: MinuteRow) -> None:
+        """Replace the row of ``row.minute`` (the sampler keeps the minute's running totals)."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO minutes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row.values()
+        )
+
+    def load_minute(self, minute: int) -> MinuteRow:
+        """The row of ``minute`` as stored (an earlier run's part of it), or an empty one."""
+        row = self.conn.execute("SELECT * FROM minutes WHERE minute = ?", (minute,)).fetchone()
+        return MinuteRow(minute=minute) if row is None else MinuteRow.from_row(row)
+
+    def event(self, when: float, kind: str, detail: str) -> None:
+        """Note an incident (an emergency, a quarantine, an alert) for the report."""
+        self.conn.execute(
+            "INSERT INTO events (time, kind, detail) VALUES (?, ?, ?)", (when, kind, detail)
+        )
+
+    def count_dropped(self, counts: Mapping[str, int]) -> None:
+        """Add ``counts`` (reason -> records) to the dropped totals, in memory and on disk."""
+        items = [(k, n) for k, n in counts.items() if n]
+        if not items:
+            return
+        self.dropped.update(dict(items))
+        self.conn.executemany(
+            "INSERT INTO dropped VALUES (?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
+            items,
+        )
+
+    # ----------------------------------------------------------- retention
+
+    def used_bytes(self) -> int:
+        """Bytes of the file in use (pages not on the free list)."""
+        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    def retain(self, now: float) -> dict[str, int]:
+        """Apply retention by age, fold old minutes into hours, then cap the size.
+
+        Returns:
+            What went, by reason (``age``, ``size``: whole records; ``age_counts``,
+            ``size_counts``: count rows; ``folded``: minute rows made hourly).
+        """
+        gone: collections.Counter[str] = collections.Counter()
+        conn = self.conn
+        cutoff = now - self.retention_days * 86_400
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            gone["age"] += conn.execute("DELETE FROM records WHERE time < ?", (cutoff,)).rowcount
+            gone["age_counts"] += conn.execute(
+                "DELETE FROM counts WHERE bucket + width <= ?", (cutoff,)
+            ).rowcount
+            conn.execute("DELETE FROM minutes WHERE minute + 60 <= ?", (cutoff,))
+            conn.execute("DELETE FROM events WHERE time < ?", (cutoff,))
+            conn.execute("DELETE FROM fingerprints WHERE last_seen < ?", (cutoff,))
+            fold = int(now - FOLD_AFTER) // 3600 * 3600
+            conn.execute(
+                "INSERT INTO counts SELECT bucket - bucket % 3600, 3600, fp, system, sum(n) "
+                "FROM counts WHERE width = 60 AND bucket < ? GROUP BY 1, 3, 4 "
+                "ON CONFLICT DO UPDATE SET n = n + excluded.n",
+                (fold,),
+            )
+            gone["folded"] += conn.execute(
+                "DELETE FROM counts WHERE width = 60 AND bucket < ?", (fold,)
+            ).rowcount
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        gone.update(self._cap_size())
+        conn.execute("PRAGMA incremental_vacuum")
+        self.count_dropped({f"retention_{k}": n for k, n in gone.items() if k != "folded"})
+        return dict(gone)
+
+    def _cap_size(self) -> dict[str, int]:
+        """Delete the oldest records, then the oldest days of counts, down to the low-water mark."""
+        gone: collections.Counter[str] = collections.Counter()
+        limit = self.max_mb * 1024 * 1024
+        if self.used_bytes() <= limit:
+            return gone
+        for reason, statement, arg in _SHEDDING:
+            while self.used_bytes() > limit * _SIZE_LOW_WATER:
+                n = self.conn.execute(statement, (arg,)).rowcount
+                if not n:
+                    break
+                gone[reason] += n
+        return gone
+
+
+#: What goes when the file is over ``max_mb``, in order: the oldest whole
+#: records (a chunk at a time), then the oldest day of counts.
+_SHEDDING: Final = (
+    ("size", "DELETE FROM records WHERE id IN (SELECT id FROM records ORDER BY id LIMIT ?)",
+     _SIZE_CHUNK),
+    ("size_counts", "DELETE FROM counts WHERE bucket < (SELECT min(bucket) FROM counts) + ?",
+     86_400),
+)  # fmt: skip
