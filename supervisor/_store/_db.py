@@ -36,8 +36,8 @@ __all__ = ["FOLD_AFTER", "ErrorStore", "MinuteRow"]
 FOLD_AFTER: Final = 6 * 3600
 #: Fraction of ``max_mb`` retention brings the file down to once it is over.
 _SIZE_LOW_WATER: Final = 0.9
-#: Records deleted per statement while making room.
-_SIZE_CHUNK: Final = 20_000
+#: Fewest records deleted per statement while making room.
+_SIZE_STEP: Final = 100
 #: A traceback the core did not format (error storm): not worth keeping.
 _UNFORMATTED: Final = "(traceback not formatted"
 #: Most (fingerprint, minute) sample counters kept between batches.
@@ -294,30 +294,35 @@ class ErrorStore:
             raise
         conn.execute("COMMIT")
         gone.update(self._cap_size())
-        conn.execute("PRAGMA incremental_vacuum")
+        # Give the freed pages back, and the WAL to the file, so its size on disk follows.
+        # A script: the sqlite3 module steps a plain execute() once, freeing one page.
+        conn.executescript("PRAGMA incremental_vacuum")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.count_dropped({f"retention_{k}": n for k, n in gone.items() if k != "folded"})
         return dict(gone)
 
     def _cap_size(self) -> dict[str, int]:
-        """Delete the oldest records, then the oldest days of counts, down to the low-water mark."""
+        """Delete the oldest records, then the oldest days of counts, down to the low-water mark.
+
+        Records go a twentieth at a time (by id, which is time order), so a
+        file just over the cap loses little.
+        """
         gone: collections.Counter[str] = collections.Counter()
         limit = self.max_mb * 1024 * 1024
         if self.used_bytes() <= limit:
             return gone
-        for reason, statement, arg in _SHEDDING:
-            while self.used_bytes() > limit * _SIZE_LOW_WATER:
-                n = self.conn.execute(statement, (arg,)).rowcount
-                if not n:
-                    break
-                gone[reason] += n
+        conn = self.conn
+        while self.used_bytes() > limit * _SIZE_LOW_WATER:
+            low, high = conn.execute("SELECT min(id), max(id) FROM records").fetchone()
+            if low is None:
+                break
+            step = max(_SIZE_STEP, (high - low) // 20)
+            gone["size"] += conn.execute("DELETE FROM records WHERE id < ?", (low + step,)).rowcount
+        while self.used_bytes() > limit * _SIZE_LOW_WATER:
+            n = conn.execute(
+                "DELETE FROM counts WHERE bucket < (SELECT min(bucket) FROM counts) + 86400"
+            ).rowcount
+            if not n:
+                break
+            gone["size_counts"] += n
         return gone
-
-
-#: What goes when the file is over ``max_mb``, in order: the oldest whole
-#: records (a chunk at a time), then the oldest day of counts.
-_SHEDDING: Final = (
-    ("size", "DELETE FROM records WHERE id IN (SELECT id FROM records ORDER BY id LIMIT ?)",
-     _SIZE_CHUNK),
-    ("size_counts", "DELETE FROM counts WHERE bucket < (SELECT min(bucket) FROM counts) + ?",
-     86_400),
-)  # fmt: skip

@@ -115,9 +115,7 @@ def records(
         if not tracebacks:
             d["traceback"] = d["stack"] = None
         out.append(d)
-    cwhere, cargs = _where(
-        None if since is None else since - 60, system, fingerprint, "c.bucket + c.width"
-    )
+    cwhere, cargs = _where(since, system, fingerprint, "c.bucket + c.width - 1")
     groups = conn.execute(
         "SELECT f.fingerprint, c.system, f.exc_type, f.message, sum(c.n), "
         "max(f.first_seen, min(c.bucket)), min(f.last_seen, max(c.bucket + c.width)) "
