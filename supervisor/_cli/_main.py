@@ -21,6 +21,8 @@ import click
 
 from .._errors import one_line
 from ._client import COMMANDS, EXIT_USAGE
+from ._errors_cmd import errors as errors_command
+from ._errors_cmd import report as report_command
 
 __all__ = ["MAX_TICKS", "cli", "main"]
 
@@ -208,6 +210,8 @@ def systems(as_json: bool) -> None:
 
 for _command in COMMANDS:
     cli.add_command(_command)
+cli.add_command(errors_command)  # replaces the client's: the store's options (issue 11)
+cli.add_command(report_command)
 
 
 def main() -> None:

@@ -581,6 +581,7 @@ def make_app(
     audit: AuditLog,
     redactor: Redactor | None = None,
     stats: ServerStats | None = None,
+    error_store: ErrorShipper | None = None,
 ) -> ASGIApp:
     """Build the ASGI app serving ``sup``.
 
@@ -593,11 +594,19 @@ def make_app(
         stats: the listener's counters, shown in ``/metrics``
             (:func:`~supervisor._server._serve.serve_api` uses the app's own
             when given none).
+        error_store: the durable error store's shipper (``/v1/errors?since=``,
+            ``/v1/errors/trends``); None answers those 404.
 
     Returns:
         The ASGI 3 application, for
         :func:`~supervisor._server._serve.serve_api` or any ASGI server.
     """
     return Api(
-        sup=sup, api=api, tcp=tcp, audit=audit, redactor=redactor, stats=stats or ServerStats()
+        sup=sup,
+        api=api,
+        tcp=tcp,
+        audit=audit,
+        redactor=redactor,
+        stats=stats or ServerStats(),
+        error_store=error_store,
     )

@@ -148,8 +148,9 @@ def trends(
 ) -> dict[str, Any]:
     """Counts per bucket per (fingerprint, system) from ``since`` to ``now``, with movers.
 
-    The rate "now" is errors per minute over the last bucket, "previous" over
-    the bucket before it; top movers are the series whose rate changed most.
+    The rate "now" is errors per minute over the last bucket (the part of it
+    that has passed), "previous" over the bucket before it; top movers are
+    the series whose rate changed most.
     Hourly counts (older than six hours) land whole in the bucket of their
     hour's start.
 
@@ -179,13 +180,14 @@ def trends(
              "first_seen": first_seen, "counts": [0] * n_buckets},
         )  # fmt: skip
         s["counts"][min(max(int(index), 0), n_buckets - 1)] += n
-    per_minute = 60.0 / width
+    # The last bucket is under way: its rate is over the part that has passed.
+    elapsed = min(float(width), max(1.0, now - (start + (n_buckets - 1) * width)))
     out = []
     for s in series.values():
         counts = s["counts"]
         s["total"] = sum(counts)
-        s["rate_now"] = counts[-1] * per_minute
-        s["rate_previous"] = (counts[-2] if n_buckets > 1 else 0) * per_minute
+        s["rate_now"] = counts[-1] * 60.0 / elapsed
+        s["rate_previous"] = (counts[-2] if n_buckets > 1 else 0) * 60.0 / width
         s["change"] = s["rate_now"] - s["rate_previous"]
         out.append(s)
     out.sort(key=lambda s: -s["total"])
