@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def client(tmp_path: Path, shipper: ErrorShipper | None) -> httpx.AsyncClient:
         error_store=shipper,
     )  # fmt: skip
 
-    async def as_owner(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def as_owner(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         await app({**scope, "extensions": {"peer_uid": os.getuid()}}, receive, send)
 
     transport = httpx.ASGITransport(app=as_owner)
