@@ -157,3 +157,31 @@ def test_kill_9_during_heavy_writes_leaves_a_sound_file(tmp_path: Path) -> None:
     trio.run(lambda: again.run(ticks=5))
     assert count(db, "SELECT sum(n) FROM counts") == total + again.errors.total
     assert count(db, "SELECT count(*) FROM runs") == 2
+
+
+def test_slo_burn_rate_over_recent_minutes(tmp_path: Path) -> None:
+    """The callable H7's rules use: bad share over the window / budget share."""
+    from supervisor._core._config_sections import SloConfig
+    from supervisor._store._db import MinuteRow
+
+    slo = SloConfig(name="up", kind="availability", target=0.99)
+    shipper = ErrorShipper(path=tmp_path / "errors.db", slos={"up": slo})
+    now = int(time.time()) // 60 * 60
+    # Two hours ago: all down (outside a 1 h window); the last hour: 6 of 60 minutes down.
+    shipper.recent.extend(MinuteRow(minute=now - 7200 + 60 * m, seconds=60, emergency=60)
+                          for m in range(60))  # fmt: skip
+    shipper.recent.extend(MinuteRow(minute=now - 3600 + 60 * m, seconds=60,
+                                    emergency=60 if m < 6 else 0) for m in range(60))  # fmt: skip
+    assert shipper.slo_burn_rate("up", "1h") == pytest.approx(10.0, rel=0.05)
+    assert shipper.slo_burn_rate("up", "3h") == pytest.approx(66 / 120 / 0.01, rel=0.05)
+    with pytest.raises(KeyError):
+        shipper.slo_burn_rate("nosuch", "1h")
+
+
+def test_incidents_reach_the_store(tmp_path: Path) -> None:
+    sup = make_supervisor({"bad": Failing()}, config=RECOVERY, tick_rate=100, state_dir=tmp_path)
+    shipper = attach_error_store(sup)
+    assert shipper is not None
+    shipper.incident("alert", "error_rate_high firing")
+    trio.run(lambda: sup.run(ticks=5))
+    assert count(tmp_path / "errors.db", "SELECT detail FROM events") == "error_rate_high firing"

@@ -83,6 +83,7 @@ class ErrorShipper:
     #: PRODUCTION (as the in-memory error view does). Updated once a second.
     hide_tracebacks: bool = False
     _phase: Phase | None = None
+    _incidents: list[tuple[float, str, str]] = attrs.field(factory=list)
     _quarantined: tuple[str, ...] = ()
     _log: Any = attrs.field(factory=lambda: get_logger(component="error_store"))
 
@@ -145,10 +146,14 @@ class ErrorShipper:
         self.sampler = Sampler(row=store.load_minute(int(now) // 60 * 60))
         return store
 
+    def incident(self, kind: str, detail: str) -> None:
+        """Note an incident for the report (e.g. an alert firing: ``"alert"``, its rule)."""
+        self._incidents.append((time.time(), kind, detail))
+
     def _sample(self, sup: Supervisor) -> tuple[list[MinuteRow], list[tuple[float, str, str]]]:
         """This second's sample (the minute row to write) and the incidents since the last."""
         now = time.time()
-        events = []
+        events, self._incidents = self._incidents, []
         phase = sup.phase
         if phase is Phase.EMERGENCY_SHUTDOWN and self._phase is not phase:
             reason = (sup.emergency_info or {}).get("reason") or "emergency shutdown"
