@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Any
 from ._core._config import Config
 from ._core._config_sections import (
     ApiConfig,
+    ErrorsConfig,
     FeaturesConfig,
     LoggingConfig,
     Profile,
     RecoveryConfig,
+    SloConfig,
     SupervisorConfig,
     SystemsConfig,
     TokenConfig,
@@ -88,6 +90,7 @@ __all__ = [
     "DependencyError",
     "ErrorGroup",
     "ErrorRecord",
+    "ErrorsConfig",
     "FeaturesConfig",
     "HistogramStats",
     "LifecycleEvent",
@@ -102,6 +105,7 @@ __all__ = [
     "RecoveryConfig",
     "Refused",
     "RunSummary",
+    "SloConfig",
     "StartRefused",
     "StartupError",
     "StepInterrupted",
