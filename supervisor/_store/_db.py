@@ -19,7 +19,7 @@ import collections
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
 
@@ -108,7 +108,7 @@ class ErrorStore:
     counted_only: int = 0
     written: int = 0
     _fp_ids: dict[str, int] = attrs.field(factory=dict)
-    _sampled: dict[tuple[int, int], int] = attrs.field(factory=dict)
+    _sampled: dict[tuple[int, str], int] = attrs.field(factory=dict)  # (minute, fingerprint)
 
     @classmethod
     def open(
@@ -153,74 +153,92 @@ class ErrorStore:
     # ------------------------------------------------------------- writing
 
     def write(self, records: Sequence[ErrorRecord]) -> None:
-        """Store one batch in one transaction: fingerprints, counts, sampled records."""
+        """Store one batch (in time order) in one transaction: fingerprints, counts, samples.
+
+        Per record only a key and a count are made (a storm is mostly records
+        whose minute already has its samples); the database gets one
+        statement per table, and one per fingerprint seen for the first time.
+        """
         if not records:
             return
+        keys = [(int(r.time) // 60 * 60, r.fingerprint, r.system) for r in records]
+        counts = collections.Counter(keys)
+        kept = self._sample(records, keys, counts)
+        self.counted_only += len(records) - len(kept)
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             ids = self._fingerprints(records)
-            counts: collections.Counter[tuple[int, int, str]] = collections.Counter()
-            kept = []
-            for r in records:
-                fp = ids[r.fingerprint]
-                minute = int(r.time) // 60 * 60
-                counts[(minute, fp, r.system)] += 1
-                key = (fp, minute)
-                n = self._sampled.get(key, 0)
-                if n >= self.samples_per_minute:
-                    self.counted_only += 1
-                    continue
-                self._sampled[key] = n + 1
-                kept.append(
-                    (r.time, r.tick, r.system, r.hook, r.phase, r.kind, fp, r.message,
-                     r.health, json.dumps(dict(r.gauges), separators=(",", ":")), r.stack,
-                     self.run)
-                )  # fmt: skip
             conn.executemany(
                 "INSERT INTO counts VALUES (?, 60, ?, ?, ?) "
                 "ON CONFLICT DO UPDATE SET n = n + excluded.n",
-                [(*key, n) for key, n in counts.items()],
+                [(m, ids[fp], system, n) for (m, fp, system), n in counts.items()],
             )
             conn.executemany(
                 "INSERT INTO records (time, tick, system, hook, phase, kind, fp, message, "
                 "health, gauges, stack, run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                kept,
-            )
+                [
+                    (r.time, r.tick, r.system, r.hook, r.phase, r.kind, ids[r.fingerprint],
+                     r.message, r.health, json.dumps(dict(r.gauges), separators=(",", ":")),
+                     r.stack, self.run)
+                    for r in kept
+                ],
+            )  # fmt: skip
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
         self.written += len(records)
-        if len(self._sampled) > _MAX_SAMPLED:
-            newest = max(m for _, m in self._sampled)
-            self._sampled = {k: v for k, v in self._sampled.items() if k[1] == newest}
 
-    def _fingerprints(self, records: Iterable[ErrorRecord]) -> dict[str, int]:
-        """Upsert each fingerprint of the batch once; their row ids."""
-        latest: dict[str, ErrorRecord] = {}
-        seen: dict[str, tuple[float, int]] = {}
-        traces: dict[str, str] = {}
-        for r in records:
-            latest[r.fingerprint] = r
-            first, n = seen.get(r.fingerprint, (r.time, 0))
-            seen[r.fingerprint] = (min(first, r.time), n + 1)
-            if r.traceback and not r.traceback.startswith(_UNFORMATTED):
-                traces[r.fingerprint] = r.traceback
-        ids = {}
-        for fp, r in latest.items():
-            first, n = seen[fp]
+    def _sample(
+        self,
+        records: Sequence[ErrorRecord],
+        keys: list[tuple[int, str, str]],
+        counts: Mapping[tuple[int, str, str], int],
+    ) -> list[ErrorRecord]:
+        """The records kept whole: the first ``samples_per_minute`` per fingerprint per minute."""
+        sampled, limit = self._sampled, self.samples_per_minute
+        open_ = {(m, fp) for m, fp, _ in counts if sampled.get((m, fp), 0) < limit}
+        kept: list[ErrorRecord] = []
+        if not open_:
+            return kept
+        for r, (m, fp, _) in zip(records, keys, strict=True):
+            if (m, fp) in open_ and (n := sampled.get((m, fp), 0)) < limit:
+                sampled[(m, fp)] = n + 1
+                kept.append(r)
+        if len(sampled) > _MAX_SAMPLED:
+            newest = max(m for m, _ in sampled)
+            self._sampled = {k: v for k, v in sampled.items() if k[0] == newest}
+        return kept
+
+    def _fingerprints(self, records: Sequence[ErrorRecord]) -> dict[str, int]:
+        """Insert the batch's new fingerprints, update the others in one statement; the ids."""
+        latest = {r.fingerprint: r for r in records}
+        first = {r.fingerprint: r.time for r in reversed(records)}
+        totals = collections.Counter(r.fingerprint for r in records)
+        traces = {
+            r.fingerprint: r.traceback
+            for r in records
+            if r.traceback and not r.traceback.startswith(_UNFORMATTED)
+        }
+        ids = self._fp_ids
+        for fp in latest.keys() - ids.keys():
+            r = latest[fp]
             ids[fp] = self.conn.execute(
                 "INSERT INTO fingerprints (fingerprint, exc_type, message, traceback, "
-                "first_seen, last_seen, total) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (fingerprint) DO UPDATE SET message = excluded.message, "
-                "traceback = coalesce(excluded.traceback, traceback), "
-                "first_seen = min(first_seen, excluded.first_seen), "
-                "last_seen = max(last_seen, excluded.last_seen), "
-                "total = total + excluded.total RETURNING id",
-                (fp, r.exc_type, r.message, traces.get(fp), first, r.time, n),
+                "first_seen, last_seen, total) VALUES (?, ?, ?, ?, ?, ?, 0) "
+                "ON CONFLICT (fingerprint) DO UPDATE SET total = total RETURNING id",
+                (fp, r.exc_type, r.message, traces.get(fp), first[fp], r.time),
             ).fetchone()[0]
-        self._fp_ids.update(ids)
+        self.conn.executemany(
+            "UPDATE fingerprints SET message = ?, traceback = coalesce(?, traceback), "
+            "first_seen = min(first_seen, ?), last_seen = max(last_seen, ?), "
+            "total = total + ? WHERE id = ?",
+            [
+                (r.message, traces.get(fp), first[fp], r.time, totals[fp], ids[fp])
+                for fp, r in latest.items()
+            ],
+        )
         return ids
 
     def write_minute(self, row: MinuteRow) -> None:
@@ -278,7 +296,8 @@ class ErrorStore:
             ).rowcount
             conn.execute("DELETE FROM minutes WHERE minute + 60 <= ?", (cutoff,))
             conn.execute("DELETE FROM events WHERE time < ?", (cutoff,))
-            conn.execute("DELETE FROM fingerprints WHERE last_seen < ?", (cutoff,))
+            if conn.execute("DELETE FROM fingerprints WHERE last_seen < ?", (cutoff,)).rowcount:
+                self._fp_ids.clear()  # ids of deleted fingerprints must not be reused
             fold = int(now - FOLD_AFTER) // 3600 * 3600
             conn.execute(
                 "INSERT INTO counts SELECT bucket - bucket % 3600, 3600, fp, system, sum(n) "
