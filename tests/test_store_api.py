@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import structlog
+import trio
 from click.testing import CliRunner
 from test_store import rec
 
 from supervisor._core._config_sections import ApiConfig
 from supervisor._server._app import make_app
 from supervisor._server._audit import AuditLog
+from supervisor._server._serve import serve_api
 from supervisor._store._db import ErrorStore, MinuteRow
 from supervisor._store._shipper import ErrorShipper
 from supervisor.testing import make_supervisor
@@ -133,3 +139,56 @@ def test_report_reads_the_file_without_a_supervisor(tmp_path: Path) -> None:
     assert "slo.fast.target" in bad.output
     missing = runner.invoke(cli, ["report", "--state-dir", str(tmp_path / "none")])
     assert missing.exit_code == 1
+
+
+@pytest.fixture
+def served(tmp_path: Path, shipper: ErrorShipper) -> Iterator[str]:
+    """The app with the store, served on a Unix socket by serve_api in a thread; its address."""
+    folder = Path(tempfile.mkdtemp(prefix="sv-"))  # a socket path must be short
+    sup = make_supervisor({})
+    app = make_app(
+        sup, api=ApiConfig(), tcp=False, audit=AuditLog(tmp_path / "audit.jsonl"),
+        error_store=shipper,
+    )  # fmt: skip
+    listen = f"unix:{folder / 's.sock'}"
+    started = threading.Event()
+    state: dict[str, Any] = {}
+
+    async def main() -> None:
+        state["token"] = trio.lowlevel.current_trio_token()
+        with trio.CancelScope() as scope:
+            state["scope"] = scope
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve_api, app, listen)
+                started.set()
+
+    thread = threading.Thread(target=lambda: trio.run(main), daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        yield listen
+    finally:
+        trio.from_thread.run_sync(state["scope"].cancel, trio_token=state["token"])
+        thread.join(10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_errors_command_on_the_store(served: str) -> None:
+    """``supervisor errors --since/--trend/--new`` through the API, text and JSON."""
+    from supervisor._cli._main import cli
+
+    runner = CliRunner()
+    with structlog.testing.capture_logs():
+        since = runner.invoke(cli, ["errors", "--since", "1h", "--api", served])
+        trend = runner.invoke(cli, ["errors", "--trend", "--since", "2h", "--api", served])
+        new = runner.invoke(cli, ["errors", "--new", "--api", served])
+        js = runner.invoke(cli, ["errors", "--trend", "--json", "--api", served])
+        bad = runner.invoke(cli, ["errors", "--since", "soon", "--api", served])
+    assert since.exit_code == 0, since.output
+    assert "tycoon" in since.stdout
+    assert trend.exit_code == 0, trend.output
+    assert "top movers: tycoon/burst" in trend.stdout
+    assert "new since the process started: 2" in new.stdout
+    assert json.loads(js.stdout)["series"][0]["fingerprint"] == "burst"
+    assert bad.exit_code == 1
+    assert "query parameter 'since'" in bad.output

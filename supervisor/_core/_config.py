@@ -99,6 +99,14 @@ def _profiles(_inst: object, _attr: attrs.Attribute[Any], value: Any) -> None:
             raise ConfigError(f"expected a Profile named {name!r}", key=f"profiles.{name}")
 
 
+def _slos(_inst: object, _attr: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, Mapping):
+        raise ConfigError("expected a table of [slo.NAME] tables", key="slo")
+    for name, slo in value.items():
+        if not isinstance(slo, SloConfig) or slo.name != name:
+            raise ConfigError(f"expected an SloConfig named {name!r}", key=f"slo.{name}")
+
+
 def _is(cls: type) -> Callable[[object, attrs.Attribute[Any], Any], None]:
     """Validator: the value is a ``cls`` (a dict in a section's place is refused)."""
 
@@ -126,7 +134,7 @@ class Config:
     api: ApiConfig = attrs.field(factory=ApiConfig, validator=_is(ApiConfig))
     errors: ErrorsConfig = attrs.field(factory=ErrorsConfig, validator=_is(ErrorsConfig))
     #: ``[slo.NAME]`` service-level objectives by name.
-    slo: Mapping[str, SloConfig] = attrs.field(factory=dict)
+    slo: Mapping[str, SloConfig] = attrs.field(factory=dict, validator=_slos)
     #: Every profile by name: the built-in ones, adjusted or added to by the file.
     profiles: Mapping[str, Profile] = attrs.field(
         factory=lambda: dict(BUILTIN_PROFILES), validator=_profiles
