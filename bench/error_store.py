@@ -12,8 +12,9 @@ Four measurements, in this one process:
 - ``ingest``: ten minutes of 10,000 errors/minute over 1,000 fingerprints
   written in 0.25 s batches: write time per record, bytes per record;
 - ``month``: a store shaped like 30 days at 10,000 errors/minute over 1,000
-  fingerprints after retention (hourly counts for 30 days, minute counts
-  for the last six hours, a minute row per minute, records up to the cap):
+  fingerprints after retention (daily counts past 7 days, hourly counts to
+  6 hours, minute counts for the last six hours, a minute row per minute,
+  records up to the cap):
   its size, and the time of the ``errors --trend --since 30d`` query.
 
 Run: ``python -m bench.error_store [--seconds S] [--json FILE]``.
@@ -165,7 +166,9 @@ def month(folder: Path) -> dict[str, Any]:
         store.write_minute(MinuteRow(minute=m, seconds=60, ticks=3600, late=[3600, 100, 5],
                                      lateness_p99=1e-4, work_p99=1e-3, player_seconds=2400,
                                      errors=PER_MINUTE))  # fmt: skip
+    store.retain(now)  # folds hours older than 7 days into days
     counts_bytes = store.used_bytes()
+    count_rows = store.conn.execute("SELECT count(*) FROM counts").fetchone()[0]
     # Whole records fill the rest, up to the cap (retention sheds the oldest).
     t, i = now - 6 * 3600, 0
     while store.used_bytes() < 100 * 2**20 * 0.98:
@@ -175,7 +178,9 @@ def month(folder: Path) -> dict[str, Any]:
     store.close()
     size = path.stat().st_size
     conn = connect(path, readonly=True)
-    kept = conn.execute("SELECT count(*) FROM records").fetchone()[0]
+    kept, oldest, newest = conn.execute(
+        "SELECT count(*), min(time), max(time) FROM records"
+    ).fetchone()
     times = []
     for _ in range(5):
         began = time.perf_counter()
@@ -189,9 +194,10 @@ def month(folder: Path) -> dict[str, Any]:
     conn.close()
     return {
         "counts_and_minutes_mb": counts_bytes / 2**20,
+        "count_rows": count_rows,
         "file_mb": size / 2**20,
         "records_kept": kept,
-        "records_hours": kept / (PER_MINUTE * 60),
+        "records_hours": (newest - oldest) / 3600,
         "retention": gone,
         "trend_30d_query_ms": statistics.median(times) * 1e3,
         "records_query_ms": statistics.median(rtimes) * 1e3,

@@ -161,6 +161,16 @@ class TestRetention:
         store.retain(NOW + 1)
         assert total_counted(store.conn) == 240
 
+    def test_old_hours_fold_into_days(self, tmp_path: Path) -> None:
+        store = open_store(tmp_path)
+        store.write([rec(NOW - 10 * 86400 + h * 3600, fp=f"f{h % 2}") for h in range(48)])
+        store.retain(NOW)
+        widths = dict(store.conn.execute("SELECT width, count(*) FROM counts GROUP BY width"))
+        assert widths == {86400: 2 * 2 + 2}  # two fingerprints over 2 or 3 days
+        assert total_counted(store.conn) == 48
+        t = trends(store.conn, since=NOW - 11 * 86400, now=NOW, bucket=86400)
+        assert sum(sum(s["counts"]) for s in t["series"]) == 48
+
     def test_size_cap_sheds_oldest_records_and_counts_them(self, tmp_path: Path) -> None:
         store = open_store(tmp_path, max_mb=1, samples_per_minute=1_000_000)
         big = "x" * 400

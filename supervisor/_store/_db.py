@@ -5,7 +5,8 @@ share one capacity limiter), never from the trio thread. Sizes, so that 30
 days at 10,000 errors a minute fit ``max_mb`` (README, "Error store"):
 
 * counts are exact and cheap: one row per (minute, fingerprint, system),
-  folded into one row per hour once older than :data:`FOLD_AFTER`;
+  folded into one row per hour once older than :data:`FOLD_AFTER` (6 h),
+  and into one per day once older than :data:`FOLD_DAYS_AFTER` (7 days);
 * whole records are a sample: the first ``samples_per_minute`` of each
   fingerprint in each minute (the rest are in the counts only);
 * a traceback is kept once per fingerprint (the latest), not per record;
@@ -30,10 +31,14 @@ from ._schema import connect
 if TYPE_CHECKING:
     from .._core._safecall import ErrorRecord
 
-__all__ = ["FOLD_AFTER", "ErrorStore", "MinuteRow"]
+__all__ = ["FOLDS", "FOLD_AFTER", "FOLD_DAYS_AFTER", "ErrorStore", "MinuteRow"]
 
 #: Minute counts older than this (seconds) are folded into hourly counts.
 FOLD_AFTER: Final = 6 * 3600
+#: Hourly counts older than this are folded into daily counts.
+FOLD_DAYS_AFTER: Final = 7 * 86_400
+#: (width, folded into, once older than): the count rows' resolution by age.
+FOLDS: Final = ((60, 3600, FOLD_AFTER), (3600, 86_400, FOLD_DAYS_AFTER))
 #: Fraction of ``max_mb`` retention brings the file down to once it is over.
 _SIZE_LOW_WATER: Final = 0.9
 #: Fewest records deleted per statement while making room.
@@ -298,16 +303,17 @@ class ErrorStore:
             conn.execute("DELETE FROM events WHERE time < ?", (cutoff,))
             if conn.execute("DELETE FROM fingerprints WHERE last_seen < ?", (cutoff,)).rowcount:
                 self._fp_ids.clear()  # ids of deleted fingerprints must not be reused
-            fold = int(now - FOLD_AFTER) // 3600 * 3600
-            conn.execute(
-                "INSERT INTO counts SELECT bucket - bucket % 3600, 3600, fp, system, sum(n) "
-                "FROM counts WHERE width = 60 AND bucket < ? GROUP BY 1, 3, 4 "
-                "ON CONFLICT DO UPDATE SET n = n + excluded.n",
-                (fold,),
-            )
-            gone["folded"] += conn.execute(
-                "DELETE FROM counts WHERE width = 60 AND bucket < ?", (fold,)
-            ).rowcount
+            for width, into, after in FOLDS:
+                fold = int(now - after) // into * into
+                conn.execute(
+                    "INSERT INTO counts SELECT bucket - bucket % ?, ?, fp, system, sum(n) "
+                    "FROM counts WHERE width = ? AND bucket < ? GROUP BY 1, 3, 4 "
+                    "ON CONFLICT DO UPDATE SET n = n + excluded.n",
+                    (into, into, width, fold),
+                )
+                gone["folded"] += conn.execute(
+                    "DELETE FROM counts WHERE width = ? AND bucket < ?", (width, fold)
+                ).rowcount
         except BaseException:
             conn.execute("ROLLBACK")
             raise

@@ -27,6 +27,9 @@ __all__ = [
     "trends",
 ]
 
+#: The widest count row (a day, once folded): a row starting this long before
+#: a period may still reach into it.
+_WIDEST: Final = 86_400
 #: Trend bucket widths (seconds) chosen when none is given.
 _BUCKETS: Final = (60, 300, 900, 3600, 6 * 3600, 86_400)
 #: About this many buckets in a trend with no bucket given.
@@ -80,7 +83,9 @@ def _where(
         args.append(system)
     if fingerprint is not None:
         # A prefix, as the CLI shows fingerprints cut to 12 characters.
-        clauses.append("f.fingerprint >= ? AND f.fingerprint < ?")
+        clauses.append(
+            "fp IN (SELECT id FROM fingerprints WHERE fingerprint >= ? AND fingerprint < ?)"
+        )
         args.extend((fingerprint, fingerprint + "\U0010ffff"))
     return " AND ".join(clauses), args
 
@@ -115,12 +120,16 @@ def records(
         if not tracebacks:
             d["traceback"] = d["stack"] = None
         out.append(d)
-    cwhere, cargs = _where(since, system, fingerprint, "c.bucket + c.width - 1")
+    cwhere, cargs = _where(since, system, fingerprint, "bucket + width - 1")
+    if since is not None:  # lets the primary key find the first row
+        cwhere += " AND bucket > ?"
+        cargs.append(since - _WIDEST)
     groups = conn.execute(
-        "SELECT f.fingerprint, c.system, f.exc_type, f.message, sum(c.n), "
-        "max(f.first_seen, min(c.bucket)), min(f.last_seen, max(c.bucket + c.width)) "
-        f"FROM counts c JOIN fingerprints f ON f.id = c.fp WHERE {cwhere} "
-        "GROUP BY c.fp, c.system ORDER BY sum(c.n) DESC",
+        "SELECT f.fingerprint, g.system, f.exc_type, f.message, g.n, "
+        "max(f.first_seen, g.first), min(f.last_seen, g.last) FROM "
+        "(SELECT fp, system, sum(n) AS n, min(bucket) AS first, max(bucket + width) AS last "
+        f"FROM counts WHERE {cwhere} GROUP BY fp, system) g "
+        "JOIN fingerprints f ON f.id = g.fp ORDER BY g.n DESC",
         cargs,
     ).fetchall()
     counts: dict[str, int] = {}
@@ -165,12 +174,14 @@ def trends(
             f"{n_buckets} buckets of {width}s: at most {MAX_BUCKETS}; widen the bucket"
         )
     where, args = _where(None, system, fingerprint, "")
+    # Summed per (fingerprint id, system, bucket) first, named after: the
+    # join then runs once per group, not once per count row.
     rows = conn.execute(
-        "SELECT f.fingerprint, c.system, f.exc_type, f.message, f.first_seen, "
-        "(c.bucket - ?) / ?, sum(c.n) FROM counts c JOIN fingerprints f ON f.id = c.fp "
-        f"WHERE c.bucket + c.width > ? AND c.bucket <= ? AND {where} "
-        "GROUP BY c.fp, c.system, 6",
-        [start, width, since, now, *args],
+        "SELECT f.fingerprint, g.system, f.exc_type, f.message, f.first_seen, g.i, g.n FROM "
+        "(SELECT fp, system, (bucket - ?) / ? AS i, sum(n) AS n FROM counts c "
+        f"WHERE bucket > ? AND bucket + width > ? AND bucket <= ? AND {where} "
+        "GROUP BY fp, system, i) g JOIN fingerprints f ON f.id = g.fp",
+        [start, width, since - _WIDEST, since, now, *args],
     ).fetchall()
     series: dict[tuple[str, str], dict[str, Any]] = {}
     for fp, sys_name, exc_type, message, first_seen, index, n in rows:
