@@ -6,7 +6,11 @@ it drops and counts (``queue_full``). Every :data:`FLUSH_EVERY` seconds the
 service swaps the deque for an empty one and writes the batch in a worker
 thread (``trio.to_thread.run_sync``, one thread at a time), so the loop
 never waits on the disk. A kill -9 loses what was queued since the last
-commit: at most FLUSH_EVERY plus one write. Once a second it samples the
+commit: at most FLUSH_EVERY plus one write. The Python part of a write
+holds the GIL, and the trio thread, woken for a tick, would wait up to the
+interpreter's switch interval (5 ms) for it: the worker lets go of it after
+every ``_db.CHUNK`` records reduced (``time.sleep(0)``), so a tick waits
+about 0.2 ms at most. Once a second it samples the
 public views into the minute's row (SLOs, correlation) and notes incidents
 (emergency, quarantine); once a minute it applies retention.
 """
@@ -49,11 +53,6 @@ SAMPLE_EVERY: Final = 1.0
 RETAIN_EVERY: Final = 60.0
 #: Minute rows kept in memory for burn rates (the longest window: 3 days).
 RECENT_MINUTES: Final = 3 * 1440
-#: Records per transaction. The Python part of a write holds the GIL; the
-#: trio thread, woken for a tick, would wait up to the interpreter's switch
-#: interval (5 ms) for it. Between chunks (about 0.2 ms of Python each) the
-#: worker lets go of it, so a tick starts at most about that late.
-WRITE_CHUNK: Final = 64
 #: Seconds the last write gets when the run ends.
 _FINAL_WRITE: Final = 5.0
 
@@ -206,9 +205,8 @@ class ErrorShipper:
         store = self.store
         assert store is not None
         try:
-            for i in range(0, len(batch), WRITE_CHUNK):
-                store.write(batch[i : i + WRITE_CHUNK])
-                time.sleep(0)  # let the loop's thread have the GIL (see WRITE_CHUNK)
+            # sleep(0) lets go of the GIL between chunks: see the module docstring.
+            store.write(batch, pause=lambda: time.sleep(0))
             for row in rows:
                 store.write_minute(row)
             for event in events:
