@@ -80,6 +80,8 @@ class ErrorShipper:
         factory=lambda: collections.deque(maxlen=RECENT_MINUTES)
     )
     sampler: Sampler | None = None
+    #: CPU seconds the worker threads spent writing (what the store costs the machine).
+    write_cpu: float = 0.0
     _saved_drops: collections.Counter[str] = attrs.field(factory=collections.Counter)
     _limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
     _readers: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(2))
@@ -204,6 +206,7 @@ class ErrorShipper:
     ) -> None:
         store = self.store
         assert store is not None
+        began = time.thread_time()
         try:
             # sleep(0) lets go of the GIL between chunks: see the module docstring.
             store.write(batch, pause=lambda: time.sleep(0))
@@ -217,6 +220,8 @@ class ErrorShipper:
             # counted; the next batch tries again.
             self.dropped["write_failed"] += len(batch)
             self._log.error("error_store.write_failed", error=str(exc), records=len(batch))
+        finally:
+            self.write_cpu += time.thread_time() - began
 
     def _retain(self, now: float) -> None:
         assert self.store is not None
@@ -269,6 +274,7 @@ class ErrorShipper:
             "queued": len(self.queue),
             "written": store.written if store else 0,
             "counted_only": store.counted_only if store else 0,
+            "write_cpu_seconds": self.write_cpu,
             "dropped": dict(self.dropped + (store.dropped if store else collections.Counter())),
         }
 
