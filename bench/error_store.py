@@ -232,10 +232,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{r['dropped'] or '-'} | {r['lateness_p50_us']:.0f} | "
                   f"{r['lateness_p99_us']:.0f} | {r['work_p99_ms']:.2f} | "
                   f"{r['writer_cpu_percent']:.1f} |")  # fmt: skip
-        base, hot, _ = out["storm"]
-        print(
-            f"lateness p99 with the storm: {hot['lateness_p99_us'] / base['lateness_p99_us']:.2f}x"
-        )
+        for mode in dict.fromkeys(r["mode"] for r in out["storm"]):
+            p99s = [round(r["lateness_p99_us"]) for r in out["storm"] if r["mode"] == mode]
+            print(f"{mode}: lateness p99 median {statistics.median(p99s):.0f} µs of {p99s}")
+        if args.storm_only:
+            _common.write_json(args.json, out)
+            return out
         out["ingest"] = ingest(folder)
         print("ingest:", out["ingest"])
         out["month"] = month(folder)
