@@ -62,6 +62,13 @@ class Sampler:
     _minute_work: list[int] = attrs.field(factory=lambda: [0] * len(LATENCY_BUCKETS))
     _minute_work_n: int = 0
 
+    def prime(self, now: float, *, lateness: Histogram, work: Histogram, errors: int) -> None:
+        """Take the counts as they are at the start (the run's ticks are counted from here)."""
+        self._time = now
+        self._lateness, self._ticks = lateness.cumulative(LATENCY_BUCKETS), lateness.count
+        self._work, self._work_n = work.cumulative(LATENCY_BUCKETS), work.count
+        self._errors = errors
+
     def sample(
         self,
         now: float,

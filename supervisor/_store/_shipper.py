@@ -108,6 +108,10 @@ class ErrorShipper:
         """Write the queue every FLUSH_EVERY seconds until ``sup.closing``; then a last write."""
         if self.store is None:
             self.store = await self._thread(self._open, time.time())
+            assert self.sampler is not None
+            self.sampler.prime(
+                time.time(), lateness=sup.lateness, work=sup.work, errors=sup.errors.total
+            )
         task_status.started()
         clock = trio.current_time
         next_sample = clock()
