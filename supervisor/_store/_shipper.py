@@ -8,9 +8,10 @@ thread (``trio.to_thread.run_sync``, one thread at a time), so the loop
 never waits on the disk. A kill -9 loses what was queued since the last
 commit: at most FLUSH_EVERY plus one write. The Python part of a write
 holds the GIL, and the trio thread, woken for a tick, would wait up to the
-interpreter's switch interval (5 ms) for it: the worker lets go of it after
-every ``_db.CHUNK`` records reduced (``time.sleep(0)``), so a tick waits
-about 0.2 ms at most. Once a second it samples the
+interpreter's switch interval (5 ms) for it: the worker naps (NAP, the GIL
+let go) after every ``_db.CHUNK`` records reduced, and frees the records
+itself, a chunk at a time (freeing them on the trio thread cost ~3 ms per
+batch), so a tick waits about 0.3 ms at most. Once a second it samples the
 public views into the minute's row (SLOs, correlation) and notes incidents
 (emergency, quarantine); once a minute it applies retention.
 """
@@ -34,7 +35,7 @@ import trio
 from .._core._config_sections import ErrorsConfig, SloConfig, parse_duration
 from .._core._phase import Phase
 from .._logging import get_logger
-from ._db import ErrorStore, MinuteRow
+from ._db import CHUNK, ErrorStore, MinuteRow
 from ._sampler import Sampler
 from ._schema import connect
 from ._slo import burn_rate
@@ -53,8 +54,31 @@ SAMPLE_EVERY: Final = 1.0
 RETAIN_EVERY: Final = 60.0
 #: Minute rows kept in memory for burn rates (the longest window: 3 days).
 RECENT_MINUTES: Final = 3 * 1440
+#: Seconds the worker sleeps between chunks, with the GIL let go (see _nap).
+NAP: Final = 100e-6
 #: Seconds the last write gets when the run ends.
 _FINAL_WRITE: Final = 5.0
+
+
+def _nap() -> None:
+    """Let go of the GIL long enough for the trio thread, if it waits, to take it.
+
+    ``sleep(0)`` is not enough: the waiting thread needs tens of microseconds
+    to wake, and the worker would take the GIL back first; the trio thread
+    would then wait out the interpreter's whole switch interval (5 ms).
+    """
+    time.sleep(NAP)
+
+
+def _release(batch: list[ErrorRecord]) -> None:
+    """Free the batch's records here, a chunk at a time, napping between chunks.
+
+    Freeing 2,500 records takes milliseconds; had the last reference been
+    dropped on the trio thread, that would have been a tick's lateness.
+    """
+    while batch:
+        del batch[-CHUNK:]
+        _nap()
 
 
 def config_version(raw: Mapping[str, Any]) -> str:
@@ -199,11 +223,12 @@ class ErrorShipper:
         if batch or rows or events or drops:
             # Copies: the sampler goes on changing its row while the thread writes.
             rows = [attrs.evolve(r, late=list(r.late)) for r in rows]
-            await self._thread(self._write_sync, list(batch), rows, events, drops)
+            # The deque itself goes: its records must die in the worker (see _release).
+            await self._thread(self._write_sync, batch, rows, events, drops)
 
     def _write_sync(
         self,
-        batch: list[ErrorRecord],
+        queued: collections.deque[ErrorRecord],
         rows: list[MinuteRow],
         events: list[tuple[float, str, str]],
         drops: Mapping[str, int],
@@ -211,9 +236,10 @@ class ErrorShipper:
         store = self.store
         assert store is not None
         began = time.thread_time()
+        batch = list(queued)
+        queued.clear()
         try:
-            # sleep(0) lets go of the GIL between chunks: see the module docstring.
-            store.write(batch, pause=lambda: time.sleep(0))
+            store.write(batch, pause=_nap)
             for row in rows:
                 store.write_minute(row)
             for event in events:
@@ -225,6 +251,7 @@ class ErrorShipper:
             self.dropped["write_failed"] += len(batch)
             self._log.error("error_store.write_failed", error=str(exc), records=len(batch))
         finally:
+            _release(batch)
             self.write_cpu += time.thread_time() - began
 
     def _retain(self, now: float) -> None:
