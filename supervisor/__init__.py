@@ -26,10 +26,12 @@ from ._core._config import Config
 from ._core._config_alerts import AlertRule, AlertsConfig
 from ._core._config_sections import (
     ApiConfig,
+    ErrorsConfig,
     FeaturesConfig,
     LoggingConfig,
     Profile,
     RecoveryConfig,
+    SloConfig,
     SupervisorConfig,
     SystemsConfig,
     TokenConfig,
@@ -122,6 +124,7 @@ __all__ = [
     "ErrorGroup",
     "ErrorRecord",
     "ErrorView",
+    "ErrorsConfig",
     "FeaturesConfig",
     "HistogramStats",
     "LifecycleEvent",
@@ -139,6 +142,7 @@ __all__ = [
     "RestartResult",
     "RunSummary",
     "ShutdownResult",
+    "SloConfig",
     "SnapshotStatus",
     "SnapshotTaken",
     "StartRefused",

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import click
 import pytest
 import structlog
 import structlog.testing
@@ -24,18 +23,9 @@ import trio
 from click.testing import CliRunner, Result
 from test_api import OPERATOR_TOKEN, VIEWER_TOKEN, FakeSupervisor, make_rig
 
-from supervisor._cli._client import COMMANDS, resolve_api
-from supervisor._cli._status_cmd import status
+from supervisor._cli._client import resolve_api
+from supervisor._cli._main import cli
 from supervisor._server._serve import serve_api
-
-
-@click.group()
-def cli() -> None:
-    """Stands in for the ``supervisor`` group the lead adds COMMANDS to."""
-
-
-for _command in (status, *COMMANDS):
-    cli.add_command(_command)
 
 
 @attrs.define(eq=False)

@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 import attrs
 import click
 
-from .._address import MAX_ERRORS_LIMIT, MAX_REASON, ListenAddress, parse_listen
+from .._address import MAX_REASON, ListenAddress, parse_listen
 from .._core._config import Config
 from .._core._config_sections import ApiConfig
 from .._errors import ConfigError
@@ -471,50 +471,8 @@ def readiness(api: str | None, config_path: str | None, as_json: bool) -> None:
     sys.exit(EXIT_OK if ok else EXIT_FAILED)
 
 
-@click.command()
-@api_options
-@click.option(
-    "--limit",
-    type=click.IntRange(1, MAX_ERRORS_LIMIT),
-    default=20,
-    show_default=True,
-    help="Most recent records to show.",
-)
-@click.option("--system", help="Only this system's errors.")
-@json_option
-def errors(
-    api: str | None, config_path: str | None, limit: int, system: str | None, as_json: bool
-) -> None:
-    """Show recent error records, grouped by fingerprint with counts.
-
-    \b
-    --system NAME names a system from `supervisor status` (exit 1 if none has it).
-
-    \b
-    Example:
-      supervisor errors --system economy --limit 5
-    """
-    data = api_get(api, config_path, "/v1/errors", limit=limit, system=system)
-    if (
-        system is not None
-        and isinstance(data, Mapping)
-        and not (data.get("groups") or data.get("records"))
-    ):
-        # The API filters by name and cannot tell "none" from "no such system":
-        # the status lists the systems.
-        status = api_get(api, config_path, "/v1/status")
-        listed = status.get("systems") if isinstance(status, Mapping) else None
-        names = [s.get("name") for s in listed or [] if isinstance(s, Mapping)]
-        if names and system not in names:
-            fail(f"no such system {system!r} (systems: {', '.join(map(str, names))})")
-    if as_json:
-        echo_json(data)
-    else:
-        _print_errors(data if isinstance(data, Mapping) else {})
-
-
 #: The commands for ``cli.add_command``, in the order ``--help`` lists them.
-COMMANDS: Final[list[click.Command]] = [shutdown, restart, phase, readiness, errors]
+COMMANDS: Final[list[click.Command]] = [shutdown, restart, phase, readiness]
 
 #: What every client command's ``--help`` ends with (CONTRACT section 8).
 EPILOG: Final = (

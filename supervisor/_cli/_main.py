@@ -24,6 +24,8 @@ from .._errors import ConfigError, one_line
 from ._alerts_cmd import alerts
 from ._client import COMMANDS, DEFAULT_CONFIG, EXIT_USAGE, bounded, fail, make_console
 from ._config_cmd import config
+from ._errors_cmd import errors as errors_command
+from ._errors_cmd import report as report_command
 from ._operator import OPERATOR_COMMANDS
 from ._status_cmd import status
 
@@ -246,6 +248,8 @@ def systems(config_path: str | None, as_json: bool) -> None:
 
 for _command in (status, *COMMANDS, *OPERATOR_COMMANDS, config, alerts):
     cli.add_command(_command)
+cli.add_command(errors_command)
+cli.add_command(report_command)
 
 
 

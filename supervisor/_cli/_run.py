@@ -222,13 +222,16 @@ def run_command(
     check_preserved_state(sup, resume=resume, fresh=fresh)
     if live is not None:
         sup.services.append(functools.partial(live_status, stream=live))
+    from .._store._shipper import attach_error_store
+
+    error_store = attach_error_store(sup)
     listen_errors: tuple[type[Exception], ...] = ()
     if effective.features.api:
         from .._server._serve import ApiListenError, attach_api
 
         listen_errors = (ApiListenError,)
         try:
-            attach_api(sup)
+            attach_api(sup, error_store=error_store)
         except ConfigError as exc:
             fail(str(exc), EXIT_USAGE)
     from .._alerts import attach_alerts

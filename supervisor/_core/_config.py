@@ -39,13 +39,16 @@ from ._config_sections import (
     BUILTIN_PROFILES,
     SECTIONS,
     ApiConfig,
+    ErrorsConfig,
     FeaturesConfig,
     LoggingConfig,
     Profile,
     RecoveryConfig,
+    SloConfig,
     SupervisorConfig,
     SystemsConfig,
     WatchdogConfig,
+    parse_slos,
 )
 from ._phase import Phase
 
@@ -59,7 +62,7 @@ NON_CONFIG_VARIABLES: Final = frozenset({"SUPERVISOR_TOKEN"})
 #: Deepest nesting of tables/arrays accepted in a config (real ones use 3-4).
 MAX_DEPTH: Final = 32
 
-_TOP_LEVEL = [*SECTIONS, "systems", "profiles", "phases"]
+_TOP_LEVEL = [*SECTIONS, "systems", "profiles", "phases", "slo"]
 _OVERLAY_PHASES = tuple(phase.value for phase in Phase)
 #: Keys a phase overlay cannot change: the snapshot store is built once, so a
 #: per-phase state folder or key would write where the next start does not read.
@@ -97,6 +100,14 @@ def _profiles(_inst: object, _attr: attrs.Attribute[Any], value: Any) -> None:
             raise ConfigError(f"expected a Profile named {name!r}", key=f"profiles.{name}")
 
 
+def _slos(_inst: object, _attr: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, Mapping):
+        raise ConfigError("expected a table of [slo.NAME] tables", key="slo")
+    for name, slo in value.items():
+        if not isinstance(slo, SloConfig) or slo.name != name:
+            raise ConfigError(f"expected an SloConfig named {name!r}", key=f"slo.{name}")
+
+
 def _is(cls: type) -> Callable[[object, attrs.Attribute[Any], Any], None]:
     """Validator: the value is a ``cls`` (a dict in a section's place is refused)."""
 
@@ -123,6 +134,9 @@ class Config:
     logging: LoggingConfig = attrs.field(factory=LoggingConfig, validator=_is(LoggingConfig))
     api: ApiConfig = attrs.field(factory=ApiConfig, validator=_is(ApiConfig))
     alerts: AlertsConfig = attrs.field(factory=AlertsConfig, validator=_is(AlertsConfig))
+    errors: ErrorsConfig = attrs.field(factory=ErrorsConfig, validator=_is(ErrorsConfig))
+    #: ``[slo.NAME]`` service-level objectives by name.
+    slo: Mapping[str, SloConfig] = attrs.field(factory=dict, validator=_slos)
     #: Every profile by name: the built-in ones, adjusted or added to by the file.
     profiles: Mapping[str, Profile] = attrs.field(
         factory=lambda: dict(BUILTIN_PROFILES), validator=_profiles
@@ -212,6 +226,8 @@ class Config:
                 kwargs["systems"] = SystemsConfig.from_mapping(value, source=source)
             elif key == "profiles":
                 kwargs["profiles"] = _parse_profiles(value, source)
+            elif key == "slo":
+                kwargs["slo"] = parse_slos(value, source)
             elif key in SECTIONS:
                 kwargs[key] = SECTIONS[key].from_mapping(value, source=source)
             else:
@@ -262,6 +278,8 @@ class Config:
             systems["enabled"] = list(self.systems.enabled)
         out["systems"] = systems
         out["profiles"] = {name: _table(profile) for name, profile in self.profiles.items()}
+        if self.slo:
+            out["slo"] = {name: _table(slo) for name, slo in self.slo.items()}
         if self.overlays:
             out["phases"] = copy.deepcopy(dict(self.overlays))
         return out

@@ -22,16 +22,21 @@ __all__ = [
     "BUILTIN_PROFILES",
     "MIN_SNAPSHOT_KEY",
     "SECTIONS",
+    "SLO_KINDS",
     "TOKEN_ROLES",
     "ApiConfig",
+    "ErrorsConfig",
     "FeaturesConfig",
     "LoggingConfig",
     "Profile",
     "RecoveryConfig",
+    "SloConfig",
     "SupervisorConfig",
     "SystemsConfig",
     "TokenConfig",
     "WatchdogConfig",
+    "parse_duration",
+    "parse_slos",
 ]
 
 #: Shortest ``snapshot_key``: HMAC with a shorter key is too easy to guess.
@@ -362,6 +367,96 @@ class SystemsConfig:
         return sourced(source, lambda: cls(enabled=raw.get("enabled"), options=options))
 
 
+# ----------------------------------------------- [errors] and [slo.NAME] (issue 11)
+
+_DURATION_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"90s"``, ``"15m"``, ``"1h"``, ``"30d"``, ``"2w"`` (a whole number and a unit).
+
+    Raises:
+        ValueError: anything else, or zero.
+    """
+    unit = text[-1:]
+    digits = text[:-1]
+    if unit not in _DURATION_UNITS or not digits.isascii() or not digits.isdigit():
+        raise ValueError(f"{text!r} is not a duration such as '30s', '15m', '1h', '30d'")
+    seconds = int(digits) * _DURATION_UNITS[unit]
+    if not 0 < seconds <= 10 * 365 * 86_400:
+        raise ValueError(f"{text!r} is not a duration from 1s to 10 years")
+    return seconds
+
+
+def _duration(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"expected a duration string, got {type(value).__name__}", key=f"slo.{attr.name}"
+        )
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=f"slo.{attr.name}") from None
+
+
+@attrs.frozen(kw_only=True)
+class ErrorsConfig(Section):
+    """The ``[errors]`` section: the durable error store in ``state_dir`` (``errors.db``)."""
+
+    section: ClassVar[str] = "errors"
+
+    store: bool = setting(True, bool)
+    retention_days: float = setting(30.0, float, min=0.01, max=3650.0)
+    max_mb: float = setting(100.0, float, min=1.0, max=1_048_576.0)
+    #: Records kept whole per fingerprint per minute; the rest are counted only.
+    samples_per_minute: int = setting(5, int, min=0, max=1_000_000)
+    #: Records waiting for the shipper; past it a record is dropped (counted).
+    queue: int = setting(65_536, int, min=16, max=10_000_000)
+
+
+#: What an SLO measures: the share of ticks starting within ``lateness_ms``, of
+#: player-minutes no error touched, of time not in EMERGENCY_SHUTDOWN.
+SLO_KINDS: Final = ("timeliness", "error_free_player_minutes", "availability")
+
+
+@attrs.frozen(kw_only=True)
+class SloConfig(Section):
+    """One ``[slo.NAME]`` table: an objective over a rolling window, with its error budget."""
+
+    section: ClassVar[str] = "slo"
+
+    name: str = attrs.field(default="", metadata={"hidden": True})
+    kind: str = setting("timeliness", str, choices=SLO_KINDS)
+    target: float = setting(0.999, float, min=0.0, max=1.0)
+    lateness_ms: float = setting(1.0, float, min=0.001, max=60_000.0)
+    window: str = attrs.field(default="30d", metadata={"kind": str}, validator=_duration)
+
+    @property
+    def window_seconds(self) -> float:
+        """The window in seconds."""
+        return parse_duration(self.window)
+
+
+def parse_slos(raw: Any, source: str) -> dict[str, SloConfig]:
+    """The ``[slo.NAME]`` tables, each error naming ``slo.NAME.key``.
+
+    Raises:
+        ConfigError: not a table of tables, or a bad key or value (a target outside 0-1).
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError("expected a table of [slo.NAME] tables", source=source, key="slo")
+    out: dict[str, SloConfig] = {}
+    for name, table in raw.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError("expected a table", source=source, key=f"slo.{name}")
+        try:
+            out[name] = attrs.evolve(SloConfig.from_mapping(table, source=source), name=name)
+        except ConfigError as exc:
+            rest = (exc.key or "slo").removeprefix("slo")
+            raise ConfigError(exc.message, source=source, key=f"slo.{name}{rest}") from None
+    return out
+
+
 #: The sections that are plain tables of settings, by name (``[systems]`` and
 #: ``[profiles]`` are shaped differently).
 SECTIONS: dict[str, type[Section]] = {
@@ -372,4 +467,5 @@ SECTIONS: dict[str, type[Section]] = {
     "logging": LoggingConfig,
     "api": ApiConfig,
     "alerts": AlertsConfig,
+    "errors": ErrorsConfig,
 }

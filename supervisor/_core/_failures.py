@@ -8,6 +8,8 @@ writing log lines are the costly parts of an error storm: both are budgeted
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .._errors import StepInterrupted, StepTimeout
 from ._kernel import Kernel
 from ._safecall import ErrorRecord, TokenBucket, fingerprint, is_a, make_record
@@ -41,6 +43,10 @@ class FailureRecorder:
         self._format_tokens = TokenBucket(FORMAT_BUDGET, FORMAT_BURST)
         self._log_folds: dict[str, _Fold] = {}
         self._log_tokens = TokenBucket(LOG_BUDGET, LOG_BURST)
+        #: Called with every record right after it is kept (the durable error
+        #: store's enqueue): each must be O(1) and never block; one that raises
+        #: is counted (``errors.dropped["sink_failed"]``) and removed.
+        self.sinks: list[Callable[[ErrorRecord], None]] = []
 
     def record(
         self,
@@ -74,9 +80,23 @@ class FailureRecorder:
             loop.call_seq += 1
         k.last_record = record
         k.errors.add(record, formatted=record.traceback is not self._reused_tb)
+        if self.sinks:
+            self._deliver(record)
         if failed:
             slot.failed_tick = loop.tick
         return record
+
+    def _deliver(self, record: ErrorRecord) -> None:
+        """Hand ``record`` to every sink; drop a sink that raises (counted)."""
+        broken = []
+        for sink in self.sinks:
+            try:
+                sink(record)
+            except Exception:
+                self._k.errors.dropped["sink_failed"] += 1
+                broken.append(sink)
+        for sink in broken:
+            self.sinks.remove(sink)
 
     def _make(self, slot: Slot, hook: str, exc: BaseException, kind: str) -> ErrorRecord:
         k = self._k

@@ -38,7 +38,7 @@ from ._redact import Redactor
 from ._registry import register as add_system
 from ._registry import register_from_config
 from ._runner import Runner
-from ._safecall import ErrorLog
+from ._safecall import ErrorLog, ErrorRecord
 from ._services import Services
 from ._slots import LoopState
 from ._snapshot import SnapshotStore
@@ -194,6 +194,9 @@ class Supervisor:
         self.service_failures = self._services.failures
         #: Called with the new phase after every phase change.
         self.phase_listeners: list[Callable[[Phase], None]] = self._lifecycle.listeners
+        #: Called with every error record as it is made (``_failures``): the
+        #: durable error store enqueues here, off the tick's own work.
+        self.record_sinks: list[Callable[[ErrorRecord], None]] = self._recorder.sinks
         #: Extra error-sink checks for readiness: each returns a problem or None.
         self.sink_checks: list[Callable[[], str | None]] = self._surface.sink_checks
         #: The Prometheus exposition, installed by the server layer (``_server._metrics``).

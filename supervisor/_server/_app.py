@@ -41,6 +41,8 @@ import hashlib
 import hmac
 import os
 import re
+import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
@@ -49,10 +51,20 @@ import trio
 
 from .._address import MAX_ERRORS_LIMIT
 from .._alerts import alerts_view
-from .._core._config_sections import ApiConfig, TokenConfig
+from .._core._config_sections import ApiConfig, TokenConfig, parse_duration
 from .._core._control import Caller, Controlled, Refused, Unknown
 from .._core._redact import Redactor
 from .._logging import get_logger
+from .._store._query import (
+    correlation,
+    new_fingerprints,
+    parse_since,
+    pick_bucket,
+    records,
+    store_info,
+    trends,
+)
+from .._store._shipper import ErrorShipper
 from ._audit import AuditEntry, AuditLog
 from ._connection import ServerStats
 from ._requests import (
@@ -113,6 +125,8 @@ class Api:
     tcp: bool
     audit: AuditLog
     redactor: Redactor | None
+    #: The durable error store, when attached: ``/v1/errors?since=``, ``/v1/errors/trends``.
+    error_store: ErrorShipper | None = None
     # (sha256 hex as bytes, caller) for each configured token, built once.
     stats: ServerStats = attrs.field(factory=ServerStats)
     #: Action requests refused (503) because their audit line could not be written.
@@ -473,7 +487,13 @@ class Api:
         # 200 either way: the request worked; the report's "ok" says the rest.
         return json_answer(200, self.sup.readiness().as_dict())
 
-    async def _errors(self, limit: str | None = None, system: str | None = None) -> Answer:
+    async def _errors(
+        self,
+        limit: str | None = None,
+        system: str | None = None,
+        since: str | None = None,
+        fingerprint: str | None = None,
+    ) -> Answer:
         count = DEFAULT_ERRORS_LIMIT
         if limit is not None:
             if not _LIMIT_RE.fullmatch(limit) or not 1 <= int(limit) <= MAX_ERRORS_LIMIT:
@@ -482,11 +502,56 @@ class Api:
                     f"query parameter 'limit' must be a whole number from 1 to {MAX_ERRORS_LIMIT}",
                 )
             count = int(limit)
-        if system is not None and (
-            not system or len(system) > _MAX_SYSTEM_NAME or not system.isprintable()
-        ):
-            raise HttpError(400, "query parameter 'system' must be a system name")
-        return json_answer(200, self.sup.error_view(limit=count, system=system).as_dict())
+        _check_name("system", system)
+        if since is None and fingerprint is None:
+            return json_answer(200, self.sup.error_view(limit=count, system=system).as_dict())
+        store = self._store()
+        _check_name("fingerprint", fingerprint)
+        view = await store.read(
+            records,
+            since=None if since is None else _since(since),
+            system=system,
+            fingerprint=fingerprint,
+            limit=count,
+            tracebacks=not store.hide_tracebacks,
+        )
+        return json_answer(200, view)
+
+    async def _trends(
+        self,
+        since: str | None = None,
+        bucket: str | None = None,
+        system: str | None = None,
+        fingerprint: str | None = None,
+    ) -> Answer:
+        store = self._store()
+        _check_name("system", system)
+        _check_name("fingerprint", fingerprint)
+        now = time.time()
+        start = _since(since or "1h", now)
+        try:
+            width = pick_bucket(now - start) if bucket is None else parse_duration(bucket)
+        except ValueError as exc:
+            raise HttpError(400, f"query parameter 'bucket': {exc}") from None
+
+        def answer(conn: sqlite3.Connection) -> dict[str, Any]:
+            return {
+                **trends(conn, since=start, now=now, bucket=width, system=system,
+                         fingerprint=fingerprint),
+                "new": new_fingerprints(conn),
+                "correlation": correlation(conn, start, now),
+                "store": {**store_info(conn), **store.stats()},
+            }  # fmt: skip
+
+        try:
+            return json_answer(200, await store.read(answer))
+        except ValueError as exc:  # too many buckets
+            raise HttpError(400, str(exc)) from None
+
+    def _store(self) -> ErrorShipper:
+        if self.error_store is None:
+            raise HttpError(404, "the error store is off ([errors] store = false)")
+        return self.error_store
 
     async def _alerts(self) -> Answer:
         return json_answer(200, alerts_view(self.sup))
@@ -514,6 +579,20 @@ class Api:
         return (await self.sup.snapshot(reason=reason, caller=caller)).as_dict()
 
 
+def _check_name(param: str, value: str | None) -> None:
+    if value is not None and (
+        not value or len(value) > _MAX_SYSTEM_NAME or not value.isprintable()
+    ):
+        raise HttpError(400, f"query parameter {param!r} must be a {param} name")
+
+
+def _since(text: str, now: float | None = None) -> float:
+    try:
+        return parse_since(text, time.time() if now is None else now)
+    except ValueError as exc:
+        raise HttpError(400, f"query parameter 'since': {exc}") from None
+
+
 def make_app(
     sup: Controlled,
     *,
@@ -522,6 +601,7 @@ def make_app(
     audit: AuditLog,
     redactor: Redactor | None = None,
     stats: ServerStats | None = None,
+    error_store: ErrorShipper | None = None,
 ) -> ASGIApp:
     """Build the ASGI app serving ``sup``.
 
@@ -534,11 +614,19 @@ def make_app(
         stats: the listener's counters, shown in ``/metrics``
             (:func:`~supervisor._server._serve.serve_api` uses the app's own
             when given none).
+        error_store: the durable error store's shipper (``/v1/errors?since=``,
+            ``/v1/errors/trends``); None answers those 404.
 
     Returns:
         The ASGI 3 application, for
         :func:`~supervisor._server._serve.serve_api` or any ASGI server.
     """
     return Api(
-        sup=sup, api=api, tcp=tcp, audit=audit, redactor=redactor, stats=stats or ServerStats()
+        sup=sup,
+        api=api,
+        tcp=tcp,
+        audit=audit,
+        redactor=redactor,
+        stats=stats or ServerStats(),
+        error_store=error_store,
     )

@@ -143,7 +143,12 @@ ROUTES: Final[Mapping[str, Route]] = {
     "/metrics": Route("GET", "_metrics"),
     "/v1/status": Route("GET", "_status"),
     "/v1/readiness": Route("GET", "_readiness"),
-    "/v1/errors": Route("GET", "_errors", params=frozenset({"limit", "system"})),
+    "/v1/errors": Route(
+        "GET", "_errors", params=frozenset({"limit", "system", "since", "fingerprint"})
+    ),
+    "/v1/errors/trends": Route(
+        "GET", "_trends", params=frozenset({"since", "bucket", "system", "fingerprint"})
+    ),
     "/v1/alerts": Route("GET", "_alerts"),
     "/v1/shutdown": Route("POST", "_shutdown", action="shutdown"),
     "/v1/restart": Route("POST", "_restart", action="restart"),

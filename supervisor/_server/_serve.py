@@ -41,6 +41,7 @@ from ._requests import ASGIApp
 
 if TYPE_CHECKING:
     from .._core._runtime import Supervisor
+    from .._store._shipper import ErrorShipper
 
 __all__ = ["ApiListenError", "attach_api", "serve_api"]
 
@@ -343,7 +344,7 @@ async def _wait_closing(sup: Supervisor) -> None:
     await sup.closing.wait()
 
 
-def attach_api(sup: Supervisor) -> None:
+def attach_api(sup: Supervisor, *, error_store: ErrorShipper | None = None) -> None:
     """Serve the HTTP API inside ``sup``'s run, from before the systems start.
 
     Appends one service to ``sup.services``: it serves ``[api] listen`` until
@@ -351,7 +352,8 @@ def attach_api(sup: Supervisor) -> None:
     ``shutdown --emergency`` with ``--exit-on-emergency``, is sent before the
     process exits) and writes the audit log's anonymous-refusal counts once a
     minute and at the end. Also adds the audit log's writability to the
-    readiness sink checks.
+    readiness sink checks. ``error_store`` answers the store's queries
+    (``/v1/errors?since=``, ``/v1/errors/trends``).
 
     Raises:
         ConfigError: ``[api] listen`` is malformed, or ``[api] audit_log``
@@ -375,7 +377,14 @@ def attach_api(sup: Supervisor) -> None:
     sup.sink_checks.append(
         lambda: None if audit.writable() else f"the audit log {audit_path} is not writable"
     )
-    app = Api(sup=sup, api=served, tcp=addr.is_tcp, audit=audit, redactor=sup.redactor)
+    app = Api(
+        sup=sup,
+        api=served,
+        tcp=addr.is_tcp,
+        audit=audit,
+        redactor=sup.redactor,
+        error_store=error_store,
+    )
     install_metrics(sup)  # GET /metrics: the core imports no metrics library
     # The tokens of the phase in force: what readiness judges is what the API accepts.
     sup.phase_listeners.append(lambda _phase: app.use_tokens(sup.active_config.api.tokens))
