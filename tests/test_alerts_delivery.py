@@ -394,3 +394,35 @@ def test_a_failing_slo_store_is_counted_logged_once_and_never_fires() -> None:
     assert engine.value_failures == 5
     assert [e["event"] for e in logs] == ["alert.value_failed"]
     assert alerts_view(make_supervisor([Ticking()]))["rules"] == []  # none attached there
+
+
+def test_a_rule_that_starts_firing_is_told_to_the_listeners_once() -> None:
+    """`run` wires this to the error store, so firing alerts are incidents of `report`."""
+    config = _config(resend=2.0)
+    engine = AlertEngine(config.alerts, wall=lambda: 1_000_000.0)
+    fired: list[str] = []
+    engine.on_firing.append(lambda rule: fired.append(rule.name))
+    errors = 0
+    for second in range(12):
+        errors += 10 if second < 6 else 0
+        engine.step(Reading(at=float(second), errors=errors, by_system={"flaky": errors}))
+    assert fired == ["flaky_errors"]
+
+
+def test_a_burn_rate_rule_reads_the_error_stores_slo() -> None:
+    """The SLO store's burn rate is what a `slo_burn_rate` rule compares (wired by `run`)."""
+    rule = {"name": "burn", "when": 'slo_burn_rate{slo="tick",window="1h"} > 1', "for": "0s"}
+    config = Config.from_mapping({"alerts": {"rules": [rule]}}, env={})
+    asked: list[tuple[str, str]] = []
+
+    def burn_rate(slo: str, window: str) -> float:
+        asked.append((slo, window))
+        return 14.4
+
+    engine = AlertEngine(config.alerts, burn_rate=burn_rate)
+    fired: list[str] = []
+    engine.on_firing.append(lambda r: fired.append(r.name))
+    for second in range(3):
+        engine.step(Reading(at=float(second)))
+    assert asked[0] == ("tick", "1h")
+    assert fired == ["burn"]

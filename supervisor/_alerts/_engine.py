@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from .._core._config_alerts import AlertsConfig
+from .._core._config_alerts import AlertRule, AlertsConfig
 from .._errors import ConfigError
 from .._logging import get_logger
 from ._delivery import Destination, alertmanager_alert
@@ -89,6 +89,8 @@ class AlertEngine:
         self._unreadable: set[str] = set()
         self._now = 0.0
         self._log = get_logger()
+        #: Called with each rule that starts firing (the error store notes it as an incident).
+        self.on_firing: list[Callable[[AlertRule], None]] = []
 
     def step(self, reading: Reading) -> list[Transition]:
         """Take one reading, evaluate every rule, log and notify what changed."""
@@ -125,6 +127,9 @@ class AlertEngine:
             )
             if t.after in (State.FIRING, State.RESOLVED):
                 self._notify(states[t.rule.name], now, wall, webhooks=True)
+            if t.after is State.FIRING:
+                for listener in self.on_firing:
+                    listener(t.rule)
         for st in self.evaluator.firing():
             if now - self._sent_at.get(st.rule.name, now) >= self.config.resend:
                 self._notify(st, now, wall, webhooks=False)

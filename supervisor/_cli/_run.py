@@ -158,6 +158,35 @@ def write_summary(path: str, summary: RunSummary) -> None:
 # ---------------------------------------------------------------- the command
 
 
+def _attach_services(sup: Supervisor, *, api: bool) -> tuple[type[Exception], ...]:
+    """The error store, the HTTP API and the alerts, each a supervised service of the run.
+
+    Returns the API server's "cannot listen" error (imported with the server;
+    a run without the API never loads it). A bad ``[api]`` or alert rule is
+    one line, exit 2.
+    """
+    from .._alerts import attach_alerts
+    from .._store._shipper import attach_error_store
+
+    error_store = attach_error_store(sup)
+    listen_errors: tuple[type[Exception], ...] = ()
+    try:
+        if api:
+            from .._server._serve import ApiListenError, attach_api
+
+            listen_errors = (ApiListenError,)
+            attach_api(sup, error_store=error_store)
+        engine = attach_alerts(
+            sup, burn_rate=None if error_store is None else error_store.slo_burn_rate
+        )
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    if engine is not None and error_store is not None:
+        store = error_store  # firing alerts are incidents of `supervisor report`
+        engine.on_firing.append(lambda rule: store.incident("alert", rule.name))
+    return listen_errors
+
+
 def _check_summary_path(path: str) -> None:
     """Refuse a ``--summary-json`` that could not be written at the end (exit 2, one line)."""
     try:
@@ -222,24 +251,7 @@ def run_command(
     check_preserved_state(sup, resume=resume, fresh=fresh)
     if live is not None:
         sup.services.append(functools.partial(live_status, stream=live))
-    from .._store._shipper import attach_error_store
-
-    error_store = attach_error_store(sup)
-    listen_errors: tuple[type[Exception], ...] = ()
-    if effective.features.api:
-        from .._server._serve import ApiListenError, attach_api
-
-        listen_errors = (ApiListenError,)
-        try:
-            attach_api(sup, error_store=error_store)
-        except ConfigError as exc:
-            fail(str(exc), EXIT_USAGE)
-    from .._alerts import attach_alerts
-
-    try:
-        attach_alerts(sup)
-    except ConfigError as exc:
-        fail(str(exc), EXIT_USAGE)
+    listen_errors = _attach_services(sup, api=effective.features.api)
     summary = _run(
         sup,
         listen_errors,
