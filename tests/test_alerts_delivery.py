@@ -28,7 +28,7 @@ import trio
 import trio.testing
 from test_prometheus import free_port, started, tail
 
-from supervisor import ApiConfig, Config, Supervisor
+from supervisor import ApiConfig, Config, SloConfig, Supervisor
 from supervisor._alerts import alerts_view, attach_alerts, engine_for
 from supervisor._alerts._delivery import Destination, rfc3339
 from supervisor._alerts._engine import AlertEngine
@@ -149,6 +149,10 @@ def test_a_burn_rate_rule_without_an_slo_store_is_refused_naming_it() -> None:
         ConfigError, match=r"prod.toml: \[alerts.rules.fast_burn.when\] .*no SLO store"
     ):
         attach_alerts(sup)
+    with pytest.raises(ConfigError, match=r"names slo 'tick', but there is no \[slo.tick\]"):
+        attach_alerts(sup, burn_rate=lambda slo, window: 0.0)
+    with_slo = attrs.evolve(config, slo={"tick": SloConfig(name="tick")})
+    sup = make_supervisor([Ticking()], config=with_slo)
     assert attach_alerts(sup, burn_rate=lambda slo, window: 0.0) is not None
     assert attach_alerts(make_supervisor([Ticking()])) is None  # no rules: nothing attached
 

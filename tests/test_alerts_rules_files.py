@@ -93,7 +93,7 @@ def test_the_production_rules_attach() -> None:
         ('name = "bad"\nwhen = "rss_mb > 1"\nfor = "soon"', "[alerts.rules.bad.for] expected a"),
         (
             'name = "burn"\nwhen = \'slo_burn_rate{slo="tick",window="1h"} > 14.4\'',
-            "[alerts.rules.burn.when] names slo_burn_rate, but there is no SLO store",
+            "[alerts.rules.burn.when] names slo 'tick', but there is no [slo.tick] table",
         ),
     ],
 )

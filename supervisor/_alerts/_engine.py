@@ -195,11 +195,16 @@ def attach_alerts(sup: Supervisor, *, burn_rate: BurnRate | None = None) -> Aler
     """
     config = sup.config.alerts
     for rule in config.rules:
-        if rule.metric == "slo_burn_rate" and burn_rate is None:
+        if rule.metric != "slo_burn_rate":
+            continue
+        problem = None
+        if burn_rate is None:
+            problem = "names slo_burn_rate, but there is no SLO store to read it from"
+        elif (slo := dict(rule.labels).get("slo")) not in sup.config.slo:
+            problem = f"names slo {slo!r}, but there is no [slo.{slo}] table"
+        if problem is not None:
             raise ConfigError(
-                "names slo_burn_rate, but there is no SLO store to read it from",
-                source=sup.config.source,
-                key=f"alerts.rules.{rule.name}.when",
+                problem, source=sup.config.source, key=f"alerts.rules.{rule.name}.when"
             )
     if not config.rules:
         return None
