@@ -65,6 +65,31 @@ def test_a_rule_is_parsed_and_round_trips() -> None:
             "alerts.rules.r.when",
             "duration",
         ),
+        (
+            {"name": "r", "when": 'slo_burn_rate{slo="a",window="1h",short="1h"} > 1'},
+            "alerts.rules.r.when",
+            "short '1h' must be longer than 0s and shorter than window '1h'",
+        ),
+        (
+            {"name": "r", "when": 'slo_burn_rate{slo="a",window="5m",short="0s"} > 1'},
+            "alerts.rules.r.when",
+            "short '0s' must be",
+        ),
+        (
+            {"name": "r", "when": 'slo_burn_rate{slo="a",window="1h",short="soon"} > 1'},
+            "alerts.rules.r.when",
+            "duration",
+        ),
+        (
+            {"name": "r", "when": 'slo_burn_rate{slo="a",window="0s"} > 1'},
+            "alerts.rules.r.when",
+            "window '0s' must be longer than 0s",
+        ),
+        (
+            {"name": "r", "when": 'slo_burn_rate{slo="a",short="5m"} > 1'},
+            "alerts.rules.r.when",
+            "needs the label 'window'",
+        ),
         ({"name": "r", "when": "rss_mb > 1", "for": "3x"}, "alerts.rules.r.for", "duration"),
         ({"name": "r", "when": "rss_mb > 1", "for": 30}, "alerts.rules.r.for", "duration"),
         ({"name": "r", "when": "rss_mb > 1", "for": "8d"}, "alerts.rules.r.for", "7d"),
@@ -108,6 +133,12 @@ def test_durations_and_conditions() -> None:
     assert parse_duration("2d") == 172_800.0
     assert parse_duration("1h30m") == 5400.0
     assert parse_when("players < 10") == ("players", (), "<", 10.0)
+    assert parse_when('slo_burn_rate{slo="ticks",window="1h",short="5m"} > 14.4') == (
+        "slo_burn_rate",
+        (("short", "5m"), ("slo", "ticks"), ("window", "1h")),
+        ">",
+        14.4,
+    )
     rule = AlertRule(name="x", when="players != 0")
     assert rule.holds(1.0)
     assert not rule.holds(0.0)
@@ -197,3 +228,24 @@ def test_new_fingerprints_are_counted_once_from_newer_records() -> None:
     fps.feed([(2, "b"), (1, "a")])
     fps.feed([(4, "a"), (3, "c"), (2, "b")])
     assert fps.new == 3
+
+
+def test_a_multi_window_burn_rate_is_the_smaller_of_its_two_windows() -> None:
+    """SRE workbook: page only while the long window AND the short one burn above 14.4.
+
+    The long window alone keeps paging for an hour after the burn stopped; the
+    short one alone pages on a blip. Their minimum crosses 14.4 only when both do.
+    """
+    burns = {"1h": 20.0, "5m": 30.0}
+    w = Window(seconds=60.0, burn_rate=lambda slo, window: burns[window] if slo == "x" else 0.0)
+    w.push(Reading(at=0.0))
+    labels = {"slo": "x", "window": "1h", "short": "5m"}
+    rule = AlertRule(name="fast", when='slo_burn_rate{slo="x",window="1h",short="5m"} > 14.4')
+    assert w.value("slo_burn_rate", labels) == 20.0
+    assert rule.holds(20.0)
+    burns["5m"] = 0.0  # the burn stopped: the hour still shows it, the 5 minutes do not
+    assert w.value("slo_burn_rate", labels) == 0.0
+    assert not rule.holds(0.0)
+    burns.update({"1h": 3.0, "5m": 50.0})  # a blip: the short window alone burns
+    assert w.value("slo_burn_rate", labels) == 3.0
+    assert w.value("slo_burn_rate", {"slo": "x", "window": "5m"}) == 50.0

@@ -15,7 +15,9 @@ import pytest
 
 from supervisor import Config
 from supervisor._alerts import attach_alerts
+from supervisor._alerts._signals import Reading
 from supervisor._core._config_alerts import parse_duration
+from supervisor._errors import ConfigError
 from supervisor.testing import Ticking, make_supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +37,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_checks_the_rules() -> None:
     done = _promtool("check", "rules", str(RULES))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 6 rules found" in done.stdout
+    assert "SUCCESS: 10 rules found" in done.stdout
 
 
 def test_promtool_unit_tests_fire_each_rule_on_a_crossing_series() -> None:
@@ -71,9 +73,50 @@ def test_alerts_yml_is_production_toml_in_prometheus_terms() -> None:
         assert parse_duration(prom["keep_firing_for"]) == rule.keep_firing, rule.name
 
 
+def test_the_burn_rate_rules_read_the_same_windows_and_thresholds() -> None:
+    """alerts.yml's `long > T and ignoring(window) short > T` is the rule's min(long, short) > T."""
+    config = Config.from_toml(PRODUCTION, env={})
+    blocks = dict(
+        re.findall(
+            r"- alert: (\w+)\n(.*?)(?=\n\s*- alert:|\Z)", RULES.read_text(encoding="utf-8"), re.S
+        )
+    )
+    burn = [rule for rule in config.alerts.rules if rule.metric == "slo_burn_rate"]
+    assert sorted(rule.name for rule in burn) == [
+        "ticks_fast_burn",
+        "ticks_slow_burn",
+        "world_fast_burn",
+        "world_slow_burn",
+    ]
+    for rule in burn:
+        labels = dict(rule.labels)
+        slo, threshold = labels["slo"], f"{rule.threshold:g}"
+        assert rule.op == ">", rule.name
+        expr = " ".join(blocks[rule.name].split())
+        assert (
+            f'supervisor_slo_burn_rate{{slo="{slo}",window="{labels["window"]}"}} > {threshold} '
+            f'and ignoring(window) supervisor_slo_burn_rate{{slo="{slo}",'
+            f'window="{labels["short"]}"}} > {threshold}'
+        ) in expr, rule.name
+    assert {(slo.kind, slo.target, slo.window) for slo in config.slo.values()} == {
+        ("timeliness", 0.999, "30d"),
+        ("availability", 0.999, "30d"),
+    }
+    assert config.slo["ticks"].lateness_ms == 5.0
+
+
 def test_the_production_rules_attach() -> None:
     config = Config.from_toml(PRODUCTION, env={})
-    engine = attach_alerts(make_supervisor([Ticking()], config=config))
+    asked: list[tuple[str, str]] = []
+
+    def burn_rate(slo: str, window: str) -> float:
+        asked.append((slo, window))
+        return 0.0
+
+    sup = make_supervisor([Ticking()], config=config)
+    with pytest.raises(ConfigError, match=r"ticks_fast_burn.when\] .*no SLO store"):
+        attach_alerts(sup)
+    engine = attach_alerts(sup, burn_rate=burn_rate)
     assert engine is not None
     assert {st.rule.metric for st in engine.states()} == {
         "errors_per_minute",
@@ -82,8 +125,20 @@ def test_the_production_rules_attach() -> None:
         "dropped_ticks_per_minute",
         "quarantined_systems",
         "rss_mb",
+        "slo_burn_rate",
     }
     assert engine.destinations == []  # delivery is the deployer's choice
+    engine.step(Reading(at=0.0))
+    assert sorted(set(asked)) == [
+        ("ticks", "1h"),
+        ("ticks", "30m"),
+        ("ticks", "5m"),
+        ("ticks", "6h"),
+        ("world", "1h"),
+        ("world", "30m"),
+        ("world", "5m"),
+        ("world", "6h"),
+    ]
 
 
 @pytest.mark.parametrize(

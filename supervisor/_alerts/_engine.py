@@ -6,14 +6,15 @@ one deliverer per destination), each returning when ``sup.closing`` is set.
 Nothing runs per tick: the evaluator reads public counters once a second
 (:func:`._signals.read`), between ticks, and delivery is asynchronous I/O on
 bounded queues. The server layer finds the engine of a supervisor with
-:func:`engine_for` (``GET /v1/alerts``, the ``supervisor_alerts_firing`` metric).
+:func:`engine_for` (``GET /v1/alerts``, the ``supervisor_alerts_firing`` metric),
+and its SLOs' burn rates with :func:`slo_burn_rates` (``supervisor_slo_burn_rate``).
 """
 
 from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -28,17 +29,51 @@ from ._signals import BurnRate, Fingerprints, Reading, Window, read
 if TYPE_CHECKING:
     from .._core._runtime import Supervisor
 
-__all__ = ["EVALUATE_EVERY", "AlertEngine", "alerts_view", "attach_alerts", "engine_for"]
+__all__ = [
+    "BURN_WINDOWS",
+    "EVALUATE_EVERY",
+    "AlertEngine",
+    "alerts_view",
+    "attach_alerts",
+    "engine_for",
+    "slo_burn_rates",
+]
 
 #: Seconds between evaluations.
 EVALUATE_EVERY: Final = 1.0
+#: The windows ``/metrics`` gives each SLO's burn rate over: the SRE
+#: workbook's pairs, 1h with 5m (fast burn, pages) and 6h with 30m (slow burn, tickets).
+BURN_WINDOWS: Final = ("5m", "30m", "1h", "6h")
 
 _ENGINES: weakref.WeakKeyDictionary[Any, AlertEngine] = weakref.WeakKeyDictionary()
+#: Each supervisor's SLO store reading and the SLOs it answers, for ``/metrics``.
+_BURN_RATES: weakref.WeakKeyDictionary[Any, tuple[BurnRate, tuple[str, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def engine_for(sup: object) -> AlertEngine | None:
     """The alert engine attached to ``sup``, if any."""
     return _ENGINES.get(sup)
+
+
+def slo_burn_rates(sup: object) -> Iterator[tuple[str, str, float]]:
+    """``(slo, window, burn rate)`` of every configured SLO over :data:`BURN_WINDOWS`, now.
+
+    Read from the SLO store given to :func:`attach_alerts` (nothing without
+    one). A window the store cannot answer (it raised) is left out: a
+    missing sample, never a failed scrape.
+    """
+    burn_rate, slos = _BURN_RATES.get(sup, (None, ()))
+    if burn_rate is None:
+        return
+    for slo in slos:
+        for window in BURN_WINDOWS:
+            try:
+                value = float(burn_rate(slo, window))
+            except Exception:  # a sample left out, never a failed scrape
+                continue
+            yield slo, window, value
 
 
 def alerts_view(sup: object) -> dict[str, Any]:
@@ -184,7 +219,8 @@ def attach_alerts(sup: Supervisor, *, burn_rate: BurnRate | None = None) -> Aler
     """Evaluate ``[alerts]`` rules inside ``sup``'s run and deliver their notifications.
 
     Appends the evaluator and one deliverer per destination to
-    ``sup.services``. Nothing is attached (None) when there are no rules.
+    ``sup.services``. No engine is attached (None) when there are no rules;
+    ``burn_rate`` is kept either way, for :func:`slo_burn_rates`.
 
     Args:
         burn_rate: ``slo_burn_rate(slo, window) -> float`` from the SLO
@@ -206,6 +242,8 @@ def attach_alerts(sup: Supervisor, *, burn_rate: BurnRate | None = None) -> Aler
             raise ConfigError(
                 problem, source=sup.config.source, key=f"alerts.rules.{rule.name}.when"
             )
+    if burn_rate is not None:
+        _BURN_RATES[sup] = (burn_rate, tuple(sup.config.slo))
     if not config.rules:
         return None
     engine = AlertEngine(config, burn_rate=burn_rate)

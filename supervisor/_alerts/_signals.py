@@ -36,10 +36,11 @@ __all__ = ["BurnRate", "Fingerprints", "Reading", "Window", "read"]
 BurnRate = Callable[[str, str], float]
 
 
-
 def _empty() -> Sequence[int]:
     """The bucket counts of a histogram nothing was recorded into."""
     return Histogram().counts()
+
+
 #: Fingerprints remembered to tell a new one (the oldest forgotten first).
 MAX_FINGERPRINTS: Final = 100_000
 
@@ -162,7 +163,10 @@ class Window:
         if metric == "slo_burn_rate":
             if self.burn_rate is None:
                 return None
-            return float(self.burn_rate(labels["slo"], labels["window"]))
+            slo, short = labels["slo"], labels.get("short")
+            burn = float(self.burn_rate(slo, labels["window"]))
+            # Multi-window: both burn above a threshold exactly when the smaller one does.
+            return burn if short is None else min(burn, float(self.burn_rate(slo, short)))
         instant: dict[str, float | None] = {
             "rss_mb": new.rss_mb,
             "cpu_percent": new.cpu_percent,

@@ -34,8 +34,12 @@ __all__ = [
     "parse_when",
 ]
 
-#: Each metric a rule may name, with the labels it takes (all of them
-#: required for ``slo_burn_rate``, optional for ``errors_per_minute``).
+#: Each metric a rule may name, with the labels it takes (``slo`` and
+#: ``window`` required for ``slo_burn_rate``, the others optional).
+#: ``slo_burn_rate{slo="S",window="1h",short="5m"}`` is the SRE workbook's
+#: multi-window burn rate: the smaller of the burn over ``window`` and over
+#: ``short``, so ``> 14.4`` holds exactly when both windows burn above 14.4
+#: (the long one says the budget really goes, the short one that it still does).
 ALERT_METRICS: Final[Mapping[str, tuple[str, ...]]] = {
     "errors_per_minute": ("system",),
     "new_fingerprints": (),
@@ -46,7 +50,7 @@ ALERT_METRICS: Final[Mapping[str, tuple[str, ...]]] = {
     "rss_mb": (),
     "cpu_percent": (),
     "players": (),
-    "slo_burn_rate": ("slo", "window"),
+    "slo_burn_rate": ("slo", "window", "short"),
 }
 _REQUIRED_LABELS: Final = {"slo_burn_rate": ("slo", "window")}
 
@@ -140,8 +144,22 @@ def _labels(metric: str, text: str | None) -> tuple[tuple[str, str], ...]:
     if missing:
         raise ValueError(f"{metric} needs the label {missing[0]!r}")
     if metric == "slo_burn_rate":
-        parse_duration(dict(pairs)["window"])
+        _burn_windows(dict(pairs))
     return tuple(sorted(pairs))
+
+
+def _burn_windows(labels: Mapping[str, str]) -> None:
+    """Check ``window`` (and ``short``, shorter than it) of a burn rate are durations."""
+    window = parse_duration(labels["window"])
+    if window <= 0:
+        raise ValueError(f"window {labels['window']!r} must be longer than 0s")
+    if "short" in labels:
+        short = parse_duration(labels["short"])
+        if not 0 < short < window:
+            raise ValueError(
+                f"short {labels['short']!r} must be longer than 0s and shorter than "
+                f"window {labels['window']!r}"
+            )
 
 
 @attrs.frozen(kw_only=True)

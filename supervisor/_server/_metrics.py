@@ -30,7 +30,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from .._alerts import engine_for
+from .._alerts import engine_for, slo_burn_rates
 from .._core._histogram import LATENCY_BUCKETS, Histogram, HistogramStats
 from .._core._phase import Phase
 
@@ -277,7 +277,16 @@ class _AlertCollector(Collector):
 
 
 def _alert_metrics(sup: MetricsSource) -> Iterator[Metric]:
-    """Issue 11: each rule's firing state, and each destination's notifications by outcome."""
+    """Issue 11: SLO burn rates; each rule's firing state, each destination's notifications."""
+    burn = GaugeMetricFamily(
+        "supervisor_slo_burn_rate",
+        "How fast the window spends the SLO's error budget (1: exactly over the SLO's window).",
+        labels=["slo", "window"],
+    )
+    for slo, window, value in slo_burn_rates(sup):
+        burn.add_metric([slo, window], value)
+    if burn.samples:
+        yield burn
     engine = engine_for(sup)
     if engine is None:
         return
