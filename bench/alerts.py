@@ -204,9 +204,9 @@ def main() -> None:
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, _alertmanager(Path(tmp)) as url:
         latencies = [trio.run(_one_latency, url, f"bench_{i}", args.hold) for i in range(args.runs)]
-    from supervisor._core._config_alerts import parse_duration
+    from supervisor._core._config_alerts import parse_hold
 
-    hold = parse_duration(args.hold)
+    hold = parse_hold(args.hold)
     net = [lat - hold for lat in latencies]
     figures["latency_s"] = {
         "for": hold,

@@ -10,7 +10,7 @@ import pytest
 from supervisor._alerts._evaluator import Evaluator, State
 from supervisor._alerts._signals import Fingerprints, Reading, Window
 from supervisor._core._config import Config
-from supervisor._core._config_alerts import AlertRule, parse_duration, parse_when
+from supervisor._core._config_alerts import AlertRule, parse_hold, parse_when
 from supervisor._core._histogram import Histogram, WindowStats
 from supervisor._errors import ConfigError
 
@@ -129,9 +129,12 @@ def test_the_alertmanager_url_can_come_from_the_environment() -> None:
 
 
 def test_durations_and_conditions() -> None:
-    assert parse_duration("0s") == 0.0
-    assert parse_duration("2d") == 172_800.0
-    assert parse_duration("1h30m") == 5400.0
+    assert parse_hold("0s") == 0.0
+    assert parse_hold("2d") == 172_800.0
+    assert parse_hold("1h30m") == 5400.0
+    assert parse_hold("250ms") == 0.25
+    with pytest.raises(ValueError, match="longest hold of 7d"):
+        parse_hold("8d")
     assert parse_when("players < 10") == ("players", (), "<", 10.0)
     assert parse_when('slo_burn_rate{slo="ticks",window="1h",short="5m"} > 14.4') == (
         "slo_burn_rate",

@@ -16,7 +16,7 @@ import pytest
 from supervisor import Config
 from supervisor._alerts import attach_alerts
 from supervisor._alerts._signals import Reading
-from supervisor._core._config_alerts import parse_duration
+from supervisor._core._config_alerts import parse_hold
 from supervisor._errors import ConfigError
 from supervisor.testing import Ticking, make_supervisor
 
@@ -69,8 +69,8 @@ def test_alerts_yml_is_production_toml_in_prometheus_terms() -> None:
         prom = yml[rule.name]
         assert prom["severity"] == rule.severity, rule.name
         assert prom["summary"] == rule.summary, rule.name
-        assert parse_duration(prom["for"]) == rule.for_seconds, rule.name
-        assert parse_duration(prom["keep_firing_for"]) == rule.keep_firing, rule.name
+        assert parse_hold(prom["for"]) == rule.for_seconds, rule.name
+        assert parse_hold(prom["keep_firing_for"]) == rule.keep_firing, rule.name
 
 
 def test_the_burn_rate_rules_read_the_same_windows_and_thresholds() -> None:
@@ -145,7 +145,10 @@ def test_the_production_rules_attach() -> None:
     ("rule", "named"),
     [
         ('name = "bad"\nwhen = "errors_per_minit > 1"', "[alerts.rules.bad.when] unknown metric"),
-        ('name = "bad"\nwhen = "rss_mb > 1"\nfor = "soon"', "[alerts.rules.bad.for] expected a"),
+        (
+            'name = "bad"\nwhen = "rss_mb > 1"\nfor = "soon"',
+            "[alerts.rules.bad.for] 'soon' is not a duration",
+        ),
         (
             'name = "burn"\nwhen = \'slo_burn_rate{slo="tick",window="1h"} > 14.4\'',
             "[alerts.rules.burn.when] names slo 'tick', but there is no [slo.tick] table",

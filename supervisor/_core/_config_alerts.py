@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Final
 import attrs
 
 from .._errors import ConfigError
-from ._config_fields import MAX_TEXT, Section, check, setting, suggest, to_tuple
+from ._config_fields import MAX_TEXT, Section, check, parse_duration, setting, suggest, to_tuple
 
 __all__ = [
     "ALERT_METRICS",
@@ -30,7 +30,7 @@ __all__ = [
     "SEVERITIES",
     "AlertRule",
     "AlertsConfig",
-    "parse_duration",
+    "parse_hold",
     "parse_when",
 ]
 
@@ -69,29 +69,25 @@ _WHEN = re.compile(
     r"\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<threshold>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*"
 )
 _LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"([^"\\]*)"\s*')
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
 _RULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 #: Longest ``for``/``keep_firing_for``: a week (longer is a report, not an alert).
 MAX_HOLD: Final = 7 * 86_400.0
 
 
-def parse_duration(text: object) -> float:
-    """Seconds of ``"30s"``, ``"5m"``, ``"1h30m"``, ``"250ms"``, ``"2d"``, ``"0s"``.
+def parse_hold(text: object) -> float:
+    """Seconds of a rule's hold or window (``"0s"`` allowed), at most :data:`MAX_HOLD`.
 
     Raises:
-        ValueError: not such a string, or over :data:`MAX_HOLD`.
+        ValueError: not a duration, or over 7 days.
     """
-    if not isinstance(text, str) or not text or _DURATION.sub("", text):
-        raise ValueError(f"expected a duration such as '30s', '5m' or '1h', got {text!r}")
-    seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(text))
+    seconds = parse_duration(text, zero_ok=True)
     if seconds > MAX_HOLD:
         raise ValueError(f"{text!r} is over the longest hold of 7d")
     return seconds
 
 
 def _seconds(value: float) -> str:
-    """A duration as ``parse_duration`` reads it back (``"30s"``, ``"0.25s"``)."""
+    """A duration as ``parse_hold`` reads it back (``"30s"``, ``"0.25s"``)."""
     return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
 
 
@@ -150,11 +146,11 @@ def _labels(metric: str, text: str | None) -> tuple[tuple[str, str], ...]:
 
 def _burn_windows(labels: Mapping[str, str]) -> None:
     """Check ``window`` (and ``short``, shorter than it) of a burn rate are durations."""
-    window = parse_duration(labels["window"])
+    window = parse_hold(labels["window"])
     if window <= 0:
         raise ValueError(f"window {labels['window']!r} must be longer than 0s")
     if "short" in labels:
-        short = parse_duration(labels["short"])
+        short = parse_hold(labels["short"])
         if not 0 < short < window:
             raise ValueError(
                 f"short {labels['short']!r} must be longer than 0s and shorter than "
@@ -255,7 +251,7 @@ class AlertRule:
         for key in holds:
             if key in table:
                 try:
-                    holds[key] = parse_duration(table[key])
+                    holds[key] = parse_hold(table[key])
                 except ValueError as exc:
                     raise ConfigError(str(exc), key=f"{where}.{key}") from None
         return cls(

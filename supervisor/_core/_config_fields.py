@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final, Self, TypeVar
 
@@ -24,6 +25,7 @@ __all__ = [
     "Section",
     "check",
     "convert",
+    "parse_duration",
     "plain",
     "problem",
     "setting",
@@ -206,3 +208,30 @@ def sourced(source: str, build: Callable[[], _T]) -> _T:
         return build()
     except ConfigError as exc:
         raise ConfigError(exc.message, source=source, key=exc.key) from None
+
+
+_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_UNITS: Final = {
+    "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0,
+}  # fmt: skip
+#: The longest duration any setting takes (an SLO window is at most that).
+LONGEST_DURATION: Final = 10 * 365 * 86_400.0
+
+
+def parse_duration(text: object, *, zero_ok: bool = False) -> float:
+    """Seconds in ``"90s"``, ``"250ms"``, ``"15m"``, ``"1h30m"``, ``"30d"``, ``"2w"``.
+
+    The one reading of a duration for every setting and query (SLO windows,
+    alert holds and windows, ``--since``, trend buckets); each caller adds its
+    own bounds.
+
+    Raises:
+        ValueError: not such a string, zero (unless ``zero_ok``), or over 10 years.
+    """
+    if not isinstance(text, str) or not text or _DURATION.sub("", text):
+        raise ValueError(f"{text!r} is not a duration such as '30s', '15m', '1h', '30d'")
+    seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION.findall(text))
+    if seconds > LONGEST_DURATION or (seconds == 0 and not zero_ok):
+        least = "0s" if zero_ok else "more than 0s"
+        raise ValueError(f"{text!r} is not a duration from {least} to 10 years")
+    return seconds

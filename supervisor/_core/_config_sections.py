@@ -16,7 +16,7 @@ import attrs
 
 from .._errors import ConfigError
 from ._config_alerts import AlertsConfig
-from ._config_fields import Section, check, setting, sourced, suggest, to_tuple
+from ._config_fields import Section, check, parse_duration, setting, sourced, suggest, to_tuple
 
 __all__ = [
     "BUILTIN_PROFILES",
@@ -368,24 +368,6 @@ class SystemsConfig:
 
 
 # ----------------------------------------------- [errors] and [slo.NAME] (issue 11)
-
-_DURATION_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``"90s"``, ``"15m"``, ``"1h"``, ``"30d"``, ``"2w"`` (a whole number and a unit).
-
-    Raises:
-        ValueError: anything else, or zero.
-    """
-    unit = text[-1:]
-    digits = text[:-1]
-    if unit not in _DURATION_UNITS or not digits.isascii() or not digits.isdigit():
-        raise ValueError(f"{text!r} is not a duration such as '30s', '15m', '1h', '30d'")
-    seconds = int(digits) * _DURATION_UNITS[unit]
-    if not 0 < seconds <= 10 * 365 * 86_400:
-        raise ValueError(f"{text!r} is not a duration from 1s to 10 years")
-    return seconds
 
 
 def _duration(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
