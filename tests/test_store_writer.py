@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import sqlite3
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
 import trio
 from test_store import rec
@@ -20,7 +22,9 @@ from supervisor.testing import make_supervisor
 async def test_the_writer_writes_answers_and_exits_when_its_pipe_closes(tmp_path: Path) -> None:
     db = tmp_path / "errors.db"
     writer = await WriterProcess.start(db, {"now": time.time()})
-    await writer.send(_encode([rec(time.time() + i, fp=f"f{i % 2}") for i in range(10)]))
+    queue = collections.deque(rec(time.time() + i, fp=f"f{i % 2}") for i in range(10))
+    await writer.send(_encode(msgpack.Packer(autoreset=False, default=dict), queue, 10))
+    assert not queue
     await writer.send(frame(["end", [[], [], {"queue_full": 3}, None]]))
     reply = await writer.receive()
     assert (reply["written"], reply["write_failed"]) == (10, 0)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
+import msgpack
 import trio
 
 from .._core._config_sections import ErrorsConfig, SloConfig, parse_duration
@@ -40,7 +41,7 @@ from ._pipe import WriterGone, WriterProcess
 from ._sampler import Sampler
 from ._schema import connect
 from ._slo import burn_rate
-from ._writer import frame
+from ._writer import HEADER, frame
 
 if TYPE_CHECKING:
     from .._core._runtime import Supervisor
@@ -62,12 +63,37 @@ CHUNK: Final = 32
 _FINAL_WRITE: Final = 5.0
 
 
-def _encode(part: list[ErrorRecord]) -> bytes:
-    """A frame of ``part``'s records: the fields the store keeps (``_writer.FIELDS``)."""
-    return frame(
-        ["r", [(r.time, r.tick, r.system, r.hook, r.phase, r.kind, r.fingerprint, r.exc_type,
-                r.message, r.traceback, r.health, r.gauges, r.stack) for r in part]]
-    )  # fmt: skip
+def _encode(packer: msgpack.Packer, queue: collections.deque[ErrorRecord], n: int) -> bytes:
+    """A frame of the next ``n`` records of ``queue``, taken off it (``_writer.FIELDS``).
+
+    Field by field into the packer's buffer: no tuple or list per record, so
+    encoding allocates nothing the garbage collector tracks and cannot set off
+    a collection between two ticks (a storm's queued records make those cost
+    milliseconds). Each record dies here, as it is encoded.
+    """
+    packer.pack_array_header(2)
+    packer.pack("r")
+    packer.pack_array_header(n)
+    pack, header, take = packer.pack, packer.pack_array_header, queue.popleft
+    for _ in range(n):
+        r = take()
+        header(13)
+        pack(r.time)
+        pack(r.tick)
+        pack(r.system)
+        pack(r.hook)
+        pack(r.phase)
+        pack(r.kind)
+        pack(r.fingerprint)
+        pack(r.exc_type)
+        pack(r.message)
+        pack(r.traceback)
+        pack(r.health)
+        pack(r.gauges)
+        pack(r.stack)
+    body: bytes = packer.bytes()
+    packer.reset()
+    return HEADER.pack(len(body)) + body
 
 
 def config_version(raw: Mapping[str, Any]) -> str:
@@ -110,6 +136,9 @@ class ErrorShipper:
     _incidents: list[tuple[float, str, str]] = attrs.field(factory=list)
     _quarantined: tuple[str, ...] = ()
     _log: Any = attrs.field(factory=lambda: get_logger(component="error_store"))
+    _packer: msgpack.Packer = attrs.field(
+        factory=lambda: msgpack.Packer(autoreset=False, default=dict)
+    )
 
     def sink(self, record: ErrorRecord) -> None:
         """The core's record sink: queue ``record``, or count it dropped. O(1), never raises."""
@@ -142,6 +171,7 @@ class ErrorShipper:
                 if clock() >= next_sample:
                     next_sample = clock() + SAMPLE_EVERY
                     rows, events = self._sample(sup)
+                    await trio.lowlevel.checkpoint()  # a tick may be due: the batch waits
                 retain = None
                 if clock() >= next_retain:
                     next_retain = clock() + RETAIN_EVERY
@@ -240,9 +270,7 @@ class ErrorShipper:
             writer = self.writer
             while batch:
                 # Encoded and freed a chunk at a time: the tick waits for one chunk at most.
-                part = [batch.popleft() for _ in range(min(CHUNK, len(batch)))]
-                data = _encode(part)
-                del part
+                data = _encode(self._packer, batch, min(CHUNK, len(batch)))
                 await trio.lowlevel.checkpoint()
                 await writer.send(data)
             await writer.send(

@@ -20,6 +20,7 @@ watches the parent's pid, so no writer outlives its supervisor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -45,6 +46,8 @@ FIELDS: Final = (
 )  # fmt: skip
 #: A frame's header: its payload's length, big-endian.
 HEADER: Final = struct.Struct(">I")
+#: The writer's niceness: below the supervisor, which must get the CPU first.
+NICE: Final = 10
 #: Seconds between two looks at the parent's pid.
 _WATCH_EVERY: Final = 0.5
 
@@ -134,9 +137,24 @@ class _Writer:
         }
 
 
+def _yield_to_the_loop() -> None:
+    """Never preempt the supervisor: a batch policy (no wake-up preemption) at low priority.
+
+    Woken by the pipe, a writer at normal policy took the supervisor's CPU
+    from under it (the kernel favours the task that slept): the shipper's
+    write to the pipe came back milliseconds later, a tick late. As a batch
+    task it waits for a free CPU instead.
+    """
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    with contextlib.suppress(AttributeError, OSError):
+        os.nice(NICE)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Open the store, answer ``ready``, then write what the pipe brings until it closes."""
     path, parent, settings = argv if argv is not None else sys.argv[1:]
+    _yield_to_the_loop()
     threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True).start()
     store = ErrorStore.open(Path(path), **json.loads(settings))
     writer = _Writer(store)
