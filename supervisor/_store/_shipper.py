@@ -8,9 +8,10 @@ process (:mod:`._writer`, started by the service and restarted if it dies,
 counted in ``writer_restarts``; the batch it took with it is counted lost as
 ``writer_failed``). The loop's process never runs the SQL nor builds rows:
 in a worker thread that Python held the GIL the tick needed. Here the
-service only encodes the fields the store keeps (msgpack), :data:`CHUNK`
-records at a time with a checkpoint between chunks, and the records die a
-chunk at a time as they are encoded. A kill -9 loses what was queued since
+service only encodes the fields the store keeps (msgpack, field by field),
+:data:`CHUNK` records at a time with a checkpoint between chunks, and the
+records die a chunk at a time as they are encoded. The writer runs as a
+low-priority batch task, so waking it never takes the loop's CPU. A kill -9 loses what was queued since
 the last commit: at most FLUSH_EVERY plus one write. Once a second it
 samples the public views into the minute's row (SLOs, correlation) and
 notes incidents (emergency, quarantine); once a minute the writer applies
