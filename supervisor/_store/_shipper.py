@@ -11,11 +11,11 @@ in a worker thread that Python held the GIL the tick needed. Here the
 service only encodes the fields the store keeps (msgpack, field by field),
 :data:`CHUNK` records at a time with a checkpoint between chunks, and the
 records die a chunk at a time as they are encoded. The writer runs as a
-low-priority batch task, so waking it never takes the loop's CPU. A kill -9 loses what was queued since
-the last commit: at most FLUSH_EVERY plus one write. Once a second it
-samples the public views into the minute's row (SLOs, correlation) and
-notes incidents (emergency, quarantine); once a minute the writer applies
-retention.
+low-priority batch task, so waking it never takes the loop's CPU. A
+kill -9 loses what was queued since the last commit: at most FLUSH_EVERY
+plus one write. Once a second the service samples the public views into the
+minute's row (SLOs, correlation) and notes incidents (emergency,
+quarantine); once a minute the writer applies retention.
 """
 
 from __future__ import annotations
