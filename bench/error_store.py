@@ -6,9 +6,12 @@ Four measurements, in this one process:
   the core's guarded call of the shipper's sink (an append to a deque),
   ns per error, best of 5 x 200,000;
 - ``storm``: 60 Hz x 167 failing systems = 10,000 errors/s from 1,000 code
-  sites, store on, versus the same systems not failing (store on), and the
-  storm with the store off, for ``--seconds`` each on the real clock: tick
-  lateness p99, errors stored;
+  sites with the store, its analytics (minute samples, SLOs) and the alerts
+  (:data:`ALERTS`: the production rules' metrics and SLO burn rates,
+  evaluated once a second) on, versus the same systems not failing (all
+  on), the storm with the store alone, and the storm with everything off,
+  for ``--seconds`` each on the real clock, interleaved: tick lateness p99,
+  errors stored, the writer process's CPU;
 - ``ingest``: ten minutes of 10,000 errors/minute over 1,000 fingerprints
   written in 0.25 s batches: write time per record, bytes per record;
 - ``month``: a store shaped like 30 days at 10,000 errors/minute over 1,000
@@ -34,6 +37,7 @@ import trio
 from bench import _common
 from bench.storm import FAILING, RATE, Storm
 from supervisor import Config, Supervisor, configure_logging
+from supervisor._alerts import attach_alerts
 from supervisor._core._safecall import ErrorRecord
 from supervisor._store._db import FOLD_AFTER, ErrorStore, MinuteRow
 from supervisor._store._query import records, trends
@@ -42,6 +46,21 @@ from supervisor._store._shipper import ErrorShipper, attach_error_store
 from supervisor.testing import FIXED_FACTS
 
 SECONDS = 10.0
+#: The alerts of a storm run with "alerts on": the production rules' metrics, and
+#: SLO burn rates (multi-window), read from the store once a second.
+ALERTS: dict[str, Any] = {
+    "rules": [
+        {"name": "errors", "when": "errors_per_minute > 600", "for": "0s", "severity": "page"},
+        {"name": "new", "when": "new_fingerprints > 0", "for": "0s", "severity": "ticket"},
+        {"name": "late", "when": "tick_lateness_p99_ms > 10", "for": "0s", "severity": "page"},
+        {"name": "dropped", "when": "dropped_ticks_per_minute > 30", "severity": "ticket"},
+        {"name": "quarantined", "when": "quarantined_systems > 0", "severity": "page"},
+        {"name": "rss", "when": "rss_mb > 2048", "severity": "ticket"},
+        {"name": "burn", "when": 'slo_burn_rate{slo="ticks",window="1h"} > 14.4',
+         "severity": "page"},
+    ]
+}  # fmt: skip
+SLO: dict[str, Any] = {"ticks": {"kind": "timeliness", "target": 0.999, "lateness_ms": 5}}
 FINGERPRINTS = 1000
 PER_MINUTE = 10_000
 
@@ -75,11 +94,12 @@ def sink_cost(folder: Path) -> float:
     return best * 1e9
 
 
-def storm(folder: Path, *, fail: bool, store: bool, seconds: float) -> dict[str, Any]:
+def storm(folder: Path, *, fail: bool, store: bool, alerts: bool, seconds: float) -> dict[str, Any]:
     config = Config.from_mapping(
         {
             "recovery": {"max_restarts": 1_000_000, "window_seconds": 1.0, "history": 100},
             "features": {"optimizer": False, "api": False},
+            **({"alerts": ALERTS, "slo": SLO} if alerts else {}),
         },
         env={},
     )
@@ -88,6 +108,12 @@ def storm(folder: Path, *, fail: bool, store: bool, seconds: float) -> dict[str,
     for i in range(FAILING):
         sup.register(Storm(i, fail=fail, distinct=True), name=f"s{i}")
     shipper = attach_error_store(sup) if store else None
+    fired: set[str] = set()
+    if alerts:
+        assert shipper is not None
+        engine = attach_alerts(sup, burn_rate=shipper.slo_burn_rate)
+        assert engine is not None
+        engine.on_firing.append(lambda rule: fired.add(rule.name))
     trio.run(lambda: sup.run(duration=seconds))
     stored, size = 0, 0
     if store:
@@ -98,7 +124,7 @@ def storm(folder: Path, *, fail: bool, store: bool, seconds: float) -> dict[str,
     stats = sup.statistics()
     return {
         "mode": ("10,000 errors/s, 1,000 fingerprints" if fail else "no errors")
-        + (", store on" if store else ", store off"),
+        + (", store and alerts on" if alerts else ", store on" if store else ", store off"),
         "errors_per_second": sup.errors.total / seconds,
         "stored": stored,
         "recorded": sup.errors.total,
@@ -108,6 +134,7 @@ def storm(folder: Path, *, fail: bool, store: bool, seconds: float) -> dict[str,
         "work_p99_ms": stats.work.p99 * 1e3,
         "file_mb": size / 2**20,
         "writer_cpu_percent": 100 * shipper.write_cpu / seconds if shipper else 0.0,
+        "alerts_fired": sorted(fired),
     }
 
 
@@ -217,22 +244,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         folder = Path(tmp)
         out: dict[str, Any] = {"sink_ns": sink_cost(folder)}
         print(f"sink: {out['sink_ns']:.0f} ns per error (the tick's share)")
-        modes = [(False, True), (True, True), (True, False)]
+        modes = [(False, True, True), (True, True, True), (True, True, False), (True, False, False)]
+        # Not reported: the first run in a process pays imports and first-time costs.
+        storm(folder, fail=True, store=True, alerts=True, seconds=2.0)
         out["storm"] = [
-            storm(folder, fail=f, store=s, seconds=args.seconds)
+            storm(folder, fail=f, store=s, alerts=a, seconds=args.seconds)
             for _ in range(args.runs)
-            for f, s in modes
+            for f, s, a in modes
         ]
         print(
             "| run | errors/s | stored | dropped | lateness p50 µs | p99 µs | work p99 ms "
-            "| writer CPU % |"
+            "| writer CPU % | alerts fired |"
         )
-        print("|---|---:|---:|---|---:|---:|---:|---:|")
+        print("|---|---:|---:|---|---:|---:|---:|---:|---|")
         for r in out["storm"]:
             print(f"| {r['mode']} | {r['errors_per_second']:,.0f} | {r['stored']:,} | "
                   f"{r['dropped'] or '-'} | {r['lateness_p50_us']:.0f} | "
                   f"{r['lateness_p99_us']:.0f} | {r['work_p99_ms']:.2f} | "
-                  f"{r['writer_cpu_percent']:.1f} |")  # fmt: skip
+                  f"{r['writer_cpu_percent']:.1f} | "
+                  f"{', '.join(r['alerts_fired']) or '-'} |")  # fmt: skip
         for mode in dict.fromkeys(r["mode"] for r in out["storm"]):
             p99s = [round(r["lateness_p99_us"]) for r in out["storm"] if r["mode"] == mode]
             print(f"{mode}: lateness p99 median {statistics.median(p99s):.0f} µs of {p99s}")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import trio
 
@@ -133,6 +134,8 @@ def test_kill_9_during_heavy_writes_leaves_a_sound_file(tmp_path: Path) -> None:
         else:
             pytest.fail("the storm never reached the store")
         time.sleep(1.0)  # mid-storm, writes going on
+        writers = psutil.Process(proc.pid).children()
+        assert [w.cmdline()[2] for w in writers] == ["supervisor._store._writer"]
         killed_at = time.time()
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
@@ -148,6 +151,9 @@ def test_kill_9_during_heavy_writes_leaves_a_sound_file(tmp_path: Path) -> None:
         assert conn.execute("SELECT sum(total) FROM fingerprints").fetchone()[0] == total
     finally:
         conn.close()
+    # The writer process does not outlive its supervisor (its pipe closed, its parent gone).
+    _, alive = psutil.wait_procs(writers, timeout=5)
+    assert all(w.status() == psutil.STATUS_ZOMBIE for w in alive), "an orphaned writer"
     print(f"kill -9: {total} errors stored, last {killed_at - last:.3f} s before the kill")
     assert killed_at - last < 1.0, f"{killed_at - last:.2f} s of errors lost"
     # The next start opens the same file and goes on.

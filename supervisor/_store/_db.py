@@ -1,8 +1,9 @@
 """The writing side of the store: batches of records, minute samples, retention.
 
-Used from one worker thread at a time (the shipper's ``to_thread`` calls
-share one capacity limiter), never from the trio thread. Sizes, so that 30
-days at 10,000 errors a minute fit ``max_mb`` (README, "Error store"):
+Used by the writer process (:mod:`._writer`) alone while a supervisor runs:
+the shipper never runs this SQL nor builds these rows in its own process.
+Sizes, so that 30 days at 10,000 errors a minute fit ``max_mb`` (README,
+"Error store"):
 
 * counts are exact and cheap: one row per (minute, fingerprint, system),
   folded into one row per hour once older than :data:`FOLD_AFTER` (6 h),
@@ -20,18 +21,17 @@ import collections
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import Any, Final, Protocol, Self
 
 import attrs
 
 from ._schema import connect
 
-if TYPE_CHECKING:
-    from .._core._safecall import ErrorRecord
-
-__all__ = ["CHUNK", "FOLDS", "FOLD_AFTER", "FOLD_DAYS_AFTER", "ErrorStore", "MinuteRow"]
+__all__ = [
+    "FOLDS", "FOLD_AFTER", "FOLD_DAYS_AFTER", "ErrorRecord", "ErrorStore", "MinuteRow",
+]  # fmt: skip
 
 #: Minute counts older than this (seconds) are folded into hourly counts.
 FOLD_AFTER: Final = 6 * 3600
@@ -45,10 +45,42 @@ _SIZE_LOW_WATER: Final = 0.9
 _SIZE_STEP: Final = 100
 #: A traceback the core did not format (error storm): not worth keeping.
 _UNFORMATTED: Final = "(traceback not formatted"
-#: Records reduced between two calls of ``write``'s ``pause`` (about 0.2 ms of Python).
-CHUNK: Final = 128
 #: Most (minute, fingerprint) sample counters kept between batches.
 _MAX_SAMPLED: Final = 100_000
+
+
+class ErrorRecord(Protocol):
+    """What the store reads of a record: the core's ``ErrorRecord``, or the writer's copy.
+
+    A protocol, so the writer process needs no import of the core (nor trio).
+    """
+
+    @property
+    def time(self) -> float: ...
+    @property
+    def tick(self) -> int: ...
+    @property
+    def system(self) -> str: ...
+    @property
+    def hook(self) -> str: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def exc_type(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def traceback(self) -> str: ...
+    @property
+    def health(self) -> str: ...
+    @property
+    def gauges(self) -> Mapping[str, float]: ...
+    @property
+    def stack(self) -> str | None: ...
 
 
 @attrs.define
@@ -101,7 +133,7 @@ class MinuteRow:
 
 @attrs.define(eq=False)
 class _Batch:
-    """A batch reduced to what the tables take, CHUNK records at a time."""
+    """A batch reduced to what the tables take."""
 
     counts: collections.Counter[tuple[int, str, str]] = attrs.field(factory=collections.Counter)
     latest: dict[str, ErrorRecord] = attrs.field(factory=dict)
@@ -185,24 +217,17 @@ class ErrorStore:
 
     # ------------------------------------------------------------- writing
 
-    def write(
-        self, records: Sequence[ErrorRecord], *, pause: Callable[[], None] | None = None
-    ) -> None:
+    def write(self, records: Sequence[ErrorRecord]) -> None:
         """Store one batch (in time order) in one transaction: fingerprints, counts, samples.
 
         Per record only a key and a count are made (a storm is mostly records
         whose minute already has its samples); the database gets one
         statement per table, and one per fingerprint seen for the first time.
-        ``pause`` is called after each CHUNK records are reduced (the shipper
-        lets go of the GIL there).
         """
         if not records:
             return
         batch = _Batch()
-        for i in range(0, len(records), CHUNK):
-            batch.add(records[i : i + CHUNK], self)
-            if pause is not None:
-                pause()
+        batch.add(records, self)
         self.counted_only += len(records) - len(batch.kept)
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")

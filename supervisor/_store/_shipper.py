@@ -3,17 +3,19 @@
 The sink (:meth:`ErrorShipper.sink`, in ``sup.record_sinks``) only appends
 to a bounded deque: O(1), no lock, no I/O; past ``[errors] queue`` records
 it drops and counts (``queue_full``). Every :data:`FLUSH_EVERY` seconds the
-service swaps the deque for an empty one and writes the batch in a worker
-thread (``trio.to_thread.run_sync``, one thread at a time), so the loop
-never waits on the disk. A kill -9 loses what was queued since the last
-commit: at most FLUSH_EVERY plus one write. The Python part of a write
-holds the GIL, and the trio thread, woken for a tick, would wait up to the
-interpreter's switch interval (5 ms) for it: the worker naps (NAP, the GIL
-let go) after every ``_db.CHUNK`` records reduced, and frees the records
-itself, a chunk at a time (freeing them on the trio thread cost ~3 ms per
-batch), so a tick waits about 0.3 ms at most. Once a second it samples the
-public views into the minute's row (SLOs, correlation) and notes incidents
-(emergency, quarantine); once a minute it applies retention.
+service swaps the deque for an empty one and hands the batch to the writer
+process (:mod:`._writer`, started by the service and restarted if it dies,
+counted in ``writer_restarts``; the batch it took with it is counted lost as
+``writer_failed``). The loop's process never runs the SQL nor builds rows:
+in a worker thread that Python held the GIL the tick needed. Here the
+service only encodes the fields the store keeps (msgpack, field by field),
+:data:`CHUNK` records at a time with a checkpoint between chunks, and the
+records die a chunk at a time as they are encoded. The writer runs as a
+low-priority batch task, so waking it never takes the loop's CPU. A
+kill -9 loses what was queued since the last commit: at most FLUSH_EVERY
+plus one write. Once a second the service samples the public views into the
+minute's row (SLOs, correlation) and notes incidents (emergency,
+quarantine); once a minute the writer applies retention.
 """
 
 from __future__ import annotations
@@ -23,22 +25,24 @@ import hashlib
 import itertools
 import json
 import math
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
+import msgpack
 import trio
 
 from .._core._config_sections import ErrorsConfig, SloConfig, parse_duration
 from .._core._phase import Phase
 from .._logging import get_logger
-from ._db import CHUNK, ErrorStore, MinuteRow
+from ._db import MinuteRow
+from ._pipe import WriterGone, WriterProcess
 from ._sampler import Sampler
 from ._schema import connect
 from ._slo import burn_rate
+from ._writer import HEADER, frame
 
 if TYPE_CHECKING:
     from .._core._runtime import Supervisor
@@ -54,31 +58,43 @@ SAMPLE_EVERY: Final = 1.0
 RETAIN_EVERY: Final = 60.0
 #: Minute rows kept in memory for burn rates (the longest window: 3 days).
 RECENT_MINUTES: Final = 3 * 1440
-#: Seconds the worker sleeps between chunks, with the GIL let go (see _nap).
-NAP: Final = 100e-6
+#: Records encoded (and freed) between two checkpoints of the service.
+CHUNK: Final = 32
 #: Seconds the last write gets when the run ends.
 _FINAL_WRITE: Final = 5.0
 
 
-def _nap() -> None:
-    """Let go of the GIL long enough for the trio thread, if it waits, to take it.
+def _encode(packer: msgpack.Packer, queue: collections.deque[ErrorRecord], n: int) -> bytes:
+    """A frame of the next ``n`` records of ``queue``, taken off it (``_writer.FIELDS``).
 
-    ``sleep(0)`` is not enough: the waiting thread needs tens of microseconds
-    to wake, and the worker would take the GIL back first; the trio thread
-    would then wait out the interpreter's whole switch interval (5 ms).
+    Field by field into the packer's buffer: no tuple or list per record, so
+    encoding allocates nothing the garbage collector tracks and cannot set off
+    a collection between two ticks (a storm's queued records make those cost
+    milliseconds). Each record dies here, as it is encoded.
     """
-    time.sleep(NAP)
-
-
-def _release(batch: list[ErrorRecord]) -> None:
-    """Free the batch's records here, a chunk at a time, napping between chunks.
-
-    Freeing 2,500 records takes milliseconds; had the last reference been
-    dropped on the trio thread, that would have been a tick's lateness.
-    """
-    while batch:
-        del batch[-CHUNK:]
-        _nap()
+    packer.pack_array_header(2)
+    packer.pack("r")
+    packer.pack_array_header(n)
+    pack, header, take = packer.pack, packer.pack_array_header, queue.popleft
+    for _ in range(n):
+        r = take()
+        header(13)
+        pack(r.time)
+        pack(r.tick)
+        pack(r.system)
+        pack(r.hook)
+        pack(r.phase)
+        pack(r.kind)
+        pack(r.fingerprint)
+        pack(r.exc_type)
+        pack(r.message)
+        pack(r.traceback)
+        pack(r.health)
+        pack(r.gauges)
+        pack(r.stack)
+    body: bytes = packer.bytes()
+    packer.reset()
+    return HEADER.pack(len(body)) + body
 
 
 def config_version(raw: Mapping[str, Any]) -> str:
@@ -99,15 +115,20 @@ class ErrorShipper:
     queue: collections.deque[ErrorRecord] = attrs.field(factory=collections.deque)
     #: Records not stored, by reason: ``queue_full``, ``write_failed``.
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
-    store: ErrorStore | None = None
+    writer: WriterProcess | None = None
+    #: Writers started after the first (one died: crashed, killed, pipe broken).
+    writer_restarts: int = 0
+    written: int = 0
+    counted_only: int = 0
+    #: Rows retention removed, by reason (``retention_age`` ...).
+    retained: collections.Counter[str] = attrs.field(factory=collections.Counter)
     recent: collections.deque[MinuteRow] = attrs.field(
         factory=lambda: collections.deque(maxlen=RECENT_MINUTES)
     )
     sampler: Sampler | None = None
-    #: CPU seconds the worker threads spent writing (what the store costs the machine).
+    #: CPU seconds the writer processes spent writing (what the store costs the machine).
     write_cpu: float = 0.0
     _saved_drops: collections.Counter[str] = attrs.field(factory=collections.Counter)
-    _limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
     _readers: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(2))
     #: Whether answers leave tracebacks out: the phase whose access rules apply is
     #: PRODUCTION (as the in-memory error view does). Updated once a second.
@@ -116,6 +137,9 @@ class ErrorShipper:
     _incidents: list[tuple[float, str, str]] = attrs.field(factory=list)
     _quarantined: tuple[str, ...] = ()
     _log: Any = attrs.field(factory=lambda: get_logger(component="error_store"))
+    _packer: msgpack.Packer = attrs.field(
+        factory=lambda: msgpack.Packer(autoreset=False, default=dict)
+    )
 
     def sink(self, record: ErrorRecord) -> None:
         """The core's record sink: queue ``record``, or count it dropped. O(1), never raises."""
@@ -130,12 +154,11 @@ class ErrorShipper:
         self, sup: Supervisor, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Write the queue every FLUSH_EVERY seconds until ``sup.closing``; then a last write."""
-        if self.store is None:
-            self.store = await self._thread(self._open, time.time())
-            assert self.sampler is not None
-            self.sampler.prime(
-                time.time(), lateness=sup.lateness, work=sup.work, errors=sup.errors.total
-            )
+        if self.sampler is None:
+            now = time.time()
+            self.sampler = await trio.to_thread.run_sync(self._load, now)
+            self.writer = await self._start(now)
+            self.sampler.prime(now, lateness=sup.lateness, work=sup.work, errors=sup.errors.total)
         task_status.started()
         clock = trio.current_time
         next_sample = clock()
@@ -149,36 +172,52 @@ class ErrorShipper:
                 if clock() >= next_sample:
                     next_sample = clock() + SAMPLE_EVERY
                     rows, events = self._sample(sup)
-                await self._write(rows, events)
+                    await trio.lowlevel.checkpoint()  # a tick may be due: the batch waits
+                retain = None
                 if clock() >= next_retain:
                     next_retain = clock() + RETAIN_EVERY
-                    await self._thread(self._retain, time.time())
+                    retain = time.time()
+                await self._write(rows, events, retain)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(_FINAL_WRITE):
                 rows, events = self._sample(sup)
-                await self._write(rows, events)
-                store = self.store
-                if sup.closing.is_set() and store is not None:  # the run ends (not a crash)
-                    self.store = None
-                    await self._thread(store.close)
+                await self._write(rows, events, None)
+                writer = self.writer
+                if sup.closing.is_set() and writer is not None:  # the run ends (not a crash)
+                    self.writer = None
+                    await writer.aclose()
 
-    def _open(self, now: float) -> ErrorStore:
-        store = ErrorStore.open(
-            self.path,
-            retention_days=self.config.retention_days,
-            max_mb=self.config.max_mb,
-            samples_per_minute=self.config.samples_per_minute,
-            config_version=self.version,
-            source=self.source,
-            now=now,
-        )
-        since = int(now) // 60 * 60 - 60 * RECENT_MINUTES
-        rows = store.conn.execute(
-            "SELECT * FROM minutes WHERE minute >= ? ORDER BY minute", (since,)
-        ).fetchall()
+    def _load(self, now: float) -> Sampler:
+        """Create or migrate the file (a newer one stops the start); the recent minutes."""
+        conn = connect(self.path)
+        try:
+            since = int(now) // 60 * 60 - 60 * RECENT_MINUTES
+            rows = conn.execute(
+                "SELECT * FROM minutes WHERE minute >= ? ORDER BY minute", (since,)
+            ).fetchall()
+        finally:
+            conn.close()
         self.recent.extend(MinuteRow.from_row(r) for r in rows)
-        self.sampler = Sampler(row=store.load_minute(int(now) // 60 * 60))
-        return store
+        minute = int(now) // 60 * 60
+        last = self.recent[-1] if self.recent else None
+        # The current minute as stored (an earlier run's part of it) goes on from there.
+        if last is not None and last.minute == minute:
+            self.recent.pop()
+            return Sampler(row=last)
+        return Sampler(row=MinuteRow(minute=minute))
+
+    async def _start(self, now: float) -> WriterProcess:
+        return await WriterProcess.start(
+            self.path,
+            {
+                "retention_days": self.config.retention_days,
+                "max_mb": self.config.max_mb,
+                "samples_per_minute": self.config.samples_per_minute,
+                "config_version": self.version,
+                "source": self.source,
+                "now": now,
+            },
+        )
 
     def incident(self, kind: str, detail: str) -> None:
         """Note an incident for the report (e.g. an alert firing: ``"alert"``, its rule)."""
@@ -216,56 +255,49 @@ class ErrorShipper:
             rows.insert(0, finished)
         return rows, events
 
-    async def _write(self, rows: list[MinuteRow], events: list[tuple[float, str, str]]) -> None:
+    async def _write(
+        self, rows: list[MinuteRow], events: list[tuple[float, str, str]], retain: float | None
+    ) -> None:
+        """Hand the queue, the minute rows, events and drops to the writer; take its figures."""
         batch, self.queue = self.queue, collections.deque()
         drops = self.dropped - self._saved_drops
-        self._saved_drops = self.dropped.copy()
-        if batch or rows or events or drops:
-            # Copies: the sampler goes on changing its row while the thread writes.
-            rows = [attrs.evolve(r, late=list(r.late)) for r in rows]
-            # The deque itself goes: its records must die in the worker (see _release).
-            await self._thread(self._write_sync, batch, rows, events, drops)
-
-    def _write_sync(
-        self,
-        queued: collections.deque[ErrorRecord],
-        rows: list[MinuteRow],
-        events: list[tuple[float, str, str]],
-        drops: Mapping[str, int],
-    ) -> None:
-        store = self.store
-        assert store is not None
-        began = time.thread_time()
-        batch = list(queued)
-        queued.clear()
-        try:
-            store.write(batch, pause=_nap)
-            for row in rows:
-                store.write_minute(row)
-            for event in events:
-                store.event(*event)
-            store.count_dropped(drops)
-        except sqlite3.Error as exc:
-            # The disk is full or the file went away: these records are lost, and
-            # counted; the next batch tries again.
-            self.dropped["write_failed"] += len(batch)
-            self._log.error("error_store.write_failed", error=str(exc), records=len(batch))
-        finally:
-            _release(batch)
-            self.write_cpu += time.thread_time() - began
-
-    def _retain(self, now: float) -> None:
-        assert self.store is not None
-        try:
-            gone = self.store.retain(now)
-        except sqlite3.Error as exc:
-            self._log.error("error_store.retention_failed", error=str(exc))
+        if not (batch or rows or events or drops or retain is not None):
             return
-        if any(gone.values()):
+        lost = len(batch)
+        try:
+            if self.writer is None:
+                self.writer = await self._start(time.time())
+                self.writer_restarts += 1
+            writer = self.writer
+            while batch:
+                # Encoded and freed a chunk at a time: the tick waits for one chunk at most.
+                data = _encode(self._packer, batch, min(CHUNK, len(batch)))
+                await trio.lowlevel.checkpoint()
+                await writer.send(data)
+            await writer.send(
+                frame(["end", [[r.values() for r in rows], events, dict(drops), retain]])
+            )
+            reply = await writer.receive()
+        except WriterGone as exc:
+            self.dropped["writer_failed"] += lost
+            self._log.error("error_store.writer_gone", error=str(exc), records=lost)
+            gone_writer, self.writer = self.writer, None
+            if gone_writer is not None:
+                with trio.CancelScope(shield=True):
+                    await gone_writer.aclose()
+            return
+        self._saved_drops += drops
+        self.written += reply["written"]
+        self.counted_only += reply["counted_only"]
+        self.write_cpu += reply["cpu"]
+        if reply["write_failed"]:
+            self.dropped["write_failed"] += reply["write_failed"]
+        for error in reply["errors"]:
+            self._log.error("error_store.write_failed", error=error)
+        gone = {k: n for k, n in reply["retained"].items() if n}
+        if gone:
+            self.retained.update({f"retention_{k}": n for k, n in gone.items() if k != "folded"})
             self._log.info("error_store.retention", **gone)
-
-    async def _thread(self, func: Callable[..., _T], *args: Any) -> _T:
-        return await trio.to_thread.run_sync(func, *args, limiter=self._limiter)
 
     # -------------------------------------------------------------- reads
 
@@ -299,14 +331,14 @@ class ErrorShipper:
 
     def stats(self) -> dict[str, Any]:
         """What the store did: written, counted only, dropped by reason, size."""
-        store = self.store
         return {
             "path": str(self.path),
             "queued": len(self.queue),
-            "written": store.written if store else 0,
-            "counted_only": store.counted_only if store else 0,
+            "written": self.written,
+            "counted_only": self.counted_only,
             "write_cpu_seconds": self.write_cpu,
-            "dropped": dict(self.dropped + (store.dropped if store else collections.Counter())),
+            "writer_restarts": self.writer_restarts,
+            "dropped": dict(self.dropped + self.retained),
         }
 
 

@@ -1,0 +1,83 @@
+"""The writer process: it exits when its pipe closes, and a dead one is restarted and counted."""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import trio
+from test_store import rec
+from test_store_run import RECOVERY, Failing, count
+
+from supervisor._store._pipe import WriterProcess
+from supervisor._store._shipper import ErrorShipper, _encode, attach_error_store
+from supervisor._store._writer import frame
+from supervisor.testing import make_supervisor
+
+
+async def test_the_writer_writes_answers_and_exits_when_its_pipe_closes(tmp_path: Path) -> None:
+    db = tmp_path / "errors.db"
+    writer = await WriterProcess.start(db, {"now": time.time()})
+    queue = collections.deque(rec(time.time() + i, fp=f"f{i % 2}") for i in range(10))
+    await writer.send(_encode(msgpack.Packer(autoreset=False, default=dict), queue, 10))
+    assert not queue
+    await writer.send(frame(["end", [[], [], {"queue_full": 3}, None]]))
+    reply = await writer.receive()
+    assert (reply["written"], reply["write_failed"]) == (10, 0)
+    assert writer.process.stdin is not None
+    await writer.process.stdin.aclose()
+    with trio.fail_after(5):
+        assert await writer.process.wait() == 0
+    assert count(db, "SELECT sum(n) FROM counts") == 10
+    assert count(db, "SELECT n FROM dropped WHERE reason = 'queue_full'") == 3
+    assert count(db, "PRAGMA integrity_check") == "ok"
+
+
+def test_a_dead_writer_is_restarted_and_its_batch_counted_lost(tmp_path: Path) -> None:
+    sup = make_supervisor({"bad": Failing()}, config=RECOVERY, tick_rate=100, state_dir=tmp_path)
+    shipper = attach_error_store(sup)
+    assert shipper is not None
+    killed: list[int] = []
+
+    async def kill_the_writer() -> None:
+        while shipper.written == 0:  # noqa: ASYNC110 (polls a plain counter; once a batch is in)
+            await trio.sleep(0.01)
+        assert shipper.writer is not None
+        killed.append(shipper.writer.process.pid)
+        shipper.writer.process.kill()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kill_the_writer)
+            await sup.run(ticks=150)
+
+    trio.run(main)
+    assert len(killed) == 1
+    assert shipper.writer_restarts == 1
+    stats = shipper.stats()
+    assert stats["writer_restarts"] == 1
+    lost = stats["dropped"].get("writer_failed", 0)
+    assert lost > 0, "the batch in flight when it died is counted"
+    stored = count(tmp_path / "errors.db", "SELECT sum(n) FROM counts")
+    assert stored + lost == sup.errors.total
+    assert stored == shipper.written
+    conn = sqlite3.connect(tmp_path / "errors.db")
+    try:
+        assert conn.execute("SELECT n FROM dropped WHERE reason = 'writer_failed'").fetchone() == (
+            lost,
+        )
+    finally:
+        conn.close()
+
+
+def test_an_unopenable_file_stops_the_start(tmp_path: Path) -> None:
+    (tmp_path / "errors.db").write_bytes(b"not a database" * 100)
+    shipper = ErrorShipper(path=tmp_path / "errors.db")
+    sup = make_supervisor({}, state_dir=tmp_path)
+    with pytest.raises(sqlite3.DatabaseError):
+        trio.run(shipper.error_store, sup)
+    assert shipper.writer is None, "no writer is started on a file that cannot be opened"
