@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ._client import EPILOG, api_get, api_options, echo_json, json_option, make_console
+from ._client import EPILOG, _text, api_get, api_options, echo_json, json_option, make_console
 
 __all__ = ["alerts"]
 
@@ -47,13 +47,13 @@ def _print_alerts(data: Mapping[str, Any]) -> None:
             state = str(rule.get("state"))
             value = rule.get("value")
             table.add_row(
-                str(rule.get("rule")),
-                str(rule.get("severity")),
+                _text(rule.get("rule")),
+                _text(rule.get("severity")),
                 f"[{_STYLE.get(state, '')}]{state}[/]",
                 _since(rule),
                 "-" if not isinstance(value, int | float) else f"{value:g}",
-                str(rule.get("when")),
-                str(rule.get("fired", 0)),
+                _text(rule.get("when")),
+                _text(rule.get("fired", 0)),
             )
         console.print(table)
     for dest in data.get("destinations") or []:

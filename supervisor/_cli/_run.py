@@ -224,8 +224,6 @@ def run_command(
             supervisor={"phase": phase, "profile": profile, "state_dir": state_dir},
             logging={"format": log_format},
         )
-        start_phase = Phase.parse(config.supervisor.phase)
-        effective = config.for_phase(start_phase)
         sup = Supervisor.from_config(
             config,
             tick_rate=tick_rate,
@@ -240,6 +238,7 @@ def run_command(
         refused = refusal(sup.security_report())
         if refused is not None:
             fail(refused, EXIT_USAGE)
+    effective = sup.active_config  # the start phase's overlay applied
     fmt = effective.logging.format
     live = LiveStream(sys.stderr) if sys.stderr.isatty() else None
     configure_logging(

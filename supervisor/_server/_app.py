@@ -149,7 +149,7 @@ class Api:
     def use_tokens(self, tokens: tuple[TokenConfig, ...]) -> None:
         """Accept these tokens from now on (the phase in force changed its ``[api] tokens``)."""
         self._tokens = tuple(
-            (t.sha256.lower().encode("ascii"), Caller(name=t.name, role=t.role)) for t in tokens
+            (t.sha256.encode("ascii"), Caller(name=t.name, role=t.role)) for t in tokens
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
