@@ -10,17 +10,32 @@
 #   tmux        tests/test_terminal.py reads the live status line off a real terminal
 #   prometheus-alertmanager  tests/test_alerts_delivery.py posts alerts to a real Alertmanager
 #               (promtool, from the prometheus package, checks deploy/prometheus/alerts.yml)
+#   chromium, chromedriver  the dashboard's browser tests drive a real headless Chromium
+#   redis-server  the fleet registry and control plane tests start a throwaway Redis
+#   initdb      the PostgreSQL datastore tests start a throwaway cluster (postgresql's
+#               binaries live in /usr/lib/postgresql/N/bin: see pg_bin below)
 set -euo pipefail
 
 NEEDS=(
   "prometheus:prometheus"
   "tmux:tmux"
   "prometheus-alertmanager:prometheus-alertmanager"
+  "chromium:chromium"
+  "chromedriver:chromium-driver"
+  "redis-server:redis-server"
+  "pg_bin_initdb:postgresql"
 )
+
+# PostgreSQL's server binaries are not on PATH on Debian: look for initdb in
+# its versioned directory.
+pg_bin_initdb() { compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; }
+have() {
+  if [ "$1" = pg_bin_initdb ]; then pg_bin_initdb; else command -v "$1" >/dev/null 2>&1; fi
+}
 
 missing=()
 for need in "${NEEDS[@]}"; do
-  command -v "${need%%:*}" >/dev/null 2>&1 || missing+=("${need#*:}")
+  have "${need%%:*}" || missing+=("${need#*:}")
 done
 
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -48,10 +63,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 for need in "${NEEDS[@]}"; do
-  command -v "${need%%:*}" >/dev/null 2>&1 || {
+  have "${need%%:*}" || {
     echo "services.sh: ${need%%:*} is still missing after the install" >&2
     exit 1
   }
 done
 echo "services.sh: $(prometheus --version 2>&1 | sed -n 1p); $(tmux -V);" \
-  "$(prometheus-alertmanager --version 2>&1 | sed -n 1p)"
+  "$(prometheus-alertmanager --version 2>&1 | sed -n 1p);" \
+  "$(chromium --version 2>/dev/null); $(redis-server --version | cut -d' ' -f1-3);" \
+  "$(ls -d /usr/lib/postgresql/*/bin | head -1)"
