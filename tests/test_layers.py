@@ -100,7 +100,10 @@ def layer_of(name: str) -> Layer:
     if parts[1] in LEAVES:
         return Layer.LEAF
     by_folder = {"_core": Layer.CORE, "_server": Layer.SERVER, "_cli": Layer.CLI}
-    by_folder |= dict.fromkeys({"_store", "_alerts"}, Layer.CAPABILITY)
+    # issues 11-15: capabilities above the core, below the server
+    by_folder |= dict.fromkeys(
+        {"_store", "_alerts", "_rollout", "_fleet", "_agones", "_datastores"}, Layer.CAPABILITY
+    )
     if parts[1] in by_folder:
         return by_folder[parts[1]]
     raise AssertionError(f"{name} is in no layer: add it to LEAVES or a folder")

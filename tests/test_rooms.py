@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+from pathlib import Path
 
 from supervisor import Phase, RecoveryConfig
 from supervisor._core._histogram import HistogramStats
@@ -128,3 +129,24 @@ class TestActionViews:
             assert key in d
         assert d["snapshots"]["stall"] == HistogramStats.from_values([]).as_dict()
         assert d["services"] == {"failures": {}}
+
+
+def test_a_capability_adds_a_status_section_and_a_broken_one_cannot_break_status(
+    tmp_path: Path,
+) -> None:
+    """``status_sections``: a capability's own key in status; one that raises says why."""
+    from supervisor import Supervisor
+    from supervisor._core._config import Config
+
+    sup = Supervisor(Config(), state_dir=tmp_path, persist=False)
+    sup.status_sections["fleet"] = lambda: {"members": 3}
+
+    def broken() -> dict[str, int]:
+        raise RuntimeError("redis went away")
+
+    sup.status_sections["agones"] = broken
+    sup.status_sections["phase"] = lambda: {"not": "this"}
+    d = sup.status().as_dict()
+    assert d["fleet"] == {"members": 3}
+    assert d["agones"] == {"error": "RuntimeError: redis went away"}
+    assert isinstance(d["phase"], str)  # a section never hides a core key

@@ -194,6 +194,8 @@ class Supervisor:
         self.service_failures = self._services.failures
         #: Called with the new phase after every phase change.
         self.phase_listeners: list[Callable[[Phase], None]] = self._lifecycle.listeners
+        #: Named sections capabilities add to ``status()`` (see ControlSurface.status_sections).
+        self.status_sections = self._surface.status_sections
         #: Called with every error record as it is made (``_failures``): the
         #: durable error store enqueues here, off the tick's own work.
         self.record_sinks: list[Callable[[ErrorRecord], None]] = self._recorder.sinks

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any
 
@@ -29,6 +29,7 @@ from ._phase import Phase
 from ._profiles import MachineFacts
 from ._readiness import ReadinessFacts, assess, security_only
 from ._recovery import Recovery
+from ._safecall import safe_message, safe_type_name
 from ._services import Services
 from ._slots import STEP_RING, Slot, ring_window
 from ._snapshotter import Snapshotter
@@ -93,6 +94,10 @@ class ControlSurface:
         self.sink_checks: list[Callable[[], str | None]] = []
         #: The API address actually bound, reported by the server layer (None: no API).
         self.listen: str | None = None
+        #: Named sections a capability adds to ``status`` (``fleet``, ``agones``,
+        #: ``rollouts``...): each returns a JSON-ready mapping when status is read.
+        #: A section that raises shows as ``{"error": ...}``; status never fails for it.
+        self.status_sections: dict[str, Callable[[], Mapping[str, Any]]] = {}
 
     # ------------------------------------------------------------------ probes
 
@@ -325,7 +330,18 @@ class ControlSurface:
             redaction=k.redaction,
             service_failures=dict(self._services.failures),
             optimizer=opt,
+            sections=self._sections(),
         )
+
+    def _sections(self) -> dict[str, Mapping[str, Any]]:
+        """The capabilities' status sections, each read once; a failing one says why."""
+        out: dict[str, Mapping[str, Any]] = {}
+        for name, section in self.status_sections.items():
+            try:
+                out[name] = section()
+            except Exception as exc:  # a capability's bug must not break status
+                out[name] = {"error": f"{safe_type_name(exc)}: {safe_message(exc)}"}
+        return out
 
     # ------------------------------------------------------------------ actions
 

@@ -189,6 +189,8 @@ class StatusView:
     config_file: str
     #: The API address actually bound (``unix:/abs/path``, ``http://host:port``); None when off.
     listen: str | None
+    #: The capabilities' own sections (``Supervisor.status_sections``), by name.
+    sections: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready mapping (the statistics, then the rest)."""
@@ -213,6 +215,8 @@ class StatusView:
             config_file=self.config_file,
             listen=self.listen,
         )
+        for name, section in self.sections.items():
+            d.setdefault(name, dict(section))  # a section never hides a core key
         return d
 
 
