@@ -11,20 +11,30 @@ The same helpers the supervisor's own tests use::
 
 Inside a trio test (pytest-trio with the ``autojump_clock`` fixture), use
 ``await run_systems_async(...)`` instead.
+
+To assert on what a system logged (as structlog's ``capture_logs``, but after
+the supervisor's redaction, so a test sees what an operator would)::
+
+    with capture_logs() as logs:
+        run_systems(Shop(), ticks=3)
+    assert [e["event"] for e in logs if e["system"] == "shop"] == ["opened"]
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import attrs
+import structlog
 import trio
 import trio.testing
 
 from ._core._config import Config
 from ._core._profiles import MachineFacts
+from ._core._redact import Redactor
 from ._core._runtime import Supervisor
 from ._core._safecall import ErrorRecord
 from ._core._views import RunSummary
@@ -33,6 +43,7 @@ __all__ = [
     "FIXED_FACTS",
     "TestRun",
     "Ticking",
+    "capture_logs",
     "make_supervisor",
     "run_systems",
     "run_systems_async",
@@ -165,3 +176,34 @@ def run_systems(
         run_systems_async, *systems, ticks=ticks, duration=duration, named=named, **kwargs
     )
     return trio.run(run, clock=clock)
+
+
+@contextlib.contextmanager
+def capture_logs(sup: Supervisor | None = None) -> Iterator[list[MutableMapping[str, Any]]]:
+    """Collect every log event written inside the block, redacted, instead of printing it.
+
+    Each event is the dict a renderer would get: ``event``, ``log_level``,
+    the bound ``system`` for a system's ``ctx.log``, and its keyword values,
+    after redaction (the default rules, or those of ``sup``, e.g. one built
+    from a config with ``[redaction]`` keys). Like structlog's
+    ``capture_logs`` it reconfigures structlog for the block and restores it
+    after; events below no level are filtered, so debug events are kept too.
+    """
+    captured: list[MutableMapping[str, Any]] = []
+
+    def keep(_logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
+        event_dict.setdefault("log_level", method_name)
+        captured.append(event_dict)
+        raise structlog.DropEvent
+
+    before = structlog.get_config()
+    redact = (Redactor() if sup is None else sup.redactor).structlog_processor()
+    structlog.configure(
+        processors=[structlog.processors.format_exc_info, redact, keep],
+        wrapper_class=structlog.make_filtering_bound_logger(0),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield captured
+    finally:
+        structlog.configure(**before)

@@ -91,6 +91,7 @@ TESTING = {
     "FIXED_FACTS",
     "TestRun",
     "Ticking",
+    "capture_logs",
     "make_supervisor",
     "run_systems",
     "run_systems_async",
