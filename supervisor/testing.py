@@ -33,6 +33,7 @@ import trio
 import trio.testing
 
 from ._core._config import Config
+from ._core._plugins import build, default_name, plan_systems
 from ._core._profiles import MachineFacts
 from ._core._redact import Redactor
 from ._core._runtime import Supervisor
@@ -111,8 +112,16 @@ def make_supervisor(
     """A supervisor with ``systems`` registered (a mapping registers them under its keys).
 
     ``config`` may be a ``Config`` or a plain mapping shaped like the TOML
-    file; environment overrides are not read, so tests are hermetic.
-    Snapshots are written only when ``state_dir`` is given.
+    file; environment overrides are not read, so tests are hermetic. Its
+    ``[systems]`` tables work as in a file: a system passed as a *class* is
+    built from the table of its name, checked like a file's, and the systems
+    the config names (its ``enabled`` list, else its tables; an entry point
+    name or ``pkg.module:Class``) are built and registered too. Instances are
+    registered as they are. Snapshots are written only when ``state_dir`` is
+    given.
+
+    Raises:
+        ConfigError: a table's arguments are wrong, or names an unknown system.
     """
     if config is None:
         config = Config()
@@ -124,12 +133,21 @@ def make_supervisor(
     # Snapshots only where the test says: never into the working folder.
     kwargs.setdefault("persist", kwargs.get("state_dir") is not None)
     sup = Supervisor(config, tick_rate=tick_rate, **kwargs)
-    if isinstance(systems, Mapping):
-        for name, system in systems.items():
-            sup.register(system, name=name)
-    else:
-        for system in systems:
-            sup.register(system)
+    tables = dict(sup.active_config.systems.options)
+    source = config.source
+    named = systems.items() if isinstance(systems, Mapping) else ((None, s) for s in systems)
+    for given, system in named:
+        if isinstance(system, type):  # a class: built from its table, rebuilt on restart
+            name = given or default_name(system, system.__name__)
+            make = functools.partial(build, name, system, tables.pop(name, {}), source=source)
+            sup.register(make(), name=name, origin="code", factory=make)
+        else:
+            sup.register(system, name=given)
+    enabled = sup.active_config.systems.enabled
+    wanted = enabled if enabled is not None else tuple(tables)
+    for plan in plan_systems(wanted, tables, source=source) if wanted else ():
+        make = functools.partial(build, plan.name, plan.factory, plan.options, source=source)
+        sup.register(make(), name=plan.name, origin=plan.origin, factory=make)
     return sup
 
 

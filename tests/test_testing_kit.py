@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import structlog
 
-from supervisor.testing import capture_logs, run_systems
+from supervisor import ConfigError
+from supervisor.testing import Ticking, capture_logs, run_systems
 
 
 class Shop:
@@ -38,3 +40,37 @@ def test_capture_logs_restores_the_configuration_after_the_block() -> None:
     with capture_logs():
         pass
     assert structlog.get_config()["processors"] == before
+
+
+class Counter:
+    """Counts by ``step``: a constructor argument from its config table."""
+
+    name = "counter"
+
+    def __init__(self, step: int = 1) -> None:
+        self.step = step
+        self.total = 0
+
+    def tick(self, ctx: Any) -> None:
+        self.total += self.step
+
+
+def test_a_class_is_built_from_its_config_table_as_from_a_file() -> None:
+    result = run_systems(Counter, config={"systems": {"counter": {"step": 3}}}, ticks=4)
+    assert result.system("counter").total == 12
+
+
+def test_a_bad_table_is_the_same_one_line_error_as_in_a_file() -> None:
+    with pytest.raises(ConfigError, match=r"systems\.counter.*'stpe'.*did you mean 'step'"):
+        run_systems(Counter, config={"systems": {"counter": {"stpe": 3}}}, ticks=1)
+
+
+def test_the_systems_a_config_names_are_built_and_only_those() -> None:
+    result = run_systems(
+        Ticking(),
+        config={"systems": {"heartbeat": {}, "counter": {"use": f"{__name__}:Counter", "step": 2}}},
+        ticks=3,
+    )
+    names = [s["name"] for s in result.supervisor.status().as_dict()["systems"]]
+    assert sorted(names) == ["counter", "heartbeat", "ticking"]
+    assert result.system("counter").total == 6
