@@ -23,17 +23,15 @@ import collections
 import datetime
 import ssl
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-# httpx imports its transport (httpcore, ~60 ms) when the first client is
-# made: imported here, that is paid when the alerts are attached, not in a
-# step of a delivery service, on the loop, while the world ticks.
-import httpcore  # noqa: F401
-import httpx
 import trio
 
 from .._logging import get_logger
 from ._evaluator import State
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "ATTEMPTS",
@@ -103,6 +101,14 @@ class Destination:
         queue: int,
         client: httpx.AsyncClient | None = None,
     ) -> None:
+        # httpx (~8 MB and ~60 ms with its transport, httpcore) is imported
+        # here, when a destination is configured and the alerts are attached:
+        # not by a run without destinations, and not in a step of a delivery
+        # service, on the loop, while the world ticks.
+        import httpcore  # noqa: F401, PLC0415
+        import httpx  # noqa: PLC0415
+
+        self._httpx = httpx
         self.name = name
         self.alertmanager = alertmanager
         self.url = url.rstrip("/") + "/api/v2/alerts" if alertmanager else url
@@ -143,7 +149,7 @@ class Destination:
         """Post what is queued until ``closing`` is set (the service's body)."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch, closing, nursery.cancel_scope)
-            client = self._client or httpx.AsyncClient(timeout=TIMEOUT, verify=self._tls)
+            client = self._client or self._httpx.AsyncClient(timeout=TIMEOUT, verify=self._tls)
             try:
                 while True:
                     batch = [await self._receive.receive()]
@@ -174,7 +180,7 @@ class Destination:
                     self.counts["sent"] += len(batch)
                     return
                 problem = f"HTTP {answer.status_code}"
-            except httpx.HTTPError as exc:
+            except self._httpx.HTTPError as exc:
                 problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             self.counts["failed_attempt"] += 1
             self.last_error = problem[:200]
