@@ -24,7 +24,7 @@ from agones_standin import SdkStandIn
 from supervisor import Config, ConfigError, Phase, Supervisor
 from supervisor._agones import attach_agones, link_for
 from supervisor._agones._link import AgonesLink, Backoff, HealthGate, deliver, label_value
-from supervisor._agones._sdk import MAX_WATCH_LINE, AgonesSDK, SdkError
+from supervisor._agones._sdk import MAX_ANSWER, MAX_WATCH_LINE, AgonesSDK, SdkError
 from supervisor._agones._state import GameServerState
 from supervisor._core._config_agones import AgonesConfig
 
@@ -339,19 +339,38 @@ class TestSdk:
                 with trio.fail_after(5), pytest.raises(SdkError):
                     await drain(sdk)
 
+    async def test_an_endless_answer_is_cut(self) -> None:
+        """An answer longer than MAX_ANSWER is an SdkError, not a memory hog."""
+        with _raw_server(b"x" * (MAX_ANSWER + 10)) as port:
+            async with AgonesSDK(port, timeout=5.0) as sdk:
+                with pytest.raises(SdkError, match="answer over"):
+                    await sdk.ready()
+
+    async def test_a_silent_sidecar_is_bounded_by_the_timeout(self) -> None:
+        """A sidecar that accepts and never answers: SdkError after the timeout, not a hang."""
+        with _raw_server(b"", silent=True) as port:
+            async with AgonesSDK(port, timeout=0.3) as sdk:
+                with trio.fail_after(3), pytest.raises(SdkError, match="TooSlow"):
+                    await sdk.health()
+
 
 class _Raw(threading.Thread):
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, *, silent: bool = False) -> None:
         super().__init__(daemon=True)
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(1)
         self.body = body
+        self.silent = silent
+        self.done = threading.Event()
 
     def run(self) -> None:
         conn, _ = self.sock.accept()
         with conn:
             conn.recv(65536)
+            if self.silent:  # read the request, answer nothing until the test ends
+                self.done.wait(10)
+                return
             head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
             with suppress(OSError):  # the client may hang up on an endless line
                 conn.sendall(head + self.body)
@@ -360,8 +379,8 @@ class _Raw(threading.Thread):
 class _raw_server:
     """A server answering one request with a fixed watch stream, then closing."""
 
-    def __init__(self, body: bytes) -> None:
-        self.thread = _Raw(body)
+    def __init__(self, body: bytes, *, silent: bool = False) -> None:
+        self.thread = _Raw(body, silent=silent)
 
     def __enter__(self) -> int:
         self.thread.start()
@@ -369,4 +388,5 @@ class _raw_server:
         return port
 
     def __exit__(self, *exc: object) -> None:
+        self.thread.done.set()
         self.thread.sock.close()

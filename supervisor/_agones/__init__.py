@@ -9,7 +9,7 @@ players gauge as the ``players`` Counter, WatchGameServer's state in
 Shutdown after a graceful stop or a preserved emergency.
 
 Only :mod:`._attach` is loaded with the package: the link and its HTTP
-client (httpx) are imported when a run turns the link on, so a run without
+client (h11) are imported when a run turns the link on, so a run without
 Agones loads neither.
 """
 

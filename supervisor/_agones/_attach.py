@@ -39,7 +39,7 @@ def attach_agones(sup: Supervisor, *, env: Mapping[str, str] | None = None) -> A
     if not config.active(env):
         return None
     port = config.sdk_port(env)
-    from ._link import AgonesLink  # noqa: PLC0415 (httpx loads only when the link is on)
+    from ._link import AgonesLink  # noqa: PLC0415 (h11 loads only when the link is on)
 
     link = AgonesLink(
         sup=sup,

@@ -1,4 +1,4 @@
-"""The Agones SDK sidecar's REST API, on httpx (which runs on trio through AnyIO).
+"""The Agones SDK sidecar's REST API, spoken with h11 on trio's own TCP streams.
 
 Agones ships no Python SDK; its sidecar serves the gRPC SDK through a
 grpc-gateway on ``http://localhost:$AGONES_SDK_HTTP_PORT``: ``POST /ready``,
@@ -12,10 +12,18 @@ gRPC code and an HTTP status (500 for most). Sources: the REST guide
 (agones.dev, "REST Game Server Client API") and ``sdks/swagger/*.json`` in
 googleforgames/agones.
 
-Every request is bounded by a timeout; nothing here retries (the link
-decides when to try again). The sidecar is local, but its answers are read
-defensively: a watch line is capped, and a malformed one is an error, not a
-crash.
+Why h11 and not httpx (a dependency already): httpx's streaming bodies are
+async generators nested three deep; reading an answer only up to a limit,
+or abandoning the endless watch stream half-way, leaves the inner ones
+unfinished, and trio warns about each. h11 is the HTTP/1.1 engine under
+httpx's own transport (sans-IO, maintained by python-hyper): here it parses,
+and we decide how much to read. One connection per call (loopback, a call
+every second or two: nothing to pool).
+
+Every call is bounded by ``timeout`` as a whole and every answer by
+``MAX_ANSWER`` bytes; nothing here retries (the link decides when to try
+again). The sidecar is local, but its answers are read defensively: a watch
+line is capped, and a malformed one is an error, not a crash.
 """
 
 from __future__ import annotations
@@ -26,7 +34,6 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import h11
-import httpx
 import trio
 
 from ._state import GameServerState
@@ -37,6 +44,10 @@ __all__ = ["MAX_WATCH_LINE", "NOT_FOUND", "OUT_OF_RANGE", "AgonesSDK", "SdkError
 MAX_WATCH_LINE: Final = 1 << 20
 #: Bytes of an error answer read (the message is cut to 200 characters anyway).
 MAX_ERROR_BODY: Final = 65536
+#: Longest answer read from a call (a GameServer with every label and annotation fits).
+MAX_ANSWER: Final = 1 << 20
+#: Bytes asked of the socket at a time.
+READ_SIZE: Final = 65536
 #: gRPC's NOT_FOUND: the counter (or list) does not exist on this GameServer.
 NOT_FOUND: Final = 5
 #: gRPC's OUT_OF_RANGE: a Counter's count past its capacity.
@@ -60,11 +71,6 @@ class SdkError(Exception):
     def not_found(self) -> bool:
         """The sidecar said the thing asked for does not exist (no such Counter)."""
         return self.code == NOT_FOUND or self.status == 404
-
-
-def _error(response: httpx.Response) -> SdkError:
-    """An error answer as an SdkError."""
-    return _error_from(response.status_code, response.content[:MAX_ERROR_BODY])
 
 
 def _error_from(status: int, content: bytes) -> SdkError:
@@ -97,8 +103,6 @@ class AgonesSDK:
         self._host = host
         self._port = port
         self._timeout = timeout
-        # No proxies from the environment: the sidecar is on localhost, always.
-        self._client = httpx.AsyncClient(base_url=self.base, timeout=timeout, trust_env=False)
 
     async def __aenter__(self) -> AgonesSDK:
         return self
@@ -107,25 +111,51 @@ class AgonesSDK:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._client.aclose()
+        """Nothing is held between calls (one connection per call); kept for ``async with``."""
+
+    async def _send(
+        self, method: str, path: str, body: Mapping[str, Any] | None
+    ) -> tuple[trio.SocketStream, h11.Connection]:
+        """Connect and send one request (JSON body ``{}`` for POST/PUT/PATCH without one).
+
+        Raises:
+            OSError, trio.BrokenResourceError: no connection (callers turn them into SdkError).
+        """
+        stream = await trio.open_tcp_stream(self._host, self._port)
+        conn = h11.Connection(h11.CLIENT)
+        headers = [("Host", f"{self._host}:{self._port}"), ("Accept", "application/json")]
+        data = b""
+        if method != "GET":
+            data = json.dumps(body if body is not None else {}).encode()
+            headers += [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        try:
+            request = h11.Request(method=method, target=path, headers=headers)
+            await stream.send_all(
+                conn.send(request) + conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage())
+            )
+        except BaseException:
+            await stream.aclose()
+            raise
+        return stream, conn
 
     async def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         """One request; the decoded JSON answer.
 
         Raises:
-            SdkError: no connection, a timeout, an error answer, or a body that is not JSON.
+            SdkError: no connection, past the timeout, an answer over
+                MAX_ANSWER bytes, an error answer, or a body that is not JSON.
         """
         try:
-            response = await self._client.request(
-                method, path, json=body if body is not None else ({} if method != "GET" else None)
-            )
-        except httpx.HTTPError as exc:
+            with trio.fail_after(self._timeout):
+                stream, conn = await self._send(method, path, body)
+                async with stream:
+                    status, content = await _read_answer(stream, conn)
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError, h11.ProtocolError) as exc:
             raise SdkError(f"{type(exc).__name__}: {str(exc)[:200] or 'no answer'}") from None
-        if response.status_code != 200:
-            raise _error(response)
+        if status != 200:
+            raise _error_from(status, content)
         try:
-            return response.json() if response.content else {}
+            return json.loads(content) if content.strip() else {}
         except ValueError:
             raise SdkError("the answer is not JSON", status=200) from None
 
@@ -198,29 +228,16 @@ class AgonesSDK:
         """
         try:
             with trio.fail_after(self._timeout):
-                stream = await trio.open_tcp_stream(self._host, self._port)
-                conn = h11.Connection(h11.CLIENT)
-                request = h11.Request(
-                    method="GET",
-                    target="/watch/gameserver",
-                    headers=[
-                        ("Host", f"{self._host}:{self._port}"),
-                        ("Accept", "application/json"),
-                    ],
-                )
-                await stream.send_all(conn.send(request) + (conn.send(h11.EndOfMessage()) or b""))
+                return await self._send("GET", "/watch/gameserver", None)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             raise SdkError(f"{type(exc).__name__}: {str(exc)[:200] or 'no connection'}") from None
-        return stream, conn
 
     async def watch(self) -> AsyncGenerator[GameServerState, None]:
         """Each update of the GameServer, as the sidecar streams it, until the stream ends.
 
-        Spoken with h11 on a trio stream of our own rather than httpx's
-        streaming: httpx leaves its inner async generators unfinished when a
-        stream is abandoned half-way (which a watch always is), and trio warns
-        about each. Only connecting is bounded by the timeout: an idle stream
-        is normal (updates come when something changes).
+        Only connecting is bounded by the timeout: an idle stream is normal
+        (updates come when something changes); closing the generator (the
+        link does, with ``aclosing``) closes the connection.
 
         Raises:
             SdkError: no connection, an error answer, or a line that is too
@@ -232,10 +249,8 @@ class AgonesSDK:
                 status = 0
                 buffer = b""
                 while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        conn.receive_data(await stream.receive_some(65536))
-                    elif isinstance(event, h11.Response):
+                    event = await _next_event(stream, conn)
+                    if isinstance(event, h11.Response):
                         status = event.status_code
                     elif isinstance(event, h11.Data):
                         buffer += event.data
@@ -253,6 +268,35 @@ class AgonesSDK:
                 raise _error_from(status, buffer[:MAX_ERROR_BODY])
             if buffer.strip():
                 yield _watch_line(buffer)
+
+
+async def _next_event(stream: trio.SocketStream, conn: h11.Connection) -> Any:
+    """The next h11 event of the answer, reading from ``stream`` as it needs."""
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        conn.receive_data(await stream.receive_some(READ_SIZE))
+
+
+async def _read_answer(stream: trio.SocketStream, conn: h11.Connection) -> tuple[int, bytes]:
+    """(status, body) of a whole answer, at most MAX_ANSWER bytes of body.
+
+    Raises:
+        SdkError: the body is longer.
+    """
+    status = 0
+    body = bytearray()
+    while True:
+        event = await _next_event(stream, conn)
+        if isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_ANSWER:
+                raise SdkError(f"an answer over {MAX_ANSWER} bytes", status=status)
+        else:  # EndOfMessage or ConnectionClosed
+            return status, bytes(body)
 
 
 def _split_lines(buffer: bytes) -> tuple[list[bytes], bytes]:
