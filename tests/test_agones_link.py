@@ -45,7 +45,10 @@ class TestConfig:
         assert cfg.sdk_port({}) == 9358
         assert AgonesConfig(port=9001).sdk_port({"AGONES_SDK_HTTP_PORT": "9400"}) == 9001
 
-    @pytest.mark.parametrize("text", ["abc", "0", "70000", "-1", "9358; rm", "1e3"])
+    @pytest.mark.parametrize(
+        "text",
+        ["abc", "0", "70000", "-1", "9358; rm", "1e3", "9" * 5000, "\u0663\u0660\u0660\u0660"],
+    )
     def test_a_bad_port_variable_is_one_error(self, text: str) -> None:
         """A port variable that is not a port is a ConfigError naming the variable."""
         with pytest.raises(ConfigError, match="AGONES_SDK_HTTP_PORT"):

@@ -82,7 +82,8 @@ class AgonesConfig(Section):
         text = env.get(SDK_PORT_VARIABLE, "").strip()
         if not text:
             return DEFAULT_SDK_PORT
-        if not text.isdigit() or not 0 < int(text) <= 65535:
+        # ASCII digits only, 5 at most: int() takes "٣٠٠٠" and chokes on 5,000 digits.
+        if not (text.isascii() and text.isdigit() and len(text) <= 5) or not 0 < int(text) <= 65535:
             raise ConfigError(
                 f"{text[:40]!r} is not a port number (1-65535)", key=SDK_PORT_VARIABLE
             )
