@@ -139,6 +139,7 @@ class _Sup:
     tick: int = 0
     phase: Phase = Phase.DEVELOPMENT
     run_state: _Run = attrs.field(factory=_Run)
+    gauges: dict[str, float] = attrs.field(factory=dict)
 
 
 @attrs.define
@@ -217,6 +218,39 @@ class TestHealthCadence:
             nursery.start_soon(later)
             await link._health(cast(AgonesSDK, sdk))
         assert [at for _, at in sdk.calls] == [0.0, 1.0, 2.0, 3.0]
+
+
+class TestPlayersCounter:
+    async def test_capped_at_capacity_and_not_resent(self, standin: SdkStandIn) -> None:
+        """25 players, capacity 10: refused once, then 10; more players send nothing new."""
+        standin.counters["players"] = (0, 10)
+        sup = _Sup(gauges={"players": 25})
+        link = attrs.evolve(_link(sup), port=standin.port, labels=False)
+        async with link.open_sdk() as sdk:
+            await link._sync_once(sdk)  # Ready; 25 refused (OUT_OF_RANGE); capacity read
+            await link._sync_once(sdk)  # 10 written
+            sup.gauges["players"] = 30
+            await link._sync_once(sdk)  # still 10: nothing sent
+            sup.gauges["players"] = 4
+            await link._sync_once(sdk)
+        patches = [c.body["count"] for c in standin.calls if c.method == "PATCH"]
+        assert patches == ["25", "10", "4"]
+        assert standin.counters["players"] == (4, 10)
+        assert link.players_capacity == 10
+        assert link.status()["players"] == 4
+
+    async def test_a_missing_counter_is_said_once(self, standin: SdkStandIn) -> None:
+        """A GameServer without the Counter: one try, then the link stops asking."""
+        standin.counters.clear()
+        sup = _Sup(gauges={"players": 3})
+        link = attrs.evolve(_link(sup), port=standin.port, labels=False)
+        async with link.open_sdk() as sdk:
+            for players in (3, 4, 5):
+                sup.gauges["players"] = players
+                await link._sync_once(sdk)
+        assert [c.method for c in standin.calls].count("PATCH") == 1
+        assert link.status()["players_counter"] == "missing"
+        assert link.sdk_errors == 0  # not the sidecar's failure
 
 
 class TestState:

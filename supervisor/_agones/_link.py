@@ -146,6 +146,8 @@ class AgonesLink:
     gameserver: GameServerState | None = None
     state_changes: int = 0
     players_sent: int | None = None
+    #: The count last written to the Counter (the players, capped at its capacity).
+    counter_sent: int | None = None
     #: The Counter's capacity, once a count past it was refused (then counts are capped at it).
     players_capacity: int | None = None
     counter_missing: bool = False
@@ -331,8 +333,12 @@ class AgonesLink:
         """
         name = self.players_counter
         capacity = self.players_capacity
+        count = players if capacity is None else min(players, capacity)
+        if count == self.counter_sent:  # capped: the Counter holds this already
+            self.players_sent = players
+            return
         try:
-            await sdk.set_counter(name, players if capacity is None else min(players, capacity))
+            await sdk.set_counter(name, count)
         except SdkError as exc:
             if exc.not_found:
                 # No such Counter on this GameServer (its spec names none): say so once.
@@ -349,6 +355,7 @@ class AgonesLink:
             )
             return
         self.players_sent = players
+        self.counter_sent = count
         self._succeeded()
 
     async def _call(self, what: str, call: Any) -> Any:
