@@ -80,6 +80,22 @@ _POD_TEMPLATE: Final[dict[str, Any]] = {
     },
 }
 
+
+def _resource(api_version: str, kind: str, spec: dict[str, Any], *, named: bool) -> dict[str, Any]:
+    """A whole resource: apiVersion, kind, metadata (``name`` required if ``named``), spec."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": api_version},
+            "kind": {"const": kind},
+            "metadata": {**_META, "required": ["name"]} if named else _META,
+            "spec": spec,
+        },
+        "additionalProperties": False,
+    }
+
+
 #: A GameServer's spec (``_gameserverspecschema.yaml``) with Counters.
 GAMESERVER_SPEC: Final[dict[str, Any]] = {
     "type": "object",
@@ -146,71 +162,56 @@ GAMESERVER_SPEC: Final[dict[str, Any]] = {
     "additionalProperties": False,
 }
 
-GAMESERVER: Final[dict[str, Any]] = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "agones.dev/v1"},
-        "kind": {"const": "GameServer"},
-        "metadata": _META,
-        "spec": GAMESERVER_SPEC,
-    },
-    "additionalProperties": False,
-}
+GAMESERVER: Final = _resource("agones.dev/v1", "GameServer", GAMESERVER_SPEC, named=False)
 
-FLEET: Final[dict[str, Any]] = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "agones.dev/v1"},
-        "kind": {"const": "Fleet"},
-        "metadata": {**_META, "required": ["name"]},
-        "spec": {
-            "type": "object",
-            "required": ["template"],
-            "properties": {
-                "replicas": {"type": "integer", "minimum": 0},
-                "scheduling": {"enum": ["Packed", "Distributed"]},
-                "strategy": {
-                    "type": "object",
-                    "properties": {
-                        "type": {"enum": ["Recreate", "RollingUpdate"]},
-                        "rollingUpdate": {
-                            "type": "object",
-                            "properties": {
-                                "maxSurge": _INT_OR_STRING,
-                                "maxUnavailable": _INT_OR_STRING,
-                            },
-                            "additionalProperties": False,
-                        },
-                    },
-                    "additionalProperties": False,
-                },
-                "priorities": {
-                    "type": "array",
-                    "items": {
+FLEET: Final = _resource(
+    "agones.dev/v1",
+    "Fleet",
+    {
+        "type": "object",
+        "required": ["template"],
+        "properties": {
+            "replicas": {"type": "integer", "minimum": 0},
+            "scheduling": {"enum": ["Packed", "Distributed"]},
+            "strategy": {
+                "type": "object",
+                "properties": {
+                    "type": {"enum": ["Recreate", "RollingUpdate"]},
+                    "rollingUpdate": {
                         "type": "object",
                         "properties": {
-                            "type": {"enum": ["Counter", "List"]},
-                            "key": {"type": "string"},
-                            "order": {"enum": ["Ascending", "Descending"]},
+                            "maxSurge": _INT_OR_STRING,
+                            "maxUnavailable": _INT_OR_STRING,
                         },
                         "additionalProperties": False,
                     },
                 },
-                "allocationOverflow": {"type": "object"},
-                "template": {
+                "additionalProperties": False,
+            },
+            "priorities": {
+                "type": "array",
+                "items": {
                     "type": "object",
-                    "required": ["spec"],
-                    "properties": {"metadata": _META, "spec": GAMESERVER_SPEC},
+                    "properties": {
+                        "type": {"enum": ["Counter", "List"]},
+                        "key": {"type": "string"},
+                        "order": {"enum": ["Ascending", "Descending"]},
+                    },
                     "additionalProperties": False,
                 },
             },
-            "additionalProperties": False,
+            "allocationOverflow": {"type": "object"},
+            "template": {
+                "type": "object",
+                "required": ["spec"],
+                "properties": {"metadata": _META, "spec": GAMESERVER_SPEC},
+                "additionalProperties": False,
+            },
         },
+        "additionalProperties": False,
     },
-    "additionalProperties": False,
-}
+    named=True,
+)
 
 _COUNTER_POLICY: Final[dict[str, Any]] = {
     "type": "object",
@@ -224,46 +225,41 @@ _COUNTER_POLICY: Final[dict[str, Any]] = {
     "additionalProperties": False,
 }
 
-FLEET_AUTOSCALER: Final[dict[str, Any]] = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "autoscaling.agones.dev/v1"},
-        "kind": {"const": "FleetAutoscaler"},
-        "metadata": {**_META, "required": ["name"]},
-        "spec": {
-            "type": "object",
-            "required": ["fleetName", "policy"],
-            "properties": {
-                "fleetName": {"type": "string", "minLength": 1},
-                "policy": {
-                    "type": "object",
-                    "required": ["type"],
-                    "properties": {
-                        "type": {"enum": ["Buffer", "Webhook", "Counter", "List", "Chain"]},
-                        "buffer": {"type": "object"},
-                        "webhook": {"type": "object"},
-                        "counter": _COUNTER_POLICY,
-                        "list": _COUNTER_POLICY,
-                    },
-                    "additionalProperties": False,
+FLEET_AUTOSCALER: Final = _resource(
+    "autoscaling.agones.dev/v1",
+    "FleetAutoscaler",
+    {
+        "type": "object",
+        "required": ["fleetName", "policy"],
+        "properties": {
+            "fleetName": {"type": "string", "minLength": 1},
+            "policy": {
+                "type": "object",
+                "required": ["type"],
+                "properties": {
+                    "type": {"enum": ["Buffer", "Webhook", "Counter", "List", "Chain"]},
+                    "buffer": {"type": "object"},
+                    "webhook": {"type": "object"},
+                    "counter": _COUNTER_POLICY,
+                    "list": _COUNTER_POLICY,
                 },
-                "sync": {
-                    "type": "object",
-                    "properties": {
-                        "type": {"enum": ["FixedInterval"]},
-                        "fixedInterval": {
-                            "type": "object",
-                            "required": ["seconds"],
-                            "properties": {"seconds": {"type": "integer", "minimum": 1}},
-                            "additionalProperties": False,
-                        },
-                    },
-                    "additionalProperties": False,
-                },
+                "additionalProperties": False,
             },
-            "additionalProperties": False,
+            "sync": {
+                "type": "object",
+                "properties": {
+                    "type": {"enum": ["FixedInterval"]},
+                    "fixedInterval": {
+                        "type": "object",
+                        "required": ["seconds"],
+                        "properties": {"seconds": {"type": "integer", "minimum": 1}},
+                        "additionalProperties": False,
+                    },
+                },
+                "additionalProperties": False,
+            },
         },
+        "additionalProperties": False,
     },
-    "additionalProperties": False,
-}
+    named=True,
+)

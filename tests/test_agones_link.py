@@ -383,6 +383,22 @@ class TestSdk:
                 with pytest.raises(SdkError, match="answer over"):
                     await sdk.ready()
 
+    @pytest.mark.parametrize("watch", [False, True])
+    async def test_a_hang_up_before_the_answer(self, watch: bool) -> None:
+        """The sidecar closes the connection without answering: an SdkError, at once."""
+
+        async def first(sdk: AgonesSDK) -> None:
+            if watch:
+                async with aclosing(sdk.watch()) as states:
+                    await states.__anext__()
+            else:
+                await sdk.health()
+
+        with _raw_server(b"", head=False) as port:
+            async with AgonesSDK(port, timeout=5.0) as sdk:
+                with trio.fail_after(3), pytest.raises(SdkError):
+                    await first(sdk)
+
     async def test_a_silent_sidecar_is_bounded_by_the_timeout(self) -> None:
         """A sidecar that accepts and never answers: SdkError after the timeout, not a hang."""
         with _raw_server(b"", silent=True) as port:
@@ -392,8 +408,9 @@ class TestSdk:
 
 
 class _Raw(threading.Thread):
-    def __init__(self, body: bytes, *, silent: bool = False) -> None:
+    def __init__(self, body: bytes, *, silent: bool = False, head: bool = True) -> None:
         super().__init__(daemon=True)
+        self.head = head
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(1)
@@ -409,6 +426,8 @@ class _Raw(threading.Thread):
                 self.done.wait(10)
                 return
             head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+            if not self.head:
+                head = b""
             with suppress(OSError):  # the client may hang up on an endless line
                 conn.sendall(head + self.body)
 
@@ -416,8 +435,8 @@ class _Raw(threading.Thread):
 class _raw_server:
     """A server answering one request with a fixed watch stream, then closing."""
 
-    def __init__(self, body: bytes, *, silent: bool = False) -> None:
-        self.thread = _Raw(body, silent=silent)
+    def __init__(self, body: bytes, *, silent: bool = False, head: bool = True) -> None:
+        self.thread = _Raw(body, silent=silent, head=head)
 
     def __enter__(self) -> int:
         self.thread.start()

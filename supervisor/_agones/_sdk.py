@@ -149,7 +149,8 @@ class AgonesSDK:
             with trio.fail_after(self._timeout):
                 stream, conn = await self._send(method, path, body)
                 async with stream:
-                    status, content = await _read_answer(stream, conn)
+                    status = await _read_status(stream, conn)
+                    content = await _read_body(stream, conn, MAX_ANSWER)
         except (OSError, trio.BrokenResourceError, trio.TooSlowError, h11.ProtocolError) as exc:
             raise SdkError(f"{type(exc).__name__}: {str(exc)[:200] or 'no answer'}") from None
         if status != 200:
@@ -246,26 +247,17 @@ class AgonesSDK:
         stream, conn = await self._open_watch()
         async with stream:
             try:
-                status = 0
+                status = await _read_status(stream, conn)
+                if status != 200:
+                    raise _error_from(status, await _read_body(stream, conn, MAX_ERROR_BODY))
                 buffer = b""
-                while True:
-                    event = await _next_event(stream, conn)
-                    if isinstance(event, h11.Response):
-                        status = event.status_code
-                    elif isinstance(event, h11.Data):
-                        buffer += event.data
-                        if status == 200:
-                            lines, buffer = _split_lines(buffer)
-                            for line in lines:
-                                yield _watch_line(line)
-                        elif len(buffer) > MAX_ERROR_BODY:
-                            break
-                    else:  # EndOfMessage, ConnectionClosed, PAUSED: the stream is over
-                        break
+                while isinstance(event := await _next_event(stream, conn), h11.Data):
+                    lines, buffer = _split_lines(buffer + event.data)
+                    for line in lines:
+                        yield _watch_line(line)
             except (OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
                 raise SdkError(f"{type(exc).__name__}: {str(exc)[:200] or 'stream lost'}") from None
-            if status != 200:
-                raise _error_from(status, buffer[:MAX_ERROR_BODY])
+            # EndOfMessage or ConnectionClosed: the stream is over.
             if buffer.strip():
                 yield _watch_line(buffer)
 
@@ -279,24 +271,32 @@ async def _next_event(stream: trio.SocketStream, conn: h11.Connection) -> Any:
         conn.receive_data(await stream.receive_some(READ_SIZE))
 
 
-async def _read_answer(stream: trio.SocketStream, conn: h11.Connection) -> tuple[int, bytes]:
-    """(status, body) of a whole answer, at most MAX_ANSWER bytes of body.
+async def _read_status(stream: trio.SocketStream, conn: h11.Connection) -> int:
+    """The status of the answer (informational answers skipped).
 
     Raises:
-        SdkError: the body is longer.
+        SdkError: the connection ended before an answer.
     """
-    status = 0
-    body = bytearray()
     while True:
         event = await _next_event(stream, conn)
         if isinstance(event, h11.Response):
-            status = event.status_code
-        elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > MAX_ANSWER:
-                raise SdkError(f"an answer over {MAX_ANSWER} bytes", status=status)
-        else:  # EndOfMessage or ConnectionClosed
-            return status, bytes(body)
+            return int(event.status_code)
+        if not isinstance(event, h11.InformationalResponse):
+            raise SdkError("the connection closed before an answer")
+
+
+async def _read_body(stream: trio.SocketStream, conn: h11.Connection, limit: int) -> bytes:
+    """The answer's body, to its end.
+
+    Raises:
+        SdkError: it is longer than ``limit`` bytes.
+    """
+    body = bytearray()
+    while isinstance(event := await _next_event(stream, conn), h11.Data):
+        body += event.data
+        if len(body) > limit:
+            raise SdkError(f"an answer over {limit} bytes")
+    return bytes(body)
 
 
 def _split_lines(buffer: bytes) -> tuple[list[bytes], bytes]:
