@@ -23,7 +23,14 @@ from agones_standin import SdkStandIn
 
 from supervisor import Config, ConfigError, Phase, Supervisor
 from supervisor._agones import attach_agones, link_for
-from supervisor._agones._link import AgonesLink, Backoff, HealthGate, deliver, label_value
+from supervisor._agones._link import (
+    AgonesLink,
+    Backoff,
+    HealthGate,
+    UpdateBudget,
+    deliver,
+    label_value,
+)
 from supervisor._agones._sdk import MAX_ANSWER, MAX_WATCH_LINE, AgonesSDK, SdkError
 from supervisor._agones._state import GameServerState
 from supervisor._core._config_agones import AgonesConfig
@@ -94,6 +101,19 @@ class TestRules:
         assert [backoff.next() for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
         backoff.reset()
         assert backoff.next() == 0.1
+
+    async def test_update_budget_paces_a_flood(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """120 updates at 50 a second: the last is handled at 2 s, never sooner."""
+        budget = UpdateBudget(50)
+        done = []
+        for _ in range(120):
+            await budget.spend()
+            done.append(trio.current_time())
+        assert done[48] == 0.0
+        assert done[49] == 1.0  # the 50th waits for the next second
+        assert done[-1] == 2.0
 
     def test_health_gate_follows_the_tick_counter(self) -> None:
         """A ping goes only if the loop ticked since the last look, or an emergency waits."""

@@ -41,7 +41,7 @@ from ._state import GameServerState
 if TYPE_CHECKING:
     from .._core._runtime import Supervisor
 
-__all__ = ["HOOK", "AgonesLink", "Backoff", "HealthGate", "deliver", "label_value"]
+__all__ = ["HOOK", "AgonesLink", "Backoff", "HealthGate", "UpdateBudget", "deliver", "label_value"]
 
 #: The attribute a system declares to be handed the GameServer state (see ``deliver``).
 HOOK: Final = "agones_gameserver"
@@ -51,6 +51,9 @@ SYNC_EVERY: Final = 0.25
 BACKOFF_INITIAL: Final = 0.1
 #: Seconds the closing run gives Shutdown (the services' grace is 2 s).
 SHUTDOWN_BUDGET: Final = 1.5
+#: GameServer updates read from the watch stream per second, at most: a flooding
+#: sidecar waits in its socket buffer rather than taking the tick thread's time.
+MAX_UPDATES_PER_SECOND: Final = 50
 #: A label value Kubernetes accepts: at most 63 characters, alphanumerics at both ends.
 _LABEL_BAD: Final = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -76,6 +79,26 @@ class Backoff:
     def reset(self) -> None:
         """A success: the next failure waits ``initial`` again."""
         self.delay = 0.0
+
+
+@attrs.define
+class UpdateBudget:
+    """At most ``per_second`` updates a second: past it, ``spend`` sleeps out the second."""
+
+    per_second: int
+    window: float = -math.inf
+    spent: int = 0
+
+    async def spend(self) -> None:
+        """One update handled; wait for the next second once this one's budget is gone."""
+        now = trio.current_time()
+        if now >= self.window + 1.0:
+            self.window, self.spent = now, 0
+        self.spent += 1
+        if self.spent >= self.per_second:
+            await trio.sleep_until(self.window + 1.0)
+        else:
+            await trio.lowlevel.checkpoint()
 
 
 @attrs.define
@@ -389,6 +412,7 @@ class AgonesLink:
     async def _watch_once(self, sdk: AgonesSDK, backoff: Backoff) -> None:
         """One watch stream, to its end or the run's; then the backoff before the next."""
         closing = self.sup.closing
+        budget = UpdateBudget(MAX_UPDATES_PER_SECOND)
         async with trio.open_nursery() as nursery:
 
             async def cancel_on_close() -> None:
@@ -402,6 +426,7 @@ class AgonesLink:
                     async for state in states:
                         self._seen(state)
                         backoff.reset()
+                        await budget.spend()
             except SdkError as exc:
                 self._failed("watch", exc)
             nursery.cancel_scope.cancel()
