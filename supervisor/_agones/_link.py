@@ -127,9 +127,10 @@ def deliver(sup: Supervisor, state: GameServerState) -> int:
 
     The hook for systems: a class attribute ``agones_gameserver = None`` is
     replaced, on the instance, by the latest :class:`GameServerState` (a
-    frozen value) each time the sidecar reports a change; the system reads it
-    in its own ``tick``. No system code runs here, and nothing is added to
-    the tick. Returns how many systems got it.
+    frozen value) each time the sidecar reports a change, and again every
+    quarter second (so a system rebuilt by ``restart`` has it too); the
+    system reads it in its own ``tick``. No system code runs here, and
+    nothing is added to the tick. Returns how many systems got it.
     """
     given = 0
     for name in sup.names:
@@ -318,6 +319,9 @@ class AgonesLink:
         closing = self.sup.closing
         backoff = Backoff(BACKOFF_INITIAL, self.backoff_max)
         while not closing.is_set() and not self.shutdown_sent:
+            if self.gameserver is not None:
+                # Systems a restart rebuilt start without it: hand it again (a few µs).
+                deliver(self.sup, self.gameserver)
             try:
                 await self._sync_once(sdk)
             except SdkError:
