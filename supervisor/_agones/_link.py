@@ -9,7 +9,11 @@ Two supervised services of the run (``sup.services``), both off the tick:
   the tick loop completed a tick since the last look: the loop's own tick
   counter is the token, so a stalled or hung loop stops the pings and
   Agones marks the server Unhealthy (:class:`HealthGate`, tested with a
-  mock clock in ``tests/test_agones_link.py``). In EMERGENCY_SHUTDOWN the
+  mock clock in ``tests/test_agones_link.py``). Why not a post-tick chore
+  handing a token over: the core gives capabilities no chore hook (the
+  runner registers the chores), and the tick counter already is that
+  token -- only the loop moves it, and reading it off the tick costs the
+  tick nothing. In EMERGENCY_SHUTDOWN the
   loop has stopped on purpose: the pings go on while the process waits
   for an operator, and once the emergency's snapshot is written it calls
   ``Shutdown`` (``shutdown_on_emergency``). After a graceful stop (SIGTERM
