@@ -23,6 +23,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._core._config import Config
+from ._core._config_agones import AgonesConfig
 from ._core._config_alerts import AlertRule, AlertsConfig
 from ._core._config_sections import (
     ApiConfig,
@@ -113,6 +114,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AgonesConfig",
     "AlertRule",
     "AlertsConfig",
     "ApiConfig",

@@ -44,6 +44,7 @@ PUBLIC = {
     "RestartResult",
     "PhaseChange",
     "ErrorView",
+    "AgonesConfig",  # issue 14: Config.agones
     "AlertRule",
     "AlertsConfig",
     "ApiConfig",
