@@ -303,6 +303,14 @@ class TestState:
         assert state.state == ""
         assert state.ports == ()
 
+    def test_control_characters_are_escaped(self) -> None:
+        """A name with an escape sequence reaches logs and terminals escaped."""
+        state = GameServerState.from_json(
+            {"object_meta": {"name": "gs\x1b[2J", "labels": {"k\n": "v\r"}}}
+        )
+        assert state.name == "gs\\x1b[2J"
+        assert state.labels == {"k\\n": "v\\r"}
+
     def test_delivered_to_systems_that_ask(self) -> None:
         """Only systems declaring ``agones_gameserver`` get the state, on the instance."""
 

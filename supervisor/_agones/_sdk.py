@@ -36,6 +36,7 @@ from urllib.parse import quote
 import h11
 import trio
 
+from .._errors import printable
 from ._state import GameServerState
 
 __all__ = ["MAX_WATCH_LINE", "NOT_FOUND", "OUT_OF_RANGE", "AgonesSDK", "SdkError"]
@@ -86,7 +87,7 @@ def _error_from(status: int, content: bytes) -> SdkError:
         if isinstance(raw_code, int) and not isinstance(raw_code, bool):
             code = raw_code
         if isinstance(raw_message, str) and raw_message:
-            message = f"{message}: {raw_message[:200]}"
+            message = f"{message}: {printable(raw_message[:200])}"
     return SdkError(message, code=code, status=status)
 
 
@@ -339,5 +340,5 @@ def _watch_line(line: bytes) -> GameServerState:
     if "result" not in body:
         error = body.get("error")
         detail = error.get("message") if isinstance(error, Mapping) else None
-        raise SdkError(f"the watch stream failed: {str(detail)[:200] or 'no result'}")
+        raise SdkError(f"the watch stream failed: {printable(str(detail)[:200]) or 'no result'}")
     return GameServerState.from_json(body["result"])

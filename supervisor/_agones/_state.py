@@ -12,6 +12,8 @@ from typing import Any, Final
 
 import attrs
 
+from .._errors import printable
+
 __all__ = ["ALLOCATED", "RESERVED", "GameServerState"]
 
 #: The GameServer states a game server acts on (Agones' ``GameServerState`` values).
@@ -23,7 +25,8 @@ _MAX_TEXT: Final = 1024
 
 
 def _text(value: Any) -> str:
-    return value[:_MAX_TEXT] if isinstance(value, str) else ""
+    """A string field, cut short, control characters escaped (it reaches logs and terminals)."""
+    return printable(value[:_MAX_TEXT]) if isinstance(value, str) else ""
 
 
 def _strings(value: Any) -> dict[str, str]:
@@ -34,7 +37,7 @@ def _strings(value: Any) -> dict[str, str]:
         if len(out) >= MAX_ENTRIES:
             break
         if isinstance(key, str) and isinstance(item, str):
-            out[key[:_MAX_TEXT]] = item[:_MAX_TEXT]
+            out[_text(key)] = _text(item)
     return out
 
 
@@ -63,7 +66,7 @@ def _counters(value: Any) -> dict[str, tuple[int, int]]:
     out: dict[str, tuple[int, int]] = {}
     for key, item in list(value.items())[:MAX_ENTRIES]:
         if isinstance(key, str) and isinstance(item, Mapping):
-            out[key[:_MAX_TEXT]] = (_int(item.get("count")) or 0, _int(item.get("capacity")) or 0)
+            out[_text(key)] = (_int(item.get("count")) or 0, _int(item.get("capacity")) or 0)
     return out
 
 
