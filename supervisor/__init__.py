@@ -63,6 +63,7 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
+    from ._agones._state import GameServerState
     from ._core._profiles import MachineFacts
     from ._core._runtime import Supervisor
     from ._core._safecall import ErrorGroup, ErrorRecord
@@ -95,6 +96,7 @@ _LAZY = {
     "SnapshotStatus": "._core._views",
     "StatusView": "._core._views",
     "ErrorView": "._core._views",
+    "GameServerState": "._agones._state",
     "Supervisor": "._core._runtime",
     "SupervisorStats": "._core._views",
     "SystemStats": "._core._views",
@@ -128,6 +130,7 @@ __all__ = [
     "ErrorView",
     "ErrorsConfig",
     "FeaturesConfig",
+    "GameServerState",
     "HistogramStats",
     "LifecycleEvent",
     "LoggingConfig",
