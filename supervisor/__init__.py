@@ -23,6 +23,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._core._config import Config
+from ._core._config_agones import AgonesConfig
 from ._core._config_alerts import AlertRule, AlertsConfig
 from ._core._config_sections import (
     ApiConfig,
@@ -62,6 +63,7 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
+    from ._agones._state import GameServerState
     from ._core._profiles import MachineFacts
     from ._core._runtime import Supervisor
     from ._core._safecall import ErrorGroup, ErrorRecord
@@ -94,6 +96,7 @@ _LAZY = {
     "SnapshotStatus": "._core._views",
     "StatusView": "._core._views",
     "ErrorView": "._core._views",
+    "GameServerState": "._agones._state",
     "Supervisor": "._core._runtime",
     "SupervisorStats": "._core._views",
     "SystemStats": "._core._views",
@@ -113,6 +116,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AgonesConfig",
     "AlertRule",
     "AlertsConfig",
     "ApiConfig",
@@ -126,6 +130,7 @@ __all__ = [
     "ErrorView",
     "ErrorsConfig",
     "FeaturesConfig",
+    "GameServerState",
     "HistogramStats",
     "LifecycleEvent",
     "LoggingConfig",

@@ -44,6 +44,8 @@ PUBLIC = {
     "RestartResult",
     "PhaseChange",
     "ErrorView",
+    "AgonesConfig",  # issue 14: Config.agones
+    "GameServerState",  # issue 14: what a system's ``agones_gameserver`` holds
     "AlertRule",
     "AlertsConfig",
     "ApiConfig",

@@ -165,6 +165,7 @@ def _attach_services(sup: Supervisor, *, api: bool) -> tuple[type[Exception], ..
     a run without the API never loads it). A bad ``[api]`` or alert rule is
     one line, exit 2.
     """
+    from .._agones import attach_agones
     from .._alerts import attach_alerts
     from .._store._shipper import attach_error_store
 
@@ -179,6 +180,7 @@ def _attach_services(sup: Supervisor, *, api: bool) -> tuple[type[Exception], ..
         engine = attach_alerts(
             sup, burn_rate=None if error_store is None else error_store.slo_burn_rate
         )
+        attach_agones(sup)  # on when Agones names its sidecar or [agones] enabled (issue 14)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     if engine is not None and error_store is not None:

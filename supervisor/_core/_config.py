@@ -33,6 +33,7 @@ import attrs
 
 from .._errors import ConfigError, one_line, printable
 from .._files import UnsafePathError, read_config_bytes
+from ._config_agones import AgonesConfig
 from ._config_alerts import AlertsConfig
 from ._config_fields import convert, plain, problem, sourced, suggest
 from ._config_sections import (
@@ -62,6 +63,7 @@ NON_CONFIG_VARIABLES: Final = frozenset({"SUPERVISOR_TOKEN"})
 #: Deepest nesting of tables/arrays accepted in a config (real ones use 3-4).
 MAX_DEPTH: Final = 32
 
+SECTIONS["agones"] = AgonesConfig  # issue 14: its own module, registered like the others
 _TOP_LEVEL = [*SECTIONS, "systems", "profiles", "phases", "slo"]
 _OVERLAY_PHASES = tuple(phase.value for phase in Phase)
 #: Keys a phase overlay cannot change: the snapshot store is built once, so a
@@ -135,6 +137,7 @@ class Config:
     api: ApiConfig = attrs.field(factory=ApiConfig, validator=_is(ApiConfig))
     alerts: AlertsConfig = attrs.field(factory=AlertsConfig, validator=_is(AlertsConfig))
     errors: ErrorsConfig = attrs.field(factory=ErrorsConfig, validator=_is(ErrorsConfig))
+    agones: AgonesConfig = attrs.field(factory=AgonesConfig, validator=_is(AgonesConfig))
     #: ``[slo.NAME]`` service-level objectives by name.
     slo: Mapping[str, SloConfig] = attrs.field(factory=dict, validator=_slos)
     #: Every profile by name: the built-in ones, adjusted or added to by the file.
