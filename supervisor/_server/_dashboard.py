@@ -183,11 +183,13 @@ class Dashboard:
             return self._static(path.removeprefix("/dashboard/static/"), scope)
         if path == "/dashboard/login":
             if method == "POST":
+                _same_origin(scope)
                 return await self._login(scope, receive)
             _only(method, "GET, POST", path)
             return self._form("", status=200)
         if path == "/dashboard/logout":
             _only(method, "POST", path)
+            _same_origin(scope)
             return await self._logout(scope, receive)
         if path in ("/dashboard", "/dashboard/"):
             _only(method, "GET", path)
@@ -197,7 +199,8 @@ class Dashboard:
             caller, session = self.app.identify(scope)
             return json_answer(200, _session_view(caller, session))
         if path == "/dashboard/events":
-            _only(method, "GET", path)
+            if method != "GET":  # not even HEAD: its answer would be a stream
+                raise HttpError(405, f"{path} takes GET", headers=[(b"allow", b"GET")])
             self.app.identify(scope)  # any role: 401/403 as the API
             return await self._stream(scope, receive, send)
         raise HttpError(404, "no such dashboard page")
@@ -239,7 +242,8 @@ class Dashboard:
             )
             return self._form("That token is not valid.", status=401)
         caller, digest = found
-        session, value = self.app.sessions.open(caller, token=digest, now=self.wall())
+        now = self.wall()
+        session, value = self.app.sessions.open(caller, token=digest, now=now)
         await self.app.write_entry(
             AuditEntry(
                 caller=caller.name,
@@ -250,7 +254,7 @@ class Dashboard:
                 detail="dashboard session opened",
             )
         )
-        max_age = max(0, int(session.expires - self.wall()))
+        max_age = max(0, round(session.expires - now))
         return _redirect(
             "/dashboard",
             (b"set-cookie", session_cookie(value, max_age=max_age, secure=_secure(scope))),
@@ -349,6 +353,30 @@ def _only(method: str, allowed: str, path: str) -> None:
     if method in methods or (method == "HEAD" and "GET" in methods):
         return
     raise HttpError(405, f"{path} takes {allowed}", headers=[(b"allow", allowed.encode())])
+
+
+def _same_origin(scope: Scope) -> None:
+    """Refuse a login or logout form posted from another site (login CSRF).
+
+    ``SameSite=Strict`` keeps our cookie off cross-site requests, but a
+    cross-site form could still log the victim's browser into the
+    attacker's session. Browsers send ``Origin`` (and ``Sec-Fetch-Site``) on
+    every POST; when present they must name this origin. Tools such as curl
+    send neither and are not browsers.
+
+    Raises:
+        HttpError: 403 for a cross-site POST.
+    """
+    sites = header_values(scope, b"sec-fetch-site")
+    if sites and sites[0].strip().lower() not in (b"same-origin", b"none"):
+        raise HttpError(403, "a dashboard form must be posted from the dashboard itself")
+    origins = header_values(scope, b"origin")
+    if not origins:
+        return
+    hosts = header_values(scope, b"host")
+    scheme = str(scope.get("scheme", "http")).encode("ascii")
+    if len(origins) > 1 or not hosts or origins[0].strip() != scheme + b"://" + hosts[0].strip():
+        raise HttpError(403, "a dashboard form must be posted from the dashboard itself")
 
 
 def _form_field(body: bytes, name: str) -> str:

@@ -67,7 +67,7 @@ import trio
 from .._alerts import alerts_view
 from .._core._histogram import Histogram, WindowStats
 from .._logging import get_logger
-from ._requests import Receive, Send, dumps
+from ._requests import Family, Receive, Send, dumps
 
 __all__ = ["HISTORY", "QUEUE_FRAMES", "Broadcaster", "Subscriber"]
 
@@ -100,6 +100,9 @@ class Observed(Protocol):
     @property
     def work(self) -> Histogram: ...
 
+    @property
+    def errors(self) -> Any: ...  # the error log: ``total`` errors counted since start
+
     def status(self) -> Any: ...
 
     def error_view(self, *, limit: int = 20, system: str | None = None) -> Any: ...
@@ -127,7 +130,8 @@ class Broadcaster:
     max_streams: int = MAX_STREAMS
     queue_frames: int = QUEUE_FRAMES
     wall: Callable[[], float] = time.time
-    #: Frames built since start.
+    #: Seconds published (a point each), and frames built (only while someone listens).
+    rounds: int = attrs.field(default=0, init=False)
     frames: int = attrs.field(default=0, init=False)
     #: Streams dropped because their client did not keep up.
     dropped: int = attrs.field(default=0, init=False)
@@ -142,7 +146,7 @@ class Broadcaster:
         init=False, factory=lambda: collections.deque(maxlen=TREND_MINUTES)
     )
     _errors_seen: int | None = attrs.field(init=False, default=None)
-    _latest: bytes | None = attrs.field(init=False, default=None)
+    _latest: tuple[int, bytes] | None = attrs.field(init=False, default=None)
     _hello: tuple[int, bytes] | None = attrs.field(init=False, default=None)
     _log: Any = attrs.field(init=False, factory=lambda: get_logger(component="dashboard"))
 
@@ -150,6 +154,20 @@ class Broadcaster:
     def streams(self) -> int:
         """Streams open now."""
         return len(self._subs)
+
+    def metric_families(self) -> tuple[Family, ...]:
+        """The stream's counters for ``/metrics`` (``supervisor_api_dashboard_...``)."""
+        return (
+            ("dashboard_streams", "gauge", "Dashboard event streams open now.",
+             None, {"": len(self._subs)}),
+            ("dashboard_streams_total", "counter",
+             "Dashboard event streams ended early: dropped (the client did not keep up) or "
+             "refused (too many open).",
+             "outcome", {"dropped": self.dropped, "refused": self.refused}),
+            ("dashboard_frames_total", "counter",
+             "Dashboard frames built (one a second while a dashboard is open).",
+             None, {"": self.frames}),
+        )  # fmt: skip
 
     # ------------------------------------------------------------- service
 
@@ -169,11 +187,19 @@ class Broadcaster:
                 self._drop(sub)
 
     def publish(self) -> None:
-        """Build this second's frame and offer it to every subscriber (a slow one is dropped)."""
-        frame = self.build()
-        self._latest = frame
-        self.frames += 1
-        event = _event("frame", frame)
+        """This second's point; then, if anyone listens, its frame to every subscriber.
+
+        With no dashboard open only the point and the error count are taken
+        (two copies of bucket counts, no status, no JSON). A subscriber whose
+        queue is full is dropped.
+        """
+        now = self.wall()
+        self._point(now)
+        self._count_errors(now, self.sup.errors.total)
+        self.rounds += 1
+        if not self._subs:
+            return
+        event = _event("frame", self.frame())
         for sub in list(self._subs):
             try:
                 sub.send.send_nowait(event)
@@ -183,16 +209,15 @@ class Broadcaster:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._drop(sub)
 
-    def build(self) -> bytes:
-        """This second's frame (JSON bytes); also appends its point to the history."""
-        now = self.wall()
+    def frame(self) -> bytes:
+        """The frame of the latest second (JSON bytes), built at most once per second."""
+        if self._latest is not None and self._latest[0] == self.rounds:
+            return self._latest[1]
         status = self.sup.status().as_dict()
-        point = self._point(now)
         errors = self.sup.error_view(limit=RECENT_ERRORS).as_dict()
-        total = sum(v for v in status.get("errors", {}).values() if isinstance(v, int))
-        self._count_errors(now, total)
+        point = self.history[-1] if self.history else None
         frame = {
-            "t": now,
+            "t": self.wall() if point is None else point["t"],
             "status": status,
             "series": point,
             "alerts": [
@@ -202,11 +227,13 @@ class Broadcaster:
             ],
             "errors": {
                 "recent": errors["records"],
-                "total": total,
+                "total": self._errors_seen or 0,
                 "trend": [{"t": t, "count": n} for t, n in self._trend],
             },
         }
-        return dumps(frame)
+        self.frames += 1
+        self._latest = (self.rounds, dumps(frame))
+        return self._latest[1]
 
     def _point(self, now: float) -> dict[str, float | int]:
         lateness, work = self.sup.lateness, self.sup.work
@@ -257,13 +284,13 @@ class Broadcaster:
         sub.send.close()
 
     def hello(self) -> bytes:
-        """The first event of a stream: the history, and the latest frame (encoded once a frame)."""
-        if self._hello is None or self._hello[0] != self.frames:
+        """The first event of a stream: the history and the latest frame (encoded once a second)."""
+        if self._hello is None or self._hello[0] != self.rounds:
             data = dumps({"interval": self.interval, "history": list(self.history), "frame": None})
-            if self._latest is not None:
-                # Splice the already encoded frame in rather than decode and re-encode it.
-                data = data.rstrip(b"\n")[: -len(b"null}")] + self._latest.rstrip(b"\n") + b"}\n"
-            self._hello = (self.frames, b"retry: %d\n" % _RETRY_MS + _event("hello", data))
+            if self.rounds:
+                # Splice the encoded frame in rather than decode and re-encode it.
+                data = data.rstrip(b"\n")[: -len(b"null}")] + self.frame().rstrip(b"\n") + b"}\n"
+            self._hello = (self.rounds, b"retry: %d\n" % _RETRY_MS + _event("hello", data))
         return self._hello[1]
 
     async def stream(self, sub: Subscriber, receive: Receive, send: Send) -> None:
