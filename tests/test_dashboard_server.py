@@ -471,17 +471,17 @@ class _Observed:
 
 
 class TestBroadcaster:
-    def test_points_are_per_second_quantiles_of_the_histograms(self) -> None:
+    async def test_points_are_per_second_quantiles_of_the_histograms(self) -> None:
         sup = _Observed()
         now = [T0]
         b = Broadcaster(sup, wall=lambda: now[0])
-        b.publish()  # the first copy of the counts: no second before it
+        await b.publish()  # the first copy of the counts: no second before it
         for _ in range(99):
             sup.lateness.record(0.001)
             sup.work.record(0.0002)
         sup.lateness.record(0.050)
         now[0] += 1
-        b.publish()
+        await b.publish()
         point = b.history[-1]
         assert point["t"] == T0 + 1
         assert point["ticks"] == 100
@@ -489,29 +489,29 @@ class TestBroadcaster:
         assert point["lateness_p99"] == pytest.approx(0.001, rel=0.05)
         assert point["work_p50"] == pytest.approx(0.0002, rel=0.05)
         now[0] += 1
-        b.publish()  # nothing recorded in this second
+        await b.publish()  # nothing recorded in this second
         assert b.history[-1]["ticks"] == 0
         assert b.history[-1]["lateness_p99"] == 0.0
 
-    def test_history_is_the_last_300_seconds(self) -> None:
+    async def test_history_is_the_last_300_seconds(self) -> None:
         b = Broadcaster(_Observed())
         for _ in range(HISTORY + 50):
-            b.publish()
+            await b.publish()
         assert len(b.history) == HISTORY
 
-    def test_no_frame_is_built_while_nobody_listens(self) -> None:
+    async def test_no_frame_is_built_while_nobody_listens(self) -> None:
         sup = _Observed()
         b = Broadcaster(sup)
         for _ in range(5):
-            b.publish()
+            await b.publish()
         assert b.frames == 0
         assert not [c for c in sup.fake.calls if c[0] == "status"]
 
-    def test_one_frame_per_second_for_every_subscriber(self) -> None:
+    async def test_one_frame_per_second_for_every_subscriber(self) -> None:
         sup = _Observed()
         b = Broadcaster(sup)
         subs = [b.subscribe(256) for _ in range(50)]
-        b.publish()
+        await b.publish()
         assert b.frames == 1
         assert len([c for c in sup.fake.calls if c[0] == "status"]) == 1
         events = [s.receive.receive_nowait() for s in subs if s is not None]
@@ -532,17 +532,17 @@ class TestBroadcaster:
             "work_p99",
         }
 
-    def test_a_slow_subscriber_is_dropped_not_buffered(self) -> None:
+    async def test_a_slow_subscriber_is_dropped_not_buffered(self) -> None:
         b = Broadcaster(_Observed())
         slow = b.subscribe(256)
         fast = b.subscribe(256)
         assert slow is not None
         assert fast is not None
         for _ in range(QUEUE_FRAMES):
-            b.publish()
+            await b.publish()
             fast.receive.receive_nowait()
         assert b.streams == 2
-        b.publish()  # the slow one's queue is full
+        await b.publish()  # the slow one's queue is full
         assert b.streams == 1
         assert b.dropped == 1
         for _ in range(QUEUE_FRAMES):
@@ -550,7 +550,7 @@ class TestBroadcaster:
         with pytest.raises(trio.EndOfChannel):
             slow.receive.receive_nowait()
 
-    def test_streams_are_capped_at_half_the_connections(self) -> None:
+    async def test_streams_are_capped_at_half_the_connections(self) -> None:
         b = Broadcaster(_Observed(), max_streams=128)
         assert all(b.subscribe(20) is not None for _ in range(10))
         assert b.subscribe(20) is None
@@ -560,11 +560,11 @@ class TestBroadcaster:
             pass
         assert b.streams == 128
 
-    def test_hello_has_the_history_then_the_latest_frame(self) -> None:
+    async def test_hello_has_the_history_then_the_latest_frame(self) -> None:
         b = Broadcaster(_Observed())
         assert _parse(b.hello().split(b"\n", 1)[1])[0] == "hello"
         for _ in range(3):
-            b.publish()
+            await b.publish()
         name, data = _parse(b.hello().split(b"\n", 1)[1])
         hello = json.loads(data)
         assert name == "hello"
@@ -573,19 +573,19 @@ class TestBroadcaster:
         assert hello["interval"] == 1.0
         assert hello["frame"]["status"]["tick"] == 1234
 
-    def test_error_trend_counts_per_minute(self) -> None:
+    async def test_error_trend_counts_per_minute(self) -> None:
         sup = _Observed()
         now = [T0 - T0 % 60]
         b = Broadcaster(sup, wall=lambda: now[0])
         for total in (0, 2, 5):  # three seconds of one minute
             sup.errors.total = total
-            b.publish()
+            await b.publish()
             now[0] += 1
         now[0] += 60
         sup.errors.total = 6
-        b.publish()
+        await b.publish()
         sup.errors.total = 1  # a lower total: counts were reset; counted from 0
-        b.publish()
+        await b.publish()
         assert list(b._trend) == [[T0 - T0 % 60, 5], [T0 - T0 % 60 + 60, 2]]
 
 
@@ -654,7 +654,7 @@ class TestStreamRequests:
             assert b"event: hello" in hello["body"]
             assert hello["more_body"]
             assert b.streams == 1
-            b.publish()
+            await b.publish()
             frame = await messages.receive()
             assert frame["body"].startswith(b"event: frame\n")
             gone.set()  # the client hangs up half-way

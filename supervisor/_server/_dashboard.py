@@ -45,6 +45,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl
 
 import attrs
+import trio
 
 from .._core._control import Caller
 from ._audit import AuditEntry
@@ -180,7 +181,7 @@ class Dashboard:
         method = str(scope.get("method", ""))
         if path.startswith("/dashboard/static/"):
             _only(method, "GET", path)
-            return self._static(path.removeprefix("/dashboard/static/"), scope)
+            return await self._static(path.removeprefix("/dashboard/static/"), scope)
         if path == "/dashboard/login":
             if method == "POST":
                 _same_origin(scope)
@@ -193,7 +194,7 @@ class Dashboard:
             return await self._logout(scope, receive)
         if path in ("/dashboard", "/dashboard/"):
             _only(method, "GET", path)
-            return self._page(scope)
+            return await self._page(scope)
         if path == "/dashboard/session":
             _only(method, "GET", path)
             caller, session = self.app.identify(scope)
@@ -234,6 +235,7 @@ class Dashboard:
         token = _form_field(
             await self.app.read_body(scope, receive, media=FORM_TYPE, limit=MAX_FORM), "token"
         )
+        token = token.strip()  # a pasted token often brings a newline along
         found = self.app.match_token(token.encode("utf-8")) if token else None
         if found is None:
             self.limiter.failed(source, self.monotonic())
@@ -286,14 +288,14 @@ class Dashboard:
 
     # ----------------------------------------------------------------- page
 
-    def _page(self, scope: Scope) -> Answer:
+    async def _page(self, scope: Scope) -> Answer:
         try:
             caller, session = self.app.identify(scope)
         except HttpError as exc:
             if exc.status in (401, 403):
                 return _redirect("/dashboard/login")
             raise
-        page = self._file(_PAGE)
+        page = await self._file(_PAGE)
         if page is None:
             raise HttpError(503, "the dashboard page is not installed (supervisor/_server/static)")
         csrf = html.escape(session.csrf if session else "")
@@ -304,8 +306,10 @@ class Dashboard:
         body = page.body.replace(b"<head>", b"<head>" + meta, 1)
         return Answer(200, body, content_type=HTML_TYPE, headers=_PAGE_HEADERS)
 
-    def _static(self, name: str, scope: Scope) -> Answer:
-        found = self._file(name) if _STATIC_NAME.fullmatch(name) and ".." not in name else None
+    async def _static(self, name: str, scope: Scope) -> Answer:
+        if not _STATIC_NAME.fullmatch(name) or ".." in name:
+            raise HttpError(404, "no such dashboard file")
+        found = await self._file(name)
         if found is None:
             raise HttpError(404, "no such dashboard file")
         headers = ((b"etag", found.etag), (b"cache-control", b"no-cache"))
@@ -315,18 +319,19 @@ class Dashboard:
         return Answer(200, found.body, content_type=found.content_type,
                       headers=(*headers, *extra))  # fmt: skip
 
-    def _file(self, name: str) -> _Static | None:
-        """A static file by name, read once; None when it is not a served regular file."""
+    async def _file(self, name: str) -> _Static | None:
+        """A static file by name, read once (in a worker thread: disk I/O stays off the loop).
+
+        None when it is not a regular file of the folder with a served type.
+        """
         cached = self._files.get(name)
         if cached is not None:
             return cached
         kind = _TYPES.get(Path(name).suffix.lower())
-        path = self.static_dir / name
-        # No symlinks: only what the package put in the folder itself.
-        if kind is None or path.is_symlink() or not path.is_file():
+        if kind is None:
             return None
-        body = path.read_bytes()[: _MAX_STATIC + 1]
-        if len(body) > _MAX_STATIC:
+        body = await trio.to_thread.run_sync(_read_static, self.static_dir / name)
+        if body is None:
             return None
         etag = b'"' + hashlib.sha256(body).hexdigest()[:32].encode("ascii") + b'"'
         self._files[name] = _Static(body=body, content_type=kind, etag=etag)
@@ -346,6 +351,19 @@ class Dashboard:
             )
         await self.events.stream(sub, receive, send)
         return None
+
+
+def _read_static(path: Path) -> bytes | None:
+    """The file's bytes; None for a symlink (only what the package put there), a
+    non-file, a file too large, or one that cannot be read."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        with path.open("rb") as f:
+            body = f.read(_MAX_STATIC + 1)
+    except OSError:
+        return None
+    return None if len(body) > _MAX_STATIC else body
 
 
 def _only(method: str, allowed: str, path: str) -> None:

@@ -57,6 +57,7 @@ when no tick ended in that second).
 from __future__ import annotations
 
 import collections
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
@@ -71,6 +72,8 @@ from ._requests import Family, Receive, Send, dumps
 
 __all__ = ["HISTORY", "QUEUE_FRAMES", "Broadcaster", "Subscriber"]
 
+# Spreads the streams' sends: not a secret, only a spread.
+_JITTER: Final = random.Random()
 #: Per-second points kept for a newcomer's ``hello``: five minutes.
 HISTORY: Final = 300
 #: Frames queued per client before it is dropped as too slow.
@@ -79,6 +82,12 @@ QUEUE_FRAMES: Final = 4
 MAX_STREAMS: Final = 128
 #: Per-minute error counts kept for the trend.
 TREND_MINUTES: Final = 30
+#: Subscribers offered a frame between two checkpoints.
+FANOUT_SLICE: Final = 25
+#: Each stream sends its frame at a random moment within this many seconds
+#: after it is published, so a hundred streams do not all write in one
+#: scheduler batch in front of a due tick.
+SEND_SPREAD: Final = 0.2
 #: Recent error records in each frame.
 RECENT_ERRORS: Final = 20
 #: What ``EventSource`` waits before reconnecting (milliseconds).
@@ -129,6 +138,7 @@ class Broadcaster:
     interval: float = 1.0
     max_streams: int = MAX_STREAMS
     queue_frames: int = QUEUE_FRAMES
+    spread: float = SEND_SPREAD
     wall: Callable[[], float] = time.time
     #: Seconds published (a point each), and frames built (only while someone listens).
     rounds: int = attrs.field(default=0, init=False)
@@ -180,27 +190,44 @@ class Broadcaster:
         task_status.started()
         try:
             while True:
-                self.publish()
+                await self.publish()
                 await trio.sleep(self.interval)
         finally:
             for sub in list(self._subs):
                 self._drop(sub)
 
-    def publish(self) -> None:
+    async def publish(self) -> None:
         """This second's point; then, if anyone listens, its frame to every subscriber.
 
         With no dashboard open only the point and the error count are taken
-        (two copies of bucket counts, no status, no JSON). A subscriber whose
-        queue is full is dropped.
+        (two copies of bucket counts, no status, no JSON). Otherwise the work
+        is cut in pieces of well under a millisecond (the point; the frame;
+        the offers, ``FANOUT_SLICE`` subscribers at a time) with a checkpoint
+        between them, so a tick that falls due meanwhile runs in between
+        (bench/dashboard_frames.py).
         """
+        self.take_point()
+        if not self._subs:
+            return
+        await trio.lowlevel.checkpoint()
+        event = _event("frame", self.frame())
+        subs = list(self._subs)
+        for start in range(0, len(subs), FANOUT_SLICE):
+            await trio.lowlevel.checkpoint()
+            self.offer(event, subs[start : start + FANOUT_SLICE])
+
+    def take_point(self) -> None:
+        """Append this second's point to the history and count its errors (cheap; no I/O)."""
         now = self.wall()
         self._point(now)
         self._count_errors(now, self.sup.errors.total)
         self.rounds += 1
-        if not self._subs:
-            return
-        event = _event("frame", self.frame())
-        for sub in list(self._subs):
+
+    def offer(self, event: bytes, subs: list[Subscriber]) -> None:
+        """Queue ``event`` for each of ``subs``; one whose queue is full is dropped."""
+        for sub in subs:
+            if sub not in self._subs:
+                continue  # left meanwhile
             try:
                 sub.send.send_nowait(event)
             except trio.WouldBlock:
@@ -303,6 +330,7 @@ class Broadcaster:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_until_disconnect, receive, nursery.cancel_scope)
                 async for event in sub.receive:
+                    await trio.sleep(self.spread * _JITTER.random())
                     await send({"type": "http.response.body", "body": event, "more_body": True})
                 nursery.cancel_scope.cancel()
             # Dropped or the service stopped: end the response cleanly.
