@@ -342,6 +342,20 @@ class TestCookieOnTheApi:
                 assert "needs operator" in answer.json()["error"]
         assert rig.fake.state() == ("development", False, False, 0)
 
+    async def test_restart_from_the_page_has_its_reason_audited(self, rig: Rig) -> None:
+        async with _client(rig) as client:
+            await _login(client)
+            csrf = await _csrf(client)
+            answer = await client.post(
+                "/v1/restart",
+                json={"reason": "page: stuck economy"},
+                headers={"x-csrf-token": csrf},
+            )
+        assert answer.status_code == 200
+        attempt = [x for x in rig.all_audit_lines() if x["action"] == "restart"][0]
+        assert attempt["arguments"] == {"reason": "page: stuck economy"}
+        assert rig.fake.restarts == 1
+
     async def test_bearer_clients_need_no_csrf(self, rig: Rig) -> None:
         async with _client(rig) as client:
             answer = await client.post(
