@@ -352,7 +352,7 @@ class TestCookieOnTheApi:
                 headers={"x-csrf-token": csrf},
             )
         assert answer.status_code == 200
-        attempt = [x for x in rig.all_audit_lines() if x["action"] == "restart"][0]
+        attempt = next(x for x in rig.all_audit_lines() if x["action"] == "restart")
         assert attempt["arguments"] == {"reason": "page: stuck economy"}
         assert rig.fake.restarts == 1
 
