@@ -104,6 +104,15 @@ class TestSessions:
             True,
         ]
 
+    def test_one_caller_cannot_push_out_the_others(self) -> None:
+        sessions = Sessions(max_sessions=100, max_per_caller=4)
+        _, ops = sessions.open(OPS, token=None, now=T0)
+        viewer = Caller(name="v", role="viewer")
+        values = [sessions.open(viewer, token=None, now=T0)[1] for _ in range(500)]
+        assert len(sessions) == 5
+        assert sessions.check(ops, now=T0) is not None
+        assert [sessions.check(v, now=T0) is not None for v in values[-5:]] == [False] + [True] * 4
+
     def test_csrf_token_is_per_session_and_checked_in_full(self) -> None:
         sessions = Sessions()
         a, _ = sessions.open(OPS, token=None, now=T0)
