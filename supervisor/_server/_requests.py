@@ -226,12 +226,14 @@ ROUTES: Final[Mapping[str, Route]] = {
 }
 _SYSTEM_PATH: Final = re.compile(r"/v1/systems/([^/]{1,200})/(quarantine|release)")
 
-# Per action: key -> (type, default); a default of _REQUIRED means the key must be given.
+# Per action: key -> (type, default); a default of _REQUIRED means the key must be
+# given, _OMITTED that an absent key stays absent (the audit line shows what was sent).
 _REQUIRED: Final = object()
+_OMITTED: Final = object()
 _SCHEMAS: Final[Mapping[str, Mapping[str, tuple[type, Any]]]] = {
     "shutdown": {"emergency": (bool, False), "reason": (str, "")},
     # The core's restart takes no reason: it is kept for the audit log (the page asks for one).
-    "restart": {"reason": (str, "")},
+    "restart": {"reason": (str, _OMITTED)},
     "phase": {"phase": (str, _REQUIRED), "force": (bool, False), "reason": (str, "")},
     "quarantine": {"reason": (str, "")},
     "release": {"reason": (str, "")},
@@ -296,7 +298,8 @@ def validate(action: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         if key not in obj:
             if default is _REQUIRED:
                 raise HttpError(400, f"missing key {key!r}")
-            out[key] = default
+            if default is not _OMITTED:
+                out[key] = default
             continue
         value = obj[key]
         # type() rather than isinstance: True is an int, and 1 is not a bool.
