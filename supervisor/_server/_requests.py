@@ -15,32 +15,44 @@ import json
 import math
 import pwd
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl
 
 import attrs
 
 from .._address import MAX_REASON
 from .._core._phase import Phase
+from .._store._query import parse_since
+
+if TYPE_CHECKING:
+    from ._connection import ServerStats
 
 __all__ = [
     "JSON_TYPE",
     "ROUTES",
     "ASGIApp",
     "Answer",
+    "Family",
     "HttpError",
     "Receive",
     "Route",
     "Scope",
     "Send",
+    "check_name",
+    "cookie_values",
+    "dumps",
     "echo",
     "header_values",
     "json_answer",
     "parse_object",
+    "prometheus_text",
     "query",
     "resolve",
     "scope_peer_uid",
+    "server_families",
+    "since_param",
     "source_of",
     "system_of",
     "uid_name",
@@ -56,6 +68,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_TYPE: Final = b"application/json"
 _MAX_PHASE_NAME: Final = 64
+_MAX_SYSTEM_NAME: Final = 200
 # Echoed back in a 400 naming an unknown key: enough to recognise a typo.
 _MAX_ECHO: Final = 40
 
@@ -106,7 +119,7 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def _dumps(obj: Any) -> bytes:
+def dumps(obj: Any) -> bytes:
     try:
         text = json.dumps(obj, allow_nan=False, ensure_ascii=False, default=_json_default)
     except ValueError:  # a NaN or an infinity somewhere
@@ -114,10 +127,63 @@ def _dumps(obj: Any) -> bytes:
     return text.encode("utf-8") + b"\n"
 
 
+#: A metric family: (name, type, help, label, {label value: sample}); label None:
+#: one unlabelled sample (keyed "").
+Family = tuple[str, str, str, str | None, Mapping[str, float]]
+
+
+def prometheus_text(prefix: str, families: Iterable[Family]) -> bytes:
+    """``families`` in the Prometheus text format, each name prefixed."""
+    lines = []
+    for name, kind, text, label, samples in families:
+        full = prefix + name
+        lines += [f"# HELP {full} {text}", f"# TYPE {full} {kind}"]
+        for value, count in samples.items():
+            labels = "" if label is None else f'{{{label}="{value}"}}'
+            lines.append(f"{full}{labels} {float(count)}")
+    return ("\n".join(lines) + "\n").encode("ascii")
+
+
+def server_families(
+    st: ServerStats,
+    *,
+    body_timeouts: int,
+    audit_failures: int,
+    audit_refusals: int,
+    sessions: int,
+) -> tuple[Family, ...]:
+    """The API server's own metric families (connections, deadlines, audit, sessions)."""
+    return (
+        ("connections_total", "counter",
+         "API connections: served, or evicted before their request to make room.",
+         "outcome", {"accepted": st.accepted, "evicted": st.evicted}),
+        ("connections_open", "gauge", "API connections open now.", None, {"": st.open}),
+        ("accept_pauses_total", "counter",
+         "Times accepting paused: every connection was serving a request (newcomers wait).",
+         None, {"": st.accept_pauses}),
+        ("accept_paused_seconds_total", "counter",
+         "Seconds accepting was paused with every connection serving a request.",
+         None, {"": st.paused_seconds}),
+        ("timeouts_total", "counter", "API connections or requests ended by a deadline.",
+         "kind", {"header": st.header_timeouts, "keep_alive": st.keep_alive_timeouts,
+                  "send": st.send_timeouts, "body": body_timeouts}),
+        ("connection_errors_total", "counter",
+         "API connections that ended with an error (logged, never raised).",
+         None, {"": st.errors}),
+        ("audit_failures_total", "counter", "Audit lines that could not be written.",
+         None, {"": audit_failures}),
+        ("unaudited_refusals_total", "counter",
+         "Actions refused (503) because their audit line could not be written.",
+         None, {"": audit_refusals}),
+        ("dashboard_sessions", "gauge", "Dashboard sessions open now.",
+         None, {"": sessions}),
+    )  # fmt: skip
+
+
 def json_answer(
     status: int, obj: Any, *, detail: str = "ok", headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> Answer:
-    return Answer(status, _dumps(obj), headers=tuple(headers), detail=detail)
+    return Answer(status, dumps(obj), headers=tuple(headers), detail=detail)
 
 
 def echo(text: str) -> str:
@@ -160,11 +226,14 @@ ROUTES: Final[Mapping[str, Route]] = {
 }
 _SYSTEM_PATH: Final = re.compile(r"/v1/systems/([^/]{1,200})/(quarantine|release)")
 
-# Per action: key -> (type, default); a default of _REQUIRED means the key must be given.
+# Per action: key -> (type, default); a default of _REQUIRED means the key must be
+# given, _OMITTED that an absent key stays absent (the audit line shows what was sent).
 _REQUIRED: Final = object()
+_OMITTED: Final = object()
 _SCHEMAS: Final[Mapping[str, Mapping[str, tuple[type, Any]]]] = {
     "shutdown": {"emergency": (bool, False), "reason": (str, "")},
-    "restart": {},
+    # The core's restart takes no reason: it is kept for the audit log (the page asks for one).
+    "restart": {"reason": (str, _OMITTED)},
     "phase": {"phase": (str, _REQUIRED), "force": (bool, False), "reason": (str, "")},
     "quarantine": {"reason": (str, "")},
     "release": {"reason": (str, "")},
@@ -229,7 +298,8 @@ def validate(action: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         if key not in obj:
             if default is _REQUIRED:
                 raise HttpError(400, f"missing key {key!r}")
-            out[key] = default
+            if default is not _OMITTED:
+                out[key] = default
             continue
         value = obj[key]
         # type() rather than isinstance: True is an int, and 1 is not a bool.
@@ -303,6 +373,42 @@ def system_of(path: str) -> dict[str, str]:
 
 def header_values(scope: Scope, name: bytes) -> list[bytes]:
     return [v for k, v in scope.get("headers", ()) if k.lower() == name]
+
+
+def cookie_values(scope: Scope, name: str) -> list[str]:
+    """Every value the ``Cookie`` header(s) give ``name`` (a browser may send several)."""
+    key = name.encode("ascii")
+    out = []
+    for header in header_values(scope, b"cookie"):
+        for part in header.split(b";"):
+            k, sep, v = part.strip().partition(b"=")
+            if sep and k == key:
+                out.append(v.decode("latin-1"))
+    return out
+
+
+def check_name(param: str, value: str | None) -> None:
+    """A ``system`` or ``fingerprint`` query parameter: printable, 1 to 200 characters.
+
+    Raises:
+        HttpError: 400 naming the parameter.
+    """
+    if value is not None and (
+        not value or len(value) > _MAX_SYSTEM_NAME or not value.isprintable()
+    ):
+        raise HttpError(400, f"query parameter {param!r} must be a {param} name")
+
+
+def since_param(text: str, now: float | None = None) -> float:
+    """The ``since`` query parameter as Unix seconds.
+
+    Raises:
+        HttpError: 400 naming the parameter.
+    """
+    try:
+        return parse_since(text, time.time() if now is None else now)
+    except ValueError as exc:
+        raise HttpError(400, f"query parameter 'since': {exc}") from None
 
 
 def scope_peer_uid(scope: Scope) -> int | None:
