@@ -22,7 +22,7 @@
   const RETRY_MAX_MS = 10000;
   const PHASES = ["development", "testing", "production"];
 
-  const session = { role: "viewer", csrf: "" };
+  const session = { role: "viewer", csrf: "", name: "" };
   const series = { t: [], lateness_p50: [], lateness_p99: [], work_p50: [], work_p99: [] };
   const sysErrors = new Map();
   const sysRows = new Map();
@@ -91,8 +91,8 @@
 
   async function loadSession() {
     const meta = (name) => document.querySelector(`meta[name="${name}"]`)?.content ?? "";
-    session.csrf = meta("csrf-token");
-    session.role = meta("dashboard-role") || session.role;
+    session.csrf = meta("supervisor-csrf");
+    session.role = meta("supervisor-role") || session.role;
     try {
       const answer = await fetch("/dashboard/session", {
         credentials: "same-origin",
@@ -106,6 +106,7 @@
         const s = await answer.json();
         if (typeof s.role === "string") session.role = s.role;
         if (typeof s.csrf === "string") session.csrf = s.csrf;
+        if (typeof s.name === "string") session.name = s.name;
       }
     } catch {
       // The stream's reconnect loop shows the banner; the meta tags may be enough.
@@ -113,7 +114,7 @@
     const operator = session.role === "operator";
     $("operator").classList.toggle("hidden", !operator);
     for (const el of document.querySelectorAll(".op-col")) el.classList.toggle("hidden", !operator);
-    text($("role"), session.role);
+    text($("role"), session.name ? `${session.name} (${session.role})` : session.role);
     return true;
   }
 
@@ -214,8 +215,9 @@
     $("btn-restart").addEventListener("click", () =>
       confirmAction(
         "Restart",
-        "Restart the world from its preserved state.",
-        (reason) => post("/v1/restart", { reason }),
+        "Restart the world from its preserved state. (The API's restart takes no reason: it is " +
+          "audited with your name and time only.)",
+        () => post("/v1/restart", {}),
       ),
     );
     $("btn-phase").addEventListener("click", () => {
@@ -308,8 +310,10 @@
     if (t === null) return;
     const last = series.t.length ? series.t[series.t.length - 1] : -Infinity;
     if (t <= last) return; // a repeated second (a reconnect's history overlaps the frames)
+    // A second in which no tick ended (ticks 0) is a gap in the chart, not a zero.
+    const empty = point.ticks === 0;
     for (const key of Object.keys(series)) {
-      series[key].push(key === "t" ? t : toMs(point[key]));
+      series[key].push(key === "t" ? t : empty ? null : toMs(point[key]));
       if (series[key].length > HISTORY) series[key].shift();
     }
   }
@@ -319,40 +323,19 @@
     charts["chart-work"]?.setData([series.t, series.work_p50, series.work_p99]);
   }
 
-  /** The hello history as points: columns ({t: [...], ...}) or rows ([{t, ...}, ...]). */
-  function historyPoints(hello) {
-    let h = hello;
-    if (h && !Array.isArray(h) && "history" in h) h = h.history;
-    if (Array.isArray(h)) return h;
-    if (h && Array.isArray(h.t)) {
-      return h.t.map((t, i) => {
-        const p = { t };
-        for (const key of Object.keys(series)) if (key !== "t") p[key] = h[key]?.[i];
-        return p;
-      });
-    }
-    return [];
-  }
 
   function renderTrend(trend) {
     const chart = charts["chart-errors"];
     if (!chart || !Array.isArray(trend)) return;
     const xs = [];
     const ys = [];
-    const now = Math.floor(Date.now() / 60000) * 60;
-    trend.forEach((item, i) => {
-      if (typeof item === "number") {
-        xs.push(now - (trend.length - 1 - i) * 60);
-        ys.push(item);
-      } else if (Array.isArray(item)) {
-        xs.push(num(item[0]));
-        ys.push(num(item[1]));
-      } else if (item && typeof item === "object") {
-        xs.push(num(item.t ?? item.minute ?? item.time ?? item.start));
-        ys.push(num(item.count ?? item.errors));
-      }
-    });
-    if (xs.every((x) => x !== null)) chart.setData([xs, ys]);
+    for (const item of trend) {
+      const t = num(item?.t);
+      if (t === null) continue;
+      xs.push(t);
+      ys.push(num(item.count) ?? 0);
+    }
+    chart.setData([xs, ys]);
   }
 
   // ---- rendering ------------------------------------------------------------------------
@@ -590,16 +573,20 @@
     if (source) source.close();
     lastFrameAt = Date.now(); // a stream that never says hello is retried by the watchdog
     source = new EventSource("/dashboard/events", { withCredentials: true });
+    // hello: {interval, history: [POINT, ...] oldest first, frame: FRAME or null}; then
+    // one `frame` event a second. A reconnect's hello replaces the history.
     source.addEventListener("hello", (event) => {
       const hello = parse(event);
       if (!hello) return;
       for (const key of Object.keys(series)) series[key].length = 0;
-      for (const point of historyPoints(hello)) pushPoint(point);
+      for (const point of Array.isArray(hello.history) ? hello.history : []) pushPoint(point);
       redrawSeries();
       lastFrameAt = Date.now();
-      if (hello.status) onFrame(hello);
+      retryMs = RETRY_MIN_MS;
+      $("banner").classList.add("hidden");
+      if (hello.frame) onFrame(hello.frame);
     });
-    source.addEventListener("message", (event) => {
+    source.addEventListener("frame", (event) => {
       const frame = parse(event);
       if (frame) onFrame(frame);
     });
