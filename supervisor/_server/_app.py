@@ -7,11 +7,14 @@ pins each step):
 
 1. the route (404), then the method (405, with ``Allow``);
 2. the caller: ``Authorization: Bearer <token>``; a presented token that
-   matches no configured hash is always 401. Without one: on TCP, 401; on
-   the Unix socket the peer's uid (``SO_PEERCRED``, read by the listener)
-   decides: the socket's owner (this process's user, or root) is an
-   operator named ``uid:N(user)`` in every phase, any other uid is 403.
-   Then the role (403);
+   matches no configured hash is always 401. Without one, the dashboard's
+   session cookie (:mod:`supervisor._server._session`): a live session whose
+   token is still configured is its caller, and a POST it authenticates
+   must carry the session's ``X-CSRF-Token`` (403 otherwise); an invalid
+   cookie counts as none. Without either: on TCP, 401; on the Unix socket
+   the peer's uid (``SO_PEERCRED``, read by the listener) decides: the
+   socket's owner (this process's user, or root) is an operator named
+   ``uid:N(user)`` in every phase, any other uid is 403. Then the role (403);
 3. the query string (400), then the body: its size (413, before the rest is
    read), its media type (415), its parts (413 past ``MAX_BODY_PARTS``), its
    deadline (408 after ``body_timeout``), JSON syntax and the known keys
@@ -32,7 +35,9 @@ request refused from a known caller, and a per-minute tally for anonymous
 refusals (401/403 with no caller).
 
 The parsers and the route table are in :mod:`supervisor._server._requests`;
-serving the app on a socket is :mod:`supervisor._server._serve`.
+serving the app on a socket is :mod:`supervisor._server._serve`; the
+``/dashboard`` routes are :mod:`supervisor._server._dashboard`.
+(why no web framework: the README's section on the dashboard).
 """
 
 from __future__ import annotations
@@ -58,7 +63,6 @@ from .._logging import get_logger
 from .._store._query import (
     correlation,
     new_fingerprints,
-    parse_since,
     pick_bucket,
     records,
     store_info,
@@ -67,6 +71,8 @@ from .._store._query import (
 from .._store._shipper import ErrorShipper
 from ._audit import AuditEntry, AuditLog
 from ._connection import ServerStats
+from ._dashboard import Dashboard
+from ._events import Broadcaster
 from ._requests import (
     JSON_TYPE,
     Answer,
@@ -76,28 +82,32 @@ from ._requests import (
     Route,
     Scope,
     Send,
+    check_name,
+    cookie_values,
     header_values,
     json_answer,
     parse_object,
     query,
     resolve,
     scope_peer_uid,
+    since_param,
     source_of,
     system_of,
     uid_name,
     unauthorized,
     validate,
 )
+from ._session import COOKIE_NAME, Session, Sessions
 
 __all__ = ["Api", "make_app"]
 
 #: ``/v1/errors?limit=`` default.
 DEFAULT_ERRORS_LIMIT: Final = 20
-_MAX_SYSTEM_NAME: Final = 200
 _BASE_HEADERS: Final = (
     (b"cache-control", b"no-store"),
     (b"x-content-type-options", b"nosniff"),
 )
+_DASHBOARD: Final = "/dashboard"
 _LIMIT_RE: Final = re.compile(r"[0-9]{1,7}", re.ASCII)
 #: A body in more parts (chunks) than this is refused (413), whatever its size.
 MAX_BODY_PARTS: Final = 1024
@@ -127,12 +137,17 @@ class Api:
     redactor: Redactor | None
     #: The durable error store, when attached: ``/v1/errors?since=``, ``/v1/errors/trends``.
     error_store: ErrorShipper | None = None
-    # (sha256 hex as bytes, caller) for each configured token, built once.
     stats: ServerStats = attrs.field(factory=ServerStats)
+    #: The dashboard's live stream (its service is attached by ``attach_api``).
+    events: Broadcaster | None = None
+    #: Dashboard sessions: the key is this process's, so a restart ends them all.
+    sessions: Sessions = attrs.field(factory=Sessions)
+    dashboard: Dashboard = attrs.field(init=False)
     #: Action requests refused (503) because their audit line could not be written.
     audit_refusals: int = attrs.field(default=0, init=False)
     #: Requests answered 408 because their body did not arrive in time.
     body_timeouts: int = attrs.field(default=0, init=False)
+    # (sha256 hex as bytes, caller) for each configured token, built once.
     _tokens: tuple[tuple[bytes, Caller], ...] = attrs.field(init=False)
     _owners: dict[int, Caller] = attrs.field(init=False)
     _log: Any = attrs.field(init=False)
@@ -145,6 +160,9 @@ class Api:
             uid: Caller(name=uid_name(uid), role="operator") for uid in {os.getuid(), 0}
         }
         self._log = get_logger(component="api")
+        self.dashboard = Dashboard(
+            self, events=self.events, max_connections=self.api.max_connections
+        )
 
     def use_tokens(self, tokens: tuple[TokenConfig, ...]) -> None:
         """Accept these tokens from now on (the phase in force changed its ``[api] tokens``)."""
@@ -179,10 +197,16 @@ class Api:
         note: _AuditNote | None = None
         try:
             try:
-                route = resolve(path, method)
-                if route.action is not None:
-                    note = _AuditNote(action=route.action, source=source_of(scope))
-                answer = await self._route(route, scope, receive, note)
+                if path == _DASHBOARD or path.startswith(_DASHBOARD + "/"):
+                    streamed = await self.dashboard.handle(scope, receive, send)
+                    if streamed is None:
+                        return  # the live stream answered by itself
+                    answer = streamed
+                else:
+                    route = resolve(path, method)
+                    if route.action is not None:
+                        note = _AuditNote(action=route.action, source=source_of(scope))
+                    answer = await self._route(route, scope, receive, note)
             except HttpError as exc:
                 answer = self._error_answer(exc)
             except Exception:
@@ -211,9 +235,11 @@ class Api:
             handler: Callable[..., Awaitable[Answer]] = getattr(self, route.handler)
             query(scope, route.params)
             return await handler()
-        caller = self._authenticate(scope)
+        caller, session = self.identify(scope)
         if note is not None:
             note.caller = caller
+        if route.method == "POST" and session is not None:
+            self._check_csrf(scope, session)
         if route.method == "POST" and caller.role != "operator":
             raise HttpError(403, f"role {caller.role!r} may not {route.action}; needs operator")
         params = query(scope, route.params)
@@ -223,12 +249,13 @@ class Api:
         # Every POST route is an action, so it has an audit note.
         assert route.action is not None
         assert note is not None
-        arguments = validate(route.action, parse_object(await self._body(scope, receive)))
+        body = await self.read_body(scope, receive, media=JSON_TYPE, limit=self.api.max_body)
+        arguments = validate(route.action, parse_object(body))
         arguments.update(system_of(str(scope.get("path", ""))))
         note.arguments = arguments
         # Fail closed: the attempt is on disk before anything changes, or
         # nothing changes (tests/test_api_audit.py).
-        if not await self._write_entry(self._entry(note, stage="attempt")):
+        if not await self.write_entry(self._entry(note, stage="attempt")):
             note.unaudited = True
             self.audit_refusals += 1
             self._log.error(
@@ -243,14 +270,16 @@ class Api:
         act: Callable[..., Awaitable[dict[str, Any]]] = getattr(self, route.handler)
         return await self._act(route.action, act, arguments, caller)
 
-    def _authenticate(self, scope: Scope) -> Caller:
-        """The caller of a non-probe request.
+    def identify(self, scope: Scope) -> tuple[Caller, Session | None]:
+        """The caller of a non-probe request, and the dashboard session it came with (if any).
 
-        A presented token always decides. Without one, on the Unix socket, the
-        peer's uid (``SO_PEERCRED``, put in the scope by the listener) does:
-        the socket's owner (this process's user, or root) is an operator in
-        every phase (contract section 8), so no phase change can lock the
-        operator out; any other uid is refused. On TCP a token is always needed.
+        A presented token always decides. Without one, a live session cookie
+        does (its CSRF token is checked by the caller of this, for POSTs).
+        Without either, on the Unix socket, the peer's uid (``SO_PEERCRED``,
+        put in the scope by the listener) does: the socket's owner (this
+        process's user, or root) is an operator in every phase (contract
+        section 8), so no phase change can lock the operator out; any other
+        uid is refused. On TCP a token or a session is always needed.
 
         Raises:
             HttpError: 401 for a presented token that matches no hash, or for
@@ -259,6 +288,9 @@ class Api:
         """
         values = header_values(scope, b"authorization")
         if not values:
+            session = self._session(scope)
+            if session is not None:
+                return session.caller, session
             uid = None if self.tcp else scope_peer_uid(scope)
             if uid is None:
                 raise unauthorized(
@@ -271,7 +303,7 @@ class Api:
                     403,
                     f"uid {uid} does not own this socket: send a token in the Authorization header",
                 )
-            return owner
+            return owner, None
         if len(values) > 1:
             raise unauthorized("more than one Authorization header", invalid=True)
         scheme, _, token = values[0].strip().partition(b" ")
@@ -280,6 +312,13 @@ class Api:
             raise unauthorized(
                 "expected the Authorization header to be Bearer <token>", invalid=True
             )
+        found = self.match_token(token)
+        if found is None:
+            raise unauthorized("invalid token", invalid=True)
+        return found[0], None
+
+    def match_token(self, token: bytes) -> tuple[Caller, str] | None:
+        """The caller a token stands for and the token's sha256 hex, or None when none matches."""
         digest = hashlib.sha256(token).hexdigest().encode("ascii")
         found: Caller | None = None
         # Compare against every hash, without stopping at a match, so the
@@ -287,20 +326,48 @@ class Api:
         for expected, caller in self._tokens:
             if hmac.compare_digest(digest, expected):
                 found = caller
-        if found is None:
-            raise unauthorized("invalid token", invalid=True)
-        return found
+        return None if found is None else (found, digest.decode("ascii"))
 
-    async def _body(self, scope: Scope, receive: Receive) -> bytes:
-        """The request body, at most ``api.max_body`` bytes.
+    def _session(self, scope: Scope) -> Session | None:
+        """The live session of the request's cookie whose token is still configured, or None."""
+        values = cookie_values(scope, COOKIE_NAME)
+        if len(values) != 1:
+            return None  # none, or several (ambiguous: a planted cookie beside ours)
+        session = self.sessions.check(values[0], now=time.time())
+        if session is None:
+            return None
+        if session.token is not None and not any(
+            hmac.compare_digest(session.token.encode("ascii"), expected)
+            for expected, _ in self._tokens
+        ):
+            return None  # the token it came from is no longer accepted (phase change)
+        return session
+
+    def _check_csrf(self, scope: Scope, session: Session) -> None:
+        """A state-changing request made with the session cookie must echo its CSRF token.
+
+        Raises:
+            HttpError: 403, the ``X-CSRF-Token`` header is missing, repeated or wrong.
+        """
+        values = header_values(scope, b"x-csrf-token")
+        presented = values[0].strip() if len(values) == 1 else None
+        if not self.sessions.csrf_ok(session, presented):
+            raise HttpError(
+                403,
+                "missing or wrong X-CSRF-Token: a request made with the dashboard's "
+                "session cookie must carry the session's CSRF token",
+            )
+
+    async def read_body(self, scope: Scope, receive: Receive, *, media: bytes, limit: int) -> bytes:
+        """The request body, at most ``limit`` bytes, of the media type ``media`` (or none given).
 
         Raises:
             HttpError: 413 as soon as the body (declared or received) is too
                 large or comes in too many parts, without reading the rest;
-                415 for a non-JSON media type; 408 when the whole body has
-                not arrived ``api.body_timeout`` seconds after it was asked for.
+                415 for another media type (JSON also takes ``+json``); 408
+                when the whole body has not arrived ``api.body_timeout``
+                seconds after it was asked for.
         """
-        limit = self.api.max_body
         too_large = HttpError(
             413,
             f"the body is larger than {limit} bytes",
@@ -315,9 +382,9 @@ class Api:
                 raise too_large
         types = header_values(scope, b"content-type")
         if types:
-            media = types[0].split(b";", 1)[0].strip().lower()
-            if media != JSON_TYPE and not media.endswith(b"+json"):
-                raise HttpError(415, "the body must be application/json")
+            given = types[0].split(b";", 1)[0].strip().lower()
+            if given != media and not (media == JSON_TYPE and given.endswith(b"+json")):
+                raise HttpError(415, f"the body must be {media.decode('ascii')}")
         chunks: list[bytes] = []
         size = 0
         # A fixed deadline for the whole body, not per part: a chunked body
@@ -384,7 +451,7 @@ class Api:
             stage=stage,
         )
 
-    async def _write_entry(self, entry: AuditEntry) -> bool:
+    async def write_entry(self, entry: AuditEntry) -> bool:
         """Write one audit line from a worker thread; False when it is not on disk."""
         # write() never raises for I/O; anything else is our bug, counted
         # like a failed write so that an action is refused rather than unaudited.
@@ -396,33 +463,40 @@ class Api:
             return False
 
     async def _write_result(self, note: _AuditNote, status: int, detail: str) -> None:
-        await self._write_entry(self._entry(note, stage="result", status=status, detail=detail))
+        await self.write_entry(self._entry(note, stage="result", status=status, detail=detail))
 
     async def _record(self, note: _AuditNote, answer: Answer) -> None:
         """The audit line(s) for an answered action request."""
         if note.caller is None and answer.status in _ANONYMOUS_REFUSALS:
             # Anonymous refusals change nothing and cost an attacker nothing:
             # counted per source and minute, not one fsync each.
-            for entry in self.audit.tally_refusal(
+            await self.refusal(
                 source=note.source, action=note.action, status=answer.status, detail=answer.detail
-            ):
-                await self._write_entry(entry)
+            )
             return
         if note.unaudited:
             return  # refused because the attempt line failed: nothing happened
         await self._write_result(note, answer.status, answer.detail)
 
+    async def refusal(self, *, source: str, action: str, status: int, detail: str) -> None:
+        """Audit a refusal of a caller with no identity (counted per source and minute)."""
+        for entry in self.audit.tally_refusal(
+            source=source, action=action, status=status, detail=detail
+        ):
+            await self.write_entry(entry)
+
     async def flush_audit(self, *, final: bool = False) -> None:
         """Write the refusal counts of minutes that are over (all of them when ``final``)."""
         for entry in self.audit.finished_refusals(final=final):
-            await self._write_entry(entry)
+            await self.write_entry(entry)
 
     @staticmethod
     async def _send(send: Send, answer: Answer, *, head: bool) -> None:
+        own = {name for name, _ in answer.headers}
         headers = [
             (b"content-type", answer.content_type),
             (b"content-length", str(len(answer.body)).encode("ascii")),
-            *_BASE_HEADERS,
+            *(h for h in _BASE_HEADERS if h[0] not in own),  # a static file's cache-control
             *answer.headers,
         ]
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
@@ -502,14 +576,14 @@ class Api:
                     f"query parameter 'limit' must be a whole number from 1 to {MAX_ERRORS_LIMIT}",
                 )
             count = int(limit)
-        _check_name("system", system)
+        check_name("system", system)
         if since is None and fingerprint is None:
             return json_answer(200, self.sup.error_view(limit=count, system=system).as_dict())
         store = self._store()
-        _check_name("fingerprint", fingerprint)
+        check_name("fingerprint", fingerprint)
         view = await store.read(
             records,
-            since=None if since is None else _since(since),
+            since=None if since is None else since_param(since),
             system=system,
             fingerprint=fingerprint,
             limit=count,
@@ -525,10 +599,10 @@ class Api:
         fingerprint: str | None = None,
     ) -> Answer:
         store = self._store()
-        _check_name("system", system)
-        _check_name("fingerprint", fingerprint)
+        check_name("system", system)
+        check_name("fingerprint", fingerprint)
         now = time.time()
-        start = _since(since or "1h", now)
+        start = since_param(since or "1h", now)
         try:
             width = pick_bucket(now - start) if bucket is None else parse_duration(bucket)
         except ValueError as exc:
@@ -577,20 +651,6 @@ class Api:
 
     async def _snapshot(self, *, caller: Caller, reason: str) -> dict[str, Any]:
         return (await self.sup.snapshot(reason=reason, caller=caller)).as_dict()
-
-
-def _check_name(param: str, value: str | None) -> None:
-    if value is not None and (
-        not value or len(value) > _MAX_SYSTEM_NAME or not value.isprintable()
-    ):
-        raise HttpError(400, f"query parameter {param!r} must be a {param} name")
-
-
-def _since(text: str, now: float | None = None) -> float:
-    try:
-        return parse_since(text, time.time() if now is None else now)
-    except ValueError as exc:
-        raise HttpError(400, f"query parameter 'since': {exc}") from None
 
 
 def make_app(

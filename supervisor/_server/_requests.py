@@ -15,6 +15,7 @@ import json
 import math
 import pwd
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Final
 from urllib.parse import parse_qsl
@@ -23,6 +24,7 @@ import attrs
 
 from .._address import MAX_REASON
 from .._core._phase import Phase
+from .._store._query import parse_since
 
 __all__ = [
     "JSON_TYPE",
@@ -34,6 +36,9 @@ __all__ = [
     "Route",
     "Scope",
     "Send",
+    "check_name",
+    "cookie_values",
+    "dumps",
     "echo",
     "header_values",
     "json_answer",
@@ -41,6 +46,7 @@ __all__ = [
     "query",
     "resolve",
     "scope_peer_uid",
+    "since_param",
     "source_of",
     "system_of",
     "uid_name",
@@ -56,6 +62,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_TYPE: Final = b"application/json"
 _MAX_PHASE_NAME: Final = 64
+_MAX_SYSTEM_NAME: Final = 200
 # Echoed back in a 400 naming an unknown key: enough to recognise a typo.
 _MAX_ECHO: Final = 40
 
@@ -106,7 +113,7 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def _dumps(obj: Any) -> bytes:
+def dumps(obj: Any) -> bytes:
     try:
         text = json.dumps(obj, allow_nan=False, ensure_ascii=False, default=_json_default)
     except ValueError:  # a NaN or an infinity somewhere
@@ -117,7 +124,7 @@ def _dumps(obj: Any) -> bytes:
 def json_answer(
     status: int, obj: Any, *, detail: str = "ok", headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> Answer:
-    return Answer(status, _dumps(obj), headers=tuple(headers), detail=detail)
+    return Answer(status, dumps(obj), headers=tuple(headers), detail=detail)
 
 
 def echo(text: str) -> str:
@@ -303,6 +310,42 @@ def system_of(path: str) -> dict[str, str]:
 
 def header_values(scope: Scope, name: bytes) -> list[bytes]:
     return [v for k, v in scope.get("headers", ()) if k.lower() == name]
+
+
+def cookie_values(scope: Scope, name: str) -> list[str]:
+    """Every value the ``Cookie`` header(s) give ``name`` (a browser may send several)."""
+    key = name.encode("ascii")
+    out = []
+    for header in header_values(scope, b"cookie"):
+        for part in header.split(b";"):
+            k, sep, v = part.strip().partition(b"=")
+            if sep and k == key:
+                out.append(v.decode("latin-1"))
+    return out
+
+
+def check_name(param: str, value: str | None) -> None:
+    """A ``system`` or ``fingerprint`` query parameter: printable, 1 to 200 characters.
+
+    Raises:
+        HttpError: 400 naming the parameter.
+    """
+    if value is not None and (
+        not value or len(value) > _MAX_SYSTEM_NAME or not value.isprintable()
+    ):
+        raise HttpError(400, f"query parameter {param!r} must be a {param} name")
+
+
+def since_param(text: str, now: float | None = None) -> float:
+    """The ``since`` query parameter as Unix seconds.
+
+    Raises:
+        HttpError: 400 naming the parameter.
+    """
+    try:
+        return parse_since(text, time.time() if now is None else now)
+    except ValueError as exc:
+        raise HttpError(400, f"query parameter 'since': {exc}") from None
 
 
 def scope_peer_uid(scope: Scope) -> int | None:

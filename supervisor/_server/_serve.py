@@ -35,6 +35,7 @@ from .._logging import get_logger
 from ._app import Api
 from ._audit import AuditLog
 from ._connection import ConnectionLimits, ServerStats
+from ._events import Broadcaster
 from ._listener import make_ssl_context, serve_connections
 from ._metrics import install as install_metrics
 from ._requests import ASGIApp
@@ -384,7 +385,9 @@ def attach_api(sup: Supervisor, *, error_store: ErrorShipper | None = None) -> N
         audit=audit,
         redactor=sup.redactor,
         error_store=error_store,
+        events=(events := Broadcaster(sup)),
     )
+    sup.services.append(events.broadcast)  # the dashboard's live frames, off the tick
     install_metrics(sup)  # GET /metrics: the core imports no metrics library
     # The tokens of the phase in force: what readiness judges is what the API accepts.
     sup.phase_listeners.append(lambda _phase: app.use_tokens(sup.active_config.api.tokens))
