@@ -20,12 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +30,7 @@ from typing import Any, TypeVar
 import attrs
 import httpx
 import pytest
+from cli_harness import Running, running_supervisor
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
@@ -45,7 +42,6 @@ pytestmark = pytest.mark.e2e
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-SUPERVISOR = Path(sys.executable).parent / "supervisor"
 #: Flags for a quiet, reproducible headless Chromium that talks to nobody but the page.
 CHROMIUM_FLAGS = (
     "--headless=new",
@@ -77,7 +73,6 @@ def _digest(token: str) -> str:
 CONFIG = f"""\
 [supervisor]
 state_dir = "state"
-tick_rate = 20
 
 [api]
 listen = "127.0.0.1:0"
@@ -111,13 +106,20 @@ class Bomb:
 class World:
     """A ``supervisor run`` listening on loopback TCP, and how to reach it."""
 
-    folder: Path
-    base: str
-    proc: subprocess.Popen[bytes]
+    run: Running
+
+    @property
+    def base(self) -> str:
+        return self.run.api
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.run.proc
 
     def get(self, path: str, token: str = VIEWER_TOKEN) -> httpx.Response:
         """GET ``path`` with a bearer token, as a script would."""
-        return httpx.get(self.base + path, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        headers = {"Authorization": f"Bearer {token}"}
+        return httpx.get(self.base + path, headers=headers, timeout=10)
 
     def status(self) -> dict[str, Any]:
         answer = self.get("/v1/status")
@@ -126,55 +128,23 @@ class World:
         return data
 
     def audit(self) -> list[dict[str, Any]]:
-        path = self.folder / "state" / "audit.jsonl"
+        path = self.run.folder / "state" / "audit.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def log(self) -> str:
-        return (self.folder / "run.log").read_text(errors="replace")
 
-
-def _listening(log: Path) -> str | None:
-    """The address in the ``api.listening`` JSON log line, once it is written."""
-    for line in log.read_text(errors="replace").splitlines():
+def _listening(folder: Path) -> str | None:
+    """``http://HOST:PORT`` from the ``api.listening`` JSON log line, once it is written."""
+    for line in (folder / "run.log").read_text(errors="replace").splitlines():
         if '"api.listening"' in line:
-            return str(json.loads(line)["listen"])
+            return f"http://{json.loads(line)['listen']}"
     return None
 
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
     """One supervisor for the module, on ``127.0.0.1:0`` (its port read from its log)."""
-    folder = Path(tempfile.mkdtemp(prefix="sv-dash-"))
-    (folder / "supervisor.toml").write_text(CONFIG, encoding="utf-8")
-    (folder / "bomb.py").write_text(BOMB, encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
-    env["PYTHONPATH"] = str(folder)
-    log = (folder / "run.log").open("wb")
-    proc = subprocess.Popen(
-        [str(SUPERVISOR), "run", "--log-format", "json"],
-        cwd=folder,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while (address := _listening(folder / "run.log")) is None:
-            assert proc.poll() is None, (folder / "run.log").read_text()
-            assert time.monotonic() < deadline, "the API never listened"
-            time.sleep(0.05)
-        yield World(folder, f"http://{address}", proc)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
-        shutil.rmtree(folder, ignore_errors=True)
+    with running_supervisor(CONFIG, files={"bomb.py": BOMB}, address=_listening) as run:
+        yield World(run)
 
 
 @pytest.fixture(scope="module")
@@ -372,6 +342,26 @@ def test_nothing_is_loaded_from_another_origin(browser: WebDriver, world: World)
         if e["level"] == "SEVERE" and "/favicon.ico " not in e["message"]
     ]
     assert problems == [], problems
+
+
+def test_lost_connection_shows_a_banner_and_reconnects(browser: WebDriver, world: World) -> None:
+    """The supervisor freezes (SIGSTOP): no frame comes, and within seconds a banner says the
+    connection is lost; once it runs again (SIGCONT) the page reconnects by itself, the banner
+    goes and the tick moves again, without a reload."""
+    login(browser, world, VIEWER_TOKEN)
+    browser.execute_script("window.__noReload = 'still here';")
+    banner = browser.find_element(By.ID, "banner")
+    assert not banner.is_displayed()
+    world.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(browser, "the banner", lambda d: banner.is_displayed())
+        assert "Connection lost" in banner.text
+        stuck = tick_on_page(browser)
+    finally:
+        world.proc.send_signal(signal.SIGCONT)
+    wait_for(browser, "the banner to go", lambda d: not banner.is_displayed())
+    wait_for(browser, "the tick to move again", lambda d: tick_on_page(d) > stuck)
+    assert browser.execute_script("return window.__noReload;") == "still here"
 
 
 def test_operator_emergency_through_the_dialog(
