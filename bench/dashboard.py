@@ -21,16 +21,8 @@ Run: ``python -m bench.dashboard [--seconds S] [--runs N] [--dashboards N] [--js
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import secrets
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -81,52 +73,12 @@ async def _watch_all(port: int, token: str, dashboards: int, seconds: float) -> 
 
 def run(seconds: float, rate: int, dashboards: int) -> dict[str, Any]:
     """One supervisor run watched by ``dashboards`` live streams (0: nobody watches)."""
-    exe = Path(sys.executable).parent / "supervisor"
-    token = secrets.token_urlsafe(16)
-    port = held_connections._free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = Path(tmp, "bench.toml")
-        cfg.write_text(
-            held_connections.CONFIG.format(
-                rate=rate,
-                state=tmp,
-                port=port,
-                systems=json.dumps(serve._systems()),
-                digest=hashlib.sha256(token.encode()).hexdigest(),
-                max_connections=held_connections.MAX_CONNECTIONS,
-            ),
-            encoding="utf-8",
-        )
-        summary = Path(tmp, "summary.json")
-        # A little longer than the watching, so the streams end before the run does.
-        proc = subprocess.Popen(
-            [
-                *(str(exe), "run", "--config", str(cfg), "--duration", str(seconds + 2)),
-                *("--summary-json", str(summary), "--log-format", "json"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        try:
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            cpu_before = held_connections._cpu_seconds(proc.pid)
-            watched = trio.run(_watch_all, port, token, dashboards, seconds)
-            watched["cpu_percent"] = (
-                100 * (held_connections._cpu_seconds(proc.pid) - cpu_before) / seconds
-            )
-            proc.wait(timeout=seconds + 60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        result: dict[str, Any] = json.loads(summary.read_text(encoding="utf-8"))
-    result.update(watched)
+    result = held_connections.run_on_tcp(
+        seconds,
+        rate,
+        held_connections.MAX_CONNECTIONS,
+        lambda port, token: trio.run(_watch_all, port, token, dashboards, seconds),
+    )
     result["dashboards"] = dashboards
     return result
 
