@@ -58,8 +58,9 @@ CHROMIUM_FLAGS = (
 )
 VIEWER_TOKEN = "viewer-token-for-the-browser-tests"
 OPERATOR_TOKEN = "operator-token-for-the-browser-tests"
-#: The failing system's message, to find it on the page.
-BOOM = "bomb went off on tick"
+#: The failing system's message, to find it on the page: with markup that would run a
+#: script if the page ever put server text into innerHTML.
+BOOM = "bomb went off <img src=x id=injected onerror=window.__pwned=1> on tick"
 #: Seconds any page-side wait may take (frames come every second; the box is shared).
 WAIT = 20.0
 
@@ -98,7 +99,7 @@ class Bomb:
 
     def tick(self, ctx):
         if ctx.tick >= 20:
-            raise RuntimeError(f"{BOOM} {{ctx.tick}}")
+            raise RuntimeError({BOOM!r} + f" {{ctx.tick}}")
 '''
 
 
@@ -272,6 +273,8 @@ def test_failing_system_turns_red_and_its_error_appears(browser: WebDriver, worl
     healthy = browser.find_element(By.CSS_SELECTOR, 'tr[data-system="heartbeat"]')
     assert "bad" not in (healthy.get_attribute("class") or "")
     wait_for(browser, "bomb's error", lambda d: BOOM in d.find_element(By.ID, "errors").text)
+    assert browser.find_elements(By.ID, "injected") == []  # the markup stayed text
+    assert browser.execute_script("return window.__pwned;") is None
     assert "RuntimeError" in browser.find_element(By.ID, "errors").text
 
 
