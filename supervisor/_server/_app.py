@@ -77,6 +77,7 @@ from ._requests import (
     JSON_TYPE,
     Answer,
     ASGIApp,
+    Family,
     HttpError,
     Receive,
     Route,
@@ -87,6 +88,7 @@ from ._requests import (
     header_values,
     json_answer,
     parse_object,
+    prometheus_text,
     query,
     resolve,
     scope_peer_uid,
@@ -521,8 +523,7 @@ class Api:
     def _server_metrics(self) -> bytes:
         """The API's own counters, in the Prometheus text format, appended to the core's."""
         st = self.stats
-        # (name, type, help, label, {label value: sample}); label None: one unlabelled sample.
-        families: tuple[tuple[str, str, str, str | None, dict[str, float]], ...] = (
+        families: tuple[Family, ...] = (
             ("connections_total", "counter",
              "API connections: served, or evicted before their request to make room.",
              "outcome", {"accepted": st.accepted, "evicted": st.evicted}),
@@ -544,15 +545,12 @@ class Api:
             ("unaudited_refusals_total", "counter",
              "Actions refused (503) because their audit line could not be written.",
              None, {"": self.audit_refusals}),
+            ("dashboard_sessions", "gauge", "Dashboard sessions open now.",
+             None, {"": len(self.sessions)}),
         )  # fmt: skip
-        lines = []
-        for name, kind, text, label, samples in families:
-            full = f"supervisor_api_{name}"
-            lines += [f"# HELP {full} {text}", f"# TYPE {full} {kind}"]
-            for value, count in samples.items():
-                labels = "" if label is None else f'{{{label}="{value}"}}'
-                lines.append(f"{full}{labels} {float(count)}")
-        return ("\n".join(lines) + "\n").encode("ascii")
+        if self.events is not None:
+            families += self.events.metric_families()
+        return prometheus_text("supervisor_api_", families)
 
     async def _status(self) -> Answer:
         return json_answer(200, self.sup.status().as_dict())

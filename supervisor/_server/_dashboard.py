@@ -45,6 +45,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl
 
 import attrs
+import trio
 
 from .._core._control import Caller
 from ._audit import AuditEntry
@@ -180,24 +181,27 @@ class Dashboard:
         method = str(scope.get("method", ""))
         if path.startswith("/dashboard/static/"):
             _only(method, "GET", path)
-            return self._static(path.removeprefix("/dashboard/static/"), scope)
+            return await self._static(path.removeprefix("/dashboard/static/"), scope)
         if path == "/dashboard/login":
             if method == "POST":
+                _same_origin(scope)
                 return await self._login(scope, receive)
             _only(method, "GET, POST", path)
             return self._form("", status=200)
         if path == "/dashboard/logout":
             _only(method, "POST", path)
+            _same_origin(scope)
             return await self._logout(scope, receive)
         if path in ("/dashboard", "/dashboard/"):
             _only(method, "GET", path)
-            return self._page(scope)
+            return await self._page(scope)
         if path == "/dashboard/session":
             _only(method, "GET", path)
             caller, session = self.app.identify(scope)
             return json_answer(200, _session_view(caller, session))
         if path == "/dashboard/events":
-            _only(method, "GET", path)
+            if method != "GET":  # not even HEAD: its answer would be a stream
+                raise HttpError(405, f"{path} takes GET", headers=[(b"allow", b"GET")])
             self.app.identify(scope)  # any role: 401/403 as the API
             return await self._stream(scope, receive, send)
         raise HttpError(404, "no such dashboard page")
@@ -231,6 +235,7 @@ class Dashboard:
         token = _form_field(
             await self.app.read_body(scope, receive, media=FORM_TYPE, limit=MAX_FORM), "token"
         )
+        token = token.strip()  # a pasted token often brings a newline along
         found = self.app.match_token(token.encode("utf-8")) if token else None
         if found is None:
             self.limiter.failed(source, self.monotonic())
@@ -239,7 +244,8 @@ class Dashboard:
             )
             return self._form("That token is not valid.", status=401)
         caller, digest = found
-        session, value = self.app.sessions.open(caller, token=digest, now=self.wall())
+        now = self.wall()
+        session, value = self.app.sessions.open(caller, token=digest, now=now)
         await self.app.write_entry(
             AuditEntry(
                 caller=caller.name,
@@ -250,7 +256,7 @@ class Dashboard:
                 detail="dashboard session opened",
             )
         )
-        max_age = max(0, int(session.expires - self.wall()))
+        max_age = max(0, round(session.expires - now))
         return _redirect(
             "/dashboard",
             (b"set-cookie", session_cookie(value, max_age=max_age, secure=_secure(scope))),
@@ -282,14 +288,14 @@ class Dashboard:
 
     # ----------------------------------------------------------------- page
 
-    def _page(self, scope: Scope) -> Answer:
+    async def _page(self, scope: Scope) -> Answer:
         try:
             caller, session = self.app.identify(scope)
         except HttpError as exc:
             if exc.status in (401, 403):
                 return _redirect("/dashboard/login")
             raise
-        page = self._file(_PAGE)
+        page = await self._file(_PAGE)
         if page is None:
             raise HttpError(503, "the dashboard page is not installed (supervisor/_server/static)")
         csrf = html.escape(session.csrf if session else "")
@@ -300,8 +306,10 @@ class Dashboard:
         body = page.body.replace(b"<head>", b"<head>" + meta, 1)
         return Answer(200, body, content_type=HTML_TYPE, headers=_PAGE_HEADERS)
 
-    def _static(self, name: str, scope: Scope) -> Answer:
-        found = self._file(name) if _STATIC_NAME.fullmatch(name) and ".." not in name else None
+    async def _static(self, name: str, scope: Scope) -> Answer:
+        if not _STATIC_NAME.fullmatch(name) or ".." in name:
+            raise HttpError(404, "no such dashboard file")
+        found = await self._file(name)
         if found is None:
             raise HttpError(404, "no such dashboard file")
         headers = ((b"etag", found.etag), (b"cache-control", b"no-cache"))
@@ -311,18 +319,19 @@ class Dashboard:
         return Answer(200, found.body, content_type=found.content_type,
                       headers=(*headers, *extra))  # fmt: skip
 
-    def _file(self, name: str) -> _Static | None:
-        """A static file by name, read once; None when it is not a served regular file."""
+    async def _file(self, name: str) -> _Static | None:
+        """A static file by name, read once (in a worker thread: disk I/O stays off the loop).
+
+        None when it is not a regular file of the folder with a served type.
+        """
         cached = self._files.get(name)
         if cached is not None:
             return cached
         kind = _TYPES.get(Path(name).suffix.lower())
-        path = self.static_dir / name
-        # No symlinks: only what the package put in the folder itself.
-        if kind is None or path.is_symlink() or not path.is_file():
+        if kind is None:
             return None
-        body = path.read_bytes()[: _MAX_STATIC + 1]
-        if len(body) > _MAX_STATIC:
+        body = await trio.to_thread.run_sync(_read_static, self.static_dir / name)
+        if body is None:
             return None
         etag = b'"' + hashlib.sha256(body).hexdigest()[:32].encode("ascii") + b'"'
         self._files[name] = _Static(body=body, content_type=kind, etag=etag)
@@ -344,11 +353,48 @@ class Dashboard:
         return None
 
 
+def _read_static(path: Path) -> bytes | None:
+    """The file's bytes; None for a symlink (only what the package put there), a
+    non-file, a file too large, or one that cannot be read."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        with path.open("rb") as f:
+            body = f.read(_MAX_STATIC + 1)
+    except OSError:
+        return None
+    return None if len(body) > _MAX_STATIC else body
+
+
 def _only(method: str, allowed: str, path: str) -> None:
     methods = allowed.split(", ")
     if method in methods or (method == "HEAD" and "GET" in methods):
         return
     raise HttpError(405, f"{path} takes {allowed}", headers=[(b"allow", allowed.encode())])
+
+
+def _same_origin(scope: Scope) -> None:
+    """Refuse a login or logout form posted from another site (login CSRF).
+
+    ``SameSite=Strict`` keeps our cookie off cross-site requests, but a
+    cross-site form could still log the victim's browser into the
+    attacker's session. Browsers send ``Origin`` (and ``Sec-Fetch-Site``) on
+    every POST; when present they must name this origin. Tools such as curl
+    send neither and are not browsers.
+
+    Raises:
+        HttpError: 403 for a cross-site POST.
+    """
+    sites = header_values(scope, b"sec-fetch-site")
+    if sites and sites[0].strip().lower() not in (b"same-origin", b"none"):
+        raise HttpError(403, "a dashboard form must be posted from the dashboard itself")
+    origins = header_values(scope, b"origin")
+    if not origins:
+        return
+    hosts = header_values(scope, b"host")
+    scheme = str(scope.get("scheme", "http")).encode("ascii")
+    if len(origins) > 1 or not hosts or origins[0].strip() != scheme + b"://" + hosts[0].strip():
+        raise HttpError(403, "a dashboard form must be posted from the dashboard itself")
 
 
 def _form_field(body: bytes, name: str) -> str:

@@ -57,6 +57,7 @@ when no tick ended in that second).
 from __future__ import annotations
 
 import collections
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
@@ -67,10 +68,12 @@ import trio
 from .._alerts import alerts_view
 from .._core._histogram import Histogram, WindowStats
 from .._logging import get_logger
-from ._requests import Receive, Send, dumps
+from ._requests import Family, Receive, Send, dumps
 
 __all__ = ["HISTORY", "QUEUE_FRAMES", "Broadcaster", "Subscriber"]
 
+# Spreads the streams' sends: not a secret, only a spread.
+_JITTER: Final = random.Random()
 #: Per-second points kept for a newcomer's ``hello``: five minutes.
 HISTORY: Final = 300
 #: Frames queued per client before it is dropped as too slow.
@@ -79,6 +82,12 @@ QUEUE_FRAMES: Final = 4
 MAX_STREAMS: Final = 128
 #: Per-minute error counts kept for the trend.
 TREND_MINUTES: Final = 30
+#: Subscribers offered a frame between two checkpoints.
+FANOUT_SLICE: Final = 25
+#: Each stream sends its frame at a random moment within this many seconds
+#: after it is published, so a hundred streams do not all write in one
+#: scheduler batch in front of a due tick.
+SEND_SPREAD: Final = 0.2
 #: Recent error records in each frame.
 RECENT_ERRORS: Final = 20
 #: What ``EventSource`` waits before reconnecting (milliseconds).
@@ -99,6 +108,9 @@ class Observed(Protocol):
 
     @property
     def work(self) -> Histogram: ...
+
+    @property
+    def errors(self) -> Any: ...  # the error log: ``total`` errors counted since start
 
     def status(self) -> Any: ...
 
@@ -126,8 +138,10 @@ class Broadcaster:
     interval: float = 1.0
     max_streams: int = MAX_STREAMS
     queue_frames: int = QUEUE_FRAMES
+    spread: float = SEND_SPREAD
     wall: Callable[[], float] = time.time
-    #: Frames built since start.
+    #: Seconds published (a point each), and frames built (only while someone listens).
+    rounds: int = attrs.field(default=0, init=False)
     frames: int = attrs.field(default=0, init=False)
     #: Streams dropped because their client did not keep up.
     dropped: int = attrs.field(default=0, init=False)
@@ -142,7 +156,7 @@ class Broadcaster:
         init=False, factory=lambda: collections.deque(maxlen=TREND_MINUTES)
     )
     _errors_seen: int | None = attrs.field(init=False, default=None)
-    _latest: bytes | None = attrs.field(init=False, default=None)
+    _latest: tuple[int, bytes] | None = attrs.field(init=False, default=None)
     _hello: tuple[int, bytes] | None = attrs.field(init=False, default=None)
     _log: Any = attrs.field(init=False, factory=lambda: get_logger(component="dashboard"))
 
@@ -150,6 +164,20 @@ class Broadcaster:
     def streams(self) -> int:
         """Streams open now."""
         return len(self._subs)
+
+    def metric_families(self) -> tuple[Family, ...]:
+        """The stream's counters for ``/metrics`` (``supervisor_api_dashboard_...``)."""
+        return (
+            ("dashboard_streams", "gauge", "Dashboard event streams open now.",
+             None, {"": len(self._subs)}),
+            ("dashboard_streams_total", "counter",
+             "Dashboard event streams ended early: dropped (the client did not keep up) or "
+             "refused (too many open).",
+             "outcome", {"dropped": self.dropped, "refused": self.refused}),
+            ("dashboard_frames_total", "counter",
+             "Dashboard frames built (one a second while a dashboard is open).",
+             None, {"": self.frames}),
+        )  # fmt: skip
 
     # ------------------------------------------------------------- service
 
@@ -162,19 +190,44 @@ class Broadcaster:
         task_status.started()
         try:
             while True:
-                self.publish()
+                await self.publish()
                 await trio.sleep(self.interval)
         finally:
             for sub in list(self._subs):
                 self._drop(sub)
 
-    def publish(self) -> None:
-        """Build this second's frame and offer it to every subscriber (a slow one is dropped)."""
-        frame = self.build()
-        self._latest = frame
-        self.frames += 1
-        event = _event("frame", frame)
-        for sub in list(self._subs):
+    async def publish(self) -> None:
+        """This second's point; then, if anyone listens, its frame to every subscriber.
+
+        With no dashboard open only the point and the error count are taken
+        (two copies of bucket counts, no status, no JSON). Otherwise the work
+        is cut in pieces of well under a millisecond (the point; the frame;
+        the offers, ``FANOUT_SLICE`` subscribers at a time) with a checkpoint
+        between them, so a tick that falls due meanwhile runs in between
+        (bench/dashboard_frames.py).
+        """
+        self.take_point()
+        if not self._subs:
+            return
+        await trio.lowlevel.checkpoint()
+        event = _event("frame", self.frame())
+        subs = list(self._subs)
+        for start in range(0, len(subs), FANOUT_SLICE):
+            await trio.lowlevel.checkpoint()
+            self.offer(event, subs[start : start + FANOUT_SLICE])
+
+    def take_point(self) -> None:
+        """Append this second's point to the history and count its errors (cheap; no I/O)."""
+        now = self.wall()
+        self._point(now)
+        self._count_errors(now, self.sup.errors.total)
+        self.rounds += 1
+
+    def offer(self, event: bytes, subs: list[Subscriber]) -> None:
+        """Queue ``event`` for each of ``subs``; one whose queue is full is dropped."""
+        for sub in subs:
+            if sub not in self._subs:
+                continue  # left meanwhile
             try:
                 sub.send.send_nowait(event)
             except trio.WouldBlock:
@@ -183,16 +236,15 @@ class Broadcaster:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._drop(sub)
 
-    def build(self) -> bytes:
-        """This second's frame (JSON bytes); also appends its point to the history."""
-        now = self.wall()
+    def frame(self) -> bytes:
+        """The frame of the latest second (JSON bytes), built at most once per second."""
+        if self._latest is not None and self._latest[0] == self.rounds:
+            return self._latest[1]
         status = self.sup.status().as_dict()
-        point = self._point(now)
         errors = self.sup.error_view(limit=RECENT_ERRORS).as_dict()
-        total = sum(v for v in status.get("errors", {}).values() if isinstance(v, int))
-        self._count_errors(now, total)
+        point = self.history[-1] if self.history else None
         frame = {
-            "t": now,
+            "t": self.wall() if point is None else point["t"],
             "status": status,
             "series": point,
             "alerts": [
@@ -202,11 +254,13 @@ class Broadcaster:
             ],
             "errors": {
                 "recent": errors["records"],
-                "total": total,
+                "total": self._errors_seen or 0,
                 "trend": [{"t": t, "count": n} for t, n in self._trend],
             },
         }
-        return dumps(frame)
+        self.frames += 1
+        self._latest = (self.rounds, dumps(frame))
+        return self._latest[1]
 
     def _point(self, now: float) -> dict[str, float | int]:
         lateness, work = self.sup.lateness, self.sup.work
@@ -257,13 +311,13 @@ class Broadcaster:
         sub.send.close()
 
     def hello(self) -> bytes:
-        """The first event of a stream: the history, and the latest frame (encoded once a frame)."""
-        if self._hello is None or self._hello[0] != self.frames:
+        """The first event of a stream: the history and the latest frame (encoded once a second)."""
+        if self._hello is None or self._hello[0] != self.rounds:
             data = dumps({"interval": self.interval, "history": list(self.history), "frame": None})
-            if self._latest is not None:
-                # Splice the already encoded frame in rather than decode and re-encode it.
-                data = data.rstrip(b"\n")[: -len(b"null}")] + self._latest.rstrip(b"\n") + b"}\n"
-            self._hello = (self.frames, b"retry: %d\n" % _RETRY_MS + _event("hello", data))
+            if self.rounds:
+                # Splice the encoded frame in rather than decode and re-encode it.
+                data = data.rstrip(b"\n")[: -len(b"null}")] + self.frame().rstrip(b"\n") + b"}\n"
+            self._hello = (self.rounds, b"retry: %d\n" % _RETRY_MS + _event("hello", data))
         return self._hello[1]
 
     async def stream(self, sub: Subscriber, receive: Receive, send: Send) -> None:
@@ -276,6 +330,7 @@ class Broadcaster:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_until_disconnect, receive, nursery.cancel_scope)
                 async for event in sub.receive:
+                    await trio.sleep(self.spread * _JITTER.random())
                     await send({"type": "http.response.body", "body": event, "more_body": True})
                 nursery.cancel_scope.cancel()
             # Dropped or the service stopped: end the response cleanly.

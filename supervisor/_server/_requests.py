@@ -31,6 +31,7 @@ __all__ = [
     "ROUTES",
     "ASGIApp",
     "Answer",
+    "Family",
     "HttpError",
     "Receive",
     "Route",
@@ -43,6 +44,7 @@ __all__ = [
     "header_values",
     "json_answer",
     "parse_object",
+    "prometheus_text",
     "query",
     "resolve",
     "scope_peer_uid",
@@ -119,6 +121,23 @@ def dumps(obj: Any) -> bytes:
     except ValueError:  # a NaN or an infinity somewhere
         text = json.dumps(_finite(obj), allow_nan=False, ensure_ascii=False, default=_json_default)
     return text.encode("utf-8") + b"\n"
+
+
+#: A metric family: (name, type, help, label, {label value: sample}); label None:
+#: one unlabelled sample (keyed "").
+Family = tuple[str, str, str, str | None, Mapping[str, float]]
+
+
+def prometheus_text(prefix: str, families: Iterable[Family]) -> bytes:
+    """``families`` in the Prometheus text format, each name prefixed."""
+    lines = []
+    for name, kind, text, label, samples in families:
+        full = prefix + name
+        lines += [f"# HELP {full} {text}", f"# TYPE {full} {kind}"]
+        for value, count in samples.items():
+            labels = "" if label is None else f'{{{label}="{value}"}}'
+            lines.append(f"{full}{labels} {float(count)}")
+    return ("\n".join(lines) + "\n").encode("ascii")
 
 
 def json_answer(
