@@ -308,6 +308,16 @@ def test_cookie_flags(browser: WebDriver, world: World) -> None:
     assert browser.execute_script("return document.cookie;") == ""
 
 
+def test_logout_ends_the_session(browser: WebDriver, world: World) -> None:
+    """The button ends the session: back to the form, no cookie, the dashboard asks again."""
+    login(browser, world, VIEWER_TOKEN)
+    browser.find_element(By.ID, "logout").click()
+    wait_for(browser, "the login form", lambda d: d.current_url.endswith("/dashboard/login"))
+    assert browser.get_cookies() == []
+    browser.get(world.base + "/dashboard")
+    assert browser.current_url.endswith("/dashboard/login")
+
+
 def test_post_without_csrf_is_refused(browser: WebDriver, world: World) -> None:
     """Even an operator's cookie changes nothing without the session's CSRF token."""
     login(browser, world, OPERATOR_TOKEN)

@@ -21,6 +21,8 @@
   const RETRY_MIN_MS = 1000;
   const RETRY_MAX_MS = 10000;
   const PHASES = ["development", "testing", "production"];
+  /** Latest errors listed (the frame carries up to 20). */
+  const RECENT_ERRORS = 12;
 
   const session = { role: "viewer", csrf: "", name: "" };
   const series = { t: [], lateness_p50: [], lateness_p99: [], work_p50: [], work_p99: [] };
@@ -118,16 +120,24 @@
     return true;
   }
 
+  /** End the session server-side (the cookie is HttpOnly: only the server can clear it). */
   async function logout() {
+    let answer;
     try {
-      await fetch("/dashboard/logout", {
+      answer = await fetch("/dashboard/logout", {
         method: "POST",
         credentials: "same-origin",
         headers: { "X-CSRF-Token": session.csrf },
       });
-    } finally {
-      toLogin();
+    } catch (err) {
+      showResult(`Log out failed: no answer (${err}); the session is still open.`, true);
+      return;
     }
+    if (!answer.ok && answer.status !== 401) {
+      showResult(`Log out failed: ${answer.status}; the session is still open.`, true);
+      return;
+    }
+    toLogin();
   }
 
   // ---- operator actions -----------------------------------------------------------
@@ -247,6 +257,14 @@
 
   // ---- charts -----------------------------------------------------------------------
 
+  /** Time-axis labels as the local wall clock (uPlot's default adds a date row that crowds). */
+  const clockAxis = {
+    values: (u, vals) =>
+      vals.map((v) =>
+        new Date(v * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }),
+      ),
+  };
+
   function chartOptions(el, title, labels, colors) {
     return {
       width: Math.max(300, el.clientWidth - 8),
@@ -254,7 +272,7 @@
       legend: { live: true },
       cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true } },
-      axes: [{}, { size: 60, values: (u, vals) => vals.map((v) => `${v} ms`) }],
+      axes: [clockAxis, { size: 60, values: (u, vals) => vals.map((v) => `${v} ms`) }],
       series: [
         {},
         ...labels.map((label, i) => ({
@@ -287,7 +305,7 @@
         legend: { live: true },
         cursor: { drag: { x: false, y: false } },
         scales: { x: { time: true } },
-        axes: [{}, { size: 50 }],
+        axes: [clockAxis, { size: 50 }],
         series: [{}, { label: "errors / min", stroke: "#b42318", fill: "#b4231855", paths: bars }],
       },
       [[], []],
@@ -472,7 +490,7 @@
 
   function renderErrors(errors) {
     const recent = Array.isArray(errors?.recent) ? errors.recent : [];
-    const rows = recent.slice(0, 20).map((r) => {
+    const rows = recent.slice(0, RECENT_ERRORS).map((r) => {
       const row = document.createElement("tr");
       cell(row, clock(r.time));
       cell(row, r.tick);
