@@ -104,6 +104,15 @@ class TestSessions:
             True,
         ]
 
+    def test_one_caller_cannot_push_out_the_others(self) -> None:
+        sessions = Sessions(max_sessions=100, max_per_caller=4)
+        _, ops = sessions.open(OPS, token=None, now=T0)
+        viewer = Caller(name="v", role="viewer")
+        values = [sessions.open(viewer, token=None, now=T0)[1] for _ in range(500)]
+        assert len(sessions) == 5
+        assert sessions.check(ops, now=T0) is not None
+        assert [sessions.check(v, now=T0) is not None for v in values[-5:]] == [False] + [True] * 4
+
     def test_csrf_token_is_per_session_and_checked_in_full(self) -> None:
         sessions = Sessions()
         a, _ = sessions.open(OPS, token=None, now=T0)
@@ -341,6 +350,20 @@ class TestCookieOnTheApi:
                 assert answer.status_code == 403, path
                 assert "needs operator" in answer.json()["error"]
         assert rig.fake.state() == ("development", False, False, 0)
+
+    async def test_restart_from_the_page_has_its_reason_audited(self, rig: Rig) -> None:
+        async with _client(rig) as client:
+            await _login(client)
+            csrf = await _csrf(client)
+            answer = await client.post(
+                "/v1/restart",
+                json={"reason": "page: stuck economy"},
+                headers={"x-csrf-token": csrf},
+            )
+        assert answer.status_code == 200
+        attempt = next(x for x in rig.all_audit_lines() if x["action"] == "restart")
+        assert attempt["arguments"] == {"reason": "page: stuck economy"}
+        assert rig.fake.restarts == 1
 
     async def test_bearer_clients_need_no_csrf(self, rig: Rig) -> None:
         async with _client(rig) as client:

@@ -632,7 +632,8 @@ class Api:
         answer = await self.sup.shutdown(emergency=emergency, reason=reason, caller=caller)
         return answer.as_dict()
 
-    async def _restart(self, *, caller: Caller) -> dict[str, Any]:
+    async def _restart(self, *, caller: Caller, reason: str) -> dict[str, Any]:
+        del reason  # audited with the request; the core's restart takes none
         return (await self.sup.restart(caller=caller)).as_dict()
 
     async def _phase(

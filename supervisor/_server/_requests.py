@@ -190,7 +190,8 @@ _SYSTEM_PATH: Final = re.compile(r"/v1/systems/([^/]{1,200})/(quarantine|release
 _REQUIRED: Final = object()
 _SCHEMAS: Final[Mapping[str, Mapping[str, tuple[type, Any]]]] = {
     "shutdown": {"emergency": (bool, False), "reason": (str, "")},
-    "restart": {},
+    # The core's restart takes no reason: it is kept for the audit log (the page asks for one).
+    "restart": {"reason": (str, "")},
     "phase": {"phase": (str, _REQUIRED), "force": (bool, False), "reason": (str, "")},
     "quarantine": {"reason": (str, "")},
     "release": {"reason": (str, "")},

@@ -61,6 +61,9 @@ SESSION_LIFETIME: Final = 12 * 3600.0
 #: Live sessions kept; past it the oldest is ended (a flood of logins with a
 #: valid token cannot grow memory without bound).
 MAX_SESSIONS: Final = 1024
+#: Live sessions per caller (token name); a further login ends that caller's
+#: oldest, so no caller (a viewer) can push everybody else's sessions out.
+MAX_PER_CALLER: Final = 16
 #: A cookie value longer than this is not ours (refused before any decoding).
 _MAX_COOKIE: Final = 512
 #: Bytes of randomness in a session id.
@@ -100,6 +103,7 @@ class Sessions:
 
     lifetime: float = SESSION_LIFETIME
     max_sessions: int = MAX_SESSIONS
+    max_per_caller: int = MAX_PER_CALLER
     _key: bytes = attrs.field(factory=lambda: secrets.token_bytes(32))
     # id -> session, insertion-ordered: the first is the oldest.
     _live: dict[str, Session] = attrs.field(factory=dict)
@@ -110,6 +114,9 @@ class Sessions:
     def open(self, caller: Caller, *, token: str | None, now: float) -> tuple[Session, str]:
         """A new session for ``caller``, and the cookie value that carries it."""
         self._expire(now)
+        own = [sid for sid, s in self._live.items() if s.caller.name == caller.name]
+        for sid in own[: max(0, len(own) - self.max_per_caller + 1)]:
+            del self._live[sid]
         while len(self._live) >= self.max_sessions:
             del self._live[next(iter(self._live))]
         sid = _b64(secrets.token_bytes(_ID_BYTES))
