@@ -225,9 +225,8 @@
     $("btn-restart").addEventListener("click", () =>
       confirmAction(
         "Restart",
-        "Restart the world from its preserved state. (The API's restart takes no reason: it is " +
-          "audited with your name and time only.)",
-        () => post("/v1/restart", {}),
+        "Restart the world from its preserved state.",
+        (reason) => post("/v1/restart", { reason }),
       ),
     );
     $("btn-phase").addEventListener("click", () => {
