@@ -6,8 +6,8 @@ world: the heartbeat, 20 players and ``bomb``, a system that raises a
 recognisable error on every tick from tick 20 on. One Chromium for the module
 (``--headless=new``, a fresh profile in a temp dir, through Debian's
 ``chromedriver``: Selenium never downloads a driver) logs in through the form
-as a person would. The tests run in file order and the last one presses the
-emergency button, which ends the world's ticking.
+as a person would. The tests run in file order: the last two press the
+emergency button (the world stops ticking) and then Restart.
 
 What a browser sees and a plain HTTP test cannot: the page's script really runs
 under the Content-Security-Policy, the session cookie is stored with its flags,
@@ -383,7 +383,7 @@ def test_operator_emergency_through_the_dialog(
     """Operator: the button asks for a reason and a confirmation; the world enters
     EMERGENCY_SHUTDOWN and the audit log has the shutdown with that reason.
 
-    Runs last: it ends the module's world.
+    Runs after every test that needs the world running (only the restart comes after).
     """
     login(browser, world, OPERATOR_TOKEN)
     wait_for(
@@ -416,3 +416,35 @@ def test_operator_emergency_through_the_dialog(
     assert done[-1]["result"]["status"] == 200
     browser.save_screenshot(str(tmp_path / "dashboard-emergency.png"))
     assert (tmp_path / "dashboard-emergency.png").stat().st_size > 10_000
+
+
+def test_operator_restart_through_the_dialog(browser: WebDriver, world: World) -> None:
+    """After the emergency, Restart (with its reason) brings the world back: the page shows it
+    ticking again and the audit log has the restart with that reason."""
+    login(browser, world, OPERATOR_TOKEN)
+    assert world.status()["phase"] == "emergency_shutdown"
+    browser.find_element(By.ID, "btn-restart").click()
+    reason = "browser test: failover done"
+    browser.find_element(By.ID, "confirm-reason").send_keys(reason)
+    browser.find_element(By.ID, "confirm-sure").click()
+    browser.find_element(By.ID, "confirm-ok").click()
+    wait_for(
+        browser,
+        "the restart on the page",
+        lambda d: d.find_element(By.ID, "phase").text.lower() != "emergency shutdown",
+    )
+    wait_for(
+        browser,
+        "a result line",
+        lambda d: "/v1/restart: 200" in d.find_element(By.ID, "action-result").text,
+    )
+    assert not browser.find_element(By.ID, "emergency").is_displayed()
+    first = tick_on_page(browser)
+    wait_for(browser, "ticks again", lambda d: tick_on_page(d) > first)
+    done = [
+        line
+        for line in world.audit()
+        if line.get("action") == "restart" and line.get("stage") == "result"
+    ]
+    assert done, world.audit()
+    assert done[-1]["arguments"] == {"reason": reason}
