@@ -128,9 +128,11 @@ class World:
         data: dict[str, Any] = answer.json()
         return data
 
-    def audit(self) -> list[dict[str, Any]]:
+    def audited(self, action: str) -> list[dict[str, Any]]:
+        """The audit log's ``result`` lines of ``action``, oldest first."""
         path = self.run.folder / "state" / "audit.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [x for x in lines if x.get("action") == action and x.get("stage") == "result"]
 
 
 def _listening(folder: Path) -> str | None:
@@ -193,6 +195,13 @@ def chromium_log(driver: WebDriver, kind: str) -> list[dict[str, Any]]:
     """Chromium's ``performance`` (DevTools events) or ``browser`` (console) log since last read."""
     entries: list[dict[str, Any]] = driver.get_log(kind)  # type: ignore[no-untyped-call]  # untyped in selenium
     return entries
+
+
+def confirm(driver: WebDriver, reason: str) -> None:
+    """Fill the open confirmation dialog: the reason, "I am sure", Confirm."""
+    driver.find_element(By.ID, "confirm-reason").send_keys(reason)
+    driver.find_element(By.ID, "confirm-sure").click()
+    driver.find_element(By.ID, "confirm-ok").click()
 
 
 def tick_on_page(driver: WebDriver) -> int:
@@ -396,9 +405,7 @@ def test_operator_emergency_through_the_dialog(
     assert dialog.is_displayed()
     assert world.status()["phase"] == "development"
     reason = "browser test: <b>database failover</b>"
-    browser.find_element(By.ID, "confirm-reason").send_keys(reason)
-    browser.find_element(By.ID, "confirm-sure").click()
-    browser.find_element(By.ID, "confirm-ok").click()
+    confirm(browser, reason)
     wait_for(
         browser,
         "the emergency on the page",
@@ -406,12 +413,8 @@ def test_operator_emergency_through_the_dialog(
     )
     assert reason in browser.find_element(By.ID, "emergency").text  # as text, not as markup
     assert world.status()["phase"] == "emergency_shutdown"
-    done = [
-        line
-        for line in world.audit()
-        if line.get("action") == "shutdown" and line.get("stage") == "result"
-    ]
-    assert done, world.audit()
+    done = world.audited("shutdown")
+    assert done
     assert done[-1]["arguments"] == {"emergency": True, "reason": reason}
     assert done[-1]["result"]["status"] == 200
     browser.save_screenshot(str(tmp_path / "dashboard-emergency.png"))
@@ -425,9 +428,7 @@ def test_operator_restart_through_the_dialog(browser: WebDriver, world: World) -
     assert world.status()["phase"] == "emergency_shutdown"
     browser.find_element(By.ID, "btn-restart").click()
     reason = "browser test: failover done"
-    browser.find_element(By.ID, "confirm-reason").send_keys(reason)
-    browser.find_element(By.ID, "confirm-sure").click()
-    browser.find_element(By.ID, "confirm-ok").click()
+    confirm(browser, reason)
     wait_for(
         browser,
         "the restart on the page",
@@ -441,10 +442,6 @@ def test_operator_restart_through_the_dialog(browser: WebDriver, world: World) -
     assert not browser.find_element(By.ID, "emergency").is_displayed()
     first = tick_on_page(browser)
     wait_for(browser, "ticks again", lambda d: tick_on_page(d) > first)
-    done = [
-        line
-        for line in world.audit()
-        if line.get("action") == "restart" and line.get("stage") == "result"
-    ]
-    assert done, world.audit()
+    done = world.audited("restart")
+    assert done
     assert done[-1]["arguments"] == {"reason": reason}
