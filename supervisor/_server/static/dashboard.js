@@ -36,6 +36,7 @@
   let lastStatus = null;
 
   const $ = (id) => document.getElementById(id);
+  const pad = (n) => String(n).padStart(2, "0");
 
   // ---- formatting -------------------------------------------------------------
 
@@ -69,7 +70,9 @@
 
   function clock(unixSeconds) {
     const v = num(unixSeconds);
-    return v === null ? "–" : new Date(v * 1000).toLocaleTimeString();
+    if (v === null) return "–";
+    const d = new Date(v * 1000);
+    return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
   }
 
   function text(el, value) {
@@ -256,12 +259,17 @@
 
   // ---- charts -----------------------------------------------------------------------
 
-  /** Time-axis labels as the local wall clock (uPlot's default adds a date row that crowds). */
+  /** Time-axis labels, 24-hour local clock (uPlot's default adds a crowding date row);
+   * with seconds when the chart spans under 4 minutes, so no two labels read the same. */
   const clockAxis = {
-    values: (u, vals) =>
-      vals.map((v) =>
-        new Date(v * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }),
-      ),
+    values: (u, vals) => {
+      const seconds = u.scales.x.max - u.scales.x.min < 240;
+      return vals.map((v) => {
+        const d = new Date(v * 1000);
+        const hm = `${pad(d.getHours())}:${pad(d.getMinutes())}`;
+        return seconds ? `${hm}:${pad(d.getSeconds())}` : hm;
+      });
+    },
   };
 
   function chartOptions(el, title, labels, colors) {
@@ -303,7 +311,7 @@
         height: 130,
         legend: { live: true },
         cursor: { drag: { x: false, y: false } },
-        scales: { x: { time: true } },
+        scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
         axes: [clockAxis, { size: 50 }],
         series: [{}, { label: "errors / min", stroke: "#b42318", fill: "#b4231855", paths: bars }],
       },
