@@ -77,7 +77,6 @@ from ._requests import (
     JSON_TYPE,
     Answer,
     ASGIApp,
-    Family,
     HttpError,
     Receive,
     Route,
@@ -92,6 +91,7 @@ from ._requests import (
     query,
     resolve,
     scope_peer_uid,
+    server_families,
     since_param,
     source_of,
     system_of,
@@ -522,32 +522,13 @@ class Api:
 
     def _server_metrics(self) -> bytes:
         """The API's own counters, in the Prometheus text format, appended to the core's."""
-        st = self.stats
-        families: tuple[Family, ...] = (
-            ("connections_total", "counter",
-             "API connections: served, or evicted before their request to make room.",
-             "outcome", {"accepted": st.accepted, "evicted": st.evicted}),
-            ("connections_open", "gauge", "API connections open now.", None, {"": st.open}),
-            ("accept_pauses_total", "counter",
-             "Times accepting paused: every connection was serving a request (newcomers wait).",
-             None, {"": st.accept_pauses}),
-            ("accept_paused_seconds_total", "counter",
-             "Seconds accepting was paused with every connection serving a request.",
-             None, {"": st.paused_seconds}),
-            ("timeouts_total", "counter", "API connections or requests ended by a deadline.",
-             "kind", {"header": st.header_timeouts, "keep_alive": st.keep_alive_timeouts,
-                      "send": st.send_timeouts, "body": self.body_timeouts}),
-            ("connection_errors_total", "counter",
-             "API connections that ended with an error (logged, never raised).",
-             None, {"": st.errors}),
-            ("audit_failures_total", "counter", "Audit lines that could not be written.",
-             None, {"": self.audit.failures}),
-            ("unaudited_refusals_total", "counter",
-             "Actions refused (503) because their audit line could not be written.",
-             None, {"": self.audit_refusals}),
-            ("dashboard_sessions", "gauge", "Dashboard sessions open now.",
-             None, {"": len(self.sessions)}),
-        )  # fmt: skip
+        families = server_families(
+            self.stats,
+            body_timeouts=self.body_timeouts,
+            audit_failures=self.audit.failures,
+            audit_refusals=self.audit_refusals,
+            sessions=len(self.sessions),
+        )
         if self.events is not None:
             families += self.events.metric_families()
         return prometheus_text("supervisor_api_", families)
@@ -632,7 +613,7 @@ class Api:
         answer = await self.sup.shutdown(emergency=emergency, reason=reason, caller=caller)
         return answer.as_dict()
 
-    async def _restart(self, *, caller: Caller, reason: str) -> dict[str, Any]:
+    async def _restart(self, *, caller: Caller, reason: str = "") -> dict[str, Any]:
         del reason  # audited with the request; the core's restart takes none
         return (await self.sup.restart(caller=caller)).as_dict()
 

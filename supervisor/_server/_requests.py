@@ -17,7 +17,7 @@ import pwd
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl
 
 import attrs
@@ -25,6 +25,9 @@ import attrs
 from .._address import MAX_REASON
 from .._core._phase import Phase
 from .._store._query import parse_since
+
+if TYPE_CHECKING:
+    from ._connection import ServerStats
 
 __all__ = [
     "JSON_TYPE",
@@ -48,6 +51,7 @@ __all__ = [
     "query",
     "resolve",
     "scope_peer_uid",
+    "server_families",
     "since_param",
     "source_of",
     "system_of",
@@ -140,6 +144,42 @@ def prometheus_text(prefix: str, families: Iterable[Family]) -> bytes:
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
+def server_families(
+    st: ServerStats,
+    *,
+    body_timeouts: int,
+    audit_failures: int,
+    audit_refusals: int,
+    sessions: int,
+) -> tuple[Family, ...]:
+    """The API server's own metric families (connections, deadlines, audit, sessions)."""
+    return (
+        ("connections_total", "counter",
+         "API connections: served, or evicted before their request to make room.",
+         "outcome", {"accepted": st.accepted, "evicted": st.evicted}),
+        ("connections_open", "gauge", "API connections open now.", None, {"": st.open}),
+        ("accept_pauses_total", "counter",
+         "Times accepting paused: every connection was serving a request (newcomers wait).",
+         None, {"": st.accept_pauses}),
+        ("accept_paused_seconds_total", "counter",
+         "Seconds accepting was paused with every connection serving a request.",
+         None, {"": st.paused_seconds}),
+        ("timeouts_total", "counter", "API connections or requests ended by a deadline.",
+         "kind", {"header": st.header_timeouts, "keep_alive": st.keep_alive_timeouts,
+                  "send": st.send_timeouts, "body": body_timeouts}),
+        ("connection_errors_total", "counter",
+         "API connections that ended with an error (logged, never raised).",
+         None, {"": st.errors}),
+        ("audit_failures_total", "counter", "Audit lines that could not be written.",
+         None, {"": audit_failures}),
+        ("unaudited_refusals_total", "counter",
+         "Actions refused (503) because their audit line could not be written.",
+         None, {"": audit_refusals}),
+        ("dashboard_sessions", "gauge", "Dashboard sessions open now.",
+         None, {"": sessions}),
+    )  # fmt: skip
+
+
 def json_answer(
     status: int, obj: Any, *, detail: str = "ok", headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> Answer:
@@ -186,12 +226,14 @@ ROUTES: Final[Mapping[str, Route]] = {
 }
 _SYSTEM_PATH: Final = re.compile(r"/v1/systems/([^/]{1,200})/(quarantine|release)")
 
-# Per action: key -> (type, default); a default of _REQUIRED means the key must be given.
+# Per action: key -> (type, default); a default of _REQUIRED means the key must be
+# given, _OMITTED that an absent key stays absent (the audit line shows what was sent).
 _REQUIRED: Final = object()
+_OMITTED: Final = object()
 _SCHEMAS: Final[Mapping[str, Mapping[str, tuple[type, Any]]]] = {
     "shutdown": {"emergency": (bool, False), "reason": (str, "")},
     # The core's restart takes no reason: it is kept for the audit log (the page asks for one).
-    "restart": {"reason": (str, "")},
+    "restart": {"reason": (str, _OMITTED)},
     "phase": {"phase": (str, _REQUIRED), "force": (bool, False), "reason": (str, "")},
     "quarantine": {"reason": (str, "")},
     "release": {"reason": (str, "")},
@@ -256,7 +298,8 @@ def validate(action: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         if key not in obj:
             if default is _REQUIRED:
                 raise HttpError(400, f"missing key {key!r}")
-            out[key] = default
+            if default is not _OMITTED:
+                out[key] = default
             continue
         value = obj[key]
         # type() rather than isinstance: True is an int, and 1 is not a bool.
