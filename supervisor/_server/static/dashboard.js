@@ -260,10 +260,10 @@
   // ---- charts -----------------------------------------------------------------------
 
   /** Time-axis labels, 24-hour local clock (uPlot's default adds a crowding date row);
-   * with seconds when the chart spans under 4 minutes, so no two labels read the same. */
+   * with seconds when the ticks are under a minute apart, so no two labels read the same. */
   const clockAxis = {
     values: (u, vals) => {
-      const seconds = u.scales.x.max - u.scales.x.min < 240;
+      const seconds = vals.length > 1 && vals[1] - vals[0] < 60;
       return vals.map((v) => {
         const d = new Date(v * 1000);
         const hm = `${pad(d.getHours())}:${pad(d.getMinutes())}`;
@@ -312,7 +312,8 @@
         legend: { live: true },
         cursor: { drag: { x: false, y: false } },
         scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
-        axes: [clockAxis, { size: 50 }],
+        // Whole minutes on the time axis: one bar per minute.
+        axes: [{ ...clockAxis, incrs: [60, 120, 300, 600, 900, 1800, 3600] }, { size: 50 }],
         series: [{}, { label: "errors / min", stroke: "#b42318", fill: "#b4231855", paths: bars }],
       },
       [[], []],
