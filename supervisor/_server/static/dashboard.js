@@ -262,6 +262,7 @@
   /** Time-axis labels, 24-hour local clock (uPlot's default adds a crowding date row);
    * with seconds when the ticks are under a minute apart, so no two labels read the same. */
   const clockAxis = {
+    space: 70, // px between labels: whole minutes on a 5-minute chart, no overlap
     values: (u, vals) => {
       const seconds = vals.length > 1 && vals[1] - vals[0] < 60;
       return vals.map((v) => {
