@@ -378,16 +378,22 @@ def _same_origin(scope: Scope) -> None:
 
     ``SameSite=Strict`` keeps our cookie off cross-site requests, but a
     cross-site form could still log the victim's browser into the
-    attacker's session. Browsers send ``Origin`` (and ``Sec-Fetch-Site``) on
-    every POST; when present they must name this origin. Tools such as curl
-    send neither and are not browsers.
+    attacker's session. Current browsers send ``Sec-Fetch-Site`` on every
+    request, and it alone decides when present: our own pages send
+    ``Referrer-Policy: no-referrer``, under which Chromium posts our own
+    login form with ``Origin: null`` (the Fetch standard's serialisation),
+    so ``Origin`` cannot decide then. Without ``Sec-Fetch-Site`` (an older
+    browser) an ``Origin``, when sent, must be this origin. Tools such as
+    curl send neither and are not browsers.
 
     Raises:
         HttpError: 403 for a cross-site POST.
     """
     sites = header_values(scope, b"sec-fetch-site")
-    if sites and sites[0].strip().lower() not in (b"same-origin", b"none"):
-        raise HttpError(403, "a dashboard form must be posted from the dashboard itself")
+    if sites:
+        if len(sites) > 1 or sites[0].strip().lower() not in (b"same-origin", b"none"):
+            raise HttpError(403, "a dashboard form must be posted from the dashboard itself")
+        return
     origins = header_values(scope, b"origin")
     if not origins:
         return

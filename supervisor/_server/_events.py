@@ -84,9 +84,10 @@ MAX_STREAMS: Final = 128
 TREND_MINUTES: Final = 30
 #: Subscribers offered a frame between two checkpoints.
 FANOUT_SLICE: Final = 25
-#: Each stream sends its frame at a random moment within this many seconds
-#: after it is published, so a hundred streams do not all write in one
-#: scheduler batch in front of a due tick.
+#: Each stream sends every frame this long after it is published, an offset
+#: drawn at random within SEND_SPREAD seconds once per stream: a hundred
+#: streams do not all write in one scheduler batch in front of a due tick,
+#: and each stream still gets a frame exactly once a second.
 SEND_SPREAD: Final = 0.2
 #: Recent error records in each frame.
 RECENT_ERRORS: Final = 20
@@ -327,10 +328,11 @@ class Broadcaster:
                 {"type": "http.response.start", "status": 200, "headers": list(_STREAM_HEADERS)}
             )
             await send({"type": "http.response.body", "body": self.hello(), "more_body": True})
+            offset = self.spread * _JITTER.random()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_until_disconnect, receive, nursery.cancel_scope)
                 async for event in sub.receive:
-                    await trio.sleep(self.spread * _JITTER.random())
+                    await trio.sleep(offset)
                     await send({"type": "http.response.body", "body": event, "more_body": True})
                 nursery.cancel_scope.cancel()
             # Dropped or the service stopped: end the response cleanly.
