@@ -33,7 +33,6 @@
   let lastFrameAt = 0;
   let retryMs = RETRY_MIN_MS;
   let retryTimer = null;
-  let lastStatus = null;
 
   const $ = (id) => document.getElementById(id);
   const pad = (n) => String(n).padStart(2, "0");
@@ -273,7 +272,7 @@
     },
   };
 
-  function chartOptions(el, title, labels, colors) {
+  function chartOptions(el, labels, colors) {
     return {
       width: Math.max(300, el.clientWidth - 8),
       height: el.classList.contains("small") ? 130 : 210,
@@ -291,7 +290,6 @@
           value: (u, v) => (v === null || v === undefined ? "–" : `${v.toPrecision(3)} ms`),
         })),
       ],
-      title,
     };
   }
 
@@ -300,7 +298,7 @@
     const make = (id, labels, colors) => {
       const el = $(id);
       const data = [[], ...labels.map(() => [])];
-      charts[id] = new window.uPlot(chartOptions(el, "", labels, colors), data, el);
+      charts[id] = new window.uPlot(chartOptions(el, labels, colors), data, el);
     };
     make("chart-lateness", ["lateness p50", "lateness p99"], ["#2f5bd3", "#b42318"]);
     make("chart-work", ["work p50", "work p99"], ["#067647", "#9a6700"]);
@@ -550,7 +548,6 @@
 
   function renderStatus(s) {
     if (!s || typeof s !== "object") return;
-    lastStatus = s;
     renderHeader(s);
     renderSystems(s);
     renderGauges(s);
@@ -638,7 +635,6 @@
     if (!(await loadSession())) return;
     connect();
     window.setInterval(watchdog, 1000);
-    if (lastStatus) renderStatus(lastStatus);
   }
 
   if (document.readyState === "loading") {
