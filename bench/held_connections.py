@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,8 +154,24 @@ def _api_counters(port: int, token: str) -> dict[str, float]:
     return out
 
 
-def run(seconds: float, rate: int, held: int, max_connections: int) -> dict[str, Any]:
-    """One supervisor run with ``held`` connections held against it (0: only the prober)."""
+#: What a run does while the supervisor runs: ``(port, token) -> figures``.
+During = Callable[[int, str], dict[str, Any]]
+
+
+def run_on_tcp(
+    seconds: float,
+    rate: int,
+    max_connections: int,
+    during: During,
+    *,
+    after: During | None = None,
+) -> dict[str, Any]:
+    """One ``supervisor run`` of the bench world on a free loopback port, with a token.
+
+    ``during(port, token)`` runs once the API listens (for about ``seconds``);
+    the supervisor's CPU share over ``seconds`` is added to its figures, then
+    those of ``after(port, token)``, and the run's summary.
+    """
     exe = Path(sys.executable).parent / "supervisor"
     token = secrets.token_urlsafe(16)
     port = _free_port()
@@ -191,17 +208,29 @@ def run(seconds: float, rate: int, held: int, max_connections: int) -> dict[str,
                 except OSError:
                     time.sleep(0.05)
             cpu_before = _cpu_seconds(proc.pid)
-            attack = trio.run(_attack, port, held, seconds)
-            attack["cpu_percent"] = 100 * (_cpu_seconds(proc.pid) - cpu_before) / seconds
-            attack["api"] = _api_counters(port, token)
+            figures = during(port, token)
+            figures["cpu_percent"] = 100 * (_cpu_seconds(proc.pid) - cpu_before) / seconds
+            if after is not None:
+                figures.update(after(port, token))
             proc.wait(timeout=seconds + 60)
         finally:
             if proc.poll() is None:
                 proc.kill()
         result: dict[str, Any] = json.loads(summary.read_text(encoding="utf-8"))
-    result.update(attack)
+    result.update(figures)
     result["crashed"] = proc.returncode != 0
     return result
+
+
+def run(seconds: float, rate: int, held: int, max_connections: int) -> dict[str, Any]:
+    """One supervisor run with ``held`` connections held against it (0: only the prober)."""
+    return run_on_tcp(
+        seconds,
+        rate,
+        max_connections,
+        lambda port, token: trio.run(_attack, port, held, seconds),
+        after=lambda port, token: {"api": _api_counters(port, token)},
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import attrs
@@ -47,11 +47,24 @@ class Running:
         return (self.folder / "run.log").read_text(encoding="utf-8", errors="replace")
 
 
+def _socket_address(folder: Path) -> str | None:
+    sock = folder / "s.sock"
+    return f"unix:{sock}" if sock.exists() else None
+
+
 @contextlib.contextmanager
 def running_supervisor(
-    config: str, *, files: Mapping[str, str] | None = None, tick_rate: float = 20
+    config: str,
+    *,
+    files: Mapping[str, str] | None = None,
+    tick_rate: float = 20,
+    address: Callable[[Path], str | None] = _socket_address,
 ) -> Iterator[Running]:
-    """Start ``supervisor run`` on ``config`` (with ``[api] listen = "unix:s.sock"``)."""
+    """Start ``supervisor run`` on ``config`` (with ``[api] listen = "unix:s.sock"``).
+
+    ``address(folder)`` is where the API listens once it does (None until then); the
+    default waits for ``s.sock``. A TCP listener's tests read it from the run's log.
+    """
     folder = Path(tempfile.mkdtemp(prefix="sv-"))
     (folder / "supervisor.toml").write_text(config, encoding="utf-8")
     for name, text in (files or {}).items():
@@ -68,14 +81,13 @@ def running_supervisor(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    run = Running(folder, f"unix:{folder / 's.sock'}", proc)
     try:
         deadline = time.monotonic() + 20
-        while not (folder / "s.sock").exists():
-            assert proc.poll() is None, run.log()
+        while (api := address(folder)) is None:
+            assert proc.poll() is None, (folder / "run.log").read_text(errors="replace")
             assert time.monotonic() < deadline, "the API never listened"
             time.sleep(0.05)
-        yield run
+        yield Running(folder, api, proc)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
