@@ -199,7 +199,7 @@ class TestRefused:
             def munlockall(self) -> int:  # pragma: no cover - never locked
                 raise AssertionError("nothing was locked")
 
-        monkeypatch.setattr(_realtime.os, "sched_setscheduler", refuse)
+        monkeypatch.setattr(os, "sched_setscheduler", refuse)
         monkeypatch.setattr(_realtime, "libc", NoLock)
         probe = Probe()
         with structlog.testing.capture_logs() as logs:
