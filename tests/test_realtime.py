@@ -11,6 +11,8 @@ import ctypes
 import errno
 import gc
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from supervisor import Config, ConfigError
 from supervisor._core import _realtime
 from supervisor._core._config_realtime import parse_cpus
 from supervisor._core._config_sections import SupervisorConfig
-from supervisor._core._realtime import GC_OVERDUE, SWEEP_INTERVAL, RealtimeMode, rt_throttling
+from supervisor._core._realtime import GC_OVERDUE, RealtimeMode, rt_throttling
 from supervisor.testing import make_supervisor, run_systems
 
 ROOT = os.geteuid() == 0
@@ -36,6 +38,11 @@ def _locked_kib() -> int:
         if line.startswith("VmLck:"):
             return int(line.split()[1])
     raise AssertionError("no VmLck in /proc/self/status")
+
+
+def _policy(tid: int) -> int:
+    """The scheduling policy of thread ``tid`` (0: this one), without SCHED_RESET_ON_FORK."""
+    return os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK
 
 
 def _rt(**supervisor: Any) -> Config:
@@ -51,7 +58,7 @@ def _back_to_normal() -> Any:
     policy, enabled = os.sched_getscheduler(0), gc.isenabled()
     cpus = os.sched_getaffinity(0)
     yield
-    assert os.sched_getscheduler(0) == policy
+    assert os.sched_getscheduler(0) == policy  # the flag too: nothing left behind
     assert os.sched_getaffinity(0) == cpus
     assert gc.isenabled() == enabled
     assert _locked_kib() == 0
@@ -73,7 +80,7 @@ class Probe:
     def tick(self, ctx: Any) -> None:
         if ctx.tick != 2:
             return
-        self.policy = os.sched_getscheduler(0)
+        self.policy = _policy(0)
         self.fifo_priority = os.sched_getparam(0).sched_priority
         self.affinity = os.sched_getaffinity(0)
         self.gc_enabled = gc.isenabled()
@@ -81,7 +88,7 @@ class Probe:
         for thread in threading.enumerate():
             if thread.name == "supervisor-watchdog" and thread.native_id is not None:
                 tid = thread.native_id
-                self.watchdog = (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
+                self.watchdog = (_policy(tid), os.sched_getparam(tid).sched_priority)
 
 
 class TestConfig:
@@ -303,39 +310,51 @@ class TestGarbageCollection:
 
 
 @needs_root
-class TestThreadSweep:
-    """A thread started from the tick thread inherits SCHED_FIFO; the sweep puts it back."""
+class TestChildren:
+    """What the tick thread starts begins as SCHED_OTHER (SCHED_RESET_ON_FORK)."""
 
-    def test_inherited_fifo_is_demoted(self) -> None:
-        """The thread a system starts at tick 1 runs SCHED_OTHER after the next sweep."""
+    def test_threads_and_processes_started_in_a_tick_are_not_realtime(self) -> None:
+        """A thread and a process a system starts mid-tick: SCHED_OTHER, priority 0."""
         release = threading.Event()
-        seen: dict[str, int] = {}
+        seen: dict[str, tuple[int, int]] = {}
 
         class Spawner:
             name = "spawner"
 
-            def __init__(self) -> None:
-                self.thread: threading.Thread | None = None
-
             def tick(self, ctx: Any) -> None:
-                if ctx.tick == 1:
-                    self.thread = threading.Thread(target=release.wait, daemon=True)
-                    self.thread.start()
-                    assert self.thread.native_id is not None
-                    seen["born"] = os.sched_getscheduler(self.thread.native_id)
-                if ctx.tick == 60 and self.thread is not None:
-                    assert self.thread.native_id is not None
-                    seen["later"] = os.sched_getscheduler(self.thread.native_id)
+                if ctx.tick != 1:
+                    return
+                seen["tick"] = (_policy(0), os.sched_getparam(0).sched_priority)
+                thread = threading.Thread(target=release.wait, daemon=True)
+                thread.start()
+                assert thread.native_id is not None
+                seen["thread"] = (
+                    _policy(thread.native_id),
+                    os.sched_getparam(thread.native_id).sched_priority,
+                )
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        "import os; print(os.sched_getscheduler(0), "
+                        "os.sched_getparam(0).sched_priority)",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                policy, priority = map(int, out.stdout.split())
+                seen["process"] = (policy, priority)
 
-        spawner = Spawner()
         try:
-            result = run_systems(spawner, ticks=61, config=_rt(), tick_rate=30)
+            run_systems(Spawner(), ticks=3, config=_rt(realtime_priority=40))
         finally:
             release.set()
-        assert SWEEP_INTERVAL < 60 / 30  # at least one sweep between the two looks
-        assert seen == {"born": os.SCHED_FIFO, "later": os.SCHED_OTHER}
-        status = result.supervisor.status().as_dict()["realtime"]
-        assert status["threads_demoted"] >= 1
+        assert seen == {
+            "tick": (os.SCHED_FIFO, 40),
+            "thread": (os.SCHED_OTHER, 0),
+            "process": (os.SCHED_OTHER, 0),
+        }
 
 
 @needs_root

@@ -40,7 +40,7 @@ FLAKY = '''
 import threading
 
 class Flaky:
-    """Fails on every n-th tick; starts a helper thread on its first tick (it inherits FIFO)."""
+    """Fails on every n-th tick; starts a helper thread on its first tick (from the tick thread)."""
 
     def __init__(self, every_nth: int = 10) -> None:
         self.every_nth = every_nth
@@ -76,9 +76,8 @@ def _policies(pid: int) -> list[tuple[int, int]]:
     out = []
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            out.append(
-                (os.sched_getscheduler(int(tid)), os.sched_getparam(int(tid)).sched_priority)
-            )
+            policy = os.sched_getscheduler(int(tid)) & ~os.SCHED_RESET_ON_FORK
+            out.append((policy, os.sched_getparam(int(tid)).sched_priority))
         except OSError:
             continue  # it ended meanwhile
     return sorted(out)
@@ -95,7 +94,7 @@ class TestRunning:
         assert rt["problems"] == []
 
     def test_only_the_tick_and_watchdog_threads_are_realtime(self, world: Running) -> None:
-        """The main thread FIFO 30, the watchdog FIFO 31; the helper a system started is swept."""
+        """The main thread FIFO 30, the watchdog FIFO 31; the helper a system started is not."""
         deadline = time.monotonic() + 10
         while True:
             threads = _policies(world.proc.pid)
@@ -104,10 +103,8 @@ class TestRunning:
                 break
             time.sleep(0.2)
         assert fifo == [(os.SCHED_FIFO, 30), (os.SCHED_FIFO, 31)]
-        assert len(threads) >= 3  # the helper (born FIFO from the tick thread) among the rest
+        assert len(threads) >= 3  # the helper (started by the tick thread) among the rest
         assert all(p == (os.SCHED_OTHER, 0) for p in threads if p[0] != os.SCHED_FIFO)
-        status = json.loads(world.ctl("status", "--json").stdout)
-        assert status["realtime"]["threads_demoted"] >= 1
 
     def test_errors_are_still_recorded(self, world: Running) -> None:
         """The deferred records reach ``errors``: type, message and the failing tick."""

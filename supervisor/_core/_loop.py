@@ -8,7 +8,7 @@ The order today: make the pending error records (``_failures``), close
 half-open breakers, log watchdog hang events, retry quarantined systems,
 probe health, periodic snapshot, a snapshot an operator asked for,
 optimizer, the sample of the windowed figures; in realtime mode
-(``_realtime``) then the cyclic GC within the slack and the thread sweep.
+(``_realtime``) then the cyclic GC within the slack.
 Then the commands that callers outside the loop queued meanwhile run
 (``_commands``).
 """

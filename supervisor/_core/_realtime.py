@@ -27,10 +27,11 @@ interrupt (``_watchdog``), and the kernel's RT throttling
 default 95 % of each second at most for realtime threads), which is read and
 reported; ``-1`` (throttling off) is reported as a problem.
 
-Threads inherit their creator's policy: a worker thread trio starts from the
-tick thread would run ``SCHED_FIFO`` too. The ``realtime`` chore sweeps
-``/proc/self/task`` once a second (after a tick) and puts every other
-realtime thread back to ``SCHED_OTHER``.
+Threads and child processes inherit their creator's policy: a worker thread
+trio starts from the tick thread, or the error store's writer process, would
+run ``SCHED_FIFO`` too. The tick and watchdog threads are set with
+``SCHED_RESET_ON_FORK``, so everything they start begins as ``SCHED_OTHER``
+(``tests/test_realtime.py::TestChildren``).
 
 Where something is refused, the loop runs on without it: one log line
 (``supervisor.realtime``) says what was applied, what was refused and why,
@@ -46,7 +47,6 @@ import errno
 import gc
 import math
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -61,7 +61,6 @@ from ._schedule import Chore
 __all__ = [
     "GC_OVERDUE",
     "GC_SLACK",
-    "SWEEP_INTERVAL",
     "RealtimeMode",
     "RealtimeReport",
     "libc",
@@ -75,8 +74,8 @@ _MCL_ONFAULT: Final = 4
 GC_SLACK: Final = (0.001, 0.002, 0.004)
 #: Youngest-generation count, in thresholds, past which it is collected with no slack.
 GC_OVERDUE: Final = 8
-#: Seconds between two sweeps of the process's threads (see the module docstring).
-SWEEP_INTERVAL: Final = 1.0
+#: SCHED_FIFO, and what the thread starts (threads, processes) begins as SCHED_OTHER.
+_FIFO: Final = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
 _PROC: Final = Path("/proc/sys/kernel")
 
 
@@ -151,30 +150,25 @@ class RealtimeMode:
 
     def __init__(self, log: Any) -> None:
         self._log = log
-        #: The hang watchdog's thread id (``threading.get_native_id`` there), when one runs:
+        #: The hang watchdog's thread id (its ``native_id``), when one runs:
         #: it gets the priority above the tick thread's.
         self.watchdog_tid: Callable[[], int | None] = lambda: None
         self.report = RealtimeReport(requested=False)
         self._saved: tuple[int, int, frozenset[int] | None] | None = None
-        self._tid = 0
         self._gc_was_enabled = False
         self._gc_chore = Chore("gc", self._collect)
-        self._sweep_chore = Chore("realtime", self._sweep)
         #: The chores realtime mode adds after the others while it is on.
         self.chores: tuple[Chore, ...] = ()
         self.rate = 1.0
         #: Collections run between ticks, by generation (and how many were overdue).
         self.collections = [0, 0, 0]
         self.overdue = 0
-        #: Threads put back to SCHED_OTHER by the sweep.
-        self.demoted = 0
 
     def status(self) -> dict[str, Any]:
         """``status()["realtime"]``: the report, and the collections since entering."""
         d = self.report.as_dict()
         d["collections"] = list(self.collections)
         d["collections_overdue"] = self.overdue
-        d["threads_demoted"] = self.demoted
         return d
 
     # ------------------------------------------------------------------ enter / leave
@@ -187,7 +181,6 @@ class RealtimeMode:
             self.chores = ()
             return
         problems: list[str] = []
-        self._tid = threading.get_native_id()
         self._saved = (
             os.sched_getscheduler(0),
             os.sched_getparam(0).sched_priority,
@@ -199,8 +192,7 @@ class RealtimeMode:
         self._gc_was_enabled = gc.isenabled()
         gc.disable()
         self._gc_chore.next_due = -math.inf
-        self._sweep_chore.next_due = -math.inf
-        self.chores = (self._gc_chore, self._sweep_chore)
+        self.chores = (self._gc_chore,)
         throttle = rt_throttling()
         if throttle is not None and throttle[0] < 0:
             problems.append(
@@ -246,7 +238,7 @@ class RealtimeMode:
 
     def _schedule(self, priority: int, problems: list[str]) -> tuple[str, int, int | None]:
         try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+            os.sched_setscheduler(0, _FIFO, os.sched_param(priority))
         except OSError as exc:
             problems.append(_refusal("sched_setscheduler", exc))
             return "SCHED_OTHER", 0, None
@@ -254,7 +246,7 @@ class RealtimeMode:
         if tid is None:
             return "SCHED_FIFO", priority, None
         try:
-            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority + 1))
+            os.sched_setscheduler(tid, _FIFO, os.sched_param(priority + 1))
         except OSError as exc:
             problems.append(_refusal("sched_setscheduler (watchdog)", exc))
             return "SCHED_FIFO", priority, None
@@ -316,21 +308,3 @@ class RealtimeMode:
             self.overdue += 1
         gc.collect(generation)
         self.collections[generation] += 1
-
-    async def _sweep(self, deadline: float) -> None:
-        """The ``realtime`` chore: threads that inherited SCHED_FIFO go back to SCHED_OTHER."""
-        self._sweep_chore.next_due = deadline + SWEEP_INTERVAL
-        keep = {self._tid, self.watchdog_tid()}
-        try:
-            tids = [int(name) for name in os.listdir("/proc/self/task")]
-        except OSError:
-            return
-        for tid in tids:
-            if tid in keep:
-                continue
-            try:
-                if os.sched_getscheduler(tid) in (os.SCHED_FIFO, os.SCHED_RR):
-                    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-                    self.demoted += 1
-            except OSError:
-                continue  # it ended meanwhile
