@@ -27,6 +27,7 @@ import trio
 
 from .._errors import StepInterrupted, StepTimeout
 from ._kernel import Kernel
+from ._phase import Phase
 from ._safecall import ErrorRecord, TokenBucket, fingerprint, is_a, make_record
 from ._schedule import Chore
 from ._slots import Slot
@@ -57,8 +58,8 @@ MAX_LOG_FOLDS = 5_000
 STORM_LINES = 10
 
 _Fold = tuple[float, int, str, str]  # (first seen, suppressed, system, error type)
-# What was true when the step failed: (tick, wall time, health, gauges, hang stack).
-_Made = tuple[int, float, str, Mapping[str, float], str | None]
+# What was true when the step failed: (tick, wall time, phase, health, gauges, hang stack).
+_Made = tuple[int, float, Phase, str, Mapping[str, float], str | None]
 
 
 class FailureRecorder:
@@ -81,6 +82,7 @@ class FailureRecorder:
         self._excs: list[BaseException | None] = [None] * PENDING
         self._ticks: list[int] = [0] * PENDING
         self._times: list[float] = [0.0] * PENDING
+        self._phases: list[Phase] = [Phase.DEVELOPMENT] * PENDING
         self._healths: list[str] = [""] * PENDING
         self._gauges: list[Mapping[str, float] | None] = [None] * PENDING
         self._stacks: list[str | None] = [None] * PENDING
@@ -108,6 +110,7 @@ class FailureRecorder:
         self._excs[i] = exc
         self._ticks[i] = tick = k.loop.tick
         self._times[i] = k.wall()
+        self._phases[i] = k.phase
         self._healths[i] = slot.health
         self._gauges[i] = dict(k.gauges) if k.gauges else None
         if slot.hang_stack is not None and is_a(exc, StepInterrupted):
@@ -153,6 +156,7 @@ class FailureRecorder:
                 "error",
                 tick=self._ticks[i],
                 time=self._times[i],
+                phase=self._phases[i],
                 health=self._healths[i],
                 gauges={} if gauges is None else gauges,
                 stack=stack,
@@ -199,6 +203,7 @@ class FailureRecorder:
             kind,
             tick=k.loop.tick,
             time=k.wall(),
+            phase=k.phase,
             health=slot.health,
             gauges=k.gauges,
             stack=stack,
@@ -216,6 +221,7 @@ class FailureRecorder:
         *,
         tick: int,
         time: float,
+        phase: Phase,
         health: str,
         gauges: Mapping[str, float],
         stack: str | None,
@@ -226,7 +232,7 @@ class FailureRecorder:
         marked = loop.current
         loop.current = slot
         loop.call_seq += 1
-        made = (tick, time, health, gauges, stack)
+        made = (tick, time, phase, health, gauges, stack)
         try:
             record = self._make(slot, hook, exc, kind, made)
         except StepInterrupted:  # landed between make_record's own guards
@@ -262,7 +268,7 @@ class FailureRecorder:
         self, slot: Slot, hook: str, exc: BaseException, kind: str, made: _Made
     ) -> ErrorRecord:
         k = self._k
-        tick, now, health, gauges, stack = made
+        tick, now, phase, health, gauges, stack = made
         if is_a(exc, StepInterrupted):
             kind = "interrupted"
         elif is_a(exc, StepTimeout):
@@ -284,7 +290,7 @@ class FailureRecorder:
             tick=tick,
             system=slot.name,
             hook=hook,
-            phase=k.phase.value,
+            phase=phase.value,
             gauges=gauges,
             health=health,
             traceback_limit=k.active.recovery.traceback_limit,
