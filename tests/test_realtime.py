@@ -23,7 +23,7 @@ import trio
 
 from supervisor import Config, ConfigError
 from supervisor._core import _realtime
-from supervisor._core._config_realtime import parse_cpus
+from supervisor._core._config_realtime import format_cpus, parse_cpus
 from supervisor._core._config_sections import SupervisorConfig
 from supervisor._core._realtime import GC_OVERDUE, RealtimeMode, rt_throttling
 from supervisor.testing import make_supervisor, run_systems
@@ -117,6 +117,14 @@ class TestConfig:
         assert SupervisorConfig(cpu_affinity=text).cpu_affinity == text
 
     @pytest.mark.parametrize("text", ["", "x", "1-", "3-1", "1;2", "-1", "9000", "0x1", "1,,2"])
+    @pytest.mark.parametrize(
+        ("cpus", "text"), [(set(), ""), ({3}, "3"), ({0, 1, 2, 5}, "0-2,5"), ({1, 3, 4}, "1,3-4")]
+    )
+    def test_cpu_lists_are_shown_folded(self, cpus: set[int], text: str) -> None:
+        """A log line names 2-8191, not eight thousand numbers."""
+        assert format_cpus(cpus) == text
+        assert not text or parse_cpus(text) == cpus
+
     def test_bad_cpu_lists_are_refused_naming_the_key(self, text: str) -> None:
         """One line naming ``supervisor.cpu_affinity``, from TOML and from code alike."""
         with pytest.raises(ConfigError, match=r"supervisor\.cpu_affinity") as caught:
@@ -177,7 +185,7 @@ class TestOn:
         lines = [e for e in logs if e["event"] == "supervisor.realtime"]
         assert len(lines) == 1
         assert lines[0]["log_level"] == "warning"
-        assert "cpu_affinity: CPUs [8000] are not available" in lines[0]["problems"][0]
+        assert lines[0]["problems"][0].startswith("cpu_affinity: CPUs 8000 are not available")
         assert "taskset" in lines[0]["recommendation"]
         assert result.summary.ticks == 4
 

@@ -2,19 +2,16 @@
 
 ``cpu_affinity`` takes the kernel's CPU list syntax (``taskset -c``,
 ``isolcpus``): ``"1"``, ``"0,2"``, ``"2-3"``, ``"0-1,6"``. Parsed here, once,
-so a bad list fails when the config is built, naming the key.
+so a bad list fails when the config is built (or its environment variable
+is read), naming the key: ``cpus_problem`` is the key's ``syntax`` check.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Final
+from typing import Final
 
-import attrs
-
-from .._errors import ConfigError
-
-__all__ = ["MAX_CPU", "check_cpus", "parse_cpus"]
+__all__ = ["MAX_CPU", "cpus_problem", "format_cpus", "parse_cpus"]
 
 #: Highest CPU number accepted (Linux's CONFIG_NR_CPUS tops out at 8192).
 MAX_CPU: Final = 8191
@@ -44,15 +41,25 @@ def parse_cpus(text: str) -> frozenset[int]:
     return frozenset(cpus)
 
 
-def check_cpus(instance: Any, field: attrs.Attribute[Any], value: Any) -> None:
-    """attrs validator (after the shared ``check``): ``value`` is a CPU list, or None.
-
-    Raises:
-        ConfigError: naming ``section.key``.
-    """
-    if value is None:
-        return
+def cpus_problem(text: str) -> str | None:
+    """What is wrong with the CPU list ``text``, or None (the ``syntax`` of ``cpu_affinity``)."""
     try:
-        parse_cpus(value)
+        parse_cpus(text)
     except ValueError as exc:
-        raise ConfigError(str(exc), key=f"{type(instance).section}.{field.name}") from None
+        return str(exc)
+    return None
+
+
+def format_cpus(cpus: frozenset[int] | set[int]) -> str:
+    """``cpus`` as a CPU list, runs folded (``{0, 1, 2, 5}`` -> ``"0-2,5"``): short in a log line."""
+    runs: list[str] = []
+    ordered = sorted(cpus)
+    start = prev = ordered[0] if ordered else 0
+    for cpu in ordered[1:]:
+        if cpu != prev + 1:
+            runs.append(f"{start}-{prev}" if prev > start else str(start))
+            start = cpu
+        prev = cpu
+    if ordered:
+        runs.append(f"{start}-{prev}" if prev > start else str(start))
+    return ",".join(runs)

@@ -17,7 +17,7 @@ import attrs
 from .._errors import ConfigError
 from ._config_alerts import AlertsConfig
 from ._config_fields import Section, check, parse_duration, setting, sourced, suggest, to_tuple
-from ._config_realtime import check_cpus
+from ._config_realtime import cpus_problem
 
 __all__ = [
     "BUILTIN_PROFILES",
@@ -89,9 +89,7 @@ class SupervisorConfig(Section):
     #: SCHED_FIFO priority of the tick thread; the watchdog thread runs one above it.
     realtime_priority: int = setting(50, int, min=1, max=98)
     #: CPUs the tick thread may run on, as a CPU list ("1", "2-3", "0,2"); unset: any.
-    cpu_affinity: str | None = attrs.field(
-        default=None, metadata={"kind": str, "optional": True}, validator=[check, check_cpus]
-    )
+    cpu_affinity: str | None = setting(None, str, optional=True, syntax=cpus_problem)
 
     @property
     def snapshot_key_bytes(self) -> bytes | None:

@@ -54,7 +54,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from ._config_realtime import parse_cpus
+from ._config_realtime import format_cpus, parse_cpus
 from ._config_sections import SupervisorConfig
 from ._schedule import Chore
 
@@ -223,8 +223,8 @@ class RealtimeMode:
         allowed = os.sched_getaffinity(0)
         if not cpus <= allowed:
             problems.append(
-                f"cpu_affinity: CPUs {sorted(cpus - allowed)} are not available to this "
-                f"process (it may use {sorted(allowed)})"
+                f"cpu_affinity: CPUs {format_cpus(cpus - allowed)} are not available to this "
+                f"process (it may use {format_cpus(allowed)})"
             )
             return None
         try:
