@@ -116,7 +116,6 @@ class TestConfig:
         assert parse_cpus(text) == cpus
         assert SupervisorConfig(cpu_affinity=text).cpu_affinity == text
 
-    @pytest.mark.parametrize("text", ["", "x", "1-", "3-1", "1;2", "-1", "9000", "0x1", "1,,2"])
     @pytest.mark.parametrize(
         ("cpus", "text"), [(set(), ""), ({3}, "3"), ({0, 1, 2, 5}, "0-2,5"), ({1, 3, 4}, "1,3-4")]
     )
@@ -125,11 +124,17 @@ class TestConfig:
         assert format_cpus(cpus) == text
         assert not text or parse_cpus(text) == cpus
 
+    @pytest.mark.parametrize("text", ["", "x", "1-", "3-1", "1;2", "-1", "9000", "0x1", "1,,2"])
     def test_bad_cpu_lists_are_refused_naming_the_key(self, text: str) -> None:
         """One line naming ``supervisor.cpu_affinity``, from TOML and from code alike."""
         with pytest.raises(ConfigError, match=r"supervisor\.cpu_affinity") as caught:
             Config.from_mapping({"supervisor": {"cpu_affinity": text}}, env={})
         assert "\n" not in str(caught.value)
+
+    def test_an_environment_variable_error_names_the_variable(self) -> None:
+        """``SUPERVISOR_SUPERVISOR_CPU_AFFINITY=0-99999``: the variable is the source."""
+        with pytest.raises(ConfigError, match="SUPERVISOR_SUPERVISOR_CPU_AFFINITY"):
+            Config.from_mapping({}, env={"SUPERVISOR_SUPERVISOR_CPU_AFFINITY": "0-99999"})
 
     def test_from_the_environment(self) -> None:
         """``SUPERVISOR_SUPERVISOR_REALTIME=true`` turns it on like the file does."""

@@ -51,7 +51,7 @@ def cpus_problem(text: str) -> str | None:
 
 
 def format_cpus(cpus: frozenset[int] | set[int]) -> str:
-    """``cpus`` as a CPU list, runs folded (``{0, 1, 2, 5}`` -> ``"0-2,5"``): short in a log line."""
+    """``cpus`` as a CPU list, runs folded (``{0, 1, 2, 5}``: ``"0-2,5"``), short for a log."""
     runs: list[str] = []
     ordered = sorted(cpus)
     start = prev = ordered[0] if ordered else 0
