@@ -49,19 +49,21 @@ class TickLoop:
     async def run(self) -> None:
         """Tick until ``run.stopping``, the run's end time, or its tick limit."""
         k = self._k
-        sleep_until, sleeper = make_sleeper(precise=k.active.features.precise_timing)
         cfg = k.active.supervisor
-        sched = TickSchedule(
-            anchor=trio.current_time(),
-            rate=k.rate,
-            skip=cfg.overrun == "skip",
-            max_catch_up=cfg.max_catch_up,
-        )
-        if sleeper is not None:
-            sleeper.set_period(1.0 / sched.rate)
         realtime = self.realtime
-        realtime.enter(cfg, sched.rate)
+        sleeper = None
         try:
+            # Before the anchor: locking memory takes milliseconds, tick 0 must not pay them.
+            realtime.enter(cfg, k.rate)
+            sleep_until, sleeper = make_sleeper(precise=k.active.features.precise_timing)
+            sched = TickSchedule(
+                anchor=trio.current_time(),
+                rate=k.rate,
+                skip=cfg.overrun == "skip",
+                max_catch_up=cfg.max_catch_up,
+            )
+            if sleeper is not None:
+                sleeper.set_period(1.0 / sched.rate)
             await self._ticks(sched, sleep_until, sleeper)
         finally:
             realtime.leave()
