@@ -18,56 +18,39 @@ from pathlib import Path
 
 import pytest
 from cli_harness import SUPERVISOR, Running, running_supervisor
+from test_cli_e2e import CONFIG as CLI_CONFIG
+from test_cli_e2e import FLAKY, _wait_for_errors
 
-CONFIG = """\
-[supervisor]
-state_dir = "state"
-realtime = true
-realtime_priority = 30
+# The client tests' world (heartbeat, a system failing every tenth tick), in
+# realtime mode, plus a system that starts a thread from the tick thread.
+CONFIG = CLI_CONFIG.replace(
+    'state_dir = "state"\n', 'state_dir = "state"\nrealtime = true\nrealtime_priority = 30\n'
+).replace('enabled = ["heartbeat", "flaky"]', 'enabled = ["heartbeat", "flaky", "spawner"]') + (
+    '\n[systems.spawner]\nuse = "spawner:Spawner"\n'
+)
 
-[api]
-listen = "unix:s.sock"
-
-[systems]
-enabled = ["heartbeat", "flaky"]
-
-[systems.flaky]
-use = "flaky:Flaky"
-every_nth = 10
-"""
-
-FLAKY = '''
+SPAWNER = '''
 import threading
 
-class Flaky:
-    """Fails on every n-th tick; starts a helper thread on its first tick (from the tick thread)."""
+class Spawner:
+    """Starts a helper thread on its first tick (from the tick thread)."""
 
-    def __init__(self, every_nth: int = 10) -> None:
-        self.every_nth = every_nth
-        self.ticks = 0
+    def __init__(self) -> None:
         self.release = threading.Event()
+        self.started = False
 
     def tick(self, ctx):
-        self.ticks += 1
-        if self.ticks == 1:
-            threading.Thread(target=self.release.wait, name="helper", daemon=True).start()
-        if self.ticks % self.every_nth == 0:
-            raise RuntimeError(f"flaky at {self.ticks}")
+        if not self.started:
+            self.started = True
+            threading.Thread(target=self.release.wait, daemon=True).start()
 '''
 
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[Running]:
     """One realtime world for the module."""
-    with running_supervisor(CONFIG, files={"flaky.py": FLAKY}) as run:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            out = run.ctl("status", "--json")
-            if out.returncode == 0 and json.loads(out.stdout)["errors"].get("flaky"):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"flaky never failed:\n{run.log()}")
+    with running_supervisor(CONFIG, files={"flaky.py": FLAKY, "spawner.py": SPAWNER}) as run:
+        _wait_for_errors(run)
         yield run
 
 
