@@ -243,6 +243,9 @@ class TestRefused:
         assert line["gc_between_ticks"] is True
         status = result.supervisor.status().as_dict()["realtime"]
         assert status["problems"] == line["problems"]
+        [performance] = [c for c in result.supervisor.readiness().checks if c.name == "performance"]
+        assert performance.recommendation is not None
+        assert performance.recommendation.startswith("realtime mode was refused: run as root")
 
     def test_memlock_limit(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """ENOMEM from mlockall names RLIMIT_MEMLOCK; a kernel without MCL_ONFAULT retries."""
