@@ -106,7 +106,7 @@ def storm(folder: Path, *, fail: bool, store: bool, alerts: bool, seconds: float
     state = Path(tempfile.mkdtemp(dir=folder))
     sup = Supervisor(config, tick_rate=RATE, facts=FIXED_FACTS, persist=False, state_dir=state)
     for i in range(FAILING):
-        sup.register(Storm(i, fail=fail, distinct=True), name=f"s{i}")
+        sup.register(Storm(i, mode="distinct" if fail else "baseline"), name=f"s{i}")
     shipper = attach_error_store(sup) if store else None
     fired: set[str] = set()
     if alerts:

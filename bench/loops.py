@@ -24,8 +24,13 @@ show the scheduler, not the payload. The loops are:
 ``trio``
     a plain ``await trio.sleep_until(deadline)`` loop;
 ``ours``
-    the ``supervisor`` runtime, through the ``run_ours`` hook (reported as
-    "unavailable" until it is wired to the real API).
+    the ``supervisor`` runtime, through the ``run_ours`` hook;
+``ours_rt``
+    the same with ``[supervisor] realtime = true`` (SCHED_FIFO tick thread,
+    memory locked, the cyclic GC between ticks: ``supervisor._core._realtime``);
+``busywait``
+    the floor: a loop that spins on ``time.monotonic()`` until each deadline
+    (a whole core burnt, no scheduler wake-up at all).
 
 How it is measured
 ------------------
@@ -81,7 +86,7 @@ NOOP_SYSTEMS = 50
 """Number of no-op ``tick(ctx)`` callables run on every tick."""
 WARMUP = 0.5
 """Ticks due in the first WARMUP seconds are run but not measured."""
-LOOPS = ("asyncio", "uvloop", "twisted", "trio", "ours")
+LOOPS = ("asyncio", "uvloop", "twisted", "trio", "ours", "ours_rt", "busywait")
 """Every loop the benchmark knows, in table order."""
 SAME_CLOCK_TOLERANCE = 0.01
 """A scheduler clock within this many seconds of time.monotonic() is taken to be it."""
@@ -433,7 +438,33 @@ def run_trio(rate: int, seconds: float) -> TickResult:
     return rec.result()
 
 
-def run_ours(rate: int, seconds: float) -> TickResult:
+def run_busywait(rate: int, seconds: float) -> TickResult:
+    """Measure the floor: spin on ``time.monotonic()`` until each deadline, then tick."""
+    rec = Recorder("busywait", rate, seconds)
+    rec.detail = "spins on time.monotonic()"
+    systems = make_systems()
+    ctx = TickContext()
+    monotonic = time.monotonic
+    rec.start(monotonic())
+    for k in range(rec.last_tick + 1):
+        deadline = rec.deadline(k)
+        now = monotonic()
+        while now < deadline:
+            now = monotonic()
+        rec.record(k, now)
+        ctx.tick = k
+        ctx.deadline = deadline
+        run_systems(systems, ctx)
+    rec.finish()
+    return rec.result()
+
+
+def run_ours_rt(rate: int, seconds: float) -> TickResult:
+    """Measure our runtime in realtime mode (see ``run_ours``)."""
+    return run_ours(rate, seconds, realtime=True)
+
+
+def run_ours(rate: int, seconds: float, *, realtime: bool = False) -> TickResult:
     """Measure our ``supervisor`` runtime with ``NOOP_SYSTEMS`` no-op systems.
 
     A probe system, ticked first (lowest priority), records when each tick
@@ -446,7 +477,7 @@ def run_ours(rate: int, seconds: float) -> TickResult:
 
     from supervisor import Config, Supervisor, configure_logging
 
-    rec = Recorder("ours", rate, seconds)
+    rec = Recorder("ours_rt" if realtime else "ours", rate, seconds)
 
     class Probe:
         priority = -1_000_000
@@ -462,7 +493,8 @@ def run_ours(rate: int, seconds: float) -> TickResult:
             rec.record(ctx.tick, now)
 
     config = Config.from_mapping(
-        {"supervisor": {"tick_rate": rate}, "features": {"optimizer": False}}, env={}
+        {"supervisor": {"tick_rate": rate, "realtime": realtime}, "features": {"optimizer": False}},
+        env={},
     )
     configure_logging("json", "warning", stream=sys.stderr)
     sup = Supervisor(config, persist=False)
@@ -471,6 +503,11 @@ def run_ours(rate: int, seconds: float) -> TickResult:
         sup.register(system, name=f"noop{i}")
     trio.run(functools.partial(sup.run, ticks=rec.last_tick + 1))
     rec.finish()
+    if realtime:
+        applied = sup.status().as_dict()["realtime"]
+        rec.detail = f"{applied['policy']}, memory locked: {applied['memory_locked']}" + (
+            f"; {'; '.join(applied['problems'])}" if applied["problems"] else ""
+        )
     return rec.result()
 
 
@@ -480,6 +517,8 @@ RUNNERS: dict[str, Callable[[int, float], TickResult]] = {
     "twisted": run_twisted,
     "trio": run_trio,
     "ours": run_ours,
+    "ours_rt": run_ours_rt,
+    "busywait": run_busywait,
 }
 """The function measuring each loop in the current process, by loop name."""
 

@@ -529,3 +529,153 @@ class TestTokenBucket:
         assert bucket.take(0.1)  # one token a tenth of a second
         assert not bucket.take(0.1)
         assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]
+
+
+class Watcher:
+    """Ticks after the others (lowest priority last) and notes what the error log held then."""
+
+    name = "watcher"
+    priority = 1_000
+
+    def __init__(self, sup_ref: list[Any]) -> None:
+        self.sup_ref = sup_ref
+        self.totals: dict[int, int] = {}
+
+    def tick(self, ctx: Any) -> None:
+        self.totals[ctx.tick] = self.sup_ref[0].errors.total
+
+
+class TestDeferredRecords:
+    """A tick failure costs the tick a few stores; its record is made by the errors chore."""
+
+    def _run(self, *systems: Any, ticks: int, **kwargs: Any) -> tuple[Any, Watcher]:
+        """Run ``systems`` and a Watcher that reads the error log from inside each tick."""
+        ref: list[Any] = []
+        watcher = Watcher(ref)
+
+        async def main() -> Any:
+            from supervisor.testing import make_supervisor
+
+            sup = make_supervisor([*systems, watcher], **kwargs)
+            ref.append(sup)
+            await sup.run(ticks=ticks)
+            return sup
+
+        return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)), watcher
+
+    def test_no_record_is_made_inside_the_tick(self) -> None:
+        """A later system of the same tick sees no record yet; the next tick sees it kept."""
+
+        class Failing:  # no recover(): nothing asks for the record in the tick
+            name = "failing"
+
+            def tick(self, ctx: Any) -> None:
+                if ctx.tick == 1:
+                    raise ValueError("once")
+
+        sup, watcher = self._run(Failing(), ticks=4, tick_rate=10)
+        assert watcher.totals == {0: 0, 1: 0, 2: 1, 3: 1}
+        [record] = sup.errors.records
+        assert record.tick == 1
+
+    def test_the_record_shows_the_gauges_and_health_as_they_were(self) -> None:
+        """Gauges changed later in the same tick do not leak into the record."""
+
+        class Before:
+            name = "before"
+            priority = -10
+
+            def tick(self, ctx: Any) -> None:
+                ctx.report("level", ctx.tick)
+
+        class After:
+            name = "after"
+            priority = 10
+
+            def tick(self, ctx: Any) -> None:
+                ctx.report("level", 1000 + ctx.tick)
+
+        result = run_systems(Before(), Flaky({2}), After(), ticks=4, tick_rate=10)
+        [record] = result.errors
+        assert record.gauges == {"level": 2}
+        assert record.health == "healthy"
+        assert record.tick == 2
+
+    def test_a_recover_hook_gets_its_record_in_order(self) -> None:
+        """A system with recover() has its record made in the tick, after the earlier ones."""
+
+        class Plain:
+            name = "plain"
+            priority = -10
+
+            def tick(self, ctx: Any) -> None:
+                raise KeyError(ctx.tick)
+
+        flaky = Flaky({1})
+        result = run_systems(
+            Plain(), flaky, ticks=3, tick_rate=10, config=_recovery(max_restarts=100)
+        )
+        assert flaky.recovered == [1]
+        records = result.errors
+        assert [(r.system, r.tick) for r in records] == [
+            ("plain", 0),
+            ("plain", 1),
+            ("flaky", 1),
+            ("plain", 2),
+        ]
+        ids = [r.id for r in records]
+        assert ids == sorted(ids)
+
+    def test_a_storm_wider_than_the_ring_loses_nothing(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """More failures in one tick than the ring holds: the tick makes the oldest itself."""
+        import supervisor._core._failures as core
+
+        monkeypatch.setattr(core, "PENDING", 4)
+        systems = {f"s{i}": Flaky(fail_from=0, name=f"s{i}") for i in range(10)}
+        result = run_systems(
+            named=systems, ticks=2, tick_rate=10, config=_recovery(max_restarts=100)
+        )
+        assert [(r.system, r.tick) for r in result.errors] == [
+            (f"s{i}", tick) for tick in (0, 1) for i in range(10)
+        ]
+
+    def test_the_chore_stops_within_its_share_of_the_slack(self) -> None:
+        """``settle(until)`` makes SETTLE_BATCH records at least, then stops at ``until``."""
+        import math
+
+        import supervisor._core._failures as core
+
+        sup = make_supervisor([Flaky()], tick_rate=10)
+        recorder = sup._recorder
+        slot = sup._k.slots["flaky"]
+        for i in range(core.SETTLE_BATCH + 5):
+            recorder.defer(slot, "tick", ValueError(i))
+        recorder.settle(until=-math.inf)
+        assert recorder.pending == 5
+        assert recorder.chore.next_due == -math.inf
+        recorder.settle()
+        assert recorder.pending == 0
+        assert recorder.chore.next_due == math.inf
+        assert [r.message for r in sup.errors.records][-3:] == ["34", "35", "36"]
+
+    def test_production_records_are_redacted_when_made_after_the_tick(self) -> None:
+        """Redaction happens once, where the record is made: now the errors chore."""
+
+        class Leaky:
+            name = "leaky"
+
+            def tick(self, ctx: Any) -> None:
+                if ctx.tick == 1:
+                    raise ValueError("password=hunter22 in the request")
+
+        result = run_systems(Leaky(), ticks=3, tick_rate=10, phase="production")
+        [record] = result.errors
+        assert "hunter22" not in record.message
+        assert "hunter22" not in record.traceback
+
+    def test_records_pending_at_the_end_of_a_run_are_made(self) -> None:
+        """A failure on the last tick is recorded before run() returns."""
+        result = run_systems(Flaky({4}), ticks=5, tick_rate=10)
+        assert [r.tick for r in result.errors] == [4]

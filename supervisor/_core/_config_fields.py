@@ -142,7 +142,8 @@ def _text_problem(value: str, meta: Mapping[str, Any]) -> str | None:
         return "must not be empty"
     if len(value) < min_len:
         return f"must be at least {min_len} characters long"
-    return None
+    syntax = meta.get("syntax")  # a text key's own grammar (``cpu_affinity``'s CPU list)
+    return None if syntax is None else syntax(value)
 
 
 def _shown(value: Any) -> str:

@@ -17,6 +17,7 @@ import attrs
 from .._errors import ConfigError
 from ._config_alerts import AlertsConfig
 from ._config_fields import Section, check, parse_duration, setting, sourced, suggest, to_tuple
+from ._config_realtime import cpus_problem
 
 __all__ = [
     "BUILTIN_PROFILES",
@@ -83,6 +84,12 @@ class SupervisorConfig(Section):
         metadata={"kind": str, "optional": True, "min_len": MIN_SNAPSHOT_KEY},
         validator=check,
     )
+    #: Realtime mode (``_realtime``): SCHED_FIFO tick thread, memory locked, GC between ticks.
+    realtime: bool = setting(False, bool)
+    #: SCHED_FIFO priority of the tick thread; the watchdog thread runs one above it.
+    realtime_priority: int = setting(50, int, min=1, max=98)
+    #: CPUs the tick thread may run on, as a CPU list ("1", "2-3", "0,2"); unset: any.
+    cpu_affinity: str | None = setting(None, str, optional=True, syntax=cpus_problem)
 
     @property
     def snapshot_key_bytes(self) -> bytes | None:

@@ -1,5 +1,17 @@
 """Failure recording: an exception becomes a kept, redacted record and a folded log line.
 
+A tick step's failure costs the tick only ``defer``: a handful of
+references stored into a preallocated ring (the slot, the hook, the
+exception with its traceback, the tick, the wall time, the health and the
+gauges as they were). Fingerprinting, formatting, redaction, grouping, the
+sinks (the durable store) and the log line run after the tick, in the
+``errors`` chore (first of the post-tick chores), within half the slack to
+the next deadline; what does not fit waits for the next chore run. The
+decisions that must happen in the tick (the restart budget, quarantine,
+escalation) never wait for a record (``Recovery.step_failed``). Every
+synchronous ``record`` settles the pending ones first, so records keep the
+order the failures happened in.
+
 Building a record runs plugin code (``__str__``, ``__notes__``...), so the
 slot is marked for the watchdog meanwhile. Formatting tracebacks and
 writing log lines are the costly parts of an error storm: both are budgeted
@@ -8,14 +20,28 @@ writing log lines are the costly parts of an error storm: both are budgeted
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
+
+import trio
 
 from .._errors import StepInterrupted, StepTimeout
 from ._kernel import Kernel
+from ._phase import Phase
 from ._safecall import ErrorRecord, TokenBucket, fingerprint, is_a, make_record
+from ._schedule import Chore
 from ._slots import Slot
 
-__all__ = ["FailureRecorder"]
+__all__ = ["PENDING", "FailureRecorder"]
+
+#: Tick failures waiting for their records at most (the ring is allocated once);
+#: a failure that finds it full makes the oldest records in the tick first (nothing
+#: is lost: a storm wider than this per tick only costs more).
+PENDING = 1024
+#: Records an ``errors`` chore run makes at least, however late the loop is (progress).
+SETTLE_BATCH = 32
+#: Share of the slack to the next deadline an ``errors`` chore run may spend.
+SETTLE_SLACK = 0.5
 
 #: Tracebacks formatted per second across all fingerprints (a storm reuses them),
 #: and at most this many at once.
@@ -32,6 +58,8 @@ MAX_LOG_FOLDS = 5_000
 STORM_LINES = 10
 
 _Fold = tuple[float, int, str, str]  # (first seen, suppressed, system, error type)
+# What was true when the step failed: (tick, wall time, phase, health, gauges, hang stack).
+_Made = tuple[int, float, Phase, str, Mapping[str, float], str | None]
 
 
 class FailureRecorder:
@@ -47,6 +75,104 @@ class FailureRecorder:
         #: store's enqueue): each must be O(1) and never block; one that raises
         #: is counted (``errors.dropped["sink_failed"]``) and removed.
         self.sinks: list[Callable[[ErrorRecord], None]] = []
+        # The pending ring, one preallocated column per field (a failure stores
+        # references, it allocates no entry): ``_head`` is the oldest.
+        self._slots: list[Slot | None] = [None] * PENDING
+        self._hooks: list[str] = [""] * PENDING
+        self._excs: list[BaseException | None] = [None] * PENDING
+        self._ticks: list[int] = [0] * PENDING
+        self._times: list[float] = [0.0] * PENDING
+        self._phases: list[Phase] = [Phase.DEVELOPMENT] * PENDING
+        self._healths: list[str] = [""] * PENDING
+        self._gauges: list[Mapping[str, float] | None] = [None] * PENDING
+        self._stacks: list[str | None] = [None] * PENDING
+        self._head = 0
+        self.pending = 0
+        #: The post-tick chore that makes the pending records (first of the chores).
+        self.chore = Chore("errors", self._settle_chore)
+
+    # ------------------------------------------------------------------ the tick's side
+
+    def defer(self, slot: Slot, hook: str, exc: BaseException) -> None:
+        """A tick step failed: keep what its record needs, make the record after the tick.
+
+        The hot path of an error: a few stores into the ring, a copy of the
+        gauge table (the record shows the gauges as they were), no plugin
+        code, no formatting, no logging. ``slot.failed_tick`` is set now (the
+        half-open trial reads it after this tick).
+        """
+        k = self._k
+        if self.pending == PENDING:
+            self.settle()  # a storm wider than the ring: the oldest records are made now
+        i = (self._head + self.pending) & (PENDING - 1)
+        self._slots[i] = slot
+        self._hooks[i] = hook
+        self._excs[i] = exc
+        self._ticks[i] = tick = k.loop.tick
+        self._times[i] = k.wall()
+        self._phases[i] = k.phase
+        self._healths[i] = slot.health
+        self._gauges[i] = dict(k.gauges) if k.gauges else None
+        if slot.hang_stack is not None and is_a(exc, StepInterrupted):
+            self._stacks[i], slot.hang_stack = slot.hang_stack, None
+        self.pending += 1
+        slot.failed_tick = tick
+        self.chore.next_due = -math.inf
+
+    def settled(self) -> ErrorRecord:
+        """The record of the last failure, made now with every pending one before it.
+
+        For the few who need a record inside the tick: a ``recover(ctx, error)``
+        hook, an escalation's reason.
+        """
+        self.settle()
+        record = self._k.last_record
+        assert record is not None  # a failure was deferred or recorded before
+        return record
+
+    # ------------------------------------------------------------------ after the tick
+
+    def settle(self, until: float = math.inf) -> None:
+        """Make, keep and log pending records, oldest first, until the timer reads ``until``.
+
+        At least ``SETTLE_BATCH`` are made whatever ``until`` says.
+        """
+        k = self._k
+        timer = k.timer
+        made = 0
+        while self.pending:
+            i = self._head
+            slot, exc = self._slots[i], self._excs[i]
+            assert slot is not None
+            assert exc is not None
+            stack, gauges = self._stacks[i], self._gauges[i]
+            self._slots[i] = self._excs[i] = self._stacks[i] = self._gauges[i] = None
+            self._head = (i + 1) & (PENDING - 1)
+            self.pending -= 1
+            record = self._keep(
+                slot,
+                self._hooks[i],
+                exc,
+                "error",
+                tick=self._ticks[i],
+                time=self._times[i],
+                phase=self._phases[i],
+                health=self._healths[i],
+                gauges={} if gauges is None else gauges,
+                stack=stack,
+            )
+            self.log(record)
+            made += 1
+            if made >= SETTLE_BATCH and timer() >= until:
+                break
+        if not self.pending:
+            self.chore.next_due = math.inf
+
+    async def _settle_chore(self, deadline: float) -> None:
+        """The ``errors`` chore: make pending records within ``SETTLE_SLACK`` of the slack left."""
+        k = self._k
+        slack = deadline + 1.0 / k.rate - trio.current_time()
+        self.settle(k.timer() + max(0.0, slack) * SETTLE_SLACK)
 
     def record(
         self,
@@ -64,16 +190,58 @@ class FailureRecorder:
         interrupts a ``__str__`` that hangs. (A gauge error is recorded from
         inside the system's own step: the marker is put back as it was.)
         """
+        if self.pending:
+            self.settle()  # records keep the order of the failures
+        k = self._k
+        stack = None
+        if is_a(exc, StepInterrupted):
+            stack, slot.hang_stack = slot.hang_stack, None
+        record = self._keep(
+            slot,
+            hook,
+            exc,
+            kind,
+            tick=k.loop.tick,
+            time=k.wall(),
+            phase=k.phase,
+            health=slot.health,
+            gauges=k.gauges,
+            stack=stack,
+        )
+        if failed:
+            slot.failed_tick = k.loop.tick
+        return record
+
+    def _keep(
+        self,
+        slot: Slot,
+        hook: str,
+        exc: BaseException,
+        kind: str,
+        *,
+        tick: int,
+        time: float,
+        phase: Phase,
+        health: str,
+        gauges: Mapping[str, float],
+        stack: str | None,
+    ) -> ErrorRecord:
+        """Make the record (the slot marked for the watchdog meanwhile), keep it, hand it on."""
         k = self._k
         loop = k.loop
         marked = loop.current
         loop.current = slot
         loop.call_seq += 1
+        made = (tick, time, phase, health, gauges, stack)
         try:
-            record = self._make(slot, hook, exc, kind)
+            record = self._make(slot, hook, exc, kind, made)
         except StepInterrupted:  # landed between make_record's own guards
             record = self._make(
-                slot, hook, StepInterrupted("recording this error hung and was interrupted"), kind
+                slot,
+                hook,
+                StepInterrupted("recording this error hung and was interrupted"),
+                kind,
+                made,
             )
         finally:
             loop.current = marked
@@ -82,8 +250,6 @@ class FailureRecorder:
         k.errors.add(record, formatted=record.traceback is not self._reused_tb)
         if self.sinks:
             self._deliver(record)
-        if failed:
-            slot.failed_tick = loop.tick
         return record
 
     def _deliver(self, record: ErrorRecord) -> None:
@@ -98,15 +264,15 @@ class FailureRecorder:
         for sink in broken:
             self.sinks.remove(sink)
 
-    def _make(self, slot: Slot, hook: str, exc: BaseException, kind: str) -> ErrorRecord:
+    def _make(
+        self, slot: Slot, hook: str, exc: BaseException, kind: str, made: _Made
+    ) -> ErrorRecord:
         k = self._k
-        stack = None
+        tick, now, phase, health, gauges, stack = made
         if is_a(exc, StepInterrupted):
             kind = "interrupted"
-            stack, slot.hang_stack = slot.hang_stack, None
         elif is_a(exc, StepTimeout):
             kind = "timeout"
-        now = k.wall()
         fp = fingerprint(exc)
         # Formatting a traceback is the costly part of a record: an error storm
         # reuses its fingerprint's, formatted at most once a second, and all
@@ -121,12 +287,12 @@ class FailureRecorder:
             fingerprint_value=fp,
             traceback_text=tb,
             time=now,
-            tick=k.loop.tick,
+            tick=tick,
             system=slot.name,
             hook=hook,
-            phase=k.phase.value,
-            gauges=k.gauges,
-            health=slot.health,
+            phase=phase.value,
+            gauges=gauges,
+            health=health,
             traceback_limit=k.active.recovery.traceback_limit,
             kind=kind,
             stack=stack,
@@ -190,7 +356,14 @@ class FailureRecorder:
         )
 
     def flush(self, *, all_folds: bool = False) -> None:
-        """Report folded failures: a line per fingerprint, or one line for a wide storm."""
+        """Report folded failures: a line per fingerprint, or one line for a wide storm.
+
+        At the end of a run (``all_folds``) the pending records are made
+        first; the housekeeper's flush leaves them to the ``errors`` chore
+        (a backlog made at once would stall the next tick).
+        """
+        if all_folds:
+            self.settle()
         now = self._k.wall()
         due = [
             (fp, fold)

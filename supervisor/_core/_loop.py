@@ -4,10 +4,13 @@ Post-tick chores (``Chore``) are registered, in a documented order (the
 runner registers them; a later capability adds its own after them): each
 has a ``next_due`` time its room moves, read once per tick, and its work,
 run only when due.
-The order today: close half-open breakers, log watchdog hang events, retry
-quarantined systems, probe health, periodic snapshot, a snapshot an operator
-asked for, optimizer, the sample of the windowed figures. Then the
-commands that callers outside the loop queued meanwhile run (``_commands``).
+The order today: make the pending error records (``_failures``), close
+half-open breakers, log watchdog hang events, retry quarantined systems,
+probe health, periodic snapshot, a snapshot an operator asked for,
+optimizer, the sample of the windowed figures; in realtime mode
+(``_realtime``) then the cyclic GC within the slack.
+Then the commands that callers outside the loop queued meanwhile run
+(``_commands``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import trio
 
 from ._commands import CommandQueue
 from ._kernel import Kernel
+from ._realtime import RealtimeMode
 from ._schedule import Chore, TickSchedule
 from ._slots import RING_MASK
 from ._steps import Steps
@@ -35,6 +39,8 @@ class TickLoop:
         self._commands = commands
         #: The post-tick chores, in the order they run.
         self.chores: list[Chore] = []
+        #: Realtime mode, entered and left around each run of the ticks.
+        self.realtime = RealtimeMode(kernel.log)
 
     def add_chore(self, chore: Chore) -> None:
         """Register a post-tick chore; it runs after those registered before it."""
@@ -43,19 +49,24 @@ class TickLoop:
     async def run(self) -> None:
         """Tick until ``run.stopping``, the run's end time, or its tick limit."""
         k = self._k
-        sleep_until, sleeper = make_sleeper(precise=k.active.features.precise_timing)
         cfg = k.active.supervisor
-        sched = TickSchedule(
-            anchor=trio.current_time(),
-            rate=k.rate,
-            skip=cfg.overrun == "skip",
-            max_catch_up=cfg.max_catch_up,
-        )
-        if sleeper is not None:
-            sleeper.set_period(1.0 / sched.rate)
+        realtime = self.realtime
+        sleeper = None
         try:
+            # Before the anchor: locking memory takes milliseconds, tick 0 must not pay them.
+            realtime.enter(cfg, k.rate)
+            sleep_until, sleeper = make_sleeper(precise=k.active.features.precise_timing)
+            sched = TickSchedule(
+                anchor=trio.current_time(),
+                rate=k.rate,
+                skip=cfg.overrun == "skip",
+                max_catch_up=cfg.max_catch_up,
+            )
+            if sleeper is not None:
+                sleeper.set_period(1.0 / sched.rate)
             await self._ticks(sched, sleep_until, sleeper)
         finally:
+            realtime.leave()
             if sleeper is not None:
                 sleeper.close()
 
@@ -64,6 +75,7 @@ class TickLoop:
         k = self._k
         k.apply_rate()
         sched.rerate(k.rate)
+        self.realtime.rate = k.rate
         if sleeper is not None:
             sleeper.set_period(1.0 / k.rate)
 
@@ -87,7 +99,7 @@ class TickLoop:
         run_tick = self._steps.run_tick
         commands = self._commands
         pending = commands.pending
-        chores = tuple(self.chores)
+        chores = (*self.chores, *self.realtime.chores)
         end = run.end_time
         last_tick = run.tick_limit
         while not run.stopping:

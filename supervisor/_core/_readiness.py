@@ -27,6 +27,7 @@ class ReadinessFacts:
     work_p95: float = 0.0
     budget: float = 0.0
     dropped_in_window: int = 0
+    realtime_fix: str | None = None  # realtime mode asked for and (partly) refused: what to change
     # error_handling (every step runs under SafeCall by construction: the sinks are what can fail)
     sink_problem: str | None = None  # None when the error sinks (state dir, audit log) are writable
     # security (of the phase being entered)
@@ -75,8 +76,9 @@ def _performance(f: ReadinessFacts) -> ReadinessCheck:
         f"work p95 {f.work_p95 * 1e3:.3f} ms vs budget {f.budget * 1e3:.3f} ms over "
         f"{f.window_ticks} ticks; {f.dropped_in_window} dropped"
     )
+    realtime = f"realtime mode was refused: {f.realtime_fix}" if f.realtime_fix else None
     if not over and f.dropped_in_window == 0:
-        return ReadinessCheck(name="performance", ok=True, detail=detail)
+        return ReadinessCheck(name="performance", ok=True, detail=detail, recommendation=realtime)
     return ReadinessCheck(
         name="performance",
         ok=False,
@@ -84,7 +86,7 @@ def _performance(f: ReadinessFacts) -> ReadinessCheck:
         recommendation=(
             "lower [supervisor] tick_rate or choose a lighter --profile, enable the optimizer "
             "([features] optimizer = true), or make the most expensive system cheaper "
-            "(see per-system timing in `supervisor status`)"
+            "(see per-system timing in `supervisor status`)" + (f"; {realtime}" if realtime else "")
         ),
     )
 

@@ -76,9 +76,13 @@ class Recovery:
             self.quarantine(slot, now, trial=hook)
 
     async def step_failed(self, slot: Slot, hook: str, exc: BaseException) -> None:
-        """A tick step failed: record, then recover, quarantine or escalate."""
+        """A tick step failed: recover, quarantine or escalate now; the record comes after the tick.
+
+        Only ``recover(ctx, error)`` and an escalation's reason need the
+        record in the tick (``FailureRecorder.settled``).
+        """
         k = self._k
-        record = self._recorder.record_and_log(slot, hook, exc)
+        self._recorder.defer(slot, hook, exc)  # the record is made after the tick
         now = trio.current_time()
         recovery = k.active.recovery
         if slot.info.critical:
@@ -89,15 +93,18 @@ class Recovery:
                 k.request_emergency(
                     f"critical_error_limit reached: {len(self.critical_errors)} critical errors "
                     f"within {recovery.window_seconds:g} s (last: {slot.name}.{hook}: "
-                    f"{record.exc_type})",
+                    f"{self._recorder.settled().exc_type})",
                     source=f"system:{slot.name}",
                 )
                 return
         if slot.breaker.failure(now):
             # Within budget: let the system reset itself. A recover() that
-            # fails is one more failure against the same budget.
+            # fails is one more failure against the same budget. It takes the
+            # record: only then is the record made in the tick.
+            if "recover" not in slot.info.hooks:
+                return
             ok, _ = await self._steps.call(
-                slot, "recover", slot.ctx, record, timeout=k.stop_timeout
+                slot, "recover", slot.ctx, self._recorder.settled(), timeout=k.stop_timeout
             )
             if ok or slot.breaker.failure(now):
                 return

@@ -65,12 +65,14 @@ class Runner:
         self._commands = commands
         self.loop = TickLoop(kernel, steps, commands)
         self._watchdog_chore = Chore("watchdog", self._drain_watchdog)
+        self.loop.realtime.watchdog_tid = self._watchdog_tid
         self._add_chores()
 
     def _add_chores(self) -> None:
         """The post-tick chores, in their documented order (see ``_loop``)."""
         recovery = self._recovery
         for chore in (
+            self._recorder.chore,
             recovery.close_chore,
             self._watchdog_chore,
             recovery.retry_chore,
@@ -81,6 +83,11 @@ class Runner:
             self._windows.chore,
         ):
             self.loop.add_chore(chore)
+
+    def _watchdog_tid(self) -> int | None:
+        """The watchdog thread's kernel id while one runs (realtime mode raises its priority)."""
+        watchdog = self._lifecycle.watchdog
+        return None if watchdog is None else watchdog.native_id
 
     def _hang_seen(self) -> None:
         """From the watchdog's thread: a hang event waits to be logged after the next tick."""
@@ -214,6 +221,7 @@ class Runner:
             try:
                 await self.loop.run()
             finally:
+                self._recorder.settle()  # the last ticks' error records, before what follows
                 # Commands that came during the last tick run now, before what follows.
                 self._commands.in_tick = False
                 self._commands.drain()

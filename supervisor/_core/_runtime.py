@@ -196,6 +196,8 @@ class Supervisor:
         self.phase_listeners: list[Callable[[Phase], None]] = self._lifecycle.listeners
         #: Named sections capabilities add to ``status()`` (see ControlSurface.status_sections).
         self.status_sections = self._surface.status_sections
+        if active.supervisor.realtime:
+            self.status_sections["realtime"] = self._runner.loop.realtime.status
         #: Called with every error record as it is made (``_failures``): the
         #: durable error store enqueues here, off the tick's own work.
         self.record_sinks: list[Callable[[ErrorRecord], None]] = self._recorder.sinks

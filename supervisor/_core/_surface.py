@@ -162,6 +162,7 @@ class ControlSurface:
             work_p95=work.p95,
             budget=k.budget,
             dropped_in_window=self._housekeeper.dropped_since(tick - window),
+            realtime_fix=self._realtime_fix(),
             sink_problem=sink_problem,
             target_phase=Phase.PRODUCTION.value,
             api_enabled=k.active.features.api,
@@ -170,6 +171,12 @@ class ControlSurface:
             socket_mode=socket_mode,
             redaction=k.active.features.redaction is not False,
         )
+
+    def _realtime_fix(self) -> str | None:
+        """What to change for realtime mode, when it was asked for and refused (``_realtime``)."""
+        section = self.status_sections.get("realtime")
+        fix = section().get("recommendation") if section is not None else None
+        return fix if isinstance(fix, str) else None
 
     def _snapshot_sink_problem(self) -> str | None:
         if not self._k.persist:

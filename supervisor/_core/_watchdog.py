@@ -94,6 +94,12 @@ class Watchdog:
         self._thread = threading.Thread(target=self._run, name="supervisor-watchdog", daemon=True)
         self._thread.start()
 
+    @property
+    def native_id(self) -> int | None:
+        """The kernel's id of the watchdog's thread while it runs (realtime mode raises it)."""
+        thread = self._thread
+        return None if thread is None else thread.native_id
+
     def stop(self) -> None:
         """Stop the thread and wait for it."""
         self._stop.set()
