@@ -375,6 +375,14 @@ class Flags:
             for f in sorted(self._flags.values(), key=lambda f: f.name)
         ]
 
+    def is_flag(self, name: object) -> bool:
+        """Whether ``name`` is a flag's name."""
+        return isinstance(name, str) and name in self._flags
+
+    def is_experiment(self, name: object) -> bool:
+        """Whether ``name`` is an experiment's name."""
+        return isinstance(name, str) and name in self._experiments
+
     def experiment_names(self) -> list[str]:
         """Every experiment's name, sorted."""
         return sorted(self._experiments)
