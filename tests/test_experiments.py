@@ -95,7 +95,9 @@ def test_the_arm_that_fails_more_shows_it() -> None:
     assert a["arm"] == "a"
     assert b["errors"] > 5 * a["errors"] > 0
     assert a["players"] + b["players"] == 100
-    assert a["player_minutes"] > 0
+    # Exposure: each evaluation covers the system's step, 1/30 s on the MockClock.
+    assert a["player_minutes"] == pytest.approx(a["evaluations"] / 30 / 60)
+    assert b["player_minutes"] == pytest.approx(b["evaluations"] / 30 / 60)
     assert b["errors_per_player_minute"] > a["errors_per_player_minute"]
     (cmp,) = exp["comparisons"]
     assert cmp["significant"]

@@ -184,8 +184,8 @@ class Context:
     def player_segments(self, player_id: int | str, segments: Iterable[str]) -> None:
         """Tell the supervisor the segments a player is in (``()`` when the player leaves).
 
-        A flag is always on for players in one of its ``segments``. At most a
-        million players are kept; past that a call is refused and counted.
+        A flag is always on for players in one of its ``segments``. At most
+        100,000 players are kept; past that a call is refused and counted.
 
         Raises:
             TypeError: the player id is not an int or a str, or a segment not a str.

@@ -60,7 +60,8 @@ __all__ = [
 
 BUCKETS: Final = 10_000
 #: Players whose segments are kept (``ctx.player_segments``); more are refused, counted.
-MAX_SEGMENT_PLAYERS: Final = 1_000_000
+#: (About 150 bytes a player: the set of segments is shared by every player in it.)
+MAX_SEGMENT_PLAYERS: Final = 100_000
 #: Distinct players counted per experiment; past it players are still served, not counted.
 MAX_PLAYERS_SEEN: Final = 100_000
 _crc32 = zlib.crc32
@@ -209,6 +210,7 @@ class Flags:
         self._experiments: dict[str, _Experiment] = {}
         #: Player key -> the segments a system said it is in.
         self._segments: dict[str, frozenset[str]] = {}
+        self._combinations: dict[frozenset[str], frozenset[str]] = {}
         #: Called with a FlagChange after every ``set_percent``.
         self.listeners: list[Callable[[FlagChange], None]] = []
         #: ``player_segments`` calls refused because the table was full.
@@ -299,6 +301,12 @@ class Flags:
         mine = frozenset(segments)
         if not all(type(s) is str for s in mine):
             raise TypeError("segments are names (str)")
+        # One set object per combination of segments, not per player (bounded too).
+        shared = self._combinations.get(mine)
+        if shared is not None:
+            mine = shared
+        elif len(self._combinations) < MAX_SEGMENT_PLAYERS:
+            self._combinations[mine] = mine
         if not mine:
             self._segments.pop(key, None)
         elif key in self._segments or len(self._segments) < MAX_SEGMENT_PLAYERS:
