@@ -53,6 +53,7 @@ __all__ = [
     "MAX_SEGMENT_PLAYERS",
     "FlagChange",
     "Flags",
+    "Reader",
     "UnknownExperimentError",
     "UnknownFlagError",
     "bucket",
@@ -164,8 +165,8 @@ class _Experiment:
         self.errors = [0] * n
         self.exposure = [0.0] * n
         self.players = [0] * n
-        #: Keys of players counted (bounded by MAX_PLAYERS_SEEN).
-        self.seen: set[str] = set()
+        #: CRCs of the players counted (bounded by MAX_PLAYERS_SEEN).
+        self.seen: set[int] = set()
         #: The arm each reading system was last given: its next error counts for that arm.
         self.last_arm: dict[str, int] = {}
         self.configure(config)
@@ -198,6 +199,53 @@ class _Experiment:
         return self.arms[self.table[bucket(self.name, unit)]]
 
 
+class Reader:
+    """One system's view of the experiments: ``ctx.variant`` is its ``variant``.
+
+    It knows the system and its step, so each evaluation counts exposure
+    (player-seconds: the step it serves the player for) and remembers the arm
+    the system's next error counts for, without ``ctx`` passing them on every
+    call (the hot path makes one call).
+    """
+
+    __slots__ = ("_experiments", "_loop", "_slot", "system")
+
+    def __init__(
+        self, experiments: dict[str, _Experiment], system: str | None, loop: Any, slot: Any
+    ) -> None:
+        self._experiments = experiments
+        self.system = system
+        self._loop = loop
+        self._slot = slot
+
+    def variant(self, name: str, player_id: int | str) -> str:
+        """The arm of ``[experiments.NAME]`` the player is in (see ``Context.variant``).
+
+        Raises:
+            UnknownExperimentError: no ``[experiments.NAME]``.
+            TypeError: the player id is not an int or a str.
+        """
+        e = self._experiments.get(name)
+        if e is None:
+            raise UnknownExperimentError(_unknown("experiment", name, self._experiments))
+        kind = type(player_id)
+        key: str = player_id if kind is str else str(player_id) if kind is int else _refuse(kind)  # type: ignore[assignment]
+        h = _crc32(key.encode(), e.seed)
+        arm = e.table[(h * 2654435761 & 0xFFFFFFFF) * 10000 >> 32] if e.enabled else 0
+        e.evals[arm] += 1
+        slot = self._slot
+        if slot is not None:
+            e.exposure[arm] += self._loop.dt * slot.every
+            e.last_arm[self.system] = arm  # type: ignore[index]
+        # Players are told apart by their CRC (an int hashes for free; two of
+        # 100,000 players share one about once: a count, not an identity).
+        seen = e.seen
+        if h not in seen and len(seen) < MAX_PLAYERS_SEEN:
+            seen.add(h)
+            e.players[arm] += 1
+        return e.arms[arm]
+
+
 class Flags:
     """The flags and experiments of a supervisor (``sup.flags``), and their run-time changes.
 
@@ -215,6 +263,7 @@ class Flags:
         self.listeners: list[Callable[[FlagChange], None]] = []
         #: ``player_segments`` calls refused because the table was full.
         self.segments_refused = 0
+        self._anonymous = Reader(self._experiments, None, None, None)
 
     def configure(self, config: Config) -> None:
         """Take the flags and experiments of ``config`` (the active one); overrides are kept."""
@@ -259,37 +308,21 @@ class Flags:
             return mine is not None and not f.segments.isdisjoint(mine)
         return False
 
-    def variant(
-        self, name: str, player_id: int | str, system: str | None = None, dt: float = 0.0
-    ) -> str:
-        """The arm of experiment ``name`` that ``player_id`` is in (the control when disabled).
+    def variant(self, name: str, player_id: int | str) -> str:
+        """The arm of experiment ``name`` that ``player_id`` is in, counted for no system.
 
-        ``system`` (the reader) and ``dt`` (its step, in seconds) feed the
-        experiment's counters: exposure in player-seconds, and the arm the
-        system's next error counts for.
+        (What OpenFeature's string evaluation answers; a system's ``ctx.variant``
+        is its own ``Reader``'s, which also feeds exposure and error counts.)
 
         Raises:
             UnknownExperimentError: no ``[experiments.NAME]``.
             TypeError: the player id is not an int or a str.
         """
-        e = self._experiments.get(name)
-        if e is None:
-            raise UnknownExperimentError(_unknown("experiment", name, self._experiments))
-        kind = type(player_id)
-        key: str = player_id if kind is str else str(player_id) if kind is int else _refuse(kind)  # type: ignore[assignment]
-        arm = 0
-        if e.enabled:
-            h = _crc32(key.encode(), e.seed)
-            arm = e.table[(h * 2654435761 & 0xFFFFFFFF) * 10000 >> 32]
-        e.evals[arm] += 1
-        if system is not None:
-            e.exposure[arm] += dt
-            e.last_arm[system] = arm
-        seen = e.seen
-        if key not in seen and len(seen) < MAX_PLAYERS_SEEN:
-            seen.add(key)
-            e.players[arm] += 1
-        return e.arms[arm]
+        return self._anonymous.variant(name, player_id)
+
+    def reader(self, system: str, loop: Any, slot: Any) -> Reader:
+        """``ctx.variant`` of one system: ``loop.dt * slot.every`` is its step."""
+        return Reader(self._experiments, system, loop, slot)
 
     def set_segments(self, player_id: int | str, segments: Iterable[str]) -> None:
         """Record the segments a player is in (none: forget the player).
