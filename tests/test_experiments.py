@@ -221,3 +221,22 @@ class TestConfig:
         arms = {f"a{i}": 1 for i in range(17)}
         with pytest.raises(ConfigError, match="expected 1 to 16 arms"):
             Config.from_mapping({"experiments": {"e": {"arms": arms}}}, env={})
+
+
+def test_an_arm_backoff_above_the_base_max_raises_the_max() -> None:
+    config = Config.from_mapping(
+        {
+            "recovery": {"backoff_max": 10},
+            "experiments": {
+                "retry": {
+                    "arms": {"a": 1},
+                    "systems": ["s"],
+                    "recovery": {"a": {"backoff_initial": 30}},
+                }
+            },
+        },
+        env={},
+    )
+    policy = config.experiments["retry"].recovery_for("a", config.recovery)
+    assert (policy.backoff_initial, policy.backoff_max) == (30.0, 30.0)
+    assert config.experiments["retry"].recovery_for("b", config.recovery) is config.recovery
