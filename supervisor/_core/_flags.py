@@ -154,7 +154,7 @@ class _Experiment:
     """One experiment: its bucket -> arm table and its counters per arm."""
 
     __slots__ = ("arms", "config", "enabled", "errors", "evals", "exposure", "last_arm", "name",
-                 "players", "seed", "seen", "table")  # fmt: skip
+                 "players", "seed", "seen", "table", "units")  # fmt: skip
 
     def __init__(self, config: ExperimentConfig) -> None:
         self.name = config.name
@@ -188,6 +188,9 @@ class _Experiment:
             table[edge:end] = bytes([i]) * (end - edge)
             edge = end
         self.table = bytes(table)
+        #: Unit system -> its arm's index: every player such a system serves is
+        #: in the system's arm (the arm whose recovery policy it runs under).
+        self.units = {unit: self.arms.index(self.arm_of_unit(unit)) for unit in config.systems}
 
     def arm_of_unit(self, unit: str) -> str:
         """The arm of a system (a recovery unit): pinned by ``assign``, else hashed."""
@@ -232,6 +235,8 @@ class Reader:
         key: str = player_id if kind is str else str(player_id) if kind is int else _refuse(kind)  # type: ignore[assignment]
         h = _crc32(key.encode(), e.seed)
         arm = e.table[(h * 2654435761 & 0xFFFFFFFF) * 10000 >> 32] if e.enabled else 0
+        if e.units:
+            arm = e.units.get(self.system, arm)  # type: ignore[arg-type]
         e.evals[arm] += 1
         slot = self._slot
         if slot is not None:
@@ -426,9 +431,10 @@ class Flags:
         return sorted(self._experiments)
 
     def count_error(self, system: str) -> None:
-        """An error of ``system``: it counts for the arm each experiment last gave it."""
+        """An error of ``system``: it counts for its own arm when it is an experiment's
+        unit, else for the arm the experiment last gave it."""
         for e in self._experiments.values():
-            arm = e.last_arm.get(system)
+            arm = e.units.get(system, e.last_arm.get(system))
             if arm is not None:
                 e.errors[arm] += 1
 
