@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from ._flags import Flags
 from ._phase import Phase
 
 __all__ = ["GAUGE_NAME", "MAX_GAUGES", "MAX_GAUGE_NAME", "Context", "GaugeError"]
@@ -47,6 +49,7 @@ class ContextHost(Protocol):
     gauges: dict[str, float]
     gauge_keys: dict[str, str]
     state_dir: Path
+    flags: Flags
 
     @property
     def phase(self) -> Phase:
@@ -74,7 +77,27 @@ class Context:
     into 50 contexts on every tick.
     """
 
-    __slots__ = ("_host", "_key_of", "_loop", "_slot", "_values", "log", "name")
+    __slots__ = ("_flags", "_host", "_key_of", "_loop", "_slot", "_values", "flag", "log", "name",
+                 "variant")  # fmt: skip
+
+    #: ``flag(name, player_id=None) -> bool``: whether ``[flags.NAME]`` is on for
+    #: ``player_id`` (without one: whether it is on for everyone, enabled at
+    #: 100 %). A stable hash of the flag and the player, so a player keeps the
+    #: answer while the percent grows, and the int 42 is the same player as
+    #: ``"42"``; a player in one of the flag's ``segments`` always has it. Costs
+    #: well under a microsecond and keeps nothing per player. Raises
+    #: ``UnknownFlagError`` (a KeyError naming the nearest flag) for an unknown
+    #: name, TypeError for a player id that is not an int or a str. It is the
+    #: supervisor's ``Flags.flag`` itself, bound here: the hot path makes one call.
+    flag: Callable[[str, int | str | None], bool]
+    #: ``variant(experiment, player_id) -> str``: the arm of ``[experiments.NAME]``
+    #: the player is in (``"a"``, ``"b"``...), by the same stable hash with the
+    #: experiment's name. Counts the player for that arm and this system's next
+    #: error as that arm's: read it just before serving the player. Raises
+    #: ``UnknownExperimentError`` (a KeyError) for an unknown name, TypeError
+    #: for a player id that is not an int or a str. This system's own
+    #: ``Reader.variant``, bound here: the hot path makes one call.
+    variant: Callable[[str, int | str], str]
 
     def __init__(self, host: ContextHost, slot: _Slot, log: Any) -> None:
         self._host = host
@@ -83,6 +106,9 @@ class Context:
         # The runtime's gauge tables, mutated in place and never rebound.
         self._key_of = host.gauge_keys.get
         self._values = host.gauges
+        self._flags = host.flags
+        self.flag = host.flags.flag
+        self.variant = host.flags.reader(slot.name, host.loop, slot).variant
         self.name = slot.name
         #: A structlog logger bound to this system's name.
         self.log = log
@@ -150,3 +176,14 @@ class Context:
     def request_emergency(self, reason: str) -> None:
         """Ask for an emergency shutdown; it begins once the current step returns."""
         self._host.request_emergency(f"{self.name}: {reason}", source=f"system:{self.name}")
+
+    def player_segments(self, player_id: int | str, segments: Iterable[str]) -> None:
+        """Tell the supervisor the segments a player is in (``()`` when the player leaves).
+
+        A flag is always on for players in one of its ``segments``. At most
+        100,000 players are kept; past that a call is refused and counted.
+
+        Raises:
+            TypeError: the player id is not an int or a str, or a segment not a str.
+        """
+        self._flags.set_segments(player_id, segments)
