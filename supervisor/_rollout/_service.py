@@ -20,6 +20,7 @@ import trio
 from .._alerts import AlertEngine, engine_for
 from .._alerts._delivery import alertmanager_alert
 from .._alerts._evaluator import State as AlertState
+from .._core._control import Unknown
 from ._file import RolloutFile
 from ._manager import AuditSink, FlagControl, Rollouts
 from ._plan import Rollout
@@ -27,7 +28,7 @@ from ._plan import Rollout
 if TYPE_CHECKING:
     from .._core._runtime import Supervisor
 
-__all__ = ["ROLLBACK_ALERT", "attach_rollouts", "rollouts_for"]
+__all__ = ["ROLLBACK_ALERT", "attach_rollouts", "rollout_act", "rollouts_for", "rollouts_view"]
 
 #: The alert a rollback raises (Alertmanager and webhooks), and how long it stays
 #: (Alertmanager resolves it then; the rollout's status keeps the reason).
@@ -40,6 +41,33 @@ _ROLLOUTS: weakref.WeakKeyDictionary[Any, Rollouts] = weakref.WeakKeyDictionary(
 def rollouts_for(sup: object) -> Rollouts | None:
     """The rollouts attached to ``sup``, if any."""
     return _ROLLOUTS.get(sup)
+
+
+def rollouts_view(sup: object) -> dict[str, Any]:
+    """What ``GET /v1/rollouts`` answers (no rollouts when none are attached)."""
+    rollouts = _ROLLOUTS.get(sup)
+    if rollouts is None:
+        return {"rollouts": [], "problems": [], "enabled": False}
+    return {**rollouts.view(), "enabled": True}
+
+
+async def rollout_act(
+    sup: object, verb: str, flag: str, *, by: str, **arguments: Any
+) -> dict[str, Any]:
+    """Carry out ``POST /v1/rollouts/FLAG/VERB`` (start, pause, resume, abort) for ``by``.
+
+    Raises:
+        Unknown: ``sup`` has no flags (so no rollouts), or the flag is unknown.
+        RolloutInputError: bad steps, duration or rule name.
+        RolloutRefused: not possible in the rollout's state, or not recorded.
+    """
+    rollouts = _ROLLOUTS.get(sup)
+    if rollouts is None:
+        raise Unknown("no rollouts: this supervisor has no [flags] in its config")
+    if verb == "start":
+        return await rollouts.start(flag, by=by, **arguments)
+    command = {"pause": rollouts.pause, "resume": rollouts.resume, "abort": rollouts.abort}[verb]
+    return await command(flag, by=by, **arguments)
 
 
 def _alert_rollback(engine: AlertEngine, rollout: Rollout) -> None:

@@ -55,6 +55,8 @@ from .._core._config_sections import ApiConfig, TokenConfig, parse_duration
 from .._core._control import Caller, Controlled, Refused, Unknown
 from .._core._redact import Redactor
 from .._logging import get_logger
+from .._rollout._plan import RolloutInputError
+from .._rollout._service import rollout_act, rollouts_view
 from .._store._query import (
     correlation,
     new_fingerprints,
@@ -81,6 +83,7 @@ from ._requests import (
     parse_object,
     query,
     resolve,
+    rollout_of,
     scope_peer_uid,
     source_of,
     system_of,
@@ -225,6 +228,7 @@ class Api:
         assert note is not None
         arguments = validate(route.action, parse_object(await self._body(scope, receive)))
         arguments.update(system_of(str(scope.get("path", ""))))
+        arguments.update(rollout_of(str(scope.get("path", ""))))
         note.arguments = arguments
         # Fail closed: the attempt is on disk before anything changes, or
         # nothing changes (tests/test_api_audit.py).
@@ -357,6 +361,8 @@ class Api:
         self._log.info("api.action", action=action, caller=caller.name, **arguments)
         try:
             result = await handler(caller=caller, **arguments)
+        except RolloutInputError as exc:  # bad steps, duration or rule: the request's fault
+            raise HttpError(400, str(exc)) from None
         except Refused as exc:
             payload = {k: v for k, v in exc.payload.items() if k != "error"}
             body: dict[str, Any] = {"error": exc.detail, **payload}
@@ -577,6 +583,21 @@ class Api:
 
     async def _snapshot(self, *, caller: Caller, reason: str) -> dict[str, Any]:
         return (await self.sup.snapshot(reason=reason, caller=caller)).as_dict()
+
+    async def _rollouts(self) -> Answer:
+        return json_answer(200, rollouts_view(self.sup))
+
+    async def _rollout_start(self, *, caller: Caller, flag: str, **args: Any) -> dict[str, Any]:
+        return await rollout_act(self.sup, "start", flag, by=caller.name, **args)
+
+    async def _rollout_pause(self, *, caller: Caller, flag: str, **args: Any) -> dict[str, Any]:
+        return await rollout_act(self.sup, "pause", flag, by=caller.name, **args)
+
+    async def _rollout_resume(self, *, caller: Caller, flag: str, **args: Any) -> dict[str, Any]:
+        return await rollout_act(self.sup, "resume", flag, by=caller.name, **args)
+
+    async def _rollout_abort(self, *, caller: Caller, flag: str, **args: Any) -> dict[str, Any]:
+        return await rollout_act(self.sup, "abort", flag, by=caller.name, **args)
 
 
 def _check_name(param: str, value: str | None) -> None:
