@@ -19,7 +19,7 @@ at the step that failed, and the rule fires again after the restart.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
 import attrs
@@ -39,9 +39,11 @@ __all__ = [
     "UnknownFlag",
 ]
 
-#: Seconds between saves of a running rollout's watched time: a crash costs
-#: at most this much re-watching of the current step.
+#: Seconds between saves of a running rollout's watched time, at least, and
+#: as a share of the shortest step: a crash costs at most that much
+#: re-watching of the current step (30 s of a 10 min step), never a skipped one.
 CHECKPOINT_EVERY: Final = 5.0
+CHECKPOINT_SHARE: Final = 0.05
 #: Seconds between retries of a failed save.
 RETRY_SAVE: Final = 1.0
 #: Audit lines waiting for the service; past this the oldest are dropped (counted).
@@ -93,6 +95,9 @@ class Rollouts:
     on_rollback: list[Callable[[Rollout], None]] = attrs.field(factory=list)
     clock: Callable[[], float] = trio.current_time
     wall: Callable[[], float] = time.time
+    #: Runs the blocking saves and audit writes off the trio thread (tests run them inline,
+    #: so a MockClock does not jump while a worker thread holds the run).
+    offload: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync
     rollouts: dict[str, Rollout] = attrs.field(factory=dict)
     #: Problems met reading the record or restoring it (shown in status).
     problems: list[str] = attrs.field(factory=list)
@@ -264,7 +269,7 @@ class Rollouts:
         records = [r.as_dict(self.clock()) for f, r in self.rollouts.items() if f != flag]
         records.append(after.as_dict(self.clock()))
         try:
-            await trio.to_thread.run_sync(self.file.save, records)
+            await self.offload(self.file.save, records)
         except Exception as exc:
             self.save_failures += 1
             self._log.error("rollout.save_failed", flag=flag, error=f"{type(exc).__name__}: {exc}")
@@ -360,7 +365,12 @@ class Rollouts:
         due = [d for r in self.rollouts.values() if (d := r.due()) is not None]
         if not due:
             return self.clock() + 3600.0
-        return min(*due, self._saved_at + CHECKPOINT_EVERY)
+        return min(*due, self._saved_at + self.checkpoint_every())
+
+    def checkpoint_every(self) -> float:
+        """Seconds between saves of the watched time while a rollout is running."""
+        steps = [r.every for r in self.rollouts.values() if r.state is State.RUNNING]
+        return max(CHECKPOINT_EVERY, CHECKPOINT_SHARE * min(steps, default=0.0))
 
     async def save(self) -> bool:
         """Write the record (and any audit lines waiting); False if the record could not be."""
@@ -369,7 +379,7 @@ class Rollouts:
             self._dirty = False
             records = [r.as_dict(now) for r in self.rollouts.values()]
             try:
-                await trio.to_thread.run_sync(self.file.save, records)
+                await self.offload(self.file.save, records)
             except Exception as exc:
                 self._dirty = True
                 self.save_failures += 1
@@ -380,7 +390,7 @@ class Rollouts:
         pending, self._pending = self._pending, []
         if pending and self.audit is not None:
             audit = self.audit
-            await trio.to_thread.run_sync(lambda: [audit(*line) for line in pending])
+            await self.offload(lambda: [audit(*line) for line in pending])
         return True
 
     async def serve(self, closing: trio.Event) -> None:
@@ -396,7 +406,7 @@ class Rollouts:
                 self._wake = trio.Event()
                 self.step()
                 running = any(r.state is State.RUNNING for r in self.rollouts.values())
-                checkpoint = running and self.clock() - self._saved_at >= CHECKPOINT_EVERY
+                checkpoint = running and self.clock() - self._saved_at >= self.checkpoint_every()
                 if (self._dirty or checkpoint) and not await self.save():
                     await trio.sleep(RETRY_SAVE)
                     continue
