@@ -184,7 +184,9 @@ class TestRollback:
         await _sleep_until(t0 + 99999)
         assert world.flags.values["new_shop"] == 5.0  # stopped: never climbs again
 
-    async def test_other_rules_do_nothing(self, world: World, clock: trio.testing.MockClock) -> None:
+    async def test_other_rules_do_nothing(
+        self, world: World, clock: trio.testing.MockClock
+    ) -> None:
         """A rule the rollout does not name leaves it running."""
         await _start(world)
         world.rollouts.rule_fired("lateness")
@@ -262,8 +264,10 @@ class TestRefusals:
             await _start(world)
         assert world.flags.values["new_shop"] == 0.0
 
-    async def test_not_recorded_not_done(self, tmp_path: Path, clock: trio.testing.MockClock) -> None:
-        """The record cannot be saved (state_dir is a file): the start is refused, nothing changed."""
+    async def test_not_recorded_not_done(
+        self, tmp_path: Path, clock: trio.testing.MockClock
+    ) -> None:
+        """The record cannot be saved (state_dir is a file): start refused, nothing changed."""
         blocker = tmp_path / "state"
         blocker.write_text("a file where the folder should be")
         w = _world(blocker)
