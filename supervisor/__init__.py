@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._core._config import Config
 from ._core._config_alerts import AlertRule, AlertsConfig
+from ._core._config_flags import ExperimentConfig, FlagConfig
 from ._core._config_sections import (
     ApiConfig,
     ErrorsConfig,
@@ -46,6 +47,7 @@ from ._core._control import (
     Refused,
     Unknown,
 )
+from ._core._flags import FlagChange, Flags, UnknownExperimentError, UnknownFlagError
 from ._core._histogram import HistogramStats, WindowStats
 from ._core._phase import Phase
 from ._core._system import System
@@ -125,7 +127,11 @@ __all__ = [
     "ErrorRecord",
     "ErrorView",
     "ErrorsConfig",
+    "ExperimentConfig",
     "FeaturesConfig",
+    "FlagChange",
+    "FlagConfig",
+    "Flags",
     "HistogramStats",
     "LifecycleEvent",
     "LoggingConfig",
@@ -160,6 +166,8 @@ __all__ = [
     "SystemsConfig",
     "TokenConfig",
     "Unknown",
+    "UnknownExperimentError",
+    "UnknownFlagError",
     "WatchdogConfig",
     "WindowStats",
     "Windowed",

@@ -38,6 +38,12 @@ PUBLIC = {
     "Unknown",
     "Windowed",
     "WindowStats",  # issue 10's operator
+    "ExperimentConfig",  # issue 13: flags and experiments
+    "FlagConfig",
+    "FlagChange",
+    "Flags",
+    "UnknownExperimentError",
+    "UnknownFlagError",
     "StatusView",
     "SnapshotStatus",
     "ShutdownResult",

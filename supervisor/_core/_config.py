@@ -35,6 +35,7 @@ from .._errors import ConfigError, one_line, printable
 from .._files import UnsafePathError, read_config_bytes
 from ._config_alerts import AlertsConfig
 from ._config_fields import convert, plain, problem, sourced, suggest
+from ._config_flags import FLAG_TABLES, ExperimentConfig, FlagConfig
 from ._config_sections import (
     BUILTIN_PROFILES,
     SECTIONS,
@@ -62,7 +63,7 @@ NON_CONFIG_VARIABLES: Final = frozenset({"SUPERVISOR_TOKEN"})
 #: Deepest nesting of tables/arrays accepted in a config (real ones use 3-4).
 MAX_DEPTH: Final = 32
 
-_TOP_LEVEL = [*SECTIONS, "systems", "profiles", "phases", "slo"]
+_TOP_LEVEL = [*SECTIONS, "systems", "profiles", "phases", "slo", *FLAG_TABLES]
 _OVERLAY_PHASES = tuple(phase.value for phase in Phase)
 #: Keys a phase overlay cannot change: the snapshot store is built once, so a
 #: per-phase state folder or key would write where the next start does not read.
@@ -137,6 +138,9 @@ class Config:
     errors: ErrorsConfig = attrs.field(factory=ErrorsConfig, validator=_is(ErrorsConfig))
     #: ``[slo.NAME]`` service-level objectives by name.
     slo: Mapping[str, SloConfig] = attrs.field(factory=dict, validator=_slos)
+    #: ``[flags.NAME]`` and ``[experiments.NAME]`` by name (``_config_flags``).
+    flags: Mapping[str, FlagConfig] = attrs.field(factory=dict)
+    experiments: Mapping[str, ExperimentConfig] = attrs.field(factory=dict)
     #: Every profile by name: the built-in ones, adjusted or added to by the file.
     profiles: Mapping[str, Profile] = attrs.field(
         factory=lambda: dict(BUILTIN_PROFILES), validator=_profiles
@@ -228,6 +232,8 @@ class Config:
                 kwargs["profiles"] = _parse_profiles(value, source)
             elif key == "slo":
                 kwargs["slo"] = parse_slos(value, source)
+            elif key in FLAG_TABLES:
+                kwargs[key] = FLAG_TABLES[key](value, source)
             elif key in SECTIONS:
                 kwargs[key] = SECTIONS[key].from_mapping(value, source=source)
             else:
@@ -280,6 +286,9 @@ class Config:
         out["profiles"] = {name: _table(profile) for name, profile in self.profiles.items()}
         if self.slo:
             out["slo"] = {name: _table(slo) for name, slo in self.slo.items()}
+        for key in FLAG_TABLES:
+            if tables := getattr(self, key):
+                out[key] = {name: entry.as_table() for name, entry in tables.items()}
         if self.overlays:
             out["phases"] = copy.deepcopy(dict(self.overlays))
         return out

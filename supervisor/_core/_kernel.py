@@ -21,6 +21,7 @@ import trio
 
 from .._errors import ConfigError
 from ._config import Config
+from ._flags import Flags
 from ._histogram import Histogram
 from ._phase import Phase, PhaseMachine
 from ._safecall import MESSAGE_CHARS, BreakerState, ErrorLog, ErrorRecord, bounded
@@ -144,6 +145,8 @@ class Kernel:
     run: RunState = attrs.field(factory=RunState)
     #: Set by the supervisor: the gauge desk's ``report`` (``ctx.report`` off its fast path).
     gauge_reporter: Callable[[Slot, object, object], None] | None = None
+    #: Flags and experiments (``sup.flags``; ``ctx.flag``, ``ctx.variant``).
+    flags: Flags = attrs.field(factory=Flags)
 
     @property
     def phase(self) -> Phase:

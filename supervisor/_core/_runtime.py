@@ -24,6 +24,7 @@ from .._logging import get_logger
 from ._commands import CommandQueue
 from ._config import Config
 from ._control import Caller, LifecycleEvent, ReadinessReport
+from ._experiments import attach_experiments
 from ._failures import FailureRecorder
 from ._gauges import GaugeDesk
 from ._histogram import Histogram
@@ -203,6 +204,10 @@ class Supervisor:
         self.sink_checks: list[Callable[[], str | None]] = self._surface.sink_checks
         #: The Prometheus exposition, installed by the server layer (``_server._metrics``).
         self.metrics_exporter: Callable[[], tuple[bytes, str]] | None = None
+        #: Flags and experiments (``_flags``): ``ctx.flag``/``ctx.variant``, and the
+        #: run-time API the staged rollout drives (``percent``, ``set_percent``).
+        self.flags = k.flags
+        attach_experiments(self, k)
 
     # ------------------------------------------------------------------ registration
 
