@@ -5,7 +5,7 @@ refusals that change nothing, the durable record and what a restart reads from i
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,27 +14,20 @@ import pytest
 import trio
 import trio.testing
 
+from supervisor._core._config import Config
+from supervisor._core._flags import FlagChange, Flags
 from supervisor._rollout._file import FILE_NAME, RolloutFile
 from supervisor._rollout._manager import CHECKPOINT_EVERY, RolloutRefused, Rollouts, UnknownFlag
 from supervisor._rollout._plan import RolloutInputError, State
 
 
-@attrs.define
-class Flags:
-    """The narrow flag control a rollout uses, in memory (the unit under test is the manager)."""
-
-    values: dict[str, float]
-    changes: list[tuple[str, float, str]] = attrs.field(factory=list)
-
-    def names(self) -> Iterable[str]:
-        return tuple(self.values)
-
-    def percent(self, name: str) -> float:
-        return self.values[name]
-
-    def set_percent(self, name: str, pct: float, *, reason: str) -> None:
-        self.values[name] = pct
-        self.changes.append((name, pct, reason))
+def _flags(**percents: float) -> Flags:
+    """The supervisor's real flags, configured with these percents."""
+    flags = Flags()
+    flags.configure(
+        Config.from_mapping({"flags": {n: {"percent": p} for n, p in percents.items()}})
+    )
+    return flags
 
 
 @attrs.define
@@ -46,6 +39,10 @@ class World:
     folder: Path
     firing: set[str]
     audit: list[tuple[str, dict[str, Any], str]]
+    changes: list[FlagChange]
+
+    def percent(self, flag: str = "new_shop") -> float:
+        return self.flags.percent(flag)
 
     def record(self) -> list[dict[str, Any]]:
         doc = json.loads((self.folder / FILE_NAME).read_text())
@@ -60,7 +57,9 @@ async def _inline(fn: Any, *args: Any) -> Any:
 
 
 def _world(folder: Path, flags: Flags | None = None) -> World:
-    flags = flags or Flags({"new_shop": 0.0, "other": 50.0})
+    flags = flags or _flags(new_shop=0.0, other=50.0)
+    changes: list[FlagChange] = []
+    flags.listeners.append(changes.append)
     firing: set[str] = set()
     audit: list[tuple[str, dict[str, Any], str]] = []
 
@@ -76,7 +75,7 @@ def _world(folder: Path, flags: Flags | None = None) -> World:
         firing=lambda: sorted(firing),
         audit=write,
     )
-    return World(rollouts, flags, folder, firing, audit)
+    return World(rollouts, flags, folder, firing, audit, changes)
 
 
 @pytest.fixture
@@ -118,15 +117,16 @@ class TestSchedule:
         t0 = trio.current_time()
         answer = await _start(world)
         assert answer["rollout"]["percent"] == 1.0
-        assert world.flags.values["new_shop"] == 1.0
+        assert world.percent() == 1.0
         seen = []
         for minutes in (9.99, 10, 19.99, 20, 30, 40):
             await _sleep_until(t0 + minutes * 60)
-            seen.append((minutes, world.flags.values["new_shop"]))
+            seen.append((minutes, world.percent()))
         assert seen == [(9.99, 1.0), (10, 5.0), (19.99, 5.0), (20, 25.0), (30, 100.0), (40, 100.0)]
         assert world.rollouts.rollouts["new_shop"].state is State.COMPLETED
         assert [a for a, _, _ in world.audit] == ["rollout_step"] * 3 + ["rollout_complete"]
         assert world.record()[0]["state"] == "completed"
+        assert {c.source for c in world.changes} == {"rollout"}  # what the listeners hear
 
     async def test_pause_and_resume(self, world: World, clock: trio.testing.MockClock) -> None:
         """A pause stops the watch; resumed an hour later, the step owes what it owed."""
@@ -136,12 +136,12 @@ class TestSchedule:
         await world.rollouts.pause("new_shop", reason="weekend", by="bob")
         assert world.record()[0]["state"] == "paused"
         await _sleep_until(t0 + 3840)
-        assert world.flags.values["new_shop"] == 1.0
+        assert world.percent() == 1.0
         await world.rollouts.resume("new_shop", by="bob")
         await _sleep_until(t0 + 3840 + 359.9)
-        assert world.flags.values["new_shop"] == 1.0
+        assert world.percent() == 1.0
         await _sleep_until(t0 + 3840 + 360)
-        assert world.flags.values["new_shop"] == 5.0
+        assert world.percent() == 5.0
 
     async def test_checkpoints_the_time_watched(
         self, world: World, clock: trio.testing.MockClock
@@ -168,9 +168,9 @@ class TestRollback:
         t0 = trio.current_time()
         await _start(world)
         await _sleep_until(t0 + 1300)
-        assert world.flags.values["new_shop"] == 25.0
+        assert world.percent() == 25.0
         world.rollouts.rule_fired("error_rate_high")
-        assert world.flags.values["new_shop"] == 5.0  # at once, in the engine's call
+        assert world.percent() == 5.0  # at once, in the engine's call
         await trio.testing.wait_all_tasks_blocked()
         rollout = world.record()[0]
         assert (rollout["state"], rollout["percent"]) == ("rolled_back", 5.0)
@@ -182,7 +182,7 @@ class TestRollback:
             "error_rate_high",
         )
         await _sleep_until(t0 + 99999)
-        assert world.flags.values["new_shop"] == 5.0  # stopped: never climbs again
+        assert world.percent() == 5.0  # stopped: never climbs again
 
     async def test_other_rules_do_nothing(
         self, world: World, clock: trio.testing.MockClock
@@ -202,7 +202,7 @@ class TestRollback:
         world.firing.add("error_rate_high")  # firing, its transition not seen (a restart)
         await _sleep_until(t0 + 600)
         assert world.rollouts.rollouts["new_shop"].state is State.ROLLED_BACK
-        assert world.flags.values["new_shop"] == 0.0
+        assert world.percent() == 0.0
 
     async def test_a_paused_rollout_rolls_back_too(
         self, world: World, clock: trio.testing.MockClock
@@ -216,10 +216,10 @@ class TestRollback:
 
 class TestRefusals:
     async def _unchanged(self, w: World, call: Any, kind: type[Exception], says: str) -> None:
-        before = (dict(w.flags.values), (w.folder / FILE_NAME).read_bytes())
+        before = (w.percent(), w.percent("other"), (w.folder / FILE_NAME).read_bytes())
         with pytest.raises(kind, match=says):
             await call
-        assert (dict(w.flags.values), (w.folder / FILE_NAME).read_bytes()) == before
+        assert (w.percent(), w.percent("other"), (w.folder / FILE_NAME).read_bytes()) == before
 
     async def test_bad_input_changes_nothing(
         self, world: World, clock: trio.testing.MockClock
@@ -253,7 +253,7 @@ class TestRefusals:
         await self._unchanged(world, _start(world), RolloutRefused, "abort it before")
         await world.rollouts.abort("new_shop", reason="restart", by="bob")
         await _start(world, steps="2,100")
-        assert world.flags.values["new_shop"] == 2.0
+        assert world.percent() == 2.0
 
     async def test_a_firing_rule_refuses_the_start(
         self, world: World, clock: trio.testing.MockClock
@@ -262,7 +262,7 @@ class TestRefusals:
         world.firing.add("error_rate_high")
         with pytest.raises(RolloutRefused, match="'error_rate_high' is firing now"):
             await _start(world)
-        assert world.flags.values["new_shop"] == 0.0
+        assert world.percent() == 0.0
 
     async def test_not_recorded_not_done(
         self, tmp_path: Path, clock: trio.testing.MockClock
@@ -273,7 +273,7 @@ class TestRefusals:
         w = _world(blocker)
         with pytest.raises(RolloutRefused, match="could not be saved"):
             await _start(w)
-        assert w.flags.values["new_shop"] == 0.0
+        assert w.percent() == 0.0
         assert w.rollouts.rollouts == {}
         assert w.rollouts.save_failures == 1
 
@@ -294,7 +294,7 @@ class TestRefusals:
         world.rollouts.rule_fired("nothing")  # (wakes nothing: the rollback already woke it)
         await trio.testing.wait_all_tasks_blocked()
         assert world.record()[0]["state"] == "rolled_back"
-        assert world.flags.values["new_shop"] == 0.0
+        assert world.percent() == 0.0
 
 
 class TestRestore:
@@ -310,17 +310,17 @@ class TestRestore:
             await _start(first)
             await _sleep_until(t0 + 600 + 240)
             nursery.cancel_scope.cancel()  # no goodbye save: as after a kill -9
-        second = _world(tmp_path, Flags({"new_shop": 0.0, "other": 50.0}))
+        second = _world(tmp_path, _flags(new_shop=0.0, other=50.0))
         second.rollouts.restore()
-        assert second.flags.values["new_shop"] == 5.0  # before the run: the first tick sees it
+        assert second.percent() == 5.0  # before the run: the first tick sees it
         closing = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(second.rollouts.serve, closing)
             t1 = trio.current_time()
             await _sleep_until(t1 + 359.9)
-            assert second.flags.values["new_shop"] == 5.0
+            assert second.percent() == 5.0
             await _sleep_until(t1 + 360)
-            assert second.flags.values["new_shop"] == 25.0
+            assert second.percent() == 25.0
             closing.set()
 
     async def test_a_rolled_back_rollout_stays_rolled_back(
@@ -331,9 +331,9 @@ class TestRestore:
         await _start(first)
         first.rollouts.rule_fired("error_rate_high")
         assert await first.rollouts.save()
-        second = _world(tmp_path, Flags({"new_shop": 30.0, "other": 50.0}))
+        second = _world(tmp_path, _flags(new_shop=30.0, other=50.0))
         second.rollouts.restore()
-        assert second.flags.values["new_shop"] == 0.0
+        assert second.percent() == 0.0
         view = second.rollouts.view()["rollouts"][0]
         assert view["state"] == "rolled_back"
         assert "error_rate_high" in view["reason"]
@@ -357,4 +357,4 @@ class TestRestore:
         w = _world(tmp_path)
         w.rollouts.restore()
         assert "no such flag" in w.rollouts.problems[0]
-        assert "gone" not in w.flags.values
+        assert w.changes == []

@@ -64,8 +64,8 @@ class FlagControl(Protocol):
         """The share of players a flag is on for now (0-100)."""
         ...
 
-    def set_percent(self, name: str, pct: float, *, reason: str) -> None:
-        """Change a flag's share of players."""
+    def set_percent(self, name: str, pct: float, *, reason: str, source: str = ...) -> None:
+        """Change a flag's share of players (``source``: who, for its listeners)."""
         ...
 
 
@@ -138,7 +138,7 @@ class Rollouts:
                     f"rollout of {rollout.flag!r}: no such flag in the config any more",
                 )
                 continue
-            self.flags.set_percent(
+            self._set(
                 rollout.flag, rollout.percent, reason=f"rollout restored ({rollout.state.value})"
             )
             self._log.info(
@@ -149,6 +149,9 @@ class Rollouts:
                 step=rollout.step + 1,
                 watched=round(rollout.watched, 3),
             )
+
+    def _set(self, flag: str, pct: float, *, reason: str) -> None:
+        self.flags.set_percent(flag, pct, reason=reason, source="rollout")
 
     def _problem(self, event: str, text: str) -> None:
         self.problems.append(text)
@@ -289,7 +292,7 @@ class Rollouts:
                 f"(now {self.rollouts[flag].state.value}): nothing changed"
             )
         self.rollouts[flag] = after
-        self.flags.set_percent(flag, after.percent, reason=why)
+        self._set(flag, after.percent, reason=why)
         self._log.info(
             "rollout.changed", flag=flag, state=after.state.value, percent=after.percent, why=why
         )
@@ -309,7 +312,7 @@ class Rollouts:
 
     def _roll_back(self, rollout: Rollout, rule: str) -> None:
         rollout.roll_back(self.clock(), self.wall(), rule=rule)
-        self.flags.set_percent(rollout.flag, rollout.percent, reason=rollout.reason)
+        self._set(rollout.flag, rollout.percent, reason=rollout.reason)
         self._log.warning(
             "rollout.rolled_back",
             flag=rollout.flag,
@@ -348,7 +351,7 @@ class Rollouts:
                 continue
             if not rollout.advance(now, wall):
                 continue
-            self.flags.set_percent(
+            self._set(
                 rollout.flag, rollout.percent, reason=f"rollout {rollout.state.value}"
             )
             if rollout.state is State.COMPLETED:
