@@ -25,7 +25,7 @@ from typing import Any, Final
 import attrs
 
 from .._core._snapshot import _fsync_directory
-from .._files import check_output_path
+from .._files import UnsafePathError, check_output_path, read_config_bytes
 
 __all__ = ["FILE_NAME", "FORMAT", "RolloutFile"]
 
@@ -40,10 +40,8 @@ def _records(data: bytes) -> list[Mapping[str, Any]]:
     """The records in a file's bytes.
 
     Raises:
-        ValueError: too large, not JSON, or not a rollouts record of this format.
+        ValueError: not JSON, or not a rollouts record of this format.
     """
-    if len(data) > MAX_BYTES:
-        raise ValueError(f"larger than {MAX_BYTES} bytes")
     doc = json.loads(data.decode("utf-8"))
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError(f"not a format {FORMAT} rollouts record")
@@ -67,17 +65,20 @@ class RolloutFile:
         """The records in the file, and what was wrong with it (None if nothing).
 
         A missing file is no rollouts. A bad one is moved aside (its new
-        name is in the problem) and read as no rollouts.
+        name is in the problem) and read as no rollouts. Called once at start
+        (before any save): temporary files of a save killed half-way are removed.
         """
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read(MAX_BYTES + 1)
-        except FileNotFoundError:
+        # A save killed half-way left its temporary file: it was never the record.
+        for stale in self.directory.glob(f".{FILE_NAME}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        if not os.path.lexists(self.path):
             return [], None
-        except OSError as exc:
-            return [], f"{self.path}: {exc.strerror or exc}"
         try:
-            return _records(data), None
+            # Refuses a FIFO (which would block the open), a device, a directory.
+            return _records(read_config_bytes(self.path, MAX_BYTES)), None
+        except UnsafePathError as exc:
+            return [], self._aside(exc.problem)
         except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             return [], self._aside(str(exc))
 
