@@ -351,9 +351,7 @@ class Rollouts:
                 continue
             if not rollout.advance(now, wall):
                 continue
-            self._set(
-                rollout.flag, rollout.percent, reason=f"rollout {rollout.state.value}"
-            )
+            self._set(rollout.flag, rollout.percent, reason=f"rollout {rollout.state.value}")
             if rollout.state is State.COMPLETED:
                 detail = f"completed at {rollout.percent:g} %"
                 self._queue_audit("rollout_complete", rollout, detail)
