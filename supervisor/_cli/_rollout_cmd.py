@@ -14,8 +14,9 @@ it imports the runtime only when called.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 import click
@@ -46,6 +47,7 @@ __all__ = ["attach_rollouts_to_run", "rollout"]
 
 #: Answers that mean "the request was wrong" (a bad value, an unknown flag): exit 2.
 _BAD_REQUEST = frozenset({400, 404})
+_OPTION: Final = re.compile(r"^--[a-z-]+: ")
 _STYLE = {"running": "cyan", "paused": "yellow", "completed": "green",
           "rolled_back": "bold red", "aborted": "dim"}  # fmt: skip
 
@@ -57,7 +59,8 @@ def _checked(check: Any) -> Any:
         try:
             check(value)
         except RolloutInputError as exc:
-            raise click.BadParameter(str(exc).removeprefix(f"{_param.opts[0]}: ")) from None
+            # The server's message names the option; click names it too.
+            raise click.BadParameter(_OPTION.sub("", str(exc), count=1)) from None
         return value
 
     return callback

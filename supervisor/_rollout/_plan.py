@@ -117,7 +117,9 @@ def parse_steps(text: object, *, above: float = 0.0) -> tuple[float, ...]:
         if value <= 0:
             raise RolloutInputError("--steps: a step must be above 0")
         if steps and value <= steps[-1]:
-            raise RolloutInputError(f"--steps must increase: {part} comes after {steps[-1]:g}")
+            raise RolloutInputError(
+                f"--steps: {part} comes after {steps[-1]:g}: they must increase"
+            )
         steps.append(value)
     if steps[0] <= above:
         raise RolloutInputError(
@@ -138,7 +140,7 @@ def parse_every(text: object) -> float:
     except ValueError as exc:
         raise RolloutInputError(f"--every: {exc}") from None
     if not EVERY_MIN <= seconds <= EVERY_MAX:
-        raise RolloutInputError(f"--every {text}: must be from 1s to 30d")
+        raise RolloutInputError(f"--every: {text!r} must be from 1s to 30d")
     return seconds
 
 
