@@ -159,6 +159,22 @@ class TestSchedule:
         await _start(world, steps="1,2", every="10s")
         assert world.rollouts.checkpoint_every() == CHECKPOINT_EVERY
 
+    async def test_someone_else_setting_the_flag_pauses(
+        self, world: World, clock: trio.testing.MockClock
+    ) -> None:
+        """Code setting the percent by hand pauses the rollout instead of being overwritten."""
+        t0 = trio.current_time()
+        await _start(world)
+        world.flags.listeners.append(world.rollouts.flag_changed)
+        world.flags.set_percent("new_shop", 3.0, reason="hotfix", source="code")
+        rollout = world.rollouts.rollouts["new_shop"]
+        assert rollout.state is State.PAUSED
+        assert rollout.reason == "percent set to 3 by code (hotfix)"
+        await _sleep_until(t0 + 99999)
+        assert world.percent() == 3.0  # never overwritten
+        assert world.record()[0]["state"] == "paused"
+        assert world.audit[-1][0] == "rollout_pause"
+
 
 class TestRollback:
     async def test_rule_firing_rolls_back_to_the_last_safe_percent(

@@ -329,6 +329,23 @@ class Rollouts:
         self._dirty = True
         self._wake.set()
 
+    def flag_changed(self, change: Any) -> None:
+        """A flag's percent was set (a ``FlagChange``): by someone else, its running rollout pauses.
+
+        Climbing on would overwrite what they set; paused, it waits for an
+        operator's resume (or abort), and a named rule firing still rolls it back.
+        """
+        source = getattr(change, "source", "rollout")
+        rollout = self.rollouts.get(getattr(change, "flag", None))  # type: ignore[arg-type]
+        if source == "rollout" or rollout is None or rollout.state is not State.RUNNING:
+            return
+        reason = f"percent set to {change.new:g} by {source} ({change.reason})"
+        rollout.pause(self.clock(), self.wall(), by=str(source), reason=reason)
+        self._log.warning("rollout.paused", flag=rollout.flag, detail=reason)
+        self._queue_audit("rollout_pause", rollout, reason)
+        self._dirty = True
+        self._wake.set()
+
     def _queue_audit(self, action: str, rollout: Rollout, detail: str, **more: Any) -> None:
         if self.audit is None:
             return

@@ -107,6 +107,9 @@ def attach_rollouts(sup: Supervisor, *, audit: AuditSink | None = None) -> Rollo
         rollouts.firing = lambda: [st.rule.name for st in engine.evaluator.firing()]
         engine.on_firing.append(lambda rule: rollouts.rule_fired(rule.name))
         rollouts.on_rollback.append(lambda rollout: _alert_rollback(engine, rollout))
+    listeners = getattr(flags, "listeners", None)
+    if isinstance(listeners, list):  # someone else setting a flag pauses its rollout
+        listeners.append(rollouts.flag_changed)
     rollouts.restore()
     _ROLLOUTS[sup] = rollouts
     sup.status_sections["rollouts"] = rollouts.view
