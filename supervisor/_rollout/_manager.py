@@ -308,7 +308,11 @@ class Rollouts:
         """
         for rollout in list(self.rollouts.values()):
             if rollout.state.active and rule in rollout.rollback_on:
-                self._roll_back(rollout, rule)
+                try:
+                    self._roll_back(rollout, rule)
+                except Exception:  # never break the alert engine; the service retries
+                    self._log.exception("rollout.rollback_failed", flag=rollout.flag, rule=rule)
+                    self._wake.set()
 
     def _roll_back(self, rollout: Rollout, rule: str) -> None:
         rollout.roll_back(self.clock(), self.wall(), rule=rule)
