@@ -95,7 +95,7 @@ def module_name(path: Path, root: Path) -> str:
 def layer_of(name: str) -> Layer:
     """The layer of a ``supervisor`` module, by its place in the package."""
     parts = name.split(".")
-    if len(parts) == 1 or parts[1] in {"testing", "__main__"}:
+    if len(parts) == 1 or parts[1] in {"testing", "__main__", "openfeature"}:
         return Layer.PUBLIC
     if parts[1] in LEAVES:
         return Layer.LEAF

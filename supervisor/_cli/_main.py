@@ -26,6 +26,7 @@ from ._client import COMMANDS, DEFAULT_CONFIG, EXIT_USAGE, bounded, fail, make_c
 from ._config_cmd import config
 from ._errors_cmd import errors as errors_command
 from ._errors_cmd import report as report_command
+from ._experiments_cmd import experiments
 from ._operator import OPERATOR_COMMANDS
 from ._rollout_cmd import rollout
 from ._status_cmd import status
@@ -247,7 +248,7 @@ def systems(config_path: str | None, as_json: bool) -> None:
     click.echo("✓ enabled in the config (supervisor run would start it)")
 
 
-for _command in (status, *COMMANDS, *OPERATOR_COMMANDS, config, alerts):
+for _command in (status, *COMMANDS, *OPERATOR_COMMANDS, config, alerts, experiments):
     cli.add_command(_command)
 cli.add_command(errors_command)
 cli.add_command(report_command)

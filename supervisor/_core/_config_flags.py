@@ -75,6 +75,15 @@ def _unknown(table: Mapping[str, Any], known: list[str], where: str) -> None:
             raise ConfigError("unknown key" + suggest(str(key), known), key=f"{where}.{key}")
 
 
+def _table(section: str, name: str, table: object, known: list[str]) -> str:
+    """``SECTION.NAME``, once ``table`` is checked to be a table of ``known`` keys only."""
+    where = f"{section}.{name}"
+    if not isinstance(table, Mapping):
+        raise ConfigError("expected a table", key=where)
+    _unknown(table, known, where)
+    return where
+
+
 @attrs.frozen(kw_only=True)
 class FlagConfig:
     """One ``[flags.NAME]`` table.
@@ -109,10 +118,7 @@ class FlagConfig:
         Raises:
             ConfigError: an unknown key or a bad value, naming ``flags.NAME.key``.
         """
-        where = f"flags.{name}"
-        if not isinstance(table, Mapping):
-            raise ConfigError("expected a table", key=where)
-        _unknown(table, ["enabled", "percent", "segments"], where)
+        where = _table("flags", name, table, ["enabled", "percent", "segments"])
         segments = table.get("segments", [])
         if not isinstance(segments, list):
             raise ConfigError("expected a list of segment names", key=f"{where}.segments")
@@ -206,10 +212,9 @@ class ExperimentConfig:
         Raises:
             ConfigError: an unknown key or a bad value, naming ``experiments.NAME.key``.
         """
-        where = f"experiments.{name}"
-        if not isinstance(table, Mapping):
-            raise ConfigError("expected a table", key=where)
-        _unknown(table, ["arms", "enabled", "systems", "assign", "recovery"], where)
+        where = _table(
+            "experiments", name, table, ["arms", "enabled", "systems", "assign", "recovery"]
+        )
         if "arms" not in table:
             raise ConfigError("an experiment needs arms, such as {a = 50, b = 50}", key=where)
         parts: dict[str, Any] = {}

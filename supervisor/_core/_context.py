@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -77,7 +77,18 @@ class Context:
     into 50 contexts on every tick.
     """
 
-    __slots__ = ("_flags", "_host", "_key_of", "_loop", "_slot", "_values", "log", "name")
+    __slots__ = ("_flags", "_host", "_key_of", "_loop", "_slot", "_values", "flag", "log", "name")
+
+    #: ``flag(name, player_id=None) -> bool``: whether ``[flags.NAME]`` is on for
+    #: ``player_id`` (without one: whether it is on for everyone, enabled at
+    #: 100 %). A stable hash of the flag and the player, so a player keeps the
+    #: answer while the percent grows, and the int 42 is the same player as
+    #: ``"42"``; a player in one of the flag's ``segments`` always has it. Costs
+    #: well under a microsecond and keeps nothing per player. Raises
+    #: ``UnknownFlagError`` (a KeyError naming the nearest flag) for an unknown
+    #: name, TypeError for a player id that is not an int or a str. It is the
+    #: supervisor's ``Flags.flag`` itself, bound here: the hot path makes one call.
+    flag: Callable[[str, int | str | None], bool]
 
     def __init__(self, host: ContextHost, slot: _Slot, log: Any) -> None:
         self._host = host
@@ -87,6 +98,7 @@ class Context:
         self._key_of = host.gauge_keys.get
         self._values = host.gauges
         self._flags = host.flags
+        self.flag = host.flags.flag
         self.name = slot.name
         #: A structlog logger bound to this system's name.
         self.log = log
@@ -154,19 +166,6 @@ class Context:
     def request_emergency(self, reason: str) -> None:
         """Ask for an emergency shutdown; it begins once the current step returns."""
         self._host.request_emergency(f"{self.name}: {reason}", source=f"system:{self.name}")
-
-    def flag(self, name: str, player_id: int | str | None = None) -> bool:
-        """Whether ``[flags.NAME]`` is on for ``player_id`` (without one: on for everyone).
-
-        A stable hash of the flag and the player: a player keeps the answer
-        while the percent grows, and the int 42 is the same player as ``"42"``.
-        Costs well under a microsecond and keeps nothing per player.
-
-        Raises:
-            KeyError: no such flag (``UnknownFlagError``, naming the nearest one).
-            TypeError: the player id is not an int or a str.
-        """
-        return self._flags.flag(name, player_id)
 
     def variant(self, experiment: str, player_id: int | str) -> str:
         """The arm of ``[experiments.NAME]`` ``player_id`` is in (``"a"``, ``"b"``...).

@@ -27,7 +27,7 @@ import trio
 from ._histogram import HistogramStats
 from ._kernel import Kernel
 
-__all__ = ["SIGNIFICANCE", "TEST_NAME", "attach_experiments", "experiments_report", "rate_test"]
+__all__ = ["SIGNIFICANCE", "TEST_NAME", "attach_experiments", "experiments_view", "rate_test"]
 
 TEST_NAME = "two-sample Poisson rate test (pooled z, normal approximation)"
 #: p-value under which a difference is called significant.
@@ -76,7 +76,7 @@ def attach_experiments(sup: Any, k: Kernel) -> None:
 
     sup.phase_listeners.append(follow_phase)
     if k.active.flags or k.active.experiments:
-        sup.status_sections["flags"] = lambda: experiments_report(sup, k)
+        sup.status_sections["flags"] = lambda: experiments_view(sup)
     if not k.active.experiments:
         return
     sup.record_sinks.append(lambda record: k.flags.count_error(record.system))
@@ -96,26 +96,31 @@ def _ms(stats: HistogramStats) -> dict[str, float]:
     return {"p50_ms": stats.p50 * 1e3, "p99_ms": stats.p99 * 1e3, "count": stats.count}
 
 
-def experiments_report(sup: Any, k: Kernel) -> dict[str, Any]:
-    """Flags and experiments as JSON (``/v1/experiments``, ``status``'s ``flags`` section)."""
-    steps: Mapping[str, HistogramStats] = {s.name: s.step for s in sup.stats().systems}
-    flags = k.flags
-    units = flags.recovery_units(k.active.recovery)
+def experiments_view(sup: Any) -> dict[str, Any]:
+    """Flags and experiments as JSON: ``GET /v1/experiments``, ``status``'s ``flags`` section.
+
+    Per arm: players counted, evaluations, player-minutes of exposure,
+    errors, errors per player-minute, and the unit systems of a per-arm
+    recovery policy with their state; per experiment, each arm's rate test
+    against the control and the step time of the systems that read it.
+    """
+    flags = getattr(sup, "flags", None)
+    empty = {"flags": [], "experiments": [], "test": TEST_NAME, "significance": SIGNIFICANCE}
+    if flags is None:
+        return empty
+    systems = {s.name: s for s in sup.statistics().systems}
+    units = flags.recovery_units(sup.active_config.recovery)
     return {
+        **empty,
         "flags": flags.describe(),
         "experiments": [
-            _experiment(flags.counters(name), steps, units, k) for name in flags.experiment_names()
+            _experiment(flags.counters(name), systems, units) for name in flags.experiment_names()
         ],
-        "test": TEST_NAME,
-        "significance": SIGNIFICANCE,
     }
 
 
 def _experiment(
-    c: Mapping[str, Any],
-    steps: Mapping[str, HistogramStats],
-    units: Mapping[str, tuple[str, str, Any]],
-    k: Kernel,
+    c: Mapping[str, Any], systems: Mapping[str, Any], units: Mapping[str, tuple[str, str, Any]]
 ) -> dict[str, Any]:
     arms: list[dict[str, Any]] = []
     for i, arm in enumerate(c["arms"]):
@@ -132,8 +137,9 @@ def _experiment(
                 "systems": [
                     {
                         "name": n,
-                        "state": k.slots[n].breaker.state.value if n in k.slots else "absent",
+                        "state": systems[n].state if n in systems else "absent",
                         "max_restarts": units[n][2].max_restarts,
+                        "backoff_initial": units[n][2].backoff_initial,
                     }
                     for n in mine
                 ],
@@ -149,7 +155,7 @@ def _experiment(
             {
                 "arm": other["arm"],
                 "control": control["arm"],
-                "z": None if result is None else round(result[0], 4),
+                "z": None if result is None else result[0],
                 "p": None if result is None else result[1],
                 "significant": result is not None and result[1] < SIGNIFICANCE,
             }
@@ -161,6 +167,8 @@ def _experiment(
         "arms": arms,
         "comparisons": comparisons,
         "systems": [
-            {"name": name, "step": _ms(steps[name])} for name in c["systems"] if name in steps
+            {"name": name, "step": _ms(systems[name].step)}
+            for name in c["systems"]
+            if name in systems
         ],
     }

@@ -53,6 +53,7 @@ from .._address import MAX_ERRORS_LIMIT
 from .._alerts import alerts_view
 from .._core._config_sections import ApiConfig, TokenConfig, parse_duration
 from .._core._control import Caller, Controlled, Refused, Unknown
+from .._core._experiments import experiments_view
 from .._core._redact import Redactor
 from .._logging import get_logger
 from .._rollout._plan import RolloutInputError
@@ -561,6 +562,9 @@ class Api:
 
     async def _alerts(self) -> Answer:
         return json_answer(200, alerts_view(self.sup))
+
+    async def _experiments(self) -> Answer:
+        return json_answer(200, experiments_view(self.sup))
 
     async def _shutdown(self, *, caller: Caller, emergency: bool, reason: str) -> dict[str, Any]:
         answer = await self.sup.shutdown(emergency=emergency, reason=reason, caller=caller)

@@ -151,6 +151,7 @@ ROUTES: Final[Mapping[str, Route]] = {
         "GET", "_trends", params=frozenset({"since", "bucket", "system", "fingerprint"})
     ),
     "/v1/alerts": Route("GET", "_alerts"),
+    "/v1/experiments": Route("GET", "_experiments"),
     "/v1/shutdown": Route("POST", "_shutdown", action="shutdown"),
     "/v1/restart": Route("POST", "_restart", action="restart"),
     "/v1/phase": Route("POST", "_phase", action="phase"),
