@@ -124,6 +124,14 @@ def folder() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _flag_percent(run: Running) -> float:
+    """The percent ``sup.flags`` is at, as status reports it (not the rollout's own word)."""
+    out = run.ctl("status", "--json")
+    assert out.returncode == 0, out.stderr
+    (flag,) = json.loads(out.stdout)["flags"]["flags"]
+    return float(flag["percent"])
+
+
 def _refused_in_one_line(run: Running, *args: str, says: str) -> None:
     out = run.ctl("rollout", *args)
     assert out.returncode == 2, (out.stdout, out.stderr)
@@ -158,6 +166,7 @@ def test_climbs_rolls_back_and_stays_rolled_back_after_kill_9(folder: Path) -> N
         assert fired_at >= 50.0  # the large step, never the small ones
         safe = climbed[-2]
         assert rollout["percent"] == safe
+        assert _flag_percent(run) == safe
         assert (
             f"alert rule 'shop_errors' fired at step {len(climbed)} ({fired_at:g} %)"
             in (rollout["reason"])
@@ -174,6 +183,7 @@ def test_climbs_rolls_back_and_stays_rolled_back_after_kill_9(folder: Path) -> N
         rollout = _rollout(run)
         assert rollout is not None
         assert (rollout["state"], rollout["percent"]) == ("rolled_back", safe)
+        assert _flag_percent(run) == safe  # restored before the first tick
         assert "alert rule 'shop_errors' fired" in rollout["reason"]
         assert '"event": "rollout.restored"' in run.log()
         text = run.ctl("rollout", "status")

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from .._alerts import AlertEngine, engine_for
-from .._alerts._delivery import alertmanager_alert
 from .._alerts._evaluator import State as AlertState
 from .._core._control import Unknown
 from ._file import RolloutFile
@@ -72,6 +71,11 @@ async def rollout_act(
 
 def _alert_rollback(engine: AlertEngine, rollout: Rollout) -> None:
     """Tell the alert destinations a rollout was rolled back (a page-severity alert)."""
+    if not engine.destinations:
+        return
+    # The delivery module loads httpx: only a run with a destination pays for it.
+    from .._alerts._delivery import alertmanager_alert  # noqa: PLC0415
+
     wall = time.time()
     alert = alertmanager_alert(
         name=ROLLBACK_ALERT,
