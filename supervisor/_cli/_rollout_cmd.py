@@ -95,7 +95,7 @@ def rollout() -> None:
     """
 
 
-@rollout.command()
+@rollout.command(epilog=EPILOG)
 @click.argument("flag", callback=_checked(lambda v: check_name("flag", v)))
 @click.option(
     "--steps",
@@ -133,6 +133,11 @@ def start(
     If a --rollback-on rule fires during a step, FLAG goes back to the last
     step watched in full (or its percent before the rollout) and the rollout
     stops with the reason. Needs the operator role.
+
+    \b
+    Example:
+      supervisor rollout start new_shop --steps 1,5,25,100 --every 10m \\
+          --rollback-on error_rate_high --reason "launch the new shop"
     """
     body = {"steps": steps, "every": every, "rollback_on": list(rollback_on), "reason": reason}
     _post(api, config_path, flag, "start", body)
@@ -145,8 +150,9 @@ def _verb_command(verb: str, text: str) -> click.Command:
     def command(flag: str, reason: str, api: str | None, config_path: str | None) -> None:
         _post(api, config_path, flag, verb, {"reason": reason})
 
-    command.__doc__ = text
-    return rollout.command(name=verb)(command)
+    example = f'supervisor rollout {verb} new_shop --reason "..."'
+    command.__doc__ = f"{text}\n\n\b\nExample:\n  {example}\n"
+    return rollout.command(name=verb, epilog=EPILOG)(command)
 
 
 _verb_command("pause", "Hold FLAG's rollout at its step (a named rule firing still rolls it back).")
@@ -188,11 +194,16 @@ def _print_rollouts(data: Mapping[str, Any]) -> None:
         console.print(f"problem: {problem}", markup=False, highlight=False)
 
 
-@rollout.command()
+@rollout.command(epilog=EPILOG)
 @api_options
 @json_option
 def status(api: str | None, config_path: str | None, as_json: bool) -> None:
-    """Each flag's rollout: state, percent, step, time to the next step, reason."""
+    """Each flag's rollout: state, percent, step, time to the next step, reason.
+
+    \b
+    Example:
+      supervisor rollout status --json
+    """
     data = api_get(api, config_path, "/v1/rollouts")
     if as_json:
         echo_json(data)
