@@ -95,7 +95,9 @@ def test_the_arm_that_fails_more_shows_it() -> None:
     assert a["arm"] == "a"
     assert b["errors"] > 5 * a["errors"] > 0
     assert a["players"] + b["players"] == 100
-    assert a["player_minutes"] > 0
+    # Exposure: each evaluation covers the system's step, 1/30 s on the MockClock.
+    assert a["player_minutes"] == pytest.approx(a["evaluations"] / 30 / 60)
+    assert b["player_minutes"] == pytest.approx(b["evaluations"] / 30 / 60)
     assert b["errors_per_player_minute"] > a["errors_per_player_minute"]
     (cmp,) = exp["comparisons"]
     assert cmp["significant"]
@@ -105,9 +107,14 @@ def test_the_arm_that_fails_more_shows_it() -> None:
 
 
 class _Shard:
-    """Fails every step: only its recovery budget decides how long it keeps being retried."""
+    """Serves 10 players, then fails: only its recovery budget decides how long it is retried."""
+
+    def __init__(self, first: int = 0) -> None:
+        self.first = first
 
     def tick(self, ctx: Any) -> None:
+        for player in range(self.first, self.first + 10):
+            ctx.variant("retry", player)
         raise RuntimeError("shard down")
 
 
@@ -124,7 +131,8 @@ def test_recovery_policy_per_arm() -> None:
             }
         },
     }
-    run = run_systems(named={"shard_1": _Shard(), "shard_2": _Shard()}, ticks=20, config=config)
+    shards = {"shard_1": _Shard(0), "shard_2": _Shard(10)}
+    run = run_systems(named=shards, ticks=20, config=config)
     errors = {s.name: s.errors for s in run.supervisor.statistics().systems}
     assert errors == {"shard_1": 20, "shard_2": 1}  # shard_2 waits out its 5 s backoff
     breakers = {name: run.supervisor._k.slots[name].breaker for name in errors}
@@ -135,6 +143,11 @@ def test_recovery_policy_per_arm() -> None:
         ["shard_2"],
     ]
     assert [arm["systems"][0]["max_restarts"] for arm in exp["arms"]] == [1000, 0]
+    # Every player a shard serves is in the shard's arm; the strict arm kept its
+    # 10 players for one step, the patient one for all 20.
+    assert [arm["players"] for arm in exp["arms"]] == [10, 10]
+    assert [arm["evaluations"] for arm in exp["arms"]] == [200, 10]
+    assert [arm["errors"] for arm in exp["arms"]] == [20, 1]
 
 
 def test_the_arm_budget_outlives_a_phase_change() -> None:
@@ -219,3 +232,22 @@ class TestConfig:
         arms = {f"a{i}": 1 for i in range(17)}
         with pytest.raises(ConfigError, match="expected 1 to 16 arms"):
             Config.from_mapping({"experiments": {"e": {"arms": arms}}}, env={})
+
+
+def test_an_arm_backoff_above_the_base_max_raises_the_max() -> None:
+    config = Config.from_mapping(
+        {
+            "recovery": {"backoff_max": 10},
+            "experiments": {
+                "retry": {
+                    "arms": {"a": 1},
+                    "systems": ["s"],
+                    "recovery": {"a": {"backoff_initial": 30}},
+                }
+            },
+        },
+        env={},
+    )
+    policy = config.experiments["retry"].recovery_for("a", config.recovery)
+    assert (policy.backoff_initial, policy.backoff_max) == (30.0, 30.0)
+    assert config.experiments["retry"].recovery_for("b", config.recovery) is config.recovery

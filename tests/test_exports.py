@@ -270,6 +270,8 @@ def _supervisor_modules() -> list[types.ModuleType]:
 #: Classes of ``supervisor`` a public signature may name without exporting
 #: them, each with the reason a user never needs to import it.
 NOT_FOR_USERS: dict[str, str] = {
+    "Reader": "what ctx.variant is bound to: Flags.reader makes one per system at "
+    "registration; a plugin calls ctx.variant and never names it",
     "Renderer": "what configure_logging returns so that `run` can switch the log format "
     "to JSON on entering PRODUCTION; a user keeps the object, never builds or names it",
     "_Slot": "the slot Context(host, slot, log) is built with, by the supervisor",

@@ -201,9 +201,18 @@ class ExperimentConfig:
         return tuple(arm for arm, _ in self.arms)
 
     def recovery_for(self, arm: str, base: RecoveryConfig) -> RecoveryConfig:
-        """``base`` with ``arm``'s overrides (``base`` itself when it has none)."""
+        """``base`` with ``arm``'s overrides (``base`` itself when it has none).
+
+        An arm's ``backoff_initial`` above the base's ``backoff_max`` (which a
+        phase overlay may lower) raises the max with it, so this never fails
+        at a phase change.
+        """
         overrides = dict(self.recovery).get(arm)
-        return attrs.evolve(base, **dict(overrides)) if overrides else base
+        if not overrides:
+            return base
+        merged = {**attrs.asdict(base), **dict(overrides)}
+        merged["backoff_max"] = max(merged["backoff_max"], merged["backoff_initial"])
+        return RecoveryConfig(**merged)
 
     @classmethod
     def from_table(cls, name: str, table: Any) -> ExperimentConfig:

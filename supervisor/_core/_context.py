@@ -77,7 +77,8 @@ class Context:
     into 50 contexts on every tick.
     """
 
-    __slots__ = ("_flags", "_host", "_key_of", "_loop", "_slot", "_values", "flag", "log", "name")
+    __slots__ = ("_flags", "_host", "_key_of", "_loop", "_slot", "_values", "flag", "log", "name",
+                 "variant")  # fmt: skip
 
     #: ``flag(name, player_id=None) -> bool``: whether ``[flags.NAME]`` is on for
     #: ``player_id`` (without one: whether it is on for everyone, enabled at
@@ -89,6 +90,14 @@ class Context:
     #: name, TypeError for a player id that is not an int or a str. It is the
     #: supervisor's ``Flags.flag`` itself, bound here: the hot path makes one call.
     flag: Callable[[str, int | str | None], bool]
+    #: ``variant(experiment, player_id) -> str``: the arm of ``[experiments.NAME]``
+    #: the player is in (``"a"``, ``"b"``...), by the same stable hash with the
+    #: experiment's name. Counts the player for that arm and this system's next
+    #: error as that arm's: read it just before serving the player. Raises
+    #: ``UnknownExperimentError`` (a KeyError) for an unknown name, TypeError
+    #: for a player id that is not an int or a str. This system's own
+    #: ``Reader.variant``, bound here: the hot path makes one call.
+    variant: Callable[[str, int | str], str]
 
     def __init__(self, host: ContextHost, slot: _Slot, log: Any) -> None:
         self._host = host
@@ -99,6 +108,7 @@ class Context:
         self._values = host.gauges
         self._flags = host.flags
         self.flag = host.flags.flag
+        self.variant = host.flags.reader(slot.name, host.loop, slot).variant
         self.name = slot.name
         #: A structlog logger bound to this system's name.
         self.log = log
@@ -167,25 +177,11 @@ class Context:
         """Ask for an emergency shutdown; it begins once the current step returns."""
         self._host.request_emergency(f"{self.name}: {reason}", source=f"system:{self.name}")
 
-    def variant(self, experiment: str, player_id: int | str) -> str:
-        """The arm of ``[experiments.NAME]`` ``player_id`` is in (``"a"``, ``"b"``...).
-
-        Counts the player for that arm, and this system's next error as that
-        arm's: read it just before serving the player.
-
-        Raises:
-            KeyError: no such experiment (``UnknownExperimentError``).
-            TypeError: the player id is not an int or a str.
-        """
-        return self._flags.variant(
-            experiment, player_id, self.name, self._loop.dt * self._slot.every
-        )
-
     def player_segments(self, player_id: int | str, segments: Iterable[str]) -> None:
         """Tell the supervisor the segments a player is in (``()`` when the player leaves).
 
-        A flag is always on for players in one of its ``segments``. At most a
-        million players are kept; past that a call is refused and counted.
+        A flag is always on for players in one of its ``segments``. At most
+        100,000 players are kept; past that a call is refused and counted.
 
         Raises:
             TypeError: the player id is not an int or a str, or a segment not a str.

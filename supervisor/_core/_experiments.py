@@ -5,9 +5,13 @@ system, so the unit of a recovery experiment is a system, not a player. The
 systems named in ``[experiments.NAME] systems`` (usually shards of one class)
 are split into arms by the same stable hash (or pinned with ``assign``), and
 each gets its arm's ``[experiments.NAME.recovery.ARM]`` budget on top of
-``[recovery]``. Players are still split per player by ``ctx.variant``: an
-error counts for the arm the failing system last served (``Flags.count_error``),
-so the per-arm error rates compare what players in each arm went through.
+``[recovery]``. Every player such a system serves is in the system's arm:
+its ``ctx.variant`` answers the system's arm, so the players, player-minutes
+and errors of an arm are those of the shards under that policy, and a policy
+that keeps its shards quarantined shows fewer player-minutes (fewer players
+kept playing). In an experiment without units players are split per player,
+and an error counts for the arm the failing system last served
+(``Flags.count_error``).
 
 The significance test on error rates is the two-sample Poisson rate test
 (pooled-rate z statistic, normal approximation; Przyborowski & Wilenski's

@@ -53,6 +53,7 @@ __all__ = [
     "MAX_SEGMENT_PLAYERS",
     "FlagChange",
     "Flags",
+    "Reader",
     "UnknownExperimentError",
     "UnknownFlagError",
     "bucket",
@@ -60,7 +61,8 @@ __all__ = [
 
 BUCKETS: Final = 10_000
 #: Players whose segments are kept (``ctx.player_segments``); more are refused, counted.
-MAX_SEGMENT_PLAYERS: Final = 1_000_000
+#: (About 150 bytes a player: the set of segments is shared by every player in it.)
+MAX_SEGMENT_PLAYERS: Final = 100_000
 #: Distinct players counted per experiment; past it players are still served, not counted.
 MAX_PLAYERS_SEEN: Final = 100_000
 _crc32 = zlib.crc32
@@ -152,7 +154,7 @@ class _Experiment:
     """One experiment: its bucket -> arm table and its counters per arm."""
 
     __slots__ = ("arms", "config", "enabled", "errors", "evals", "exposure", "last_arm", "name",
-                 "players", "seed", "seen", "table")  # fmt: skip
+                 "players", "seed", "seen", "table", "units")  # fmt: skip
 
     def __init__(self, config: ExperimentConfig) -> None:
         self.name = config.name
@@ -163,8 +165,8 @@ class _Experiment:
         self.errors = [0] * n
         self.exposure = [0.0] * n
         self.players = [0] * n
-        #: Keys of players counted (bounded by MAX_PLAYERS_SEEN).
-        self.seen: set[str] = set()
+        #: CRCs of the players counted (bounded by MAX_PLAYERS_SEEN).
+        self.seen: set[int] = set()
         #: The arm each reading system was last given: its next error counts for that arm.
         self.last_arm: dict[str, int] = {}
         self.configure(config)
@@ -186,6 +188,9 @@ class _Experiment:
             table[edge:end] = bytes([i]) * (end - edge)
             edge = end
         self.table = bytes(table)
+        #: Unit system -> its arm's index: every player such a system serves is
+        #: in the system's arm (the arm whose recovery policy it runs under).
+        self.units = {unit: self.arms.index(self.arm_of_unit(unit)) for unit in config.systems}
 
     def arm_of_unit(self, unit: str) -> str:
         """The arm of a system (a recovery unit): pinned by ``assign``, else hashed."""
@@ -195,6 +200,55 @@ class _Experiment:
         if not self.enabled:
             return self.arms[0]
         return self.arms[self.table[bucket(self.name, unit)]]
+
+
+class Reader:
+    """One system's view of the experiments: ``ctx.variant`` is its ``variant``.
+
+    It knows the system and its step, so each evaluation counts exposure
+    (player-seconds: the step it serves the player for) and remembers the arm
+    the system's next error counts for, without ``ctx`` passing them on every
+    call (the hot path makes one call).
+    """
+
+    __slots__ = ("_experiments", "_loop", "_slot", "system")
+
+    def __init__(
+        self, experiments: dict[str, _Experiment], system: str | None, loop: Any, slot: Any
+    ) -> None:
+        self._experiments = experiments
+        self.system = system
+        self._loop = loop
+        self._slot = slot
+
+    def variant(self, name: str, player_id: int | str) -> str:
+        """The arm of ``[experiments.NAME]`` the player is in (see ``Context.variant``).
+
+        Raises:
+            UnknownExperimentError: no ``[experiments.NAME]``.
+            TypeError: the player id is not an int or a str.
+        """
+        e = self._experiments.get(name)
+        if e is None:
+            raise UnknownExperimentError(_unknown("experiment", name, self._experiments))
+        kind = type(player_id)
+        key: str = player_id if kind is str else str(player_id) if kind is int else _refuse(kind)  # type: ignore[assignment]
+        h = _crc32(key.encode(), e.seed)
+        arm = e.table[(h * 2654435761 & 0xFFFFFFFF) * 10000 >> 32] if e.enabled else 0
+        if e.units:
+            arm = e.units.get(self.system, arm)  # type: ignore[arg-type]
+        e.evals[arm] += 1
+        slot = self._slot
+        if slot is not None:
+            e.exposure[arm] += self._loop.dt * slot.every
+            e.last_arm[self.system] = arm  # type: ignore[index]
+        # Players are told apart by their CRC (an int hashes for free; two of
+        # 100,000 players share one about once: a count, not an identity).
+        seen = e.seen
+        if h not in seen and len(seen) < MAX_PLAYERS_SEEN:
+            seen.add(h)
+            e.players[arm] += 1
+        return e.arms[arm]
 
 
 class Flags:
@@ -209,10 +263,12 @@ class Flags:
         self._experiments: dict[str, _Experiment] = {}
         #: Player key -> the segments a system said it is in.
         self._segments: dict[str, frozenset[str]] = {}
+        self._combinations: dict[frozenset[str], frozenset[str]] = {}
         #: Called with a FlagChange after every ``set_percent``.
         self.listeners: list[Callable[[FlagChange], None]] = []
         #: ``player_segments`` calls refused because the table was full.
         self.segments_refused = 0
+        self._anonymous = Reader(self._experiments, None, None, None)
 
     def configure(self, config: Config) -> None:
         """Take the flags and experiments of ``config`` (the active one); overrides are kept."""
@@ -257,37 +313,21 @@ class Flags:
             return mine is not None and not f.segments.isdisjoint(mine)
         return False
 
-    def variant(
-        self, name: str, player_id: int | str, system: str | None = None, dt: float = 0.0
-    ) -> str:
-        """The arm of experiment ``name`` that ``player_id`` is in (the control when disabled).
+    def variant(self, name: str, player_id: int | str) -> str:
+        """The arm of experiment ``name`` that ``player_id`` is in, counted for no system.
 
-        ``system`` (the reader) and ``dt`` (its step, in seconds) feed the
-        experiment's counters: exposure in player-seconds, and the arm the
-        system's next error counts for.
+        (What OpenFeature's string evaluation answers; a system's ``ctx.variant``
+        is its own ``Reader``'s, which also feeds exposure and error counts.)
 
         Raises:
             UnknownExperimentError: no ``[experiments.NAME]``.
             TypeError: the player id is not an int or a str.
         """
-        e = self._experiments.get(name)
-        if e is None:
-            raise UnknownExperimentError(_unknown("experiment", name, self._experiments))
-        kind = type(player_id)
-        key: str = player_id if kind is str else str(player_id) if kind is int else _refuse(kind)  # type: ignore[assignment]
-        arm = 0
-        if e.enabled:
-            h = _crc32(key.encode(), e.seed)
-            arm = e.table[(h * 2654435761 & 0xFFFFFFFF) * 10000 >> 32]
-        e.evals[arm] += 1
-        if system is not None:
-            e.exposure[arm] += dt
-            e.last_arm[system] = arm
-        seen = e.seen
-        if key not in seen and len(seen) < MAX_PLAYERS_SEEN:
-            seen.add(key)
-            e.players[arm] += 1
-        return e.arms[arm]
+        return self._anonymous.variant(name, player_id)
+
+    def reader(self, system: str, loop: Any, slot: Any) -> Reader:
+        """``ctx.variant`` of one system: ``loop.dt * slot.every`` is its step."""
+        return Reader(self._experiments, system, loop, slot)
 
     def set_segments(self, player_id: int | str, segments: Iterable[str]) -> None:
         """Record the segments a player is in (none: forget the player).
@@ -299,6 +339,12 @@ class Flags:
         mine = frozenset(segments)
         if not all(type(s) is str for s in mine):
             raise TypeError("segments are names (str)")
+        # One set object per combination of segments, not per player (bounded too).
+        shared = self._combinations.get(mine)
+        if shared is not None:
+            mine = shared
+        elif len(self._combinations) < MAX_SEGMENT_PLAYERS:
+            self._combinations[mine] = mine
         if not mine:
             self._segments.pop(key, None)
         elif key in self._segments or len(self._segments) < MAX_SEGMENT_PLAYERS:
@@ -385,9 +431,10 @@ class Flags:
         return sorted(self._experiments)
 
     def count_error(self, system: str) -> None:
-        """An error of ``system``: it counts for the arm each experiment last gave it."""
+        """An error of ``system``: it counts for its own arm when it is an experiment's
+        unit, else for the arm the experiment last gave it."""
         for e in self._experiments.values():
-            arm = e.last_arm.get(system)
+            arm = e.units.get(system, e.last_arm.get(system))
             if arm is not None:
                 e.errors[arm] += 1
 
