@@ -39,6 +39,7 @@ from .._logging import configure_logging, get_logger
 from ._client import EXIT_FAILED, EXIT_USAGE, fail
 from ._config_cmd import load_config, refusal
 from ._live import LiveStream, live_status
+from ._rollout_cmd import attach_rollouts_to_run
 
 __all__ = ["run_command"]
 
@@ -186,6 +187,7 @@ def _attach_services(sup: Supervisor, *, api: bool) -> tuple[type[Exception], ..
     if engine is not None and error_store is not None:
         store = error_store  # firing alerts are incidents of `supervisor report`
         engine.on_firing.append(lambda rule: store.incident("alert", rule.name))
+    attach_rollouts_to_run(sup, error_store)  # after the alerts: rollouts watch their rules
     return listen_errors
 
 

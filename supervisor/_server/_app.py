@@ -61,6 +61,8 @@ from .._core._control import Caller, Controlled, Refused, Unknown
 from .._core._experiments import experiments_view
 from .._core._redact import Redactor
 from .._logging import get_logger
+from .._rollout._plan import RolloutInputError
+from .._rollout._service import rollout_act, rollouts_view
 from .._store._query import (
     correlation,
     new_fingerprints,
@@ -91,6 +93,7 @@ from ._requests import (
     prometheus_text,
     query,
     resolve,
+    rollout_of,
     scope_peer_uid,
     server_families,
     since_param,
@@ -255,6 +258,7 @@ class Api:
         body = await self.read_body(scope, receive, media=JSON_TYPE, limit=self.api.max_body)
         arguments = validate(route.action, parse_object(body))
         arguments.update(system_of(str(scope.get("path", ""))))
+        arguments.update(rollout_of(str(scope.get("path", ""))))
         note.arguments = arguments
         # Fail closed: the attempt is on disk before anything changes, or
         # nothing changes (tests/test_api_audit.py).
@@ -427,6 +431,8 @@ class Api:
         self._log.info("api.action", action=action, caller=caller.name, **arguments)
         try:
             result = await handler(caller=caller, **arguments)
+        except RolloutInputError as exc:  # bad steps, duration or rule: the request's fault
+            raise HttpError(400, str(exc)) from None
         except Refused as exc:
             payload = {k: v for k, v in exc.payload.items() if k != "error"}
             body: dict[str, Any] = {"error": exc.detail, **payload}
@@ -635,6 +641,21 @@ class Api:
 
     async def _snapshot(self, *, caller: Caller, reason: str) -> dict[str, Any]:
         return (await self.sup.snapshot(reason=reason, caller=caller)).as_dict()
+
+    async def _rollouts(self) -> Answer:
+        return json_answer(200, rollouts_view(self.sup))
+
+    async def _rollout_start(self, *, caller: Caller, flag: str, **args: Any) -> dict[str, Any]:
+        return await rollout_act(self.sup, "start", flag, by=caller.name, **args)
+
+    async def _rollout_pause(self, *, caller: Caller, flag: str, **args: Any) -> dict[str, Any]:
+        return await rollout_act(self.sup, "pause", flag, by=caller.name, **args)
+
+    async def _rollout_resume(self, *, caller: Caller, flag: str, **args: Any) -> dict[str, Any]:
+        return await rollout_act(self.sup, "resume", flag, by=caller.name, **args)
+
+    async def _rollout_abort(self, *, caller: Caller, flag: str, **args: Any) -> dict[str, Any]:
+        return await rollout_act(self.sup, "abort", flag, by=caller.name, **args)
 
 
 def make_app(

@@ -50,6 +50,7 @@ __all__ = [
     "prometheus_text",
     "query",
     "resolve",
+    "rollout_of",
     "scope_peer_uid",
     "server_families",
     "since_param",
@@ -224,8 +225,15 @@ ROUTES: Final[Mapping[str, Route]] = {
     # A system's name is a path segment: ``resolve`` reads it (``system_of``).
     "/v1/systems/{name}/quarantine": Route("POST", "_quarantine", action="quarantine"),
     "/v1/systems/{name}/release": Route("POST", "_release", action="release"),
+    # Staged rollouts (issue 13): the flag's name is a path segment (``rollout_of``).
+    "/v1/rollouts": Route("GET", "_rollouts"),
+    **{
+        f"/v1/rollouts/{{flag}}/{verb}": Route("POST", f"_rollout_{verb}", action=f"rollout_{verb}")
+        for verb in ("start", "pause", "resume", "abort")
+    },
 }
 _SYSTEM_PATH: Final = re.compile(r"/v1/systems/([^/]{1,200})/(quarantine|release)")
+_ROLLOUT_PATH: Final = re.compile(r"/v1/rollouts/([^/]{1,128})/(start|pause|resume|abort)")
 
 # Per action: key -> (type, default); a default of _REQUIRED means the key must be
 # given, _OMITTED that an absent key stays absent (the audit line shows what was sent).
@@ -239,8 +247,17 @@ _SCHEMAS: Final[Mapping[str, Mapping[str, tuple[type, Any]]]] = {
     "quarantine": {"reason": (str, "")},
     "release": {"reason": (str, "")},
     "snapshot": {"reason": (str, "")},
+    "rollout_start": {
+        "steps": (str, _REQUIRED),
+        "every": (str, _REQUIRED),
+        "rollback_on": (list, ()),
+        "reason": (str, ""),
+    },
+    "rollout_pause": {"reason": (str, "")},
+    "rollout_resume": {"reason": (str, "")},
+    "rollout_abort": {"reason": (str, "")},
 }
-_TYPE_NAMES: Final = {bool: "true or false", str: "a string"}
+_TYPE_NAMES: Final = {bool: "true or false", str: "a string", list: "a list of strings"}
 
 
 class _DuplicateKey(ValueError):
@@ -358,6 +375,8 @@ def resolve(path: str, method: str) -> Route:
     route = ROUTES.get(path)
     if route is None and (match := _SYSTEM_PATH.fullmatch(path)):
         route = ROUTES[f"/v1/systems/{{name}}/{match[2]}"]
+    if route is None and (match := _ROLLOUT_PATH.fullmatch(path)):
+        route = ROUTES[f"/v1/rollouts/{{flag}}/{match[2]}"]
     if route is None:
         raise HttpError(404, f"no such endpoint: {echo(path)}")
     if method == route.method or (method == "HEAD" and route.method == "GET"):
@@ -370,6 +389,12 @@ def system_of(path: str) -> dict[str, str]:
     """``{"name": NAME}`` for ``/v1/systems/NAME/...`` (ASGI paths are percent-decoded), else {}."""
     match = _SYSTEM_PATH.fullmatch(path)
     return {"name": match[1]} if match else {}
+
+
+def rollout_of(path: str) -> dict[str, str]:
+    """``{"flag": FLAG}`` for ``/v1/rollouts/FLAG/<verb>``, else {}."""
+    match = _ROLLOUT_PATH.fullmatch(path)
+    return {"flag": match[1]} if match else {}
 
 
 def header_values(scope: Scope, name: bytes) -> list[bytes]:
