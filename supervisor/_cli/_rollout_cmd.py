@@ -41,6 +41,7 @@ from ._units import duration
 
 if TYPE_CHECKING:
     from .._core._runtime import Supervisor
+    from .._server._audit import AuditLog
     from .._store._shipper import ErrorShipper
 
 __all__ = ["attach_rollouts_to_run", "rollout"]
@@ -214,17 +215,21 @@ def status(api: str | None, config_path: str | None, as_json: bool) -> None:
 # ---------------------------------------------------------------- the run's wiring
 
 
-def attach_rollouts_to_run(sup: Supervisor, error_store: ErrorShipper | None) -> None:
+def attach_rollouts_to_run(
+    sup: Supervisor, error_store: ErrorShipper | None, *, audit_log: AuditLog | None = None
+) -> None:
     """Roll flags out inside ``supervisor run``: automatic changes audited, rollbacks noted.
 
-    The audit log is the API's file (``[api] audit_log``); this writer is a
-    second appender to it (each line one ``O_APPEND`` write, so lines never
-    interleave). A rollback is also an incident of ``supervisor report``.
+    The audit log is the API's (``audit_log``, the same writer); with the API off,
+    one of its own on ``[api] audit_log``. A rollback is also an incident of
+    ``supervisor report``.
     """
     from .._rollout._service import attach_rollouts  # noqa: PLC0415 - run only
     from .._server._audit import AuditEntry, AuditLog  # noqa: PLC0415 - run only
 
-    log = AuditLog(sup.config.path(sup.active_config.api.audit_log), redactor=sup.redactor)
+    log = audit_log or AuditLog(
+        sup.config.path(sup.active_config.api.audit_log), redactor=sup.redactor
+    )
 
     def audit(action: str, arguments: Mapping[str, Any], detail: str) -> bool:
         entry = AuditEntry(

@@ -172,12 +172,13 @@ def _attach_services(sup: Supervisor, *, api: bool) -> tuple[type[Exception], ..
 
     error_store = attach_error_store(sup)
     listen_errors: tuple[type[Exception], ...] = ()
+    audit = None
     try:
         if api:
             from .._server._serve import ApiListenError, attach_api
 
             listen_errors = (ApiListenError,)
-            attach_api(sup, error_store=error_store)
+            audit = attach_api(sup, error_store=error_store)
         engine = attach_alerts(
             sup, burn_rate=None if error_store is None else error_store.slo_burn_rate
         )
@@ -187,7 +188,8 @@ def _attach_services(sup: Supervisor, *, api: bool) -> tuple[type[Exception], ..
     if engine is not None and error_store is not None:
         store = error_store  # firing alerts are incidents of `supervisor report`
         engine.on_firing.append(lambda rule: store.incident("alert", rule.name))
-    attach_rollouts_to_run(sup, error_store)  # after the alerts: rollouts watch their rules
+    # After the alerts: rollouts watch their rules. They write to the API's audit log.
+    attach_rollouts_to_run(sup, error_store, audit_log=audit)
     return listen_errors
 
 

@@ -345,7 +345,7 @@ async def _wait_closing(sup: Supervisor) -> None:
     await sup.closing.wait()
 
 
-def attach_api(sup: Supervisor, *, error_store: ErrorShipper | None = None) -> None:
+def attach_api(sup: Supervisor, *, error_store: ErrorShipper | None = None) -> AuditLog:
     """Serve the HTTP API inside ``sup``'s run, from before the systems start.
 
     Appends one service to ``sup.services``: it serves ``[api] listen`` until
@@ -355,6 +355,10 @@ def attach_api(sup: Supervisor, *, error_store: ErrorShipper | None = None) -> N
     minute and at the end. Also adds the audit log's writability to the
     readiness sink checks. ``error_store`` answers the store's queries
     (``/v1/errors?since=``, ``/v1/errors/trends``).
+
+    Returns:
+        The API's audit log, for the run's other writers (rollouts) to share:
+        one writer per file, so its repair of a short write holds.
 
     Raises:
         ConfigError: ``[api] listen`` is malformed, or ``[api] audit_log``
@@ -429,3 +433,4 @@ def attach_api(sup: Supervisor, *, error_store: ErrorShipper | None = None) -> N
             raise error from None
 
     sup.services.append(serve)
+    return audit
