@@ -85,7 +85,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -93,6 +93,8 @@ import attrs
 
 from supervisor import Context, Phase, StartRefused
 
+from ._datastore_acks import CHUNK as _CHUNK
+from ._datastore_acks import AckCheck, ack_lines, compare_acks, open_ack_log
 from .economy import MAX_BALANCE, Batch, StoredAccount
 
 if TYPE_CHECKING:
@@ -135,8 +137,6 @@ _UPSERT_PLAYER = (
 #: ``meta`` key: how many ack log lines an operator accepted as lost (``accept_data_loss``).
 _ACCEPTED = "acks_accepted"
 _SET_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-#: SQLite's default limit on ``?`` parameters is 32766; stay far below.
-_CHUNK = 500
 
 
 def _synchronous(value: Any) -> str:
@@ -466,9 +466,7 @@ class Datastore:
         self._conn = conn
         ack = self.ack_path
         if ack is not None and self._ack_fd is None:
-            ack.parent.mkdir(parents=True, exist_ok=True)
-            # O_APPEND and one write per commit: a killed process leaves whole lines.
-            self._ack_fd = os.open(ack, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._ack_fd = open_ack_log(ack)
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -522,11 +520,7 @@ class Datastore:
         assert self._economy is not None
         try:
             if batch.purchases and self._ack_fd is not None:
-                lines = "".join(
-                    f"{p.id} {p.player} {p.amount} {p.tick} {p.item or '-'}\n"
-                    for p in batch.purchases
-                )
-                os.write(self._ack_fd, lines.encode())
+                os.write(self._ack_fd, ack_lines(batch))
                 self.acks_written += len(batch.purchases)
         finally:
             self._economy.committed(batch, tick)
@@ -598,88 +592,31 @@ def audit(path: str | os.PathLike[str]) -> list[str]:
     return problems
 
 
-@attrs.frozen
-class _AckCheck:
-    """What :func:`_check_against_acks` found."""
-
-    acks: int
-    missing: int
-    first_missing: int | None
-    max_id: int
-    db_tick: int | None
-
-
-def _check_against_acks(db: str, acks: Path | None) -> _AckCheck:
-    """Compare the ack log with the database, read-only, ``_CHUNK`` lines at a time."""
-    db_tick = None
-    count = missing = max_id = accepted = 0
-    first: int | None = None
-    conn = None
-    if Path(db).exists():
-        conn = sqlite3.connect(f"{Path(db).absolute().as_uri()}?mode=ro", uri=True)
+def _check_against_acks(db: str, acks: Path | None) -> AckCheck:
+    """Compare the ack log with the SQLite database, read-only."""
+    if not Path(db).exists():
+        return compare_acks(acks, 0, None, None)
+    conn = sqlite3.connect(f"{Path(db).absolute().as_uri()}?mode=ro", uri=True)
     try:
-        if conn is not None and _has_table(conn, "meta"):
+        meta: dict[str, int] = {}
+        if _has_table(conn, "meta"):
             meta = dict(conn.execute("SELECT key, value FROM meta"))
-            db_tick = meta.get("last_tick")
-            # The first ``accepted`` acks were lost once and the loss accepted.
-            accepted = meta.get(_ACCEPTED, 0)
-        has_purchases = conn is not None and _has_table(conn, "purchases")
-        for chunk in _ack_chunks(acks):
-            count += len(chunk)
-            max_id = max(max_id, *(a[0] for a in chunk))
-            checked = chunk[max(accepted - count + len(chunk), 0) :]
-            if not checked:
-                continue
-            stored: dict[int, tuple[Any, ...]] = {}
-            if has_purchases:
-                assert conn is not None
-                marks = ",".join("?" * len(checked))  # only placeholders are formatted in
-                stored = {
-                    row[0]: tuple(row[1:])
-                    for row in conn.execute(
-                        "SELECT id, player, amount, tick, item FROM purchases"
-                        f" WHERE id IN ({marks})",
-                        [a[0] for a in checked],
-                    )
-                }
-            for ack in checked:
-                if stored.get(ack[0]) != ack[1:]:
-                    missing += 1
-                    first = ack[0] if first is None else first
+
+        def lookup(ids: Sequence[int]) -> dict[int, tuple[Any, ...]]:
+            marks = ",".join("?" * len(ids))  # only placeholders are formatted in
+            sql = f"SELECT id, player, amount, tick, item FROM purchases WHERE id IN ({marks})"
+            return {row[0]: tuple(row[1:]) for row in conn.execute(sql, list(ids))}
+
+        found = lookup if _has_table(conn, "purchases") else None
+        # The first ``accepted`` acks were lost once and the loss accepted.
+        return compare_acks(acks, meta.get(_ACCEPTED, 0), found, meta.get("last_tick"))
     finally:
-        if conn is not None:
-            conn.close()
-    return _AckCheck(count, missing, first, max_id, db_tick)
+        conn.close()
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
     return conn.execute(sql, (name,)).fetchone() is not None
-
-
-def _ack_chunks(path: Path | None) -> Iterator[list[tuple[int, int, int, int, str]]]:
-    """The ack log's lines as ``(id, player, amount, tick, item)``, ``_CHUNK`` at a time.
-
-    A last line without its newline (a write cut by a full disk) is not an
-    acknowledgement: the reply is only sent once the whole line is written.
-    """
-    if path is None or not path.exists():
-        return
-    chunk: list[tuple[int, int, int, int, str]] = []
-    with path.open("rb") as lines:
-        for raw in lines:
-            if not raw.endswith(b"\n"):
-                break
-            pid, player, amount, tick, item = raw.decode().split(" ")
-            item = item.rstrip("\n")
-            chunk.append(
-                (int(pid), int(player), int(amount), int(tick), "" if item == "-" else item)
-            )
-            if len(chunk) == _CHUNK:
-                yield chunk
-                chunk = []
-    if chunk:
-        yield chunk
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
