@@ -94,39 +94,16 @@ import attrs
 from supervisor import Context, Phase, StartRefused
 
 from ._datastore_acks import CHUNK as _CHUNK
-from ._datastore_acks import AckCheck, ack_lines, compare_acks, open_ack_log
-from .economy import MAX_BALANCE, Batch, StoredAccount
+from ._datastore_acks import ack_lines, open_ack_log
+from ._datastore_pg import PgBackend, check_acks, check_schema, describe_url, refusing, set_aside
+from ._datastore_sqlite import SCHEMA, audit, check_against_acks, checkpoint_and_close, rollback
+from .economy import Batch, StoredAccount
 
 if TYPE_CHECKING:
     from .economy import Economy
 
 __all__ = ["SCHEMA", "Datastore", "audit"]
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS players (
-    id INTEGER PRIMARY KEY,
-    balance INTEGER NOT NULL,
-    earnings INTEGER NOT NULL,
-    paid_tick INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS purchases (
-    id INTEGER PRIMARY KEY,
-    player INTEGER NOT NULL,
-    amount INTEGER NOT NULL,
-    item TEXT NOT NULL,
-    tick INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS purchases_by_player ON purchases (player);
-CREATE TABLE IF NOT EXISTS ledger (
-    seq INTEGER PRIMARY KEY,
-    player INTEGER NOT NULL,
-    tick INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    amount INTEGER NOT NULL,
-    purchase INTEGER
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
 
 _INSERT_LEDGER = "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?)"
 _INSERT_PURCHASE = "INSERT INTO purchases VALUES (?, ?, ?, ?, ?)"
@@ -168,6 +145,10 @@ class Datastore:
     accept_data_loss: bool = attrs.field(
         default=False, validator=attrs.validators.instance_of(bool)
     )
+    url: str | None = None
+    schema: str = attrs.field(default="world", converter=check_schema)
+    max_pending: int = 50_000
+    stop_timeout: float = 10.0
     name: str = "datastore"
 
     critical: ClassVar[bool] = True
@@ -193,10 +174,15 @@ class Datastore:
     _thread: threading.Thread | None = attrs.field(init=False, default=None)
     _log: Any = attrs.field(init=False, default=None)
     _restored: bool = attrs.field(init=False, default=False)
+    _pg: PgBackend | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         if self.autosave < 0:
             raise ValueError(f"autosave must be >= 0 seconds, got {self.autosave!r}")
+        if self.url is not None and not self.url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("url must be a postgresql:// URL (or absent: SQLite)")
+        if self.max_pending < 1 or self.stop_timeout <= 0:
+            raise ValueError("max_pending must be >= 1 and stop_timeout > 0")
 
     @property
     def ack_path(self) -> Path | None:
@@ -215,6 +201,8 @@ class Datastore:
     # ------------------------------------------------------------------ hooks
 
     def start(self, ctx: Context) -> None:
+        if self.url is not None and self.ack_log is None:
+            self.ack_log = str(ctx.state_dir / "world.acks")
         if self.path is None:
             self.path = str(ctx.state_dir / "world.sqlite3")
         self._log = ctx.log
@@ -229,12 +217,15 @@ class Datastore:
             accepted = self._cross_check(ctx)
         else:
             self._set_aside_old_world(ctx)
-        self._open()
-        if accepted is not None:
-            # Recorded, so the next start checks only what came after the accepted loss.
-            self._require().execute(_SET_META, (_ACCEPTED, accepted))
+        if self.url is not None:
+            stored_tick = self._open_pg(accepted)
+        else:
+            self._open()
+            if accepted is not None:
+                # Recorded, so the next start checks only what came after the accepted loss.
+                self._require().execute(_SET_META, (_ACCEPTED, accepted))
+            stored_tick = self._meta("last_tick")
         self._started = True
-        stored_tick = self._meta("last_tick")
         assert self._economy is not None
         self._economy.attach_store(self, ctx.tick)
         if stored_tick is not None and stored_tick >= ctx.tick:
@@ -246,7 +237,9 @@ class Datastore:
                 resumed_tick=ctx.tick,
                 detail="the snapshot is older than the database: balances come from the database",
             )
-        if self.autosave > 0:
+        if self._pg is not None:
+            self._economy.add_guard(self._backpressure)
+        elif self.autosave > 0:
             self._halt.clear()
             self._thread = threading.Thread(
                 target=self._autosave_loop, name=f"{self.name}-autosave", daemon=True
@@ -254,7 +247,10 @@ class Datastore:
             self._thread.start()
 
     def tick(self, ctx: Context) -> None:
-        self._flush(ctx.tick)
+        if self._pg is not None:
+            self._tick_pg(ctx)
+        else:
+            self._flush(ctx.tick)
 
     def _flush(self, tick: int) -> None:
         """Commit what the economy queued (and any batch held back by a failure), then ack."""
@@ -281,6 +277,9 @@ class Datastore:
         is written, every account is already saved by the per-tick commits:
         the checkpoint and close (an fsync) go to a thread of their own.
         """
+        if self._pg is not None:
+            self._stop_pg(ctx)
+            return
         self._halt.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
@@ -301,15 +300,20 @@ class Datastore:
             if emergency and self._conn is not None:
                 conn, self._conn = self._conn, None
                 # Not a daemon: an exiting process still finishes the checkpoint.
-                threading.Thread(target=_checkpoint_and_close, args=(conn,)).start()
+                threading.Thread(target=checkpoint_and_close, args=(conn,)).start()
             self._close()
             self._started = False
 
     def recover(self, ctx: Context, error: Any) -> None:
-        """Roll back a half-done transaction; reopen a broken connection. The batch is kept."""
+        """Roll back a half-done transaction; reopen a broken connection. The batch is kept.
+
+        With PostgreSQL the tick does no I/O that could fail; the worker retries by itself.
+        """
+        if self.url is not None:
+            return
         conn = self._conn
         if conn is not None:
-            _rollback(conn)
+            rollback(conn)
             try:
                 conn.execute("SELECT 1").fetchall()
             except sqlite3.Error:
@@ -318,6 +322,11 @@ class Datastore:
             self._open()
 
     def health(self) -> str:
+        pg = self._pg
+        if pg is not None:
+            if pg.fenced is not None:
+                return "unhealthy"
+            return "degraded" if pg.outage_since is not None or pg.ack_error else "healthy"
         if self._started and self._conn is None:
             return "unhealthy"
         if self._held is not None or self.autosave_error is not None:
@@ -343,6 +352,8 @@ class Datastore:
 
     def load_accounts(self, pids: Sequence[int]) -> dict[int, StoredAccount]:
         """Accounts of ``pids`` in the database, with their items counted from the journal."""
+        if self._pg is not None:
+            return self._pg.load_accounts(pids)
         conn = self._require()
         found: dict[int, list[Any]] = {}
         for i in range(0, len(pids), _CHUNK):
@@ -364,6 +375,8 @@ class Datastore:
 
     def last_ids(self) -> tuple[int, int]:
         """The last ledger seq and purchase id (an acknowledged id counts, even if lost)."""
+        if self._pg is not None:
+            return self._pg.last_ids[0], max(self._pg.last_ids[1], self.acked_max_id)
         conn = self._require()
         (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()
         (pid,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM purchases").fetchone()
@@ -382,8 +395,12 @@ class Datastore:
         Raises:
             StartRefused: the database contradicts the ack log or the snapshot.
         """
-        path = self._require_path()
-        check = _check_against_acks(path, self.ack_path)
+        path = describe_url(self.url) if self.url is not None else self._require_path()
+        if self.url is not None:
+            with refusing(self.url, self.schema):
+                check = check_acks(self.url, self.schema, self.ack_path)
+        else:
+            check = check_against_acks(path, self.ack_path)
         self.acked_max_id = check.max_id
         problems = []
         if check.missing:
@@ -424,6 +441,12 @@ class Datastore:
         """A new world: move an earlier world's database and ack log aside, never into it."""
         db = Path(self._require_path())
         files = [Path(f"{db}{suffix}") for suffix in ("", "-wal", "-shm")]
+        if self.url is not None:
+            with refusing(self.url, self.schema):
+                schema = set_aside(self.url, self.schema)
+            if schema is not None:
+                ctx.log.warning("datastore.moved_aside", schema=schema, detail="a new world")
+            files = []
         ack = self.ack_path
         if ack is not None:
             files.append(ack)
@@ -432,7 +455,7 @@ class Datastore:
             return
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         # mkdtemp: a new folder with a unique name, even for two moves in one second.
-        aside = Path(tempfile.mkdtemp(prefix=f"aside-{stamp}-", dir=db.parent))
+        aside = Path(tempfile.mkdtemp(prefix=f"aside-{stamp}-", dir=old[0].parent))
         for f in old:
             os.rename(f, aside / f.name)
         ctx.log.warning(
@@ -441,6 +464,86 @@ class Datastore:
             files=[f.name for f in old],
             detail="a new world: the earlier world's database is kept there, not reused",
         )
+
+    # ------------------------------------------------------------------ PostgreSQL
+
+    def _open_pg(self, accepted: int | None) -> int | None:
+        """Open the ack log, connect, migrate, take the fencing token; the stored last tick."""
+        ack = self.ack_path
+        if ack is not None and self._ack_fd is None:
+            self._ack_fd = open_ack_log(ack)
+        pg = PgBackend(self.url or "", self.schema, self._ack_fd, self._count_acks)
+        with refusing(pg.url, pg.schema):
+            pg.open(accepted)
+        self._pg = pg
+        return pg.stored_tick
+
+    def _count_acks(self, n: int) -> None:
+        self.acks_written += n  # only the worker writes it while PostgreSQL is in use
+
+    def _backpressure(self, _player: int, _amount: int, _item: str, _now: float) -> str | None:
+        """The economy's guard: refuse purchases while too many await their ack."""
+        pg = self._pg
+        return "datastore_backlog" if pg is not None and pg.backlog >= self.max_pending else None
+
+    def _tick_pg(self, ctx: Context) -> None:
+        """Hand back what the worker committed, queue this tick's batch; no I/O."""
+        pg, economy = self._pg, self._economy
+        assert pg is not None
+        assert economy is not None
+        for done, tick in pg.finished():
+            self._applied(done, tick, ctx.tick)
+        pg.report(ctx)
+        batch = economy.drain()
+        if batch is not None:
+            pg.submit(batch, economy.rows(batch.dirty), ctx.tick)
+
+    def _applied(self, batch: Batch, tick: int, now: int) -> None:
+        """``batch`` (of ``tick``) is committed: remember its leavers' accounts, then ack."""
+        pg, economy = self._pg, self._economy
+        assert pg is not None
+        assert economy is not None
+        for pid in batch.leavers:
+            acct = economy.accounts.get(pid)
+            if acct is not None and not acct.online:
+                pg.offline[pid] = StoredAccount(
+                    acct.balance, acct.earnings, acct.paid_tick, dict(acct.items)
+                )
+        self.commits += 1
+        self.rows_written += len(batch.ledger) + len(batch.purchases) + len(batch.dirty)
+        self.last_commit_tick = max(self.last_commit_tick, tick)
+        economy.committed(batch, now)
+
+    def _stop_pg(self, ctx: Context) -> None:
+        """Queue the last batch (and, graceful, every account), wait for the worker, close."""
+        pg, economy = self._pg, self._economy
+        assert pg is not None
+        assert economy is not None
+        last = max(ctx.tick - 1, 0)
+        emergency = ctx.phase is Phase.EMERGENCY_SHUTDOWN
+        try:
+            batch = economy.drain()
+            if batch is not None:
+                pg.submit(batch, economy.rows(batch.dirty), last)
+            if not emergency:
+                pg.submit(Batch([], [], set(), []), economy.rows(list(economy.accounts)), last)
+            timeout = min(self.stop_timeout, 2.0) if emergency else self.stop_timeout
+            if not pg.drain(timeout):
+                ctx.log.error(
+                    "datastore.stop_unfinished",
+                    waiting=pg.backlog,
+                    error=pg.error or pg.fenced,
+                    detail="never committed, so never acknowledged",
+                )
+            for done, tick in pg.finished():
+                self._applied(done, tick, last)
+        finally:
+            economy.remove_guard(self._backpressure)
+            economy.detach_store()
+            pg.close()
+            self._pg = None
+            self._close()
+            self._started = False
 
     # ------------------------------------------------------------------ inside
 
@@ -509,7 +612,7 @@ class Datastore:
             conn.execute(_SET_META, ("last_tick", tick))
             conn.execute("COMMIT")
         except BaseException:
-            _rollback(conn)
+            rollback(conn)
             raise
         self.commits += 1
         self.rows_written += len(batch.ledger) + len(batch.purchases) + len(players)
@@ -533,7 +636,7 @@ class Datastore:
             conn.executemany(_UPSERT_PLAYER, rows)
             conn.execute("COMMIT")
         except BaseException:
-            _rollback(conn)
+            rollback(conn)
             raise
         self.rows_written += len(rows)
 
@@ -555,80 +658,3 @@ class Datastore:
                     self.autosave_error = None
         finally:
             conn.close()
-
-
-def audit(path: str | os.PathLike[str]) -> list[str]:
-    """Check a world database's invariants; the problems found (empty: consistent).
-
-    Every balance equals the sum of its ledger and lies in ``[0, MAX_BALANCE]``;
-    every purchase has exactly one ledger entry of ``-amount``; every ledger
-    entry belongs to a saved player. Safe while the world runs (WAL readers
-    do not block the writer).
-    """
-    problems: list[str] = []
-    conn = sqlite3.connect(path)
-    try:
-        for pid, balance, total in conn.execute(
-            "SELECT p.id, p.balance, COALESCE(SUM(l.amount), 0) AS total FROM players p"
-            " LEFT JOIN ledger l ON l.player = p.id GROUP BY p.id HAVING p.balance != total"
-        ):
-            problems.append(f"player {pid}: balance {balance} != ledger sum {total}")
-        for (pid,) in conn.execute(
-            "SELECT id FROM players WHERE balance < 0 OR balance > ?", (MAX_BALANCE,)
-        ):
-            problems.append(f"player {pid}: balance out of range")
-        for pid, amount, entries in conn.execute(
-            "SELECT p.id, p.amount, COUNT(l.seq) FROM purchases p LEFT JOIN ledger l"
-            " ON l.purchase = p.id AND l.kind = 'purchase' AND l.amount = -p.amount"
-            " AND l.player = p.player GROUP BY p.id HAVING COUNT(l.seq) != 1"
-        ):
-            problems.append(f"purchase {pid} ({amount}): {entries} matching ledger entries")
-        for (player,) in conn.execute(
-            "SELECT DISTINCT player FROM ledger WHERE player NOT IN (SELECT id FROM players)"
-        ):
-            problems.append(f"ledger entries of player {player}, who was never saved")
-    finally:
-        conn.close()
-    return problems
-
-
-def _check_against_acks(db: str, acks: Path | None) -> AckCheck:
-    """Compare the ack log with the SQLite database, read-only."""
-    if not Path(db).exists():
-        return compare_acks(acks, 0, None, None)
-    conn = sqlite3.connect(f"{Path(db).absolute().as_uri()}?mode=ro", uri=True)
-    try:
-        meta: dict[str, int] = {}
-        if _has_table(conn, "meta"):
-            meta = dict(conn.execute("SELECT key, value FROM meta"))
-
-        def lookup(ids: Sequence[int]) -> dict[int, tuple[Any, ...]]:
-            marks = ",".join("?" * len(ids))  # only placeholders are formatted in
-            sql = f"SELECT id, player, amount, tick, item FROM purchases WHERE id IN ({marks})"
-            return {row[0]: tuple(row[1:]) for row in conn.execute(sql, list(ids))}
-
-        found = lookup if _has_table(conn, "purchases") else None
-        # The first ``accepted`` acks were lost once and the loss accepted.
-        return compare_acks(acks, meta.get(_ACCEPTED, 0), found, meta.get("last_tick"))
-    finally:
-        conn.close()
-
-
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
-    return conn.execute(sql, (name,)).fetchone() is not None
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    """Undo a half-done transaction, if any; a broken connection is the caller's problem."""
-    with contextlib.suppress(sqlite3.Error):
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-
-
-def _checkpoint_and_close(conn: sqlite3.Connection) -> None:
-    """Fold the WAL into the database file (fsynced) and close; errors are moot by then."""
-    with contextlib.suppress(sqlite3.Error):
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-    with contextlib.suppress(sqlite3.Error):
-        conn.close()
