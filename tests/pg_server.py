@@ -70,8 +70,16 @@ class PgServer:
 
     def init(self) -> None:
         done = self._run(
-            str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
-            "--no-sync", "-E", "UTF8",
+            str(self.bin / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
         )
         if done.returncode:
             raise RuntimeError(f"initdb failed: {done.stderr[-2000:]}")
@@ -81,8 +89,17 @@ class PgServer:
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
         options += " -c full_page_writes=off -c synchronous_commit=on"
         done = self._run(
-            str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "server.log"),
-            "-o", options, "-w", "-t", "30", "start",
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.folder / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "30",
+            "start",
         )
         if done.returncode:
             log = (self.folder / "server.log").read_text(errors="replace")[-2000:]
@@ -90,8 +107,9 @@ class PgServer:
 
     def pause(self) -> None:
         """Stop the server at once (connections drop); the data stays for :meth:`resume`."""
-        done = self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w",
-                         "stop")
+        done = self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"
+        )
         if done.returncode:
             self._kill()
 
@@ -103,8 +121,20 @@ class PgServer:
     def psql(self, sql: str, db: str = "postgres") -> str:
         """Run ``sql`` with the cluster's own psql; its output (tuples only, unaligned)."""
         done = self._run(
-            str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-            "-d", db, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql,
+            str(self.bin / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
         )
         if done.returncode:
             raise RuntimeError(done.stderr)
