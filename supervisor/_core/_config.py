@@ -50,6 +50,7 @@ from ._config_sections import (
     WatchdogConfig,
     parse_slos,
 )
+from ._config_snapshots import SnapshotsConfig
 from ._phase import Phase
 
 __all__ = ["MAX_DEPTH", "NON_CONFIG_VARIABLES", "Config", "apply_env_overrides", "parse_toml"]
@@ -62,7 +63,7 @@ NON_CONFIG_VARIABLES: Final = frozenset({"SUPERVISOR_TOKEN"})
 #: Deepest nesting of tables/arrays accepted in a config (real ones use 3-4).
 MAX_DEPTH: Final = 32
 
-_TOP_LEVEL = [*SECTIONS, "systems", "profiles", "phases", "slo"]
+_TOP_LEVEL = [*SECTIONS, "systems", "profiles", "phases", "slo", "snapshots"]
 _OVERLAY_PHASES = tuple(phase.value for phase in Phase)
 #: Keys a phase overlay cannot change: the snapshot store is built once, so a
 #: per-phase state folder or key would write where the next start does not read.
@@ -135,6 +136,9 @@ class Config:
     api: ApiConfig = attrs.field(factory=ApiConfig, validator=_is(ApiConfig))
     alerts: AlertsConfig = attrs.field(factory=AlertsConfig, validator=_is(AlertsConfig))
     errors: ErrorsConfig = attrs.field(factory=ErrorsConfig, validator=_is(ErrorsConfig))
+    snapshots: SnapshotsConfig = attrs.field(
+        factory=SnapshotsConfig, validator=_is(SnapshotsConfig)
+    )
     #: ``[slo.NAME]`` service-level objectives by name.
     slo: Mapping[str, SloConfig] = attrs.field(factory=dict, validator=_slos)
     #: Every profile by name: the built-in ones, adjusted or added to by the file.
@@ -228,6 +232,8 @@ class Config:
                 kwargs["profiles"] = _parse_profiles(value, source)
             elif key == "slo":
                 kwargs["slo"] = parse_slos(value, source)
+            elif key == "snapshots":
+                kwargs["snapshots"] = SnapshotsConfig.from_mapping(value, source=source)
             elif key in SECTIONS:
                 kwargs[key] = SECTIONS[key].from_mapping(value, source=source)
             else:
