@@ -189,8 +189,11 @@ def connect(url: str, schema: str) -> psycopg.Connection[Any]:
     pg = _psycopg()
     options: dict[str, Any] = {"connect_timeout": 5, "tcp_user_timeout": 10_000}
     options.update(pg.conninfo.conninfo_to_dict(url))
-    # A statement that hangs (a half-open connection) fails instead of holding the worker.
+    # A statement that hangs (a half-open connection) fails instead of holding the
+    # worker; a frozen supervisor's open transaction (and its lock on ``owner``) is
+    # ended by the server instead of blocking the supervisor taking its world over.
     ours = f"-c search_path={schema} -c statement_timeout=10000"
+    ours += " -c idle_in_transaction_session_timeout=5000"
     options["options"] = f"{options.get('options', '')} {ours}".strip()
     # Autocommit: ``conn.transaction()`` is then always a real BEGIN ... COMMIT.
     conn: psycopg.Connection[Any] = pg.connect(**options, autocommit=True)
