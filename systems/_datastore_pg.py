@@ -96,6 +96,7 @@ __all__ = [
     "PgBackend",
     "check_acks",
     "check_schema",
+    "check_url",
     "describe_url",
     "migrate",
     "refusing",
@@ -173,6 +174,23 @@ def refusing(url: str, schema: str) -> Iterator[None]:
         raise StartRefused(f"the database {describe_url(url)} (schema {schema}): {first}") from exc
 
 
+def check_url(url: object) -> str:
+    """``url`` if libpq can parse it; imports psycopg now, while the config is built.
+
+    So the import (a quarter of a second) is not paid in ``start``, and a
+    malformed URL is a config error; the message never repeats the URL (it
+    may hold a password).
+    """
+    if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
+        raise ValueError("url must be a postgresql:// URL (or absent: SQLite)")
+    psycopg = _psycopg()
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        raise ValueError("url is not a valid PostgreSQL connection URL") from None
+    return url
+
+
 def describe_url(url: str) -> str:
     """``url`` without its password, for logs and errors."""
     psycopg = _psycopg()
@@ -198,7 +216,6 @@ def connect(url: str, schema: str) -> psycopg.Connection[Any]:
     # Autocommit: ``conn.transaction()`` is then always a real BEGIN ... COMMIT.
     conn: psycopg.Connection[Any] = pg.connect(**options, autocommit=True)
     return conn
-
 
 
 def migrate(conn: psycopg.Connection[Any], schema: str) -> list[int]:

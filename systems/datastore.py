@@ -95,7 +95,15 @@ from supervisor import Context, Phase, StartRefused
 
 from ._datastore_acks import CHUNK as _CHUNK
 from ._datastore_acks import ack_lines, open_ack_log
-from ._datastore_pg import PgBackend, check_acks, check_schema, describe_url, refusing, set_aside
+from ._datastore_pg import (
+    PgBackend,
+    check_acks,
+    check_schema,
+    check_url,
+    describe_url,
+    refusing,
+    set_aside,
+)
 from ._datastore_sqlite import SCHEMA, audit, check_against_acks, checkpoint_and_close, rollback
 from .economy import Batch, StoredAccount
 
@@ -179,8 +187,8 @@ class Datastore:
     def __attrs_post_init__(self) -> None:
         if self.autosave < 0:
             raise ValueError(f"autosave must be >= 0 seconds, got {self.autosave!r}")
-        if self.url is not None and not self.url.startswith(("postgresql://", "postgres://")):
-            raise ValueError("url must be a postgresql:// URL (or absent: SQLite)")
+        if self.url is not None:
+            check_url(self.url)
         if self.max_pending < 1 or self.stop_timeout <= 0:
             raise ValueError("max_pending must be >= 1 and stop_timeout > 0")
 
