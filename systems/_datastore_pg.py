@@ -258,6 +258,8 @@ class _Item:
     tick: int
     batch: Batch
     rows: list[tuple[int, int, int, int]]
+    #: ``time.monotonic()`` when the tick submitted it.
+    submitted: float
 
 
 @attrs.define(eq=False)
@@ -331,7 +333,7 @@ class PgBackend:
     def submit(self, batch: Batch, rows: list[tuple[int, int, int, int]], tick: int) -> None:
         """Queue one tick's commit (no I/O: a lock and an append)."""
         self.last_seq += 1
-        item = _Item(self.last_seq, tick, batch, rows)
+        item = _Item(self.last_seq, tick, batch, rows, time.monotonic())
         self.backlog += len(batch.purchases)
         with self._cond:
             self._queue.append(item)
@@ -381,8 +383,21 @@ class PgBackend:
                 ctx.log.error("datastore.outage", database=describe_url(self.url), error=self.error)
             else:
                 ctx.log.warning("datastore.reconnected", database=describe_url(self.url))
+        now = time.monotonic()
         ctx.report("datastore_backlog", self.backlog)
-        ctx.report("datastore_outage", 0.0 if since is None else time.monotonic() - since)
+        ctx.report("datastore_outage", 0.0 if since is None else now - since)
+        ctx.report("datastore_ack_wait", self.ack_wait(now))
+
+    def ack_wait(self, now: float) -> float:
+        """Seconds the oldest commit not yet done has waited (0: none waiting).
+
+        A hung server raises no error (the kernel still acknowledges its TCP
+        segments): this is what shows it.
+        """
+        try:
+            return now - self._queue[0].submitted
+        except IndexError:
+            return 0.0
 
     def load_accounts(self, pids: Sequence[int]) -> dict[int, StoredAccount]:
         offline = self.offline

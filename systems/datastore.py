@@ -1,4 +1,10 @@
-"""The datastore: player data in SQLite, one transaction per tick, acks after commit.
+"""The datastore: player data in SQLite or PostgreSQL, one transaction per tick, acks after commit.
+
+SQLite (a file in the state folder) is the default. With ``[systems.datastore]
+url = "postgresql://..."`` the same tables live in PostgreSQL and the commit
+moves off the tick onto a worker thread, with the same guarantees: see
+``systems/_datastore_pg.py``. What follows describes SQLite; everything but
+the commit's thread, WAL and autosave holds for both.
 
 Durability, and what "acknowledged" means
 -----------------------------------------
@@ -112,6 +118,9 @@ if TYPE_CHECKING:
 
 __all__ = ["SCHEMA", "Datastore", "audit"]
 
+#: Seconds a commit may wait (PostgreSQL) before the datastore says degraded.
+_SLOW_ACK = 1.0
+
 
 _INSERT_LEDGER = "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?)"
 _INSERT_PURCHASE = "INSERT INTO purchases VALUES (?, ?, ?, ?, ?)"
@@ -141,9 +150,16 @@ class Datastore:
         synchronous: ``"NORMAL"`` (survives a killed process) or ``"FULL"``
             (survives power loss too; an fsync per commit).
         autosave: seconds between WAL checkpoints on a background thread (0: SQLite's own).
-        ack_log: the acknowledgement log; None: ``path`` with ``.acks``; "": none.
+        ack_log: the acknowledgement log; None: ``path`` with ``.acks`` (with
+            ``url``: ``world.acks`` in the state folder); "": none.
         accept_data_loss: start even when the database lost acknowledged
             purchases (see "Cross-check at start"); the loss is logged.
+        url: ``postgresql://...``: keep the world in PostgreSQL instead
+            (``path``, ``synchronous`` and ``autosave`` then do not apply).
+        schema: the PostgreSQL schema holding this world's tables.
+        max_pending: with ``url``, purchases awaiting their ack past which new
+            ones are refused (``blocked:datastore_backlog``).
+        drain_timeout: with ``url``, seconds a stop waits for the last commits.
     """
 
     path: str | None = None
@@ -156,7 +172,7 @@ class Datastore:
     url: str | None = None
     schema: str = attrs.field(default="world", converter=check_schema)
     max_pending: int = 50_000
-    stop_timeout: float = 10.0
+    drain_timeout: float = 1.5
     name: str = "datastore"
 
     critical: ClassVar[bool] = True
@@ -189,8 +205,8 @@ class Datastore:
             raise ValueError(f"autosave must be >= 0 seconds, got {self.autosave!r}")
         if self.url is not None:
             check_url(self.url)
-        if self.max_pending < 1 or self.stop_timeout <= 0:
-            raise ValueError("max_pending must be >= 1 and stop_timeout > 0")
+        if self.max_pending < 1 or not 0 < self.drain_timeout <= 3600:
+            raise ValueError("max_pending must be >= 1 and drain_timeout within (0, 3600] s")
 
     @property
     def ack_path(self) -> Path | None:
@@ -334,7 +350,8 @@ class Datastore:
         if pg is not None:
             if pg.fenced is not None:
                 return "unhealthy"
-            return "degraded" if pg.outage_since is not None or pg.ack_error else "healthy"
+            slow = pg.ack_wait(time.monotonic()) > _SLOW_ACK
+            return "degraded" if pg.outage_since is not None or pg.ack_error or slow else "healthy"
         if self._started and self._conn is None:
             return "unhealthy"
         if self._held is not None or self.autosave_error is not None:
@@ -538,7 +555,8 @@ class Datastore:
                 pg.submit(batch, economy.rows(batch.dirty), last)
             if not emergency:
                 pg.submit(Batch([], [], set(), []), economy.rows(list(economy.accounts)), last)
-            timeout = min(self.stop_timeout, 2.0) if emergency else self.stop_timeout
+            # Within the supervisor's stop_timeout (2 s by default); an emergency is hurried.
+            timeout = min(self.drain_timeout, 1.0) if emergency else self.drain_timeout
             if not pg.drain(timeout):
                 ctx.log.error(
                     "datastore.stop_unfinished",

@@ -9,7 +9,8 @@ are found with a glob over ``/usr/lib/postgresql/*/bin`` (whatever version
 Debian installed); no server binaries: the tests that need one are skipped.
 
 :meth:`PgServer.pause` / :meth:`PgServer.resume` stop and restart the same
-cluster on the same port, for outage tests.
+cluster on the same port, for outage tests; :meth:`PgServer.freeze` /
+:meth:`PgServer.thaw` stop and continue its processes (a hung server).
 """
 
 from __future__ import annotations
@@ -112,6 +113,19 @@ class PgServer:
         )
         if done.returncode:
             self._kill()
+
+    def freeze(self, sig: int = signal.SIGSTOP) -> None:
+        """SIGSTOP the server and its backends: a hung database (connections stay open)."""
+        import psutil
+
+        main = psutil.Process(int((self.data / "postmaster.pid").read_text().split()[0]))
+        for proc in [main, *main.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(sig)
+
+    def thaw(self) -> None:
+        """Undo :meth:`freeze`."""
+        self.freeze(signal.SIGCONT)
 
     def _kill(self) -> None:
         pidfile = self.data / "postmaster.pid"
