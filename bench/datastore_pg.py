@@ -35,7 +35,7 @@ from bench import _common
 
 PLAYERS = (200, 2_000, 10_000)
 RATE = 30
-SECONDS = 8.0
+SECONDS = 15.0
 RUNS = 3
 DEMO = ["players", "economy", "tycoon", "datastore", "leaderboard", "security"]
 
