@@ -181,19 +181,26 @@ def refusing(url: str, schema: str) -> Iterator[None]:
 
 
 def check_url(url: object) -> str:
-    """``url`` if libpq can parse it; imports psycopg now, while the config is built.
+    """``url`` if libpq can parse it and it holds no password.
 
-    So the import (a quarter of a second) is not paid in ``start``, and a
-    malformed URL is a config error; the message never repeats the URL (it
-    may hold a password).
+    Imports psycopg now, while the config is built, so the import (a quarter
+    of a second) is not paid in ``start``, and a malformed URL is a config
+    error. A password in the URL would be printed by ``supervisor config
+    show`` with the rest of the system's table: libpq reads it from
+    ``PGPASSWORD`` or a ``~/.pgpass`` file instead. No message repeats the URL.
     """
     if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
         raise ValueError("url must be a postgresql:// URL (or absent: SQLite)")
     psycopg = _psycopg()
     try:
-        psycopg.conninfo.conninfo_to_dict(url)
+        parts = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         raise ValueError("url is not a valid PostgreSQL connection URL") from None
+    if parts.get("password"):
+        raise ValueError(
+            "url must not hold a password (config show would print it): set PGPASSWORD"
+            " or use a ~/.pgpass file, which libpq reads"
+        )
     return url
 
 

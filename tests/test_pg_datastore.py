@@ -155,18 +155,16 @@ def write_world(folder: Path, url: str, rate: int = 100, extra: str = "") -> Pat
     return config
 
 
+def run_args(folder: Path, config: Path, *args: str) -> list[str]:
+    """``supervisor run`` of ``config`` with its state in ``folder/state``."""
+    state = str(folder / "state")
+    return [str(SUPERVISOR), "run", "--config", str(config), "--state-dir", state, *args]
+
+
 def run_world(folder: Path, url: str, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     config = write_world(folder, url)
     return subprocess.run(
-        [
-            str(SUPERVISOR),
-            "run",
-            "--config",
-            str(config),
-            "--state-dir",
-            str(folder / "state"),
-            *args,
-        ],
+        run_args(folder, config, *args),
         capture_output=True,
         text=True,
         cwd=folder,
@@ -210,11 +208,10 @@ def test_an_outage_mid_run_loses_no_ack_and_no_tick(pg: PgServer, tmp_path: Path
     config = write_world(tmp_path, url, rate)
     acks_path = tmp_path / "state" / "world.acks"
     log = tmp_path / "run.log"
-    args = ["--state-dir", str(tmp_path / "state"), "--ticks", str(ticks)]
-    args += ["--summary-json", str(tmp_path / "summary.json")]
+    args = ["--ticks", str(ticks), "--summary-json", str(tmp_path / "summary.json")]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(SUPERVISOR), "run", "--config", str(config), *args],
+            run_args(tmp_path, config, *args),
             stdout=out,
             stderr=out,
             cwd=tmp_path,
@@ -261,12 +258,17 @@ def test_bad_urls_are_refused_in_one_line(pg: PgServer, tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "url must be a postgresql:// URL" in done.stderr
     assert "Traceback" not in done.stderr
-    # Unreachable: one line, exit 2, the password never shown.
-    dead = f"postgresql://postgres:hunter2@127.0.0.1:{pg.port + 1}/x?connect_timeout=1"
-    done = run_world(tmp_path / "b", dead)
+    # A password: refused (libpq reads PGPASSWORD or ~/.pgpass), never repeated.
+    for secret in ("postgres:hunter2@127.0.0.1/x", "127.0.0.1/x?password=hunter2"):
+        done = run_world(tmp_path / "b", f"postgresql://{secret}")
+        assert done.returncode == 2, done.stderr
+        assert "url must not hold a password" in done.stderr
+        assert "hunter2" not in done.stderr
+    # Unreachable: one line, exit 2.
+    dead = f"postgresql://postgres@127.0.0.1:{pg.port + 1}/x?connect_timeout=1"
+    done = run_world(tmp_path / "c", dead)
     assert done.returncode == 2, done.stderr
-    assert f"postgresql://postgres@127.0.0.1:{pg.port + 1}/x" in done.stderr
-    assert "hunter2" not in done.stderr
+    assert f"the database postgresql://postgres@127.0.0.1:{pg.port + 1}/x" in done.stderr
     assert "Traceback" not in done.stderr
 
 

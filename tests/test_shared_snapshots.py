@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from pg_server import PgServer, running_pg
 from test_durability import read_acks
-from test_pg_datastore import SUPERVISOR, fresh_db, pg_audit, write_world
+from test_pg_datastore import fresh_db, pg_audit, run_args, write_world
 
 from supervisor._core._config import Config
 from supervisor._core._snapshot_format import Snapshot
@@ -126,15 +126,7 @@ def _start(folder: Path, config: Path, *args: str) -> subprocess.Popen[bytes]:
     # The child keeps its own copy of the descriptor: ours is closed at once.
     with (folder / f"run-{time.monotonic_ns()}.log").open("wb") as out:
         return subprocess.Popen(
-            [
-                str(SUPERVISOR),
-                "run",
-                "--config",
-                str(config),
-                "--state-dir",
-                str(folder / "state"),
-                *args,
-            ],
+            run_args(folder, config, *args),
             stdout=out,
             stderr=out,
             cwd=folder,
@@ -171,18 +163,7 @@ def test_resume_from_continues_a_killed_world_elsewhere_and_fences_its_old_owner
 
     # B continues world "alpha" from the shared store and the database.
     done = subprocess.run(
-        [
-            str(SUPERVISOR),
-            "run",
-            "--config",
-            str(b_config),
-            "--state-dir",
-            str(tmp_path / "b" / "state"),
-            "--resume-from",
-            "alpha",
-            "--ticks",
-            "30",
-        ],
+        run_args(tmp_path / "b", b_config, "--resume-from", "alpha", "--ticks", "30"),
         capture_output=True,
         text=True,
         cwd=tmp_path / "b",
@@ -222,7 +203,7 @@ def test_resume_from_continues_a_killed_world_elsewhere_and_fences_its_old_owner
 def test_resume_from_bad_input_is_refused_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "w.toml"
     config.write_text('[systems]\nenabled = ["heartbeat"]\n[features]\napi = false\n')
-    base = [str(SUPERVISOR), "run", "--config", str(config), "--state-dir", str(tmp_path / "s")]
+    base = run_args(tmp_path, config)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
