@@ -74,7 +74,13 @@ def scenario(players: int, seconds: float, url: str | None) -> dict[str, Any]:
                 await trio.sleep(seconds)
                 stats = sup.statistics()
                 economy = sup.system("economy")
+                steps = {s.name: s.step for s in stats.systems}
                 out.update(
+                    datastore_step_p99_ms=steps["datastore"].p99 * 1e3,
+                    others_step_p99_ms=max(
+                        s.p99 for name, s in steps.items() if name != "datastore"
+                    )
+                    * 1e3,
                     work_p50_ms=stats.work.p50 * 1e3,
                     work_p99_ms=stats.work.p99 * 1e3,
                     lateness_p99_us=stats.lateness.p99 * 1e6,
