@@ -108,33 +108,31 @@ class FakeSupervisor:
         self._call("status")
         if self.status_override is not None:
             return _View(self.status_override)
-        return _View(
-            {
-                "phase": self.phase,
-                "tick": 1234,
-                "tick_rate": 30.0,
-                "budget": 0.0266,
-                "lateness": {"p50": 0.00004, "p99": 0.00009, "max": 0.0012},
-                "overruns": 1,
-                "dropped_ticks": 0,
-                "systems": [
-                    {
-                        "name": "economy",
-                        "state": "closed",
-                        "health": "healthy",
-                        "errors": 2,
-                        "step": {"p50": 0.00001, "p99": 0.00003},
-                        "every": 1,
-                    }
-                ],
-                "gauges": {"players": 200},
-                "errors": {"economy": 2},
-                "quarantined": [],
-                "profile": "low",
-                "emergency_reason": None,
-                "stopped": self.stopped,
-            }
-        )
+        return _View({
+            "phase": self.phase,
+            "tick": 1234,
+            "tick_rate": 30.0,
+            "budget": 0.0266,
+            "lateness": {"p50": 0.00004, "p99": 0.00009, "max": 0.0012},
+            "overruns": 1,
+            "dropped_ticks": 0,
+            "systems": [
+                {
+                    "name": "economy",
+                    "state": "closed",
+                    "health": "healthy",
+                    "errors": 2,
+                    "step": {"p50": 0.00001, "p99": 0.00003},
+                    "every": 1,
+                }
+            ],
+            "gauges": {"players": 200},
+            "errors": {"economy": 2},
+            "quarantined": [],
+            "profile": "low",
+            "emergency_reason": None,
+            "stopped": self.stopped,
+        })
 
     def liveness(self) -> tuple[bool, str]:
         self._call("liveness")
@@ -152,30 +150,28 @@ class FakeSupervisor:
 
     def error_view(self, *, limit: int, system: str | None) -> _View:
         self._call("error_view", limit=limit, system=system)
-        return _View(
-            {
-                "groups": [
-                    {
-                        "fingerprint": "abcdef0123456789",
-                        "system": "economy",
-                        "exc_type": "ZeroDivisionError",
-                        "message": "division by zero",
-                        "count": 2,
-                        "last_tick": 1200,
-                    }
-                ],
-                "records": [
-                    {
-                        "tick": 1200,
-                        "system": "economy",
-                        "hook": "tick",
-                        "kind": "error",
-                        "exc_type": "ZeroDivisionError",
-                        "message": "division by zero",
-                    }
-                ],
-            }
-        )
+        return _View({
+            "groups": [
+                {
+                    "fingerprint": "abcdef0123456789",
+                    "system": "economy",
+                    "exc_type": "ZeroDivisionError",
+                    "message": "division by zero",
+                    "count": 2,
+                    "last_tick": 1200,
+                }
+            ],
+            "records": [
+                {
+                    "tick": 1200,
+                    "system": "economy",
+                    "hook": "tick",
+                    "kind": "error",
+                    "exc_type": "ZeroDivisionError",
+                    "message": "division by zero",
+                }
+            ],
+        })
 
     def metrics_text(self) -> tuple[bytes, str]:
         self._call("metrics_text")
@@ -221,7 +217,9 @@ class FakeSupervisor:
             raise Refused(self.refuse)
         return _View({"path": "/srv/game/var/snapshots/snapshot-1234.msgpack", "tick": 1234})
 
-    async def change_phase(self, phase: str, *, force: bool, reason: str, caller: Caller) -> _View:
+    async def change_phase(
+        self, phase: str, *, force: bool, reason: str, caller: Caller
+    ) -> _View:
         self._call("change_phase", phase=phase, force=force, reason=reason, caller=caller)
         if self.refuse:
             raise Refused(self.refuse)

@@ -50,6 +50,7 @@ MAX_MODULE_LINES = 700
 MAX_CLASS_LINES = 600
 
 
+
 class Layer(enum.IntEnum):
     """Where a module sits; an import may only point to its own layer or a lower one."""
 
