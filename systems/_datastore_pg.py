@@ -470,19 +470,19 @@ class PgBackend:
         if conn is None:
             conn = self._conn = connect(self.url, self.schema)
             # The last COMMIT's reply may have been lost with the old connection.
-            row = conn.execute("SELECT value FROM meta WHERE key = 'commit_seq'").fetchone()
-            stored = 0 if row is None else int(row[0])
+            # ``commit_seq`` is ours only while ``owner`` is: another supervisor
+            # that opened the world since numbers its own commits (and ours,
+            # never committed, must not be acknowledged: tests/test_shared_snapshots.py).
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            self._check_owner(meta.get("owner"))
+            stored = int(meta.get("commit_seq", 0))
             already = [i for i in work if i.seq <= stored]
             if already:
                 return already
         with conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT value FROM meta WHERE key = 'owner' FOR UPDATE")
             row = cur.fetchone()
-            if row is None or int(row[0]) != self.token:
-                raise Fenced(
-                    f"another supervisor opened this world (owner {row and row[0]}, ours"
-                    f" {self.token}): this one stops writing it"
-                )
+            self._check_owner(None if row is None else row[0])
             if any(item.batch.ledger for item in work):
                 with cur.copy(_COPY_LEDGER) as copy:
                     for item in work:
@@ -505,6 +505,14 @@ class PgBackend:
                 cur.execute(_UPSERT_PLAYERS)
             cur.executemany(_SET_META, [("last_tick", work[-1].tick), ("commit_seq", work[-1].seq)])
         return work
+
+    def _check_owner(self, owner: object) -> None:
+        """Raise :class:`Fenced` unless the world's ``owner`` is still our token."""
+        if owner is None or int(str(owner)) != self.token:
+            raise Fenced(
+                f"another supervisor opened this world (owner {owner}, ours {self.token}):"
+                " this one stops writing it"
+            )
 
     def _finish(self, committed: list[_Item]) -> None:
         """After COMMIT: the ack log lines (the players' replies), then hand back to the tick."""

@@ -22,7 +22,15 @@ import pytest
 from pg_server import PgServer, running_pg
 from test_durability import CONFIG, Ack, Backend, audit_query, chain, read_acks
 
-from systems._datastore_pg import MIGRATIONS, MigrationError, PgBackend, _Item, connect, migrate
+from systems._datastore_pg import (
+    MIGRATIONS,
+    Fenced,
+    MigrationError,
+    PgBackend,
+    _Item,
+    connect,
+    migrate,
+)
 from systems.economy import Batch, Purchase
 
 SUPERVISOR = Path(sys.executable).parent / "supervisor"
@@ -142,6 +150,34 @@ def test_a_commit_whose_reply_was_lost_is_not_written_twice(pg: PgServer) -> Non
         backend.close()
     with connect(url, "world") as conn:
         assert conn.execute("SELECT COUNT(*) FROM purchases").fetchone() == (1,)
+
+
+def test_after_a_takeover_a_reconnect_never_counts_the_new_owners_commits_as_ours(
+    pg: PgServer,
+) -> None:
+    """A reconnect reads ``commit_seq``: only while ``owner`` is still ours does it mean ours.
+
+    Found by the shared-snapshot drill: the old owner, frozen mid-commit, woke
+    after the new owner had committed more than it had, took the new owner's
+    ``commit_seq`` for its own and acknowledged purchases never committed.
+    """
+    url = fresh_db(pg)
+    old = PgBackend(url, "world", None, lambda n: None)
+    old.open(None)
+    new = PgBackend(url, "world", None, lambda n: None)
+    try:
+        new.open(None)
+        for tick in range(1, 4):
+            new.submit(Batch([(tick, 1, tick, "grant", 10, None)], [], set(), []), [], tick)
+            assert len(_wait_finished(new)) == 1
+        old._disconnect()
+        mine = _Item(old.last_seq + 1, 9, Batch([], [_purchase(1)], set(), []), [], 0.0)
+        assert mine.seq <= new.last_seq
+        with pytest.raises(Fenced):
+            old._commit([mine])
+    finally:
+        new.close()
+        old.close()
 
 
 # ---------------------------------------------------------------------- supervisor run
