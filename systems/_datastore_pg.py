@@ -30,7 +30,7 @@ reports the gauges ``datastore_backlog`` (purchases awaiting their ack),
 and ``datastore_ack_wait`` (seconds the oldest commit has waited: a hung
 server raises no error, this shows it), says ``degraded`` in health while
 either lasts (the wait past 1 s), and logs the outage's start and end (once
-each). A statement times out after 10 s on the server, and a vanished host
+each). A statement times out after 5 s on the server, and a vanished host
 after 10 s of unacknowledged data (``tcp_user_timeout``), so the worker
 comes back to retry; a server that is alive but frozen holds the worker
 until it answers (``tests/test_pg_datastore.py`` freezes one), which only
@@ -147,6 +147,8 @@ _UPSERT_PLAYERS = (
 _SET_META = (
     "INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
+#: Seconds ``close`` waits for the worker to leave.
+_JOIN = 0.5
 #: The worker thread's nice value (the tick thread keeps the process's).
 _NICE = 10
 #: Backoff between two attempts while the database is unreachable, in seconds.
@@ -231,7 +233,7 @@ def connect(url: str, schema: str) -> psycopg.Connection[Any]:
     # A statement that hangs (a half-open connection) fails instead of holding the
     # worker; a frozen supervisor's open transaction (and its lock on ``owner``) is
     # ended by the server instead of blocking the supervisor taking its world over.
-    ours = f"-c search_path={schema} -c statement_timeout=10000"
+    ours = f"-c search_path={schema} -c statement_timeout=5000"
     ours += " -c idle_in_transaction_session_timeout=5000"
     options["options"] = f"{options.get('options', '')} {ours}".strip()
     # Autocommit: ``conn.transaction()`` is then always a real BEGIN ... COMMIT.
@@ -327,6 +329,10 @@ class PgBackend:
         try:
             migrate(conn, self.schema)
             with conn.transaction():
+                # Taking the world waits for the old owner's transaction, if it is
+                # frozen in one: the server ends that within 5 s (statement or idle
+                # timeout), so this transaction may wait longer than 5 s.
+                conn.execute("SET LOCAL statement_timeout = 20000")
                 if accepted is not None:
                     conn.execute(_SET_META, ("acks_accepted", accepted))
                 conn.execute(
@@ -384,14 +390,18 @@ class PgBackend:
         return not self._queue
 
     def close(self) -> None:
-        """Stop the worker (whatever is still queued was never acknowledged) and disconnect."""
+        """Stop the worker (whatever is still queued was never acknowledged).
+
+        The worker disconnects as it leaves. One still inside a call to a
+        frozen server (it answers nothing) is not waited for longer than
+        ``_JOIN`` seconds: a daemon thread, it ends with its call or the process.
+        """
         with self._cond:
             self._halt = True
             self._cond.notify_all()
         if self._thread is not None:
-            self._thread.join(timeout=15.0)
+            self._thread.join(timeout=_JOIN)
             self._thread = None
-        self._disconnect()
 
     def report(self, ctx: Context) -> None:
         """Gauges every tick; a log line when an outage starts or ends; the fence, once."""
@@ -440,6 +450,7 @@ class PgBackend:
                 while not self._queue and not self._halt:
                     self._cond.wait()
                 if self._halt:
+                    self._disconnect()
                     return
                 work = list(self._queue)
             try:

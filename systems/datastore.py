@@ -96,6 +96,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
+import trio
 
 from supervisor import Context, Phase, StartRefused
 
@@ -224,7 +225,14 @@ class Datastore:
 
     # ------------------------------------------------------------------ hooks
 
-    def start(self, ctx: Context) -> None:
+    async def start(self, ctx: Context) -> None:
+        """Check, open and reload (async: on PostgreSQL the network part runs in a thread).
+
+        A sync hook longer than the watchdog's ``kill_timeout`` (1 s) is
+        interrupted; connecting, migrating and reading every account from a
+        busy database server can take that long, so it runs off the loop
+        thread, bounded by the start deadline and libpq's own timeouts.
+        """
         if self.url is not None and self.ack_log is None:
             self.ack_log = str(ctx.state_dir / "world.acks")
         if self.path is None:
@@ -236,19 +244,10 @@ class Datastore:
         self._held = None
         continuing = self._restored or self.last_commit_tick >= 0
         self._restored = False
-        accepted = None
-        if continuing:
-            accepted = self._cross_check(ctx)
-        else:
-            self._set_aside_old_world(ctx)
         if self.url is not None:
-            stored_tick = self._open_pg(accepted)
+            stored_tick = await trio.to_thread.run_sync(self._prepare, ctx, continuing)
         else:
-            self._open()
-            if accepted is not None:
-                # Recorded, so the next start checks only what came after the accepted loss.
-                self._require().execute(_SET_META, (_ACCEPTED, accepted))
-            stored_tick = self._meta("last_tick")
+            stored_tick = self._prepare(ctx, continuing)
         self._started = True
         assert self._economy is not None
         self._economy.attach_store(self, ctx.tick)
@@ -270,6 +269,21 @@ class Datastore:
             )
             self._thread.start()
 
+    def _prepare(self, ctx: Context, continuing: bool) -> int | None:
+        """Cross-check or set aside, then open; the database's last committed tick."""
+        accepted = None
+        if continuing:
+            accepted = self._cross_check(ctx)
+        else:
+            self._set_aside_old_world(ctx)
+        if self.url is not None:
+            return self._open_pg(accepted)
+        self._open()
+        if accepted is not None:
+            # Recorded, so the next start checks only what came after the accepted loss.
+            self._require().execute(_SET_META, (_ACCEPTED, accepted))
+        return self._meta("last_tick")
+
     def tick(self, ctx: Context) -> None:
         if self._pg is not None:
             self._tick_pg(ctx)
@@ -290,7 +304,7 @@ class Datastore:
         self._held = None
         self._acknowledge(batch, tick)
 
-    def stop(self, ctx: Context) -> None:
+    async def stop(self, ctx: Context) -> None:
         """Save everything, then close.
 
         Both ways first commit what is queued (acknowledging it as any tick
@@ -302,7 +316,7 @@ class Datastore:
         the checkpoint and close (an fsync) go to a thread of their own.
         """
         if self._pg is not None:
-            self._stop_pg(ctx)
+            await self._stop_pg(ctx)
             return
         self._halt.set()
         if self._thread is not None:
@@ -542,8 +556,11 @@ class Datastore:
         self.last_commit_tick = max(self.last_commit_tick, tick)
         economy.committed(batch, now)
 
-    def _stop_pg(self, ctx: Context) -> None:
-        """Queue the last batch (and, graceful, every account), wait for the worker, close."""
+    async def _stop_pg(self, ctx: Context) -> None:
+        """Queue the last batch (and, graceful, every account), wait for the worker, close.
+
+        The waits run in a thread: within the stop deadline, not the watchdog's 1 s.
+        """
         pg, economy = self._pg, self._economy
         assert pg is not None
         assert economy is not None
@@ -557,7 +574,7 @@ class Datastore:
                 pg.submit(Batch([], [], set(), []), economy.rows(list(economy.accounts)), last)
             # Within the supervisor's stop_timeout (2 s by default); an emergency is hurried.
             timeout = min(self.drain_timeout, 1.0) if emergency else self.drain_timeout
-            if not pg.drain(timeout):
+            if not await trio.to_thread.run_sync(pg.drain, timeout):
                 ctx.log.error(
                     "datastore.stop_unfinished",
                     waiting=pg.backlog,
@@ -569,7 +586,7 @@ class Datastore:
         finally:
             economy.remove_guard(self._backpressure)
             economy.detach_store()
-            pg.close()
+            pg.close()  # a worker stuck on a frozen server is left to exit by itself
             self._pg = None
             self._close()
             self._started = False
