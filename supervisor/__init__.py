@@ -39,6 +39,7 @@ from ._core._config_sections import (
     TokenConfig,
     WatchdogConfig,
 )
+from ._core._config_snapshots import SnapshotsConfig
 from ._core._context import Context
 from ._core._control import (
     Caller,
@@ -156,6 +157,7 @@ __all__ = [
     "SloConfig",
     "SnapshotStatus",
     "SnapshotTaken",
+    "SnapshotsConfig",
     "StartRefused",
     "StartupError",
     "StatusView",

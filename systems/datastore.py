@@ -1,4 +1,10 @@
-"""The datastore: player data in SQLite, one transaction per tick, acks after commit.
+"""The datastore: player data in SQLite or PostgreSQL, one transaction per tick, acks after commit.
+
+SQLite (a file in the state folder) is the default. With ``[systems.datastore]
+url = "postgresql://..."`` the same tables live in PostgreSQL and the commit
+moves off the tick onto a worker thread, with the same guarantees: see
+``systems/_datastore_pg.py``. What follows describes SQLite; everything but
+the commit's thread, WAL and autosave holds for both.
 
 Durability, and what "acknowledged" means
 -----------------------------------------
@@ -85,46 +91,37 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
+import trio
 
 from supervisor import Context, Phase, StartRefused
 
-from .economy import MAX_BALANCE, Batch, StoredAccount
+from ._datastore_acks import CHUNK as _CHUNK
+from ._datastore_acks import ack_lines, open_ack_log
+from ._datastore_pg import (
+    PgBackend,
+    check_acks,
+    check_schema,
+    check_url,
+    describe_url,
+    refusing,
+    set_aside,
+)
+from ._datastore_sqlite import SCHEMA, audit, check_against_acks, checkpoint_and_close, rollback
+from .economy import Batch, StoredAccount
 
 if TYPE_CHECKING:
     from .economy import Economy
 
 __all__ = ["SCHEMA", "Datastore", "audit"]
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS players (
-    id INTEGER PRIMARY KEY,
-    balance INTEGER NOT NULL,
-    earnings INTEGER NOT NULL,
-    paid_tick INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS purchases (
-    id INTEGER PRIMARY KEY,
-    player INTEGER NOT NULL,
-    amount INTEGER NOT NULL,
-    item TEXT NOT NULL,
-    tick INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS purchases_by_player ON purchases (player);
-CREATE TABLE IF NOT EXISTS ledger (
-    seq INTEGER PRIMARY KEY,
-    player INTEGER NOT NULL,
-    tick INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    amount INTEGER NOT NULL,
-    purchase INTEGER
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
+#: Seconds a commit may wait (PostgreSQL) before the datastore says degraded.
+_SLOW_ACK = 1.0
+
 
 _INSERT_LEDGER = "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?)"
 _INSERT_PURCHASE = "INSERT INTO purchases VALUES (?, ?, ?, ?, ?)"
@@ -135,8 +132,6 @@ _UPSERT_PLAYER = (
 #: ``meta`` key: how many ack log lines an operator accepted as lost (``accept_data_loss``).
 _ACCEPTED = "acks_accepted"
 _SET_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-#: SQLite's default limit on ``?`` parameters is 32766; stay far below.
-_CHUNK = 500
 
 
 def _synchronous(value: Any) -> str:
@@ -156,9 +151,16 @@ class Datastore:
         synchronous: ``"NORMAL"`` (survives a killed process) or ``"FULL"``
             (survives power loss too; an fsync per commit).
         autosave: seconds between WAL checkpoints on a background thread (0: SQLite's own).
-        ack_log: the acknowledgement log; None: ``path`` with ``.acks``; "": none.
+        ack_log: the acknowledgement log; None: ``path`` with ``.acks`` (with
+            ``url``: ``world.acks`` in the state folder); "": none.
         accept_data_loss: start even when the database lost acknowledged
             purchases (see "Cross-check at start"); the loss is logged.
+        url: ``postgresql://...``: keep the world in PostgreSQL instead
+            (``path``, ``synchronous`` and ``autosave`` then do not apply).
+        schema: the PostgreSQL schema holding this world's tables.
+        max_pending: with ``url``, purchases awaiting their ack past which new
+            ones are refused (``blocked:datastore_backlog``).
+        drain_timeout: with ``url``, seconds a stop waits for the last commits.
     """
 
     path: str | None = None
@@ -168,6 +170,10 @@ class Datastore:
     accept_data_loss: bool = attrs.field(
         default=False, validator=attrs.validators.instance_of(bool)
     )
+    url: str | None = None
+    schema: str = attrs.field(default="world", converter=check_schema)
+    max_pending: int = 50_000
+    drain_timeout: float = 1.5
     name: str = "datastore"
 
     critical: ClassVar[bool] = True
@@ -193,10 +199,15 @@ class Datastore:
     _thread: threading.Thread | None = attrs.field(init=False, default=None)
     _log: Any = attrs.field(init=False, default=None)
     _restored: bool = attrs.field(init=False, default=False)
+    _pg: PgBackend | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         if self.autosave < 0:
             raise ValueError(f"autosave must be >= 0 seconds, got {self.autosave!r}")
+        if self.url is not None:
+            check_url(self.url)
+        if self.max_pending < 1 or not 0 < self.drain_timeout <= 3600:
+            raise ValueError("max_pending must be >= 1 and drain_timeout within (0, 3600] s")
 
     @property
     def ack_path(self) -> Path | None:
@@ -214,7 +225,16 @@ class Datastore:
 
     # ------------------------------------------------------------------ hooks
 
-    def start(self, ctx: Context) -> None:
+    async def start(self, ctx: Context) -> None:
+        """Check, open and reload (async: on PostgreSQL the network part runs in a thread).
+
+        A sync hook longer than the watchdog's ``kill_timeout`` (1 s) is
+        interrupted; connecting, migrating and reading every account from a
+        busy database server can take that long, so it runs off the loop
+        thread, bounded by the start deadline and libpq's own timeouts.
+        """
+        if self.url is not None and self.ack_log is None:
+            self.ack_log = str(ctx.state_dir / "world.acks")
         if self.path is None:
             self.path = str(ctx.state_dir / "world.sqlite3")
         self._log = ctx.log
@@ -224,17 +244,11 @@ class Datastore:
         self._held = None
         continuing = self._restored or self.last_commit_tick >= 0
         self._restored = False
-        accepted = None
-        if continuing:
-            accepted = self._cross_check(ctx)
+        if self.url is not None:
+            stored_tick = await trio.to_thread.run_sync(self._prepare, ctx, continuing)
         else:
-            self._set_aside_old_world(ctx)
-        self._open()
-        if accepted is not None:
-            # Recorded, so the next start checks only what came after the accepted loss.
-            self._require().execute(_SET_META, (_ACCEPTED, accepted))
+            stored_tick = self._prepare(ctx, continuing)
         self._started = True
-        stored_tick = self._meta("last_tick")
         assert self._economy is not None
         self._economy.attach_store(self, ctx.tick)
         if stored_tick is not None and stored_tick >= ctx.tick:
@@ -246,15 +260,35 @@ class Datastore:
                 resumed_tick=ctx.tick,
                 detail="the snapshot is older than the database: balances come from the database",
             )
-        if self.autosave > 0:
+        if self._pg is not None:
+            self._economy.add_guard(self._backpressure)
+        elif self.autosave > 0:
             self._halt.clear()
             self._thread = threading.Thread(
                 target=self._autosave_loop, name=f"{self.name}-autosave", daemon=True
             )
             self._thread.start()
 
+    def _prepare(self, ctx: Context, continuing: bool) -> int | None:
+        """Cross-check or set aside, then open; the database's last committed tick."""
+        accepted = None
+        if continuing:
+            accepted = self._cross_check(ctx)
+        else:
+            self._set_aside_old_world(ctx)
+        if self.url is not None:
+            return self._open_pg(accepted)
+        self._open()
+        if accepted is not None:
+            # Recorded, so the next start checks only what came after the accepted loss.
+            self._require().execute(_SET_META, (_ACCEPTED, accepted))
+        return self._meta("last_tick")
+
     def tick(self, ctx: Context) -> None:
-        self._flush(ctx.tick)
+        if self._pg is not None:
+            self._tick_pg(ctx)
+        else:
+            self._flush(ctx.tick)
 
     def _flush(self, tick: int) -> None:
         """Commit what the economy queued (and any batch held back by a failure), then ack."""
@@ -270,7 +304,7 @@ class Datastore:
         self._held = None
         self._acknowledge(batch, tick)
 
-    def stop(self, ctx: Context) -> None:
+    async def stop(self, ctx: Context) -> None:
         """Save everything, then close.
 
         Both ways first commit what is queued (acknowledging it as any tick
@@ -281,6 +315,9 @@ class Datastore:
         is written, every account is already saved by the per-tick commits:
         the checkpoint and close (an fsync) go to a thread of their own.
         """
+        if self._pg is not None:
+            await self._stop_pg(ctx)
+            return
         self._halt.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
@@ -301,15 +338,20 @@ class Datastore:
             if emergency and self._conn is not None:
                 conn, self._conn = self._conn, None
                 # Not a daemon: an exiting process still finishes the checkpoint.
-                threading.Thread(target=_checkpoint_and_close, args=(conn,)).start()
+                threading.Thread(target=checkpoint_and_close, args=(conn,)).start()
             self._close()
             self._started = False
 
     def recover(self, ctx: Context, error: Any) -> None:
-        """Roll back a half-done transaction; reopen a broken connection. The batch is kept."""
+        """Roll back a half-done transaction; reopen a broken connection. The batch is kept.
+
+        With PostgreSQL the tick does no I/O that could fail; the worker retries by itself.
+        """
+        if self.url is not None:
+            return
         conn = self._conn
         if conn is not None:
-            _rollback(conn)
+            rollback(conn)
             try:
                 conn.execute("SELECT 1").fetchall()
             except sqlite3.Error:
@@ -318,6 +360,12 @@ class Datastore:
             self._open()
 
     def health(self) -> str:
+        pg = self._pg
+        if pg is not None:
+            if pg.fenced is not None:
+                return "unhealthy"
+            slow = pg.ack_wait(time.monotonic()) > _SLOW_ACK
+            return "degraded" if pg.outage_since is not None or pg.ack_error or slow else "healthy"
         if self._started and self._conn is None:
             return "unhealthy"
         if self._held is not None or self.autosave_error is not None:
@@ -343,6 +391,8 @@ class Datastore:
 
     def load_accounts(self, pids: Sequence[int]) -> dict[int, StoredAccount]:
         """Accounts of ``pids`` in the database, with their items counted from the journal."""
+        if self._pg is not None:
+            return self._pg.load_accounts(pids)
         conn = self._require()
         found: dict[int, list[Any]] = {}
         for i in range(0, len(pids), _CHUNK):
@@ -364,6 +414,8 @@ class Datastore:
 
     def last_ids(self) -> tuple[int, int]:
         """The last ledger seq and purchase id (an acknowledged id counts, even if lost)."""
+        if self._pg is not None:
+            return self._pg.last_ids[0], max(self._pg.last_ids[1], self.acked_max_id)
         conn = self._require()
         (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()
         (pid,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM purchases").fetchone()
@@ -382,8 +434,12 @@ class Datastore:
         Raises:
             StartRefused: the database contradicts the ack log or the snapshot.
         """
-        path = self._require_path()
-        check = _check_against_acks(path, self.ack_path)
+        path = describe_url(self.url) if self.url is not None else self._require_path()
+        if self.url is not None:
+            with refusing(self.url, self.schema):
+                check = check_acks(self.url, self.schema, self.ack_path)
+        else:
+            check = check_against_acks(path, self.ack_path)
         self.acked_max_id = check.max_id
         problems = []
         if check.missing:
@@ -391,7 +447,10 @@ class Datastore:
                 f"{check.missing:,} of {check.acks:,} acknowledged purchases are missing or"
                 f" different (first: id {check.first_missing})"
             )
-        if check.acks < self.acks_written:
+        # On PostgreSQL a world moves between machines (``run --resume-from``) and
+        # each keeps its own ack log: the snapshot's count spans them all. Each
+        # local line is still checked against the database, and its last tick.
+        if check.acks < self.acks_written and self.url is None:
             problems.append(
                 f"the ack log holds {check.acks:,} acknowledgements, the snapshot counted"
                 f" {self.acks_written:,}"
@@ -424,6 +483,12 @@ class Datastore:
         """A new world: move an earlier world's database and ack log aside, never into it."""
         db = Path(self._require_path())
         files = [Path(f"{db}{suffix}") for suffix in ("", "-wal", "-shm")]
+        if self.url is not None:
+            with refusing(self.url, self.schema):
+                schema = set_aside(self.url, self.schema)
+            if schema is not None:
+                ctx.log.warning("datastore.moved_aside", schema=schema, detail="a new world")
+            files = []
         ack = self.ack_path
         if ack is not None:
             files.append(ack)
@@ -432,7 +497,7 @@ class Datastore:
             return
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         # mkdtemp: a new folder with a unique name, even for two moves in one second.
-        aside = Path(tempfile.mkdtemp(prefix=f"aside-{stamp}-", dir=db.parent))
+        aside = Path(tempfile.mkdtemp(prefix=f"aside-{stamp}-", dir=old[0].parent))
         for f in old:
             os.rename(f, aside / f.name)
         ctx.log.warning(
@@ -441,6 +506,90 @@ class Datastore:
             files=[f.name for f in old],
             detail="a new world: the earlier world's database is kept there, not reused",
         )
+
+    # ------------------------------------------------------------------ PostgreSQL
+
+    def _open_pg(self, accepted: int | None) -> int | None:
+        """Open the ack log, connect, migrate, take the fencing token; the stored last tick."""
+        ack = self.ack_path
+        if ack is not None and self._ack_fd is None:
+            self._ack_fd = open_ack_log(ack)
+        pg = PgBackend(self.url or "", self.schema, self._ack_fd, self._count_acks)
+        with refusing(pg.url, pg.schema):
+            pg.open(accepted)
+        self._pg = pg
+        return pg.stored_tick
+
+    def _count_acks(self, n: int) -> None:
+        self.acks_written += n  # only the worker writes it while PostgreSQL is in use
+
+    def _backpressure(self, _player: int, _amount: int, _item: str, _now: float) -> str | None:
+        """The economy's guard: refuse purchases while too many await their ack."""
+        pg = self._pg
+        return "datastore_backlog" if pg is not None and pg.backlog >= self.max_pending else None
+
+    def _tick_pg(self, ctx: Context) -> None:
+        """Hand back what the worker committed, queue this tick's batch; no I/O."""
+        pg, economy = self._pg, self._economy
+        assert pg is not None
+        assert economy is not None
+        for done, tick in pg.finished():
+            self._applied(done, tick, ctx.tick)
+        pg.report(ctx)
+        batch = economy.drain()
+        if batch is not None:
+            pg.submit(batch, economy.rows(batch.dirty), ctx.tick)
+
+    def _applied(self, batch: Batch, tick: int, now: int) -> None:
+        """``batch`` (of ``tick``) is committed: remember its leavers' accounts, then ack."""
+        pg, economy = self._pg, self._economy
+        assert pg is not None
+        assert economy is not None
+        for pid in batch.leavers:
+            acct = economy.accounts.get(pid)
+            if acct is not None and not acct.online:
+                pg.offline[pid] = StoredAccount(
+                    acct.balance, acct.earnings, acct.paid_tick, dict(acct.items)
+                )
+        self.commits += 1
+        self.rows_written += len(batch.ledger) + len(batch.purchases) + len(batch.dirty)
+        self.last_commit_tick = max(self.last_commit_tick, tick)
+        economy.committed(batch, now)
+
+    async def _stop_pg(self, ctx: Context) -> None:
+        """Queue the last batch (and, graceful, every account), wait for the worker, close.
+
+        The waits run in a thread: within the stop deadline, not the watchdog's 1 s.
+        """
+        pg, economy = self._pg, self._economy
+        assert pg is not None
+        assert economy is not None
+        last = max(ctx.tick - 1, 0)
+        emergency = ctx.phase is Phase.EMERGENCY_SHUTDOWN
+        try:
+            batch = economy.drain()
+            if batch is not None:
+                pg.submit(batch, economy.rows(batch.dirty), last)
+            if not emergency:
+                pg.submit(Batch([], [], set(), []), economy.rows(list(economy.accounts)), last)
+            # Within the supervisor's stop_timeout (2 s by default); an emergency is hurried.
+            timeout = min(self.drain_timeout, 1.0) if emergency else self.drain_timeout
+            if not await trio.to_thread.run_sync(pg.drain, timeout):
+                ctx.log.error(
+                    "datastore.stop_unfinished",
+                    waiting=pg.backlog,
+                    error=pg.error or pg.fenced,
+                    detail="never committed, so never acknowledged",
+                )
+            for done, tick in pg.finished():
+                self._applied(done, tick, last)
+        finally:
+            economy.remove_guard(self._backpressure)
+            economy.detach_store()
+            pg.close()  # a worker stuck on a frozen server is left to exit by itself
+            self._pg = None
+            self._close()
+            self._started = False
 
     # ------------------------------------------------------------------ inside
 
@@ -466,9 +615,7 @@ class Datastore:
         self._conn = conn
         ack = self.ack_path
         if ack is not None and self._ack_fd is None:
-            ack.parent.mkdir(parents=True, exist_ok=True)
-            # O_APPEND and one write per commit: a killed process leaves whole lines.
-            self._ack_fd = os.open(ack, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._ack_fd = open_ack_log(ack)
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -511,7 +658,7 @@ class Datastore:
             conn.execute(_SET_META, ("last_tick", tick))
             conn.execute("COMMIT")
         except BaseException:
-            _rollback(conn)
+            rollback(conn)
             raise
         self.commits += 1
         self.rows_written += len(batch.ledger) + len(batch.purchases) + len(players)
@@ -522,11 +669,7 @@ class Datastore:
         assert self._economy is not None
         try:
             if batch.purchases and self._ack_fd is not None:
-                lines = "".join(
-                    f"{p.id} {p.player} {p.amount} {p.tick} {p.item or '-'}\n"
-                    for p in batch.purchases
-                )
-                os.write(self._ack_fd, lines.encode())
+                os.write(self._ack_fd, ack_lines(batch))
                 self.acks_written += len(batch.purchases)
         finally:
             self._economy.committed(batch, tick)
@@ -539,7 +682,7 @@ class Datastore:
             conn.executemany(_UPSERT_PLAYER, rows)
             conn.execute("COMMIT")
         except BaseException:
-            _rollback(conn)
+            rollback(conn)
             raise
         self.rows_written += len(rows)
 
@@ -561,137 +704,3 @@ class Datastore:
                     self.autosave_error = None
         finally:
             conn.close()
-
-
-def audit(path: str | os.PathLike[str]) -> list[str]:
-    """Check a world database's invariants; the problems found (empty: consistent).
-
-    Every balance equals the sum of its ledger and lies in ``[0, MAX_BALANCE]``;
-    every purchase has exactly one ledger entry of ``-amount``; every ledger
-    entry belongs to a saved player. Safe while the world runs (WAL readers
-    do not block the writer).
-    """
-    problems: list[str] = []
-    conn = sqlite3.connect(path)
-    try:
-        for pid, balance, total in conn.execute(
-            "SELECT p.id, p.balance, COALESCE(SUM(l.amount), 0) AS total FROM players p"
-            " LEFT JOIN ledger l ON l.player = p.id GROUP BY p.id HAVING p.balance != total"
-        ):
-            problems.append(f"player {pid}: balance {balance} != ledger sum {total}")
-        for (pid,) in conn.execute(
-            "SELECT id FROM players WHERE balance < 0 OR balance > ?", (MAX_BALANCE,)
-        ):
-            problems.append(f"player {pid}: balance out of range")
-        for pid, amount, entries in conn.execute(
-            "SELECT p.id, p.amount, COUNT(l.seq) FROM purchases p LEFT JOIN ledger l"
-            " ON l.purchase = p.id AND l.kind = 'purchase' AND l.amount = -p.amount"
-            " AND l.player = p.player GROUP BY p.id HAVING COUNT(l.seq) != 1"
-        ):
-            problems.append(f"purchase {pid} ({amount}): {entries} matching ledger entries")
-        for (player,) in conn.execute(
-            "SELECT DISTINCT player FROM ledger WHERE player NOT IN (SELECT id FROM players)"
-        ):
-            problems.append(f"ledger entries of player {player}, who was never saved")
-    finally:
-        conn.close()
-    return problems
-
-
-@attrs.frozen
-class _AckCheck:
-    """What :func:`_check_against_acks` found."""
-
-    acks: int
-    missing: int
-    first_missing: int | None
-    max_id: int
-    db_tick: int | None
-
-
-def _check_against_acks(db: str, acks: Path | None) -> _AckCheck:
-    """Compare the ack log with the database, read-only, ``_CHUNK`` lines at a time."""
-    db_tick = None
-    count = missing = max_id = accepted = 0
-    first: int | None = None
-    conn = None
-    if Path(db).exists():
-        conn = sqlite3.connect(f"{Path(db).absolute().as_uri()}?mode=ro", uri=True)
-    try:
-        if conn is not None and _has_table(conn, "meta"):
-            meta = dict(conn.execute("SELECT key, value FROM meta"))
-            db_tick = meta.get("last_tick")
-            # The first ``accepted`` acks were lost once and the loss accepted.
-            accepted = meta.get(_ACCEPTED, 0)
-        has_purchases = conn is not None and _has_table(conn, "purchases")
-        for chunk in _ack_chunks(acks):
-            count += len(chunk)
-            max_id = max(max_id, *(a[0] for a in chunk))
-            checked = chunk[max(accepted - count + len(chunk), 0) :]
-            if not checked:
-                continue
-            stored: dict[int, tuple[Any, ...]] = {}
-            if has_purchases:
-                assert conn is not None
-                marks = ",".join("?" * len(checked))  # only placeholders are formatted in
-                stored = {
-                    row[0]: tuple(row[1:])
-                    for row in conn.execute(
-                        "SELECT id, player, amount, tick, item FROM purchases"
-                        f" WHERE id IN ({marks})",
-                        [a[0] for a in checked],
-                    )
-                }
-            for ack in checked:
-                if stored.get(ack[0]) != ack[1:]:
-                    missing += 1
-                    first = ack[0] if first is None else first
-    finally:
-        if conn is not None:
-            conn.close()
-    return _AckCheck(count, missing, first, max_id, db_tick)
-
-
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
-    return conn.execute(sql, (name,)).fetchone() is not None
-
-
-def _ack_chunks(path: Path | None) -> Iterator[list[tuple[int, int, int, int, str]]]:
-    """The ack log's lines as ``(id, player, amount, tick, item)``, ``_CHUNK`` at a time.
-
-    A last line without its newline (a write cut by a full disk) is not an
-    acknowledgement: the reply is only sent once the whole line is written.
-    """
-    if path is None or not path.exists():
-        return
-    chunk: list[tuple[int, int, int, int, str]] = []
-    with path.open("rb") as lines:
-        for raw in lines:
-            if not raw.endswith(b"\n"):
-                break
-            pid, player, amount, tick, item = raw.decode().split(" ")
-            item = item.rstrip("\n")
-            chunk.append(
-                (int(pid), int(player), int(amount), int(tick), "" if item == "-" else item)
-            )
-            if len(chunk) == _CHUNK:
-                yield chunk
-                chunk = []
-    if chunk:
-        yield chunk
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    """Undo a half-done transaction, if any; a broken connection is the caller's problem."""
-    with contextlib.suppress(sqlite3.Error):
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-
-
-def _checkpoint_and_close(conn: sqlite3.Connection) -> None:
-    """Fold the WAL into the database file (fsynced) and close; errors are moot by then."""
-    with contextlib.suppress(sqlite3.Error):
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-    with contextlib.suppress(sqlite3.Error):
-        conn.close()

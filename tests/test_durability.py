@@ -29,8 +29,10 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -71,8 +73,7 @@ buy_rate = 0.5
 cheat_rate = 0.02
 
 [systems.datastore]
-path = "{db}"
-autosave = 0.5
+{datastore}
 
 [systems.leaderboard]
 
@@ -112,49 +113,74 @@ def read_acks(path: Path) -> list[Ack]:
     return acks
 
 
+#: ``sql -> rows``: one query against the world's database (SQLite or PostgreSQL).
+Query = Callable[[str], Iterable[tuple[Any, ...]]]
+
+
 def audit(db: Path, acks: list[Ack]) -> list[str]:
-    """Every way the database contradicts the acknowledgements or its own ledger."""
-    problems: list[str] = []
+    """Every way the SQLite database contradicts the acknowledgements or its own ledger."""
     with contextlib.closing(sqlite3.connect(db)) as conn:
-        purchases = {
-            row[0]: row[1:]
-            for row in conn.execute("SELECT id, player, amount, tick, item FROM purchases")
-        }
-        problems.extend(
-            f"acknowledged {ack} but the database has {purchases.get(ack.id)}"
-            for ack in acks
-            if purchases.get(ack.id) != (ack.player, ack.amount, ack.tick, ack.item)
+        return audit_query(conn.execute, acks)
+
+
+def audit_query(query: Query, acks: list[Ack]) -> list[str]:
+    """:func:`audit` on any database: the same SQL runs on SQLite and PostgreSQL."""
+    problems: list[str] = []
+    purchases = {
+        row[0]: row[1:] for row in query("SELECT id, player, amount, tick, item FROM purchases")
+    }
+    problems.extend(
+        f"acknowledged {ack} but the database has {purchases.get(ack.id)}"
+        for ack in acks
+        if purchases.get(ack.id) != (ack.player, ack.amount, ack.tick, ack.item)
+    )
+    ids = [a.id for a in acks]
+    if len(ids) != len(set(ids)):
+        problems.append("a purchase was acknowledged twice")
+    ledger: dict[Any, Any] = dict(query("SELECT player, SUM(amount) FROM ledger GROUP BY player"))
+    for pid, balance in query("SELECT id, balance FROM players"):
+        if balance != ledger.get(pid, 0):
+            problems.append(f"player {pid}: balance {balance} != ledger {ledger.get(pid, 0)}")
+        if balance < 0:
+            problems.append(f"player {pid}: negative balance {balance}")
+    debits = {
+        ref: (player, -amount)
+        for ref, player, amount in query(
+            "SELECT purchase, player, amount FROM ledger WHERE kind = 'purchase'"
         )
-        ids = [a.id for a in acks]
-        if len(ids) != len(set(ids)):
-            problems.append("a purchase was acknowledged twice")
-        ledger = dict(conn.execute("SELECT player, SUM(amount) FROM ledger GROUP BY player"))
-        for pid, balance in conn.execute("SELECT id, balance FROM players"):
-            if balance != ledger.get(pid, 0):
-                problems.append(f"player {pid}: balance {balance} != ledger {ledger.get(pid, 0)}")
-            if balance < 0:
-                problems.append(f"player {pid}: negative balance {balance}")
-        debits = {
-            ref: (player, -amount)
-            for ref, player, amount in conn.execute(
-                "SELECT purchase, player, amount FROM ledger WHERE kind = 'purchase'"
-            )
-        }
-        for pid, (player, amount, _, _) in purchases.items():
-            if debits.get(pid) != (player, amount):
-                problems.append(f"purchase {pid} has no matching ledger debit")
-        if len(debits) != len(purchases):
-            problems.append(f"{len(debits)} purchase debits for {len(purchases)} purchases")
+    }
+    for pid, (player, amount, _, _) in purchases.items():
+        if debits.get(pid) != (player, amount):
+            problems.append(f"purchase {pid} has no matching ledger debit")
+    if len(debits) != len(purchases):
+        problems.append(f"{len(debits)} purchase debits for {len(purchases)} purchases")
     return problems
 
 
-def chain(folder: Path, runs: int, rng: random.Random) -> list[int]:
+@attrs.frozen
+class Backend:
+    """Where a chain's world keeps its data: the ``[systems.datastore]`` lines, the check."""
+
+    #: ``folder -> (the [systems.datastore] lines, the ack log)``.
+    layout: Callable[[Path], tuple[str, Path]]
+    #: ``(folder, acks) -> problems``.
+    audit: Callable[[Path, list[Ack]], list[str]]
+
+
+def _sqlite_layout(folder: Path) -> tuple[str, Path]:
+    db = folder / "world.sqlite3"
+    return f'path = "{db}"\nautosave = 0.5', Path(f"{db}.acks")
+
+
+SQLITE = Backend(_sqlite_layout, lambda folder, acks: audit(folder / "world.sqlite3", acks))
+
+
+def chain(folder: Path, runs: int, rng: random.Random, backend: Backend = SQLITE) -> list[int]:
     """``runs`` kill-and-resume rounds in ``folder``; the acks seen after each kill."""
     folder.mkdir()
-    db = folder / "world.sqlite3"
-    acks_path = Path(f"{db}.acks")
+    datastore, acks_path = backend.layout(folder)
     config = folder / "world.toml"
-    config.write_text(CONFIG.format(rate=TICK_RATE, seed=rng.randrange(1000), db=db))
+    config.write_text(CONFIG.format(rate=TICK_RATE, seed=rng.randrange(1000), datastore=datastore))
     base = [str(SUPERVISOR), "run", "--config", str(config), "--state-dir", str(folder / "state")]
     snapshots = folder / "state" / "snapshots"
     counts = []
@@ -185,7 +211,7 @@ def chain(folder: Path, runs: int, rng: random.Random) -> list[int]:
         assert proc.returncode == -signal.SIGKILL
         assert '"system.error"' not in log.read_text(), f"run {i} logged errors"
         acks = read_acks(acks_path)
-        assert audit(db, acks) == [], f"after kill {i} ({folder.name})"
+        assert backend.audit(folder, acks) == [], f"after kill {i} ({folder.name})"
         counts.append(len(acks))
 
         resume = subprocess.run(
@@ -204,7 +230,7 @@ def chain(folder: Path, runs: int, rng: random.Random) -> list[int]:
         assert f'"acknowledged": {len(acks)}, ' in resume.stderr, resume.stderr[-3000:]
         after = read_acks(acks_path)
         assert after[: len(acks)] == acks  # the log only grows
-        assert audit(db, after) == [], f"after resume {i} ({folder.name})"
+        assert backend.audit(folder, after) == [], f"after resume {i} ({folder.name})"
     return counts
 
 

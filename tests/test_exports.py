@@ -34,6 +34,7 @@ import supervisor.testing
 #: The public names of ``supervisor``; the surface changes only by editing this set.
 PUBLIC = {
     "SnapshotTaken",
+    "SnapshotsConfig",
     "SystemAction",
     "Unknown",
     "Windowed",

@@ -161,6 +161,11 @@ def cli() -> None:
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where state is kept.")
 @click.option("--resume", is_flag=True, help="Continue the world of the latest valid snapshot.")
 @click.option(
+    "--resume-from",
+    metavar="WORLD",
+    help="Continue WORLD from the shared snapshot store ([snapshots] store) and its database.",
+)
+@click.option(
     "--fresh",
     is_flag=True,
     help="Start a new world; earlier snapshots and world data are moved aside, never deleted.",

@@ -32,6 +32,7 @@ from .._core._config import Config
 from .._core._phase import Phase
 from .._core._runtime import Supervisor
 from .._core._snapshot import SnapshotStore
+from .._core._snapshot_shared import SharedSnapshotStore, shared_status
 from .._core._views import RunSummary
 from .._errors import ConfigError, PluginError, StartupError, SupervisorError
 from .._files import check_output_path
@@ -95,6 +96,31 @@ def check_preserved_state(sup: Supervisor, *, resume: bool, fresh: bool) -> None
             _no_snapshot_to_resume(folder, [])
     except OSError as exc:
         fail(f"{folder}: {exc.strerror or exc}", EXIT_FAILED)
+
+
+def resume_shared_world(sup: Supervisor, world: str) -> None:
+    """``--resume-from WORLD``: check the world's shared snapshot, then set local ones aside.
+
+    The local snapshots (of whatever this machine ran before) are another
+    world's: moved aside like ``--fresh`` does, never deleted, and only once
+    the shared world is known to have a valid snapshot to continue from.
+    """
+    store = sup.snapshots
+    if not isinstance(store, SharedSnapshotStore):
+        fail("--resume-from needs a shared snapshot store: set [snapshots] store", EXIT_USAGE)
+    try:
+        store.resume_world(world)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    source = store.resume_from
+    assert source is not None
+    try:
+        snap, problems = store.latest()
+    except OSError as exc:
+        fail(f"{source.directory}: {exc.strerror or exc}", EXIT_FAILED)
+    if snap is None:
+        _no_snapshot_to_resume(source.directory, problems)
+    check_preserved_state(sup, resume=False, fresh=True)
 
 
 def _no_snapshot_to_resume(folder: Path, problems: list[Any]) -> NoReturn:
@@ -217,11 +243,16 @@ def run_command(
     exit_on_emergency: bool,
     log_format: str | None,
     summary_json: str | None,
+    resume_from: str | None = None,
 ) -> NoReturn:
     """``supervisor run``: exits 0, 1, 2, 3 or 4 as CONTRACT section 2 says."""
     if resume and fresh:
         raise click.UsageError(
             "--resume and --fresh exclude each other", click.get_current_context()
+        )
+    if resume_from is not None and (resume or fresh):
+        raise click.UsageError(
+            "--resume-from excludes --resume and --fresh", click.get_current_context()
         )
     try:
         config = load_config(config_path)
@@ -253,7 +284,13 @@ def run_command(
         stream=live,  # type: ignore[arg-type]  # file-like: write, flush, isatty
         processors=(sup.redactor.structlog_processor(),),
     )
-    check_preserved_state(sup, resume=resume, fresh=fresh)
+    if resume_from is not None:
+        resume_shared_world(sup, resume_from)
+        resume = True
+    else:
+        check_preserved_state(sup, resume=resume, fresh=fresh)
+    if isinstance(sup.snapshots, SharedSnapshotStore):
+        sup.status_sections["snapshots_shared"] = functools.partial(shared_status, sup.snapshots)
     if live is not None:
         sup.services.append(functools.partial(live_status, stream=live))
     listen_errors = _attach_services(sup, api=effective.features.api)

@@ -52,6 +52,7 @@ from ._config_sections import (
     WatchdogConfig,
     parse_slos,
 )
+from ._config_snapshots import SnapshotsConfig
 from ._phase import Phase
 
 __all__ = ["MAX_DEPTH", "NON_CONFIG_VARIABLES", "Config", "apply_env_overrides", "parse_toml"]
@@ -65,7 +66,7 @@ NON_CONFIG_VARIABLES: Final = frozenset({"SUPERVISOR_TOKEN"})
 MAX_DEPTH: Final = 32
 
 SECTIONS["agones"] = AgonesConfig  # issue 14: its own module, registered like the others
-_TOP_LEVEL = [*SECTIONS, "systems", "profiles", "phases", "slo", *FLAG_TABLES]
+_TOP_LEVEL = [*SECTIONS, "systems", "profiles", "phases", "slo", "snapshots", *FLAG_TABLES]
 _OVERLAY_PHASES = tuple(phase.value for phase in Phase)
 #: Keys a phase overlay cannot change: the snapshot store is built once, so a
 #: per-phase state folder or key would write where the next start does not read.
@@ -139,6 +140,9 @@ class Config:
     alerts: AlertsConfig = attrs.field(factory=AlertsConfig, validator=_is(AlertsConfig))
     errors: ErrorsConfig = attrs.field(factory=ErrorsConfig, validator=_is(ErrorsConfig))
     agones: AgonesConfig = attrs.field(factory=AgonesConfig, validator=_is(AgonesConfig))
+    snapshots: SnapshotsConfig = attrs.field(
+        factory=SnapshotsConfig, validator=_is(SnapshotsConfig)
+    )
     #: ``[slo.NAME]`` service-level objectives by name.
     slo: Mapping[str, SloConfig] = attrs.field(factory=dict, validator=_slos)
     #: ``[flags.NAME]`` and ``[experiments.NAME]`` by name (``_config_flags``).
@@ -237,6 +241,8 @@ class Config:
                 kwargs["slo"] = parse_slos(value, source)
             elif key in FLAG_TABLES:
                 kwargs[key] = FLAG_TABLES[key](value, source)
+            elif key == "snapshots":
+                kwargs["snapshots"] = SnapshotsConfig.from_mapping(value, source=source)
             elif key in SECTIONS:
                 kwargs[key] = SECTIONS[key].from_mapping(value, source=source)
             else:

@@ -42,7 +42,7 @@ from ._runner import Runner
 from ._safecall import ErrorLog, ErrorRecord
 from ._services import Services
 from ._slots import LoopState
-from ._snapshot import SnapshotStore
+from ._snapshot_shared import open_snapshot_store
 from ._snapshotter import Snapshotter
 from ._steps import Steps
 from ._surface import ControlSurface
@@ -140,11 +140,7 @@ class Supervisor:
         self._steps.on_failure = self._recovery.step_failed
         gauges = GaugeDesk(k, self._recorder)
         k.gauge_reporter = gauges.report
-        self.snapshots = SnapshotStore(
-            self.state_dir / "snapshots",
-            generations=active.supervisor.snapshot_generations,
-            key=active.supervisor.snapshot_key_bytes,
-        )
+        self.snapshots = open_snapshot_store(self.state_dir / "snapshots", active)
         self._snapshotter = Snapshotter(
             k, self.snapshots, self._recorder, self._steps, self._recovery
         )
