@@ -26,6 +26,7 @@ from ._client import COMMANDS, DEFAULT_CONFIG, EXIT_USAGE, bounded, fail, make_c
 from ._config_cmd import config
 from ._errors_cmd import errors as errors_command
 from ._errors_cmd import report as report_command
+from ._fleet_cmd import fleet
 from ._operator import OPERATOR_COMMANDS
 from ._status_cmd import status
 
@@ -250,6 +251,7 @@ for _command in (status, *COMMANDS, *OPERATOR_COMMANDS, config, alerts):
     cli.add_command(_command)
 cli.add_command(errors_command)
 cli.add_command(report_command)
+cli.add_command(fleet)
 
 
 

@@ -34,6 +34,7 @@ import attrs
 from .._errors import ConfigError, one_line, printable
 from .._files import UnsafePathError, read_config_bytes
 from ._config_alerts import AlertsConfig
+from ._config_fleet import FleetConfig
 from ._config_fields import convert, plain, problem, sourced, suggest
 from ._config_sections import (
     BUILTIN_PROFILES,
@@ -135,6 +136,7 @@ class Config:
     api: ApiConfig = attrs.field(factory=ApiConfig, validator=_is(ApiConfig))
     alerts: AlertsConfig = attrs.field(factory=AlertsConfig, validator=_is(AlertsConfig))
     errors: ErrorsConfig = attrs.field(factory=ErrorsConfig, validator=_is(ErrorsConfig))
+    fleet: FleetConfig = attrs.field(factory=FleetConfig, validator=_is(FleetConfig))
     #: ``[slo.NAME]`` service-level objectives by name.
     slo: Mapping[str, SloConfig] = attrs.field(factory=dict, validator=_slos)
     #: Every profile by name: the built-in ones, adjusted or added to by the file.
