@@ -6,6 +6,7 @@ run on trio's real clock (Redis does real I/O), at 50 Hz, with a tiny world.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -122,12 +123,10 @@ class TestCommands:
     ) -> None:
         """Three members enter EMERGENCY_SHUTDOWN; each acks in the stream and audits locally."""
         audits: list[list[FleetAudit]] = [[], [], []]
-        sups = [
-            member(fleet_config(redis, namespace, id=f"m{i}"), audits[i]) for i in range(3)
-        ]
+        sups = [member(fleet_config(redis, namespace, id=f"m{i}"), audits[i]) for i in range(3)]
         async with trio.open_nursery() as nursery:
             for sup in sups:
-                nursery.start_soon(lambda s=sup: s.run(duration=30, exit_on_emergency=False))
+                nursery.start_soon(functools.partial(sup.run, duration=30, exit_on_emergency=False))
             await wait_for(lambda: all(connected(s) for s in sups), 5, "three members")
             async with FleetControl(redis.url, namespace) as c:
                 generation, receivers = await c.issue(
@@ -139,9 +138,7 @@ class TestCommands:
                     5,
                     "every member in emergency",
                 )
-                entries = await wait_for(
-                    lambda: _acks(c, 3), 5, "three acks in the audit stream"
-                )
+                entries = await wait_for(lambda: _acks(c, 3), 5, "three acks in the audit stream")
             for sup in sups:
                 sup.stop()
         assert {e["member"] for e in entries if e["kind"] == "ack"} == {"m0", "m1", "m2"}
@@ -157,7 +154,7 @@ class TestCommands:
     async def test_a_late_starter_reads_the_durable_flag_and_enters_the_emergency(
         self, redis: RedisServer, namespace: str
     ) -> None:
-        """Issued with no member up, the emergency still reaches one started later; clear lifts it."""
+        """Issued with no member up, an emergency reaches one started later; clear lifts it."""
         async with FleetControl(redis.url, namespace) as c:
             await c.issue("emergency", reason="before you came", origin="cli:test@host")
         late = member(fleet_config(redis, namespace, id="late"))
@@ -177,7 +174,7 @@ class TestCommands:
     async def test_a_phase_command_moves_members_and_a_refusal_is_audited(
         self, redis: RedisServer, namespace: str
     ) -> None:
-        """Refused by the member's gate (409, audited), then forced; each generation acted on once."""
+        """Refused by the member's gate (409, audited), then forced; each acted on once."""
         audit: list[FleetAudit] = []
         sup = member(fleet_config(redis, namespace, id="p"), audit)
         async with trio.open_nursery() as nursery:
@@ -221,7 +218,8 @@ class TestHostileRedis:
                 "not json",
                 "[]",
                 json.dumps({"generation": True, "action": "emergency"}),
-                json.dumps({"generation": 5, "action": "rm -rf", "reason": "", "origin": "", "time": 1}),
+                json.dumps({"generation": 5, "action": "rm -rf", "reason": "", "origin": "",
+                            "time": 1}),
                 json.dumps({"generation": 5, "action": "phase", "phase": "emergency_shutdown",
                             "reason": "", "origin": "", "time": 1}),
                 json.dumps({"generation": 5, "action": "emergency", "reason": "x" * 10_000,

@@ -34,8 +34,8 @@ import attrs
 from .._errors import ConfigError, one_line, printable
 from .._files import UnsafePathError, read_config_bytes
 from ._config_alerts import AlertsConfig
-from ._config_fleet import FleetConfig
 from ._config_fields import convert, plain, problem, sourced, suggest
+from ._config_fleet import FleetConfig
 from ._config_sections import (
     BUILTIN_PROFILES,
     SECTIONS,

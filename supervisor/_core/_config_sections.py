@@ -16,8 +16,8 @@ import attrs
 
 from .._errors import ConfigError
 from ._config_alerts import AlertsConfig
-from ._config_fleet import FleetConfig
 from ._config_fields import Section, check, parse_duration, setting, sourced, suggest, to_tuple
+from ._config_fleet import FleetConfig
 
 __all__ = [
     "BUILTIN_PROFILES",
