@@ -43,6 +43,10 @@ heartbeat = "{heartbeat}"
 """
 
 
+#: How each member runs: JSON logs, a summary to read afterwards.
+RUN_FLAGS = ("--log-format", "json", "--summary-json", "summary.json")
+
+
 @attrs.define
 class Member:
     """One ``supervisor run`` of the fleet."""
@@ -86,10 +90,7 @@ def start_member(
     )
     with (home / "run.log").open("wb") as log:
         proc = subprocess.Popen(
-            [
-                str(SUPERVISOR), "run", "--exit-on-emergency", "--log-format", "json",
-                "--summary-json", "summary.json",
-            ],  # fmt: skip
+            [str(SUPERVISOR), "run", "--exit-on-emergency", *RUN_FLAGS],
             cwd=home,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -140,12 +141,10 @@ def fleet_of(
     """``n`` members ``m00``..., all registered; stopped at exit whatever happens."""
     members: list[Member] = []
     try:
-        for i in range(n):
-            members.append(
-                start_member(
-                    folder, f"m{i:02d}", url=url, namespace=namespace, heartbeat=heartbeat
-                )
-            )
+        members.extend(
+            start_member(folder, f"m{i:02d}", url=url, namespace=namespace, heartbeat=heartbeat)
+            for i in range(n)
+        )
         wait_registered(url, namespace, [m.id for m in members])
         yield members
     finally:
