@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._core._config import Config
 from ._core._config_alerts import AlertRule, AlertsConfig
+from ._core._config_fleet import FleetConfig
 from ._core._config_sections import (
     ApiConfig,
     ErrorsConfig,
@@ -126,6 +127,7 @@ __all__ = [
     "ErrorView",
     "ErrorsConfig",
     "FeaturesConfig",
+    "FleetConfig",
     "HistogramStats",
     "LifecycleEvent",
     "LoggingConfig",

@@ -56,6 +56,7 @@ PUBLIC = {
     "ErrorRecord",
     "ErrorsConfig",
     "FeaturesConfig",
+    "FleetConfig",
     "HistogramStats",
     "LifecycleEvent",
     "LoggingConfig",

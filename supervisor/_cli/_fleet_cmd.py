@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 __all__ = ["attach_member", "fleet"]
 
 _T = TypeVar("_T")
+#: Every fleet command's help ends with this.
+FLEET_EPILOG = (
+    "Reads Redis directly (--redis, else [fleet] redis of the config); no member needs to "
+    "be reachable. Exit codes: 0 done; 1 Redis unreachable or failing; 2 usage or config error."
+)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -143,13 +148,19 @@ def fleet() -> None:
     """
 
 
-@fleet.command("status")
+@fleet.command("status", epilog=FLEET_EPILOG)
 @_fleet_options
 @json_option
 def status(
     redis_url: str | None, namespace: str | None, config_path: str | None, as_json: bool
 ) -> None:
-    """List every live member: phase, tick rate, lateness p99, players, errors, heartbeat age."""
+    """List every live member: phase, tick rate, lateness p99, players, errors, heartbeat age.
+
+    \b
+    Also counts members gone without leaving (killed: their record expired)
+    and shows the durable flags in force.
+    Example: supervisor fleet status --redis redis://10.0.0.5:6379/0
+    """
     from .._fleet import member_rows
 
     control = _control(redis_url, namespace, config_path)
@@ -202,7 +213,7 @@ _reason = click.option(
 )
 
 
-@fleet.command("emergency")
+@fleet.command("emergency", epilog=FLEET_EPILOG)
 @_fleet_options
 @_reason
 def emergency(
@@ -212,11 +223,14 @@ def emergency(
 
     The durable flag stays until `supervisor fleet clear`: a member started
     meanwhile enters the emergency as soon as it ticks.
+
+    \b
+    Example: supervisor fleet emergency --reason "exploit in the economy"
     """
     _issue(_control(redis_url, namespace, config_path), "emergency", reason)
 
 
-@fleet.command("phase")
+@fleet.command("phase", epilog=FLEET_EPILOG)
 @click.argument(
     "target",
     metavar="PHASE",
@@ -233,11 +247,16 @@ def phase(
     force: bool,
     reason: str,
 ) -> None:
-    """Move every member to PHASE (each passes its own readiness gate unless --force)."""
+    """Move every member to PHASE (each passes its own readiness gate unless --force).
+
+    \b
+    A member that refuses says why in its audit log and the fleet's stream.
+    Example: supervisor fleet phase production --reason "release 1.4"
+    """
     _issue(_control(redis_url, namespace, config_path), "phase", reason, target.lower(), force)
 
 
-@fleet.command("clear")
+@fleet.command("clear", epilog=FLEET_EPILOG)
 @_fleet_options
 @_reason
 def clear(
@@ -246,11 +265,14 @@ def clear(
     """Lift the durable emergency flag: members started from now on run normally.
 
     Members already in EMERGENCY_SHUTDOWN stay there until restarted.
+
+    \b
+    Example: supervisor fleet clear --reason "exploit fixed in 1.4.1"
     """
     _issue(_control(redis_url, namespace, config_path), "clear", reason)
 
 
-@fleet.command("audit")
+@fleet.command("audit", epilog=FLEET_EPILOG)
 @_fleet_options
 @json_option
 @click.option(
@@ -259,7 +281,11 @@ def clear(
 def audit(
     redis_url: str | None, namespace: str | None, config_path: str | None, as_json: bool, count: int
 ) -> None:
-    """The fleet's audit stream: every command issued and every member's answer."""
+    """The fleet's audit stream: every command issued and every member's answer.
+
+    \b
+    Example: supervisor fleet audit --count 20
+    """
     control = _control(redis_url, namespace, config_path)
     entries = _run(control, lambda c: c.audit(count))
     if as_json:
