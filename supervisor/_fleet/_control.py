@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .._core._config_fleet import NAME_PATTERN
 from ._protocol import (
     AUDIT_MAXLEN,
     BROADCAST_SCRIPT,
@@ -81,11 +82,17 @@ class FleetControl:
         """
         client, keys = self.client, self.keys
         now = time.time() if now is None else now
-        scored = await client.zrange(keys.members, 0, MAX_MEMBERS - 1, withscores=True)
+        listed = await client.zrange(keys.members, 0, MAX_MEMBERS - 1, withscores=True)
+        gone: list[dict[str, Any]] = []
+        scored = []
+        for entry in listed:
+            if NAME_PATTERN.fullmatch(str(entry.member)):
+                scored.append(entry)
+            else:  # written by someone else: shown (cut short), never used as a key
+                gone.append({"id": str(entry.member)[:60], "problem": "not a member id"})
         ids = [str(entry.member) for entry in scored]
         texts = await client.mget([keys.member(i) for i in ids]) if ids else ()
         live: list[dict[str, Any]] = []
-        gone: list[dict[str, Any]] = []
         for entry, member_id, text in zip(scored, ids, texts, strict=True):
             if text is None:
                 gone.append({"id": member_id, "last_heartbeat": float(entry.score)})

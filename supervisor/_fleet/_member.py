@@ -229,6 +229,14 @@ class FleetMember:
                 began = trio.current_time()
                 try:
                     await self._session(sup)
+                except BaseExceptionGroup as group:
+                    # A forced stop cancels the session while coredis tidies up (its
+                    # streams then raise ClosedResourceError beside the Cancelled): the
+                    # cancellation goes on alone, never a crash of the run.
+                    cancelled, _rest = group.split(trio.Cancelled)
+                    if cancelled is not None:
+                        raise cancelled from None
+                    self._lost(group, delay)
                 except Exception as exc:  # any failure ends the session; the run goes on
                     self._lost(exc, delay)
                 if trio.current_time() - began > 2 * RECONNECT_MAX:
