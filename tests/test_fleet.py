@@ -136,7 +136,7 @@ class TestCommands:
                 assert receivers == 3
                 await wait_for(
                     lambda: all(s.phase.value == "emergency_shutdown" for s in sups),
-                    5,
+                    15,
                     "every member in emergency",
                 )
                 entries = await wait_for(lambda: _acks(c, 3), 15, "three acks in the audit stream")
