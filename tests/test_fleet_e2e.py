@@ -16,7 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleet_harness import fleet_cli, fleet_of, members_now, start_member, stop
+from fleet_harness import (
+    fleet_cli,
+    fleet_of,
+    members_now,
+    start_member,
+    stop,
+    wait_registered,
+)
 from redis_server import RedisServer, redis_server
 
 pytestmark = pytest.mark.e2e
@@ -115,8 +122,11 @@ def test_a_late_starter_reads_the_durable_flag_until_it_is_cleared(
     assert cleared.returncode == 0, cleared.stderr
     after = start_member(tmp_path, "after", url=redis.url, namespace=namespace)
     try:
-        time.sleep(2.0)
+        wait_registered(redis.url, namespace, ["after"])
+        time.sleep(1.0)  # several heartbeats, each reading the (now absent) flag
         assert after.proc.poll() is None, after.log()
+        (record,) = members_now(redis.url, namespace)["members"]
+        assert record["phase"] == "development"
     finally:
         stop([after])
     assert after.proc.returncode == 0, after.log()
