@@ -109,16 +109,35 @@ def members_now(url: str, namespace: str) -> dict[str, Any]:
     return trio.run(read)
 
 
-def wait_registered(url: str, namespace: str, ids: Sequence[str], timeout: float = 60.0) -> None:
-    """Wait until every one of ``ids`` is a live member."""
+#: Seconds a fleet may take to register: 20 processes starting at once on a
+#: busy 2-core machine (load 30 seen) need minutes of CPU between them.
+REGISTER_TIMEOUT = 240.0
+
+
+def wait_registered(
+    url: str,
+    namespace: str,
+    ids: Sequence[str],
+    timeout: float = REGISTER_TIMEOUT,
+    members: Sequence[Member] = (),
+) -> None:
+    """Wait until every one of ``ids`` is a live member (a member that exits fails at once)."""
     deadline = time.monotonic() + timeout
     while True:
         live = {m["id"] for m in members_now(url, namespace)["members"]}
         if set(ids) <= live:
             return
+        for m in members:
+            if m.proc.poll() is not None:
+                raise AssertionError(f"{m.id} exited {m.proc.returncode}:\n{m.log()[-3000:]}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"not registered after {timeout} s: {sorted(set(ids) - live)}")
-        time.sleep(0.1)
+            missing = sorted(set(ids) - live)
+            first = next((m for m in members if m.id in missing), None)
+            raise AssertionError(
+                f"not registered after {timeout} s: {missing}"
+                + ("" if first is None else f"\n{first.id}'s log:\n{first.log()[-3000:]}")
+            )
+        time.sleep(0.2)
 
 
 def stop(members: Sequence[Member]) -> None:
@@ -145,7 +164,7 @@ def fleet_of(
             start_member(folder, f"m{i:02d}", url=url, namespace=namespace, heartbeat=heartbeat)
             for i in range(n)
         )
-        wait_registered(url, namespace, [m.id for m in members])
+        wait_registered(url, namespace, [m.id for m in members], members=members)
         yield members
     finally:
         stop(members)
