@@ -26,6 +26,7 @@ from ._core._config import Config
 from ._core._config_agones import AgonesConfig
 from ._core._config_alerts import AlertRule, AlertsConfig
 from ._core._config_flags import ExperimentConfig, FlagConfig
+from ._core._config_fleet import FleetConfig
 from ._core._config_sections import (
     ApiConfig,
     ErrorsConfig,
@@ -137,6 +138,7 @@ __all__ = [
     "FlagChange",
     "FlagConfig",
     "Flags",
+    "FleetConfig",
     "GameServerState",
     "HistogramStats",
     "LifecycleEvent",

@@ -65,6 +65,7 @@ PUBLIC = {
     "ErrorRecord",
     "ErrorsConfig",
     "FeaturesConfig",
+    "FleetConfig",
     "HistogramStats",
     "LifecycleEvent",
     "LoggingConfig",

@@ -26,6 +26,7 @@ import attrs
 import click
 
 from .._core._config import Config
+from .._core._config_fleet import safe_url
 from .._core._config_sections import SECTIONS
 from .._core._phase import Phase
 from .._errors import ConfigError, SupervisorError
@@ -183,6 +184,8 @@ def shown_mapping(config: Config) -> dict[str, Any]:
         out["supervisor"]["snapshot_key"] = HIDDEN
     for token in out["api"].get("tokens", []):
         token["sha256"] = f"sha256:{token['sha256'][:DIGEST_PREFIX]}…"
+    if out["fleet"].get("redis") is not None:  # its password, if any, masked
+        out["fleet"]["redis"] = safe_url(out["fleet"]["redis"])
     return out
 
 

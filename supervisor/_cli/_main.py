@@ -27,6 +27,7 @@ from ._config_cmd import config
 from ._errors_cmd import errors as errors_command
 from ._errors_cmd import report as report_command
 from ._experiments_cmd import experiments
+from ._fleet_cmd import fleet
 from ._operator import OPERATOR_COMMANDS
 from ._rollout_cmd import rollout
 from ._status_cmd import status
@@ -276,6 +277,7 @@ for _command in (status, *COMMANDS, *OPERATOR_COMMANDS, config, alerts, experime
 cli.add_command(errors_command)
 cli.add_command(report_command)
 cli.add_command(rollout)
+cli.add_command(fleet)
 
 
 

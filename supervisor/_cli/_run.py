@@ -195,6 +195,7 @@ def _attach_services(sup: Supervisor, *, api: bool) -> tuple[type[Exception], ..
     from .._agones import attach_agones
     from .._alerts import attach_alerts
     from .._store._shipper import attach_error_store
+    from ._fleet_cmd import attach_member
 
     error_store = attach_error_store(sup)
     listen_errors: tuple[type[Exception], ...] = ()
@@ -211,6 +212,7 @@ def _attach_services(sup: Supervisor, *, api: bool) -> tuple[type[Exception], ..
         attach_agones(sup)  # on when Agones names its sidecar or [agones] enabled (issue 14)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
+    attach_member(sup)  # [fleet] redis: a fleet member (its own section, nothing otherwise)
     if engine is not None and error_store is not None:
         store = error_store  # firing alerts are incidents of `supervisor report`
         engine.on_firing.append(lambda rule: store.incident("alert", rule.name))

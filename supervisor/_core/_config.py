@@ -37,6 +37,7 @@ from ._config_agones import AgonesConfig
 from ._config_alerts import AlertsConfig
 from ._config_fields import convert, plain, problem, sourced, suggest
 from ._config_flags import FLAG_TABLES, ExperimentConfig, FlagConfig
+from ._config_fleet import FleetConfig
 from ._config_sections import (
     BUILTIN_PROFILES,
     SECTIONS,
@@ -143,6 +144,7 @@ class Config:
     snapshots: SnapshotsConfig = attrs.field(
         factory=SnapshotsConfig, validator=_is(SnapshotsConfig)
     )
+    fleet: FleetConfig = attrs.field(factory=FleetConfig, validator=_is(FleetConfig))
     #: ``[slo.NAME]`` service-level objectives by name.
     slo: Mapping[str, SloConfig] = attrs.field(factory=dict, validator=_slos)
     #: ``[flags.NAME]`` and ``[experiments.NAME]`` by name (``_config_flags``).

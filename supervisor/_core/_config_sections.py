@@ -17,6 +17,7 @@ import attrs
 from .._errors import ConfigError
 from ._config_alerts import AlertsConfig
 from ._config_fields import Section, check, parse_duration, setting, sourced, suggest, to_tuple
+from ._config_fleet import FleetConfig
 from ._config_realtime import cpus_problem
 
 __all__ = [
@@ -457,4 +458,5 @@ SECTIONS: dict[str, type[Section]] = {
     "api": ApiConfig,
     "alerts": AlertsConfig,
     "errors": ErrorsConfig,
+    "fleet": FleetConfig,
 }

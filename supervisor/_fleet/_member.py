@@ -1,0 +1,469 @@
+"""A fleet member: registers in Redis, heartbeats, and acts on the fleet's commands.
+
+:func:`attach_fleet` appends one supervised service to ``sup.services``. It
+runs between ticks like every trio task and never inside one: a heartbeat
+reads public counters (the tick's own work stays the same, see
+``bench/fleet.py``) and does its I/O on the trio loop with every call bounded
+by ``[fleet] timeout``. Losing Redis ends the session, nothing else: the
+member keeps ticking, its status section says ``disconnected`` with the
+error, and it reconnects with a capped, doubling backoff.
+
+A command reaches a member twice over: the pub/sub broadcast (fast,
+at-most-once) and the durable flag read at start-up and at every heartbeat
+(sure, one heartbeat late at worst). Each flag's generation is acted on once.
+The member acts as the API does: ``sup.shutdown(emergency=True, ...)`` and
+``sup.change_phase(...)`` with the caller ``fleet:ORIGIN``, then writes the
+result to its local audit log (when the run has one) and to the fleet's
+audit stream, with the wall time it entered the new phase.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import socket
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import trio
+
+from .._core._config_fleet import FleetConfig, safe_url
+from .._core._control import Caller, Refused
+from .._core._phase import Phase
+from .._logging import get_logger
+from ._protocol import (
+    AUDIT_MAXLEN,
+    HEARTBEAT_SCRIPT,
+    BadMessage,
+    Command,
+    Keys,
+    parse_command,
+)
+from ._redis import open_client
+
+if TYPE_CHECKING:
+    import coredis
+
+    from .._core._runtime import Supervisor
+
+__all__ = [
+    "RECONNECT_INITIAL",
+    "RECONNECT_MAX",
+    "AuditWriter",
+    "FleetAudit",
+    "FleetMember",
+    "attach_fleet",
+    "member_for",
+]
+
+#: Reconnection backoff (seconds): doubling from the first to the cap.
+RECONNECT_INITIAL: Final = 0.1
+RECONNECT_MAX: Final = 5.0
+#: Registry entries not refreshed for this long are pruned from ``NS:members``.
+PRUNE_AFTER: Final = 86_400.0
+#: Recent actions shown in the status section.
+ACTIONS_KEPT: Final = 20
+
+_MEMBERS: weakref.WeakKeyDictionary[Any, FleetMember] = weakref.WeakKeyDictionary()
+
+
+@attrs.frozen(kw_only=True)
+class FleetAudit:
+    """One fleet command a member acted on, for its local audit log."""
+
+    caller: str  # "fleet:ORIGIN"
+    action: str  # "fleet_emergency" | "fleet_phase"
+    arguments: Mapping[str, Any]
+    status: int  # 200 done, 409 refused (as the API would answer)
+    detail: str
+
+
+#: Writes one entry durably (blocking: called on a worker thread); False if it could not.
+AuditWriter = Callable[[FleetAudit], bool]
+
+
+def member_for(sup: object) -> FleetMember | None:
+    """The fleet member attached to ``sup``, if any."""
+    return _MEMBERS.get(sup)
+
+
+def attach_fleet(sup: Supervisor, *, audit: AuditWriter | None = None) -> FleetMember | None:
+    """Join the fleet ``[fleet] redis`` names for every run of ``sup`` (nothing if unset).
+
+    Appends the member's service to ``sup.services`` and its section to
+    ``sup.status_sections["fleet"]``.
+
+    Args:
+        sup: the supervisor.
+        audit: writes the member's actions to its local audit log.
+    """
+    config = sup.config.fleet
+    if not config.enabled:
+        return None
+    member = FleetMember(sup, config, audit=audit)
+    _MEMBERS[sup] = member
+    sup.services.append(member.serve)
+    sup.status_sections["fleet"] = member.section
+    return member
+
+
+def _version() -> str:
+    try:
+        return metadata.version("tick-supervisor")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+class FleetMember:
+    """The fleet side of one supervisor: its session with Redis and what it has done."""
+
+    def __init__(
+        self,
+        sup: Supervisor,
+        config: FleetConfig,
+        *,
+        audit: AuditWriter | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.sup = sup
+        self.config = config
+        self.keys = Keys(config.namespace)
+        self.id = config.member_id()
+        self.audit = audit
+        self.wall = wall
+        self.log = get_logger(component="fleet", member=self.id)
+        self._host = socket.gethostname()
+        self._version = _version()
+        self._started = wall()
+        self._api: str | None = None
+        #: "connecting" | "connected" | "disconnected" | "left"
+        self.state = "connecting"
+        self.last_error: str | None = None
+        self.connected_since: float | None = None
+        self.last_heartbeat: float | None = None
+        self.heartbeats = 0
+        #: Sessions lost (Redis down, a call past the timeout), and sessions opened.
+        self.outages = 0
+        self.sessions = 0
+        #: Messages and flags that were not commands (counted, the first few logged).
+        self.rejected = 0
+        #: The generation acted on, per durable flag ("emergency", "phase").
+        self.acted: dict[str, int] = {}
+        self.actions: collections.deque[dict[str, Any]] = collections.deque(maxlen=ACTIONS_KEPT)
+        self._client: coredis.Redis[str] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._busy = 0  # actions in flight; _idle is set when there are none
+        self._idle = trio.Event()
+        self._idle.set()
+
+    # ------------------------------------------------------------------ status
+
+    def section(self) -> dict[str, Any]:
+        """``status_sections["fleet"]``: the session, the heartbeat and the last actions."""
+        return {
+            "id": self.id,
+            "redis": safe_url(self.config.redis or ""),
+            "namespace": self.config.namespace,
+            "state": self.state,
+            "connected": self.state == "connected",
+            "connected_since": self.connected_since,
+            "last_heartbeat": self.last_heartbeat,
+            "heartbeat_seconds": self.config.heartbeat_seconds,
+            "heartbeats": self.heartbeats,
+            "sessions": self.sessions,
+            "outages": self.outages,
+            "last_error": self.last_error,
+            "rejected_messages": self.rejected,
+            "acted_generations": dict(self.acted),
+            "actions": list(self.actions),
+        }
+
+    def record(self) -> dict[str, Any]:
+        """This member's registry record now (public counters only: no plugin code runs)."""
+        sup = self.sup
+        windowed = sup.windows()
+        p99 = None
+        for label, lateness, _work in windowed.windows:
+            if label == "10s" and lateness.count:
+                p99 = lateness.p99 * 1000.0
+        players = sup.gauges.get("players")
+        return {
+            "id": self.id,
+            "host": self._host,
+            "pid": os.getpid(),
+            "version": self._version,
+            "phase": sup.phase.value,
+            "tick_rate": sup.tick_rate,
+            "measured_tick_rate": windowed.measured_tick_rate,
+            "lateness_p99_ms": p99,
+            "players": None if players is None else float(players),
+            "errors": sup.errors.total,
+            "api": self._api,
+            "state_dir": str(sup.state_dir),
+            "started": self._started,
+            "heartbeat": self.wall(),
+        }
+
+    # ------------------------------------------------------------------ the service
+
+    async def serve(
+        self, sup: Supervisor, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The supervised service: sessions with Redis until the run closes.
+
+        Started at once (a fleet that cannot be reached never holds up the
+        run); the first session reads the durable flags, so a member started
+        during a fleet emergency enters it as soon as it ticks.
+        """
+        self._api = sup.status().listen  # the API, when there is one, has bound by now
+        task_status.started()
+        delay = RECONNECT_INITIAL
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            while not sup.closing.is_set():
+                began = trio.current_time()
+                try:
+                    await self._session(sup)
+                except BaseExceptionGroup as group:
+                    # A forced stop cancels the session while coredis tidies up (its
+                    # streams then raise ClosedResourceError beside the Cancelled): the
+                    # cancellation goes on alone, never a crash of the run.
+                    cancelled, _rest = group.split(trio.Cancelled)
+                    if cancelled is not None:
+                        raise cancelled from None
+                    self._lost(group, delay)
+                except Exception as exc:  # any failure ends the session; the run goes on
+                    self._lost(exc, delay)
+                if trio.current_time() - began > 2 * RECONNECT_MAX:
+                    delay = RECONNECT_INITIAL  # it was up a good while: a fresh outage
+                with trio.move_on_after(delay):
+                    await sup.closing.wait()
+                delay = min(delay * 2, RECONNECT_MAX)
+            self.state = "left"
+
+    async def _session(self, sup: Supervisor) -> None:
+        """One connection: subscribe, heartbeat (reading the flags), act, until closing."""
+        config = self.config
+        assert config.redis is not None
+        client = open_client(config.redis, timeout=config.timeout)
+        async with (
+            client,
+            client.pubsub(
+                channels=[self.keys.channel],
+                ignore_subscribe_messages=True,
+                retry_policy=None,  # a lost subscription ends the session: we reconnect
+                subscription_timeout=config.timeout,
+                max_idle_seconds=max(1.0, config.heartbeat_seconds),
+            ) as pubsub,
+        ):
+            # Subscribed first, flags read second: a command issued between
+            # the two arrives both ways (acted on once), never neither.
+            await self._beat(client)
+            self._client = client
+            self.sessions += 1
+            self.connected_since = self.wall()
+            self.state = "connected"
+            self.last_error = None
+            self.log.info("fleet.connected", redis=safe_url(config.redis), sessions=self.sessions)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._listen, pubsub)
+                    nursery.start_soon(self._heartbeats, client)
+                    await sup.closing.wait()
+                    # Answers in flight (an emergency's ack) go out before the client closes.
+                    with trio.move_on_after(config.timeout):
+                        await self._idle.wait()
+                    nursery.cancel_scope.cancel()
+            finally:
+                self._client = None
+            with trio.move_on_after(config.timeout):
+                await self._leave(client)
+
+    def _lost(self, exc: BaseException, delay: float) -> None:
+        first = self.state != "disconnected"
+        self.state = "disconnected"
+        self.connected_since = None
+        self.last_error = _describe(exc)
+        if first:
+            self.outages += 1
+            self.log.warning(
+                "fleet.disconnected",
+                error=self.last_error,
+                outages=self.outages,
+                retry_in=delay,
+                detail="the supervisor keeps ticking; reconnecting with backoff",
+            )
+
+    async def _heartbeats(self, client: coredis.Redis[str]) -> None:
+        period = self.config.heartbeat_seconds
+        deadline = trio.current_time()
+        while True:
+            deadline = max(deadline + period, trio.current_time())
+            await trio.sleep_until(deadline)
+            await self._beat(client)
+
+    async def _beat(self, client: coredis.Redis[str]) -> None:
+        """Refresh the record and its TTL; read both durable flags and act on new ones."""
+        now = self.wall()
+        record = self.record()
+        keys = self.keys
+        with trio.fail_after(self.config.timeout):
+            flags = await client.eval(
+                HEARTBEAT_SCRIPT,
+                keys=[
+                    keys.member(self.id),
+                    keys.members,
+                    keys.flag("emergency"),
+                    keys.flag("phase"),
+                ],
+                args=[
+                    _json(record),
+                    int(self.config.ttl_seconds * 1000),
+                    self.id,
+                    now,
+                    now - PRUNE_AFTER,
+                ],
+            )
+        self.heartbeats += 1
+        self.last_heartbeat = now
+        if isinstance(flags, list | tuple):
+            for text in flags:
+                if text is not None:
+                    self._consider(text, via="flag")
+
+    async def _listen(self, pubsub: Any) -> None:
+        async for message in pubsub:
+            if message.get("type") == "message":
+                self._consider(message.get("data"), via="broadcast")
+
+    async def _leave(self, client: coredis.Redis[str]) -> None:
+        """A member that stops on purpose leaves the registry (a standby takes over none of it)."""
+        await client.delete([self.keys.member(self.id)])
+        await client.zrem(self.keys.members, [self.id])
+
+    # ------------------------------------------------------------------ commands
+
+    def _consider(self, text: object, *, via: str) -> None:
+        """Act on a command once per generation of its flag; refuse what is not a command."""
+        try:
+            command = parse_command(text)
+        except BadMessage as exc:
+            self.rejected += 1
+            if self.rejected <= 10 or self.rejected % 1000 == 0:
+                self.log.warning(
+                    "fleet.rejected", via=via, problem=str(exc), rejected=self.rejected
+                )
+            return
+        if command.action == "clear" or command.generation <= self.acted.get(command.flag, 0):
+            return
+        self.acted[command.flag] = command.generation
+        assert self._nursery is not None
+        self._nursery.start_soon(self._act, command, via)
+
+    async def _act(self, command: Command, via: str) -> None:
+        self._busy += 1
+        self._idle = trio.Event()
+        try:
+            await self._carry_out(command, via)
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
+
+    async def _carry_out(self, command: Command, via: str) -> None:
+        sup = self.sup
+        await self._until_ticking(sup)
+        caller = Caller(name=f"fleet:{command.origin}", role="operator")
+        status, detail = 200, ""
+        try:
+            if command.action == "emergency":
+                await sup.shutdown(emergency=True, reason=command.reason, caller=caller)
+                detail = "entered emergency_shutdown"
+            elif command.phase == sup.phase.value:
+                detail = f"already in {command.phase}"
+            else:
+                assert command.phase is not None
+                change = await sup.change_phase(
+                    command.phase, force=command.force, reason=command.reason, caller=caller
+                )
+                detail = f"{change.before} -> {change.after}"
+        except Refused as exc:
+            status, detail = 409, exc.detail
+        entered = _entered(sup, command) if status == 200 else None
+        outcome = {
+            "generation": command.generation,
+            "action": command.action,
+            "phase": command.phase,
+            "via": via,
+            "status": status,
+            "detail": detail,
+            "entered": entered,
+        }
+        self.actions.append(outcome)
+        self.log.info("fleet.acted", origin=command.origin, **outcome)
+        await self._ack(outcome)
+        if self.audit is not None:
+            entry = FleetAudit(
+                caller=caller.name,
+                action=f"fleet_{command.action}",
+                arguments={
+                    "generation": command.generation,
+                    "reason": command.reason,
+                    "phase": command.phase,
+                    "force": command.force,
+                    "via": via,
+                },
+                status=status,
+                detail=detail,
+            )
+            await trio.to_thread.run_sync(self.audit, entry)
+
+    async def _until_ticking(self, sup: Supervisor) -> None:
+        """Wait until the run ticks (or stops): actions need started systems to act on."""
+        run = sup.run_state
+        # The runtime has no "first tick" event; this waits only at start-up (a
+        # member started during a fleet emergency), a few milliseconds.
+        while run.last_tick_at is None and not run.stopping and run.running:  # noqa: ASYNC110
+            await trio.sleep(0.005)
+
+    async def _ack(self, outcome: Mapping[str, Any]) -> None:
+        """The member's answer, in the fleet's audit stream (best effort, bounded)."""
+        client = self._client
+        if client is None:
+            return
+        with trio.move_on_after(self.config.timeout):
+            try:
+                await client.eval(
+                    "return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', "
+                    "'kind', 'ack', 'member', ARGV[2], 'ack', ARGV[3])",
+                    keys=[self.keys.audit],
+                    args=[AUDIT_MAXLEN, self.id, _json(dict(outcome))],
+                )
+            except Exception as exc:  # the local log and audit keep it; Redis is optional
+                self.log.warning("fleet.ack_failed", error=_describe(exc))
+
+
+def _entered(sup: Supervisor, command: Command) -> float | None:
+    """Wall time the supervisor entered the command's phase (its lifecycle event), if it did."""
+    target = Phase.EMERGENCY_SHUTDOWN.value if command.action == "emergency" else command.phase
+    for event in reversed(sup.phase_history):
+        if event.after == target:
+            return event.time
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    """One line naming a failure: its type and message (groups by their first leaf)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _json(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
