@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -35,6 +36,22 @@ async def test_the_writer_writes_answers_and_exits_when_its_pipe_closes(tmp_path
     assert count(db, "SELECT sum(n) FROM counts") == 10
     assert count(db, "SELECT n FROM dropped WHERE reason = 'queue_full'") == 3
     assert count(db, "PRAGMA integrity_check") == "ok"
+
+
+async def test_ctrl_c_in_the_terminal_does_not_kill_the_writer(tmp_path: Path) -> None:
+    """SIGINT reaches the whole foreground group: the writer leaves the stop to the supervisor."""
+    db = tmp_path / "errors.db"
+    writer = await WriterProcess.start(db, {"now": time.time()})
+    writer.process.send_signal(signal.SIGINT)
+    await trio.sleep(0.3)
+    assert writer.process.returncode is None  # still there, no KeyboardInterrupt traceback
+    await writer.send(frame(["end", [[], [], {}, None]]))
+    reply = await writer.receive()
+    assert reply["write_failed"] == 0
+    assert writer.process.stdin is not None
+    await writer.process.stdin.aclose()
+    with trio.fail_after(5):
+        assert await writer.process.wait() == 0
 
 
 def test_a_dead_writer_is_restarted_and_its_batch_counted_lost(tmp_path: Path) -> None:

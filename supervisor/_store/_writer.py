@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 import struct
 import sys
@@ -154,6 +155,10 @@ def _yield_to_the_loop() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Open the store, answer ``ready``, then write what the pipe brings until it closes."""
     path, parent, settings = argv if argv is not None else sys.argv[1:]
+    # Ctrl-C in a terminal signals the whole foreground group, this process
+    # too: the supervisor decides when the store closes (it closes the pipe
+    # after its last batch), so the writer must not die first with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _yield_to_the_loop()
     threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True).start()
     store = ErrorStore.open(Path(path), **json.loads(settings))
