@@ -392,3 +392,19 @@ class TestMeasuredByTheWatch:
         out = render_status(status(measured_tick_rate=20.0), now=NOW, measured=3.0).plain
         assert "20 Hz set · 20 Hz measured" in out
         assert "3.0 Hz" not in out
+
+
+def test_capability_sections_get_a_line_each_and_a_broken_one_says_so() -> None:
+    from supervisor._cli._status import render_status
+
+    data = {
+        "phase": "development",
+        "rollouts": {"rollouts": [{"flag": "new_shop"}], "saves": 2, "problems": []},
+        "fleet": {"state": "disconnected", "outages": 1, "last_error": "ConnectionError: down"},
+        "agones": {"error": "RuntimeError: sidecar bug"},
+    }
+    text = render_status(data, now=0.0).plain
+    assert "Capabilities" in text
+    assert "rollouts     rollouts 1 · saves 2 · problems 0" in text
+    assert "fleet        state disconnected · outages 1 · last_error ConnectionError: down" in text
+    assert "agones       broken: RuntimeError: sidecar bug" in text

@@ -93,6 +93,7 @@ def render_status(
     _game(out, data)
     _problems(out, data)
     _process(out, data, now)
+    _capabilities(out, data)
     _lifecycle(out, data, now)
     step = data.get("next_step")
     if isinstance(step, str) and step:
@@ -292,6 +293,71 @@ def _snapshots(out: _Out, snapshots: Mapping[str, Any], now: float) -> None:
     out.line("snapshots", line, style="red" if failures else "")
     for problem in snapshots.get("problems") or []:
         out.line("", str(problem), style="yellow")
+
+
+#: The status keys of the core (``StatusView.as_dict``); any other mapping is a
+#: capability's section (``status_sections``: rollouts, flags, fleet, agones...).
+_CORE_KEYS: Final = frozenset(
+    [
+        "phase",
+        "tick",
+        "tick_rate",
+        "budget",
+        "lateness",
+        "work",
+        "overruns",
+        "dropped_ticks",
+        "systems",
+        "gauges",
+        "errors",
+        "quarantined",
+        "profile",
+        "profile_reason",
+        "emergency_reason",
+        "measured_tick_rate",
+        "windows",
+        "alive",
+        "alive_detail",
+        "ready",
+        "not_ready",
+        "next_step",
+        "emergency",
+        "lifecycle",
+        "machine",
+        "resources",
+        "snapshots",
+        "redaction",
+        "services",
+        "optimizer",
+        "version",
+        "pid",
+        "uptime_seconds",
+        "config_file",
+        "listen",
+    ]
+)
+#: At most this many values of one section on its line (``status --json`` has them all).
+_SECTION_VALUES: Final = 8
+
+
+def _capabilities(out: _Out, data: Mapping[str, Any]) -> None:
+    """One line per capability section: its plain values, then how many items its lists hold."""
+    sections = [(k, v) for k, v in data.items() if k not in _CORE_KEYS and isinstance(v, Mapping)]
+    if not sections:
+        return
+    out.heading("Capabilities")
+    for name, section in sections:
+        if "error" in section and isinstance(section["error"], str):
+            out.line(name, f"broken: {section['error']}", style="red")
+            continue
+        parts: list[str] = []
+        for key, value in section.items():
+            if isinstance(value, bool) or value is None or isinstance(value, (str, int, float)):
+                parts.append(f"{key} {value if not isinstance(value, float) else f'{value:g}'}")
+            elif isinstance(value, (list, tuple)):
+                parts.append(f"{key} {len(value)}")
+        shown = parts[:_SECTION_VALUES] + (["…"] if len(parts) > _SECTION_VALUES else [])
+        out.line(name, " · ".join(shown) or "(see status --json)")
 
 
 def _lifecycle(out: _Out, data: Mapping[str, Any], now: float) -> None:
