@@ -68,6 +68,7 @@ class TestConfig:
             ({"health_interval": math.nan}, "agones.health_interval"),
             ({"port": 70000}, "agones.port"),
             ({"players_counter": "a/b"}, "agones.players_counter"),
+            ({"players_counter": math.nan}, "agones.players_counter"),  # found by hypothesis
             ({"enabld": True}, "agones.enabld"),
         ],
     )

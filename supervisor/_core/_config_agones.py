@@ -26,7 +26,11 @@ DEFAULT_SDK_PORT: Final = 9358
 _COUNTER: Final = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 
 
-def _counter_name(instance: object, field: attrs.Attribute[str], value: str) -> None:
+def _counter_name(instance: object, field: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"expected a string, got {type(value).__name__}", key=f"agones.{field.name}"
+        )
     if value and _COUNTER.fullmatch(value) is None:
         raise ConfigError(
             f"{value!r} is not a counter name (letters, digits, '-', '_', '.'; at most 63)",
