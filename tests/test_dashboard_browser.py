@@ -32,7 +32,7 @@ import httpx
 import pytest
 from cli_harness import Running, running_supervisor
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
@@ -174,7 +174,10 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
 def wait_for(driver: WebDriver, what: str, condition: Callable[[WebDriver], T]) -> T:
     """Poll ``condition`` until it is truthy; on timeout say what was awaited."""
     try:
-        return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(condition)
+        # An element read while the page navigates (a form post) goes stale: poll again.
+        return WebDriverWait(
+            driver, WAIT, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(condition)
     except TimeoutException:
         pytest.fail(f"timed out waiting for {what}; page at {driver.current_url}")
 
