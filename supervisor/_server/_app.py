@@ -89,6 +89,7 @@ from ._requests import (
     cookie_values,
     header_values,
     json_answer,
+    load_metrics,
     parse_object,
     prometheus_text,
     query,
@@ -522,6 +523,7 @@ class Api:
         return json_answer(200 if ready else 503, {"ready": bool(ready), "reasons": list(reasons)})
 
     async def _metrics(self) -> Answer:
+        await load_metrics()  # the first scrape imports prometheus_client off the loop
         body, content_type = self.sup.metrics_text()
         return Answer(
             200, body + self._server_metrics(), content_type=content_type.encode("latin-1")

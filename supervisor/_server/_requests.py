@@ -11,16 +11,19 @@ without a server.
 from __future__ import annotations
 
 import enum
+import importlib
 import json
 import math
 import pwd
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl
 
 import attrs
+import trio
 
 from .._address import MAX_REASON
 from .._core._phase import Phase
@@ -464,3 +467,17 @@ def source_of(scope: Scope) -> str:
 def unauthorized(message: str, *, invalid: bool) -> HttpError:
     challenge = b'Bearer error="invalid_token"' if invalid else b"Bearer"
     return HttpError(401, message, headers=[(b"www-authenticate", challenge)])
+
+
+#: The exposition module; ``_serve.install_lazy_metrics`` loads it on the first scrape.
+METRICS_MODULE: Final = "supervisor._server._metrics"
+
+
+async def load_metrics() -> None:
+    """Import the exposition (prometheus_client, ~3 MB) in a worker thread, once.
+
+    Called by ``GET /metrics`` before it builds the text, so the import's
+    file reads and compiles are not a stall of the loop.
+    """
+    if METRICS_MODULE not in sys.modules:
+        await trio.to_thread.run_sync(importlib.import_module, METRICS_MODULE)

@@ -37,7 +37,6 @@ from ._audit import AuditLog
 from ._connection import ConnectionLimits, ServerStats
 from ._events import Broadcaster
 from ._listener import make_ssl_context, serve_connections
-from ._metrics import install as install_metrics
 from ._requests import ASGIApp
 
 if TYPE_CHECKING:
@@ -345,6 +344,25 @@ async def _wait_closing(sup: Supervisor) -> None:
     await sup.closing.wait()
 
 
+def install_lazy_metrics(sup: Supervisor) -> None:
+    """Give ``sup`` its Prometheus exposition, loading prometheus_client on the first scrape.
+
+    A run nobody scrapes never pays its ~3 MB; the first ``GET /metrics``
+    imports it in a worker thread (``Api._metrics``), off the loop.
+    """
+    exposition: Callable[[], tuple[bytes, str]] | None = None
+
+    def export() -> tuple[bytes, str]:
+        nonlocal exposition
+        if exposition is None:
+            from ._metrics import SupervisorMetrics  # noqa: PLC0415 - the first scrape
+
+            exposition = SupervisorMetrics(sup).exposition
+        return exposition()
+
+    sup.metrics_exporter = export
+
+
 def attach_api(sup: Supervisor, *, error_store: ErrorShipper | None = None) -> AuditLog:
     """Serve the HTTP API inside ``sup``'s run, from before the systems start.
 
@@ -392,7 +410,7 @@ def attach_api(sup: Supervisor, *, error_store: ErrorShipper | None = None) -> A
         events=(events := Broadcaster(sup)),
     )
     sup.services.append(events.broadcast)  # the dashboard's live frames, off the tick
-    install_metrics(sup)  # GET /metrics: the core imports no metrics library
+    install_lazy_metrics(sup)  # GET /metrics: the core imports no metrics library
     # The tokens of the phase in force: what readiness judges is what the API accepts.
     sup.phase_listeners.append(lambda _phase: app.use_tokens(sup.active_config.api.tokens))
 
