@@ -27,11 +27,12 @@ last reload. Covered by ``tests/test_reload.py``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import sys
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -274,7 +275,7 @@ class Reloader:
                     states[slot.name] = msgpack.packb(state)
                 except Exception as exc:
                     raise ReloadFailed(f"snapshot() state: {_why(exc)}", system=slot.name) from None
-        saved = _reload_modules(modules)
+        saved = self._reload_modules(modules, affected)
         old = {s.name: _parts(s) for s in affected}
         try:
             new = {s.name: self._build(s, saved) for s in affected}
@@ -291,25 +292,54 @@ class Reloader:
             raise
         await self._restart(affected, old, new, saved)
 
+    @contextlib.contextmanager
+    def _marked(self, slot: Slot) -> Iterator[None]:
+        """Plugin code of ``slot`` runs: the watchdog interrupts it past ``kill_timeout``."""
+        loop = self._k.loop
+        loop.current = slot
+        loop.call_seq += 1
+        try:
+            yield
+        finally:
+            loop.current = None
+            loop.call_seq += 1
+
+    def _reload_modules(self, names: list[str], affected: list[Slot]) -> dict[str, _Saved]:
+        """Reload each module; on failure put every one back as it was and raise ReloadFailed.
+
+        A module body is plugin code: it runs marked as its first system's, so
+        one stuck in a loop is interrupted by the watchdog like a hung step.
+        """
+        saved: dict[str, _Saved] = {}
+        for name in names:
+            module = sys.modules.get(name)
+            if module is None:
+                continue
+            saved[name] = _Saved(module, dict(module.__dict__))
+            try:
+                with self._marked(next(s for s in affected if module_of(s) == name)):
+                    importlib.reload(module)
+            except BaseException as exc:
+                _put_back(saved)
+                if is_runtime_cancel(exc):
+                    raise
+                raise ReloadFailed(f"import of {name} failed: {_why(exc)}") from None
+        return saved
+
     def _build(self, slot: Slot, saved: Mapping[str, _Saved]) -> _Parts:
         """A new instance from the refreshed factory (plugin code: marked for the watchdog)."""
         try:
             factory = refresh_factory(slot.factory, saved)
         except ReloadFailed as exc:
             raise ReloadFailed(str(exc), system=slot.name) from None
-        loop = self._k.loop
-        loop.current = slot
-        loop.call_seq += 1
         try:
-            system = factory()
-            info = inspect_system(system, slot.name, slot.info.origin)
+            with self._marked(slot):
+                system = factory()
+                info = inspect_system(system, slot.name, slot.info.origin)
         except BaseException as exc:
             if is_runtime_cancel(exc):
                 raise
             raise ReloadFailed(f"build failed: {_why(exc)}", system=slot.name) from None
-        finally:
-            loop.current = None
-            loop.call_seq += 1
         return (system, info, info.tick.fn, info.tick.is_async, factory)
 
     def _check_order(self, affected: list[Slot], new: Mapping[str, _Parts]) -> None:
@@ -367,25 +397,6 @@ class _Saved:
 
     module: types.ModuleType
     namespace: dict[str, Any]
-
-
-def _reload_modules(names: list[str]) -> dict[str, _Saved]:
-    """Reload each module; on failure put every one back as it was and raise ReloadFailed."""
-    saved: dict[str, _Saved] = {}
-    for name in names:
-        module = sys.modules.get(name)
-        if module is None:
-            continue
-        saved[name] = _Saved(module, dict(module.__dict__))
-        try:
-            importlib.reload(module)
-        except BaseException as exc:
-            if is_runtime_cancel(exc):
-                _put_back(saved)
-                raise
-            _put_back(saved)
-            raise ReloadFailed(f"import of {name} failed: {_why(exc)}") from None
-    return saved
 
 
 def _put_back(saved: Mapping[str, _Saved]) -> None:
