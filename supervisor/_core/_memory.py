@@ -21,10 +21,10 @@ PRODUCTION.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import time
 import tracemalloc
+import weakref
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -38,7 +38,7 @@ __all__ = ["MEMORY_PERIOD", "TRACE_FRAMES", "MemoryTracker", "attribute"]
 #: Seconds between two snapshots of the traces.
 MEMORY_PERIOD: Final = 5.0
 #: Frames kept per allocation: enough to reach a system's hook from inside a library it called.
-TRACE_FRAMES: Final = 16
+TRACE_FRAMES: Final = 4
 #: Systems shown in ``status`` (the largest first).
 TOP_SYSTEMS: Final = 10
 
@@ -81,6 +81,16 @@ def attribute(ranges: Ranges) -> tuple[dict[str, int], int, int]:
     return by_system, total, unattributed
 
 
+def _source_lines(cls: type) -> tuple[str, int, int] | None:
+    """``(file, first line, end line)`` of a class's source, or None (no source file)."""
+    try:
+        path = inspect.getsourcefile(cls)
+        lines, first = inspect.getsourcelines(cls)
+    except (OSError, TypeError):
+        return None
+    return None if path is None else (path, first, first + len(lines))
+
+
 class MemoryTracker:
     """Runs the tracing and keeps the last attribution (one per runtime)."""
 
@@ -95,6 +105,12 @@ class MemoryTracker:
         self.cost = 0.0
         self._started_here = False
         self._warned = False
+        #: The systems' classes, read on the loop thread for the worker thread.
+        self._classes: list[tuple[str, type]] = []
+        #: Source lines per class: ``inspect.getsourcelines`` parses the whole module.
+        self._lines: weakref.WeakKeyDictionary[type, tuple[str, int, int] | None] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def wanted(self) -> bool:
@@ -102,48 +118,66 @@ class MemoryTracker:
         return self._k.active.features.memory_tracking
 
     def ranges(self) -> dict[str, list[tuple[int, int, str]]]:
-        """Each system's class source lines (on the loop thread: reads the live slots)."""
+        """Each system's class source lines (in the worker thread: parsing is slow).
+
+        Looked up once per class (``inspect.getsourcelines`` parses the whole
+        module); a reloaded system is a new class, looked up anew.
+        """
         ranges: dict[str, list[tuple[int, int, str]]] = {}
-        for slot in self._k.slots.values():
-            cls = type(slot.system)
-            with contextlib.suppress(OSError, TypeError):
-                path = inspect.getsourcefile(cls)
-                lines, first = inspect.getsourcelines(cls)
-                if path is not None:
-                    ranges.setdefault(path, []).append((first, first + len(lines), slot.name))
+        for name, cls in list(self._classes):
+            if cls not in self._lines:
+                self._lines[cls] = _source_lines(cls)
+            found = self._lines[cls]
+            if found is not None:
+                path, first, end = found
+                ranges.setdefault(path, []).append((first, end, name))
         return ranges
 
+    def _attribute(self) -> tuple[dict[str, int], int, int]:
+        return attribute(self.ranges())
+
     async def service(self, _sup: object, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """The supervised service: trace while the phase wants it, attribute every period."""
+        """The supervised service: trace while the phase wants it, attribute every period.
+
+        Tracing starts (if the supervisor was built with it off) before
+        ``started()``: the run starts the systems only after its services, so
+        what their ``start()`` allocates is seen. It stops when the run ends.
+        """
+        if self.wanted:
+            self.trace()
         task_status.started()
         try:
             while True:
+                await trio.sleep(MEMORY_PERIOD)  # the first after the systems have started
                 if self.wanted:
                     await self.sample()
                 else:
                     self._stop()
-                await trio.sleep(MEMORY_PERIOD)
         finally:
             self._stop()
 
     async def sample(self) -> None:
         """Start tracing if needed, then attribute the live traces (in a worker thread)."""
-        if not tracemalloc.is_tracing():
-            tracemalloc.start(TRACE_FRAMES)
-            self._started_here = True
-            self._k.log.info("memory.tracking", frames=TRACE_FRAMES, period=MEMORY_PERIOD)
+        self.trace()
         if self._k.phase is Phase.PRODUCTION and not self._warned:
             self._warned = True
             self._k.log.warning(
                 "memory.tracking_in_production",
                 hint="tracemalloc slows every allocation: set [features] memory_tracking = false",
             )
-        ranges = self.ranges()
+        self._classes = [(slot.name, type(slot.system)) for slot in self._k.slots.values()]
         t0 = time.perf_counter()
-        by_system, total, unattributed = await trio.to_thread.run_sync(attribute, ranges)
+        by_system, total, unattributed = await trio.to_thread.run_sync(self._attribute)
         self.cost = time.perf_counter() - t0
         self.by_system, self.total, self.unattributed = by_system, total, unattributed
         self.at = self._k.wall()
+
+    def trace(self) -> None:
+        """Start tracing (the runtime calls it when built: the systems' constructors count)."""
+        if not tracemalloc.is_tracing():
+            tracemalloc.start(TRACE_FRAMES)
+            self._started_here = True
+            self._k.log.info("memory.tracking", frames=TRACE_FRAMES, period=MEMORY_PERIOD)
 
     def _stop(self) -> None:
         if self._started_here:
@@ -155,7 +189,7 @@ class MemoryTracker:
         """``status_sections["memory"]``: the top systems by live memory."""
         top = sorted(self.by_system.items(), key=lambda item: -item[1])[:TOP_SYSTEMS]
         return {
-            "tracking": self._started_here,
+            "tracking": tracemalloc.is_tracing(),
             "at": self.at,
             "period": MEMORY_PERIOD,
             "snapshot_seconds": self.cost,

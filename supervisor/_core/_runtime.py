@@ -208,11 +208,17 @@ class Supervisor:
         self._runner.loop.add_chore(self.reloader.chore)
         #: Memory per system (``[features] memory_tracking``, in any phase's overlay).
         self.memory = MemoryTracker(k)
+        self._attach_memory()
+        #: The Prometheus exposition, installed by the server layer (``_server._metrics``).
+        self.metrics_exporter: Callable[[], tuple[bytes, str]] | None = None
+
+    def _attach_memory(self) -> None:
+        """Memory tracking's service and status section, when any phase turns it on."""
         if any(self.config.for_phase(p).features.memory_tracking for p in Phase):
             self.services.append(self.memory.service)
             self.status_sections["memory"] = self.memory.section
-        #: The Prometheus exposition, installed by the server layer (``_server._metrics``).
-        self.metrics_exporter: Callable[[], tuple[bytes, str]] | None = None
+            if self.memory.wanted:
+                self.memory.trace()  # before the systems are built: their constructors count
 
     # ------------------------------------------------------------------ registration
 
