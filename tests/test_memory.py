@@ -26,6 +26,8 @@ from typing import Any
 import httpx
 import pytest
 
+from supervisor._alerts._signals import Reading, Window
+from supervisor._core._config_alerts import parse_when
 from supervisor._core._memory import attribute
 from supervisor.testing import make_supervisor
 
@@ -173,3 +175,23 @@ def test_hog_on_top_within_a_minute(tracked_run: Path) -> None:
         if x.startswith('supervisor_system_memory_bytes{system="hog"}')
     )
     assert float(line.split()[-1]) >= 15 * MB
+
+
+class TestAlertMetrics:
+    def test_memory_and_growth_over_the_window(self) -> None:
+        """``system_memory_mb{system}`` is the newest reading; ``..._growth_mb`` newest - oldest."""
+        window = Window(seconds=60)
+        window.push(Reading(at=0.0, memory_mb={"hog": 20.0}))
+        window.push(Reading(at=30.0, memory_mb={"hog": 50.0, "new": 1.0}))
+        assert window.value("system_memory_mb", {"system": "hog"}) == 50.0
+        assert window.value("system_memory_growth_mb", {"system": "hog"}) == 30.0
+        assert window.value("system_memory_growth_mb", {"system": "new"}) is None
+        assert window.value("system_memory_mb", {"system": "nosuch"}) is None
+
+    def test_rule_needs_a_system(self) -> None:
+        """A memory rule names its system: without one it is refused (one line)."""
+        assert parse_when('system_memory_growth_mb{system="hog"} > 10')[0] == (
+            "system_memory_growth_mb"
+        )
+        with pytest.raises(ValueError, match="needs the label 'system'"):
+            parse_when("system_memory_mb > 100")
