@@ -3,16 +3,16 @@
 With ``[features] memory_tracking = true`` a service starts ``tracemalloc``
 (``TRACE_FRAMES`` frames per allocation) and every ``MEMORY_PERIOD`` seconds
 takes a snapshot in a worker thread, off the tick. Each live allocation goes
-to the system whose class source lines (its file and line range, read once
-per snapshot with ``inspect``) hold the innermost frame of its traceback that
-is in a system's code: memory a system's hook allocated directly, or through
+to the system whose methods' lines (read once per class from their code
+objects) hold the innermost frame of its traceback that is in a system's
+code: memory a system's hook allocated directly, or through
 a library it called, counts as that system's. Allocations no system's code
 made (the supervisor's, a library's own caches) are "unattributed".
 
 Why tracemalloc and not domains: Python code cannot set a tracemalloc domain
 (only the C API can), and the allocating frame is what names the owner.
-Why the lines of the class and not the file: two systems in one module are
-told apart. The cost is in every allocation while tracing (tracemalloc's
+Why the lines of the methods and not the file: two systems in one module
+are told apart. The cost is in every allocation while tracing (tracemalloc's
 hook) and in the snapshot's copy of the traces (it holds the GIL), measured
 by ``bench/memory_tracking.py``; it is off by default and follows the phase
 (a phase overlay may turn it off), with one warning when it runs in
@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import time
 import tracemalloc
+import types
 import weakref
 from collections.abc import Mapping
 from typing import Any, Final
@@ -81,14 +82,26 @@ def attribute(ranges: Ranges) -> tuple[dict[str, int], int, int]:
     return by_system, total, unattributed
 
 
-def _source_lines(cls: type) -> tuple[str, int, int] | None:
-    """``(file, first line, end line)`` of a class's source, or None (no source file)."""
-    try:
-        path = inspect.getsourcefile(cls)
-        lines, first = inspect.getsourcelines(cls)
-    except (OSError, TypeError):
-        return None
-    return None if path is None else (path, first, first + len(lines))
+def _code_lines(cls: type) -> list[tuple[str, int, int]]:
+    """``(file, first line, end line)`` of each method of ``cls`` (its own, not inherited ones).
+
+    Read from the code objects (no source parsing, which ``inspect`` does and
+    which is slow while tracing): ``co_filename`` is the very name tracemalloc
+    puts on its frames. A base class two systems share would be ambiguous, so
+    inherited methods are left out.
+    """
+    found = []
+    for value in vars(cls).values():
+        fn = value
+        if isinstance(fn, (staticmethod, classmethod)):
+            fn = fn.__func__
+        elif isinstance(fn, property):
+            fn = fn.fget
+        code = getattr(inspect.unwrap(fn), "__code__", None) if callable(fn) else None
+        if isinstance(code, types.CodeType):
+            lines = [line for _start, _end, line in code.co_lines() if line is not None]
+            found.append((code.co_filename, code.co_firstlineno, max(lines, default=0) + 1))
+    return found
 
 
 class MemoryTracker:
@@ -107,8 +120,8 @@ class MemoryTracker:
         self._warned = False
         #: The systems' classes, read on the loop thread for the worker thread.
         self._classes: list[tuple[str, type]] = []
-        #: Source lines per class: ``inspect.getsourcelines`` parses the whole module.
-        self._lines: weakref.WeakKeyDictionary[type, tuple[str, int, int] | None] = (
+        #: Method lines per class.
+        self._lines: weakref.WeakKeyDictionary[type, list[tuple[str, int, int]]] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -118,18 +131,12 @@ class MemoryTracker:
         return self._k.active.features.memory_tracking
 
     def ranges(self) -> dict[str, list[tuple[int, int, str]]]:
-        """Each system's class source lines (in the worker thread: parsing is slow).
-
-        Looked up once per class (``inspect.getsourcelines`` parses the whole
-        module); a reloaded system is a new class, looked up anew.
-        """
+        """Each system's method lines, by file (once per class: a reload makes a new class)."""
         ranges: dict[str, list[tuple[int, int, str]]] = {}
         for name, cls in list(self._classes):
             if cls not in self._lines:
-                self._lines[cls] = _source_lines(cls)
-            found = self._lines[cls]
-            if found is not None:
-                path, first, end = found
+                self._lines[cls] = _code_lines(cls)
+            for path, first, end in self._lines[cls]:
                 ranges.setdefault(path, []).append((first, end, name))
         return ranges
 
