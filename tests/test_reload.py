@@ -276,3 +276,42 @@ class TestReload:
         assert len([e for e in logs if e["event"] == "reload.not_reloadable"]) == 2
         assert told["counter"] == "opted out (reload = False)"
         assert "without a factory" in told["incode"]
+
+    async def test_unpackable_state_keeps_old_code(
+        self, world: World, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A ``snapshot()`` whose state msgpack cannot pack: refused before the module reloads."""
+        world.write(
+            counter_source().replace('return {"count": self.count}', 'return {"count": object()}')
+        )
+        sup = make_supervisor((), config=world.config(), tick_rate=RATE)
+        old = sup.system("counter")
+        result = await reload_at(
+            sup,
+            ticks=10,
+            at=0.45,
+            edit=lambda: world.write(counter_source(version=9)),
+            modules={world.counter_mod},
+        )
+        assert not result.ok
+        assert "snapshot() state" in (result.error or "")
+        assert sup.system("counter") is old
+        assert sys.modules[world.counter_mod].VERSION == 1
+
+    async def test_refused_while_stopping(
+        self, world: World, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A reload asked for once the run is stopping is refused at once (no chore runs again)."""
+        sup = make_supervisor((), config=world.config(), tick_rate=RATE)
+        results = []
+
+        async def ask() -> None:
+            await trio.sleep(0.45)
+            sup.stop("test")
+            results.append(await sup.reloader.reload([world.counter_mod]))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            await sup.run(ticks=100)
+        assert results[0].ok is False
+        assert results[0].error == "the run is stopping"

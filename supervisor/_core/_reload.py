@@ -130,8 +130,8 @@ class Reloader:
         #: After the next tick: reload the modules asked for meanwhile.
         self.chore = Chore("reload", self._on_chore)
         self._asked: set[str] = set()
-        self._done = trio.Event()
-        self._result: ReloadResult | None = None
+        #: What the callers of the reload to come wait on.
+        self._pending = _Pending()
         #: The last reload (None: none yet).
         self.last: ReloadResult | None = None
         self.reloads = 0
@@ -175,14 +175,19 @@ class Reloader:
 
     async def reload(self, modules: Iterable[str]) -> ReloadResult:
         """Reload ``modules`` after the current tick (at once outside a run); the outcome."""
-        self._asked.update(modules)
-        if not self._k.run.running or self._k.run.stopping:
+        wanted = set(modules)
+        run = self._k.run
+        if run.running and run.stopping:
+            # The systems are being stopped (a stop, an emergency): no chore runs again.
+            return self._finish(self._result_of(wanted, (), "the run is stopping"))
+        self._asked.update(wanted)
+        if not run.running:
             return await self._reload_now()
-        done = self._done
+        pending = self._pending
         self.chore.next_due = -float("inf")
-        await done.wait()
-        assert self._result is not None
-        return self._result
+        await pending.done.wait()
+        assert pending.result is not None
+        return pending.result
 
     async def _on_chore(self, _deadline: float) -> None:
         self.chore.next_due = float("inf")
@@ -190,9 +195,14 @@ class Reloader:
 
     async def _reload_now(self) -> ReloadResult:
         asked, self._asked = self._asked, set()
-        done, self._done = self._done, trio.Event()
-        result = await self._reload(asked)
-        self._result = self.last = result
+        pending, self._pending = self._pending, _Pending()
+        pending.result = self._finish(await self._reload(asked))
+        pending.done.set()
+        return pending.result
+
+    def _finish(self, result: ReloadResult) -> ReloadResult:
+        """Keep and log the outcome: ``reload.done``, or ONE ``reload.failed`` line."""
+        self.last = result
         if result.ok:
             self.reloads += 1
             self._k.log.info(
@@ -203,7 +213,6 @@ class Reloader:
             self._k.log.error(
                 "reload.failed", system=",".join(result.systems) or None, error=result.error
             )
-        done.set()
         return result
 
     def section(self) -> dict[str, Any]:
@@ -249,6 +258,12 @@ class Reloader:
             except ReloadFailed as exc:
                 culprit = f"{exc.system}: " if exc.system else ""
                 error = k.text(f"{culprit}{exc}")  # plugin text: redacted once, bounded
+        return self._result_of(modules, systems, error)
+
+    def _result_of(
+        self, modules: set[str], systems: tuple[str, ...], error: str | None
+    ) -> ReloadResult:
+        k = self._k
         return ReloadResult(
             time=k.wall(),
             tick=k.loop.tick,
@@ -389,6 +404,14 @@ class Reloader:
             if slot.name in started:
                 await self._steps.call(slot, "start", slot.ctx, timeout=k.stop_timeout * 5)
         raise failure
+
+
+@attrs.define(eq=False)
+class _Pending:
+    """One reload to come: its callers wait for ``done``, then read ``result``."""
+
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: ReloadResult | None = None
 
 
 @attrs.frozen
