@@ -193,3 +193,26 @@ class TestAlertMetrics:
         )
         with pytest.raises(ValueError, match="needs the label 'system'"):
             parse_when("system_memory_mb > 100")
+
+
+class TestReadiness:
+    def test_tracking_in_production_fails_the_performance_check(self) -> None:
+        """Tracking on in PRODUCTION's overlay: readiness says so (promotion needs --force)."""
+        try:
+            sup = make_supervisor({}, config={"features": {"memory_tracking": True}})
+        finally:
+            tracemalloc.stop()
+        check = next(c for c in sup.readiness().checks if c.name == "performance")
+        assert not check.ok
+        assert "memory tracking is on" in check.detail
+        assert "memory_tracking = false" in (check.recommendation or "")
+        off = make_supervisor(
+            {},
+            config={
+                "features": {"memory_tracking": True},
+                "phases": {"production": {"features": {"memory_tracking": False}}},
+            },
+        )
+        tracemalloc.stop()
+        check = next(c for c in off.readiness().checks if c.name == "performance")
+        assert "memory tracking" not in check.detail

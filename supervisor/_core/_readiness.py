@@ -27,6 +27,7 @@ class ReadinessFacts:
     work_p95: float = 0.0
     budget: float = 0.0
     dropped_in_window: int = 0
+    memory_tracking: bool = False  # [features] memory_tracking in the PRODUCTION overlay
     # error_handling (every step runs under SafeCall by construction: the sinks are what can fail)
     sink_problem: str | None = None  # None when the error sinks (state dir, audit log) are writable
     # security (of the phase being entered)
@@ -63,6 +64,13 @@ def _systems(f: ReadinessFacts) -> ReadinessCheck:
 
 
 def _performance(f: ReadinessFacts) -> ReadinessCheck:
+    if f.memory_tracking:
+        return ReadinessCheck(
+            name="performance",
+            ok=False,
+            detail="memory tracking is on ([features] memory_tracking: it slows every allocation)",
+            recommendation="set [phases.production.features] memory_tracking = false",
+        )
     if f.window_ticks == 0:
         return ReadinessCheck(
             name="performance",
