@@ -254,7 +254,8 @@ class Reloader:
                 affected = self._affected(modules)
                 systems = tuple(s.name for s in affected)
                 if affected:
-                    await self._swap(affected, sorted(modules))
+                    touched = modules.intersection(module_of(s) for s in affected)
+                    await self._swap(affected, sorted(touched))
             except ReloadFailed as exc:
                 culprit = f"{exc.system}: " if exc.system else ""
                 error = k.text(f"{culprit}{exc}")  # plugin text: redacted once, bounded
@@ -288,7 +289,9 @@ class Reloader:
                 state = await self._call(slot, "snapshot")
                 try:
                     states[slot.name] = msgpack.packb(state)
-                except Exception as exc:
+                except BaseException as exc:  # an unpackable type, or a hostile mapping's methods
+                    if is_runtime_cancel(exc):
+                        raise
                     raise ReloadFailed(f"snapshot() state: {_why(exc)}", system=slot.name) from None
         saved = self._reload_modules(modules, affected)
         old = {s.name: _parts(s) for s in affected}
