@@ -61,6 +61,8 @@ class Reading:
     rss_mb: float | None = None
     cpu_percent: float | None = None
     players: float | None = None
+    #: Live memory per system (MB), while ``[features] memory_tracking`` samples it.
+    memory_mb: Mapping[str, float] = attrs.field(factory=dict)
 
 
 class Fingerprints:
@@ -116,6 +118,7 @@ def read(sup: Supervisor, fingerprints: Fingerprints, now: float) -> Reading:
         rss_mb=None if rss is None else rss / (1024 * 1024),
         cpu_percent=_number(sup.resources.get("cpu_percent")),
         players=_number(sup.gauges.get("players")),
+        memory_mb={name: size / (1024 * 1024) for name, size in sup.system_memory.items()},
     )
 
 
@@ -160,6 +163,11 @@ class Window:
             return 1000.0 * WindowStats.between(new.work, old.work, math.inf).p99
         if metric == "quarantined_systems":
             return float(new.quarantined)
+        if metric == "system_memory_mb":
+            return new.memory_mb.get(labels["system"])
+        if metric == "system_memory_growth_mb":
+            now, then = new.memory_mb.get(labels["system"]), old.memory_mb.get(labels["system"])
+            return None if now is None or then is None else now - then
         if metric == "slo_burn_rate":
             if self.burn_rate is None:
                 return None

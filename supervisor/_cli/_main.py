@@ -184,6 +184,9 @@ def cli() -> None:
     type=click.Path(dir_okay=False),
     help="Write the run summary (one JSON object) to this regular file on exit.",
 )
+@click.option(
+    "--reload", is_flag=True, help="DEVELOPMENT only: reload a system when its source changes."
+)
 def run(**options: Any) -> None:
     """Start the supervisor in the foreground.
 

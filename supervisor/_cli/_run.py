@@ -245,6 +245,7 @@ def run_command(
     exit_on_emergency: bool,
     log_format: str | None,
     summary_json: str | None,
+    reload: bool,
     resume_from: str | None = None,
 ) -> NoReturn:
     """``supervisor run``: exits 0, 1, 2, 3 or 4 as CONTRACT section 2 says."""
@@ -273,6 +274,11 @@ def run_command(
         fail(str(exc), EXIT_USAGE)
     if summary_json is not None:
         _check_summary_path(summary_json)
+    if reload and sup.phase is not Phase.DEVELOPMENT:
+        fail(
+            f"--reload is for the development phase only (this run is {sup.phase.value})",
+            EXIT_USAGE,
+        )
     if sup.phase is Phase.PRODUCTION:
         refused = refusal(sup.security_report())
         if refused is not None:
@@ -296,6 +302,10 @@ def run_command(
     if live is not None:
         sup.services.append(functools.partial(live_status, stream=live))
     listen_errors = _attach_services(sup, api=effective.features.api)
+    if reload:
+        from ._reload import attach_reload
+
+        attach_reload(sup)
     summary = _run(
         sup,
         listen_errors,

@@ -51,8 +51,15 @@ ALERT_METRICS: Final[Mapping[str, tuple[str, ...]]] = {
     "cpu_percent": (),
     "players": (),
     "slo_burn_rate": ("slo", "window", "short"),
+    # [features] memory_tracking: a system's live memory, and its growth over the window.
+    "system_memory_mb": ("system",),
+    "system_memory_growth_mb": ("system",),
 }
-_REQUIRED_LABELS: Final = {"slo_burn_rate": ("slo", "window")}
+_REQUIRED_LABELS: Final = {
+    "slo_burn_rate": ("slo", "window"),
+    "system_memory_mb": ("system",),
+    "system_memory_growth_mb": ("system",),
+}
 
 OPERATORS: Final[Mapping[str, Callable[[float, float], bool]]] = {
     ">": operator.gt,

@@ -140,6 +140,7 @@ class FeaturesConfig(Section):
     redaction: bool | None = setting(None, bool, optional=True)
     api: bool = setting(True, bool)
     precise_timing: bool = setting(True, bool)
+    memory_tracking: bool = setting(False, bool)
 
 
 @attrs.frozen(kw_only=True)

@@ -28,6 +28,7 @@ class ReadinessFacts:
     budget: float = 0.0
     dropped_in_window: int = 0
     realtime_fix: str | None = None  # realtime mode asked for and (partly) refused: what to change
+    memory_tracking: bool = False  # [features] memory_tracking in the PRODUCTION overlay
     # error_handling (every step runs under SafeCall by construction: the sinks are what can fail)
     sink_problem: str | None = None  # None when the error sinks (state dir, audit log) are writable
     # security (of the phase being entered)
@@ -64,6 +65,13 @@ def _systems(f: ReadinessFacts) -> ReadinessCheck:
 
 
 def _performance(f: ReadinessFacts) -> ReadinessCheck:
+    if f.memory_tracking:
+        return ReadinessCheck(
+            name="performance",
+            ok=False,
+            detail="memory tracking is on ([features] memory_tracking: it slows every allocation)",
+            recommendation="set [phases.production.features] memory_tracking = false",
+        )
     if f.window_ticks == 0:
         return ReadinessCheck(
             name="performance",

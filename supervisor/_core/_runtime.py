@@ -31,6 +31,7 @@ from ._histogram import Histogram
 from ._housekeeping import Housekeeper
 from ._kernel import Kernel, RunState, validate_rate
 from ._lifecycle import Lifecycle
+from ._memory import MemoryTracker
 from ._optimizer import Optimizer
 from ._phase import Phase, PhaseMachine
 from ._profiles import MachineFacts, choose_profile, detect_facts
@@ -38,6 +39,7 @@ from ._recovery import Recovery
 from ._redact import Redactor
 from ._registry import register as add_system
 from ._registry import register_from_config
+from ._reload import Reloader
 from ._runner import Runner
 from ._safecall import ErrorLog, ErrorRecord
 from ._services import Services
@@ -200,12 +202,26 @@ class Supervisor:
         self.record_sinks: list[Callable[[ErrorRecord], None]] = self._recorder.sinks
         #: Extra error-sink checks for readiness: each returns a problem or None.
         self.sink_checks: list[Callable[[], str | None]] = self._surface.sink_checks
+        #: Hot reload of systems between two ticks (``run --reload`` drives it).
+        self.reloader = Reloader(k, self._steps)
+        self._runner.loop.add_chore(self.reloader.chore)
+        #: Memory per system (``[features] memory_tracking``, in any phase's overlay).
+        self.memory = MemoryTracker(k)
+        self._attach_memory()
         #: The Prometheus exposition, installed by the server layer (``_server._metrics``).
         self.metrics_exporter: Callable[[], tuple[bytes, str]] | None = None
         #: Flags and experiments (``_flags``): ``ctx.flag``/``ctx.variant``, and the
         #: run-time API the staged rollout drives (``percent``, ``set_percent``).
         self.flags = k.flags
         attach_experiments(self, k)
+
+    def _attach_memory(self) -> None:
+        """Memory tracking's service and status section, when any phase turns it on."""
+        if any(self.config.for_phase(p).features.memory_tracking for p in Phase):
+            self.services.append(self.memory.service)
+            self.status_sections["memory"] = self.memory.section
+            if self.memory.wanted:
+                self.memory.trace()  # before the systems are built: their constructors count
 
     # ------------------------------------------------------------------ registration
 
@@ -385,6 +401,11 @@ class Supervisor:
     def snapshot_write(self) -> Histogram:
         """Time spent writing snapshots (on a worker thread)."""
         return self._snapshotter.write_time
+
+    @property
+    def system_memory(self) -> dict[str, int]:
+        """Live traced bytes per system at the last memory sample (empty when not tracking)."""
+        return self.memory.by_system
 
     def step_window(self, name: str, since: int = 0) -> list[float]:
         """Step times of system ``name`` over its last ticks (up to ``STEP_RING``), oldest first.

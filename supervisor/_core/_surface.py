@@ -92,6 +92,9 @@ class ControlSurface:
         self._profile, self._profile_reason = profile
         #: Extra error-sink checks for readiness: each returns a problem or None.
         self.sink_checks: list[Callable[[], str | None]] = []
+        #: Whether PRODUCTION would trace allocations (readiness fails: it slows every one).
+        production = kernel.config.for_phase(Phase.PRODUCTION)
+        self._tracking_in_production = production.features.memory_tracking
         #: The API address actually bound, reported by the server layer (None: no API).
         self.listen: str | None = None
         #: Named sections a capability adds to ``status`` (``fleet``, ``agones``,
@@ -163,6 +166,7 @@ class ControlSurface:
             budget=k.budget,
             dropped_in_window=self._housekeeper.dropped_since(tick - window),
             realtime_fix=self._realtime_fix(),
+            memory_tracking=self._tracking_in_production,
             sink_problem=sink_problem,
             target_phase=Phase.PRODUCTION.value,
             api_enabled=k.active.features.api,

@@ -79,6 +79,8 @@ class MetricsSource(Protocol):
     def quarantined(self) -> tuple[str, ...]: ...
     def windows(self) -> Windowed: ...
     def step_window(self, name: str, since: int = 0) -> list[float]: ...
+    @property
+    def system_memory(self) -> Mapping[str, int]: ...
 
 
 class _Exported(MetricsSource, Protocol):
@@ -141,6 +143,18 @@ def _tick_times(sup: MetricsSource) -> Iterator[Metric]:
             "Ticks per second run over the last 10 s.",
             value=figures.measured_tick_rate,
         )
+
+
+def _system_memory(sup: MetricsSource, label: Callable[[str], str]) -> Metric:
+    """Live memory per system, while ``[features] memory_tracking`` samples it (else empty)."""
+    memory = GaugeMetricFamily(
+        "supervisor_system_memory_bytes",
+        "Live Python memory each system's code allocated ([features] memory_tracking).",
+        labels=["system"],
+    )
+    for name, size in sup.system_memory.items():
+        memory.add_metric([label(name)], size)
+    return memory
 
 
 class _Collector(Collector):
@@ -212,6 +226,7 @@ class _Collector(Collector):
             errors.add_metric([system], counts.get(name, 0))
             quarantined.add_metric([system], 1.0 if name in quarantine else 0.0)
         yield step
+        yield _system_memory(sup, label)
         yield errors
         yield quarantined
 
