@@ -231,6 +231,31 @@ def _check_summary_path(path: str) -> None:
         fail(f"--summary-json {path}: the folder does not exist", EXIT_USAGE)
 
 
+def _check_resume_options(*, resume: bool, fresh: bool, resume_from: str | None) -> None:
+    """``--resume``, ``--fresh`` and ``--resume-from`` exclude each other (a usage error)."""
+    if resume and fresh:
+        raise click.UsageError(
+            "--resume and --fresh exclude each other", click.get_current_context()
+        )
+    if resume_from is not None and (resume or fresh):
+        raise click.UsageError(
+            "--resume-from excludes --resume and --fresh", click.get_current_context()
+        )
+
+
+def _refuse_by_phase(sup: Supervisor, *, reload: bool) -> None:
+    """Exit 2 for ``--reload`` outside development, or a production start that is not secure."""
+    if reload and sup.phase is not Phase.DEVELOPMENT:
+        fail(
+            f"--reload is for the development phase only (this run is {sup.phase.value})",
+            EXIT_USAGE,
+        )
+    if sup.phase is Phase.PRODUCTION:
+        refused = refusal(sup.security_report())
+        if refused is not None:
+            fail(refused, EXIT_USAGE)
+
+
 def run_command(
     *,
     config_path: str | None,
@@ -249,14 +274,7 @@ def run_command(
     resume_from: str | None = None,
 ) -> NoReturn:
     """``supervisor run``: exits 0, 1, 2, 3 or 4 as CONTRACT section 2 says."""
-    if resume and fresh:
-        raise click.UsageError(
-            "--resume and --fresh exclude each other", click.get_current_context()
-        )
-    if resume_from is not None and (resume or fresh):
-        raise click.UsageError(
-            "--resume-from excludes --resume and --fresh", click.get_current_context()
-        )
+    _check_resume_options(resume=resume, fresh=fresh, resume_from=resume_from)
     try:
         config = load_config(config_path)
         config = _with_overrides(
@@ -274,15 +292,7 @@ def run_command(
         fail(str(exc), EXIT_USAGE)
     if summary_json is not None:
         _check_summary_path(summary_json)
-    if reload and sup.phase is not Phase.DEVELOPMENT:
-        fail(
-            f"--reload is for the development phase only (this run is {sup.phase.value})",
-            EXIT_USAGE,
-        )
-    if sup.phase is Phase.PRODUCTION:
-        refused = refusal(sup.security_report())
-        if refused is not None:
-            fail(refused, EXIT_USAGE)
+    _refuse_by_phase(sup, reload=reload)
     effective = sup.active_config  # the start phase's overlay applied
     fmt = effective.logging.format
     live = LiveStream(sys.stderr) if sys.stderr.isatty() else None

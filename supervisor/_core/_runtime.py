@@ -195,21 +195,25 @@ class Supervisor:
         self.phase_listeners: list[Callable[[Phase], None]] = self._lifecycle.listeners
         #: Named sections capabilities add to ``status()`` (see ControlSurface.status_sections).
         self.status_sections = self._surface.status_sections
-        if active.supervisor.realtime:
-            self.status_sections["realtime"] = self._runner.loop.realtime.status
         #: Called with every error record as it is made (``_failures``): the
         #: durable error store enqueues here, off the tick's own work.
         self.record_sinks: list[Callable[[ErrorRecord], None]] = self._recorder.sinks
         #: Extra error-sink checks for readiness: each returns a problem or None.
         self.sink_checks: list[Callable[[], str | None]] = self._surface.sink_checks
+        #: The Prometheus exposition, installed by the server layer (``_server._metrics``).
+        self.metrics_exporter: Callable[[], tuple[bytes, str]] | None = None
+        self._attach_features(k, active.supervisor.realtime)
+
+    def _attach_features(self, k: Kernel, realtime: bool) -> None:
+        """Realtime mode's status, hot reload, memory per system, flags and experiments."""
+        if realtime:
+            self.status_sections["realtime"] = self._runner.loop.realtime.status
         #: Hot reload of systems between two ticks (``run --reload`` drives it).
         self.reloader = Reloader(k, self._steps)
         self._runner.loop.add_chore(self.reloader.chore)
         #: Memory per system (``[features] memory_tracking``, in any phase's overlay).
         self.memory = MemoryTracker(k)
         self._attach_memory()
-        #: The Prometheus exposition, installed by the server layer (``_server._metrics``).
-        self.metrics_exporter: Callable[[], tuple[bytes, str]] | None = None
         #: Flags and experiments (``_flags``): ``ctx.flag``/``ctx.variant``, and the
         #: run-time API the staged rollout drives (``percent``, ``set_percent``).
         self.flags = k.flags
