@@ -55,6 +55,9 @@ class Leaderboard:
     top: list[tuple[int, int]] = attrs.field(init=False, factory=list)
     refreshed_tick: int = attrs.field(init=False, default=-1)
     refreshes: int = attrs.field(init=False, default=0)
+    #: Bumped whenever the snapshot state changes (refresh, recover, restore):
+    #: between refreshes the snapshotter reuses the bytes it packed last time.
+    snapshot_version: int = attrs.field(init=False, default=0)
     _next: int = attrs.field(init=False, default=0)
     _economy: Economy | None = attrs.field(init=False, default=None)
 
@@ -65,6 +68,7 @@ class Leaderboard:
         if ctx.tick < self._next:
             return
         self._next = ctx.tick + self.every
+        self.snapshot_version += 1
         self.refresh(ctx.tick)
 
     def refresh(self, tick: int) -> None:
@@ -79,11 +83,13 @@ class Leaderboard:
         self.top = [(a.pid, a.earnings) for a in best if a.online][: self.size]
         self.refreshed_tick = tick
         self.refreshes += 1
+        self.snapshot_version += 1
 
     def recover(self, ctx: Context, error: Any) -> None:
         """Rank again on the next tick, from scratch."""
         self.top = []
         self._next = ctx.tick + 1
+        self.snapshot_version += 1
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -98,3 +104,4 @@ class Leaderboard:
         self.refreshed_tick = int(state["refreshed_tick"])
         self.refreshes = int(state["refreshes"])
         self._next = int(state["next"])
+        self.snapshot_version += 1
