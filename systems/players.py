@@ -112,7 +112,8 @@ def _fraction(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise ValueError(f"{attribute.name} must be a number from 0 to 1, got {value!r}")
 
 
-@attrs.define(eq=False)
+# Options validated when built, not at every assignment (see ``Economy``).
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class Players:
     """A seeded crowd of simulated players; publishes ``joined``, ``left`` and the gauge.
 
