@@ -34,7 +34,8 @@ __all__ = ["Security"]
 _SWEEP = 1.0
 
 
-@attrs.define(eq=False)
+# Options validated when built, not at every assignment (see ``Economy``).
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class Security:
     """Blocks impossible and too-frequent purchases; counts and logs every violation.
 

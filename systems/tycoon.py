@@ -41,7 +41,8 @@ _CHEATS = ("negative", "absurd", "burst")
 _BURST = 12
 
 
-@attrs.define(eq=False)
+# Options validated when built, not at every assignment (see ``Economy``).
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class Tycoon:
     """Plots, their income, and simulated players buying upgrades.
 
