@@ -37,6 +37,13 @@ class System(Protocol):
       after, and stops before; an unknown name or a cycle is refused before
       anything starts.
     * ``priority = 0``: order among independent systems (lower first).
+    * ``snapshot_version: int`` (optional, may be a property): a number the
+      system changes whenever its snapshot state changes. While it stays the
+      same (same instance), the last packed state is reused and
+      ``snapshot()`` is not called, so a periodic snapshot of unchanged state
+      costs nothing. Absent, not an int, or raising: a full capture.
+    * ``reload = False``: opt out of ``run --reload`` (the system keeps its
+      code until a restart).
 
     A system does not declare how often it runs: it is stepped every tick
     unless the optimizer, under sustained overload, throttles it to run
