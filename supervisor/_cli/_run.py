@@ -36,6 +36,7 @@ from .._core._snapshot_shared import SharedSnapshotStore, shared_status
 from .._core._views import RunSummary
 from .._errors import ConfigError, PluginError, StartupError, SupervisorError
 from .._files import check_output_path
+from .._fleet._failover import attach_failover, prepare_world
 from .._logging import configure_logging, get_logger
 from ._client import EXIT_FAILED, EXIT_USAGE, fail
 from ._config_cmd import load_config, refusal
@@ -121,6 +122,14 @@ def resume_shared_world(sup: Supervisor, world: str) -> None:
     if snap is None:
         _no_snapshot_to_resume(source.directory, problems)
     check_preserved_state(sup, resume=False, fresh=True)
+
+
+def _prepare_world(sup: Supervisor, world: str | None, *, resume: bool, fresh: bool) -> str | None:
+    """A fleet member's world lease, or a standby's wait for a world (``_fleet/_failover.py``)."""
+    try:
+        return prepare_world(sup, world, resume=resume, fresh=fresh)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
 
 
 def _no_snapshot_to_resume(folder: Path, problems: list[Any]) -> NoReturn:
@@ -213,6 +222,7 @@ def _attach_services(sup: Supervisor, *, api: bool) -> tuple[type[Exception], ..
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     attach_member(sup)  # [fleet] redis: a fleet member (its own section, nothing otherwise)
+    attach_failover(sup, error_store)  # a takeover is an incident (issue 15)
     if engine is not None and error_store is not None:
         store = error_store  # firing alerts are incidents of `supervisor report`
         engine.on_firing.append(lambda rule: store.incident("alert", rule.name))
@@ -286,6 +296,7 @@ def run_command(
         stream=live,  # type: ignore[arg-type]  # file-like: write, flush, isatty
         processors=(sup.redactor.structlog_processor(),),
     )
+    resume_from = _prepare_world(sup, resume_from, resume=resume, fresh=fresh)  # issue 15
     if resume_from is not None:
         resume_shared_world(sup, resume_from)
         resume = True
