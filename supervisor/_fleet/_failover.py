@@ -58,7 +58,7 @@ from .._core._config_fleet import FleetConfig, safe_url
 from .._core._control import Caller, Refused
 from .._core._snapshot_shared import SharedSnapshotStore
 from .._logging import get_logger
-from ._member import FleetAudit, member_for
+from ._member import FleetAudit, _describe, member_for
 from ._protocol import AUDIT_MAXLEN, BadMessage, Keys, parse_command
 from ._redis import open_client
 
@@ -326,20 +326,32 @@ def prepare_world(
     else:
         world = resume_from if resume_from is not None else store.world
 
-        async def start() -> Claim:
+        async def start() -> Claim | Fenced:
             assert config.redis is not None
             async with open_client(config.redis, timeout=config.timeout) as client:
-                with trio.fail_after(config.timeout * 2):
-                    return await claim(
-                        client,
-                        Keys(config.namespace),
-                        member=config.member_id(),
-                        world=world,
-                        hold=max(TAKEOVER_HOLD, config.ttl_seconds),
-                        takeover=False,
-                    )
+                try:
+                    with trio.fail_after(config.timeout * 2):
+                        return await claim(
+                            client,
+                            Keys(config.namespace),
+                            member=config.member_id(),
+                            world=world,
+                            hold=max(TAKEOVER_HOLD, config.ttl_seconds),
+                            takeover=False,
+                        )
+                except Fenced as exc:  # raised outside: coredis would wrap it in a group
+                    return exc
 
-        won = trio.run(start)
+        try:
+            got = trio.run(start)
+        except Exception as exc:
+            raise ValueError(
+                f"the fleet's Redis {safe_url(config.redis or '')}: cannot claim world "
+                f"{world!r}: {_describe(exc)}"
+            ) from None
+        if isinstance(got, Fenced):
+            raise got
+        won = got
     lease = WorldLease(sup, config, won)
     _LEASES[sup] = lease
     sup.services.append(lease.serve)
