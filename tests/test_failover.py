@@ -12,6 +12,8 @@ in one line; a standby with bad settings is refused (exit 2).
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -307,4 +309,54 @@ def test_the_drill_kill_9_the_active_member_one_standby_takes_over_the_old_one_i
         entries = trio.run(stream)
         assert any("takeover" in str(e) and winner in str(e) for e in entries), entries
     finally:
+        stop_all(procs)
+
+
+def test_a_frozen_member_woken_after_a_takeover_stops_and_never_writes_the_world(
+    redis: RedisServer, pg: PgServer, tmp_path: Path
+) -> None:
+    """SIGSTOP A past its lease, B takes over, SIGCONT A: A is fenced (exit 3), B goes on."""
+    keys = _keys()
+    url = fresh_db(pg)
+    shared = tmp_path / "shared"
+    common = {"pg_url": url, "redis_url": redis.url, "namespace": keys.namespace, "shared": shared}
+    a_config = write_config(tmp_path / "a", member="A", world="alpha", **common)  # type: ignore[arg-type]
+    b_config = write_config(tmp_path / "b", member="B", world="spare", standby=True, **common)  # type: ignore[arg-type]
+    a_acks = tmp_path / "a" / "state" / "world.acks"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        a = start(tmp_path / "a", a_config, "--exit-on-emergency")
+        b = start(tmp_path / "b", b_config)
+        procs += [a, b]
+        wait_for(
+            lambda: a_acks.exists() and any((shared / "alpha").glob("snapshot-*")),
+            procs,
+            what="A acknowledges purchases and writes a shared snapshot",
+        )
+        os.kill(a.pid, signal.SIGSTOP)
+        wait_for(
+            lambda: bool(events(tmp_path / "b", "failover.takeover")),
+            [b],
+            timeout=30,
+            what="B takes over",
+        )
+        time.sleep(1.0)
+        frozen_acks = read_acks(a_acks)
+        os.kill(a.pid, signal.SIGCONT)
+        assert a.wait(timeout=30) == 3  # an emergency stop, its state kept
+        a_log = logs(tmp_path / "a")
+        assert '"failover.fenced"' in a_log or '"datastore.fenced"' in a_log, a_log[-3000:]
+        # Nothing A acknowledged after waking is missing (it acknowledged nothing new
+        # that was not committed), and B is still the one ticking the world.
+        assert pg_audit(url, read_acks(a_acks)) == []
+        assert len(read_acks(a_acks)) >= len(frozen_acks)
+        assert b.poll() is None
+        newest = max(int(p.stem.split("-")[1]) for p in (shared / "alpha").glob("snapshot-*"))
+        time.sleep(1.0)
+        later = max(int(p.stem.split("-")[1]) for p in (shared / "alpha").glob("snapshot-*"))
+        assert later > newest  # B keeps writing the world's snapshots
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)
         stop_all(procs)
