@@ -12,8 +12,6 @@ in one line; a standby with bad settings is refused (exit 2).
 from __future__ import annotations
 
 import itertools
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -219,6 +217,14 @@ def test_a_standby_with_bad_settings_is_one_line_exit_2(
 # ---------------------------------------------------------------------- the drill
 
 
+def _hset(redis: RedisServer, key: str, values: dict[str, str]) -> None:
+    async def write() -> None:
+        async with open_client(redis.url, timeout=2.0) as client:
+            await client.hset(key, values)
+
+    trio.run(write)
+
+
 def _restart_is_refused(folder: Path, config: Path, winner: str) -> None:
     back = subprocess.run(
         [
@@ -277,7 +283,13 @@ def test_the_drill_kill_9_the_active_member_one_standby_takes_over_the_old_one_i
             procs,
             what="the standbys wait",
         )
-        time.sleep(0.5)
+        # Hostile or useless entries in the registry: skipped, never taken.
+        _hset(redis, worlds_key(keys), {"../../etc": "X", "ghost": "Y"})
+        wait_for(
+            lambda: all(len(events(tmp_path / n, "failover.skipped")) == 2 for n in standbys),
+            procs,
+            what="the standbys skip what they cannot take",
+        )
         killed = kill_and_time(a)
         acked = read_acks(a_acks)
         assert acked
@@ -326,21 +338,27 @@ def test_the_drill_kill_9_the_active_member_one_standby_takes_over_the_old_one_i
     assert pg_audit(url, acked) == []
 
 
-def test_a_frozen_member_woken_after_a_takeover_stops_and_never_writes_the_world(
+def test_an_owner_cut_off_from_redis_is_replaced_and_stops_without_losing_an_ack(
     redis: RedisServer, pg: PgServer, tmp_path: Path
 ) -> None:
-    """SIGSTOP A past its lease, B takes over, SIGCONT A: A is fenced (exit 3), B goes on."""
+    """A loses Redis (its user disabled), keeps ticking; B takes over; A is fenced (exit 3).
+
+    A partition, not SIGSTOP: a process frozen in the middle of a COPY holds
+    its row locks until it wakes (PostgreSQL holds back a statement timeout
+    while it reads the client's COPY data), which would make B's start wait;
+    see the README's limits.
+    """
     keys = _keys()
     url = fresh_db(pg)
     shared = tmp_path / "shared"
-    common: dict[str, Any] = {
-        "pg_url": url,
-        "redis_url": redis.url,
-        "namespace": keys.namespace,
-        "shared": shared,
-    }
-    a_config = write_config(tmp_path / "a", member="A", world="alpha", **common)
-    b_config = write_config(tmp_path / "b", member="B", world="spare", standby=True, **common)
+    user = f"a{next(_spaces)}"
+    redis.command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all")
+    a_redis = redis.url.replace("redis://", f"redis://{user}:pw@")
+    common: dict[str, Any] = {"pg_url": url, "namespace": keys.namespace, "shared": shared}
+    a_config = write_config(tmp_path / "a", member="A", world="alpha", redis_url=a_redis, **common)
+    b_config = write_config(
+        tmp_path / "b", member="B", world="spare", standby=True, redis_url=redis.url, **common
+    )
     a_acks = tmp_path / "a" / "state" / "world.acks"
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -352,30 +370,22 @@ def test_a_frozen_member_woken_after_a_takeover_stops_and_never_writes_the_world
             procs,
             what="A acknowledges purchases and writes a shared snapshot",
         )
-        os.kill(a.pid, signal.SIGSTOP)
+        redis.command("ACL", "SETUSER", user, "off")
+        redis.command("CLIENT", "KILL", "USER", user)
         wait_for(
             lambda: bool(events(tmp_path / "b", "failover.takeover")),
             [b],
             timeout=30,
             what="B takes over",
         )
-        time.sleep(1.0)
-        frozen_acks = read_acks(a_acks)
-        os.kill(a.pid, signal.SIGCONT)
         assert a.wait(timeout=30) == 3  # an emergency stop, its state kept
         a_log = logs(tmp_path / "a")
-        assert '"failover.fenced"' in a_log or '"datastore.fenced"' in a_log, a_log[-3000:]
-        # Nothing A acknowledged after waking is missing (it acknowledged nothing new
-        # that was not committed), and B is still the one ticking the world.
-        assert len(read_acks(a_acks)) >= len(frozen_acks)
+        assert '"datastore.fenced"' in a_log or '"failover.fenced"' in a_log, a_log[-3000:]
         assert b.poll() is None
         newest = max(int(p.stem.split("-")[1]) for p in (shared / "alpha").glob("snapshot-*"))
         time.sleep(1.0)
         later = max(int(p.stem.split("-")[1]) for p in (shared / "alpha").glob("snapshot-*"))
         assert later > newest  # B keeps writing the world's snapshots
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGCONT)
         stop_all(procs)
     assert pg_audit(url, read_acks(a_acks)) == []  # nothing A acknowledged is missing

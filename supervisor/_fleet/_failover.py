@@ -34,8 +34,11 @@ give two winners and cannot leave a lock without its token.
   ``NS:members`` and ``NS:worlds`` names the new owner. The takeover is
   logged (``failover.takeover``), audited locally and in the fleet's audit
   stream, and recorded as an incident (``supervisor report``).
-* Worlds are skipped while the fleet's durable emergency flag is set, and a
-  world whose newest shared snapshot was written by an emergency stop.
+* Worlds are skipped while the fleet's durable emergency flag is set, and so
+  is a world whose newest shared snapshot was written by an emergency stop,
+  one with no valid shared snapshot, and a name from Redis that is not a
+  world name (checked before it reaches a path): one ``failover.skipped``
+  line each, looked at again every :data:`RECHECK_SKIPPED` seconds.
 
 A takeover holds the lease for :data:`TAKEOVER_HOLD` seconds while it starts
 (reading the snapshot, opening the database may wait for a frozen owner's
@@ -46,6 +49,7 @@ long, then another standby takes it.
 from __future__ import annotations
 
 import json
+import math
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -55,8 +59,10 @@ import attrs
 import trio
 
 from .._core._config_fleet import FleetConfig, safe_url
+from .._core._config_snapshots import check_world
 from .._core._control import Caller, Refused
 from .._core._snapshot_shared import SharedSnapshotStore
+from .._errors import ConfigError
 from .._logging import get_logger
 from ._member import FleetAudit, _describe, member_for
 from ._protocol import AUDIT_MAXLEN, BadMessage, Keys, parse_command
@@ -84,6 +90,8 @@ __all__ = [
 
 #: Seconds a takeover (or a start) holds the lease before its run refreshes it.
 TAKEOVER_HOLD: Final = 30.0
+#: Seconds before a standby looks again at a world it could not take.
+RECHECK_SKIPPED: Final = 5.0
 #: Polls of the registry per heartbeat period, for a standby.
 POLLS_PER_HEARTBEAT: Final = 4
 
@@ -229,17 +237,31 @@ async def _orphans(client: coredis.Redis[str], keys: Keys) -> list[str]:
     return [w for w in sorted(wanted) if not await client.exists([owner_key(keys, w)])]
 
 
-def _stopped_in_emergency(sup: Supervisor, world: str) -> bool:
-    """Whether the newest shared snapshot of ``world`` was written by an emergency stop."""
+def _not_takeable(sup: Supervisor, world: str) -> str | None:
+    """Why a standby must not take ``world`` over, or None.
+
+    Anything read from Redis is hostile until checked: a name that is not a
+    world name is refused before it reaches a path. A world with no valid
+    shared snapshot (its member died before writing one) or whose newest one
+    was written by an emergency stop is left alone.
+    """
+    try:
+        check_world(world)
+    except ConfigError:
+        return "not a world name"
     store = _shared(sup)
     if store is None:
-        return False
+        return "no shared store"
     source = attrs.evolve(store.shared, directory=store.shared.directory.parent / world)
     try:
         snap, _problems = source.latest()
-    except OSError:
-        return False
-    return snap is not None and str(snap.reason).startswith("emergency")
+    except OSError as exc:
+        return f"its shared folder cannot be read: {exc.strerror or exc}"
+    if snap is None:
+        return "no valid shared snapshot"
+    if str(snap.reason).startswith("emergency"):
+        return "stopped by an emergency"
+    return None
 
 
 async def wait_for_orphan(
@@ -256,7 +278,7 @@ async def wait_for_orphan(
     log = get_logger(component="failover", member=member)
     period = config.heartbeat_seconds / POLLS_PER_HEARTBEAT
     delay = 0.1
-    skipped: set[str] = set()
+    skipped: dict[str, float] = {}  # world -> when to look at it again
     log.info("failover.standby", redis=safe_url(config.redis), poll_seconds=period)
     while True:
         try:
@@ -266,10 +288,13 @@ async def wait_for_orphan(
                         orphans = await _orphans(client, keys)
                     seen = wall()
                     for world in orphans:
-                        if _stopped_in_emergency(sup, world):
+                        if trio.current_time() < skipped.get(world, -math.inf):
+                            continue
+                        why = _not_takeable(sup, world)
+                        if why is not None:
                             if world not in skipped:
-                                skipped.add(world)
-                                log.warning("failover.skipped", world=world, why="emergency stop")
+                                log.warning("failover.skipped", world=world[:80], why=why)
+                            skipped[world] = trio.current_time() + RECHECK_SKIPPED
                             continue
                         try:
                             with trio.fail_after(config.timeout):
@@ -461,7 +486,14 @@ class WorldLease:
                 await sup.closing.wait()
 
     async def _release(self, client: coredis.Redis[str]) -> None:
+        """A stop on purpose gives the world up; a run that never ticked keeps it wanted.
+
+        A takeover whose start failed (the database refused, say) leaves the
+        world in ``NS:worlds`` and its lease to expire: another standby tries.
+        """
         won = self.claim
+        if self.first_tick_wall is None:
+            return
         released = await client.eval(
             RELEASE_SCRIPT,
             keys=[owner_key(self.keys, won.world), worlds_key(self.keys)],
@@ -495,8 +527,11 @@ class WorldLease:
     async def _announce(self, sup: Supervisor) -> None:
         """Once a takeover's first tick ran: the log line, the audits, the incident."""
         run = sup.run_state
-        while run.last_tick_at is None and run.running:  # noqa: ASYNC110
+        # The runtime has no "first tick" event (the fleet member polls the same way).
+        while run.last_tick_at is None and not sup.closing.is_set():  # noqa: ASYNC110
             await trio.sleep(0.005)
+        if run.last_tick_at is None:
+            return  # the run stopped before it ticked: nothing was taken over
         self.first_tick_wall = self.wall()
         won = self.claim
         if not won.takeover:
