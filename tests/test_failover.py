@@ -389,3 +389,56 @@ def test_an_owner_cut_off_from_redis_is_replaced_and_stops_without_losing_an_ack
     finally:
         stop_all(procs)
     assert pg_audit(url, read_acks(a_acks)) == []  # nothing A acknowledged is missing
+
+
+LEASE_WORLD = """\
+[supervisor]
+tick_rate = 50
+snapshot_interval = 0.2
+
+[features]
+api = false
+
+[systems]
+enabled = ["heartbeat"]
+
+[snapshots]
+store = "{shared}"
+world = "solo"
+
+[fleet]
+redis = "{redis}"
+namespace = "{namespace}"
+id = "A"
+heartbeat = "200ms"
+"""
+
+
+def test_a_member_whose_lease_is_taken_stops_and_writes_no_more_shared_snapshots(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """The Redis fence alone (no database): the lease overwritten, A stops (exit 3)."""
+    keys = _keys()
+    shared = tmp_path / "shared"
+    folder = tmp_path / "a"
+    folder.mkdir()
+    config = folder / "world.toml"
+    config.write_text(LEASE_WORLD.format(shared=shared, redis=redis.url, namespace=keys.namespace))
+    a = start(folder, config, "--exit-on-emergency", "--log-format", "json")
+    try:
+        wait_for(lambda: any((shared / "solo").glob("snapshot-*")), [a], what="A snapshots")
+        wait_for(lambda: bool(events(folder, "fleet.connected")), [a], what="A joins")
+        redis.command("SET", owner_key(keys, "solo"), "B:99", "PX", "60000")
+        assert a.wait(timeout=30) == 3
+    finally:
+        stop_all([a])
+    fenced = events(folder, "failover.fenced")
+    assert len(fenced) == 1
+    assert fenced[0]["owner_now"] == "B:99"
+    stopped = max(int(p.stem.split("-")[1]) for p in (folder / "state" / "snapshots").glob("s*"))
+    in_world = max(int(p.stem.split("-")[1]) for p in (shared / "solo").glob("snapshot-*"))
+    assert in_world < stopped  # the emergency snapshot stayed out of the world's folder
+    assert any((folder / "state" / "fenced-solo").glob("snapshot-*"))
+    assert "fenced: world solo taken over by B:99" in logs(folder)
+    # The lease (B's now) was not released by A on its way out.
+    assert redis.command("GET", owner_key(keys, "solo")).endswith(b"B:99\r\n")

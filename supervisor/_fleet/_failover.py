@@ -461,9 +461,10 @@ class WorldLease:
                             await self._release(client)
                         return
                 except Exception as exc:  # Redis lost: the run ticks on; the database fences
-                    self.outages += 1
-                    self.last_error = f"{type(exc).__name__}: {exc}"[:200]
-                    self.log.warning("failover.lease_unreachable", error=self.last_error)
+                    if self.last_error is None:  # one line per outage
+                        self.outages += 1
+                        self.log.warning("failover.lease_unreachable", error=_describe(exc))
+                    self.last_error = _describe(exc)
                     with trio.move_on_after(config.heartbeat_seconds):
                         await sup.closing.wait()
 
@@ -482,6 +483,7 @@ class WorldLease:
                 await sup.closing.wait()
                 return
             self.refreshes += 1
+            self.last_error = None
             with trio.move_on_after(config.heartbeat_seconds):
                 await sup.closing.wait()
 
