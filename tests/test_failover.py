@@ -442,3 +442,21 @@ def test_a_member_whose_lease_is_taken_stops_and_writes_no_more_shared_snapshots
     assert "fenced: world solo taken over by B:99" in logs(folder)
     # The lease (B's now) was not released by A on its way out.
     assert redis.command("GET", owner_key(keys, "solo")).endswith(b"B:99\r\n")
+
+
+def test_a_waiting_standby_stops_on_sigterm_with_exit_0(redis: RedisServer, tmp_path: Path) -> None:
+    keys = _keys()
+    folder = tmp_path / "s"
+    folder.mkdir()
+    config = folder / "world.toml"
+    text = LEASE_WORLD.format(shared=tmp_path / "shared", redis=redis.url, namespace=keys.namespace)
+    config.write_text(text.replace('id = "A"', 'id = "S"\nstandby = true'))
+    s = start(folder, config, "--log-format", "json")
+    try:
+        wait_for(lambda: bool(events(folder, "failover.standby")), [s], what="S waits")
+        s.send_signal(15)
+        assert s.wait(timeout=15) == 0
+    finally:
+        stop_all([s])
+    assert events(folder, "failover.standby_stopped")[0]["signal"] == "SIGTERM"
+    assert "Traceback" not in logs(folder)

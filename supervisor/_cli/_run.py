@@ -36,7 +36,7 @@ from .._core._snapshot_shared import SharedSnapshotStore, shared_status
 from .._core._views import RunSummary
 from .._errors import ConfigError, PluginError, StartupError, SupervisorError
 from .._files import check_output_path
-from .._fleet._failover import attach_failover, prepare_world
+from .._fleet._failover import StandbyStopped, attach_failover, prepare_world
 from .._logging import configure_logging, get_logger
 from ._client import EXIT_FAILED, EXIT_USAGE, fail
 from ._config_cmd import load_config, refusal
@@ -130,6 +130,8 @@ def _prepare_world(sup: Supervisor, world: str | None, *, resume: bool, fresh: b
         return prepare_world(sup, world, resume=resume, fresh=fresh)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
+    except StandbyStopped:
+        sys.exit(0)
 
 
 def _no_snapshot_to_resume(folder: Path, problems: list[Any]) -> NoReturn:

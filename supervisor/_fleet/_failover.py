@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -80,6 +81,7 @@ __all__ = [
     "TAKEOVER_HOLD",
     "Claim",
     "Fenced",
+    "StandbyStopped",
     "WorldLease",
     "attach_failover",
     "claim",
@@ -135,9 +137,10 @@ if redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[3] then redis.call('HDEL', KEYS[
 return 1
 """
 
+#: An event in the fleet's audit stream, shaped as ``supervisor fleet audit`` reads it.
 _XADD: Final = (
     "return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', "
-    "'kind', ARGV[2], 'member', ARGV[3], 'event', ARGV[4])"
+    "'kind', ARGV[2], 'member', ARGV[3], 'ack', ARGV[4])"
 )
 
 _LEASES: weakref.WeakKeyDictionary[Any, WorldLease] = weakref.WeakKeyDictionary()
@@ -319,6 +322,30 @@ async def wait_for_orphan(
         delay = min(delay * 2, 5.0)
 
 
+class StandbyStopped(Exception):
+    """A standby was stopped (SIGINT, SIGTERM) before it took a world over: exit 0."""
+
+
+async def _standby(sup: Supervisor, config: FleetConfig) -> Claim | None:
+    """:func:`wait_for_orphan`, ended by SIGINT or SIGTERM (None) like a run is."""
+    result: list[Claim] = []
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def wait() -> None:
+                result.append(await wait_for_orphan(sup, config))
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait)
+            async for signum in signals:
+                get_logger(component="failover").info(
+                    "failover.standby_stopped", signal=signal.Signals(signum).name
+                )
+                nursery.cancel_scope.cancel()
+                break
+    return result[0] if result else None
+
+
 def prepare_world(
     sup: Supervisor, resume_from: str | None, *, resume: bool = False, fresh: bool = False
 ) -> str | None:
@@ -347,7 +374,10 @@ def prepare_world(
             "drop --resume, --fresh and --resume-from"
         )
     if config.standby:
-        won = trio.run(wait_for_orphan, sup, config)
+        found = trio.run(_standby, sup, config)
+        if found is None:
+            raise StandbyStopped
+        won = found
     else:
         world = resume_from if resume_from is not None else store.world
 
@@ -579,7 +609,16 @@ class WorldLease:
                         AUDIT_MAXLEN,
                         kind,
                         self.claim.member,
-                        json.dumps(dict(detail), separators=(",", ":"), default=str),
+                        json.dumps(
+                            {
+                                "action": kind,
+                                "generation": self.claim.token,
+                                "reason": f"world {self.claim.world}",
+                                **detail,
+                            },
+                            separators=(",", ":"),
+                            default=str,
+                        ),
                     ],
                 )
             except Exception as exc:
