@@ -25,8 +25,8 @@ give two winners and cannot leave a lock without its token.
   every commit checks it), so an old owner that cannot reach Redis still
   cannot write money.
 * A standby (``[fleet] standby = true``) ticks nothing until it takes a world
-  over: it builds no systems, opens no database, only polls Redis (four
-  times per heartbeat). When a world's lease has expired it takes it with
+  over: its supervisor is built but starts no system, opens no database,
+  only polls Redis (four times per heartbeat). When a world's lease has expired it takes it with
   the same script (only if still expired: exactly one standby wins), then
   does what ``supervisor run --resume-from WORLD`` does -- the newest shared
   snapshot, the money from the database -- continuing the world's tick count.
