@@ -36,7 +36,6 @@ from .._core._snapshot_shared import SharedSnapshotStore, shared_status
 from .._core._views import RunSummary
 from .._errors import ConfigError, PluginError, StartupError, SupervisorError
 from .._files import check_output_path
-from .._fleet._failover import StandbyStopped, attach_failover, prepare_world
 from .._logging import configure_logging, get_logger
 from ._client import EXIT_FAILED, EXIT_USAGE, fail
 from ._config_cmd import load_config, refusal
@@ -126,6 +125,10 @@ def resume_shared_world(sup: Supervisor, world: str) -> None:
 
 def _prepare_world(sup: Supervisor, world: str | None, *, resume: bool, fresh: bool) -> str | None:
     """A fleet member's world lease, or a standby's wait for a world (``_fleet/_failover.py``)."""
+    if not (sup.config.fleet.enabled or sup.config.fleet.standby):
+        return world  # no fleet: its modules are not even imported
+    from .._fleet._failover import StandbyStopped, prepare_world
+
     try:
         return prepare_world(sup, world, resume=resume, fresh=fresh)
     except ValueError as exc:
@@ -224,7 +227,10 @@ def _attach_services(sup: Supervisor, *, api: bool) -> tuple[type[Exception], ..
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     attach_member(sup)  # [fleet] redis: a fleet member (its own section, nothing otherwise)
-    attach_failover(sup, error_store)  # a takeover is an incident (issue 15)
+    if sup.config.fleet.enabled:  # a takeover is an incident (issue 15)
+        from .._fleet._failover import attach_failover
+
+        attach_failover(sup, error_store)
     if engine is not None and error_store is not None:
         store = error_store  # firing alerts are incidents of `supervisor report`
         engine.on_firing.append(lambda rule: store.incident("alert", rule.name))
