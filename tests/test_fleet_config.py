@@ -54,7 +54,7 @@ class TestFleetConfig:
             ({"heartbeat": 1}, "fleet.heartbeat", "not a duration"),
             ({"missed": 1}, "fleet.missed", "below the minimum"),
             ({"timeout": float("nan")}, "fleet.timeout", "finite"),
-            ({"standby": True}, "fleet.standby", "unknown key"),
+            ({"standby": "yes"}, "fleet.standby", "true or false"),
         ],
     )
     def test_a_bad_value_is_one_line_naming_the_key(

@@ -123,6 +123,20 @@ def resume_shared_world(sup: Supervisor, world: str) -> None:
     check_preserved_state(sup, resume=False, fresh=True)
 
 
+def _prepare_world(sup: Supervisor, world: str | None, *, resume: bool, fresh: bool) -> str | None:
+    """A fleet member's world lease, or a standby's wait for a world (``_fleet/_failover.py``)."""
+    if not (sup.config.fleet.enabled or sup.config.fleet.standby):
+        return world  # no fleet: its modules are not even imported
+    from .._fleet._failover import StandbyStopped, prepare_world
+
+    try:
+        return prepare_world(sup, world, resume=resume, fresh=fresh)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except StandbyStopped:
+        sys.exit(0)
+
+
 def _no_snapshot_to_resume(folder: Path, problems: list[Any]) -> NoReturn:
     found = f"{len(problems)} unreadable ({problems[0]})" if problems else "none"
     fail(
@@ -213,6 +227,10 @@ def _attach_services(sup: Supervisor, *, api: bool) -> tuple[type[Exception], ..
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     attach_member(sup)  # [fleet] redis: a fleet member (its own section, nothing otherwise)
+    if sup.config.fleet.enabled:  # a takeover is an incident (issue 15)
+        from .._fleet._failover import attach_failover
+
+        attach_failover(sup, error_store)
     if engine is not None and error_store is not None:
         store = error_store  # firing alerts are incidents of `supervisor report`
         engine.on_firing.append(lambda rule: store.incident("alert", rule.name))
@@ -302,6 +320,7 @@ def run_command(
         stream=live,  # type: ignore[arg-type]  # file-like: write, flush, isatty
         processors=(sup.redactor.structlog_processor(),),
     )
+    resume_from = _prepare_world(sup, resume_from, resume=resume, fresh=fresh)  # issue 15
     if resume_from is not None:
         resume_shared_world(sup, resume_from)
         resume = True

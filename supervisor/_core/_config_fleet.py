@@ -145,6 +145,9 @@ class FleetConfig(Section):
     missed: int = setting(3, int, min=2, max=100)
     #: Seconds a Redis round trip (or a connection) may take before it counts as lost.
     timeout: float = setting(1.0, float, min=0.05, max=30.0)
+    #: A standby runs no world of its own: it waits, ticking nothing, until a
+    #: member's world lease expires, then takes that world over (``supervisor._fleet._failover``).
+    standby: bool = setting(False, bool)
 
     @property
     def enabled(self) -> bool:
