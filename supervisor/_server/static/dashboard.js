@@ -418,15 +418,11 @@
     if (document.activeElement !== choice && PHASES.includes(phase)) choice.value = phase;
   }
 
-  function systemRow(name) {
-    let row = sysRows.get(name);
-    if (row) return row;
-    row = document.createElement("tr");
-    row.dataset.system = name;
-    for (let i = 0; i < 8; i += 1) cell(row, "");
+  /** The operator-only last cell of a row: one small button per verb (data-action). */
+  function actionCell(row, verbs) {
     const actions = cell(row, "", "op-col");
     actions.textContent = "";
-    for (const verb of ["quarantine", "release"]) {
+    for (const verb of verbs) {
       const b = document.createElement("button");
       b.type = "button";
       b.className = "small";
@@ -435,6 +431,15 @@
       actions.append(b);
     }
     actions.classList.toggle("hidden", session.role !== "operator");
+  }
+
+  function systemRow(name) {
+    let row = sysRows.get(name);
+    if (row) return row;
+    row = document.createElement("tr");
+    row.dataset.system = name;
+    for (let i = 0; i < 8; i += 1) cell(row, "");
+    actionCell(row, ["quarantine", "release"]);
     sysRows.set(name, row);
     return row;
   }
@@ -614,17 +619,7 @@
     cell(row, num(r.next_step_in) === null ? "–" : duration(r.next_step_in));
     cell(row, Array.isArray(r.rollback_on) && r.rollback_on.length ? r.rollback_on.join(", ") : "–");
     cell(row, r.reason || "–", "msg");
-    const actions = cell(row, "", "op-col");
-    actions.textContent = "";
-    for (const verb of ROLLOUT_VERBS[state] ?? []) {
-      const b = document.createElement("button");
-      b.type = "button";
-      b.className = "small";
-      b.dataset.action = verb;
-      b.textContent = verb;
-      actions.append(b);
-    }
-    actions.classList.toggle("hidden", session.role !== "operator");
+    actionCell(row, ROLLOUT_VERBS[state] ?? []);
     return row;
   }
 
@@ -682,7 +677,7 @@
     });
     block.append(table);
     const steps = (Array.isArray(exp.systems) ? exp.systems : []).map(
-      (x) => `${x.name}: step p50 ${plain(x.step?.p50_ms)} ms, p99 ${plain(x.step?.p99_ms)} ms`,
+      (x) => `${x.name}: step p50 ${ms(x.step?.p50_ms / 1000)}, p99 ${ms(x.step?.p99_ms / 1000)}`,
     );
     if (steps.length) {
       const p = document.createElement("p");
