@@ -23,6 +23,19 @@
   const PHASES = ["development", "testing", "production"];
   /** Latest errors listed (the frame carries up to 20). */
   const RECENT_ERRORS = 12;
+  /** Keys of /v1/status that the core writes; any other object-valued key is a
+   * capability's section (status_sections) and is shown generically, as key/value text. */
+  const CORE_KEYS = new Set([
+    "phase", "tick", "tick_rate", "budget", "lateness", "work", "overruns", "dropped_ticks",
+    "systems", "gauges", "errors", "quarantined", "profile", "profile_reason", "emergency_reason",
+    "measured_tick_rate", "windows", "alive", "alive_detail", "ready", "not_ready", "next_step",
+    "emergency", "lifecycle", "machine", "resources", "snapshots", "redaction", "services",
+    "optimizer", "version", "pid", "uptime_seconds", "config_file", "listen",
+  ]);
+  /** Sections with a panel of their own. */
+  const PANEL_KEYS = new Set(["fleet", "rollouts", "flags"]);
+  /** Which rollout verbs an operator may press in each state (the server decides anyway). */
+  const ROLLOUT_VERBS = { running: ["pause", "abort"], paused: ["resume", "abort"] };
 
   const session = { role: "viewer", csrf: "", name: "" };
   const series = { t: [], lateness_p50: [], lateness_p99: [], work_p50: [], work_p99: [] };
@@ -254,6 +267,23 @@
         (reason) => post(path, { reason }),
       );
     });
+    $("rollouts").addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-action]");
+      if (!button) return;
+      const flag = button.closest("tr").dataset.flag;
+      const verb = button.dataset.action;
+      const what = {
+        pause: `Hold the rollout of ${flag} at its current step (alert rules can still roll it back).`,
+        resume: `Watch the current step of ${flag} again and go on with the next steps.`,
+        abort: `Stop the rollout of ${flag}; the flag goes back to its percent before the rollout.`,
+      }[verb];
+      if (!what) return;
+      confirmAction(
+        `${verb[0].toUpperCase()}${verb.slice(1)} the rollout of ${flag}`,
+        what,
+        (reason) => post(`/v1/rollouts/${encodeURIComponent(flag)}/${verb}`, { reason }),
+      );
+    });
   }
 
   // ---- charts -----------------------------------------------------------------------
@@ -388,15 +418,11 @@
     if (document.activeElement !== choice && PHASES.includes(phase)) choice.value = phase;
   }
 
-  function systemRow(name) {
-    let row = sysRows.get(name);
-    if (row) return row;
-    row = document.createElement("tr");
-    row.dataset.system = name;
-    for (let i = 0; i < 8; i += 1) cell(row, "");
+  /** The operator-only last cell of a row: one small button per verb (data-action). */
+  function actionCell(row, verbs) {
     const actions = cell(row, "", "op-col");
     actions.textContent = "";
-    for (const verb of ["quarantine", "release"]) {
+    for (const verb of verbs) {
       const b = document.createElement("button");
       b.type = "button";
       b.className = "small";
@@ -405,6 +431,15 @@
       actions.append(b);
     }
     actions.classList.toggle("hidden", session.role !== "operator");
+  }
+
+  function systemRow(name) {
+    let row = sysRows.get(name);
+    if (row) return row;
+    row = document.createElement("tr");
+    row.dataset.system = name;
+    for (let i = 0; i < 8; i += 1) cell(row, "");
+    actionCell(row, ["quarantine", "release"]);
     sysRows.set(name, row);
     return row;
   }
@@ -540,10 +575,170 @@
     for (const [k, v] of Object.entries(fleet)) {
       if (k === "members") continue;
       const row = tbody.insertRow();
+      row.dataset.key = k;
+      // The session's state and its last error are what an operator looks for first.
+      if (k === "last_error" && v) row.className = "bad";
+      if (k === "state" && v !== "connected") row.className = "warn";
       cell(row, k);
       cell(row, v !== null && typeof v === "object" ? JSON.stringify(v) : v);
     }
     body.replaceChildren(facts, table);
+  }
+
+  /** A section's value as one line of text (nested objects as JSON): never markup. */
+  function plain(v) {
+    if (v === null || v === undefined) return "–";
+    if (typeof v === "number") return Number.isFinite(v) ? String(Number(v.toPrecision(6))) : "–";
+    return typeof v === "object" ? JSON.stringify(v) : String(v);
+  }
+
+  function headedTable(heads) {
+    const table = document.createElement("table");
+    const head = table.createTHead().insertRow();
+    for (const h of heads) {
+      const th = document.createElement("th");
+      th.textContent = h;
+      head.append(th);
+    }
+    table.createTBody();
+    return table;
+  }
+
+  function rolloutRow(r) {
+    const row = document.createElement("tr");
+    const flag = String(r.flag ?? "");
+    const state = String(r.state ?? "");
+    row.dataset.flag = flag;
+    row.className = state === "rolled_back" ? "bad" : state === "paused" ? "warn" : "";
+    const steps = Array.isArray(r.steps) ? r.steps : [];
+    const k = num(r.step);
+    cell(row, flag);
+    cell(row, state.replace("_", " "));
+    cell(row, num(r.percent) === null ? "–" : `${plain(r.percent)} %`);
+    cell(row, k === null ? "–" : `${k + 1}/${steps.length} (${steps.map(plain).join(" → ")} %)`);
+    cell(row, num(r.next_step_in) === null ? "–" : duration(r.next_step_in));
+    cell(row, Array.isArray(r.rollback_on) && r.rollback_on.length ? r.rollback_on.join(", ") : "–");
+    cell(row, r.reason || "–", "msg");
+    actionCell(row, ROLLOUT_VERBS[state] ?? []);
+    return row;
+  }
+
+  /** Rollouts (status.rollouts): one row per flag; operator buttons fit the state. */
+  function renderRollouts(s) {
+    const section = s.rollouts && typeof s.rollouts === "object" ? s.rollouts : {};
+    const rollouts = Array.isArray(section.rollouts) ? section.rollouts : [];
+    const problems = Array.isArray(section.problems) ? section.problems : [];
+    $("rollouts-panel").classList.toggle("hidden", !rollouts.length && !problems.length && !s.flags);
+    // Rebuild only on change: a button under the pointer must not be replaced every second.
+    const key = JSON.stringify([rollouts.map((r) => ({ ...r, watched: 0, next_step_in: 0 })), session.role]);
+    const body = $("rollouts").tBodies[0];
+    if (body.dataset.key !== key) {
+      body.dataset.key = key;
+      body.replaceChildren(...rollouts.map(rolloutRow));
+    }
+    rollouts.forEach((r, i) => {
+      const c = body.rows[i]?.cells[4];
+      if (c) text(c, num(r.next_step_in) === null ? "–" : duration(r.next_step_in));
+    });
+    $("rollout-problems").replaceChildren(
+      ...problems.map((p) => {
+        const li = document.createElement("li");
+        li.textContent = String(p);
+        return li;
+      }),
+    );
+  }
+
+  function experimentBlock(exp) {
+    const block = document.createElement("div");
+    block.className = "experiment";
+    const h = document.createElement("h3");
+    h.textContent = `experiment ${exp.name}${exp.enabled === false ? " (disabled)" : ""}`;
+    block.append(h);
+    const comparisons = new Map(
+      (Array.isArray(exp.comparisons) ? exp.comparisons : []).map((c) => [c.arm, c]),
+    );
+    const table = headedTable([
+      "arm", "players", "player-minutes", "errors", "errors / player-min", "p vs control", "significant",
+    ]);
+    const arms = Array.isArray(exp.arms) ? exp.arms : [];
+    arms.forEach((a, i) => {
+      const row = table.tBodies[0].insertRow();
+      row.dataset.arm = String(a.arm);
+      const c = comparisons.get(a.arm);
+      if (c?.significant) row.className = "bad";
+      cell(row, a.arm);
+      cell(row, plain(a.players));
+      cell(row, num(a.player_minutes) === null ? "–" : a.player_minutes.toFixed(1));
+      cell(row, plain(a.errors));
+      cell(row, num(a.errors_per_player_minute) === null ? "–" : a.errors_per_player_minute.toPrecision(3));
+      cell(row, i === 0 ? "control" : num(c?.p) === null ? "–" : c.p.toPrecision(3));
+      cell(row, i === 0 ? "–" : c?.significant ? "yes" : "no");
+    });
+    block.append(table);
+    const steps = (Array.isArray(exp.systems) ? exp.systems : []).map(
+      (x) => `${x.name}: step p50 ${ms(x.step?.p50_ms / 1000)}, p99 ${ms(x.step?.p99_ms / 1000)}`,
+    );
+    if (steps.length) {
+      const p = document.createElement("p");
+      p.className = "muted";
+      p.textContent = `Step time of the systems that read it — ${steps.join("; ")}`;
+      block.append(p);
+    }
+    return block;
+  }
+
+  /** Flags and experiments from status.flags (the same view as GET /v1/experiments). */
+  function renderExperiments(s) {
+    const data = s.flags && typeof s.flags === "object" ? s.flags : null;
+    $("experiments-panel").classList.toggle("hidden", !data);
+    if (!data) return;
+    const flags = Array.isArray(data.flags) ? data.flags : [];
+    $("flags").tBodies[0].replaceChildren(
+      ...flags.map((f) => {
+        const row = document.createElement("tr");
+        row.dataset.flag = String(f.name);
+        cell(row, f.name + (f.runtime_percent ? " (set at run time)" : ""));
+        cell(row, f.enabled ? "yes" : "no");
+        cell(row, `${plain(f.percent)} %`);
+        cell(row, Array.isArray(f.segments) && f.segments.length ? f.segments.join(", ") : "–");
+        return row;
+      }),
+    );
+    const experiments = Array.isArray(data.experiments) ? data.experiments : [];
+    const blocks = experiments.map(experimentBlock);
+    if (blocks.length && typeof data.test === "string") {
+      const p = document.createElement("p");
+      p.className = "muted";
+      p.textContent = `Test: ${data.test}; significant when p < ${plain(data.significance)}.`;
+      blocks.push(p);
+    }
+    $("experiments").replaceChildren(...blocks);
+  }
+
+  /** Any other capability's section (agones, realtime, reload, memory...) as key/value text. */
+  function renderCapabilities(s) {
+    const blocks = [];
+    for (const [name, value] of Object.entries(s)) {
+      if (CORE_KEYS.has(name) || PANEL_KEYS.has(name)) continue;
+      if (!value || typeof value !== "object" || Array.isArray(value)) continue;
+      const block = document.createElement("div");
+      block.dataset.section = name;
+      const h = document.createElement("h3");
+      h.textContent = name;
+      const table = document.createElement("table");
+      const tbody = table.createTBody();
+      for (const [k, v] of Object.entries(value)) {
+        const row = tbody.insertRow();
+        cell(row, k);
+        cell(row, plain(v), "msg");
+      }
+      if ("error" in value) block.className = "broken";
+      block.append(h, table);
+      blocks.push(block);
+    }
+    $("capabilities").classList.toggle("hidden", !blocks.length);
+    $("capabilities-body").replaceChildren(...blocks);
   }
 
   function renderStatus(s) {
@@ -552,6 +747,9 @@
     renderSystems(s);
     renderGauges(s);
     renderFleet(s);
+    renderRollouts(s);
+    renderExperiments(s);
+    renderCapabilities(s);
   }
 
   function onFrame(frame) {
