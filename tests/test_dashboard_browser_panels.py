@@ -4,8 +4,10 @@ One ``supervisor run`` for the module (the world of ``test_dashboard_browser``:
 its API on loopback TCP, a viewer and an operator token, an audit log) with a
 flag ``new_shop``, an experiment ``layout`` whose arm b fails one tick in three,
 a fleet member whose Redis is a closed port (so its section says
-``disconnected`` with the connection error, and the world keeps ticking), and a
-shared snapshot directory (its ``snapshots_shared`` section is shown generically).
+``disconnected`` with the connection error, and the world keeps ticking), and
+memory tracking on (its ``memory`` section is shown generically). No shared
+snapshot store: a member with one claims its world's lease in Redis at start
+and refuses to run without it (failover's fencing).
 A rollout of ``new_shop`` is started through the API with the operator's bearer
 token, as a script would. The browser, the login and the waits are
 ``test_dashboard_browser``'s own (imported, not copied).
@@ -46,8 +48,8 @@ CONFIG = f"""\
 [supervisor]
 state_dir = "state"
 
-[snapshots]
-store = "shared"
+[features]
+memory_tracking = true
 
 [api]
 listen = "127.0.0.1:0"
@@ -170,7 +172,7 @@ def test_experiment_panel_shows_the_failing_arm_as_significant(
 
 def test_fleet_and_other_sections(browser: WebDriver, world: World) -> None:
     """The fleet member's state and last error (its Redis is down); a section without a panel
-    of its own (``snapshots_shared``) as key/value text."""
+    of its own (``memory``) as key/value text."""
     login(browser, world, VIEWER_TOKEN)
     wait_for(browser, "the fleet panel", lambda d: d.find_element(By.ID, "fleet").is_displayed())
     state = browser.find_element(By.CSS_SELECTOR, '#fleet tr[data-key="state"]')
@@ -183,10 +185,10 @@ def test_fleet_and_other_sections(browser: WebDriver, world: World) -> None:
     )
     assert browser.find_element(By.CSS_SELECTOR, '#fleet tr[data-key="id"]').text == "id panel-test"
     section = browser.find_element(
-        By.CSS_SELECTOR, '#capabilities [data-section="snapshots_shared"]'
+        By.CSS_SELECTOR, '#capabilities [data-section="memory"]'
     )
     assert section.is_displayed()
-    assert section.text.startswith("snapshots_shared\n"), section.text
+    assert section.text.startswith("memory\n"), section.text
     shown = {
         el.get_attribute("data-section")
         for el in browser.find_elements(By.CSS_SELECTOR, "#capabilities [data-section]")
