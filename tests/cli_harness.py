@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -59,24 +59,27 @@ def running_supervisor(
     files: Mapping[str, str] | None = None,
     tick_rate: float = 20,
     address: Callable[[Path], str | None] = _socket_address,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Running]:
     """Start ``supervisor run`` on ``config`` (with ``[api] listen = "unix:s.sock"``).
 
     ``address(folder)`` is where the API listens once it does (None until then); the
     default waits for ``s.sock``. A TCP listener's tests read it from the run's log.
+    ``args`` are more ``run`` options (``--reload``); ``env`` more variables.
     """
     folder = Path(tempfile.mkdtemp(prefix="sv-"))
     (folder / "supervisor.toml").write_text(config, encoding="utf-8")
     for name, text in (files or {}).items():
         (folder / name).write_text(text, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(folder)}
-    for var in [v for v in env if v.startswith("SUPERVISOR_")]:
-        del env[var]
+    environ = {**os.environ, "PYTHONPATH": str(folder), **(env or {})}
+    for var in [v for v in environ if v.startswith("SUPERVISOR_")]:
+        del environ[var]
     log = (folder / "run.log").open("wb")
     proc = subprocess.Popen(
-        [str(SUPERVISOR), "run", "--tick-rate", str(tick_rate), "--log-format", "json"],
+        [str(SUPERVISOR), "run", *args, "--tick-rate", str(tick_rate), "--log-format", "json"],
         cwd=folder,
-        env=env,
+        env=environ,
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -26,6 +26,7 @@ import pytest
 import structlog.testing
 import trio
 import trio.testing
+from polling import wait_until
 from test_prometheus import free_port, started, tail
 
 from supervisor import ApiConfig, Config, SloConfig, Supervisor
@@ -80,16 +81,8 @@ def _supervisor(config: Config, flaky: Flaky) -> Supervisor:
 
 
 async def _wait(probe: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``probe`` (sync or async) every 100 ms until it is truthy."""
-    with trio.move_on_after(timeout):
-        while True:
-            value = probe()
-            if hasattr(value, "__await__"):
-                value = await value
-            if value:
-                return value
-            await trio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    """Poll ``probe`` every 100 ms until it is truthy."""
+    return await wait_until(probe, timeout, what, every=0.1)
 
 
 # --------------------------------------------------------------- the machine on a MockClock

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+from polling import wait_until
 from redis_server import RedisServer, redis_server
 
 from supervisor import Config, Supervisor
@@ -65,16 +66,8 @@ def member(config: Config, audit: list[FleetAudit] | None = None) -> Supervisor:
 
 
 async def wait_for(probe: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``probe`` (sync or async) every 20 ms until it is truthy."""
-    with trio.move_on_after(timeout):
-        while True:
-            value = probe()
-            if hasattr(value, "__await__"):
-                value = await value
-            if value:
-                return value
-            await trio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    """Poll ``probe`` every 20 ms until it is truthy."""
+    return await wait_until(probe, timeout, what, every=0.02)
 
 
 async def control(redis: RedisServer, namespace: str) -> AsyncIterator[FleetControl]:

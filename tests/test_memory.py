@@ -9,12 +9,7 @@ reads it on top of ``status`` and in ``/metrics`` (issue 17: within a minute).
 from __future__ import annotations
 
 import importlib
-import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import tracemalloc
@@ -24,13 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
+from cli_harness import running_supervisor
 
 from supervisor._alerts._signals import Reading, Window
 from supervisor._core._config_alerts import parse_when
 from supervisor._core._memory import attribute
 from supervisor.testing import make_supervisor
 
-SUPERVISOR = Path(sys.executable).parent / "supervisor"
 MB = 1 << 20
 
 HOGS = """
@@ -104,10 +99,7 @@ class TestAttribute:
 
 @pytest.fixture(scope="module")
 def tracked_run() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="sv-"))  # short: a socket path fits in 108 bytes
-    (folder / "hogs_run.py").write_text(textwrap.dedent(HOGS))
-    (folder / "supervisor.toml").write_text(
-        textwrap.dedent("""
+    config = textwrap.dedent("""
         [features]
         memory_tracking = true
         [systems]
@@ -119,35 +111,9 @@ def tracked_run() -> Iterator[Path]:
         [api]
         listen = "unix:s.sock"
         """)
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
-    env["PYTHONPATH"] = str(folder)
-    log = (folder / "run.log").open("wb")
-    proc = subprocess.Popen(
-        [str(SUPERVISOR), "run", "--tick-rate", "30", "--log-format", "json"],
-        cwd=folder,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not (folder / "s.sock").exists():
-            assert proc.poll() is None, (folder / "run.log").read_text()
-            assert time.monotonic() < deadline, "the API never listened"
-            time.sleep(0.05)
-        yield folder
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
-        shutil.rmtree(folder, ignore_errors=True)
+    files = {"hogs_run.py": textwrap.dedent(HOGS)}
+    with running_supervisor(config, files=files, tick_rate=30) as running:
+        yield running.folder
 
 
 def test_hog_on_top_within_a_minute(tracked_run: Path) -> None:

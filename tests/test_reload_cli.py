@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +18,8 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+from cli_harness import SUPERVISOR, running_supervisor
 
-SUPERVISOR = Path(sys.executable).parent / "supervisor"
 #: Seconds within which an edit must be running (issue 17).
 RELOAD_WITHIN = 5.0
 
@@ -98,36 +94,11 @@ def _env(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def run() -> Iterator[Run]:
-    folder = Path(tempfile.mkdtemp(prefix="sv-"))  # short: a socket path fits in 108 bytes
-    (folder / "supervisor.toml").write_text(CONFIG)
-    (folder / "hotsys.py").write_text(HOT.format(version=1))
-    (folder / "plainsys.py").write_text(PLAIN)
-    log = (folder / "run.log").open("wb")
-    proc = subprocess.Popen(
-        [str(SUPERVISOR), "run", "--reload", "--tick-rate", "20", "--log-format", "json"],
-        cwd=folder,
-        env=_env(folder),
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not (folder / "s.sock").exists():
-            assert proc.poll() is None, (folder / "run.log").read_text()
-            assert time.monotonic() < deadline, "the API never listened"
-            time.sleep(0.05)
-        yield Run(folder, proc)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
-        shutil.rmtree(folder, ignore_errors=True)
+    files = {"hotsys.py": HOT.format(version=1), "plainsys.py": PLAIN}
+    with running_supervisor(
+        CONFIG, files=files, args=("--reload",), env={"PYTHONDONTWRITEBYTECODE": "1"}
+    ) as running:
+        yield Run(running.folder, running.proc)
 
 
 def _wait_for(run: Run, ok: Any, within: float) -> dict[str, Any]:
