@@ -66,7 +66,6 @@ NON_CONFIG_VARIABLES: Final = frozenset({"SUPERVISOR_TOKEN"})
 #: Deepest nesting of tables/arrays accepted in a config (real ones use 3-4).
 MAX_DEPTH: Final = 32
 
-SECTIONS["agones"] = AgonesConfig  # issue 14: its own module, registered like the others
 _TOP_LEVEL = [*SECTIONS, "systems", "profiles", "phases", "slo", "snapshots", *FLAG_TABLES]
 _OVERLAY_PHASES = tuple(phase.value for phase in Phase)
 #: Keys a phase overlay cannot change: the snapshot store is built once, so a

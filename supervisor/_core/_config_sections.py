@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Final, Self
 import attrs
 
 from .._errors import ConfigError
+from ._config_agones import AgonesConfig
 from ._config_alerts import AlertsConfig
 from ._config_fields import Section, check, parse_duration, setting, sourced, suggest, to_tuple
 from ._config_fleet import FleetConfig
@@ -460,4 +461,5 @@ SECTIONS: dict[str, type[Section]] = {
     "alerts": AlertsConfig,
     "errors": ErrorsConfig,
     "fleet": FleetConfig,
+    "agones": AgonesConfig,
 }
