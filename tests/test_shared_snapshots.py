@@ -91,7 +91,10 @@ def test_resume_from_refuses_a_snapshot_of_another_world(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ({"store": "redis://x:6379/0"}, "not supported yet"),
+        ({"store": "redis://x:6379/db"}, "the database must be a number"),
+        ({"store": "http://x/"}, "expected a directory or a Redis URL"),
+        ({"store": "redis://x", "max_mb": 0}, "below the minimum"),
+        ({"store": "redis://x", "max_mb": 513}, "above the maximum"),
         ({"store": "s", "world": "../etc"}, "expected a world name"),
         ({"store": "s", "world": "a/b"}, "expected a world name"),
         ({"store": "s", "world": ""}, "must not be empty"),

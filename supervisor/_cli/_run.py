@@ -117,9 +117,9 @@ def resume_shared_world(sup: Supervisor, world: str) -> None:
     try:
         snap, problems = store.latest()
     except OSError as exc:
-        fail(f"{source.directory}: {exc.strerror or exc}", EXIT_FAILED)
+        fail(f"{source.label}: {exc.strerror or exc}", EXIT_FAILED)
     if snap is None:
-        _no_snapshot_to_resume(source.directory, problems)
+        _no_snapshot_to_resume(source.label, problems)
     check_preserved_state(sup, resume=False, fresh=True)
 
 
@@ -135,6 +135,15 @@ def _prepare_world(sup: Supervisor, world: str | None, *, resume: bool, fresh: b
         fail(str(exc), EXIT_USAGE)
     except StandbyStopped:
         sys.exit(0)
+
+
+def _register_shared_stores(config: Config) -> None:
+    """A Redis ``[snapshots] store``: register its factory before the supervisor is built."""
+    store = config.snapshots.store
+    if store is not None and "://" in store:
+        from .._fleet._snapshots import register_redis_store
+
+        register_redis_store()
 
 
 def _no_snapshot_to_resume(folder: Path, problems: list[Any]) -> NoReturn:
@@ -300,6 +309,7 @@ def run_command(
             supervisor={"phase": phase, "profile": profile, "state_dir": state_dir},
             logging={"format": log_format},
         )
+        _register_shared_stores(config)
         sup = Supervisor.from_config(
             config,
             tick_rate=tick_rate,

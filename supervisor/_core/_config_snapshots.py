@@ -1,11 +1,15 @@
 """The ``[snapshots]`` section: a shared snapshot store and the name of this world in it.
 
 ``store`` is a directory on storage every supervisor that may take a world
-over can reach (NFS, a mounted volume); each world's snapshots go to
-``STORE/<world>/`` with the local store's atomic writes, checksums and
-generations (``supervisor/_core/_snapshot_shared.py``). ``world`` names this
+over can reach (NFS, a mounted volume), or a Redis URL
+(``redis://HOST:PORT/DB``, ``rediss://``, ``unix://``: the fleet's URL
+check, its password masked wherever it is shown); each world's snapshots go
+to ``STORE/<world>/`` (or the world's key in Redis) with the local store's
+atomic writes, checksums and generations
+(``supervisor/_core/_snapshot_shared.py``). ``world`` names this
 supervisor's world there (default: this host's name) and is what
 ``supervisor run --resume-from WORLD`` names on another machine.
+``max_mb`` caps one shared snapshot: a larger one is kept locally only.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any, ClassVar
 import attrs
 
 from .._errors import ConfigError
-from ._config_fields import Section, check
+from ._config_fields import Section, check, setting
+from ._config_fleet import check_redis_url
 
 __all__ = ["WORLD_NAME", "SnapshotsConfig", "check_world"]
 
@@ -45,10 +50,12 @@ def _store(_inst: object, _attr: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
     if "://" in value:
-        raise ConfigError(
-            "expected a directory (a redis:// or other URL store is not supported yet)",
-            key="snapshots.store",
-        )
+        found = check_redis_url(value)
+        if found is not None:
+            raise ConfigError(
+                f"expected a directory or a Redis URL: {found}", key="snapshots.store"
+            )
+        return
     if "\x00" in value:
         raise ConfigError("a path cannot hold a NUL character", key="snapshots.store")
 
@@ -75,4 +82,10 @@ class SnapshotsConfig(Section):
         metadata={"kind": str, "min_len": 1},
         validator=[check, _world],
     )
+    #: Largest shared snapshot in MiB (Redis takes at most 512 MiB in one value).
+    max_mb: int = setting(64, int, min=1, max=512)
 
+    @property
+    def max_bytes(self) -> int:
+        """``max_mb`` in bytes."""
+        return self.max_mb * 1024 * 1024

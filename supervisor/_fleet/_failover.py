@@ -255,7 +255,7 @@ def _not_takeable(sup: Supervisor, world: str) -> str | None:
     store = _shared(sup)
     if store is None:
         return "no shared store"
-    source = attrs.evolve(store.shared, directory=store.shared.directory.parent / world)
+    source = store.shared.for_world(world)
     try:
         snap, _problems = source.latest()
     except OSError as exc:
@@ -543,9 +543,7 @@ class WorldLease:
         if store is not None:
             # The world's folder is the new owner's now: this member's last
             # snapshots stay local (a folder of its own beside its state).
-            store.shared = attrs.evolve(
-                store.shared, directory=sup.state_dir / f"fenced-{self.claim.world}"
-            )
+            store.fence(sup.state_dir / f"fenced-{self.claim.world}")
         reason = f"fenced: world {self.claim.world} taken over by {holder or '(expired)'}"
         self.log.error("failover.fenced", token=self.claim.token, owner_now=holder or None)
         await self._record(client, "fenced", {"owner_now": holder, "token": self.claim.token})
