@@ -186,8 +186,6 @@ def shown_mapping(config: Config) -> dict[str, Any]:
         token["sha256"] = f"sha256:{token['sha256'][:DIGEST_PREFIX]}…"
     if out["fleet"].get("redis") is not None:  # its password, if any, masked
         out["fleet"]["redis"] = safe_url(out["fleet"]["redis"])
-    if out["snapshots"].get("store") is not None:  # a Redis URL's password, if any, masked
-        out["snapshots"]["store"] = safe_url(out["snapshots"]["store"])
     return out
 
 
