@@ -26,8 +26,8 @@ import redis
 from cli_harness import SUPERVISOR, running_supervisor
 from pg_server import PgServer, running_pg
 from redis_server import RedisServer, redis_server
-from test_durability import read_acks
-from test_pg_datastore import fresh_db, pg_audit, run_args, write_world
+from test_pg_datastore import fresh_db
+from test_shared_snapshots import kill_9_when, resume_elsewhere, world_config
 
 from supervisor._core._config import Config
 from supervisor._core._snapshot_format import Snapshot
@@ -70,6 +70,7 @@ def _snap(tick: int, **systems: Any) -> Snapshot:
 
 
 HASH = b"supervisor:snapshots:{w1}"
+ALPHA = "supervisor:snapshots:{alpha}"
 
 
 class TestStore:
@@ -346,71 +347,11 @@ def test_resume_from_redis_after_kill_9_keeps_every_acknowledged_purchase(
 ) -> None:
     """A (Redis store, PostgreSQL) is killed with SIGKILL; B resumes world alpha from Redis."""
     url = fresh_db(pg)
-    configs = {}
-    for name in ("a", "b"):
-        configs[name] = write_world(tmp_path / name, url, rate=100)
-        with configs[name].open("a") as f:
-            f.write(f'\n[snapshots]\nstore = "{server.url}"\nworld = "{name}-own"\n')
-    a_acks = tmp_path / "a" / "state" / "world.acks"
-    a_config = configs["a"]
-    a_config.write_text(a_config.read_text().replace('world = "a-own"', 'world = "alpha"'))
-    with (tmp_path / "a.log").open("wb") as out:
-        a = subprocess.Popen(run_args(tmp_path / "a", a_config), stdout=out, stderr=out)
-    try:
-        _until(
-            lambda: (
-                a.poll() is None
-                and a_acks.exists()
-                and client.hlen("supervisor:snapshots:{alpha}") >= 2
-            ),
-            "A's acks and two snapshots in Redis",
-            timeout=40,
-        )
-        time.sleep(0.5)
-    finally:
-        a.kill()
-        a.wait()
-    acked = read_acks(a_acks)
-    assert acked
-    newest = max(int(f) for f in client.hkeys("supervisor:snapshots:{alpha}"))
-    done = subprocess.run(
-        run_args(tmp_path / "b", configs["b"], "--resume-from", "alpha", "--ticks", "30"),
-        capture_output=True,
-        text=True,
-        cwd=tmp_path / "b",
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert '"resume.done"' in done.stderr
-    resumed = json.loads(next(ln for ln in done.stderr.splitlines() if '"resume.done"' in ln))
+    a_config = world_config(tmp_path / "a", url, "alpha", server.url)
+    b_config = world_config(tmp_path / "b", url, "beta", server.url)
+    acked = kill_9_when(tmp_path / "a", a_config, lambda: client.hlen(ALPHA) >= 2)
+    newest = max(int(f) for f in client.hkeys(ALPHA))
+    resumed = resume_elsewhere(tmp_path / "b", b_config, "alpha", url, acked)
     assert resumed["tick"] == newest  # continued from Redis's newest snapshot
-    assert pg_audit(url, acked) == []  # every purchase A acknowledged is there
-    ticks = sorted(int(f) for f in client.hkeys("supervisor:snapshots:{alpha}"))
-    assert ticks[-1] > newest  # B went on writing world alpha
-    assert not client.exists("supervisor:snapshots:{b-own}")
-
-
-def test_resume_from_an_unreachable_or_empty_redis_is_one_line(
-    server: RedisServer, client: redis.Redis, tmp_path: Path
-) -> None:
-    """exit 2, one line naming the store, no traceback, nothing moved aside."""
-    config = tmp_path / "w.toml"
-    for url, message in (
-        (server.url, "no valid snapshot in redis:127.0.0.1"),
-        ("redis://127.0.0.1:1/0", "cannot read"),
-    ):
-        config.write_text(
-            '[systems]\nenabled = ["heartbeat"]\n[features]\napi = false\n'
-            f'[snapshots]\nstore = "{url}"\n'
-        )
-        done = subprocess.run(
-            run_args(tmp_path, config, "--resume-from", "nobody"),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 2, done.stderr
-        assert message in done.stderr
-        assert "Traceback" not in done.stderr
+    assert max(int(f) for f in client.hkeys(ALPHA)) > newest  # B went on writing world alpha
+    assert not client.exists("supervisor:snapshots:{beta}")  # B became alpha

@@ -10,16 +10,18 @@ with every acknowledged purchase, and its old owner, woken up, stops.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pg_server import PgServer, running_pg
-from test_durability import read_acks
+from test_durability import Ack, read_acks
 from test_pg_datastore import fresh_db, pg_audit, run_args, write_world
 
 from supervisor._core._config import Config
@@ -118,14 +120,16 @@ def pg() -> Iterator[PgServer]:
         yield server
 
 
-def _world(folder: Path, url: str, name: str, shared: Path) -> Path:
+def world_config(folder: Path, url: str, name: str, shared: Path | str) -> Path:
+    """The demo world on PostgreSQL ``url``, sharing its snapshots in ``shared`` as ``name``."""
     config = write_world(folder, url, rate=100)
     with config.open("a") as f:
         f.write(f'\n[snapshots]\nstore = "{shared}"\nworld = "{name}"\n')
     return config
 
 
-def _start(folder: Path, config: Path, *args: str) -> subprocess.Popen[bytes]:
+def start_world(folder: Path, config: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``supervisor run`` of ``config`` in the background, its output in ``folder/run-*.log``."""
     # The child keeps its own copy of the descriptor: ours is closed at once.
     with (folder / f"run-{time.monotonic_ns()}.log").open("wb") as out:
         return subprocess.Popen(
@@ -136,7 +140,8 @@ def _start(folder: Path, config: Path, *args: str) -> subprocess.Popen[bytes]:
         )
 
 
-def _wait_for(predicate: object, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_for(predicate: object, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Poll ``predicate`` until true; fail if ``proc`` exits first or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
         assert proc.poll() is None, "exited early"
@@ -144,50 +149,76 @@ def _wait_for(predicate: object, proc: subprocess.Popen[bytes], timeout: float =
         time.sleep(0.02)
 
 
+def kill_9_when(folder: Path, config: Path, shared: Callable[[], bool]) -> list[Ack]:
+    """Run the world in ``folder`` until it has acks and ``shared()``, then SIGKILL it.
+
+    Returns:
+        The purchases it acknowledged (at least one).
+    """
+    acks = folder / "state" / "world.acks"
+    proc = start_world(folder, config)
+    try:
+        wait_for(lambda: acks.exists() and shared(), proc)
+        time.sleep(0.5)
+    finally:
+        proc.kill()
+        proc.wait()
+    acked = read_acks(acks)
+    assert acked
+    return acked
+
+
+def resume_elsewhere(
+    folder: Path, config: Path, world: str, url: str, acked: list[Ack]
+) -> dict[str, Any]:
+    """``run --resume-from WORLD --ticks 30`` in ``folder``: resumed, every ack in PostgreSQL.
+
+    Returns:
+        The run's ``resume.done`` log line.
+    """
+    done = subprocess.run(
+        run_args(folder, config, "--resume-from", world, "--ticks", "30"),
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert '"datastore.verified"' in done.stderr
+    assert pg_audit(url, acked) == []  # every purchase the killed owner acknowledged is there
+    line = next(ln for ln in done.stderr.splitlines() if '"resume.done"' in ln)
+    found: dict[str, Any] = json.loads(line)
+    return found
+
+
 def test_resume_from_continues_a_killed_world_elsewhere_and_fences_its_old_owner(
     pg: PgServer, tmp_path: Path
 ) -> None:
     url = fresh_db(pg)
     shared = tmp_path / "shared"
-    a_config = _world(tmp_path / "a", url, "alpha", shared)
-    b_config = _world(tmp_path / "b", url, "beta", shared)
+    a_config = world_config(tmp_path / "a", url, "alpha", shared)
+    b_config = world_config(tmp_path / "b", url, "beta", shared)
     a_acks = tmp_path / "a" / "state" / "world.acks"
 
     # A runs the world; it is killed with SIGKILL once it has acks and a shared snapshot.
-    a = _start(tmp_path / "a", a_config)
-    try:
-        _wait_for(lambda: a_acks.exists() and any((shared / "alpha").glob("snapshot-*")), a)
-        time.sleep(0.5)
-    finally:
-        a.kill()
-        a.wait()
-    acked = read_acks(a_acks)
-    assert acked
+    acked = kill_9_when(
+        tmp_path / "a", a_config, lambda: any((shared / "alpha").glob("snapshot-*"))
+    )
 
     # B continues world "alpha" from the shared store and the database.
-    done = subprocess.run(
-        run_args(tmp_path / "b", b_config, "--resume-from", "alpha", "--ticks", "30"),
-        capture_output=True,
-        text=True,
-        cwd=tmp_path / "b",
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert '"resume.done"' in done.stderr
-    assert '"datastore.verified"' in done.stderr
-    assert pg_audit(url, acked) == []  # every purchase A acknowledged is there
+    resume_elsewhere(tmp_path / "b", b_config, "alpha", url, acked)
     names = sorted(int(p.stem.split("-")[1]) for p in (shared / "alpha").glob("snapshot-*"))
     assert names
     assert not (shared / "beta").exists()  # B became alpha; it wrote no world of its own
 
     # Two writers: A (resumed) is frozen, B takes the world over, A wakes up: A must stop.
-    a = _start(tmp_path / "a", a_config, "--resume", "--exit-on-emergency")
+    a = start_world(tmp_path / "a", a_config, "--resume", "--exit-on-emergency")
     try:
         before = a_acks.stat().st_size
-        _wait_for(lambda: a_acks.stat().st_size > before, a)
+        wait_for(lambda: a_acks.stat().st_size > before, a)
         os.kill(a.pid, signal.SIGSTOP)
-        b = _start(tmp_path / "b", b_config, "--resume-from", "alpha", "--ticks", "200")
+        b = start_world(tmp_path / "b", b_config, "--resume-from", "alpha", "--ticks", "200")
         assert b.wait(timeout=60) == 0
         os.kill(a.pid, signal.SIGCONT)
         code = a.wait(timeout=30)
@@ -222,6 +253,14 @@ def test_resume_from_bad_input_is_refused_in_one_line(tmp_path: Path) -> None:
         assert done.returncode == 2, done.stderr
         assert message in done.stderr
         assert "Traceback" not in done.stderr
+    # A Redis store nobody listens on: one line naming it (never its password).
+    config.write_text(config.read_text().replace('"shared"', '"redis://u:s3cret@127.0.0.1:1/0"', 1))
+    done = run("--resume-from", "nobody")
+    assert done.returncode == 2, done.stderr
+    assert "no valid snapshot in redis:127.0.0.1:1/0/supervisor:snapshots:{nobody}" in done.stderr
+    assert "cannot read: redis 127.0.0.1:1/0: ConnectionError" in done.stderr
+    assert "s3cret" not in done.stderr
+    assert "Traceback" not in done.stderr
     done = run("--resume-from", "x", "--fresh")
     assert done.returncode == 2
     assert "excludes" in done.stderr
