@@ -47,7 +47,7 @@ def write_config(
     redis_url: str,
     namespace: str,
     member: str,
-    shared: Path,
+    shared: Path | str,  # a folder, or a redis:// URL
     world: str,
     standby: bool = False,
     heartbeat: str = "250ms",

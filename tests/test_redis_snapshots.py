@@ -21,12 +21,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import failover_harness as harness
 import pytest
 import redis
 from cli_harness import SUPERVISOR, running_supervisor
 from pg_server import PgServer, running_pg
 from redis_server import RedisServer, redis_server
-from test_pg_datastore import fresh_db
+from test_durability import read_acks
+from test_pg_datastore import fresh_db, pg_audit
 from test_shared_snapshots import kill_9_when, resume_elsewhere, world_config
 
 from supervisor._core._config import Config
@@ -355,3 +357,63 @@ def test_resume_from_redis_after_kill_9_keeps_every_acknowledged_purchase(
     assert resumed["tick"] == newest  # continued from Redis's newest snapshot
     assert max(int(f) for f in client.hkeys(ALPHA)) > newest  # B went on writing world alpha
     assert not client.exists("supervisor:snapshots:{beta}")  # B became alpha
+
+
+def test_failover_from_a_redis_store_one_standby_takes_the_world_within_5_s(
+    pg: PgServer, server: RedisServer, client: redis.Redis, tmp_path: Path
+) -> None:
+    """The failover drill with snapshots in Redis: kill -9 A, B ticks alpha from Redis's newest."""
+    url = fresh_db(pg)
+    common: dict[str, Any] = {
+        "pg_url": url,
+        "redis_url": server.url,
+        "namespace": f"rs{time.monotonic_ns()}",
+        "shared": server.url,
+    }
+    a_config = harness.write_config(tmp_path / "a", member="A", world="alpha", **common)
+    b_config = harness.write_config(
+        tmp_path / "b", member="B", world="spare", standby=True, **common
+    )
+    a_acks = tmp_path / "a" / "state" / "world.acks"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        a = harness.start(tmp_path / "a", a_config)
+        b = harness.start(tmp_path / "b", b_config)
+        procs += [a, b]
+        harness.wait_for(
+            lambda: (
+                a_acks.exists()
+                and client.hlen(ALPHA) >= 1
+                and '"failover.standby"' in harness.logs(tmp_path / "b")
+            ),
+            procs,
+            what="A acknowledges purchases and shares a snapshot; B waits",
+        )
+        killed = harness.kill_and_time(a)
+        newest = max(int(f) for f in client.hkeys(ALPHA))
+        acked = read_acks(a_acks)
+        assert acked
+        harness.wait_for(
+            lambda: bool(harness.events(tmp_path / "b", "resume.done")),
+            [b],
+            timeout=30,
+            what="B takes alpha over",
+        )
+        harness.wait_for(
+            lambda: bool(harness.events(tmp_path / "b", "failover.takeover")),
+            [b],
+            timeout=10,
+            what="B logs its takeover",
+        )
+        takeover = harness.events(tmp_path / "b", "failover.takeover")
+        assert takeover[0]["world"] == "alpha"
+        assert 0 < takeover[0]["first_tick"] - killed < 5.0  # issue 15: within 5 s
+        assert harness.events(tmp_path / "b", "resume.done")[0]["tick"] == newest
+        harness.wait_for(
+            lambda: max(int(f) for f in client.hkeys(ALPHA)) > newest,
+            [b],
+            what="B writes world alpha's snapshots to Redis",
+        )
+    finally:
+        harness.stop_all(procs)
+    assert pg_audit(url, acked) == []  # every purchase A acknowledged is there
