@@ -11,7 +11,9 @@ snapshot and the database); and the purchases A acknowledged that the
 database does not hold (target 0), audited (balances equal to ledgers too)
 once both processes are gone. Real Redis and PostgreSQL, started once.
 
-Run: ``python -m bench.failover --drills 10 [--heartbeat 250ms --missed 3]``.
+``--store redis``: the shared snapshots in the same Redis instead of a folder.
+
+Run: ``python -m bench.failover --drills 10 [--heartbeat 250ms --missed 3] [--store redis]``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from bench._common import parser, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -34,12 +38,27 @@ from test_durability import read_acks
 from test_pg_datastore import pg_audit
 
 
+def _has_shared_snapshot(shared: Path | str, world: str) -> bool:
+    """Whether ``world`` has a snapshot in the shared folder, or in the Redis store."""
+    if isinstance(shared, Path):
+        return any((shared / world).glob("snapshot-*"))
+    with redis.Redis.from_url(shared) as client:
+        return bool(client.hlen(f"supervisor:snapshots:{{{world}}}"))
+
+
 def drill(
-    n: int, folder: Path, pg: PgServer, redis_url: str, *, heartbeat: str, missed: int
+    n: int,
+    folder: Path,
+    pg: PgServer,
+    redis_url: str,
+    *,
+    heartbeat: str,
+    missed: int,
+    store: str = "folder",
 ) -> dict[str, Any]:
-    """One drill; its figures."""
+    """One drill; its figures. ``store``: the shared snapshots in a folder, or in Redis."""
     url = pg.create_database(f"drill{n}_{random.randrange(10**6)}")
-    shared = folder / "shared"
+    shared: Path | str = redis_url if store == "redis" else folder / "shared"
     common: dict[str, Any] = {
         "pg_url": url,
         "redis_url": redis_url,
@@ -55,7 +74,7 @@ def drill(
     b = start(folder / "b", b_config)
     try:
         wait_for(
-            lambda: a_acks.exists() and any((shared / "alpha").glob("snapshot-*")),
+            lambda: a_acks.exists() and _has_shared_snapshot(shared, "alpha"),
             [a, b],
             what="A ready",
         )
@@ -85,13 +104,20 @@ def main() -> None:
     p.add_argument("--drills", type=int, default=10)
     p.add_argument("--heartbeat", default="250ms")
     p.add_argument("--missed", type=int, default=3)
+    p.add_argument("--store", choices=("folder", "redis"), default="folder")
     args = p.parse_args()
     runs: list[dict[str, Any]] = []
-    with redis_server() as redis, running_pg() as pg:
+    with redis_server() as server, running_pg() as pg:
         for n in range(args.drills):
             with tempfile.TemporaryDirectory(prefix="drill-") as tmp:
                 one = drill(
-                    n, Path(tmp), pg, redis.url, heartbeat=args.heartbeat, missed=args.missed
+                    n,
+                    Path(tmp),
+                    pg,
+                    server.url,
+                    heartbeat=args.heartbeat,
+                    missed=args.missed,
+                    store=args.store,
                 )
             runs.append(one)
             print(
@@ -102,6 +128,7 @@ def main() -> None:
             )
     seconds = sorted(r["seconds"] for r in runs)
     figures = {
+        "store": args.store,
         "heartbeat": args.heartbeat,
         "missed": args.missed,
         "drills": len(runs),
