@@ -48,7 +48,6 @@ resumed world's old owner stop).
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -64,6 +63,7 @@ if TYPE_CHECKING:
     from ._config import Config
 
 __all__ = [
+    "SharedFactory",
     "SharedFolder",
     "SharedSnapshotStore",
     "SharedTarget",
@@ -109,8 +109,15 @@ class SharedFolder(SnapshotStore):
         return attrs.evolve(self, directory=self.directory.parent / check_world(world))
 
 
-#: ``(url, world, local store, max_bytes) -> target``, per URL scheme.
-SharedFactory = Callable[[str, str, SnapshotStore, int], SharedTarget]
+class SharedFactory(Protocol):
+    """Opens the :class:`SharedTarget` of a store URL (registered per URL scheme)."""
+
+    def __call__(
+        self, url: str, world: str, *, generations: int, key: bytes | None, max_bytes: int
+    ) -> SharedTarget:
+        """The target for ``world`` at ``url``: the local store's generations and key."""
+
+
 _FACTORIES: dict[str, SharedFactory] = {}
 
 
@@ -130,7 +137,7 @@ class SharedSnapshotStore(SnapshotStore):
 
     shared: SharedTarget = attrs.field(kw_only=True)
     world: str = attrs.field(kw_only=True)
-    #: Largest snapshot shared; a larger one stays local (``[snapshots] max_bytes``).
+    #: Largest snapshot shared; a larger one stays local (``[snapshots] max_mb``).
     share_max_bytes: int = attrs.field(kw_only=True)
     #: ``--resume-from``: the world's store to restore from, until the first write.
     resume_from: SharedTarget | None = attrs.field(kw_only=True, default=None)
@@ -218,7 +225,6 @@ def open_snapshot_store(directory: Path, config: Config) -> SnapshotStore:
     section = config.snapshots
     if section.store is None:
         return SnapshotStore(directory, generations=generations, key=key)
-    local = SnapshotStore(directory, generations=generations, key=key)
     shared: SharedTarget
     if "://" in section.store:
         scheme = urllib.parse.urlsplit(section.store).scheme
@@ -229,7 +235,13 @@ def open_snapshot_store(directory: Path, config: Config) -> SnapshotStore:
                 "Redis one; in Python: supervisor._fleet._snapshots.register_redis_store())",
                 key="snapshots.store",
             )
-        shared = factory(section.store, section.world, local, section.max_bytes)
+        shared = factory(
+            section.store,
+            section.world,
+            generations=generations,
+            key=key,
+            max_bytes=section.max_bytes,
+        )
     else:
         shared = SharedFolder(
             config.path(section.store) / section.world,

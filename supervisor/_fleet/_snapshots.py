@@ -54,7 +54,6 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .._core._config_snapshots import check_world
-from .._core._snapshot import SnapshotStore
 from .._core._snapshot_format import (
     Snapshot,
     SnapshotError,
@@ -242,9 +241,9 @@ def _server(url: str) -> str:
 
 
 def open_redis_store(
-    url: str, world: str, local: SnapshotStore, max_bytes: int
+    url: str, world: str, *, generations: int, key: bytes | None, max_bytes: int
 ) -> RedisSnapshotStore:
-    """The shared store for ``url``: the local store's key and generations (a factory).
+    """The shared store of ``world`` at ``url`` (a ``SharedFactory``).
 
     Connects lazily: an unreachable Redis fails the first write (counted,
     the run goes on), not the start.
@@ -260,8 +259,8 @@ def open_redis_store(
         client,
         _server(url),
         world,
-        generations=local.generations,
-        key=local.key,
+        generations=generations,
+        key=key,
         max_bytes=max_bytes,
     )
 
