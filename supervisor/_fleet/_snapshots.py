@@ -42,6 +42,7 @@ A value over ``[snapshots] max_mb`` is neither sent nor read.
 from __future__ import annotations
 
 import re
+import secrets
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -80,7 +81,8 @@ _TICK: Final = re.compile(rb"[0-9]{1,16}")
 
 #: One atomic write. KEYS: the world's hash, its aside hash.
 #: ARGV: tick, bytes, generations, "1" if this store wrote or restored that
-#: tick (else a different value already there is moved aside), aside stamp.
+#: tick (else a different value already there is moved aside), aside stamp
+#: (``STAMP/TICK`` names a moved snapshot in the aside hash).
 #: Returns the fields it removed from the world's hash.
 WRITE_SCRIPT: Final = """
 local tick = tonumber(ARGV[1])
@@ -158,7 +160,9 @@ class RedisSnapshotStore:
         check_tick(tick)
         if len(data) > self.max_bytes:
             raise ValueError(f"{len(data)} bytes, over max_bytes={self.max_bytes}")
+        # UTC time plus a random suffix: two moves in one second never share a field.
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock()))
+        stamp = f"{stamp}-{secrets.token_hex(4)}"
         gone = self._call(
             lambda: self.client.eval(
                 WRITE_SCRIPT,
