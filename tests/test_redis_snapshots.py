@@ -143,6 +143,18 @@ class TestStore:
         mine.write(_snap(5, who={"x": "again"}))  # its own tick: replaced, nothing more aside
         assert client.hlen(HASH + b":aside") == 1
 
+    def test_a_fenced_member_never_writes_the_world_in_redis_again(
+        self, tmp_path: Path, server: RedisServer, client: redis.Redis
+    ) -> None:
+        """After ``fence`` (its lease taken over) its snapshots go to a local folder only."""
+        store = _open(tmp_path, server.url)
+        store.write(_snap(1))
+        store.fence(tmp_path / "fenced-w1")
+        store.write(_snap(2))
+        assert [int(f) for f in client.hkeys(HASH)] == [1]
+        assert (tmp_path / "fenced-w1" / "snapshot-2.msgpack").exists()
+        assert (store.writes, store.failures) == (2, 0)
+
     def test_a_snapshot_over_max_mb_stays_local_with_one_line(
         self, tmp_path: Path, server: RedisServer, client: redis.Redis
     ) -> None:
