@@ -149,8 +149,19 @@ def wait_for(predicate: object, proc: subprocess.Popen[bytes], timeout: float = 
         time.sleep(0.02)
 
 
-def kill_9_when(folder: Path, config: Path, shared: Callable[[], bool]) -> list[Ack]:
+def kill_9_when(
+    folder: Path,
+    config: Path,
+    shared: Callable[[], bool],
+    settled: Callable[[], bool] = lambda: True,
+) -> list[Ack]:
     """Run the world in ``folder`` until it has acks and ``shared()``, then SIGKILL it.
+
+    Killed half a second later, at a moment ``settled()`` holds (the test
+    that resumes the killed world locally too waits until its newest local
+    snapshot is also shared: a kill between the two writes leaves the local
+    copy ahead, and the database rightly refuses that copy once the world
+    went on elsewhere).
 
     Returns:
         The purchases it acknowledged (at least one).
@@ -160,6 +171,7 @@ def kill_9_when(folder: Path, config: Path, shared: Callable[[], bool]) -> list[
     try:
         wait_for(lambda: acks.exists() and shared(), proc)
         time.sleep(0.5)
+        wait_for(settled, proc)
     finally:
         proc.kill()
         proc.wait()
@@ -202,8 +214,14 @@ def test_resume_from_continues_a_killed_world_elsewhere_and_fences_its_old_owner
     a_acks = tmp_path / "a" / "state" / "world.acks"
 
     # A runs the world; it is killed with SIGKILL once it has acks and a shared snapshot.
+    def newest(folder: Path) -> int | None:
+        return max((int(p.stem.split("-")[1]) for p in folder.glob("snapshot-*")), default=None)
+
     acked = kill_9_when(
-        tmp_path / "a", a_config, lambda: any((shared / "alpha").glob("snapshot-*"))
+        tmp_path / "a",
+        a_config,
+        lambda: newest(shared / "alpha") is not None,
+        settled=lambda: newest(tmp_path / "a/state/snapshots") == newest(shared / "alpha"),
     )
 
     # B continues world "alpha" from the shared store and the database.
