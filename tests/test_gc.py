@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from supervisor._core import _gc
-from supervisor._core._gc import GC_OVERDUE, GC_SLACK, TickCollector
+from supervisor._core._gc import GC_OVERDUE, GC_SLACK, GC_TOOK_FACTOR, TickCollector
 from supervisor.testing import run_systems
 
 LIMITS = (700, 10, 10)
@@ -113,6 +113,33 @@ class TestChore:
         assert fake.collected == [0]
         assert collector.overdue == 1
         assert collector.status() == {"collections": [1, 0, 0], "collections_overdue": 1}
+
+
+class TestLearnedSlack:
+    """A generation whose last collection took long needs GC_TOOK_FACTOR times that as slack."""
+
+    def test_a_long_collection_asks_for_more_slack_next_time(self, fake: FakeGC) -> None:
+        clock = [0.0]
+
+        def timer() -> float:
+            clock[0] += 0.0025  # each collection takes 2.5 ms (two readings 2.5 ms apart)
+            return clock[0]
+
+        collector = TickCollector(rate=50, timer=timer)
+        next_deadline = 10.0 + 1 / 50
+        fake.count = (LIMITS[0] + 1, LIMITS[1] + 1, 0)
+        _chore_at(collector, 10.0, next_deadline - GC_SLACK[1] - 1e-6)
+        assert fake.collected == [1]
+        assert collector.took[1] == pytest.approx(0.0025)
+        # Now generation 1 needs 5 ms: 2 ms of slack (enough before) is not.
+        needed = GC_TOOK_FACTOR * 0.0025
+        fake.count = (LIMITS[0] + 1, LIMITS[1] + 1, 0)
+        _chore_at(collector, 10.0, next_deadline - needed + 1e-6)
+        assert fake.collected == [1]
+        _chore_at(collector, 10.0, next_deadline - needed - 1e-6)
+        assert fake.collected == [1, 1]
+        # The other generations keep their own figures.
+        assert collector.took[0] == 0.0
 
 
 class TestEnterLeave:
