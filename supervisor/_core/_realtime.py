@@ -240,7 +240,7 @@ class RealtimeMode:
         return None
 
     def leave(self) -> None:
-        """Put back what ``enter`` changed (the scheduler, memory locks, the GC)."""
+        """Put back what ``enter`` changed (the scheduler, memory locks, the CPUs)."""
         if not self.report.requested:
             return
         if self.report.memory_locked is not None:
