@@ -192,3 +192,12 @@ class TestPlainRun:
         assert gc.isenabled()
         # Every tick's garbage went in the slack after it (the last one's at the end, maybe).
         assert sum(ref() is not None for ref in cycles.alive) <= 1
+
+    def test_no_slack_collects_only_when_overdue(self) -> None:
+        """At 2 kHz a period (0.5 ms) is under GC_SLACK: each collection waits until overdue."""
+        cycles = Cycles(per_tick=gc.get_threshold()[0])
+        result = run_systems(cycles, ticks=4 * GC_OVERDUE, tick_rate=2000)
+        collector = result.supervisor._runner.loop.collector
+        assert collector.overdue >= 2
+        assert sum(collector.collections) == collector.overdue
+        assert gc.isenabled()
