@@ -14,7 +14,13 @@ Each run's ``--summary-json`` gives its tick start lateness; the prober gives
 ``/healthz`` latency and how many probes got no answer; ``/metrics`` (read
 with a token at the end) gives the API's connection counters.
 
-Run: ``python -m bench.held_connections [--seconds S] [--held N] [--json FILE]``.
+With ``--runs N`` the two runs alternate N times (idle, held, idle, held...),
+so a change in the machine's load falls on both; the figures are the median
+and range of the N runs, and the ratio is the held p99 over the idle p99 of
+each pair. The load average is printed before and after: on a shared machine
+the figures are noise.
+
+Run: ``python -m bench.held_connections [--seconds S] [--held N] [--runs N] [--json FILE]``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import os
 import secrets
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -233,19 +240,46 @@ def run(seconds: float, rate: int, held: int, max_connections: int) -> dict[str,
     )
 
 
+def _spread(values: list[float], scale: float = 1.0, digits: int = 0) -> str:
+    """``median (min-max)`` of ``values`` times ``scale``."""
+    return (
+        f"{statistics.median(values) * scale:.{digits}f} "
+        f"({min(values) * scale:.{digits}f}-{max(values) * scale:.{digits}f})"
+    )
+
+
+def _row(name: str, r: dict[str, Any]) -> str:
+    lat, api = r["lateness"], r["api"]
+    return (
+        f"| {name} | {lat['p50'] * 1e6:.0f} | {lat['p99'] * 1e6:.0f} | {lat['max'] * 1e6:.0f} "
+        f"| {r['healthz_p50_ms']:.1f} | {r['healthz_p99_ms']:.1f} | {r['probe_failures']} "
+        f"| {api.get(ACCEPTED, 0):.0f} | {api.get(EVICTED, 0):.0f} "
+        f"| {api.get(HEADER_TIMEOUTS, 0):.0f} | {api.get(PAUSES, 0):.0f} "
+        f"| {r['cpu_percent']:.0f} "
+        f"| {'crashed' if r['crashed'] else 'ok'} |"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Both runs, and a Markdown table."""
+    """The runs, idle and held interleaved, a Markdown table, and the medians."""
     parser = _common.parser(__doc__)
     parser.add_argument("--seconds", type=float, default=SECONDS)
     parser.add_argument("--rate", type=int, default=RATE)
     parser.add_argument("--held", type=int, default=HELD)
     parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS)
+    parser.add_argument("--runs", type=int, default=1, help="idle/held pairs, interleaved")
     args = parser.parse_args(argv)
-    idle = run(args.seconds, args.rate, 0, args.max_connections)
-    held = run(args.seconds, args.rate, args.held, args.max_connections)
+    load_before = os.getloadavg()
+    idles: list[dict[str, Any]] = []
+    helds: list[dict[str, Any]] = []
+    for _ in range(args.runs):
+        idles.append(run(args.seconds, args.rate, 0, args.max_connections))
+        helds.append(run(args.seconds, args.rate, args.held, args.max_connections))
+    load_after = os.getloadavg()
     print(
         f"systems: {', '.join(serve._systems())} at {args.rate} Hz, {args.seconds:g} s each, "
-        f"max_connections = {args.max_connections}"
+        f"max_connections = {args.max_connections}, {args.runs} interleaved pair(s); "
+        f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
     )
     print()
     print(
@@ -253,20 +287,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "unanswered | accepted | evicted | header timeouts | accept pauses | CPU % | exit |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for name, r in (("idle", idle), (f"{args.held} held", held)):
-        lat, api = r["lateness"], r["api"]
-        print(
-            f"| {name} | {lat['p50'] * 1e6:.0f} | {lat['p99'] * 1e6:.0f} | {lat['max'] * 1e6:.0f} "
-            f"| {r['healthz_p50_ms']:.1f} | {r['healthz_p99_ms']:.1f} | {r['probe_failures']} "
-            f"| {api.get(ACCEPTED, 0):.0f} | {api.get(EVICTED, 0):.0f} "
-            f"| {api.get(HEADER_TIMEOUTS, 0):.0f} | {api.get(PAUSES, 0):.0f} "
-            f"| {r['cpu_percent']:.0f} "
-            f"| {'crashed' if r['crashed'] else 'ok'} |"
-        )
-    ratio = held["lateness"]["p99"] / max(idle["lateness"]["p99"], 1e-9)
+    for i, (idle, held) in enumerate(zip(idles, helds, strict=True), 1):
+        print(_row(f"idle #{i}", idle))
+        print(_row(f"{args.held} held #{i}", held))
+    ratios = [
+        h["lateness"]["p99"] / max(i["lateness"]["p99"], 1e-9)
+        for i, h in zip(idles, helds, strict=True)
+    ]
     print()
-    print(f"lateness p99 held / idle: {ratio:.2f} (target at most 2)")
-    figures = {"idle": idle, "held": held, "p99_ratio": ratio}
+    for name, rs in (("idle", idles), (f"{args.held} held", helds)):
+        print(
+            f"{name}: lateness p99 {_spread([r['lateness']['p99'] for r in rs], 1e6)} µs, "
+            f"max {_spread([r['lateness']['max'] for r in rs], 1e6)} µs, "
+            f"/healthz p99 {_spread([r['healthz_p99_ms'] for r in rs], digits=1)} ms, "
+            f"CPU {_spread([r['cpu_percent'] for r in rs])} %"
+        )
+    print(f"lateness p99 held / idle: {_spread(ratios, digits=2)} (target at most 2)")
+    figures = {
+        "idle": idles,
+        "held": helds,
+        "p99_ratios": ratios,
+        "p99_ratio": statistics.median(ratios),
+        "load_average": [load_before[0], load_after[0]],
+    }
     _common.write_json(args.json, figures)
     return figures
 

@@ -25,7 +25,8 @@ from supervisor import Config, ConfigError
 from supervisor._core import _realtime
 from supervisor._core._config_realtime import format_cpus, parse_cpus
 from supervisor._core._config_sections import SupervisorConfig
-from supervisor._core._realtime import GC_OVERDUE, RealtimeMode, rt_throttling
+from supervisor._core._gc import GC_OVERDUE
+from supervisor._core._realtime import RealtimeMode, rt_throttling
 from supervisor.testing import make_supervisor, run_systems
 
 ROOT = os.geteuid() == 0
@@ -143,14 +144,15 @@ class TestConfig:
 
 
 class TestOff:
-    """Off, nothing changes: no section in status, no chore, the GC left alone."""
+    """Off, nothing changes: no section in status (the GC runs between ticks anyway: ``_gc``)."""
 
     def test_nothing_is_applied(self) -> None:
         """The probe sees the thread as it was; status has no realtime section."""
         probe = Probe()
         result = run_systems(probe, ticks=4)
         assert probe.policy == os.SCHED_OTHER
-        assert probe.gc_enabled is True
+        assert probe.gc_enabled is False  # tests/test_gc.py
+        assert gc.isenabled()
         assert "realtime" not in result.supervisor.status().as_dict()
 
 

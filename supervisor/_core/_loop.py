@@ -7,8 +7,8 @@ run only when due.
 The order today: make the pending error records (``_failures``), close
 half-open breakers, log watchdog hang events, retry quarantined systems,
 probe health, periodic snapshot, a snapshot an operator asked for,
-optimizer, the sample of the windowed figures; in realtime mode
-(``_realtime``) then the cyclic GC within the slack.
+optimizer, the sample of the windowed figures; then the cyclic GC within
+the slack (``_gc``).
 Then the commands that callers outside the loop queued meanwhile run
 (``_commands``).
 """
@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ._commands import CommandQueue
+from ._gc import TickCollector
 from ._kernel import Kernel
 from ._realtime import RealtimeMode
 from ._schedule import Chore, TickSchedule
@@ -40,7 +41,9 @@ class TickLoop:
         #: The post-tick chores, in the order they run.
         self.chores: list[Chore] = []
         #: Realtime mode, entered and left around each run of the ticks.
-        self.realtime = RealtimeMode(kernel.log)
+        #: The cyclic GC, run between ticks while the loop runs.
+        self.collector = TickCollector()
+        self.realtime = RealtimeMode(kernel.log, self.collector)
 
     def add_chore(self, chore: Chore) -> None:
         """Register a post-tick chore; it runs after those registered before it."""
@@ -54,7 +57,8 @@ class TickLoop:
         sleeper = None
         try:
             # Before the anchor: locking memory takes milliseconds, tick 0 must not pay them.
-            realtime.enter(cfg, k.rate)
+            realtime.enter(cfg)
+            self.collector.enter(k.rate)
             sleep_until, sleeper = make_sleeper(precise=k.active.features.precise_timing)
             sched = TickSchedule(
                 anchor=trio.current_time(),
@@ -66,6 +70,7 @@ class TickLoop:
                 sleeper.set_period(1.0 / sched.rate)
             await self._ticks(sched, sleep_until, sleeper)
         finally:
+            self.collector.leave()
             realtime.leave()
             if sleeper is not None:
                 sleeper.close()
@@ -75,7 +80,7 @@ class TickLoop:
         k = self._k
         k.apply_rate()
         sched.rerate(k.rate)
-        self.realtime.rate = k.rate
+        self.collector.rate = k.rate
         if sleeper is not None:
             sleeper.set_period(1.0 / k.rate)
 
@@ -99,7 +104,7 @@ class TickLoop:
         run_tick = self._steps.run_tick
         commands = self._commands
         pending = commands.pending
-        chores = (*self.chores, *self.realtime.chores)
+        chores = (*self.chores, self.collector.chore)
         end = run.end_time
         last_tick = run.tick_limit
         while not run.stopping:

@@ -11,12 +11,8 @@ permitted (root, ``CAP_SYS_NICE`` / ``CAP_IPC_LOCK``, no container limit):
   are touched, so an 8 MiB thread stack is not committed whole (RSS stays
   as it was); kernels without it get ``MCL_CURRENT | MCL_FUTURE``;
 - optionally the tick thread is pinned to ``cpu_affinity``;
-- the cyclic GC is taken out of the tick: ``gc.disable()``, and a post-tick
-  chore (``gc``) collects the generation CPython would have collected, by
-  the same thresholds, only when the slack to the next deadline allows it
-  (``GC_SLACK``), or anyway once the youngest generation has grown to
-  ``GC_OVERDUE`` times its threshold, so memory stays bounded when ticks
-  leave no slack.
+- the cyclic GC runs between ticks (``_gc``: in plain mode too); the
+  section shows its collections.
 
 The safety net, so that a runaway system under ``SCHED_FIFO`` cannot starve
 the machine: the hang watchdog's thread runs one priority above the tick
@@ -44,23 +40,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import gc
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
-import trio
 
 from ._config_realtime import format_cpus, parse_cpus
 from ._config_sections import SupervisorConfig
-from ._schedule import Chore
+from ._gc import TickCollector
 
 __all__ = [
-    "GC_OVERDUE",
-    "GC_SLACK",
     "RealtimeMode",
     "RealtimeReport",
     "libc",
@@ -70,10 +61,6 @@ __all__ = [
 _MCL_CURRENT: Final = 1
 _MCL_FUTURE: Final = 2
 _MCL_ONFAULT: Final = 4
-#: Slack to the next deadline needed for a collection of each generation (seconds).
-GC_SLACK: Final = (0.001, 0.002, 0.004)
-#: Youngest-generation count, in thresholds, past which it is collected with no slack.
-GC_OVERDUE: Final = 8
 #: SCHED_FIFO, and what the thread starts (threads, processes) begins as SCHED_OTHER.
 _FIFO: Final = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
 _PROC: Final = Path("/proc/sys/kernel")
@@ -148,37 +135,26 @@ _FIXES: Final = (
 class RealtimeMode:
     """Enters and leaves realtime mode for the tick thread (one per tick loop)."""
 
-    def __init__(self, log: Any) -> None:
+    def __init__(self, log: Any, collector: TickCollector | None = None) -> None:
         self._log = log
+        #: The tick loop's GC between ticks (its collections are in the section).
+        self.collector = collector or TickCollector()
         #: The hang watchdog's thread id (its ``native_id``), when one runs:
         #: it gets the priority above the tick thread's.
         self.watchdog_tid: Callable[[], int | None] = lambda: None
         self.report = RealtimeReport(requested=False)
         self._saved: tuple[int, int, frozenset[int] | None] | None = None
-        self._gc_was_enabled = False
-        self._gc_chore = Chore("gc", self._collect)
-        #: The chores realtime mode adds after the others while it is on.
-        self.chores: tuple[Chore, ...] = ()
-        self.rate = 1.0
-        #: Collections run between ticks, by generation (and how many were overdue).
-        self.collections = [0, 0, 0]
-        self.overdue = 0
 
     def status(self) -> dict[str, Any]:
         """``status()["realtime"]``: the report, and the collections since entering."""
-        d = self.report.as_dict()
-        d["collections"] = list(self.collections)
-        d["collections_overdue"] = self.overdue
-        return d
+        return self.report.as_dict() | self.collector.status()
 
     # ------------------------------------------------------------------ enter / leave
 
-    def enter(self, config: SupervisorConfig, rate: float) -> None:
+    def enter(self, config: SupervisorConfig) -> None:
         """On the tick thread: apply what ``config`` asks and is permitted; log it once."""
-        self.rate = rate
         if not config.realtime:
             self.report = RealtimeReport(requested=False)
-            self.chores = ()
             return
         problems: list[str] = []
         self._saved = (
@@ -189,10 +165,6 @@ class RealtimeMode:
         cpus = self._pin(config.cpu_affinity, problems)
         policy, priority, watchdog = self._schedule(config.realtime_priority, problems)
         locked = self._lock(problems)
-        self._gc_was_enabled = gc.isenabled()
-        gc.disable()
-        self._gc_chore.next_due = -math.inf
-        self.chores = (self._gc_chore,)
         throttle = rt_throttling()
         if throttle is not None and throttle[0] < 0:
             problems.append(
@@ -268,12 +240,9 @@ class RealtimeMode:
         return None
 
     def leave(self) -> None:
-        """Put back what ``enter`` changed (the scheduler, memory locks, the GC)."""
+        """Put back what ``enter`` changed (the scheduler, memory locks, the CPUs)."""
         if not self.report.requested:
             return
-        self.chores = ()
-        if self._gc_was_enabled:
-            gc.enable()
         if self.report.memory_locked is not None:
             libc().munlockall()
         saved, self._saved = self._saved, None
@@ -288,23 +257,3 @@ class RealtimeMode:
         if tid is not None and self.report.watchdog_priority is not None:
             with contextlib.suppress(OSError):  # the watchdog may have stopped already
                 os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-
-    # ------------------------------------------------------------------ the chores
-
-    async def _collect(self, deadline: float) -> None:
-        """The ``gc`` chore: collect what CPython would have, if the slack allows."""
-        count0, count1, count2 = gc.get_count()
-        limit0, limit1, limit2 = gc.get_threshold()
-        if count0 <= limit0:
-            return
-        # CPython's choice (gc_collect_generations): the oldest generation over its
-        # threshold (without its guard against quadratic full collections: after
-        # ``gc.freeze`` the oldest generation holds only what the run allocated).
-        generation = 2 if count2 > limit2 else 1 if count1 > limit1 else 0
-        slack = deadline + 1.0 / self.rate - trio.current_time()
-        if slack < GC_SLACK[generation]:
-            if count0 < GC_OVERDUE * limit0:
-                return  # wait for a tick that leaves room
-            self.overdue += 1
-        gc.collect(generation)
-        self.collections[generation] += 1
