@@ -20,7 +20,8 @@ from redis_server import RedisServer, redis_server
 
 from supervisor import Config, Supervisor
 from supervisor._fleet import FleetAudit, FleetControl, attach_fleet, member_for
-from supervisor._fleet._protocol import Keys
+from supervisor._fleet._member import MEMBERS_SHOWN, ROW_FIELDS, member_rows_from
+from supervisor._fleet._protocol import BadMessage, Keys
 from supervisor.testing import Ticking, make_supervisor
 
 TICK_RATE = 50.0
@@ -282,3 +283,102 @@ class TestForcedStop:
                 await trio.sleep(0.3)  # heartbeats and the subscription in flight
                 nursery.cancel_scope.cancel()
         assert not scope.cancelled_caught
+
+
+def planted_record(member_id: str, **changes: Any) -> str:
+    """A member record as a member writes it (the fields ``parse_record`` wants)."""
+    record = {
+        "id": member_id,
+        "host": "box",
+        "pid": 7,
+        "version": "1.0",
+        "phase": "production",
+        "tick_rate": 30.0,
+        "measured_tick_rate": 29.9,
+        "lateness_p99_ms": 0.25,
+        "players": 12.0,
+        "errors": 3,
+        "api": None,
+        "state_dir": "/srv/w",
+        "started": 1.0,
+        "heartbeat": time.time(),
+        **changes,
+    }
+    return json.dumps(record)
+
+
+def plant(redis: RedisServer, keys: Keys, member_id: str, text: str) -> None:
+    """A registry entry written straight into Redis (as a member would, or anyone who can)."""
+    redis.command("SET", keys.member(member_id), text, "EX", "60")
+    redis.command("ZADD", keys.members, str(time.time()), member_id)
+
+
+class TestMemberList:
+    def test_rows_have_one_shape_and_hostile_entries_become_problems(self) -> None:
+        """Every row has exactly the row fields; an id that is not one is cut, a bad record or
+        one naming another member is a problem row; the rows are cut to MEMBERS_SHOWN."""
+        good = planted_record("a1", heartbeat=100.0)
+        hostile = "<img src=x onerror=alert(1)>" + "x" * 200
+        total, rows = member_rows_from(
+            [3, ["a1", good, hostile, good, "a2", "not json", "a3", planted_record("zz")]]
+        )
+        assert total == 3
+        assert [set(r) for r in rows] == [set(ROW_FIELDS)] * 4
+        assert rows[0] == {
+            "id": "a1", "host": "box", "phase": "production", "tick_rate": 30.0,
+            "measured_tick_rate": 29.9, "lateness_p99_ms": 0.25, "players": 12.0,
+            "errors": 3.0, "api": None, "heartbeat": 100.0, "problem": None,
+        }  # fmt: skip
+        assert rows[1]["id"] == hostile[:60]
+        assert rows[1]["problem"] == "not a member id"
+        assert rows[2]["problem"] == "unreadable record: not JSON"
+        assert rows[3]["problem"] == "the record names another member"
+        assert all(r["host"] is None for r in rows[1:])
+        many = [x for i in range(MEMBERS_SHOWN + 5) for x in (f"m{i:03d}", good)]
+        total, rows = member_rows_from([MEMBERS_SHOWN + 5, many])
+        assert (total, len(rows)) == (MEMBERS_SHOWN + 5, MEMBERS_SHOWN)
+        for reply in (None, [], [1], [True, []], [1, ["odd"]], ["1", []], [1, "ab"]):
+            with pytest.raises(BadMessage):
+                member_rows_from(reply)
+
+    async def test_the_section_lists_the_first_members_by_id_and_counts_them_all(
+        self, redis: RedisServer, namespace: str
+    ) -> None:
+        """60 planted members and 4 hostile entries beside the real one: ``members_total`` 65,
+        the first 50 by id listed (hostile ones as problems), each age read now; a member that
+        expired or left is no longer counted."""
+        keys = Keys(namespace)
+        for i in range(60):
+            plant(redis, keys, f"p{i:02d}", planted_record(f"p{i:02d}"))
+        plant(redis, keys, "<img src=x onerror=alert(1)>", planted_record("x"))
+        plant(redis, keys, "big", planted_record("big", host="h" * 100_000))
+        plant(redis, keys, "other", planted_record("someone-else"))
+        redis.command("HSET", keys.member("wrongtype"), "id", "wrongtype")
+        redis.command("ZADD", keys.members, str(time.time()), "wrongtype")
+        redis.command("ZADD", keys.members, str(time.time()), "expired")  # no record
+        sup = member(fleet_config(redis, namespace, id="m-self"))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: sup.run(duration=30))
+            await wait_for(lambda: connected(sup), 20, "the member to connect")
+            fleet = member_for(sup)
+            assert fleet is not None
+            await wait_for(lambda: fleet.members_total == 65, 10, "the registry read")
+            section = sup.status().as_dict()["fleet"]
+            assert list(section)[:3] == ["id", "state", "members_total"]
+            rows = section["members"]
+            assert len(rows) == MEMBERS_SHOWN
+            ids = [r["id"] for r in rows]
+            assert ids[:5] == ["<img src=x onerror=alert(1)>", "big", "m-self", "other", "p00"]
+            assert ids[5:] == [f"p{i:02d}" for i in range(1, 46)]
+            by_id = {r["id"]: r for r in rows}
+            assert by_id["<img src=x onerror=alert(1)>"]["problem"] == "not a member id"
+            assert by_id["big"]["problem"].startswith("unreadable record: not a JSON text")
+            assert by_id["other"]["problem"] == "the record names another member"
+            me = by_id["m-self"]
+            assert (me["phase"], me["tick_rate"], me["problem"]) == ("development", TICK_RATE, None)
+            assert 0.0 <= me["age"] < 5.0
+            assert section["registry_failures"] == 0
+            redis.command("DEL", keys.member("p00"), keys.member("wrongtype"))
+            await wait_for(lambda: fleet.members_total == 63, 10, "the next read")
+            assert "p00" not in {r["id"] for r in sup.status().as_dict()["fleet"]["members"]}
+            sup.stop()

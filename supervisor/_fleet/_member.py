@@ -15,6 +15,14 @@ The member acts as the API does: ``sup.shutdown(emergency=True, ...)`` and
 ``sup.change_phase(...)`` with the caller ``fleet:ORIGIN``, then writes the
 result to its local audit log (when the run has one) and to the fleet's
 audit stream, with the wall time it entered the new phase.
+
+The member also keeps the registry as it stands, for its status section (and
+so the dashboard, which shows ``status``): every :data:`REGISTRY_EVERY`
+heartbeats one script (:data:`REGISTRY_SCRIPT`, one round trip) returns the
+live member count and the first :data:`MEMBERS_SHOWN` records by id, each cut
+at :data:`~._protocol.MAX_MESSAGE` bytes. Whatever it returns is checked like
+``supervisor fleet status`` checks it (:func:`._protocol.parse_record`); a
+record that is not one is a row with its ``problem``, its id cut short.
 """
 
 from __future__ import annotations
@@ -32,17 +40,20 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
-from .._core._config_fleet import FleetConfig, safe_url
+from .._core._config_fleet import NAME_PATTERN, FleetConfig, safe_url
 from .._core._control import Caller, Refused
 from .._core._phase import Phase
 from .._logging import get_logger
+from ._control import MAX_MEMBERS
 from ._protocol import (
     AUDIT_MAXLEN,
     HEARTBEAT_SCRIPT,
+    MAX_MESSAGE,
     BadMessage,
     Command,
     Keys,
     parse_command,
+    parse_record,
 )
 from ._redis import open_client
 
@@ -52,13 +63,17 @@ if TYPE_CHECKING:
     from .._core._runtime import Supervisor
 
 __all__ = [
+    "MEMBERS_SHOWN",
     "RECONNECT_INITIAL",
     "RECONNECT_MAX",
+    "REGISTRY_EVERY",
+    "REGISTRY_SCRIPT",
     "AuditWriter",
     "FleetAudit",
     "FleetMember",
     "attach_fleet",
     "member_for",
+    "member_rows_from",
 ]
 
 #: Reconnection backoff (seconds): doubling from the first to the cap.
@@ -68,6 +83,53 @@ RECONNECT_MAX: Final = 5.0
 PRUNE_AFTER: Final = 86_400.0
 #: Recent actions shown in the status section.
 ACTIONS_KEPT: Final = 20
+#: Fleet members listed in the status section at most (the first by id; ``members_total``
+#: counts them all): a page and a status reply stay small whatever the fleet's size.
+MEMBERS_SHOWN: Final = 50
+#: The registry is read once every this many heartbeats (a view for people, not for failover).
+REGISTRY_EVERY: Final = 2
+#: What a member row holds, besides ``age`` (worked out when the section is read).
+ROW_FIELDS: Final = (
+    "id",
+    "host",
+    "phase",
+    "tick_rate",
+    "measured_tick_rate",
+    "lateness_p99_ms",
+    "players",
+    "errors",
+    "api",
+    "heartbeat",
+    "problem",
+)
+
+#: Read the registry in one round trip, bounded: the live member count and the first
+#: ARGV[3] records by id, each cut to ARGV[4] + 1 bytes (a longer one is refused by the
+#: parser). KEYS: members. ARGV: record key prefix, ids looked at at most, rows, bytes.
+#: Returns {total, {id, text, id, text, ...}}; a key that is not a string reads as "".
+#: The record keys are built here, not passed as KEYS: which ones exist is what is asked
+#: (the fleet's keys are not hash-tagged, so it never ran on Redis Cluster anyway).
+REGISTRY_SCRIPT: Final = """
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+table.sort(ids)
+local shown, total, rows = tonumber(ARGV[3]), 0, {}
+for _, id in ipairs(ids) do
+  local key = ARGV[1] .. id
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'none' then
+    total = total + 1
+    if total <= shown then
+      rows[#rows + 1] = id
+      if kind == 'string' then
+        rows[#rows + 1] = redis.call('GETRANGE', key, 0, tonumber(ARGV[4]))
+      else
+        rows[#rows + 1] = ''
+      end
+    end
+  end
+end
+return {total, rows}
+"""
 
 _MEMBERS: weakref.WeakKeyDictionary[Any, FleetMember] = weakref.WeakKeyDictionary()
 
@@ -155,6 +217,14 @@ class FleetMember:
         #: The generation acted on, per durable flag ("emergency", "phase").
         self.acted: dict[str, int] = {}
         self.actions: collections.deque[dict[str, Any]] = collections.deque(maxlen=ACTIONS_KEPT)
+        #: The registry at the last read: live members, the first MEMBERS_SHOWN rows by id
+        #: (replaced whole at each read, never changed in place), and when it was read.
+        self.members_total: int | None = None
+        self.members: tuple[dict[str, Any], ...] = ()
+        self.members_read_at: float | None = None
+        #: Registry reads that failed (the session goes on: the heartbeat is what matters).
+        self.registry_failures = 0
+        self.registry_error: str | None = None
         self._client: coredis.Redis[str] | None = None
         self._nursery: trio.Nursery | None = None
         self._busy = 0  # actions in flight; _idle is set when there are none
@@ -164,12 +234,19 @@ class FleetMember:
     # ------------------------------------------------------------------ status
 
     def section(self) -> dict[str, Any]:
-        """``status_sections["fleet"]``: the session, the heartbeat and the last actions."""
+        """``status_sections["fleet"]``: the session, the heartbeat, the members, the last actions.
+
+        ``members_total`` comes third, so ``supervisor status`` (which shows a
+        section's first values on one line, and a list as its length) reads it.
+        Each member's ``age`` is its last heartbeat's age now, not at the read.
+        """
+        now = self.wall()
         return {
             "id": self.id,
+            "state": self.state,
+            "members_total": self.members_total,
             "redis": safe_url(self.config.redis or ""),
             "namespace": self.config.namespace,
-            "state": self.state,
             "connected": self.state == "connected",
             "connected_since": self.connected_since,
             "last_heartbeat": self.last_heartbeat,
@@ -181,6 +258,10 @@ class FleetMember:
             "rejected_messages": self.rejected,
             "acted_generations": dict(self.acted),
             "actions": list(self.actions),
+            "members_read_at": self.members_read_at,
+            "registry_failures": self.registry_failures,
+            "registry_error": self.registry_error,
+            "members": [{**row, "age": _age(row["heartbeat"], now)} for row in self.members],
         }
 
     def record(self) -> dict[str, Any]:
@@ -274,6 +355,7 @@ class FleetMember:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._listen, pubsub)
                     nursery.start_soon(self._heartbeats, client)
+                    nursery.start_soon(self._registry_reads, client)
                     await sup.closing.wait()
                     # Answers in flight (an emergency's ack) go out before the client closes.
                     with trio.move_on_after(config.timeout):
@@ -335,6 +417,41 @@ class FleetMember:
             for text in flags:
                 if text is not None:
                     self._consider(text, via="flag")
+
+    async def _registry_reads(self, client: coredis.Redis[str]) -> None:
+        """Read the registry now and every :data:`REGISTRY_EVERY` heartbeats, for ``section()``.
+
+        A failed read is counted and shown, the last list kept (with its
+        ``members_read_at``); it never ends the session: Redis lost is what the
+        heartbeat finds out, and a registry someone broke (a key of another
+        type) must not cut this member off from the fleet's commands.
+        """
+        period = self.config.heartbeat_seconds * REGISTRY_EVERY
+        deadline = trio.current_time()
+        while True:
+            try:
+                with trio.fail_after(self.config.timeout):
+                    reply = await client.eval(
+                        REGISTRY_SCRIPT,
+                        keys=[self.keys.members],
+                        args=[self.keys.member_prefix, MAX_MEMBERS, MEMBERS_SHOWN, MAX_MESSAGE],
+                    )
+                self.members_total, self.members = member_rows_from(reply)
+                self.members_read_at = self.wall()
+                self.registry_error = None
+            except Exception as exc:  # counted and shown; the session goes on
+                first = self.registry_error is None
+                self.registry_failures += 1
+                self.registry_error = _describe(exc)
+                if first:
+                    self.log.warning(
+                        "fleet.registry_failed",
+                        error=self.registry_error,
+                        failures=self.registry_failures,
+                        detail="the member list in status is kept from the last read",
+                    )
+            deadline = max(deadline + period, trio.current_time())
+            await trio.sleep_until(deadline)
 
     async def _listen(self, pubsub: Any) -> None:
         async for message in pubsub:
@@ -446,6 +563,52 @@ class FleetMember:
                 )
             except Exception as exc:  # the local log and audit keep it; Redis is optional
                 self.log.warning("fleet.ack_failed", error=_describe(exc))
+
+
+def member_rows_from(reply: object) -> tuple[int, tuple[dict[str, Any], ...]]:
+    """``(members_total, rows)`` from :data:`REGISTRY_SCRIPT`'s reply, every value checked.
+
+    Each row has exactly :data:`ROW_FIELDS`. A record that is not one (its id not
+    a member id, its text not a record :func:`._protocol.parse_record` accepts,
+    or a record of another id) is a row with only ``id`` (cut to 60 characters)
+    and ``problem``: shown, never trusted.
+
+    Raises:
+        BadMessage: the reply is not the script's shape (nothing else answers it).
+    """
+    if not isinstance(reply, list | tuple) or len(reply) != 2:
+        raise BadMessage("the registry read did not answer {total, rows}")
+    total, flat = reply
+    if (
+        isinstance(total, bool)
+        or not isinstance(total, int)
+        or not isinstance(flat, list | tuple)
+        or len(flat) % 2
+    ):
+        raise BadMessage("the registry read did not answer {total, rows}")
+    rows = []
+    for raw_id, text in zip(flat[0::2], flat[1::2], strict=True):
+        member_id = raw_id.decode("utf-8", "replace") if isinstance(raw_id, bytes) else str(raw_id)
+        row: dict[str, Any] = dict.fromkeys(ROW_FIELDS)
+        if not NAME_PATTERN.fullmatch(member_id):
+            row.update(id=member_id[:60], problem="not a member id")
+        else:
+            try:
+                record = parse_record(text)
+            except BadMessage as exc:
+                row.update(id=member_id, problem=f"unreadable record: {exc}")
+            else:
+                if record["id"] != member_id:
+                    row.update(id=member_id, problem="the record names another member")
+                else:
+                    row.update({k: record[k] for k in ROW_FIELDS if k in record})
+        rows.append(row)
+    return total, tuple(rows[:MEMBERS_SHOWN])
+
+
+def _age(heartbeat: float | None, now: float) -> float | None:
+    """Seconds since ``heartbeat`` (another host's clock: never below zero)."""
+    return None if heartbeat is None else max(0.0, now - heartbeat)
 
 
 def _entered(sup: Supervisor, command: Command) -> float | None:
