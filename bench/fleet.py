@@ -10,7 +10,8 @@ Three figures (issue 14), each over ROUNDS runs:
   with and without a fleet member heartbeating every 100 ms (10x the
   default), interleaved: tick work p99 and lateness p99 (the heartbeat runs
   between ticks: the work must not move), and the CPU one heartbeat record
-  costs on the loop's thread;
+  costs on the loop's thread, and one read of a 50-member registry (its rows
+  checked, then the status section built from them);
 * ``outage``: the same supervisor while Redis is stopped for 2 s and
   restarted: ticks run vs ticks due, dropped ticks (target 0 lost).
 
@@ -33,6 +34,7 @@ import trio
 from bench._common import parser, write_json
 from supervisor import Config, configure_logging
 from supervisor._fleet import FleetControl, attach_fleet, member_for
+from supervisor._fleet._member import MEMBERS_SHOWN, member_rows_from
 from supervisor.testing import Ticking, make_supervisor
 
 # The real-server harness of the tests: one way to start Redis and a fleet.
@@ -107,8 +109,20 @@ async def _one_run(url: str | None, namespace: str, outage: Any = None) -> dict[
         for _ in range(RECORD_CALLS):
             json.dumps(member.record())
         record_us = (time.perf_counter() - began) / RECORD_CALLS * 1e6
+    rows_us = 0.0
+    if member is not None:
+        # A registry read's CPU on the loop's thread (every 2 heartbeats): a full page of
+        # members checked, then the section built from them (as /v1/status does).
+        texts = [json.dumps({**member.record(), "id": f"m{i:02d}"}) for i in range(MEMBERS_SHOWN)]
+        reply = [MEMBERS_SHOWN, [x for i, t in enumerate(texts) for x in (f"m{i:02d}", t)]]
+        began = time.thread_time()
+        for _ in range(RECORD_CALLS // 10):
+            member.members_total, member.members = await member_rows_from(reply)
+            member.section()
+        rows_us = (time.thread_time() - began) / (RECORD_CALLS // 10) * 1e6
     return {
         "record_us": record_us,
+        "rows_us": rows_us,
         "ticks": summary.ticks,
         "due": SECONDS * RATE,
         "dropped": summary.dropped_ticks,
@@ -162,7 +176,8 @@ def main() -> None:
                 print(
                     f"heartbeat {label:7}: work p99 {r['work_p99_us']:.1f} us, "
                     f"lateness p99 {r['lateness_p99_us']:.1f} us, {r['heartbeats']:.0f} beats, "
-                    f"one record {r['record_us']:.1f} us"
+                    f"one record {r['record_us']:.1f} us, "
+                    f"{MEMBERS_SHOWN}-member list {r['rows_us']:.1f} us CPU"
                 )
         figures["outage"] = outage_rounds(server, args.rounds)
         for r in figures["outage"]:

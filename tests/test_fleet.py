@@ -314,12 +314,12 @@ def plant(redis: RedisServer, keys: Keys, member_id: str, text: str) -> None:
 
 
 class TestMemberList:
-    def test_rows_have_one_shape_and_hostile_entries_become_problems(self) -> None:
+    async def test_rows_have_one_shape_and_hostile_entries_become_problems(self) -> None:
         """Every row has exactly the row fields; an id that is not one is cut, a bad record or
         one naming another member is a problem row; the rows are cut to MEMBERS_SHOWN."""
         good = planted_record("a1", heartbeat=100.0)
         hostile = "<img src=x onerror=alert(1)>" + "x" * 200
-        total, rows = member_rows_from(
+        total, rows = await member_rows_from(
             [3, ["a1", good, hostile, good, "a2", "not json", "a3", planted_record("zz")]]
         )
         assert total == 3
@@ -335,11 +335,11 @@ class TestMemberList:
         assert rows[3]["problem"] == "the record names another member"
         assert all(r["host"] is None for r in rows[1:])
         many = [x for i in range(MEMBERS_SHOWN + 5) for x in (f"m{i:03d}", good)]
-        total, rows = member_rows_from([MEMBERS_SHOWN + 5, many])
+        total, rows = await member_rows_from([MEMBERS_SHOWN + 5, many])
         assert (total, len(rows)) == (MEMBERS_SHOWN + 5, MEMBERS_SHOWN)
         for reply in (None, [], [1], [True, []], [1, ["odd"]], ["1", []], [1, "ab"]):
             with pytest.raises(BadMessage):
-                member_rows_from(reply)
+                await member_rows_from(reply)
 
     async def test_the_section_lists_the_first_members_by_id_and_counts_them_all(
         self, redis: RedisServer, namespace: str
