@@ -319,10 +319,10 @@ class TestMemberList:
         one naming another member is a problem row; the rows are cut to MEMBERS_SHOWN."""
         good = planted_record("a1", heartbeat=100.0)
         hostile = "<img src=x onerror=alert(1)>" + "x" * 200
-        total, rows = await member_rows_from(
-            [3, ["a1", good, hostile, good, "a2", "not json", "a3", planted_record("zz")]]
+        total, rows, entries = await member_rows_from(
+            [3, ["a1", good, hostile, good, "a2", "not json", "a3", planted_record("zz")], 9]
         )
-        assert total == 3
+        assert (total, entries) == (3, 9)
         assert [set(r) for r in rows] == [set(ROW_FIELDS)] * 4
         assert rows[0] == {
             "id": "a1", "host": "box", "phase": "production", "tick_rate": 30.0,
@@ -335,9 +335,10 @@ class TestMemberList:
         assert rows[3]["problem"] == "the record names another member"
         assert all(r["host"] is None for r in rows[1:])
         many = [x for i in range(MEMBERS_SHOWN + 5) for x in (f"m{i:03d}", good)]
-        total, rows = await member_rows_from([MEMBERS_SHOWN + 5, many])
+        total, rows, _entries = await member_rows_from([MEMBERS_SHOWN + 5, many, 70])
         assert (total, len(rows)) == (MEMBERS_SHOWN + 5, MEMBERS_SHOWN)
-        for reply in (None, [], [1], [True, []], [1, ["odd"]], ["1", []], [1, "ab"]):
+        bad = ([1, []], [True, [], 0], [1, ["odd"], 1], ["1", [], 0], [1, "ab", 0], [1, [], None])
+        for reply in (None, [], [1], *bad):
             with pytest.raises(BadMessage):
                 await member_rows_from(reply)
 
@@ -378,6 +379,7 @@ class TestMemberList:
             assert (me["phase"], me["tick_rate"], me["problem"]) == ("development", TICK_RATE, None)
             assert 0.0 <= me["age"] < 5.0
             assert section["registry_failures"] == 0
+            assert section["registry_entries"] == 66  # the 65 and "expired"
             redis.command("DEL", keys.member("p00"), keys.member("wrongtype"))
             await wait_for(lambda: fleet.members_total == 63, 10, "the next read")
             assert "p00" not in {r["id"] for r in sup.status().as_dict()["fleet"]["members"]}
