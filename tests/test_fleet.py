@@ -20,7 +20,12 @@ from redis_server import RedisServer, redis_server
 
 from supervisor import Config, Supervisor
 from supervisor._fleet import FleetAudit, FleetControl, attach_fleet, member_for
-from supervisor._fleet._member import MEMBERS_SHOWN, ROW_FIELDS, member_rows_from
+from supervisor._fleet._member import (
+    FLEET_READS_PER_HEARTBEAT,
+    MEMBERS_SHOWN,
+    ROW_FIELDS,
+    member_rows_from,
+)
 from supervisor._fleet._protocol import BadMessage, Keys
 from supervisor.testing import Ticking, make_supervisor
 
@@ -341,6 +346,19 @@ class TestMemberList:
         for reply in (None, [], [1], *bad):
             with pytest.raises(BadMessage):
                 await member_rows_from(reply)
+
+    def test_a_big_fleet_reads_the_registry_less_often(self, redis: RedisServer) -> None:
+        """Every 2 heartbeats up to 100 entries; past them the fleet as a whole reads it about
+        FLEET_READS_PER_HEARTBEAT times per heartbeat period (1,000 members: every 20, and no
+        less often: a read never looks at more than 1,000 entries)."""
+        fleet = member_for(member(fleet_config(redis, "period")))
+        assert fleet is not None
+        periods = []
+        for entries in (None, 20, 100, 101, 1000, 20_000):
+            fleet.registry_entries = entries
+            periods.append(round(fleet.registry_period(), 6))
+        assert periods == [0.2, 0.2, 0.2, 0.3, 2.0, 2.0]
+        assert FLEET_READS_PER_HEARTBEAT == 50
 
     async def test_the_section_lists_the_first_members_by_id_and_counts_them_all(
         self, redis: RedisServer, namespace: str
