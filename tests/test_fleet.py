@@ -19,7 +19,7 @@ from polling import wait_until
 from redis_server import RedisServer, redis_server
 
 from supervisor import Config, Supervisor
-from supervisor._fleet import FleetAudit, FleetControl, attach_fleet, member_for
+from supervisor._fleet import FleetAudit, FleetControl, FleetMember, attach_fleet, member_for
 from supervisor._fleet._member import (
     FLEET_READS_PER_HEARTBEAT,
     MEMBERS_SHOWN,
@@ -84,6 +84,15 @@ async def control(redis: RedisServer, namespace: str) -> AsyncIterator[FleetCont
 def connected(sup: Supervisor) -> bool:
     fleet = member_for(sup)
     return fleet is not None and fleet.state == "connected" and fleet.heartbeats > 0
+
+
+async def run_connected(nursery: trio.Nursery, sup: Supervisor) -> FleetMember:
+    """Start ``sup`` (30 s at most) in ``nursery``; its fleet member, once connected."""
+    nursery.start_soon(lambda: sup.run(duration=30))
+    await wait_for(lambda: connected(sup), 20, "the member to connect")
+    fleet = member_for(sup)
+    assert fleet is not None
+    return fleet
 
 
 class TestRegistry:
@@ -255,10 +264,7 @@ class TestOutage:
         """The member says disconnected, keeps ticking on time, and is back after Redis returns."""
         sup = member(fleet_config(redis, namespace, id="o"))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: sup.run(duration=30))
-            await wait_for(lambda: connected(sup), 20, "the member to connect")
-            fleet = member_for(sup)
-            assert fleet is not None
+            fleet = await run_connected(nursery, sup)
             before = sup.tick
             start = trio.current_time()
             await trio.to_thread.run_sync(redis.stop)
@@ -377,10 +383,7 @@ class TestMemberList:
         redis.command("ZADD", keys.members, str(time.time()), "expired")  # no record
         sup = member(fleet_config(redis, namespace, id="m-self"))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: sup.run(duration=30))
-            await wait_for(lambda: connected(sup), 20, "the member to connect")
-            fleet = member_for(sup)
-            assert fleet is not None
+            fleet = await run_connected(nursery, sup)
             await wait_for(lambda: fleet.members_total == 65, 10, "the registry read")
             section = sup.status().as_dict()["fleet"]
             assert list(section)[:3] == ["id", "state", "members_total"]
