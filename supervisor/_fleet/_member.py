@@ -120,7 +120,7 @@ ROW_FIELDS: Final = (
 #: bytes: a longer one is refused by the parser) and the registry's size. KEYS: members.
 #: ARGV: record key prefix, entries looked at at most, rows, bytes. Returns
 #: {total, {id, text, id, text, ...}, entries}; a key that is not a string reads as "".
-#: Redis spends ~1.5 us per entry looked at (1.7 ms at 1,000 on the shared VM). The record
+#: Redis spends ~1.1-1.7 us per entry looked at (`python -m bench.fleet`). The record
 #: keys are built here, not passed as KEYS: which ones exist is the question (the fleet's
 #: keys are not hash-tagged, so it never ran on Redis Cluster anyway).
 REGISTRY_SCRIPT: Final = """
@@ -455,7 +455,7 @@ class FleetMember:
         ``entries / FLEET_READS_PER_HEARTBEAT`` heartbeats instead (every 20 s
         with 1,000 members and the default 1 s heartbeat), so the fleet's reads
         cost Redis about the same at any size (measured on the shared VM: one
-        read 0.1 ms at 20 entries, 0.3 ms at 200, 1.7 ms at 1,000).
+        read 0.1 ms at 20 entries, 0.3 ms at 200, 1.1-1.7 ms at 1,000).
 
         A failed read is counted and shown, the last list kept (with its
         ``members_read_at``); it never ends the session: Redis lost is what the
