@@ -87,7 +87,7 @@ PRUNE_AFTER: Final = 86_400.0
 #: Recent actions shown in the status section.
 ACTIONS_KEPT: Final = 20
 #: Fleet members listed in the status section at most (the first by id; ``members_total``
-#: counts them all): a page and a status reply stay small whatever the fleet's size.
+#: counts them all, up to REGISTRY_SCAN): a page and a status reply stay small at any size.
 MEMBERS_SHOWN: Final = 50
 #: The registry is read once every this many heartbeats (a view for people, not for failover)...
 REGISTRY_EVERY: Final = 2
