@@ -23,10 +23,12 @@ from supervisor._fleet import FleetAudit, FleetControl, FleetMember, attach_flee
 from supervisor._fleet._member import (
     FLEET_READS_PER_HEARTBEAT,
     MEMBERS_SHOWN,
+    REGISTRY_SCAN,
+    REGISTRY_SCRIPT,
     ROW_FIELDS,
     member_rows_from,
 )
-from supervisor._fleet._protocol import BadMessage, Keys
+from supervisor._fleet._protocol import MAX_MESSAGE, BadMessage, Keys
 from supervisor.testing import Ticking, make_supervisor
 
 TICK_RATE = 50.0
@@ -369,7 +371,7 @@ class TestMemberList:
     async def test_the_section_lists_the_first_members_by_id_and_counts_them_all(
         self, redis: RedisServer, namespace: str
     ) -> None:
-        """60 planted members and 4 hostile entries beside the real one: ``members_total`` 65,
+        """60 planted members and 5 hostile entries beside the real one: ``members_total`` 66,
         the first 50 by id listed (hostile ones as problems), each age read now; a member that
         expired or left is no longer counted."""
         keys = Keys(namespace)
@@ -378,30 +380,40 @@ class TestMemberList:
         plant(redis, keys, "<img src=x onerror=alert(1)>", planted_record("x"))
         plant(redis, keys, "big", planted_record("big", host="h" * 100_000))
         plant(redis, keys, "other", planted_record("someone-else"))
+        plant(redis, keys, "!" * 100_000, planted_record("x"))  # cut at 200 bytes by Redis
         redis.command("HSET", keys.member("wrongtype"), "id", "wrongtype")
         redis.command("ZADD", keys.members, str(time.time()), "wrongtype")
         redis.command("ZADD", keys.members, str(time.time()), "expired")  # no record
         sup = member(fleet_config(redis, namespace, id="m-self"))
         async with trio.open_nursery() as nursery:
             fleet = await run_connected(nursery, sup)
-            await wait_for(lambda: fleet.members_total == 65, 10, "the registry read")
+            await wait_for(lambda: fleet.members_total == 66, 10, "the registry read")
             section = sup.status().as_dict()["fleet"]
             assert list(section)[:3] == ["id", "state", "members_total"]
             rows = section["members"]
             assert len(rows) == MEMBERS_SHOWN
             ids = [r["id"] for r in rows]
-            assert ids[:5] == ["<img src=x onerror=alert(1)>", "big", "m-self", "other", "p00"]
-            assert ids[5:] == [f"p{i:02d}" for i in range(1, 46)]
+            assert ids[:5] == ["!" * 60, "<img src=x onerror=alert(1)>", "big", "m-self", "other"]
+            assert ids[5:] == [f"p{i:02d}" for i in range(45)]
             by_id = {r["id"]: r for r in rows}
             assert by_id["<img src=x onerror=alert(1)>"]["problem"] == "not a member id"
+            assert by_id["!" * 60]["problem"] == "not a member id"
             assert by_id["big"]["problem"].startswith("unreadable record: not a JSON text")
             assert by_id["other"]["problem"] == "the record names another member"
             me = by_id["m-self"]
             assert (me["phase"], me["tick_rate"], me["problem"]) == ("development", TICK_RATE, None)
             assert 0.0 <= me["age"] < 5.0
             assert section["registry_failures"] == 0
-            assert section["registry_entries"] == 66  # the 65 and "expired"
+            assert section["registry_entries"] == 67  # the 66 and "expired"
+            async with FleetControl(redis.url, namespace) as c:
+                reply = await c.client.eval(
+                    REGISTRY_SCRIPT,
+                    keys=[keys.members],
+                    args=[keys.member_prefix, REGISTRY_SCAN, MEMBERS_SHOWN, MAX_MESSAGE],
+                )
+            assert isinstance(reply, list)
+            assert max(len(i) for i in reply[1][0::2]) == 200  # Redis sends no more of an id
             redis.command("DEL", keys.member("p00"), keys.member("wrongtype"))
-            await wait_for(lambda: fleet.members_total == 63, 10, "the next read")
+            await wait_for(lambda: fleet.members_total == 64, 10, "the next read")
             assert "p00" not in {r["id"] for r in sup.status().as_dict()["fleet"]["members"]}
             sup.stop()
