@@ -10,9 +10,12 @@ Three figures (issue 14), each over ROUNDS runs:
   with and without a fleet member heartbeating every 100 ms (10x the
   default), interleaved: tick work p99 and lateness p99 (the heartbeat runs
   between ticks: the work must not move), and the CPU one heartbeat record
-  costs on the loop's thread;
+  costs on the loop's thread, and one read of a 50-member registry (its rows
+  checked, then the status section built from them);
 * ``outage``: the same supervisor while Redis is stopped for 2 s and
-  restarted: ticks run vs ticks due, dropped ticks (target 0 lost).
+  restarted: ticks run vs ticks due, dropped ticks (target 0 lost);
+* ``registry``: Redis's own time (``SLOWLOG``) for one read of the member
+  list (``REGISTRY_SCRIPT``) with 20, 200, 1,000 and 10,000 registry entries.
 
 Run: ``python -m bench.fleet [--rounds 3] [--json out.json]`` (needs
 ``redis-server`` on PATH). The machine is shared: read ``uptime`` beside it.
@@ -33,6 +36,13 @@ import trio
 from bench._common import parser, write_json
 from supervisor import Config, configure_logging
 from supervisor._fleet import FleetControl, attach_fleet, member_for
+from supervisor._fleet._member import (
+    MEMBERS_SHOWN,
+    REGISTRY_SCAN,
+    REGISTRY_SCRIPT,
+    member_rows_from,
+)
+from supervisor._fleet._protocol import MAX_MESSAGE, Keys
 from supervisor.testing import Ticking, make_supervisor
 
 # The real-server harness of the tests: one way to start Redis and a fleet.
@@ -50,6 +60,40 @@ SYSTEMS = 50
 SECONDS = 6.0
 #: Records built to time one (the heartbeat's CPU between ticks).
 RECORD_CALLS = 2000
+
+
+#: Registry sizes whose member-list read is timed inside Redis.
+REGISTRY_SIZES = (20, 200, 1000, 10_000)
+#: Fill a registry: KEYS record prefix, members; ARGV entries, record text.
+_PLANT = """
+for i = 1, tonumber(ARGV[1]) do
+  redis.call('SET', KEYS[1] .. 'm' .. i, ARGV[2], 'EX', 600)
+  redis.call('ZADD', KEYS[2], i, 'm' .. i)
+end
+"""
+
+
+async def registry_read_us(url: str, size: int, rounds: int) -> list[float]:
+    """Redis's own time (SLOWLOG, us) for each of ``rounds`` member-list reads of ``size``."""
+    keys = Keys(f"registry{size}")
+    async with FleetControl(url, keys.namespace) as control:
+        client = control.client
+        await client.eval(_PLANT, keys=[keys.member_prefix, keys.members], args=[size, "x" * 400])
+        await client.config_set({"slowlog-log-slower-than": 0})
+        times = []
+        for _ in range(rounds):
+            await client.slowlog_reset()
+            await client.eval(
+                REGISTRY_SCRIPT,
+                keys=[keys.members],
+                args=[keys.member_prefix, REGISTRY_SCAN, MEMBERS_SHOWN, MAX_MESSAGE],
+            )
+            # Redis 7 logs the script's own commands too: the EVAL, ending last, is the newest.
+            (entry,) = await client.slowlog_get(1)
+            assert str(entry.command[0]).upper() == "EVAL", entry.command
+            times.append(float(entry.duration))
+        await client.config_set({"slowlog-log-slower-than": 10_000})
+    return times
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -107,8 +151,21 @@ async def _one_run(url: str | None, namespace: str, outage: Any = None) -> dict[
         for _ in range(RECORD_CALLS):
             json.dumps(member.record())
         record_us = (time.perf_counter() - began) / RECORD_CALLS * 1e6
+    rows_us = 0.0
+    if member is not None:
+        # A registry read's CPU on the loop's thread (every 2 heartbeats): a full page of
+        # members checked, then the section built from them (as /v1/status does).
+        texts = [json.dumps({**member.record(), "id": f"m{i:02d}"}) for i in range(MEMBERS_SHOWN)]
+        flat = [x for i, t in enumerate(texts) for x in (f"m{i:02d}", t)]
+        reply = [MEMBERS_SHOWN, flat, MEMBERS_SHOWN]
+        began = time.thread_time()
+        for _ in range(RECORD_CALLS // 10):
+            member.members_total, member.members, _ = await member_rows_from(reply)
+            member.section()
+        rows_us = (time.thread_time() - began) / (RECORD_CALLS // 10) * 1e6
     return {
         "record_us": record_us,
+        "rows_us": rows_us,
         "ticks": summary.ticks,
         "due": SECONDS * RATE,
         "dropped": summary.dropped_ticks,
@@ -162,7 +219,8 @@ def main() -> None:
                 print(
                     f"heartbeat {label:7}: work p99 {r['work_p99_us']:.1f} us, "
                     f"lateness p99 {r['lateness_p99_us']:.1f} us, {r['heartbeats']:.0f} beats, "
-                    f"one record {r['record_us']:.1f} us"
+                    f"one record {r['record_us']:.1f} us, "
+                    f"{MEMBERS_SHOWN}-member list {r['rows_us']:.1f} us CPU"
                 )
         figures["outage"] = outage_rounds(server, args.rounds)
         for r in figures["outage"]:
@@ -170,6 +228,15 @@ def main() -> None:
                 f"outage: {r['ticks']:.0f} ticks of {r['due']:.0f} due, "
                 f"{r['dropped']:.0f} dropped, outages seen {r['outages']:.0f}, "
                 f"lateness p99 {r['lateness_p99_us']:.1f} us"
+            )
+        figures["registry"] = {
+            size: trio.run(registry_read_us, server.url, size, args.rounds)
+            for size in REGISTRY_SIZES
+        }
+        for size, times in figures["registry"].items():
+            print(
+                f"member list read, {size} entries: median {statistics.median(times):.0f} us "
+                f"(range {min(times):.0f}-{max(times):.0f}) inside Redis"
             )
     write_json(args.json, figures)
 

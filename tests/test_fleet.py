@@ -19,8 +19,16 @@ from polling import wait_until
 from redis_server import RedisServer, redis_server
 
 from supervisor import Config, Supervisor
-from supervisor._fleet import FleetAudit, FleetControl, attach_fleet, member_for
-from supervisor._fleet._protocol import Keys
+from supervisor._fleet import FleetAudit, FleetControl, FleetMember, attach_fleet, member_for
+from supervisor._fleet._member import (
+    FLEET_READS_PER_HEARTBEAT,
+    MEMBERS_SHOWN,
+    REGISTRY_SCAN,
+    REGISTRY_SCRIPT,
+    ROW_FIELDS,
+    member_rows_from,
+)
+from supervisor._fleet._protocol import MAX_MESSAGE, BadMessage, Keys
 from supervisor.testing import Ticking, make_supervisor
 
 TICK_RATE = 50.0
@@ -78,6 +86,15 @@ async def control(redis: RedisServer, namespace: str) -> AsyncIterator[FleetCont
 def connected(sup: Supervisor) -> bool:
     fleet = member_for(sup)
     return fleet is not None and fleet.state == "connected" and fleet.heartbeats > 0
+
+
+async def run_connected(nursery: trio.Nursery, sup: Supervisor) -> FleetMember:
+    """Start ``sup`` (30 s at most) in ``nursery``; its fleet member, once connected."""
+    nursery.start_soon(lambda: sup.run(duration=30))
+    await wait_for(lambda: connected(sup), 20, "the member to connect")
+    fleet = member_for(sup)
+    assert fleet is not None
+    return fleet
 
 
 class TestRegistry:
@@ -249,10 +266,7 @@ class TestOutage:
         """The member says disconnected, keeps ticking on time, and is back after Redis returns."""
         sup = member(fleet_config(redis, namespace, id="o"))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: sup.run(duration=30))
-            await wait_for(lambda: connected(sup), 20, "the member to connect")
-            fleet = member_for(sup)
-            assert fleet is not None
+            fleet = await run_connected(nursery, sup)
             before = sup.tick
             start = trio.current_time()
             await trio.to_thread.run_sync(redis.stop)
@@ -282,3 +296,124 @@ class TestForcedStop:
                 await trio.sleep(0.3)  # heartbeats and the subscription in flight
                 nursery.cancel_scope.cancel()
         assert not scope.cancelled_caught
+
+
+def planted_record(member_id: str, **changes: Any) -> str:
+    """A member record as a member writes it (the fields ``parse_record`` wants)."""
+    record = {
+        "id": member_id,
+        "host": "box",
+        "pid": 7,
+        "version": "1.0",
+        "phase": "production",
+        "tick_rate": 30.0,
+        "measured_tick_rate": 29.9,
+        "lateness_p99_ms": 0.25,
+        "players": 12.0,
+        "errors": 3,
+        "api": None,
+        "state_dir": "/srv/w",
+        "started": 1.0,
+        "heartbeat": time.time(),
+        **changes,
+    }
+    return json.dumps(record)
+
+
+def plant(redis: RedisServer, keys: Keys, member_id: str, text: str) -> None:
+    """A registry entry written straight into Redis (as a member would, or anyone who can)."""
+    redis.command("SET", keys.member(member_id), text, "EX", "60")
+    redis.command("ZADD", keys.members, str(time.time()), member_id)
+
+
+class TestMemberList:
+    async def test_rows_have_one_shape_and_hostile_entries_become_problems(self) -> None:
+        """Every row has exactly the row fields; an id that is not one is cut, a bad record or
+        one naming another member is a problem row; the rows are cut to MEMBERS_SHOWN."""
+        good = planted_record("a1", heartbeat=100.0)
+        hostile = "<img src=x onerror=alert(1)>" + "x" * 200
+        total, rows, entries = await member_rows_from(
+            [3, ["a1", good, hostile, good, "a2", "not json", "a3", planted_record("zz")], 9]
+        )
+        assert (total, entries) == (3, 9)
+        assert [set(r) for r in rows] == [set(ROW_FIELDS)] * 4
+        assert rows[0] == {
+            "id": "a1", "host": "box", "phase": "production", "tick_rate": 30.0,
+            "measured_tick_rate": 29.9, "lateness_p99_ms": 0.25, "players": 12.0,
+            "errors": 3.0, "api": None, "heartbeat": 100.0, "problem": None,
+        }  # fmt: skip
+        assert rows[1]["id"] == hostile[:60]
+        assert rows[1]["problem"] == "not a member id"
+        assert rows[2]["problem"] == "unreadable record: not JSON"
+        assert rows[3]["problem"] == "the record names another member"
+        assert all(r["host"] is None for r in rows[1:])
+        many = [x for i in range(MEMBERS_SHOWN + 5) for x in (f"m{i:03d}", good)]
+        total, rows, _entries = await member_rows_from([MEMBERS_SHOWN + 5, many, 70])
+        assert (total, len(rows)) == (MEMBERS_SHOWN + 5, MEMBERS_SHOWN)
+        bad = ([1, []], [True, [], 0], [1, ["odd"], 1], ["1", [], 0], [1, "ab", 0], [1, [], None])
+        for reply in (None, [], [1], *bad):
+            with pytest.raises(BadMessage):
+                await member_rows_from(reply)
+
+    def test_a_big_fleet_reads_the_registry_less_often(self, redis: RedisServer) -> None:
+        """Every 2 heartbeats up to 100 entries; past them the fleet as a whole reads it about
+        FLEET_READS_PER_HEARTBEAT times per heartbeat period (1,000 members: every 20, and no
+        less often: a read never looks at more than 1,000 entries)."""
+        fleet = member_for(member(fleet_config(redis, "period")))
+        assert fleet is not None
+        periods = []
+        for entries in (None, 20, 100, 101, 1000, 20_000):
+            fleet.registry_entries = entries
+            periods.append(round(fleet.registry_period(), 6))
+        assert periods == [0.2, 0.2, 0.2, 0.3, 2.0, 2.0]
+        assert FLEET_READS_PER_HEARTBEAT == 50
+
+    async def test_the_section_lists_the_first_members_by_id_and_counts_them_all(
+        self, redis: RedisServer, namespace: str
+    ) -> None:
+        """60 planted members and 5 hostile entries beside the real one: ``members_total`` 66,
+        the first 50 by id listed (hostile ones as problems), each age read now; a member that
+        expired or left is no longer counted."""
+        keys = Keys(namespace)
+        for i in range(60):
+            plant(redis, keys, f"p{i:02d}", planted_record(f"p{i:02d}"))
+        plant(redis, keys, "<img src=x onerror=alert(1)>", planted_record("x"))
+        plant(redis, keys, "big", planted_record("big", host="h" * 100_000))
+        plant(redis, keys, "other", planted_record("someone-else"))
+        plant(redis, keys, "!" * 100_000, planted_record("x"))  # cut at 200 bytes by Redis
+        redis.command("HSET", keys.member("wrongtype"), "id", "wrongtype")
+        redis.command("ZADD", keys.members, str(time.time()), "wrongtype")
+        redis.command("ZADD", keys.members, str(time.time()), "expired")  # no record
+        sup = member(fleet_config(redis, namespace, id="m-self"))
+        async with trio.open_nursery() as nursery:
+            fleet = await run_connected(nursery, sup)
+            await wait_for(lambda: fleet.members_total == 66, 10, "the registry read")
+            section = sup.status().as_dict()["fleet"]
+            assert list(section)[:3] == ["id", "state", "members_total"]
+            rows = section["members"]
+            assert len(rows) == MEMBERS_SHOWN
+            ids = [r["id"] for r in rows]
+            assert ids[:5] == ["!" * 60, "<img src=x onerror=alert(1)>", "big", "m-self", "other"]
+            assert ids[5:] == [f"p{i:02d}" for i in range(45)]
+            by_id = {r["id"]: r for r in rows}
+            assert by_id["<img src=x onerror=alert(1)>"]["problem"] == "not a member id"
+            assert by_id["!" * 60]["problem"] == "not a member id"
+            assert by_id["big"]["problem"].startswith("unreadable record: not a JSON text")
+            assert by_id["other"]["problem"] == "the record names another member"
+            me = by_id["m-self"]
+            assert (me["phase"], me["tick_rate"], me["problem"]) == ("development", TICK_RATE, None)
+            assert 0.0 <= me["age"] < 5.0
+            assert section["registry_failures"] == 0
+            assert section["registry_entries"] == 67  # the 66 and "expired"
+            async with FleetControl(redis.url, namespace) as c:
+                reply = await c.client.eval(
+                    REGISTRY_SCRIPT,
+                    keys=[keys.members],
+                    args=[keys.member_prefix, REGISTRY_SCAN, MEMBERS_SHOWN, MAX_MESSAGE],
+                )
+            assert isinstance(reply, list)
+            assert max(len(i) for i in reply[1][0::2]) == 200  # Redis sends no more of an id
+            redis.command("DEL", keys.member("p00"), keys.member("wrongtype"))
+            await wait_for(lambda: fleet.members_total == 64, 10, "the next read")
+            assert "p00" not in {r["id"] for r in sup.status().as_dict()["fleet"]["members"]}
+            sup.stop()

@@ -14,8 +14,10 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cli_harness import Running, running_supervisor
 from fleet_harness import (
     fleet_cli,
     fleet_of,
@@ -130,6 +132,71 @@ def test_a_late_starter_reads_the_durable_flag_until_it_is_cleared(
     finally:
         stop([after])
     assert after.proc.returncode == 0, after.log()
+
+
+#: Member A of the member-list test: the API on a Unix socket, the fleet's Redis.
+MEMBER_WITH_API = """\
+[api]
+listen = "unix:s.sock"
+
+[systems]
+enabled = ["heartbeat"]
+
+[fleet]
+redis = "{url}"
+namespace = "{namespace}"
+id = "a"
+heartbeat = "200ms"
+"""
+
+
+def _fleet_section(run: Running) -> dict[str, Any]:
+    """``status.fleet`` as ``supervisor status --json`` gives it (that is ``/v1/status``)."""
+    out = run.ctl("status", "--json")
+    assert out.returncode == 0, out.stderr
+    section: dict[str, Any] = json.loads(out.stdout)["fleet"]
+    return section
+
+
+def _listed(run: Running, ids: list[str], timeout: float = 30) -> dict[str, Any]:
+    """A's fleet section once its member list is exactly ``ids``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        section = _fleet_section(run)
+        if [m["id"] for m in section["members"]] == ids:
+            return section
+        assert time.monotonic() < deadline, (section, run.log()[-3000:])
+        time.sleep(0.2)
+
+
+def test_a_member_lists_the_other_members_in_its_status(
+    redis: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    """Member A's ``/v1/status`` lists member B with B's figures (those ``fleet status``
+    shows); ``supervisor status`` shows the count, not the rows; B stopped, A drops it."""
+    b = start_member(tmp_path, "b", url=redis.url, namespace=namespace, rate=25.0)
+    try:
+        config = MEMBER_WITH_API.format(url=redis.url, namespace=namespace)
+        with running_supervisor(config, tick_rate=20) as a:
+            section = _listed(a, ["a", "b"])
+            assert section["members_total"] == 2
+            rows = {m["id"]: m for m in section["members"]}
+            assert (rows["a"]["tick_rate"], rows["b"]["tick_rate"]) == (20.0, 25.0)
+            assert rows["b"]["phase"] == "development"
+            assert rows["b"]["problem"] is None
+            assert rows["b"]["errors"] == 0
+            assert 0.0 <= rows["b"]["age"] < 5.0
+            fleet_line = [
+                line for line in a.ctl("status").stdout.splitlines() if "members_total" in line
+            ]
+            assert len(fleet_line) == 1, a.ctl("status").stdout
+            assert "fleet" in fleet_line[0]
+            assert "state connected · members_total 2" in fleet_line[0]
+            stop([b])
+            section = _listed(a, ["a"])
+            assert section["members_total"] == 1
+    finally:
+        stop([b])
 
 
 @pytest.mark.parametrize(

@@ -15,12 +15,22 @@ The member acts as the API does: ``sup.shutdown(emergency=True, ...)`` and
 ``sup.change_phase(...)`` with the caller ``fleet:ORIGIN``, then writes the
 result to its local audit log (when the run has one) and to the fleet's
 audit stream, with the wall time it entered the new phase.
+
+The member also keeps the registry as it stands, for its status section (and
+so the dashboard, which shows ``status``): every :data:`REGISTRY_EVERY`
+heartbeats (less often past 100 members) one script (:data:`REGISTRY_SCRIPT`,
+one round trip) returns the live member count and the first
+:data:`MEMBERS_SHOWN` records by id, each cut at
+:data:`~._protocol.MAX_MESSAGE` bytes. Whatever it returns is checked like
+``supervisor fleet status`` checks it (:func:`._protocol.parse_record`); a
+record that is not one is a row with its ``problem``, its id cut short.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import socket
 import time
@@ -32,17 +42,19 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
-from .._core._config_fleet import FleetConfig, safe_url
+from .._core._config_fleet import NAME_PATTERN, FleetConfig, safe_url
 from .._core._control import Caller, Refused
 from .._core._phase import Phase
 from .._logging import get_logger
 from ._protocol import (
     AUDIT_MAXLEN,
     HEARTBEAT_SCRIPT,
+    MAX_MESSAGE,
     BadMessage,
     Command,
     Keys,
     parse_command,
+    parse_record,
 )
 from ._redis import open_client
 
@@ -52,13 +64,19 @@ if TYPE_CHECKING:
     from .._core._runtime import Supervisor
 
 __all__ = [
+    "FLEET_READS_PER_HEARTBEAT",
+    "MEMBERS_SHOWN",
     "RECONNECT_INITIAL",
     "RECONNECT_MAX",
+    "REGISTRY_EVERY",
+    "REGISTRY_SCAN",
+    "REGISTRY_SCRIPT",
     "AuditWriter",
     "FleetAudit",
     "FleetMember",
     "attach_fleet",
     "member_for",
+    "member_rows_from",
 ]
 
 #: Reconnection backoff (seconds): doubling from the first to the cap.
@@ -68,6 +86,65 @@ RECONNECT_MAX: Final = 5.0
 PRUNE_AFTER: Final = 86_400.0
 #: Recent actions shown in the status section.
 ACTIONS_KEPT: Final = 20
+#: Fleet members listed in the status section at most (the first by id; ``members_total``
+#: counts them all, up to REGISTRY_SCAN): a page and a status reply stay small at any size.
+MEMBERS_SHOWN: Final = 50
+#: The registry is read once every this many heartbeats (a view for people, not for failover)...
+REGISTRY_EVERY: Final = 2
+#: ...or less often in a big fleet: the whole fleet reads it about this many times per
+#: heartbeat period, whatever its size (each read costs Redis ~1.5 us per entry looked at,
+#: so N members each reading every 2 heartbeats would cost it O(N^2)).
+FLEET_READS_PER_HEARTBEAT: Final = 50
+#: Registry entries one read looks at, the newest heartbeats first (a live member is always
+#: among them unless the fleet has more live members than this: ``members_total`` stops here).
+REGISTRY_SCAN: Final = 1000
+#: Member records checked between two checkpoints (see :func:`member_rows_from`).
+ROWS_PER_SLICE: Final = 10
+#: What a member row holds, besides ``age`` (worked out when the section is read).
+ROW_FIELDS: Final = (
+    "id",
+    "host",
+    "phase",
+    "tick_rate",
+    "measured_tick_rate",
+    "lateness_p99_ms",
+    "players",
+    "errors",
+    "api",
+    "heartbeat",
+    "problem",
+)
+
+#: Read the registry in one round trip, bounded: the live member count among the ARGV[2]
+#: newest registry entries, the first ARGV[3] live records by id (each cut to ARGV[4] + 1
+#: bytes: a longer one is refused by the parser) and the registry's size. KEYS: members.
+#: ARGV: record key prefix, entries looked at at most, rows, bytes. Returns
+#: {total, {id, text, id, text, ...}, entries}; a key that is not a string reads as "", an
+#: id is cut at 200 bytes (a member id has at most 128 characters: a longer one is refused).
+#: Redis spends ~1.1-1.7 us per entry looked at (`python -m bench.fleet`). The record
+#: keys are built here, not passed as KEYS: which ones exist is the question (the fleet's
+#: keys are not hash-tagged, so it never ran on Redis Cluster anyway).
+REGISTRY_SCRIPT: Final = """
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'REV')
+table.sort(ids)
+local shown, total, rows = tonumber(ARGV[3]), 0, {}
+for _, id in ipairs(ids) do
+  local key = ARGV[1] .. id
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'none' then
+    total = total + 1
+    if total <= shown then
+      rows[#rows + 1] = string.sub(id, 1, 200)
+      if kind == 'string' then
+        rows[#rows + 1] = redis.call('GETRANGE', key, 0, tonumber(ARGV[4]))
+      else
+        rows[#rows + 1] = ''
+      end
+    end
+  end
+end
+return {total, rows, redis.call('ZCARD', KEYS[1])}
+"""
 
 _MEMBERS: weakref.WeakKeyDictionary[Any, FleetMember] = weakref.WeakKeyDictionary()
 
@@ -155,6 +232,16 @@ class FleetMember:
         #: The generation acted on, per durable flag ("emergency", "phase").
         self.acted: dict[str, int] = {}
         self.actions: collections.deque[dict[str, Any]] = collections.deque(maxlen=ACTIONS_KEPT)
+        #: The registry at the last read: live members, the first MEMBERS_SHOWN rows by id
+        #: (replaced whole at each read, never changed in place), and when it was read.
+        self.members_total: int | None = None
+        self.members: tuple[dict[str, Any], ...] = ()
+        #: Registry entries (live, and gone without leaving within a day) at the last read.
+        self.registry_entries: int | None = None
+        self.members_read_at: float | None = None
+        #: Registry reads that failed (the session goes on: the heartbeat is what matters).
+        self.registry_failures = 0
+        self.registry_error: str | None = None
         self._client: coredis.Redis[str] | None = None
         self._nursery: trio.Nursery | None = None
         self._busy = 0  # actions in flight; _idle is set when there are none
@@ -164,12 +251,19 @@ class FleetMember:
     # ------------------------------------------------------------------ status
 
     def section(self) -> dict[str, Any]:
-        """``status_sections["fleet"]``: the session, the heartbeat and the last actions."""
+        """``status_sections["fleet"]``: the session, the heartbeat, the members, the last actions.
+
+        ``members_total`` comes third, so ``supervisor status`` (which shows a
+        section's first values on one line, and a list as its length) reads it.
+        Each member's ``age`` is its last heartbeat's age now, not at the read.
+        """
+        now = self.wall()
         return {
             "id": self.id,
+            "state": self.state,
+            "members_total": self.members_total,
             "redis": safe_url(self.config.redis or ""),
             "namespace": self.config.namespace,
-            "state": self.state,
             "connected": self.state == "connected",
             "connected_since": self.connected_since,
             "last_heartbeat": self.last_heartbeat,
@@ -181,7 +275,25 @@ class FleetMember:
             "rejected_messages": self.rejected,
             "acted_generations": dict(self.acted),
             "actions": list(self.actions),
+            "members_read_at": self.members_read_at,
+            "members_read_every": self.registry_period(),
+            "registry_entries": self.registry_entries,
+            "registry_failures": self.registry_failures,
+            "registry_error": self.registry_error,
+            "members": [self._aged(row, now) for row in self.members],
         }
+
+    def registry_period(self) -> float:
+        """Seconds between two reads of the registry, for the fleet's size at the last read."""
+        # A read looks at REGISTRY_SCAN entries at most: past them it costs no more.
+        entries = min(self.registry_entries or 0, REGISTRY_SCAN)
+        every = max(REGISTRY_EVERY, math.ceil(entries / FLEET_READS_PER_HEARTBEAT))
+        return self.config.heartbeat_seconds * every
+
+    def _aged(self, row: Mapping[str, Any], now: float) -> dict[str, Any]:
+        """``row`` with its heartbeat's age now (this member's own: its last heartbeat's)."""
+        beat = self.last_heartbeat if row["id"] == self.id else row["heartbeat"]
+        return {**row, "age": None if beat is None else max(0.0, now - beat)}
 
     def record(self) -> dict[str, Any]:
         """This member's registry record now (public counters only: no plugin code runs)."""
@@ -274,6 +386,7 @@ class FleetMember:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._listen, pubsub)
                     nursery.start_soon(self._heartbeats, client)
+                    nursery.start_soon(self._registry_reads, client)
                     await sup.closing.wait()
                     # Answers in flight (an emergency's ack) go out before the client closes.
                     with trio.move_on_after(config.timeout):
@@ -335,6 +448,47 @@ class FleetMember:
             for text in flags:
                 if text is not None:
                     self._consider(text, via="flag")
+
+    async def _registry_reads(self, client: coredis.Redis[str]) -> None:
+        """Read the registry now and every :data:`REGISTRY_EVERY` heartbeats, for ``section()``.
+
+        Past ``2 x FLEET_READS_PER_HEARTBEAT`` registry entries, every
+        ``entries / FLEET_READS_PER_HEARTBEAT`` heartbeats instead (every 20 s
+        with 1,000 members and the default 1 s heartbeat), so the fleet's reads
+        cost Redis about the same at any size (measured on the shared VM: one
+        read 0.1 ms at 20 entries, 0.3 ms at 200, 1.1-1.7 ms at 1,000).
+
+        A failed read is counted and shown, the last list kept (with its
+        ``members_read_at``); it never ends the session: Redis lost is what the
+        heartbeat finds out, and a registry someone broke (a key of another
+        type) must not cut this member off from the fleet's commands.
+        """
+        deadline = trio.current_time()
+        while True:
+            try:
+                with trio.fail_after(self.config.timeout):
+                    reply = await client.eval(
+                        REGISTRY_SCRIPT,
+                        keys=[self.keys.members],
+                        args=[self.keys.member_prefix, REGISTRY_SCAN, MEMBERS_SHOWN, MAX_MESSAGE],
+                    )
+                listed = await member_rows_from(reply)
+                self.members_total, self.members, self.registry_entries = listed
+                self.members_read_at = self.wall()
+                self.registry_error = None
+            except Exception as exc:  # counted and shown; the session goes on
+                first = self.registry_error is None
+                self.registry_failures += 1
+                self.registry_error = _describe(exc)
+                if first:
+                    self.log.warning(
+                        "fleet.registry_failed",
+                        error=self.registry_error,
+                        failures=self.registry_failures,
+                        detail="the member list in status is kept from the last read",
+                    )
+            deadline = max(deadline + self.registry_period(), trio.current_time())
+            await trio.sleep_until(deadline)
 
     async def _listen(self, pubsub: Any) -> None:
         async for message in pubsub:
@@ -446,6 +600,59 @@ class FleetMember:
                 )
             except Exception as exc:  # the local log and audit keep it; Redis is optional
                 self.log.warning("fleet.ack_failed", error=_describe(exc))
+
+
+async def member_rows_from(reply: object) -> tuple[int, tuple[dict[str, Any], ...], int]:
+    """``(members_total, rows, registry_entries)`` from :data:`REGISTRY_SCRIPT`'s reply, checked.
+
+    Each row has exactly :data:`ROW_FIELDS`. A record that is not one (its id not
+    a member id, its text not a record :func:`._protocol.parse_record` accepts,
+    or a record of another id) is a row with only ``id`` (cut to 60 characters)
+    and ``problem``: shown, never trusted.
+
+    Checking a record costs ~8 us of the loop's thread (JSON and every field),
+    a full page ~0.4 ms: a checkpoint every :data:`ROWS_PER_SLICE` rows lets a
+    tick that falls due start after one slice, not after the page
+    (``bench/fleet.py`` prints a page's CPU).
+
+    Raises:
+        BadMessage: the reply is not the script's shape (nothing else answers it).
+    """
+    if not isinstance(reply, list | tuple) or len(reply) != 3:
+        raise BadMessage("the registry read did not answer {total, rows, entries}")
+    total, flat, entries = reply
+    if (
+        any(isinstance(n, bool) or not isinstance(n, int) for n in (total, entries))
+        or not isinstance(flat, list | tuple)
+        or len(flat) % 2
+    ):
+        raise BadMessage("the registry read did not answer {total, rows, entries}")
+    pairs = list(zip(flat[0::2], flat[1::2], strict=True))[:MEMBERS_SHOWN]
+    rows = []
+    for i, (raw_id, text) in enumerate(pairs):
+        if i and not i % ROWS_PER_SLICE:
+            await trio.lowlevel.checkpoint()
+        rows.append(_member_row(raw_id, text))
+    return total, tuple(rows), entries
+
+
+def _member_row(raw_id: object, text: object) -> dict[str, Any]:
+    """One member row: the checked record's fields, or its id and its problem."""
+    member_id = raw_id.decode("utf-8", "replace") if isinstance(raw_id, bytes) else str(raw_id)
+    row: dict[str, Any] = dict.fromkeys(ROW_FIELDS)
+    if not NAME_PATTERN.fullmatch(member_id):
+        row.update(id=member_id[:60], problem="not a member id")
+        return row
+    try:
+        record = parse_record(text)
+    except BadMessage as exc:
+        row.update(id=member_id, problem=f"unreadable record: {exc}")
+        return row
+    if record["id"] != member_id:
+        row.update(id=member_id, problem="the record names another member")
+    else:
+        row.update({k: record[k] for k in ROW_FIELDS if k in record})
+    return row
 
 
 def _entered(sup: Supervisor, command: Command) -> float | None:

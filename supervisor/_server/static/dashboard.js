@@ -545,31 +545,64 @@
     renderTrend(errors?.trend);
   }
 
+  /** The fleet's member table: a heading and how each member's cell reads (as `fleet status`). */
+  const MEMBER_COLUMNS = [
+    ["id", (m) => m.id],
+    ["host", (m) => m.host],
+    ["phase", (m) => (typeof m.phase === "string" ? m.phase.replace("_", " ") : m.phase)],
+    ["tick rate", (m) => `${fixed(m.measured_tick_rate, 1)}/${plain(m.tick_rate)}`],
+    ["lateness p99", (m) => withUnit(m.lateness_p99_ms, 2, "ms")],
+    ["players", (m) => fixed(m.players, 0)],
+    ["errors", (m) => fixed(m.errors, 0)],
+    ["heartbeat", (m) => withUnit(m.age, 1, "s ago")],
+  ];
+
+  function fixed(v, digits) {
+    return num(v) === null ? "–" : v.toFixed(digits);
+  }
+
+  function withUnit(v, digits, unit) {
+    return num(v) === null ? "–" : `${v.toFixed(digits)} ${unit}`;
+  }
+
+  /** The registry as this member last read it: one row per member (a record that is not one
+   * is a red row with its problem), and how many there are when the list is cut. */
+  function memberTable(fleet) {
+    const members = Array.isArray(fleet.members) ? fleet.members : [];
+    const table = headedTable(MEMBER_COLUMNS.map(([head]) => head));
+    table.id = "fleet-members";
+    const tbody = table.tBodies[0];
+    for (const m of members) {
+      if (!m || typeof m !== "object") continue;
+      const row = tbody.insertRow();
+      if (m.id === fleet.id) row.className = "self";
+      if (m.problem) {
+        row.className = "bad";
+        cell(row, plain(m.id));
+        cell(row, plain(m.problem)).colSpan = MEMBER_COLUMNS.length - 1;
+        continue;
+      }
+      if (m.phase === "emergency_shutdown") row.className = "bad";
+      for (const [, read] of MEMBER_COLUMNS) cell(row, plain(read(m)));
+    }
+    const total = num(fleet.members_total);
+    const note = document.createElement("p");
+    note.className = "muted";
+    note.id = "fleet-members-note";
+    note.textContent =
+      total === null
+        ? "members: not read yet"
+        : total > members.length
+          ? `first ${members.length} of ${total} members by id (supervisor fleet status lists them all)`
+          : `${total} member${total === 1 ? "" : "s"}`;
+    return tbody.rows.length ? [table, note] : [note];
+  }
+
   function renderFleet(s) {
     const fleet = s.fleet;
     const section = $("fleet");
     section.classList.toggle("hidden", !fleet || typeof fleet !== "object");
     if (!fleet || typeof fleet !== "object") return;
-    const body = $("fleet-body");
-    const members = Array.isArray(fleet.members) ? fleet.members : null;
-    const table = document.createElement("table");
-    if (members && members.length && typeof members[0] === "object") {
-      const keys = [...new Set(members.flatMap((m) => Object.keys(m ?? {})))].slice(0, 12);
-      const head = table.createTHead().insertRow();
-      for (const k of keys) {
-        const th = document.createElement("th");
-        th.textContent = k;
-        head.append(th);
-      }
-      const tbody = table.createTBody();
-      for (const m of members) {
-        const row = tbody.insertRow();
-        for (const k of keys) {
-          const v = m?.[k];
-          cell(row, v !== null && typeof v === "object" ? JSON.stringify(v) : v);
-        }
-      }
-    }
     const facts = document.createElement("table");
     const tbody = facts.createTBody();
     for (const [k, v] of Object.entries(fleet)) {
@@ -577,12 +610,12 @@
       const row = tbody.insertRow();
       row.dataset.key = k;
       // The session's state and its last error are what an operator looks for first.
-      if (k === "last_error" && v) row.className = "bad";
+      if ((k === "last_error" || k === "registry_error") && v) row.className = "bad";
       if (k === "state" && v !== "connected") row.className = "warn";
       cell(row, k);
       cell(row, v !== null && typeof v === "object" ? JSON.stringify(v) : v);
     }
-    body.replaceChildren(facts, table);
+    $("fleet-body").replaceChildren(...memberTable(fleet), facts);
   }
 
   /** A section's value as one line of text (nested objects as JSON): never markup. */
