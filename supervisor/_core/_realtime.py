@@ -326,7 +326,7 @@ class RealtimeMode:
         return limit
 
     def leave(self) -> None:
-        """Put back what ``enter`` changed (the scheduler, memory locks, the GC)."""
+        """Put back what ``enter`` changed (scheduler, memory locks, PM QoS request, GC)."""
         if not self.report.requested:
             return
         self.chores = ()
