@@ -28,6 +28,10 @@ show the scheduler, not the payload. The loops are:
 ``ours_rt``
     the same with ``[supervisor] realtime = true`` (SCHED_FIFO tick thread,
     memory locked, the cyclic GC between ticks: ``supervisor._core._realtime``);
+``ours_rt_halt``
+    (not in the default list; ``bench.realtime`` runs it) ``ours_rt`` with idle
+    CPUs free to halt, ``realtime_max_wake_latency_us = -1``: realtime mode as
+    it was before it held ``/dev/cpu_dma_latency``;
 ``busywait``
     the floor: a loop that spins on ``time.monotonic()`` until each deadline
     (a whole core burnt, no scheduler wake-up at all).
@@ -464,7 +468,14 @@ def run_ours_rt(rate: int, seconds: float) -> TickResult:
     return run_ours(rate, seconds, realtime=True)
 
 
-def run_ours(rate: int, seconds: float, *, realtime: bool = False) -> TickResult:
+def run_ours_rt_halt(rate: int, seconds: float) -> TickResult:
+    """Realtime mode with idle CPUs left free to halt (``realtime_max_wake_latency_us = -1``)."""
+    return run_ours(rate, seconds, realtime=True, wake_latency_us=-1)
+
+
+def run_ours(
+    rate: int, seconds: float, *, realtime: bool = False, wake_latency_us: int = 0
+) -> TickResult:
     """Measure our ``supervisor`` runtime with ``NOOP_SYSTEMS`` no-op systems.
 
     A probe system, ticked first (lowest priority), records when each tick
@@ -477,7 +488,8 @@ def run_ours(rate: int, seconds: float, *, realtime: bool = False) -> TickResult
 
     from supervisor import Config, Supervisor, configure_logging
 
-    rec = Recorder("ours_rt" if realtime else "ours", rate, seconds)
+    name = "ours" if not realtime else "ours_rt" if wake_latency_us == 0 else "ours_rt_halt"
+    rec = Recorder(name, rate, seconds)
 
     class Probe:
         priority = -1_000_000
@@ -493,7 +505,14 @@ def run_ours(rate: int, seconds: float, *, realtime: bool = False) -> TickResult
             rec.record(ctx.tick, now)
 
     config = Config.from_mapping(
-        {"supervisor": {"tick_rate": rate, "realtime": realtime}, "features": {"optimizer": False}},
+        {
+            "supervisor": {
+                "tick_rate": rate,
+                "realtime": realtime,
+                "realtime_max_wake_latency_us": wake_latency_us,
+            },
+            "features": {"optimizer": False},
+        },
         env={},
     )
     configure_logging("json", "warning", stream=sys.stderr)
@@ -505,8 +524,11 @@ def run_ours(rate: int, seconds: float, *, realtime: bool = False) -> TickResult
     rec.finish()
     if realtime:
         applied = sup.status().as_dict()["realtime"]
-        rec.detail = f"{applied['policy']}, memory locked: {applied['memory_locked']}" + (
-            f"; {'; '.join(applied['problems'])}" if applied["problems"] else ""
+        wake = applied["max_wake_latency_us"]
+        rec.detail = (
+            f"{applied['policy']}, memory locked: {applied['memory_locked']}, idle CPUs "
+            + ("free to halt" if wake is None else f"held to a {wake} µs wake-up")
+            + (f"; {'; '.join(applied['problems'])}" if applied["problems"] else "")
         )
     return rec.result()
 
@@ -518,6 +540,7 @@ RUNNERS: dict[str, Callable[[int, float], TickResult]] = {
     "trio": run_trio,
     "ours": run_ours,
     "ours_rt": run_ours_rt,
+    "ours_rt_halt": run_ours_rt_halt,
     "busywait": run_busywait,
 }
 """The function measuring each loop in the current process, by loop name."""
@@ -623,7 +646,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="FILE", help="also write JSON to FILE ('-': stdout only)")
     parser.add_argument(
         "--only",
-        choices=LOOPS,
+        choices=tuple(RUNNERS),
         help="run one loop in this process (what the child processes do)",
     )
     parser.add_argument("--rate", type=int, help="tick rate in Hz for --only")
@@ -641,7 +664,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if any(rate <= 0 for rate in args.rate_list):
         parser.error("rates must be positive")
     args.loop_list = [args.only] if args.only else _parse_list(args.loops, str)
-    unknown = sorted(set(args.loop_list) - set(LOOPS))
+    unknown = sorted(set(args.loop_list) - set(RUNNERS))
     if unknown:
         parser.error(f"unknown loops {unknown}; choose from {', '.join(LOOPS)}")
     return args

@@ -22,6 +22,8 @@ import psutil
 #: (marker name, module, arguments), in README order.
 BENCHES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("loops", "bench.loops", ("--seconds", "10")),
+    # about 14 minutes: 6 loops x 2 rates x idle/busy x 3 interleaved runs of 10 s
+    ("realtime", "bench.realtime", ("--seconds", "10", "--runs", "3")),
     ("overhead", "bench.overhead", ()),
     ("world", "bench.world", ("--seconds", "10")),
     ("serve", "bench.serve", ("--seconds", "10")),
@@ -60,6 +62,11 @@ def run(name: str, module: str, args: tuple[str, ...]) -> str:
     return f"`{shown}` ({machine()}):\n\n{proc.stdout.strip()}\n"
 
 
+def _section(name: str) -> re.Pattern[str]:
+    """The README text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``."""
+    return re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmarks and rewrite their README sections."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -67,14 +74,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
     text = README.read_text(encoding="utf-8")
-    for name, module, bench_args in BENCHES:
-        if only is not None and name not in only:
-            continue
+    chosen = [bench for bench in BENCHES if only is None or bench[0] in only]
+    # Every section is checked before the first benchmark runs, not after an hour of them.
+    missing = [name for name, _, _ in chosen if not _section(name).search(text)]
+    if missing:
+        raise SystemExit(f"README.md has no <!-- bench:NAME --> section for {', '.join(missing)}")
+    for name, module, bench_args in chosen:
         body = run(name, module, bench_args)
-        pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
-        if not pattern.search(text):
-            raise SystemExit(f"README.md has no <!-- bench:{name} --> section")
-        match = pattern.search(text)
+        match = _section(name).search(text)
         assert match is not None
         text = text[: match.start()] + match.group(1) + body + match.group(2) + text[match.end() :]
         README.write_text(text, encoding="utf-8")

@@ -7,6 +7,7 @@ run and must be put back afterwards; each test checks it is.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import gc
@@ -30,6 +31,8 @@ from supervisor._core._realtime import RealtimeMode, rt_throttling
 from supervisor.testing import make_supervisor, run_systems
 
 ROOT = os.geteuid() == 0
+#: The real PM QoS device (the tests point ``_realtime`` at a plain file but one).
+DEVICE = _realtime.CPU_DMA_LATENCY
 needs_root = pytest.mark.skipif(not ROOT, reason="SCHED_FIFO and mlockall need root here")
 
 
@@ -51,6 +54,16 @@ def _rt(**supervisor: Any) -> Config:
         {"supervisor": {"realtime": True, **supervisor}, "features": {"optimizer": False}},
         env={},
     )
+
+
+@pytest.fixture(autouse=True)
+def _plain_file_for_pm_qos(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A plain file stands for /dev/cpu_dma_latency, so that the tests behave the same with and
+    without the device (a container has none) and keep this machine's idle CPUs out of it;
+    ``TestWakeLatency`` uses the real one."""
+    device = tmp_path / "cpu_dma_latency"
+    device.write_bytes(b"")
+    monkeypatch.setattr(_realtime, "CPU_DMA_LATENCY", device)
 
 
 @pytest.fixture(autouse=True)
@@ -101,6 +114,13 @@ class TestConfig:
         assert cfg.realtime is False
         assert cfg.realtime_priority == 50
         assert cfg.cpu_affinity is None
+        assert cfg.realtime_max_wake_latency_us == 0
+
+    @pytest.mark.parametrize("value", [-2, 1_000_001, 1.5, True, "0"])
+    def test_wake_latency_out_of_range_is_refused(self, value: object) -> None:
+        """-1 (leave the idle states alone) to 1 s; anything else: one line naming the key."""
+        with pytest.raises(ConfigError, match=r"supervisor\.realtime_max_wake_latency_us"):
+            Config.from_mapping({"supervisor": {"realtime_max_wake_latency_us": value}}, env={})
 
     @pytest.mark.parametrize("priority", [0, 99, -1, 1.5, True])
     def test_priority_out_of_range_is_refused(self, priority: object) -> None:
@@ -141,6 +161,110 @@ class TestConfig:
         """``SUPERVISOR_SUPERVISOR_REALTIME=true`` turns it on like the file does."""
         cfg = Config.from_mapping({}, env={"SUPERVISOR_SUPERVISOR_REALTIME": "true"})
         assert cfg.supervisor.realtime is True
+
+
+def _qos_held() -> list[str]:
+    """The descriptors of this process open on the PM QoS device."""
+    fds = Path("/proc/self/fd")
+    held = []
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == str(_realtime.CPU_DMA_LATENCY):
+                held.append(fd.name)
+    return held
+
+
+def _qos_value() -> int:
+    """The CPU wake-up latency the kernel enforces now (µs), read from the PM QoS device."""
+    return int.from_bytes(_realtime.CPU_DMA_LATENCY.read_bytes()[:4], sys.byteorder, signed=True)
+
+
+class WakeProbe:
+    """Records, inside a tick, the wake-up latency the kernel enforces and our descriptors."""
+
+    name = "wake_probe"
+
+    def __init__(self) -> None:
+        self.value: int | None = None
+        self.held: list[str] = []
+
+    def tick(self, ctx: Any) -> None:
+        if ctx.tick == 2:
+            self.value = _qos_value()
+            self.held = _qos_held()
+
+
+class TestWakeLatency:
+    """Idle CPUs kept from deep sleep while the loop runs (PM QoS), released on leaving."""
+
+    @needs_root
+    @pytest.mark.skipif(not DEVICE.exists(), reason="no /dev/cpu_dma_latency here")
+    def test_held_while_ticking_and_released_after(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Inside a tick the kernel enforces 0 µs (poll only); afterwards our file is closed."""
+        monkeypatch.setattr(_realtime, "CPU_DMA_LATENCY", DEVICE)
+        probe = WakeProbe()
+        result = run_systems(probe, ticks=4, config=_rt())
+        assert probe.value == 0
+        assert len(probe.held) == 1
+        assert _qos_held() == []
+        status = result.supervisor.status().as_dict()["realtime"]
+        assert status["max_wake_latency_us"] == 0
+        assert status["problems"] == []
+
+    def test_the_value_is_written_as_a_native_32_bit_integer(self) -> None:
+        """``realtime_max_wake_latency_us = 20``: the 4 bytes the kernel reads, then closed."""
+        device = _realtime.CPU_DMA_LATENCY  # the plain file (autouse fixture)
+        probe = WakeProbe()
+        result = run_systems(probe, ticks=4, config=_rt(realtime_max_wake_latency_us=20))
+        assert device.read_bytes() == (20).to_bytes(4, sys.byteorder)
+        assert probe.value == 20
+        assert len(probe.held) == 1
+        assert _qos_held() == []
+        assert result.supervisor.status().as_dict()["realtime"]["max_wake_latency_us"] == 20
+
+    def test_minus_one_leaves_the_idle_states_alone(self) -> None:
+        """-1: the device is not opened at all, and nothing is reported as refused."""
+        device = _realtime.CPU_DMA_LATENCY
+        device.write_bytes(b"untouched")
+        result = run_systems(Probe(), ticks=3, config=_rt(realtime_max_wake_latency_us=-1))
+        assert device.read_bytes() == b"untouched"
+        status = result.supervisor.status().as_dict()["realtime"]
+        assert status["max_wake_latency_us"] is None
+        assert not any(p.startswith("cpu_dma_latency") for p in status["problems"])
+
+    def test_no_device_is_a_problem_not_a_crash(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """A container without the device: the ticks go on; the line says why and what to do."""
+        monkeypatch.setattr(_realtime, "CPU_DMA_LATENCY", tmp_path / "missing")
+        with structlog.testing.capture_logs() as logs:
+            result = run_systems(Probe(), ticks=3, config=_rt())
+        assert result.summary.ticks == 3
+        [line] = [e for e in logs if e["event"] == "supervisor.realtime"]
+        assert line["log_level"] == "warning"
+        assert line["max_wake_latency_us"] is None
+        [problem] = [p for p in line["problems"] if p.startswith("cpu_dma_latency")]
+        assert "a container without the device" in problem
+        assert "realtime_max_wake_latency_us = -1" in line["recommendation"]
+
+    def test_not_permitted(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """EACCES (not root: the device is 0600): one problem, the fix in readiness."""
+        device = _realtime.CPU_DMA_LATENCY
+        real_open = os.open
+
+        def refuse(path: Any, *args: Any, **kwargs: Any) -> int:
+            if path == device:
+                raise PermissionError(errno.EACCES, "Permission denied")
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refuse)
+        result = run_systems(Probe(), ticks=3, config=_rt())
+        status = result.supervisor.status().as_dict()["realtime"]
+        refused = f"cpu_dma_latency: not permitted ({device} is root's, mode 0600)"
+        assert refused in status["problems"]
+        [performance] = [c for c in result.supervisor.readiness().checks if c.name == "performance"]
+        assert performance.recommendation is not None
+        assert "--device /dev/cpu_dma_latency" in performance.recommendation
 
 
 class TestOff:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -54,6 +55,13 @@ def world() -> Iterator[Running]:
         yield run
 
 
+def _link(fd: Path) -> str | None:
+    try:
+        return os.readlink(fd)
+    except OSError:
+        return None  # closed meanwhile
+
+
 def _policies(pid: int) -> list[tuple[int, int]]:
     """(policy, priority) of each thread of ``pid`` (Python 3.11 names none of them)."""
     out = []
@@ -74,7 +82,18 @@ class TestRunning:
         rt = status["realtime"]
         assert (rt["policy"], rt["priority"], rt["watchdog_priority"]) == ("SCHED_FIFO", 30, 31)
         assert rt["memory_locked"] in ("onfault", "all")
-        assert rt["problems"] == []
+        assert rt["problems"] == [] or not Path("/dev/cpu_dma_latency").exists()
+
+    @pytest.mark.skipif(not Path("/dev/cpu_dma_latency").exists(), reason="no PM QoS device")
+    def test_idle_cpus_are_held_awake_by_the_process(self, world: Running) -> None:
+        """The process holds the PM QoS device open; the kernel enforces 0 µs meanwhile."""
+        status = json.loads(world.ctl("status", "--json").stdout)
+        assert status["realtime"]["max_wake_latency_us"] == 0
+        fds = Path(f"/proc/{world.proc.pid}/fd")
+        held = [fd for fd in fds.iterdir() if _link(fd) == "/dev/cpu_dma_latency"]
+        assert len(held) == 1
+        value = Path("/dev/cpu_dma_latency").read_bytes()[:4]
+        assert int.from_bytes(value, sys.byteorder, signed=True) == 0
 
     def test_only_the_tick_and_watchdog_threads_are_realtime(self, world: Running) -> None:
         """The main thread FIFO 30, the watchdog FIFO 31; the helper a system started is not."""
@@ -106,6 +125,8 @@ class TestRunning:
         ('cpu_affinity = "0-a"', "supervisor.cpu_affinity"),
         ('cpu_affinity = "5-1"', "supervisor.cpu_affinity"),
         ('realtime = "yes"', "supervisor.realtime"),
+        ("realtime_max_wake_latency_us = -5", "supervisor.realtime_max_wake_latency_us"),
+        ('realtime_max_wake_latency_us = "0"', "supervisor.realtime_max_wake_latency_us"),
     ],
 )
 def test_bad_realtime_keys_exit_2_with_one_line(line: str, key: str) -> None:

@@ -92,6 +92,9 @@ class SupervisorConfig(Section):
     realtime_priority: int = setting(50, int, min=1, max=98)
     #: CPUs the tick thread may run on, as a CPU list ("1", "2-3", "0,2"); unset: any.
     cpu_affinity: str | None = setting(None, str, optional=True, syntax=cpus_problem)
+    #: Realtime mode: CPU wake-up latency asked of the kernel (PM QoS, /dev/cpu_dma_latency), µs;
+    #: 0 keeps idle CPUs polling instead of halting; -1: leave the CPUs' idle states alone.
+    realtime_max_wake_latency_us: int = setting(0, int, min=-1, max=1_000_000)
 
     @property
     def snapshot_key_bytes(self) -> bytes | None:

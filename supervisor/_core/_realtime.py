@@ -11,6 +11,19 @@ permitted (root, ``CAP_SYS_NICE`` / ``CAP_IPC_LOCK``, no container limit):
   are touched, so an 8 MiB thread stack is not committed whole (RSS stays
   as it was); kernels without it get ``MCL_CURRENT | MCL_FUTURE``;
 - optionally the tick thread is pinned to ``cpu_affinity``;
+- idle CPUs are kept from sleeping deeper than ``realtime_max_wake_latency_us``
+  (PM QoS: the process holds ``/dev/cpu_dma_latency`` open with that value
+  written, as ``cyclictest`` does; the kernel drops the request when the file
+  is closed, by ``leave`` or by the process dying). The tick thread sleeps
+  between ticks, so the CPU it wakes on is often idle: on a VM whose cpuidle
+  driver is ``haltpoll`` an idle vCPU halts and its wake-up waits for the
+  host to run it again (hundreds of µs to milliseconds at p99), on bare metal
+  a deep C-state takes tens to hundreds of µs to leave. At 0, cpuidle only
+  polls. The cost is not the process's: idle CPUs spin instead of halting
+  (a VM's vCPUs burn their host cores, a machine burns power), for as long
+  as the loop runs; ``-1`` leaves the idle states alone. Timer slack
+  (``PR_SET_TIMERSLACK``) needs no setting: the tick waits on a ``timerfd``,
+  which has none, and the kernel gives ``SCHED_FIFO`` threads none anyway;
 - the cyclic GC runs between ticks (``_gc``: in plain mode too); the
   section shows its collections.
 
@@ -41,6 +54,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -64,6 +78,8 @@ _MCL_ONFAULT: Final = 4
 #: SCHED_FIFO, and what the thread starts (threads, processes) begins as SCHED_OTHER.
 _FIFO: Final = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
 _PROC: Final = Path("/proc/sys/kernel")
+#: The PM QoS device of the CPUs' wake-up latency (``Documentation/power/pm_qos_interface.rst``).
+CPU_DMA_LATENCY = Path("/dev/cpu_dma_latency")
 
 
 def libc() -> Any:
@@ -91,6 +107,8 @@ class RealtimeReport:
     watchdog_priority: int | None = None
     memory_locked: str | None = None  # "onfault" | "all" | None
     cpus: tuple[int, ...] | None = None
+    #: The CPU wake-up latency held through PM QoS (µs), or None where not asked or refused.
+    max_wake_latency_us: int | None = None
     gc_between_ticks: bool = False
     rt_runtime_us: int | None = None
     rt_period_us: int | None = None
@@ -107,6 +125,13 @@ class RealtimeReport:
 
 def _refusal(what: str, exc: OSError) -> str:
     """One problem line for a refused system call, naming the usual cause."""
+    if what == "cpu_dma_latency" and exc.errno in (errno.EACCES, errno.EPERM):
+        return f"cpu_dma_latency: not permitted ({CPU_DMA_LATENCY} is root's, mode 0600)"
+    if what == "cpu_dma_latency" and exc.errno == errno.ENOENT:
+        return (
+            f"cpu_dma_latency: no {CPU_DMA_LATENCY} (a container without the device, "
+            "or a kernel without PM QoS)"
+        )
     if exc.errno == errno.EPERM:
         why = "not permitted (needs root or CAP_SYS_NICE; a container may drop it)"
         if what == "mlockall":
@@ -126,6 +151,11 @@ _FIXES: Final = (
     ("mlockall", "grant CAP_IPC_LOCK or raise the memlock limit (systemd: LimitMEMLOCK=infinity)"),
     ("cpu_affinity", "choose CPUs this process may use (see `taskset -p $PID`)"),
     (
+        "cpu_dma_latency",
+        "run as root (docker: --device /dev/cpu_dma_latency), or set "
+        "realtime_max_wake_latency_us = -1 to leave the CPUs' idle states alone",
+    ),
+    (
         "sched_rt_runtime_us",
         "keep RT throttling on: echo 950000 > /proc/sys/kernel/sched_rt_runtime_us",
     ),
@@ -144,6 +174,7 @@ class RealtimeMode:
         self.watchdog_tid: Callable[[], int | None] = lambda: None
         self.report = RealtimeReport(requested=False)
         self._saved: tuple[int, int, frozenset[int] | None] | None = None
+        self._qos_fd: int | None = None
 
     def status(self) -> dict[str, Any]:
         """``status()["realtime"]``: the report, and the collections since entering."""
@@ -165,6 +196,7 @@ class RealtimeMode:
         cpus = self._pin(config.cpu_affinity, problems)
         policy, priority, watchdog = self._schedule(config.realtime_priority, problems)
         locked = self._lock(problems)
+        wake = self._hold_wake_latency(config.realtime_max_wake_latency_us, problems)
         throttle = rt_throttling()
         if throttle is not None and throttle[0] < 0:
             problems.append(
@@ -179,6 +211,7 @@ class RealtimeMode:
             watchdog_priority=watchdog,
             memory_locked=locked,
             cpus=None if cpus is None else tuple(sorted(cpus)),
+            max_wake_latency_us=wake,
             gc_between_ticks=True,
             rt_runtime_us=None if throttle is None else throttle[0],
             rt_period_us=None if throttle is None else throttle[1],
@@ -239,12 +272,40 @@ class RealtimeMode:
         problems.append("mlockall: refused by the kernel (EINVAL)")
         return None
 
+    def _hold_wake_latency(self, limit: int, problems: list[str]) -> int | None:
+        """Ask the kernel (PM QoS) to keep every CPU's wake-up within ``limit`` µs.
+
+        The request lives as long as the file stays open. The descriptor is
+        closed on exec (``O_CLOEXEC``), so a program the supervisor starts
+        (the error store's writer) cannot keep the request alive after
+        ``leave``; a child forked without exec holds it only until it exits.
+        """
+        if limit < 0:
+            return None
+        try:
+            fd = os.open(CPU_DMA_LATENCY, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            problems.append(_refusal("cpu_dma_latency", exc))
+            return None
+        try:
+            # The kernel takes a native 32-bit integer (or its hex text).
+            os.write(fd, limit.to_bytes(4, sys.byteorder, signed=True))
+        except OSError as exc:
+            os.close(fd)
+            problems.append(_refusal("cpu_dma_latency", exc))
+            return None
+        self._qos_fd = fd
+        return limit
+
     def leave(self) -> None:
-        """Put back what ``enter`` changed (the scheduler, memory locks, the CPUs)."""
+        """Put back what ``enter`` changed (scheduler, memory locks, PM QoS request, CPUs)."""
         if not self.report.requested:
             return
         if self.report.memory_locked is not None:
             libc().munlockall()
+        fd, self._qos_fd = self._qos_fd, None
+        if fd is not None:
+            os.close(fd)  # the kernel drops the PM QoS request with the file
         saved, self._saved = self._saved, None
         if saved is not None:
             policy, priority, cpus = saved
