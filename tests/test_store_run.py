@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import psutil
 import pytest
 import trio
@@ -67,10 +68,26 @@ def test_store_off_attaches_nothing(tmp_path: Path) -> None:
 
 def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
     shipper = ErrorShipper(path=tmp_path / "errors.db")
-    shipper.queue.extend([object()] * shipper.config.queue)  # type: ignore[list-item]
+    shipper.packed.extend([b""] * shipper.config.queue)
     shipper.sink(object())  # type: ignore[arg-type]
     assert shipper.dropped["queue_full"] == 1
-    assert len(shipper.queue) == shipper.config.queue
+    assert len(shipper.packed) == shipper.config.queue
+
+
+def test_the_sink_keeps_no_record_and_counts_what_it_cannot_pack(tmp_path: Path) -> None:
+    """Packed as it is made: the record is free to go; a gauge msgpack refuses is counted."""
+    import gc
+
+    from test_store import rec
+
+    shipper = ErrorShipper(path=tmp_path / "errors.db")
+    record = rec(time.time())
+    shipper.sink(record)
+    assert [type(b) for b in shipper.packed] == [bytes]
+    assert not gc.get_referrers(record), "nothing of the shipper holds the record"
+    shipper.sink(attrs.evolve(record, gauges={"bad": object()}))  # type: ignore[dict-item]
+    assert shipper.dropped["encode_failed"] == 1
+    assert len(shipper.packed) == 1
 
 
 def test_a_raising_sink_is_counted_and_removed() -> None:
