@@ -7,8 +7,9 @@ gauges as they were). Fingerprinting, formatting, redaction, grouping, the
 sinks (the durable store) and the log line run after the tick, in the
 ``errors`` chore (first of the post-tick chores), within half the slack to
 the next deadline: a record is started only if it is expected to end
-within it (as long as the last one took), so the chore never runs into the
-next tick; what does not fit waits for the next gap. A failure that finds
+within it (``record_cost``, a moving average of what records took), so the
+chore never runs into the next tick; what does not fit waits for the next
+gap. A failure that finds
 the ring full is counted (``errors.dropped["ring_full"]``) and not kept:
 the tick never makes records to make room. The decisions that must happen
 in the tick (the restart budget, quarantine, escalation) never wait for a
@@ -45,6 +46,9 @@ PENDING = 1024
 #: Share of the slack to the next deadline an ``errors`` chore run may spend (the
 #: chores after it get the rest).
 SETTLE_SLACK = 0.5
+#: Weight of the newest record in ``record_cost``'s moving average: one record that
+#: was preempted or ran a collection moves it by an eighth only.
+COST_WEIGHT = 1 / 8
 
 #: Tracebacks formatted per second across all fingerprints (a storm reuses them),
 #: and at most this many at once.
@@ -91,8 +95,8 @@ class FailureRecorder:
         self._stacks: list[str | None] = [None] * PENDING
         self._head = 0
         self.pending = 0
-        #: Timer seconds the last record took to make: the next one is started only
-        #: if this much is left before the chore's end.
+        #: Timer seconds a record takes to make (moving average): the next one is
+        #: started only if this much is left before the chore's end.
         self.record_cost = 0.0
         #: The post-tick chore that makes the pending records (first of the chores).
         self.chore = Chore("errors", self._settle_chore)
@@ -144,8 +148,8 @@ class FailureRecorder:
     def settle(self, until: float = math.inf) -> None:
         """Make, keep and log pending records, oldest first, ending by the timer's ``until``.
 
-        A record is started only while ``record_cost`` (the last one's) fits
-        before ``until``; the rest stay pending.
+        A record is started only while ``record_cost`` fits before ``until``;
+        the rest stay pending.
         """
         timer = self._k.timer
         made = 0
@@ -177,7 +181,7 @@ class FailureRecorder:
                 stack=stack,
             )
             self.log(record)
-            self.record_cost = timer() - start
+            self.record_cost += (timer() - start - self.record_cost) * COST_WEIGHT
             made += 1
         if not self.pending:
             self.chore.next_due = math.inf
