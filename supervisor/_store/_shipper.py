@@ -96,7 +96,8 @@ class ErrorShipper:
     source: str = ""
     #: The records made since the last write, each packed (``_writer.FIELDS``).
     packed: list[bytes] = attrs.field(factory=list)
-    #: Records not stored, by reason: ``queue_full``, ``encode_failed``, ``write_failed``.
+    #: Records not stored, by reason: ``queue_full``, ``encode_failed``, ``write_failed``,
+    #: and the core's ``ring_full`` (copied once a second: the store counts them too).
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
     writer: WriterProcess | None = None
     #: Writers started after the first (one died: crashed, killed, pipe broken).
@@ -219,6 +220,9 @@ class ErrorShipper:
         """This second's sample (the minute row to write) and the incidents since the last."""
         now = time.time()
         events, self._incidents = self._incidents, []
+        ring_full = sup.errors.dropped["ring_full"]
+        if ring_full:  # failures the core could not keep (its ring was full): lost records too
+            self.dropped["ring_full"] = ring_full
         phase = sup.phase
         if phase is Phase.EMERGENCY_SHUTDOWN and self._phase is not phase:
             reason = (sup.emergency_info or {}).get("reason") or "emergency shutdown"
