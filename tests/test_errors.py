@@ -136,11 +136,14 @@ def test_a_record_costlier_than_the_budget_does_not_starve_the_chore() -> None:
 
 
 def test_a_full_ring_is_counted_and_the_tick_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ring holds 32: failures past it are counted (``ring_full``), the tick makes none."""
+    """The ring holds 32: failures past it are counted (``ring_full``), the tick makes none.
+
+    With the ring half full the chore takes nine tenths of the slack (90 ms: 22 records).
+    """
     monkeypatch.setattr(failures, "PENDING", 32)
     sup, seen = _storm_run(ticks=3, storm=40)
-    # Tick 0: 32 kept, 8 counted, 12 made after it; ticks 1 and 2: room for 12 of 40.
-    assert sup.errors.dropped["ring_full"] == 8 + 28 + 28
-    assert [made for _, _, made in seen] == [0, 12, 24]
+    # Tick 0: 32 kept, 8 counted, 22 made after it; ticks 1 and 2: room for 22 of 40.
+    assert sup.errors.dropped["ring_full"] == 8 + 18 + 18
+    assert [made for _, _, made in seen] == [0, 22, 44]
     assert sup.statistics().lateness.max == 0.0
-    assert sup.errors.total == 3 * 40 - 64
+    assert sup.errors.total == 3 * 40 - 44

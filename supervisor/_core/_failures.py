@@ -6,10 +6,10 @@ exception with its traceback, the tick, the wall time, the health and the
 gauges as they were). Fingerprinting, formatting, redaction, grouping, the
 sinks (the durable store) and the log line run after the tick, in the
 ``errors`` chore (first of the post-tick chores), within half the slack to
-the next deadline: a record is started only if it is expected to end
-within it (``record_cost``, a moving average of what records took), so the
-chore never runs into the next tick; what does not fit waits for the next
-gap. A failure that finds
+the next deadline (nine tenths once the ring is half full): a record is
+started only if it is expected to end within it (``record_cost``, a moving
+average of what records took), so the chore never runs into the next tick;
+what does not fit waits for the next gap. A failure that finds
 the ring full is counted (``errors.dropped["ring_full"]``) and not kept:
 the tick never makes records to make room. The decisions that must happen
 in the tick (the restart budget, quarantine, escalation) never wait for a
@@ -46,6 +46,9 @@ PENDING = 1024
 #: Share of the slack to the next deadline an ``errors`` chore run may spend (the
 #: chores after it get the rest).
 SETTLE_SLACK = 0.5
+#: The share once the ring is half full: records about to be lost come before the
+#: later chores' room (the tenth left is the margin to the next deadline).
+SETTLE_SLACK_FULL = 0.9
 #: Weight of the newest record in ``record_cost``'s moving average: one record that
 #: was preempted or ran a collection moves it by an eighth only.
 COST_WEIGHT = 1 / 8
@@ -187,10 +190,15 @@ class FailureRecorder:
             self.chore.next_due = math.inf
 
     async def _settle_chore(self, deadline: float) -> None:
-        """The ``errors`` chore: make pending records within ``SETTLE_SLACK`` of the slack left."""
+        """The ``errors`` chore: make pending records within its share of the slack left.
+
+        ``SETTLE_SLACK`` of it; ``SETTLE_SLACK_FULL`` once the ring is half full,
+        when what does not fit now may soon be lost (``ring_full``).
+        """
         k = self._k
         slack = deadline + 1.0 / k.rate - trio.current_time()
-        self.settle(k.timer() + max(0.0, slack) * SETTLE_SLACK)
+        share = SETTLE_SLACK_FULL if self.pending * 2 >= PENDING else SETTLE_SLACK
+        self.settle(k.timer() + max(0.0, slack) * share)
 
     def record(
         self,
