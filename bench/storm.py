@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     store = not args.no_store
     # Logs go to stderr as JSON; a storm folds into a line per fingerprint per 5 s.
     configure_logging("json", "warning", stream=sys.stderr)
-    print(f"load before: {_load()}")
+    print(f"Load averages before: {_load()}.")
     # Not reported: the first run in a process pays imports and first-time costs.
     measure("distinct", min(2.0, args.seconds), store=store)
     rounds: dict[bool, list[dict[str, dict[str, Any]]]] = {rt: [] for rt in settings}
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
             rounds[rt].append(
                 {mode: measure(mode, args.seconds, realtime=rt, store=store) for mode in modes}
             )
-    print(f"load after: {_load()}")
+    print(f"\nLoad averages after: {_load()}.")
     out = {}
     for rt in settings:
         results = summarize(rounds[rt], modes)
