@@ -198,7 +198,7 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], modes: list[str]) -> list
         base = RAISE_ONLY.get(mode, mode)
         cost = (
             [(r[mode]["work_p50_ms"] - r[base]["work_p50_ms"]) * 1e3 / FAILING for r in rounds]
-            if base in modes
+            if mode in RAISE_ONLY and base in modes
             else []
         )
         ratio = (
