@@ -6,6 +6,7 @@ import itertools
 from typing import Any
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
@@ -147,3 +148,38 @@ def test_a_full_ring_is_counted_and_the_tick_goes_on(monkeypatch: pytest.MonkeyP
     assert [made for _, _, made in seen] == [0, 22, 44]
     assert sup.statistics().lateness.max == 0.0
     assert sup.errors.total == 3 * 40 - 44
+
+
+def test_a_wide_storm_logs_within_the_log_budget_and_accounts_for_every_failure() -> None:
+    """1,000 fingerprints for 8 s: at most LOG_BUDGET lines a second, every failure counted.
+
+    Their folds expire together 5 s in; a storm line takes a log token like an error
+    line, the rest are left to the housekeeper's flush (one line for a wide storm).
+    Every failure is in an error line or in a storm line's ``suppressed``.
+    """
+    sites = [compile("raise ValueError('storm')", f"<site {i}>", "exec") for i in range(1000)]
+
+    class Wide:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        def tick(self, ctx: Any) -> None:
+            exec(sites[(self.index + ctx.tick * 200) % len(sites)])
+
+    systems = {f"s{i}": Wide(i) for i in range(200)}
+    config = {"recovery": {"max_restarts": 1_000_000, "window_seconds": 1.0}}
+
+    async def main() -> Any:
+        sup = make_supervisor(
+            systems, config=config, tick_rate=RATE, timer=trio.current_time, wall=trio.current_time
+        )
+        await sup.run(ticks=80)
+        return sup
+
+    with structlog.testing.capture_logs() as logs:
+        sup = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    errors = [e for e in logs if e["event"] == "system.error"]
+    storms = [e for e in logs if e["event"] == "system.error_storm"]
+    assert sup.errors.total == 200 * 80
+    assert len(errors) + sum(e["suppressed"] for e in storms) == sup.errors.total
+    assert len(errors) + len(storms) <= failures.LOG_BURST + failures.LOG_BUDGET * 8 + 10
