@@ -119,6 +119,8 @@ class FailureRecorder:
             # Making room would cost the tick records' worth of work: count it instead.
             k.errors.dropped["ring_full"] += 1
             slot.failed_tick = k.loop.tick
+            if is_a(exc, StepInterrupted):
+                slot.hang_stack = None  # its record is not kept: no later record takes it
             return
         i = (self._head + self.pending) & (PENDING - 1)
         self._slots[i] = slot
