@@ -6,10 +6,11 @@ exception with its traceback, the tick, the wall time, the health and the
 gauges as they were). Fingerprinting, formatting, redaction, grouping, the
 sinks (the durable store) and the log line run after the tick, in the
 ``errors`` chore (first of the post-tick chores), within half the slack to
-the next deadline (nine tenths once the ring is half full): a record is
-started only if it is expected to end within it (``record_cost``, a moving
-average of what records took), so the chore never runs into the next tick;
-what does not fit waits for the next gap. A failure that finds
+the next deadline (nine tenths once the ring is half full): after the
+first, a record is started only if it is expected to end within it
+(``record_cost``, a moving average of what records took), so the chore runs
+into the next tick only if one record costs more than the slack; what does
+not fit waits for the next gap. A failure that finds
 the ring full is counted (``errors.dropped["ring_full"]``) and not kept:
 the tick never makes records to make room. The decisions that must happen
 in the tick (the restart budget, quarantine, escalation) never wait for a
@@ -153,17 +154,16 @@ class FailureRecorder:
     def settle(self, until: float = math.inf) -> None:
         """Make, keep and log pending records, oldest first, ending by the timer's ``until``.
 
-        A record is started only while ``record_cost`` fits before ``until``;
-        the rest stay pending.
+        The oldest is made whatever ``until`` says (progress, and the record
+        of a lone failure is made right after its tick, as what reads it at
+        record time expects: an experiment's arm); the next ones only while
+        ``record_cost`` fits before ``until``. The rest stay pending.
         """
         timer = self._k.timer
         made = 0
         while self.pending:
             start = timer()
-            if start + self.record_cost >= until:
-                if self.record_cost and start < until and made == 0:
-                    # One costly record must not starve the chore: expect less next time.
-                    self.record_cost /= 2
+            if made and start + self.record_cost >= until:
                 break
             i = self._head
             slot, exc = self._slots[i], self._excs[i]
