@@ -86,7 +86,7 @@ def sink_cost(folder: Path) -> float:
     n = 200_000
     best = float("inf")
     for _ in range(5):
-        shipper.queue.clear()
+        shipper.packed.clear()
         start = time.perf_counter()
         for _ in range(n):
             deliver(rec)

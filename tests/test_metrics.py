@@ -293,6 +293,7 @@ class TestLabels:
                         "log_fold_evicted",
                         "gauge_error",
                         "gauge_limit",
+                        "ring_full",
                     }
                     assert s.labels["reason"] in reasons, s
                 if "name" in s.labels:

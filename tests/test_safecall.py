@@ -626,34 +626,37 @@ class TestDeferredRecords:
         ids = [r.id for r in records]
         assert ids == sorted(ids)
 
-    def test_a_storm_wider_than_the_ring_loses_nothing(
+    def test_a_storm_wider_than_the_ring_is_counted_not_made_in_the_tick(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """More failures in one tick than the ring holds: the tick makes the oldest itself."""
+        """More failures in one tick than the ring holds: the rest are counted, not kept."""
         import supervisor._core._failures as core
 
+        class Failing:  # no recover(): nothing asks for the record in the tick
+            def tick(self, ctx: Any) -> None:
+                raise ValueError("storm")
+
         monkeypatch.setattr(core, "PENDING", 4)
-        systems = {f"s{i}": Flaky(fail_from=0, name=f"s{i}") for i in range(10)}
+        systems = {f"s{i}": Failing() for i in range(10)}
         result = run_systems(
             named=systems, ticks=2, tick_rate=10, config=_recovery(max_restarts=100)
         )
         assert [(r.system, r.tick) for r in result.errors] == [
-            (f"s{i}", tick) for tick in (0, 1) for i in range(10)
+            (f"s{i}", tick) for tick in (0, 1) for i in range(4)
         ]
+        assert result.supervisor.errors.dropped["ring_full"] == 2 * 6
 
     def test_the_chore_stops_within_its_share_of_the_slack(self) -> None:
-        """``settle(until)`` makes SETTLE_BATCH records at least, then stops at ``until``."""
+        """``settle(until)`` past ``until`` makes the oldest only; without one, them all."""
         import math
-
-        import supervisor._core._failures as core
 
         sup = make_supervisor([Flaky()], tick_rate=10)
         recorder = sup._recorder
         slot = sup._k.slots["flaky"]
-        for i in range(core.SETTLE_BATCH + 5):
+        for i in range(37):
             recorder.defer(slot, "tick", ValueError(i))
         recorder.settle(until=-math.inf)
-        assert recorder.pending == 5
+        assert recorder.pending == 36
         assert recorder.chore.next_due == -math.inf
         recorder.settle()
         assert recorder.pending == 0

@@ -6,11 +6,16 @@ exception with its traceback, the tick, the wall time, the health and the
 gauges as they were). Fingerprinting, formatting, redaction, grouping, the
 sinks (the durable store) and the log line run after the tick, in the
 ``errors`` chore (first of the post-tick chores), within half the slack to
-the next deadline; what does not fit waits for the next chore run. The
-decisions that must happen in the tick (the restart budget, quarantine,
-escalation) never wait for a record (``Recovery.step_failed``). Every
-synchronous ``record`` settles the pending ones first, so records keep the
-order the failures happened in.
+the next deadline (nine tenths once the ring is half full): after the
+first, a record is started only if it is expected to end within it
+(``record_cost``, a moving average of what records took), so the chore runs
+into the next tick only if one record costs more than the slack; what does
+not fit waits for the next gap. A failure that finds
+the ring full is counted (``errors.dropped["ring_full"]``) and not kept:
+the tick never makes records to make room. The decisions that must happen
+in the tick (the restart budget, quarantine, escalation) never wait for a
+record (``Recovery.step_failed``). Every synchronous ``record`` settles the
+pending ones first, so records keep the order the failures happened in.
 
 Building a record runs plugin code (``__str__``, ``__notes__``...), so the
 slot is marked for the watchdog meanwhile. Formatting tracebacks and
@@ -34,14 +39,20 @@ from ._slots import Slot
 
 __all__ = ["PENDING", "FailureRecorder"]
 
-#: Tick failures waiting for their records at most (the ring is allocated once);
-#: a failure that finds it full makes the oldest records in the tick first (nothing
-#: is lost: a storm wider than this per tick only costs more).
+#: Tick failures waiting for their records at most (the ring is allocated once, a
+#: power of two). Past it a failure is counted (``ring_full``), not kept: six ticks
+#: of a 10,000 errors/s storm at 60 Hz, so only a loop with no slack for that long
+#: (or one tick with more failures than this) loses records.
 PENDING = 1024
-#: Records an ``errors`` chore run makes at least, however late the loop is (progress).
-SETTLE_BATCH = 32
-#: Share of the slack to the next deadline an ``errors`` chore run may spend.
+#: Share of the slack to the next deadline an ``errors`` chore run may spend (the
+#: chores after it get the rest).
 SETTLE_SLACK = 0.5
+#: The share once the ring is half full: records about to be lost come before the
+#: later chores' room (the tenth left is the margin to the next deadline).
+SETTLE_SLACK_FULL = 0.9
+#: Weight of the newest record in ``record_cost``'s moving average: one record that
+#: was preempted or ran a collection moves it by an eighth only.
+COST_WEIGHT = 1 / 8
 
 #: Tracebacks formatted per second across all fingerprints (a storm reuses them),
 #: and at most this many at once.
@@ -88,6 +99,9 @@ class FailureRecorder:
         self._stacks: list[str | None] = [None] * PENDING
         self._head = 0
         self.pending = 0
+        #: Timer seconds a record takes to make (moving average): the next one is
+        #: started only if this much is left before the chore's end.
+        self.record_cost = 0.0
         #: The post-tick chore that makes the pending records (first of the chores).
         self.chore = Chore("errors", self._settle_chore)
 
@@ -103,7 +117,12 @@ class FailureRecorder:
         """
         k = self._k
         if self.pending == PENDING:
-            self.settle()  # a storm wider than the ring: the oldest records are made now
+            # Making room would cost the tick records' worth of work: count it instead.
+            k.errors.dropped["ring_full"] += 1
+            slot.failed_tick = k.loop.tick
+            if is_a(exc, StepInterrupted):
+                slot.hang_stack = None  # its record is not kept: no later record takes it
+            return
         i = (self._head + self.pending) & (PENDING - 1)
         self._slots[i] = slot
         self._hooks[i] = hook
@@ -133,14 +152,19 @@ class FailureRecorder:
     # ------------------------------------------------------------------ after the tick
 
     def settle(self, until: float = math.inf) -> None:
-        """Make, keep and log pending records, oldest first, until the timer reads ``until``.
+        """Make, keep and log pending records, oldest first, ending by the timer's ``until``.
 
-        At least ``SETTLE_BATCH`` are made whatever ``until`` says.
+        The oldest is made whatever ``until`` says (progress, and the record
+        of a lone failure is made right after its tick, as what reads it at
+        record time expects: an experiment's arm); the next ones only while
+        ``record_cost`` fits before ``until``. The rest stay pending.
         """
-        k = self._k
-        timer = k.timer
+        timer = self._k.timer
         made = 0
         while self.pending:
+            start = timer()
+            if made and start + self.record_cost >= until:
+                break
             i = self._head
             slot, exc = self._slots[i], self._excs[i]
             assert slot is not None
@@ -162,17 +186,21 @@ class FailureRecorder:
                 stack=stack,
             )
             self.log(record)
+            self.record_cost += (timer() - start - self.record_cost) * COST_WEIGHT
             made += 1
-            if made >= SETTLE_BATCH and timer() >= until:
-                break
         if not self.pending:
             self.chore.next_due = math.inf
 
     async def _settle_chore(self, deadline: float) -> None:
-        """The ``errors`` chore: make pending records within ``SETTLE_SLACK`` of the slack left."""
+        """The ``errors`` chore: make pending records within its share of the slack left.
+
+        ``SETTLE_SLACK`` of it; ``SETTLE_SLACK_FULL`` once the ring is half full,
+        when what does not fit now may soon be lost (``ring_full``).
+        """
         k = self._k
         slack = deadline + 1.0 / k.rate - trio.current_time()
-        self.settle(k.timer() + max(0.0, slack) * SETTLE_SLACK)
+        share = SETTLE_SLACK_FULL if self.pending * 2 >= PENDING else SETTLE_SLACK
+        self.settle(k.timer() + max(0.0, slack) * share)
 
     def record(
         self,
@@ -308,8 +336,9 @@ class FailureRecorder:
         """Log a failure, folding storms.
 
         One line per fingerprint per ``LOG_FOLD_INTERVAL``, and at most
-        ``LOG_BUDGET`` such lines a second in all: past it, a new fingerprint
-        is counted (and reported by the next storm line) instead of logged.
+        ``LOG_BUDGET`` lines (error and storm lines) a second in all: past it,
+        a new fingerprint is counted (and reported by the next storm line)
+        instead of logged, and a storm line is left to ``flush``.
         """
         folds = self._log_folds
         fold = folds.get(record.fingerprint)
@@ -320,6 +349,12 @@ class FailureRecorder:
             folds[record.fingerprint] = (fold[0], fold[1] + 1, fold[2], fold[3])
             return
         if fold is not None and fold[1]:
+            if not self._log_tokens.take(now):
+                # No line to spare (a storm of many fingerprints): the fold goes on
+                # counting, and the housekeeper's flush reports it (in one line
+                # for a wide storm), so storm lines stay within LOG_BUDGET too.
+                folds[record.fingerprint] = (fold[0], fold[1] + 1, fold[2], fold[3])
+                return
             self._log_storm(record.fingerprint, fold)
         if not self._log_tokens.take(now):
             folds[record.fingerprint] = (now, 1, record.system, record.exc_type)

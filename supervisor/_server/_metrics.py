@@ -94,6 +94,7 @@ _DROP_REASONS = (
     "log_fold_evicted",
     "gauge_error",
     "gauge_limit",
+    "ring_full",
 )
 
 

@@ -1,21 +1,27 @@
 """The shipper: the core's record sink, and the service that writes the store off the tick.
 
-The sink (:meth:`ErrorShipper.sink`, in ``sup.record_sinks``) only appends
-to a bounded deque: O(1), no lock, no I/O; past ``[errors] queue`` records
-it drops and counts (``queue_full``). Every :data:`FLUSH_EVERY` seconds the
-service swaps the deque for an empty one and hands the batch to the writer
-process (:mod:`._writer`, started by the service and restarted if it dies,
-counted in ``writer_restarts``; the batch it took with it is counted lost as
-``writer_failed``). The loop's process never runs the SQL nor builds rows:
-in a worker thread that Python held the GIL the tick needed. Here the
-service only encodes the fields the store keeps (msgpack, field by field),
-:data:`CHUNK` records at a time with a checkpoint between chunks, and the
-records die a chunk at a time as they are encoded. The writer runs as a
-low-priority batch task, so waking it never takes the loop's CPU. A
-kill -9 loses what was queued since the last commit: at most FLUSH_EVERY
-plus one write. Once a second the service samples the public views into the
-minute's row (SLOs, correlation) and notes incidents (emergency,
-quarantine); once a minute the writer applies retention.
+The sink (:meth:`ErrorShipper.sink`, in ``sup.record_sinks``) is called by
+the core's ``errors`` chore, after the tick and within its budget, as each
+record is made: it packs the fields the store keeps into one ``bytes``
+(msgpack, :data:`._writer.FIELDS`) and appends it to a bounded list; past
+``[errors] queue`` records it drops and counts (``queue_full``). So the
+record itself is not kept here: a storm's records die as the core lets go
+of them instead of living a quarter second in a queue, where they were
+promoted into the GC's older generations (longer collections, some landing
+right before a tick) and had to be encoded by the service in chunks that
+ran whenever trio scheduled it, a deadline included. Every
+:data:`FLUSH_EVERY` seconds the service swaps the list for an empty one and
+hands it to the writer process (:mod:`._writer`, started by the service and
+restarted if it dies, counted in ``writer_restarts``; the batch it took with
+it is counted lost as ``writer_failed``) as frames of :data:`CHUNK` records,
+a checkpoint between two: joining bytes is all it does on the loop. The
+loop's process never runs the SQL nor builds rows: in a worker thread that
+Python held the GIL the tick needed. The writer runs as a low-priority
+batch task, so waking it never takes the loop's CPU. A kill -9 loses what
+was packed since the last commit: at most FLUSH_EVERY plus one write. Once
+a second the service samples the public views into the minute's row (SLOs,
+correlation) and notes incidents (emergency, quarantine); once a minute the
+writer applies retention.
 """
 
 from __future__ import annotations
@@ -58,42 +64,18 @@ SAMPLE_EVERY: Final = 1.0
 RETAIN_EVERY: Final = 60.0
 #: Minute rows kept in memory for burn rates (the longest window: 3 days).
 RECENT_MINUTES: Final = 3 * 1440
-#: Records encoded (and freed) between two checkpoints of the service.
-CHUNK: Final = 32
+#: Records per frame to the writer (joined, sent and decoded whole), a checkpoint between two.
+CHUNK: Final = 256
 #: Seconds the last write gets when the run ends.
 _FINAL_WRITE: Final = 5.0
 
 
-def _encode(packer: msgpack.Packer, queue: collections.deque[ErrorRecord], n: int) -> bytes:
-    """A frame of the next ``n`` records of ``queue``, taken off it (``_writer.FIELDS``).
-
-    Field by field into the packer's buffer: no tuple or list per record, so
-    encoding allocates nothing the garbage collector tracks and cannot set off
-    a collection between two ticks (a storm's queued records make those cost
-    milliseconds). Each record dies here, as it is encoded.
-    """
-    packer.pack_array_header(2)
-    packer.pack("r")
-    packer.pack_array_header(n)
-    pack, header, take = packer.pack, packer.pack_array_header, queue.popleft
-    for _ in range(n):
-        r = take()
-        header(13)
-        pack(r.time)
-        pack(r.tick)
-        pack(r.system)
-        pack(r.hook)
-        pack(r.phase)
-        pack(r.kind)
-        pack(r.fingerprint)
-        pack(r.exc_type)
-        pack(r.message)
-        pack(r.traceback)
-        pack(r.health)
-        pack(r.gauges)
-        pack(r.stack)
-    body: bytes = packer.bytes()
-    packer.reset()
+def _records_frame(packed: list[bytes]) -> bytes:
+    """A ``["r", [RECORD, ...]]`` frame of records packed by :meth:`ErrorShipper.sink`."""
+    head = msgpack.Packer()
+    body = b"".join(
+        (head.pack_array_header(2), head.pack("r"), head.pack_array_header(len(packed)), *packed)
+    )
     return HEADER.pack(len(body)) + body
 
 
@@ -112,8 +94,10 @@ class ErrorShipper:
     slos: Mapping[str, SloConfig] = attrs.field(factory=dict)
     version: str = ""
     source: str = ""
-    queue: collections.deque[ErrorRecord] = attrs.field(factory=collections.deque)
-    #: Records not stored, by reason: ``queue_full``, ``write_failed``.
+    #: The records made since the last write, each packed (``_writer.FIELDS``).
+    packed: list[bytes] = attrs.field(factory=list)
+    #: Records not stored, by reason: ``queue_full``, ``encode_failed``, ``write_failed``,
+    #: and the core's ``ring_full`` (copied once a second: the store counts them too).
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
     writer: WriterProcess | None = None
     #: Writers started after the first (one died: crashed, killed, pipe broken).
@@ -137,16 +121,25 @@ class ErrorShipper:
     _incidents: list[tuple[float, str, str]] = attrs.field(factory=list)
     _quarantined: tuple[str, ...] = ()
     _log: Any = attrs.field(factory=lambda: get_logger(component="error_store"))
-    _packer: msgpack.Packer = attrs.field(
-        factory=lambda: msgpack.Packer(autoreset=False, default=dict)
-    )
+    _pack: Callable[[Any], bytes] = attrs.field(factory=lambda: msgpack.Packer(default=dict).pack)
 
     def sink(self, record: ErrorRecord) -> None:
-        """The core's record sink: queue ``record``, or count it dropped. O(1), never raises."""
-        if len(self.queue) < self.config.queue:
-            self.queue.append(record)
-        else:
+        """The core's record sink: pack ``record``'s stored fields, or count it dropped.
+
+        Bounded (a record's texts are cut when it is made), never raises. One
+        tuple and one ``bytes`` per record, both freed or never tracked by the
+        cyclic GC: nothing of the record outlives this call here.
+        """
+        if len(self.packed) >= self.config.queue:
             self.dropped["queue_full"] += 1
+            return
+        r = record
+        fields = (r.time, r.tick, r.system, r.hook, r.phase, r.kind, r.fingerprint,
+                  r.exc_type, r.message, r.traceback, r.health, r.gauges, r.stack)  # fmt: skip
+        try:
+            self.packed.append(self._pack(fields))
+        except (TypeError, ValueError, OverflowError):  # a gauge msgpack cannot hold
+            self.dropped["encode_failed"] += 1
 
     # ------------------------------------------------------------ service
 
@@ -227,6 +220,9 @@ class ErrorShipper:
         """This second's sample (the minute row to write) and the incidents since the last."""
         now = time.time()
         events, self._incidents = self._incidents, []
+        ring_full = sup.errors.dropped["ring_full"]
+        if ring_full:  # failures the core could not keep (its ring was full): lost records too
+            self.dropped["ring_full"] = ring_full
         phase = sup.phase
         if phase is Phase.EMERGENCY_SHUTDOWN and self._phase is not phase:
             reason = (sup.emergency_info or {}).get("reason") or "emergency shutdown"
@@ -259,7 +255,7 @@ class ErrorShipper:
         self, rows: list[MinuteRow], events: list[tuple[float, str, str]], retain: float | None
     ) -> None:
         """Hand the queue, the minute rows, events and drops to the writer; take its figures."""
-        batch, self.queue = self.queue, collections.deque()
+        batch, self.packed = self.packed, []
         drops = self.dropped - self._saved_drops
         if not (batch or rows or events or drops or retain is not None):
             return
@@ -269,11 +265,9 @@ class ErrorShipper:
                 self.writer = await self._start(time.time())
                 self.writer_restarts += 1
             writer = self.writer
-            while batch:
-                # Encoded and freed a chunk at a time: the tick waits for one chunk at most.
-                data = _encode(self._packer, batch, min(CHUNK, len(batch)))
-                await trio.lowlevel.checkpoint()
-                await writer.send(data)
+            for start in range(0, len(batch), CHUNK):
+                await writer.send(_records_frame(batch[start : start + CHUNK]))
+                await trio.lowlevel.checkpoint()  # a tick may be due: the rest waits
             await writer.send(
                 frame(["end", [[r.values() for r in rows], events, dict(drops), retain]])
             )
@@ -333,7 +327,7 @@ class ErrorShipper:
         """What the store did: written, counted only, dropped by reason, size."""
         return {
             "path": str(self.path),
-            "queued": len(self.queue),
+            "queued": len(self.packed),
             "written": self.written,
             "counted_only": self.counted_only,
             "write_cpu_seconds": self.write_cpu,
