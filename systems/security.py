@@ -9,6 +9,15 @@ journalled or acknowledged.
 * Rate: a token bucket per player, ``max_rate`` purchases a second with
   bursts of up to ``burst``. Time is the economy's simulated clock, so the
   rule holds in simulated seconds, identically after a restore.
+* A player id that is not an int64 (no player has one) is refused as
+  ``impossible_player``: it is counted and logged, not kept per player.
+
+The per-player state is kept in dicts of plain numbers (tokens, refill
+times, counts), which the garbage collector does not track, and a snapshot
+packs each as one block of int64/float64 bytes: capturing 100,000 players'
+buckets allocates no object per player (lists per bucket made every capture
+allocate thousands, and each few hundred allocations start a collection
+inside the snapshot's stall).
 
 Each violation is counted (by kind and by player) and logged through
 ``ctx.log``, so it goes through the supervisor's redaction pipeline.
@@ -19,11 +28,14 @@ reach ``alarm``.
 from __future__ import annotations
 
 import collections
+from array import array
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
 from supervisor import Context
+
+from .players import array_from_bytes, array_to_bytes
 
 if TYPE_CHECKING:
     from .economy import Economy
@@ -32,6 +44,8 @@ __all__ = ["Security"]
 
 #: Seconds of simulated time between two sweeps of idle buckets.
 _SWEEP = 1.0
+#: Player ids are int64 (the players' ids, and how a snapshot stores them).
+_MIN_ID, _MAX_ID = -(2**63), 2**63 - 1
 
 
 # Options validated when built, not at every assignment (see ``Economy``).
@@ -62,8 +76,9 @@ class Security:
     violations: dict[str, int] = attrs.field(init=False, factory=dict)
     offenders: dict[int, int] = attrs.field(init=False, factory=dict)
     checked: int = attrs.field(init=False, default=0)
-    #: Per player: [tokens, time of the last refill].
-    _buckets: dict[int, list[float]] = attrs.field(init=False, factory=dict)
+    #: Per player whose bucket may not be full yet: its tokens, and when they were counted.
+    _tokens: dict[int, float] = attrs.field(init=False, factory=dict)
+    _counted: dict[int, float] = attrs.field(init=False, factory=dict)
     _recent: collections.deque[float] = attrs.field(init=False, factory=collections.deque)
     _now: float = attrs.field(init=False, default=0.0)
     _next_sweep: float = attrs.field(init=False, default=0.0)
@@ -81,22 +96,26 @@ class Security:
     def check(self, player: int, amount: int, item: str, now: float) -> str | None:
         """None to allow a purchase; otherwise the violation's kind (it is counted and logged)."""
         self.checked += 1
+        if type(player) is not int or not _MIN_ID <= player <= _MAX_ID:
+            return self._violation("impossible_player", None, amount, item, now)
         if type(amount) is not int or amount <= 0 or amount > self.max_amount:
             return self._violation("impossible_amount", player, amount, item, now)
-        bucket = self._buckets.get(player)
-        if bucket is None:
-            bucket = self._buckets[player] = [float(self.burst), now]
+        tokens = self._tokens.get(player)
+        if tokens is None:
+            tokens = float(self.burst)
         else:
-            bucket[0] = min(float(self.burst), bucket[0] + (now - bucket[1]) * self.max_rate)
-            bucket[1] = now
-        if bucket[0] < 1.0:
+            tokens = min(float(self.burst), tokens + (now - self._counted[player]) * self.max_rate)
+        self._counted[player] = now
+        if tokens < 1.0:
+            self._tokens[player] = tokens
             return self._violation("rate_limit", player, amount, item, now)
-        bucket[0] -= 1.0
+        self._tokens[player] = tokens - 1.0
         return None
 
-    def _violation(self, kind: str, player: int, amount: Any, item: str, now: float) -> str:
+    def _violation(self, kind: str, player: int | None, amount: Any, item: str, now: float) -> str:
         self.violations[kind] = self.violations.get(kind, 0) + 1
-        self.offenders[player] = self.offenders.get(player, 0) + 1
+        if player is not None:
+            self.offenders[player] = self.offenders.get(player, 0) + 1
         self._recent.append(now)
         if self._log is not None:
             self._log.warning(
@@ -126,10 +145,10 @@ class Security:
         if now >= self._next_sweep:
             # Forget buckets that have refilled: they behave like new ones.
             self._next_sweep = now + _SWEEP
-            full, rate = float(self.burst), self.max_rate
-            idle = [p for p, (t, at) in self._buckets.items() if t + (now - at) * rate >= full]
+            full, rate, counted = float(self.burst), self.max_rate, self._counted
+            idle = [p for p, t in self._tokens.items() if t + (now - counted[p]) * rate >= full]
             for pid in idle:
-                del self._buckets[pid]
+                del self._tokens[pid], counted[pid]
 
     def health(self) -> str:
         return "degraded" if len(self._recent) >= self.alarm else "healthy"
@@ -140,21 +159,40 @@ class Security:
         return sum(self.violations.values())
 
     def snapshot(self) -> dict[str, Any]:
+        tokens, offenders = self._tokens, self.offenders
         return {
             "violations": dict(self.violations),
-            "offenders": [[p, n] for p, n in self.offenders.items()],
+            "offenders": array_to_bytes(array("q", offenders)),
+            "offences": array_to_bytes(array("q", offenders.values())),
             "checked": self.checked,
-            "buckets": [[p, t, at] for p, (t, at) in self._buckets.items()],
-            "recent": list(self._recent),
+            "bucket_players": array_to_bytes(array("q", tokens)),
+            "bucket_tokens": array_to_bytes(array("d", tokens.values())),
+            "bucket_counted": array_to_bytes(array("d", map(self._counted.__getitem__, tokens))),
+            "recent": array_to_bytes(array("d", self._recent)),
             "now": self._now,
             "next_sweep": self._next_sweep,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.violations = {str(k): int(v) for k, v in state["violations"].items()}
-        self.offenders = {int(p): int(n) for p, n in state["offenders"]}
+        if "buckets" in state:  # a snapshot from before the state was packed as bytes
+            self.offenders = {int(p): int(n) for p, n in state["offenders"]}
+            buckets = [(int(p), float(t), float(at)) for p, t, at in state["buckets"]]
+        else:
+            offences = array_from_bytes("q", state["offences"])
+            offenders = array_from_bytes("q", state["offenders"])
+            self.offenders = dict(zip(offenders, offences, strict=True))
+            buckets = list(
+                zip(
+                    array_from_bytes("q", state["bucket_players"]),
+                    array_from_bytes("d", state["bucket_tokens"]),
+                    array_from_bytes("d", state["bucket_counted"]),
+                    strict=True,
+                )
+            )
+        self._tokens = {p: t for p, t, _ in buckets}
+        self._counted = {p: at for p, _, at in buckets}
         self.checked = int(state["checked"])
-        self._buckets = {int(p): [float(t), float(at)] for p, t, at in state["buckets"]}
-        self._recent = collections.deque(float(t) for t in state["recent"])
+        self._recent = collections.deque(array_from_bytes("d", state["recent"]))
         self._now = float(state["now"])
         self._next_sweep = float(state["next_sweep"])

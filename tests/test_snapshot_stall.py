@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from supervisor._core._snapshot import SnapshotStore
 from supervisor.testing import make_supervisor, run_systems
 from systems.economy import Economy
 from systems.leaderboard import Leaderboard
-from systems.players import Players, ids_from_bytes, ids_to_bytes
+from systems.players import Players, array_from_bytes, array_to_bytes
 
 RATE = 10
 QUIET = {"supervisor": {"snapshot_interval": 0.1}, "features": {"optimizer": False}}
@@ -147,15 +148,20 @@ class TestVersionReuse:
 
 
 class TestDemoWorldCapture:
-    def test_player_ids_round_trip_as_bytes(self) -> None:
+    def test_player_ids_and_times_round_trip_as_bytes(self) -> None:
         players = Players(count=0)
         players.online.extend([0, 7, 2**40, 3])
-        data = ids_to_bytes(players.online)
+        data = array_to_bytes(players.online)
         assert len(data) == 32
-        assert ids_from_bytes(data).tolist() == [0, 7, 2**40, 3]
-        assert ids_from_bytes([5, 6]).tolist() == [5, 6]  # a snapshot from before the change
-        with pytest.raises(ValueError, match="int64"):
-            ids_from_bytes(b"\x00" * 7)
+        assert array_from_bytes("q", data).tolist() == [0, 7, 2**40, 3]
+        # A snapshot from before the change holds lists.
+        assert array_from_bytes("q", [5, 6]).tolist() == [5, 6]
+        with pytest.raises(ValueError, match="8-byte 'q'"):
+            array_from_bytes("q", b"\x00" * 7)
+        times = array("d", [0.5, -1.25, 1e300])
+        assert array_from_bytes("d", array_to_bytes(times)) == times
+        with pytest.raises(ValueError, match="8-byte 'd'"):
+            array_from_bytes("d", "not bytes")  # type: ignore[arg-type]
 
     def test_a_capture_after_the_run_equals_the_live_state(self, tmp_path: Path) -> None:
         """Reused bytes are never stale: each system's captured state is its live state."""
@@ -260,7 +266,7 @@ def test_kill_9_mid_run_leaves_an_intact_snapshot_and_resume_continues(tmp_path:
     state = {
         k: msgpack.unpackb(v, raw=False, strict_map_key=False) for k, v in snap.systems.items()
     }
-    online = ids_from_bytes(state["players"]["online"])
+    online = array_from_bytes("q", state["players"]["online"])
     assert 2500 < len(online) == len(set(online)) < 3500
     assert state["economy"]["accounts_in_store"] is True
     assert state["economy"]["accounts"] == []
