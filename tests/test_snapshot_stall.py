@@ -12,6 +12,7 @@ mid-run; the newest snapshot on disk reads back intact and consistent, and
 
 from __future__ import annotations
 
+import gc
 import signal
 import subprocess
 import sys
@@ -28,9 +29,12 @@ from supervisor import Context
 from supervisor._core._plugins import inspect_system
 from supervisor._core._snapshot import SnapshotStore
 from supervisor.testing import make_supervisor, run_systems
+from systems.datastore import Datastore
 from systems.economy import Economy
 from systems.leaderboard import Leaderboard
 from systems.players import Players, array_from_bytes, array_to_bytes
+from systems.security import Security
+from systems.tycoon import Tycoon
 
 RATE = 10
 QUIET = {"supervisor": {"snapshot_interval": 0.1}, "features": {"optimizer": False}}
@@ -182,6 +186,34 @@ class TestDemoWorldCapture:
             live = msgpack.unpackb(msgpack.packb(system.snapshot()), raw=False)
             assert live == msgpack.unpackb(again.systems[name], raw=False), name
 
+    def test_the_demo_capture_allocates_no_object_per_player(self, tmp_path: Path) -> None:
+        """Each system's ``snapshot()`` and packing: a handful of tracked objects at any size.
+
+        Counted by the garbage collector's own allocation counter (collections
+        off), mid-run after the datastore's commit, as a periodic capture sees
+        the world: every few hundred tracked objects a capture allocates start
+        a collection inside the stall, which at 100,000 players visits them
+        all. A list per security bucket made this grow with the buckets.
+        """
+        systems: dict[str, Any] = {
+            "players": Players(count=3000, churn=0.5, seed=4),
+            "economy": Economy(payday=20),
+            "tycoon": Tycoon(buy_rate=2.0, cheat_rate=0.2),
+            "datastore": Datastore(path=str(tmp_path / "w.db"), autosave=0),
+            "leaderboard": Leaderboard(size=5, every=7, chunk=50),
+            "security": Security(),
+        }
+        probe = _CaptureProbe(at=50, systems=dict(systems))
+        result = run_systems(
+            named={**systems, "probe": probe}, ticks=60, tick_rate=RATE, config=QUIET
+        )
+        assert not result.errors
+        security = systems["security"]
+        assert len(security._tokens) > 1000
+        assert len(security.offenders) > 100
+        assert probe.allocated.keys() == systems.keys()
+        assert max(probe.allocated.values()) < 50, probe.allocated
+
     def test_a_leaderboard_pass_spread_over_ticks_ranks_like_one_pass(self) -> None:
         """``chunk`` small: the pass takes several ticks and publishes the same order at the end."""
         systems: dict[str, Any] = {
@@ -201,6 +233,32 @@ class TestDemoWorldCapture:
             key=lambda pe: (-pe[1], -pe[0]),
         )[:8]
         assert board.top == expected
+
+
+class _CaptureProbe:
+    """On tick ``at``, after the other systems' steps: what each ``snapshot()`` allocates."""
+
+    name = "probe"
+    depends_on = ("datastore", "leaderboard", "security", "tycoon")
+
+    def __init__(self, at: int, systems: dict[str, Any]) -> None:
+        self.at = at
+        self.systems = systems
+        self.allocated: dict[str, int] = {}
+
+    def tick(self, ctx: Context) -> None:
+        if ctx.tick != self.at:
+            return
+        for name, system in self.systems.items():
+            gc.disable()
+            try:
+                before = gc.get_count()[0]
+                state = system.snapshot()
+                msgpack.packb(state)
+                self.allocated[name] = gc.get_count()[0] - before  # while the state is alive
+                del state
+            finally:
+                gc.enable()
 
 
 class _Nothing:
