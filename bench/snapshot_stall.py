@@ -12,7 +12,8 @@ populations divided by 90,000. The loop thread's CPU per tick and the
 garbage collector's pauses over the measured seconds are there for
 direction: a loaded machine inflates them far less than wall times.
 
-Run: ``python -m bench.snapshot_stall [--baseline REF] [--runs 3] [--seconds 10] [--json FILE]``.
+Run: ``python -m bench.snapshot_stall [--baseline REF] [--runs 3] [--seconds 10]
+[--players 10000 100000] [--json FILE]``.
 """
 
 from __future__ import annotations
@@ -60,11 +61,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--baseline", default="main")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--players", type=int, nargs="+", default=list(POPULATIONS))
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"uptime_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"before": extract(args.baseline, Path(tmp)), "after": HERE}
-        for players in POPULATIONS:
+        for players in args.players:
             for run in range(args.runs):
                 for label, tree in trees.items():
                     try:
@@ -83,12 +85,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print("| players | code | " + " | ".join(title for _, title in FIGURES) + " |")
     print("|---:|---|" + "---:|" * len(FIGURES))
-    for players in POPULATIONS:
+    for players in args.players:
         for label in ("before", "after"):
             runs = results[f"{label} {players}"]
             cells = [world.span([r[key] for r in runs if key in r]) for key, _ in FIGURES]
             print(f"| {players:,} | {label} | " + " | ".join(cells) + " |")
     for label in ("before", "after"):
+        if f"{label} 10000" not in results or f"{label} 100000" not in results:
+            continue
         small, big = results[f"{label} 10000"], results[f"{label} 100000"]
         per_player = [
             (b["rss_mb"] - s["rss_mb"]) * 2**20 / 90_000
