@@ -83,13 +83,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{results['uptime_before'][0]:.2f} before, {results['uptime_after'][0]:.2f} after."
     )
     print()
-    print("| players | code | " + " | ".join(title for _, title in FIGURES) + " |")
-    print("|---:|---|" + "---:|" * len(FIGURES))
+    rows = []
     for players in args.players:
         for label in ("before", "after"):
             runs = results[f"{label} {players}"]
             cells = [world.span([r[key] for r in runs if key in r]) for key, _ in FIGURES]
-            print(f"| {players:,} | {label} | " + " | ".join(cells) + " |")
+            rows.append([f"{players:,}", label, *cells])
+    world.print_table(["players", "code", *(title for _, title in FIGURES)], rows, left=1)
     for label in ("before", "after"):
         if f"{label} 10000" not in results or f"{label} 100000" not in results:
             continue

@@ -192,6 +192,14 @@ def span(values: list[float]) -> str:
     return f"{statistics.median(values):.{d}f} ({min(values):.{d}f} to {max(values):.{d}f})"
 
 
+def print_table(header: list[str], rows: list[list[str]], left: int = 0) -> None:
+    """A Markdown table: the ``left`` columns after the first aligned left, the rest right."""
+    print("| " + " | ".join(header) + " |")
+    print("|---:|" + "---|" * left + "---:|" * (len(header) - 1 - left))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def run_child(players: int, seconds: float, tree: Path | None = None) -> dict[str, Any]:
     """``scenario`` in a fresh Python process; with ``tree``, on that checkout's code.
 
@@ -266,14 +274,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         f"{how}load average {load:.2f} at the end."
     )
     print()
-    print("| players | " + " | ".join(title for title, _ in COLUMNS) + " |")
-    print("|---:|" + "---:|" * len(COLUMNS))
+    rows = []
     for players in args.players:
         runs = [r for r in results if r["players"] == players and "failed" not in r]
         name = f"{players:,}" if players else "50 no-op systems"
-        print(
-            f"| {name} | " + " | ".join(span([cell(r) for r in runs]) for _, cell in COLUMNS) + " |"
-        )
+        rows.append([name, *(span([cell(r) for r in runs]) for _, cell in COLUMNS)])
+    print_table(["players", *(title for title, _ in COLUMNS)], rows)
     _common.write_json(args.json, results)
     return results
 
