@@ -236,6 +236,32 @@ class TestDemoWorldCapture:
         )[:8]
         assert board.top == expected
 
+    def test_a_pass_walks_player_ids_and_skips_players_gone_since(self) -> None:
+        """A pass holds int64 ids, not the accounts; a leaver forgotten mid-pass is skipped."""
+        systems: dict[str, Any] = {
+            "players": Players(count=200, churn=0.0, seed=6),
+            "economy": Economy(payday=2),
+            "leaderboard": Leaderboard(size=5, every=10, chunk=20),
+        }
+        result = run_systems(named=systems, ticks=40, tick_rate=RATE, config=QUIET)
+        assert list(result.errors) == []
+        board, economy = systems["leaderboard"], systems["economy"]
+        board._pass = None
+        board.refresh(0)  # a new pass: the first 20 ids ranked
+        walked = board._pass
+        assert isinstance(walked, array)
+        assert len(walked) == 200
+        ranked = sorted(
+            (a for a in economy.accounts.values() if a.online),
+            key=lambda a: (-a.earnings, -a.pid),
+        )
+        forgotten, offline = ranked[0], ranked[1]
+        del economy.accounts[forgotten.pid]  # left and saved: the economy forgot it
+        offline.online = False  # left, not yet saved
+        while board._pass is not None:
+            board.refresh(0)
+        assert board.top == [(a.pid, a.earnings) for a in ranked[2:7]]
+
 
 class _CaptureProbe:
     """On tick ``at``, after the other systems' steps: what each ``snapshot()`` allocates."""
