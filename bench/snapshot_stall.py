@@ -13,7 +13,7 @@ garbage collector's pauses over the measured seconds are there for
 direction: a loaded machine inflates them far less than wall times.
 
 Run: ``python -m bench.snapshot_stall [--baseline REF] [--runs 3] [--seconds 10]
-[--players 10000 100000] [--json FILE]``.
+[--players 10000 100000] [--realtime] [--json FILE]``.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--players", type=int, nargs="+", default=list(POPULATIONS))
+    parser.add_argument("--realtime", action="store_true", help="as bench.world --realtime")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"uptime_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +71,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for run in range(args.runs):
                 for label, tree in trees.items():
                     try:
-                        figures = world.run_child(players, args.seconds, tree)
+                        figures = world.run_child(
+                            players, args.seconds, tree, realtime=args.realtime
+                        )
                     except RuntimeError as exc:  # a world that fell over is a result too
                         figures = {"failed": str(exc)[-500:]}
                     results.setdefault(f"{label} {players}", []).append(figures)
@@ -79,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(
         f"Demo world at 30 Hz, snapshots every second, {args.seconds:g} s a run, "
-        f"median (range) of {args.runs} interleaved runs; load average "
+        f"median (range) of {args.runs} interleaved runs"
+        f"{', realtime mode' if args.realtime else ''}; load average "
         f"{results['uptime_before'][0]:.2f} before, {results['uptime_after'][0]:.2f} after."
     )
     print()

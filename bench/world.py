@@ -27,9 +27,14 @@ With ``--runs N`` each population is run N times, the populations taking
 turns (run 1 of each, then run 2 of each...) so each sees the same spread of
 machine load, and every cell is the median (and range) of the N runs;
 ``--players`` picks the populations (``0`` is the 50 no-op systems).
+``--realtime`` runs them in realtime mode (``[supervisor] realtime = true``:
+the loop thread under SCHED_FIFO, the garbage collector between ticks), where
+the machine's other processes cannot preempt the loop: on a shared machine it
+separates what a snapshot or a tick costs from waiting for a core.
 
-Run: ``python -m bench.world [--seconds S] [--runs N] [--players N ...] [--json FILE]``;
-the 100,000-player figures: ``python -m bench.world --runs 3 --players 10000 100000``.
+Run: ``python -m bench.world [--seconds S] [--runs N] [--players N ...] [--realtime]
+[--json FILE]``; the 100,000-player figures: ``python -m bench.world --runs 3 --players
+10000 100000`` (and the same with ``--realtime``).
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ DEMO = ["players", "economy", "tycoon", "datastore", "leaderboard", "security"]
 WATCHDOG = {"hang_timeout": 10.0, "kill_timeout": 30.0}
 
 
-def scenario(players: int, seconds: float) -> dict[str, Any]:
+def scenario(players: int, seconds: float, realtime: bool = False) -> dict[str, Any]:
     """Run the world in this process; return its figures (called in a child process)."""
     # structlog imports its Twisted adapter when Twisted is installed (it is,
     # for bench/loops.py); a user's install has no Twisted, so neither does
@@ -82,7 +87,7 @@ def scenario(players: int, seconds: float) -> dict[str, Any]:
             systems = {"enabled": []}
         config = Config.from_mapping(
             {
-                "supervisor": {"tick_rate": RATE, "snapshot_interval": 1.0},
+                "supervisor": {"tick_rate": RATE, "snapshot_interval": 1.0, "realtime": realtime},
                 "systems": systems,
                 "features": {"optimizer": False},
                 "watchdog": WATCHDOG,
@@ -200,12 +205,14 @@ def print_table(header: list[str], rows: list[list[str]], left: int = 0) -> None
         print("| " + " | ".join(row) + " |")
 
 
-def run_child(players: int, seconds: float, tree: Path | None = None) -> dict[str, Any]:
+def run_child(
+    players: int, seconds: float, tree: Path | None = None, *, realtime: bool = False
+) -> dict[str, Any]:
     """``scenario`` in a fresh Python process; with ``tree``, on that checkout's code.
 
     The scenario itself is always this file's, so two trees are measured the same way.
     """
-    argv = ["--one", str(players), "--seconds", str(seconds)]
+    argv = ["--one", str(players), "--seconds", str(seconds), *(["--realtime"] if realtime else [])]
     if tree is None:
         command = [sys.executable, "-m", "bench.world", *argv]
     else:
@@ -252,16 +259,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--seconds", type=float, default=SECONDS)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--players", type=int, nargs="+", default=[*PLAYERS, 0])
+    parser.add_argument("--realtime", action="store_true", help="[supervisor] realtime = true")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one is not None:
-        print(json.dumps(scenario(args.one, args.seconds)))
+        print(json.dumps(scenario(args.one, args.seconds, args.realtime)))
         return []
     results: list[dict[str, Any]] = []
     for run in range(args.runs):
         for players in args.players:
             try:
-                figures = run_child(players, args.seconds)
+                figures = run_child(players, args.seconds, realtime=args.realtime)
             except RuntimeError as exc:  # a world that fell over is a result too
                 figures = {"players": players, "failed": str(exc)[-500:]}
             results.append(figures)
@@ -269,6 +277,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 print(f"# run {run + 1} {players:,}: {json.dumps(figures)}", flush=True)
     load = os.getloadavg()[0]
     how = f"median (range) of {args.runs} interleaved runs, " if args.runs > 1 else ""
+    how += "realtime mode, " if args.realtime else ""
     print(
         f"The demo world at {RATE} Hz, {args.seconds:g} s per run, each in its own process; "
         f"{how}load average {load:.2f} at the end."
