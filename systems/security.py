@@ -147,11 +147,14 @@ class Security:
         while recent and recent[0] < horizon:
             recent.popleft()
         # Forget the buckets refilled for sure, oldest first: they behave like new ones.
-        refilled = now - self.burst / self.max_rate
+        # Full by the rule's own arithmetic too (``check`` would clamp to exactly
+        # ``burst``), so forgetting never changes a verdict, even by a rounding.
+        full, rate = float(self.burst), self.max_rate
+        refilled = now - full / rate
         counted, tokens = self._counted, self._tokens
         idle = 0
-        for at in counted.values():
-            if at > refilled:
+        for pid, at in counted.items():
+            if at > refilled or tokens[pid] + (now - at) * rate < full:
                 break
             idle += 1
         for pid in list(itertools.islice(counted, idle)):
