@@ -50,6 +50,14 @@ __all__ = ["Security"]
 _MIN_ID, _MAX_ID = -(2**63), 2**63 - 1
 
 
+def _player(value: Any) -> int:
+    """A player id from an old snapshot: an int64, as every player's is (else corrupt)."""
+    pid = int(value)
+    if not _MIN_ID <= pid <= _MAX_ID:
+        raise ValueError(f"player id {pid} is not an int64")
+    return pid
+
+
 # Options validated when built, not at every assignment (see ``Economy``).
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class Security:
@@ -183,15 +191,17 @@ class Security:
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.violations = {str(k): int(v) for k, v in state["violations"].items()}
+        # Everything is read before anything is assigned: a damaged state changes nothing.
+        violations = {str(k): int(v) for k, v in state["violations"].items()}
         if "buckets" in state:  # a snapshot from before the state was packed as bytes
-            self.offenders = {int(p): int(n) for p, n in state["offenders"]}
-            buckets = [(int(p), float(t), float(at)) for p, t, at in state["buckets"]]
-            buckets.sort(key=lambda bucket: bucket[2])  # oldest count first
+            offenders = {_player(p): int(n) for p, n in state["offenders"]}
+            buckets = sorted(
+                ((_player(p), float(t), float(at)) for p, t, at in state["buckets"]),
+                key=lambda bucket: bucket[2],  # oldest count first
+            )
         else:
             offences = array_from_bytes("q", state["offences"])
-            offenders = array_from_bytes("q", state["offenders"])
-            self.offenders = dict(zip(offenders, offences, strict=True))
+            offenders = dict(zip(array_from_bytes("q", state["offenders"]), offences, strict=True))
             buckets = list(
                 zip(
                     array_from_bytes("q", state["bucket_players"]),
@@ -200,8 +210,10 @@ class Security:
                     strict=True,
                 )
             )
+        checked = int(state["checked"])
+        recent = collections.deque(array_from_bytes("d", state["recent"]))
+        now = float(state["now"])
+        self.violations, self.offenders, self.checked = violations, offenders, checked
         self._tokens = {p: t for p, t, _ in buckets}
         self._counted = {p: at for p, _, at in buckets}
-        self.checked = int(state["checked"])
-        self._recent = collections.deque(array_from_bytes("d", state["recent"]))
-        self._now = float(state["now"])
+        self._recent, self._now = recent, now

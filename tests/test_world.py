@@ -472,8 +472,17 @@ class TestSecurity:
         assert list(old_copy._tokens) == list(old_copy._counted)
         assert old_copy.offenders == security.offenders
         assert list(old_copy._recent) == list(security._recent)
-        with pytest.raises(ValueError, match="zip"):
-            Security().restore({**state, "bucket_tokens": state["bucket_tokens"][:8]})
+        damaged: list[tuple[dict[str, Any], str]] = [
+            ({"bucket_tokens": state["bucket_tokens"][:8]}, "shorter"),
+            ({"bucket_players": b"\x00" * 7}, "8-byte 'q'"),
+            ({"recent": "not bytes"}, "8-byte 'd'"),
+            # An old snapshot with an id no player has.
+            ({"buckets": [[2**63, 1.0, 0.0]], "offenders": []}, "not an int64"),
+        ]
+        for change, why in damaged:
+            with pytest.raises(ValueError, match=why):
+                copy.restore({**state, "violations": {"x": 1}, "checked": 0, **change})
+            assert copy.snapshot() == state, why  # nothing changed
 
     def test_health_degrades_on_an_attack(self) -> None:
         """Violations reaching ``alarm`` within ``window`` make security degraded."""
