@@ -218,14 +218,7 @@ class TestDemoWorldCapture:
 
     def test_a_leaderboard_pass_spread_over_ticks_ranks_like_one_pass(self) -> None:
         """``chunk`` small: the pass takes several ticks and publishes the same order at the end."""
-        systems: dict[str, Any] = {
-            "players": Players(count=400, churn=0.0, seed=5),
-            "economy": Economy(payday=3),
-            "leaderboard": Leaderboard(size=8, every=10, chunk=30),
-        }
-        result = run_systems(named=systems, ticks=60, tick_rate=RATE, config=QUIET)
-        board, economy = systems["leaderboard"], systems["economy"]
-        assert list(result.errors) == []
+        board, economy = ranked_world(Leaderboard(size=8, every=10, chunk=30), 400, ticks=60)
         assert board.refreshes >= 3
         board.refresh(0)
         while board._pass is not None:  # finish a pass without ticks in between
@@ -238,17 +231,11 @@ class TestDemoWorldCapture:
 
     def test_a_pass_walks_player_ids_and_skips_players_gone_since(self) -> None:
         """A pass holds int64 ids, not the accounts; a leaver forgotten mid-pass is skipped."""
-        systems: dict[str, Any] = {
-            "players": Players(count=200, churn=0.0, seed=6),
-            "economy": Economy(payday=2),
-            "leaderboard": Leaderboard(size=5, every=10, chunk=20),
-        }
-        result = run_systems(named=systems, ticks=40, tick_rate=RATE, config=QUIET)
-        assert list(result.errors) == []
-        board, economy = systems["leaderboard"], systems["economy"]
-        board._pass = None
+        board, economy = ranked_world(Leaderboard(size=5, every=10, chunk=20), 200, ticks=40)
+        while pass_of(board) is not None:  # finish the pass under way
+            board.refresh(0)
         board.refresh(0)  # a new pass: the first 20 ids ranked
-        walked = board._pass
+        walked = pass_of(board)
         assert isinstance(walked, array)
         assert len(walked) == 200
         ranked = sorted(
@@ -258,9 +245,25 @@ class TestDemoWorldCapture:
         forgotten, offline = ranked[0], ranked[1]
         del economy.accounts[forgotten.pid]  # left and saved: the economy forgot it
         offline.online = False  # left, not yet saved
-        while board._pass is not None:
+        while pass_of(board) is not None:
             board.refresh(0)
         assert board.top == [(a.pid, a.earnings) for a in ranked[2:7]]
+
+
+def ranked_world(board: Leaderboard, players: int, ticks: int) -> tuple[Leaderboard, Economy]:
+    """``board`` ranking a crowd of ``players`` (no churn, frequent paydays) after ``ticks``."""
+    economy = Economy(payday=3)
+    systems = {"players": Players(count=players, churn=0.0, seed=5), "economy": economy}
+    result = run_systems(
+        named={**systems, "leaderboard": board}, ticks=ticks, tick_rate=RATE, config=QUIET
+    )
+    assert list(result.errors) == []
+    return board, economy
+
+
+def pass_of(board: Leaderboard) -> array[int] | None:
+    """The pass under way (read through a call: a check on it must not be narrowed away)."""
+    return board._pass
 
 
 class _CaptureProbe:
