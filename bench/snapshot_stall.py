@@ -8,16 +8,18 @@ fresh process, once with this tree's code and once with a baseline's
 (``--baseline REF``, default ``main``, extracted with ``git archive`` into a
 temporary folder), interleaved ``--runs`` times so both see the same
 machine load. Memory per player is the RSS difference between the two
-populations divided by 90,000.
+populations divided by 90,000. The loop thread's CPU per tick and the
+garbage collector's pauses over the measured seconds are there for
+direction: a loaded machine inflates them far less than wall times.
 
-Run: ``python -m bench.snapshot_stall [--baseline REF] [--runs 3] [--seconds 10] [--json FILE]``.
+Run: ``python -m bench.snapshot_stall [--baseline REF] [--runs 3] [--seconds 10]
+[--players 10000 100000] [--realtime] [--json FILE]``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import tarfile
 import tempfile
@@ -34,6 +36,8 @@ FIGURES = (
     ("work_p50_ms", "work p50 ms"),
     ("work_p99_ms", "work p99 ms"),
     ("lateness_p99_us", "lateness p99 µs"),
+    ("loop_cpu_per_tick_ms", "loop CPU ms/tick"),
+    ("gc_pause_total_ms", "GC pauses ms"),
     ("rss_mb", "RSS MB"),
     ("snapshot_bytes", "snapshot bytes"),
     ("errors", "errors"),
@@ -51,29 +55,25 @@ def extract(ref: str, into: Path) -> Path:
     return tree
 
 
-def span(values: list[float]) -> str:
-    """Median and range, as the README reports figures measured on a shared machine."""
-    if not values:
-        return "failed"
-    d = 0 if max(values) >= 100 else 2
-    return f"{statistics.median(values):.{d}f} ({min(values):.{d}f} to {max(values):.{d}f})"
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Interleaved runs; a Markdown table of medians and ranges."""
     parser = _common.parser(__doc__)
     parser.add_argument("--baseline", default="main")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--players", type=int, nargs="+", default=list(POPULATIONS))
+    parser.add_argument("--realtime", action="store_true", help="as bench.world --realtime")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"uptime_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"before": extract(args.baseline, Path(tmp)), "after": HERE}
-        for players in POPULATIONS:
+        for players in args.players:
             for run in range(args.runs):
                 for label, tree in trees.items():
                     try:
-                        figures = world.run_child(players, args.seconds, tree)
+                        figures = world.run_child(
+                            players, args.seconds, tree, realtime=args.realtime
+                        )
                     except RuntimeError as exc:  # a world that fell over is a result too
                         figures = {"failed": str(exc)[-500:]}
                     results.setdefault(f"{label} {players}", []).append(figures)
@@ -82,25 +82,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(
         f"Demo world at 30 Hz, snapshots every second, {args.seconds:g} s a run, "
-        f"median (range) of {args.runs} interleaved runs; load average "
+        f"median (range) of {args.runs} interleaved runs"
+        f"{', realtime mode' if args.realtime else ''}; load average "
         f"{results['uptime_before'][0]:.2f} before, {results['uptime_after'][0]:.2f} after."
     )
     print()
-    print("| players | code | " + " | ".join(title for _, title in FIGURES) + " |")
-    print("|---:|---|" + "---:|" * len(FIGURES))
-    for players in POPULATIONS:
+    rows = []
+    for players in args.players:
         for label in ("before", "after"):
             runs = results[f"{label} {players}"]
-            cells = [span([r[key] for r in runs if key in r]) for key, _ in FIGURES]
-            print(f"| {players:,} | {label} | " + " | ".join(cells) + " |")
+            cells = [world.span([r[key] for r in runs if key in r]) for key, _ in FIGURES]
+            rows.append([f"{players:,}", label, *cells])
+    world.print_table(["players", "code", *(title for _, title in FIGURES)], rows, left=1)
     for label in ("before", "after"):
+        if f"{label} 10000" not in results or f"{label} 100000" not in results:
+            continue
         small, big = results[f"{label} 10000"], results[f"{label} 100000"]
         per_player = [
             (b["rss_mb"] - s["rss_mb"]) * 2**20 / 90_000
             for s, b in zip(small, big, strict=True)
             if "rss_mb" in s and "rss_mb" in b
         ]
-        print(f"\nMemory per player ({label}): {span(per_player)} bytes")
+        print(f"\nMemory per player ({label}): {world.span(per_player)} bytes")
     _common.write_json(args.json, results)
     return results
 

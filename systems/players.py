@@ -22,8 +22,10 @@ the numbers the original would have (``tests/test_world.py``,
 from __future__ import annotations
 
 import random
+import struct
 import sys
 from array import array
+from collections.abc import Collection
 from typing import Any, ClassVar
 
 import attrs
@@ -32,43 +34,55 @@ from supervisor import Context
 
 __all__ = [
     "Players",
-    "ids_from_bytes",
-    "ids_to_bytes",
+    "array_from_bytes",
+    "array_to_bytes",
+    "numbers_to_bytes",
     "rng_state",
     "set_rng_state",
     "stochastic_round",
 ]
 
 
-def ids_to_bytes(ids: array[int]) -> bytes:
-    """Player ids as little-endian int64 bytes: one memory copy, not one msgpack int per id.
+def array_to_bytes(values: array[Any]) -> bytes:
+    """An array (int64 ids, float64 times) as little-endian bytes: one memory copy.
 
-    The crowd keeps its ids in ``array("q")`` for this: 100,000 ids become
-    bytes in well under a millisecond (a msgpack list of them takes 2 ms,
-    building it from a list another 5), and a snapshot reads the same on any
+    Not one msgpack number per element: 100,000 ids become bytes in well
+    under a millisecond (a msgpack list of them takes 2 ms, building it from a
+    list another 5), the capture allocates no object per element (nothing for
+    the garbage collector to count), and a snapshot reads the same on any
     machine (shared snapshot stores).
     """
     if sys.byteorder == "big":  # pragma: no cover - no big-endian machine to test on
-        ids = array("q", ids)
-        ids.byteswap()
-    return ids.tobytes()
+        values = array(values.typecode, values)
+        values.byteswap()
+    return values.tobytes()
 
 
-def ids_from_bytes(data: bytes | list[int]) -> array[int]:
-    """Undo ``ids_to_bytes``; a length that is not a multiple of 8 is refused (corrupt).
+def numbers_to_bytes(typecode: str, values: Collection[Any]) -> bytes:
+    """Numbers (a dict's keys or values: ``"q"`` int64, ``"d"`` float64) as ``array_to_bytes`` does.
 
-    A plain list of ints is accepted too: snapshots written before the ids
-    were packed as bytes hold lists, and a world must resume from them.
+    ``struct`` packs straight from the collection, at 15-35 ns a number:
+    building an ``array`` from it first costs 50-100 ns a number.
+    """
+    return struct.pack(f"<{len(values)}{typecode}", *values)
+
+
+def array_from_bytes(typecode: str, data: bytes | list[Any]) -> array[Any]:
+    """Undo ``array_to_bytes`` (or ``numbers_to_bytes``) for ``typecode`` ("q" ids, "d" times).
+
+    A length that is not a multiple of the item size is refused (corrupt). A
+    plain list of numbers is accepted too: snapshots written before the state
+    was packed as bytes hold lists, and a world must resume from them.
     """
     if isinstance(data, list):
-        return array("q", [int(p) for p in data])
-    if not isinstance(data, bytes) or len(data) % 8:
-        raise ValueError("player ids must be int64 bytes")
-    ids = array("q")
-    ids.frombytes(data)
+        return array(typecode, data)
+    values = array(typecode)
+    if not isinstance(data, bytes) or len(data) % values.itemsize:
+        raise ValueError(f"expected {values.itemsize}-byte {typecode!r} array bytes")
+    values.frombytes(data)
     if sys.byteorder == "big":  # pragma: no cover
-        ids.byteswap()
-    return ids
+        values.byteswap()
+    return values
 
 
 def rng_state(rng: random.Random) -> list[Any]:
@@ -218,8 +232,8 @@ class Players:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "online": ids_to_bytes(self.online),
-            "offline": ids_to_bytes(self.offline),
+            "online": array_to_bytes(self.online),
+            "offline": array_to_bytes(self.offline),
             "next_id": self.next_id,
             "seeded": self.seeded,
             "joins": self.joins,
@@ -228,8 +242,8 @@ class Players:
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.online = ids_from_bytes(state["online"])
-        self.offline = ids_from_bytes(state["offline"])
+        self.online = array_from_bytes("q", state["online"])
+        self.offline = array_from_bytes("q", state["offline"])
         self.next_id = int(state["next_id"])
         self.seeded = bool(state["seeded"])
         self.joins = int(state["joins"])

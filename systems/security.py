@@ -9,6 +9,19 @@ journalled or acknowledged.
 * Rate: a token bucket per player, ``max_rate`` purchases a second with
   bursts of up to ``burst``. Time is the economy's simulated clock, so the
   rule holds in simulated seconds, identically after a restore.
+* A player id that is not an int64 (no player has one) is refused as
+  ``impossible_player``: it is counted and logged, not kept per player.
+
+The per-player state is kept in dicts of plain numbers (tokens, the time
+they were counted, offences), which the garbage collector does not track,
+and a snapshot packs each as one block of int64/float64 bytes: capturing
+100,000 players' buckets allocates no object per player (a list per bucket
+made every capture allocate thousands, and each few hundred allocations
+start a collection inside the snapshot's stall). A bucket is moved to the end
+of both dicts whenever it is counted, so they are ordered oldest count first
+and every tick forgets the buckets counted more than ``burst / max_rate``
+seconds ago (full again, they behave like new ones) from the front: the work
+is the number forgotten, not a scan of every bucket once a second.
 
 Each violation is counted (by kind and by player) and logged through
 ``ctx.log``, so it goes through the supervisor's redaction pipeline.
@@ -19,19 +32,30 @@ reach ``alarm``.
 from __future__ import annotations
 
 import collections
+import itertools
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
 from supervisor import Context
 
+from .players import array_from_bytes, numbers_to_bytes
+
 if TYPE_CHECKING:
     from .economy import Economy
 
 __all__ = ["Security"]
 
-#: Seconds of simulated time between two sweeps of idle buckets.
-_SWEEP = 1.0
+#: Player ids are int64 (the players' ids, and how a snapshot stores them).
+_MIN_ID, _MAX_ID = -(2**63), 2**63 - 1
+
+
+def _player(value: Any) -> int:
+    """A player id from an old snapshot: an int64, as every player's is (else corrupt)."""
+    pid = int(value)
+    if not _MIN_ID <= pid <= _MAX_ID:
+        raise ValueError(f"player id {pid} is not an int64")
+    return pid
 
 
 # Options validated when built, not at every assignment (see ``Economy``).
@@ -62,11 +86,12 @@ class Security:
     violations: dict[str, int] = attrs.field(init=False, factory=dict)
     offenders: dict[int, int] = attrs.field(init=False, factory=dict)
     checked: int = attrs.field(init=False, default=0)
-    #: Per player: [tokens, time of the last refill].
-    _buckets: dict[int, list[float]] = attrs.field(init=False, factory=dict)
+    #: Per player whose bucket may not be full yet: its tokens, and when they were
+    #: counted. Both in the same order, oldest count first (see the module's doc).
+    _tokens: dict[int, float] = attrs.field(init=False, factory=dict)
+    _counted: dict[int, float] = attrs.field(init=False, factory=dict)
     _recent: collections.deque[float] = attrs.field(init=False, factory=collections.deque)
     _now: float = attrs.field(init=False, default=0.0)
-    _next_sweep: float = attrs.field(init=False, default=0.0)
     _economy: Economy | None = attrs.field(init=False, default=None)
     _log: Any = attrs.field(init=False, default=None)
 
@@ -81,22 +106,28 @@ class Security:
     def check(self, player: int, amount: int, item: str, now: float) -> str | None:
         """None to allow a purchase; otherwise the violation's kind (it is counted and logged)."""
         self.checked += 1
+        if type(player) is not int or not _MIN_ID <= player <= _MAX_ID:
+            return self._violation("impossible_player", None, amount, item, now)
         if type(amount) is not int or amount <= 0 or amount > self.max_amount:
             return self._violation("impossible_amount", player, amount, item, now)
-        bucket = self._buckets.get(player)
-        if bucket is None:
-            bucket = self._buckets[player] = [float(self.burst), now]
+        buckets, counted = self._tokens, self._counted
+        # Popped and put back: the bucket moves to the end of both dicts.
+        tokens = buckets.pop(player, None)
+        if tokens is None:
+            tokens = float(self.burst)
         else:
-            bucket[0] = min(float(self.burst), bucket[0] + (now - bucket[1]) * self.max_rate)
-            bucket[1] = now
-        if bucket[0] < 1.0:
+            tokens = min(float(self.burst), tokens + (now - counted.pop(player)) * self.max_rate)
+        counted[player] = now
+        if tokens < 1.0:
+            buckets[player] = tokens
             return self._violation("rate_limit", player, amount, item, now)
-        bucket[0] -= 1.0
+        buckets[player] = tokens - 1.0
         return None
 
-    def _violation(self, kind: str, player: int, amount: Any, item: str, now: float) -> str:
+    def _violation(self, kind: str, player: int | None, amount: Any, item: str, now: float) -> str:
         self.violations[kind] = self.violations.get(kind, 0) + 1
-        self.offenders[player] = self.offenders.get(player, 0) + 1
+        if player is not None:
+            self.offenders[player] = self.offenders.get(player, 0) + 1
         self._recent.append(now)
         if self._log is not None:
             self._log.warning(
@@ -123,13 +154,19 @@ class Security:
         horizon = now - self.window
         while recent and recent[0] < horizon:
             recent.popleft()
-        if now >= self._next_sweep:
-            # Forget buckets that have refilled: they behave like new ones.
-            self._next_sweep = now + _SWEEP
-            full, rate = float(self.burst), self.max_rate
-            idle = [p for p, (t, at) in self._buckets.items() if t + (now - at) * rate >= full]
-            for pid in idle:
-                del self._buckets[pid]
+        # Forget the buckets refilled for sure, oldest first: they behave like new ones.
+        # Full by the rule's own arithmetic too (``check`` would clamp to exactly
+        # ``burst``), so forgetting never changes a verdict, even by a rounding.
+        full, rate = float(self.burst), self.max_rate
+        refilled = now - full / rate
+        counted, tokens = self._counted, self._tokens
+        idle = 0
+        for pid, at in counted.items():
+            if at > refilled or tokens[pid] + (now - at) * rate < full:
+                break
+            idle += 1
+        for pid in list(itertools.islice(counted, idle)):
+            del counted[pid], tokens[pid]
 
     def health(self) -> str:
         return "degraded" if len(self._recent) >= self.alarm else "healthy"
@@ -140,21 +177,43 @@ class Security:
         return sum(self.violations.values())
 
     def snapshot(self) -> dict[str, Any]:
+        offenders = self.offenders
         return {
             "violations": dict(self.violations),
-            "offenders": [[p, n] for p, n in self.offenders.items()],
+            "offenders": numbers_to_bytes("q", offenders),
+            "offences": numbers_to_bytes("q", offenders.values()),
             "checked": self.checked,
-            "buckets": [[p, t, at] for p, (t, at) in self._buckets.items()],
-            "recent": list(self._recent),
+            "bucket_players": numbers_to_bytes("q", self._counted),
+            "bucket_tokens": numbers_to_bytes("d", self._tokens.values()),
+            "bucket_counted": numbers_to_bytes("d", self._counted.values()),
+            "recent": numbers_to_bytes("d", self._recent),
             "now": self._now,
-            "next_sweep": self._next_sweep,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.violations = {str(k): int(v) for k, v in state["violations"].items()}
-        self.offenders = {int(p): int(n) for p, n in state["offenders"]}
-        self.checked = int(state["checked"])
-        self._buckets = {int(p): [float(t), float(at)] for p, t, at in state["buckets"]}
-        self._recent = collections.deque(float(t) for t in state["recent"])
-        self._now = float(state["now"])
-        self._next_sweep = float(state["next_sweep"])
+        # Everything is read before anything is assigned: a damaged state changes nothing.
+        violations = {str(k): int(v) for k, v in state["violations"].items()}
+        if "buckets" in state:  # a snapshot from before the state was packed as bytes
+            offenders = {_player(p): int(n) for p, n in state["offenders"]}
+            buckets = sorted(
+                ((_player(p), float(t), float(at)) for p, t, at in state["buckets"]),
+                key=lambda bucket: bucket[2],  # oldest count first
+            )
+        else:
+            offences = array_from_bytes("q", state["offences"])
+            offenders = dict(zip(array_from_bytes("q", state["offenders"]), offences, strict=True))
+            buckets = list(
+                zip(
+                    array_from_bytes("q", state["bucket_players"]),
+                    array_from_bytes("d", state["bucket_tokens"]),
+                    array_from_bytes("d", state["bucket_counted"]),
+                    strict=True,
+                )
+            )
+        checked = int(state["checked"])
+        recent = collections.deque(array_from_bytes("d", state["recent"]))
+        now = float(state["now"])
+        self.violations, self.offenders, self.checked = violations, offenders, checked
+        self._tokens = {p: t for p, t, _ in buckets}
+        self._counted = {p: at for p, _, at in buckets}
+        self._recent, self._now = recent, now

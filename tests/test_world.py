@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import structlog.testing
 import trio
@@ -392,6 +394,95 @@ class TestSecurity:
         later.name = "later"
         run_world(world(buy_rate=0.0, churn=0.0, probe=first, later=later), RATE + 5)
         assert (first.result, later.result) == (5, 2)
+
+    def test_impossible_player_ids_are_blocked_and_not_kept(self) -> None:
+        """An id no player can have (not an int64) is a violation counted by kind only."""
+
+        def strangers(ctx: Context, economy: Economy) -> list[Purchase | Rejection]:
+            ids = (2**63, -(2**63) - 1, "7", 1.0, None)
+            return [economy.purchase(pid, 10) for pid in ids]  # type: ignore[arg-type]
+
+        probe = Probe(3, strangers)
+        sup = run_world(world(buy_rate=0.0, probe=probe), 5)
+        assert {r.reason for r in probe.result} == {"blocked:impossible_player"}
+        security = sup.system("security")
+        assert security.violations == {"impossible_player": 5}
+        assert security.offenders == {}
+        assert security._tokens == {}
+        security.snapshot()  # nothing unpackable was kept
+
+    def test_buckets_are_forgotten_oldest_first_once_refilled(self) -> None:
+        """A bucket counted more than ``burst / max_rate`` seconds ago is dropped; same verdicts.
+
+        Defaults: 5 / 2 = 2.5 s, 75 ticks at 30 Hz. Forgetting is invisible to
+        the rule (a refilled bucket is a new one): the late burst gets 5 again.
+        """
+
+        def drain(ctx: Context, economy: Economy) -> int:
+            pid = first_online(economy)
+            return sum(isinstance(economy.purchase(pid, 1), Purchase) for _ in range(10))
+
+        def kept(ctx: Context, economy: Economy) -> bool:
+            return first_online(economy) in security._tokens
+
+        security = Security()
+        probes = {
+            "probe": Probe(2, drain),
+            "before": Probe(2 + 70, kept),
+            "after": Probe(2 + 80, kept),
+            "again": Probe(2 + 85, drain),
+        }
+        for name, probe in probes.items():
+            probe.name = name
+        systems = world(buy_rate=0.0, churn=0.0, security=security)
+        run_world({**systems, **probes}, 90)
+        assert [p.result for p in probes.values()] == [5, True, False, 5]
+
+    def test_state_is_numbers_in_one_order_and_packs_as_bytes(self) -> None:
+        """No container per bucket (the collector does not track the dicts); exact round trip.
+
+        A snapshot from before the bytes (lists, in any order) restores to the
+        same buckets, put in order.
+        """
+        sup = run_world(world(count=200, cheat_rate=0.3, buy_rate=3.0), 60)
+        security = sup.system("security")
+        assert len(security._tokens) > 20
+        assert security.offenders
+        assert list(security._tokens) == list(security._counted)
+        assert not gc.is_tracked(security._tokens)
+        assert not gc.is_tracked(security._counted)
+        state = security.snapshot()
+        assert isinstance(state["bucket_players"], bytes)
+        copy = Security()
+        copy.restore(msgpack.unpackb(msgpack.packb(state), raw=False))
+        assert copy.snapshot() == state
+        assert list(copy._counted) == list(security._counted)
+        old = {
+            **state,
+            "offenders": [[p, n] for p, n in security.offenders.items()],
+            "buckets": [[p, t, security._counted[p]] for p, t in security._tokens.items()][::-1],
+            "recent": list(security._recent),
+            "next_sweep": 0.0,
+        }
+        old_copy = Security()
+        old_copy.restore(old)
+        assert (old_copy._tokens, old_copy._counted) == (security._tokens, security._counted)
+        times = list(old_copy._counted.values())
+        assert times == sorted(times)  # put in order: oldest count first
+        assert list(old_copy._tokens) == list(old_copy._counted)
+        assert old_copy.offenders == security.offenders
+        assert list(old_copy._recent) == list(security._recent)
+        damaged: list[tuple[dict[str, Any], str]] = [
+            ({"bucket_tokens": state["bucket_tokens"][:8]}, "shorter"),
+            ({"bucket_players": b"\x00" * 7}, "8-byte 'q'"),
+            ({"recent": "not bytes"}, "8-byte 'd'"),
+            # An old snapshot with an id no player has.
+            ({"buckets": [[2**63, 1.0, 0.0]], "offenders": []}, "not an int64"),
+        ]
+        for change, why in damaged:
+            with pytest.raises(ValueError, match=why):
+                copy.restore({**state, "violations": {"x": 1}, "checked": 0, **change})
+            assert copy.snapshot() == state, why  # nothing changed
 
     def test_health_degrades_on_an_attack(self) -> None:
         """Violations reaching ``alarm`` within ``window`` make security degraded."""
