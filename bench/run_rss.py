@@ -126,7 +126,8 @@ def main() -> None:
     for key, runs in results.items():
         print(
             f"| {key} | {_summary([r['VmRSS'] for r in runs])} | "
-            f"{_summary([r['RssAnon'] for r in runs])} | {_summary([r['RssFile'] for r in runs])} | "
+            f"{_summary([r['RssAnon'] for r in runs])} | "
+            f"{_summary([r['RssFile'] for r in runs])} | "
             f"{sum(int(r['api_ok']) for r in runs)}/{len(runs)} | "
             + ", ".join(f"{r['VmRSS']:.1f}" for r in runs)
             + " |"
