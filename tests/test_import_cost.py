@@ -3,7 +3,9 @@
 The run's memory target (``bench/run_rss.py``, README "Benchmarks") is met by
 loading what a run uses when it is first used: difflib only to word an error,
 html (and its entity tables) with the dashboard's first page, statistics with
-the error store's first trends query. The first test runs a real ``supervisor
+the error store's first trends query, decimal and fractions never by the
+redactor (their values exist only once a program imported them), getpass
+with a fleet command. The first test runs a real ``supervisor
 run`` on the demo world and lists what it imported; the others hold the
 start-up release (:mod:`supervisor._core._heap`).
 """
@@ -22,7 +24,15 @@ import pytest
 from supervisor._core._heap import release_free_heap, release_start_up_memory
 
 #: Modules a default run does not use; each loads where it is first needed.
-NOT_LOADED_BY_A_RUN = ("difflib", "html", "html.entities", "statistics")
+NOT_LOADED_BY_A_RUN = (
+    "difflib",
+    "html",
+    "html.entities",
+    "statistics",
+    "decimal",
+    "fractions",
+    "getpass",
+)
 
 RUN = """
 import atexit, json, sys
@@ -75,3 +85,17 @@ def test_release_free_heap_on_glibc() -> None:
     freed = [bytearray(4096) for _ in range(2000)]
     del freed
     assert release_free_heap() in (True, False)
+
+
+def test_decimals_and_fractions_stay_inert_without_an_import_in_the_redactor() -> None:
+    """A Decimal or a Fraction is kept as it is, alone or inside a structure, as before."""
+    import decimal
+    import fractions
+
+    from supervisor._core._redact import Redactor
+
+    price, share = decimal.Decimal("4111111111111111"), fractions.Fraction(1, 3)
+    redactor = Redactor()
+    assert redactor.value(price) is price
+    assert redactor.value(share) is share
+    assert redactor.value({"price": [price, share]}) == {"price": [price, share]}
