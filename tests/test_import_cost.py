@@ -5,7 +5,8 @@ loading what a run uses when it is first used: difflib only to word an error,
 html (and its entity tables) with the dashboard's first page, statistics with
 the error store's first trends query, decimal and fractions never by the
 redactor (their values exist only once a program imported them), getpass
-with a fleet command. The first test runs a real ``supervisor
+with a fleet command, and the client commands (``status``, ``alerts``, ...)
+when they are named. The first test runs a real ``supervisor
 run`` on the demo world and lists what it imported; the others hold the
 start-up release (:mod:`supervisor._core._heap`).
 """
@@ -32,6 +33,12 @@ NOT_LOADED_BY_A_RUN = (
     "decimal",
     "fractions",
     "getpass",
+    # the client commands a run does not need (supervisor._cli._main.LAZY_COMMANDS)
+    "supervisor._cli._alerts_cmd",
+    "supervisor._cli._errors_cmd",
+    "supervisor._cli._experiments_cmd",
+    "supervisor._cli._operator",
+    "supervisor._cli._status_cmd",
 )
 
 RUN = """
@@ -99,3 +106,17 @@ def test_decimals_and_fractions_stay_inert_without_an_import_in_the_redactor() -
     assert redactor.value(price) is price
     assert redactor.value(share) is share
     assert redactor.value({"price": [price, share]}) == {"price": [price, share]}
+
+
+def test_every_lazy_command_is_the_command_it_names() -> None:
+    """Each name of LAZY_COMMANDS loads a command of that name, listed in the group's help."""
+    import click
+
+    from supervisor._cli._main import LAZY_COMMANDS, cli
+
+    ctx = click.Context(cli)
+    assert set(LAZY_COMMANDS) <= set(cli.list_commands(ctx))
+    for name in LAZY_COMMANDS:
+        command = cli.get_command(ctx, name)
+        assert command is not None
+        assert command.name == name
