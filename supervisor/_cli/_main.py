@@ -305,7 +305,6 @@ cli.add_command(rollout)
 cli.add_command(fleet)
 
 
-
 def main() -> None:
     """The console script's entry point."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
