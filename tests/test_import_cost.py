@@ -120,3 +120,14 @@ def test_every_lazy_command_is_the_command_it_names() -> None:
         command = cli.get_command(ctx, name)
         assert command is not None
         assert command.name == name
+
+
+def test_an_unknown_command_is_told_the_nearest_lazy_one() -> None:
+    """click's "did you mean" draws from every command, the lazily loaded ones too."""
+    from click.testing import CliRunner
+
+    from supervisor._cli._main import cli
+
+    result = CliRunner().invoke(cli, ["statu"])
+    assert result.exit_code == 2
+    assert "'status'" in result.output

@@ -73,6 +73,19 @@ class _Group(click.Group):
             self.add_command(command, cmd_name)
         return super().get_command(ctx, cmd_name)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """click's resolution; for an unknown name, every command loaded first.
+
+        click suggests the nearest names ("did you mean 'status'?") from the
+        commands it holds: the lazy ones must be among them.
+        """
+        if args and self.get_command(ctx, args[0]) is None:
+            for name in LAZY_COMMANDS:
+                self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
+
     def main(
         self,
         args: Any = None,
