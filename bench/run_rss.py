@@ -13,7 +13,9 @@ memory in the heap of a process that imports from source:
 * ``cached``: the ``.pyc`` files exist (``compileall`` first), as on every
   run after a user's first and after any non-editable install;
 * ``cold``: no byte-code cache at all (``PYTHONDONTWRITEBYTECODE=1`` and an
-  empty ``PYTHONPYCACHEPREFIX``): every module of the run compiled at start.
+  empty ``PYTHONPYCACHEPREFIX``): every module of the run, the libraries'
+  too, compiled at start (the worst case; a user's first run after
+  ``pip install -e .`` compiles only this package).
 
 ``--against DIR`` measures another checkout (its ``supervisor`` and
 ``systems`` put first on ``PYTHONPATH``, the same interpreter and
