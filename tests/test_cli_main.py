@@ -270,7 +270,9 @@ class TestLogFormat:
 def _commands() -> list[list[str]]:
     """Every command's path: ``[name]`` or ``[group, name]``."""
     paths: list[list[str]] = []
-    for name, command in cli.commands.items():
+    ctx = click.Context(cli)
+    for name in cli.list_commands(ctx):  # the lazily loaded commands too
+        command = cli.get_command(ctx, name)
         if isinstance(command, click.Group):
             paths.extend([name, sub] for sub in command.commands)
         else:

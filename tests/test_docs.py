@@ -116,7 +116,7 @@ def _resolve(words: list[str]) -> click.Command | None:
     for word in words:
         if not isinstance(command, click.Group):
             break
-        command = command.commands.get(word)
+        command = command.get_command(click.Context(command), word)  # lazy ones too
     return command
 
 

@@ -14,7 +14,6 @@ member, its actions written to the run's audit log.
 
 from __future__ import annotations
 
-import getpass
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -73,6 +72,8 @@ def attach_member(sup: Supervisor) -> FleetMember | None:
 def _origin() -> str:
     """Who issues a command: ``cli:USER@HOST``."""
     try:
+        import getpass  # only to name the operator of a fleet command
+
         user = getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (a container)
         user = f"uid{os.getuid()}"

@@ -12,6 +12,7 @@ command (:mod:`supervisor._cli._run`). ``tests/test_cli_imports.py`` holds that 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -21,16 +22,10 @@ import click
 
 from .._core._config_sections import BUILTIN_PROFILES
 from .._errors import ConfigError, one_line
-from ._alerts_cmd import alerts
 from ._client import COMMANDS, DEFAULT_CONFIG, EXIT_USAGE, bounded, fail, make_console
 from ._config_cmd import config
-from ._errors_cmd import errors as errors_command
-from ._errors_cmd import report as report_command
-from ._experiments_cmd import experiments
 from ._fleet_cmd import fleet
-from ._operator import OPERATOR_COMMANDS
 from ._rollout_cmd import rollout
-from ._status_cmd import status
 
 __all__ = ["MAX_TICKS", "cli", "main"]
 
@@ -41,13 +36,55 @@ MAX_TICKS: Final = 2**53
 MAX_TICK_RATE: Final = 10_000.0
 MAX_DURATION: Final = 10.0 * 365 * 86400
 
+#: Commands loaded when named (``supervisor run`` never loads them, nor their
+#: modules): name -> (module of this package, attribute). The others are
+#: added below; ``run`` itself needs their modules.
+LAZY_COMMANDS: Final = {
+    "alerts": ("._alerts_cmd", "alerts"),
+    "errors": ("._errors_cmd", "errors"),
+    "experiments": ("._experiments_cmd", "experiments"),
+    "quarantine": ("._operator", "quarantine"),
+    "release": ("._operator", "release"),
+    "report": ("._errors_cmd", "report"),
+    "snapshot": ("._operator", "snapshot"),
+    "status": ("._status_cmd", "status"),
+}
+
 
 class _Group(click.Group):
     """The ``supervisor`` group: a usage error is ONE line and exit 2.
 
     click's own display prints three (usage, a hint, the error); scripts and
     people grep for one ``supervisor: error:`` line, as every other error gives.
+    The commands of ``LAZY_COMMANDS`` are imported when named (click's
+    documented lazy-loading pattern), so a long ``supervisor run`` does not
+    keep their code resident.
     """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every command's name, the lazy ones included, sorted as click sorts them."""
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The command ``cmd_name``, importing its module the first time it is named."""
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            module, attribute = LAZY_COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(module, __package__), attribute)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """click's resolution; for an unknown name, every command loaded first.
+
+        click suggests the nearest names ("did you mean 'status'?") from the
+        commands it holds: the lazy ones must be among them.
+        """
+        if args and self.get_command(ctx, args[0]) is None:
+            for name in LAZY_COMMANDS:
+                self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
 
     def main(
         self,
@@ -275,13 +312,10 @@ def systems(config_path: str | None, as_json: bool) -> None:
     click.echo("✓ enabled in the config (supervisor run would start it)")
 
 
-for _command in (status, *COMMANDS, *OPERATOR_COMMANDS, config, alerts, experiments):
+for _command in (*COMMANDS, config):
     cli.add_command(_command)
-cli.add_command(errors_command)
-cli.add_command(report_command)
 cli.add_command(rollout)
 cli.add_command(fleet)
-
 
 
 def main() -> None:

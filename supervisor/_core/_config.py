@@ -22,7 +22,6 @@ are over 1 MiB (see :mod:`._files`), byte-order marks, non-UTF-8 bytes, and
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -457,6 +456,8 @@ def _env_target(var: str) -> tuple[str, attrs.Attribute[Any]]:
             source=var,
         )
     if section is None:
+        import difflib  # noqa: PLC0415 - loaded only to word an error
+
         close = difflib.get_close_matches(var.upper(), _env_names(), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else ""
         raise ConfigError(

@@ -11,7 +11,6 @@ are evaluated against (samples, windows, the state machine, delivery) is
 
 from __future__ import annotations
 
-import difflib
 import math
 import operator
 import re
@@ -115,6 +114,8 @@ def parse_when(text: object) -> tuple[str, tuple[tuple[str, str], ...], str, flo
         )
     metric = match["metric"]
     if metric not in ALERT_METRICS:
+        import difflib  # noqa: PLC0415 - loaded only to word an error
+
         close = difflib.get_close_matches(metric, list(ALERT_METRICS), n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(ALERT_METRICS)
         raise ValueError(f"unknown metric {metric!r}; {hint}")

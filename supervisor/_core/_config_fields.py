@@ -10,7 +10,6 @@ keys with a suggestion.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -42,6 +41,8 @@ MAX_TEXT: Final = 4096
 
 def suggest(key: str, known: list[str]) -> str:
     """The end of an "unknown key" message: the nearest known key, or all of them."""
+    import difflib  # noqa: PLC0415 - loaded only to word an error
+
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
     if close:
         return f"; did you mean {close[0]!r}?"

@@ -9,7 +9,6 @@ at registration, so the tick loop never looks a hook up.
 
 from __future__ import annotations
 
-import difflib
 import graphlib
 import heapq
 import importlib
@@ -224,6 +223,8 @@ def build(name: str, factory: Any, kwargs: Mapping[str, Any], *, source: str = "
         ]
         for key in kwargs:
             if key not in params and not takes_any:
+                import difflib  # noqa: PLC0415 - loaded only to word an error
+
                 close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.5)
                 hint = (
                     f"; did you mean {close[0]!r}?"
@@ -477,6 +478,8 @@ def order(infos: Iterable[SystemInfo]) -> list[str]:
         for dep in info.depends_on:
             if dep not in by_name:
                 others = [n for n in by_name if n != info.name]
+                import difflib  # noqa: PLC0415 - loaded only to word an error
+
                 close = difflib.get_close_matches(dep, others, n=1, cutoff=0.5)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise DependencyError(

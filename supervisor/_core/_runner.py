@@ -18,6 +18,7 @@ import trio
 from .._errors import DependencyError, StartupError, SupervisorError
 from ._commands import CommandQueue
 from ._failures import FailureRecorder
+from ._heap import release_start_up_memory
 from ._housekeeping import Housekeeper
 from ._kernel import Kernel, RunState
 from ._lifecycle import Lifecycle
@@ -199,6 +200,7 @@ class Runner:
                 # of the cyclic GC's way, so a full collection stays short.
                 gc.collect()
                 gc.freeze()
+                release_start_up_memory()  # start-up's freed C heap, back to the kernel
                 self._tuning.start(now)
                 self._windows.start(now)
                 self._recovery.health_chore.next_due = now  # checked after the first tick

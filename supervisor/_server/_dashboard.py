@@ -35,7 +35,6 @@ no-referrer``. No route here takes a token in its URL.
 from __future__ import annotations
 
 import hashlib
-import html
 import math
 import re
 import time
@@ -211,6 +210,8 @@ class Dashboard:
     def _form(
         self, message: str, *, status: int, headers: tuple[tuple[bytes, bytes], ...] = ()
     ) -> Answer:
+        import html  # noqa: PLC0415 - html.entities' tables load with the first page
+
         body = _LOGIN_FORM.replace("{message}", html.escape(message)).encode("utf-8")
         return Answer(
             status,
@@ -298,6 +299,8 @@ class Dashboard:
         page = await self._file(_PAGE)
         if page is None:
             raise HttpError(503, "the dashboard page is not installed (supervisor/_server/static)")
+        import html  # noqa: PLC0415 - html.entities' tables load with the first page
+
         csrf = html.escape(session.csrf if session else "")
         meta = (
             f'<meta name="supervisor-csrf" content="{csrf}">'

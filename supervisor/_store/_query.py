@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import math
 import sqlite3
-import statistics
 from typing import Any, Final
 
 from .._core._config_sections import parse_duration
@@ -277,6 +276,8 @@ def minutes(conn: sqlite3.Connection, since: float, until: float) -> list[Minute
 def _pearson(xs: list[float], ys: list[float]) -> float | None:
     if len(xs) < 3:
         return None
+    import statistics  # noqa: PLC0415 - loaded with the first trends query
+
     try:
         r = statistics.correlation(xs, ys)
     except statistics.StatisticsError:  # one of them constant
@@ -303,6 +304,8 @@ def correlation(conn: sqlite3.Connection, since: float, until: float) -> dict[st
     }
     if len(rows) < 3:
         return out
+    import statistics  # noqa: PLC0415 - loaded with the first trends query
+
     mean, sd = statistics.fmean(errors), statistics.pstdev(errors)
     bursts = [r for r in rows if r.errors > mean + BURST_SIGMAS * sd and r.errors > 0]
     calm = [r for r in rows if r not in bursts] or rows
