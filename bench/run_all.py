@@ -22,12 +22,14 @@ import psutil
 #: (marker name, module, arguments), in README order.
 BENCHES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("loops", "bench.loops", ("--seconds", "10")),
-    # about 14 minutes: 6 loops x 2 rates x idle/busy x 3 interleaved runs of 10 s
-    ("realtime", "bench.realtime", ("--seconds", "10", "--runs", "3")),
+    # about 8 minutes: 6 loops x 2 rates x idle/busy x 3 interleaved runs of 5 s
+    ("realtime", "bench.realtime", ("--seconds", "5", "--runs", "3")),
     ("overhead", "bench.overhead", ()),
     ("world", "bench.world", ("--seconds", "10")),
     ("serve", "bench.serve", ("--seconds", "10")),
-    ("storm", "bench.storm", ("--seconds", "10")),
+    ("storm", "bench.storm", ("--seconds", "10", "--runs", "3")),
+    ("snapshot_stall", "bench.snapshot_stall", ("--seconds", "10", "--runs", "3")),
+    ("run_rss", "bench.run_rss", ("--runs", "3")),
     ("optimizer", "bench.optimizer", ()),
 )
 README = Path(__file__).resolve().parent.parent / "README.md"
