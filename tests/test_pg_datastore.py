@@ -65,7 +65,7 @@ def test_migrations_apply_once_in_order_and_upgrade(pg: PgServer) -> None:
         conn.execute("DELETE FROM schema_migrations WHERE version = 3")
         assert migrate(conn, "world") == [3]
         rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
-        assert [r[0] for r in rows] == [1, 2, 3]
+        assert [r[0] for r in rows] == [1, 2, 3, 4]
 
 
 def test_a_schema_newer_than_the_code_is_refused(pg: PgServer, tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ def test_a_schema_newer_than_the_code_is_refused(pg: PgServer, tmp_path: Path) -
     with connect(url, "world") as conn:
         migrate(conn, "world")
         conn.execute("INSERT INTO schema_migrations (version, name) VALUES (99, 'future')")
-        with pytest.raises(MigrationError, match="migration 99, newer than this code's 3"):
+        with pytest.raises(MigrationError, match="migration 99, newer than this code's 4"):
             migrate(conn, "world")
     done = run_world(tmp_path, url, "--ticks", "5")
     assert done.returncode == 2
@@ -143,7 +143,7 @@ def test_a_commit_whose_reply_was_lost_is_not_written_twice(pg: PgServer) -> Non
         # As if the COMMIT reached the server but its reply was lost: the same
         # item again, on a new connection. Re-inserting would violate the keys.
         backend._disconnect()
-        assert not backend._queue  # the worker finished it
+        assert not backend._waiting  # the worker finished it
         again = _Item(backend.last_seq, 7, batch, [(1, 995, 0, 7)], time.monotonic())
         assert backend._commit([again]) == [again]
     finally:
