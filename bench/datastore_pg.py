@@ -7,8 +7,12 @@ so the work p99 with PostgreSQL stays within 10 % of SQLite's.
 Each run is a fresh child process running the six demo systems at ``RATE``
 Hz for ``--seconds`` on the real clock; backends are interleaved (SQLite,
 PostgreSQL, SQLite, ...), ``--runs`` runs each, and the table gives the
-median and the range of the work p99. Also the acknowledged purchases (both
-backends must acknowledge; PostgreSQL's acks come from the worker).
+median and the range of the work p99, and of the ratio PostgreSQL / SQLite
+of each interleaved pair (the two runs next to each other in time share the
+machine's load, so the ratio of a pair is steadier than the ratio of two
+medians). Also the acknowledged purchases (both backends must acknowledge;
+PostgreSQL's acks come from the worker). The load average is printed before
+and after: on a shared machine, figures are only comparable within a table.
 
 PostgreSQL: ``--url postgresql://...`` or, by default, a throwaway cluster
 started from Debian's server binaries (``tests/pg_server.py``; each run gets
@@ -23,6 +27,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -133,34 +138,44 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(json.dumps(scenario(args.one, args.seconds, args.url)))
         return []
     results: list[dict[str, Any]] = []
+    load = _load()
     with _database(args.url) as make_url:
         for players in args.players:
             for _ in range(args.runs):
                 results.append(run_child(players, args.seconds, None))
                 results.append(run_child(players, args.seconds, make_url()))
     print(f"The demo world at {RATE} Hz, {args.seconds:g} s a run, {args.runs} runs a backend,")
-    print("interleaved; work p99 median [min-max] ms.")
+    print(f"interleaved; median [min-max]. Load average before: {load}, after: {_load()}.")
     print()
-    print("| players | SQLite work p99 | PostgreSQL work p99 | PG / SQLite | acks SQLite / PG |")
+    print(
+        "| players | SQLite work p99 ms | PostgreSQL work p99 ms | PG / SQLite (pairs)"
+        " | acks SQLite / PG |"
+    )
     print("|---:|---:|---:|---:|---:|")
     for players in args.players:
         rows = {
             b: [r for r in results if r["players"] == players and r["backend"] == b]
             for b in ("sqlite", "pg")
         }
-        med = {b: statistics.median(r["work_p99_ms"] for r in rs) for b, rs in rows.items()}
-        span = {
-            b: (min(r["work_p99_ms"] for r in rs), max(r["work_p99_ms"] for r in rs))
-            for b, rs in rows.items()
-        }
+        p99 = {b: [r["work_p99_ms"] for r in rs] for b, rs in rows.items()}
+        ratios = [pg / lite for lite, pg in zip(p99["sqlite"], p99["pg"], strict=True)]
         acks = {b: statistics.median(r["acked"] for r in rs) for b, rs in rows.items()}
         print(
-            f"| {players:,} | {med['sqlite']:.2f} [{span['sqlite'][0]:.2f}-{span['sqlite'][1]:.2f}]"
-            f" | {med['pg']:.2f} [{span['pg'][0]:.2f}-{span['pg'][1]:.2f}]"
-            f" | {med['pg'] / med['sqlite']:.2f} | {acks['sqlite']:.0f} / {acks['pg']:.0f} |"
+            f"| {players:,} | {_spread(p99['sqlite'])} | {_spread(p99['pg'])}"
+            f" | {_spread(ratios)} | {acks['sqlite']:.0f} / {acks['pg']:.0f} |"
         )
     _common.write_json(args.json, results)
     return results
+
+
+def _spread(values: list[float]) -> str:
+    """``median [min-max]``."""
+    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+def _load() -> str:
+    """The 1-minute load average (the machine's business while the runs ran)."""
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 if __name__ == "__main__":

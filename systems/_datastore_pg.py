@@ -47,11 +47,19 @@ reads it back and treats the items up to it as committed.
 Fencing: one writer per world
 -----------------------------
 Opening the world increments ``meta.owner`` and keeps the value (the
-fencing token). Every commit first reads ``owner`` with ``FOR UPDATE``; a
+fencing token). Every commit checks ``owner`` with ``FOR UPDATE`` (the
+``fence`` function, before its writes, in the same transaction); a
 different value means another supervisor opened this world since (a
 resume elsewhere, a failover): the worker stops without committing, and the
 datastore asks for an emergency stop. So two supervisors never both write
 one world, even if the first comes back after being declared dead.
+
+Before taking the token, the new owner terminates the old owner's sessions
+(the writer's connection is tagged ``application_name = supervisor:<schema>``;
+:func:`end_old_owners`): an owner frozen in the middle of a commit would
+otherwise hold its row locks, and the new owner's commits would wait, until
+the server's 5 s timeouts end its transaction. The datastore logs
+``datastore.old_owner_ended`` with how many.
 
 Schema and migrations
 ---------------------
@@ -105,9 +113,11 @@ __all__ = [
     "check_schema",
     "check_url",
     "describe_url",
+    "end_old_owners",
     "migrate",
     "refusing",
     "set_aside",
+    "writer_tag",
 ]
 
 #: ``(version, name, sql)``: applied once each, in order. Append; never edit a shipped one.
@@ -258,11 +268,18 @@ def describe_url(url: str) -> str:
     return f"postgresql://{parts.get('user', '')}@{host}:{port}/{parts.get('dbname', '')}"
 
 
-def connect(url: str, schema: str) -> psycopg.Connection[Any]:
-    """A connection with bounded waits, its ``search_path`` on the world's schema."""
+def connect(url: str, schema: str, *, writer: bool = False) -> psycopg.Connection[Any]:
+    """A connection with bounded waits, its ``search_path`` on the world's schema.
+
+    ``writer``: the world's writer (the worker's), tagged with :func:`writer_tag`
+    as its ``application_name`` (whatever the URL says) so that the next owner
+    can find and end it (:func:`end_old_owners`).
+    """
     pg = _psycopg()
     options: dict[str, Any] = {"connect_timeout": 5, "tcp_user_timeout": 10_000}
     options.update(pg.conninfo.conninfo_to_dict(url))
+    if writer:
+        options["application_name"] = writer_tag(schema)
     # A statement that hangs (a half-open connection) fails instead of holding the
     # worker; a frozen supervisor's open transaction (and its lock on ``owner``) is
     # ended by the server instead of blocking the supervisor taking its world over.
@@ -272,6 +289,38 @@ def connect(url: str, schema: str) -> psycopg.Connection[Any]:
     # Autocommit: ``conn.transaction()`` is then always a real BEGIN ... COMMIT.
     conn: psycopg.Connection[Any] = pg.connect(**options, autocommit=True)
     return conn
+
+
+def writer_tag(schema: str) -> str:
+    """The ``application_name`` of the world's writer sessions (at most 59 characters)."""
+    return f"supervisor:{schema}"
+
+
+def end_old_owners(conn: psycopg.Connection[Any], schema: str) -> int:
+    """Terminate every other writer session of the world; how many were ended.
+
+    Called by a new owner before it takes the fencing token. An old owner
+    frozen in the middle of a commit (SIGSTOP, a VM paused, a long GC) holds
+    its transaction's row locks -- the ``owner`` row, the keys it inserted,
+    the accounts it updated -- until the server's statement or idle timeout
+    ends it (5 s): the new owner's first commits would wait that long. Its
+    backend is a live server process even while its client sleeps, so
+    ``pg_terminate_backend`` ends it at once: the transaction rolls back (it
+    was never committed, so never acknowledged), the locks go, and the old
+    owner, when it wakes, finds its connection gone, reconnects, reads the
+    new token and is fenced. Waits up to 1 s for each to be gone.
+
+    Raises:
+        psycopg.errors.InsufficientPrivilege: the old sessions belong to
+            another role (and this one has no ``pg_signal_backend``).
+    """
+    rows = conn.execute(
+        "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = %s"
+        " AND pid <> pg_backend_pid()",
+        (writer_tag(schema),),
+    ).fetchall()
+    return sum(1 for (ended,) in rows if ended)
 
 
 def migrate(conn: psycopg.Connection[Any], schema: str) -> list[int]:
@@ -338,6 +387,10 @@ class PgBackend:
     error: str | None = attrs.field(init=False, default=None)
     fenced: str | None = attrs.field(init=False, default=None)
     ack_error: str | None = attrs.field(init=False, default=None)
+    #: Old owners' sessions ended by :meth:`open` (see :func:`end_old_owners`).
+    old_owners_ended: int = attrs.field(init=False, default=0)
+    #: Why they could not be ended (the new owner then waits for the server's timeouts).
+    end_error: str | None = attrs.field(init=False, default=None)
 
     #: The tick's commits to the worker (None: leave). ``put`` never blocks the tick.
     _inbox: queue.SimpleQueue[_Item | None] = attrs.field(init=False, factory=queue.SimpleQueue)
@@ -362,13 +415,18 @@ class PgBackend:
         Args:
             accepted: ack log lines to record as accepted lost (None: nothing to record).
         """
-        conn = connect(self.url, self.schema)
+        conn = connect(self.url, self.schema, writer=True)
         try:
             migrate(conn, self.schema)
+            try:
+                self.old_owners_ended = end_old_owners(conn, self.schema)
+            except _psycopg().errors.InsufficientPrivilege as exc:
+                # Not fatal: the server's timeouts still end a frozen owner's transaction.
+                self.end_error = str(exc).strip().splitlines()[0]
             with conn.transaction():
-                # Taking the world waits for the old owner's transaction, if it is
-                # frozen in one: the server ends that within 5 s (statement or idle
-                # timeout), so this transaction may wait longer than 5 s.
+                # Taking the world waits for an old owner's transaction that
+                # end_old_owners could not end: the server ends that within 5 s
+                # (statement or idle timeout), so this one may wait longer.
                 conn.execute("SET LOCAL statement_timeout = 20000")
                 if accepted is not None:
                     conn.execute(_SET_META, ("acks_accepted", accepted))
@@ -535,7 +593,7 @@ class PgBackend:
         """Write ``work`` in one transaction; the items committed (some may have been before)."""
         conn = self._conn
         if conn is None:
-            conn = self._conn = connect(self.url, self.schema)
+            conn = self._conn = connect(self.url, self.schema, writer=True)
             # The last COMMIT's reply may have been lost with the old connection.
             # ``commit_seq`` is ours only while ``owner`` is: another supervisor
             # that opened the world since numbers its own commits (and ours,

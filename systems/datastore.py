@@ -261,6 +261,7 @@ class Datastore:
                 detail="the snapshot is older than the database: balances come from the database",
             )
         if self._pg is not None:
+            self._report_old_owners(ctx, self._pg)
             self._economy.add_guard(self._backpressure)
         elif self.autosave > 0:
             self._halt.clear()
@@ -519,6 +520,23 @@ class Datastore:
             pg.open(accepted)
         self._pg = pg
         return pg.stored_tick
+
+    @staticmethod
+    def _report_old_owners(ctx: Context, pg: PgBackend) -> None:
+        """Log the old owners' sessions this start ended, or why it could not."""
+        if pg.old_owners_ended:
+            ctx.log.warning(
+                "datastore.old_owner_ended",
+                sessions=pg.old_owners_ended,
+                detail="an earlier owner of this world was still connected: its"
+                " uncommitted transaction was rolled back, it is fenced",
+            )
+        if pg.end_error is not None:
+            ctx.log.warning(
+                "datastore.old_owner_not_ended",
+                error=pg.end_error,
+                detail="commits may wait up to 5 s for a frozen earlier owner's locks",
+            )
 
     def _count_acks(self, n: int) -> None:
         self.acks_written += n  # only the worker writes it while PostgreSQL is in use
