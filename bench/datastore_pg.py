@@ -18,7 +18,14 @@ PostgreSQL: ``--url postgresql://...`` or, by default, a throwaway cluster
 started from Debian's server binaries (``tests/pg_server.py``; each run gets
 its own database).
 
-Run: ``python -m bench.datastore_pg [--seconds S] [--runs N] [--url URL] [--json FILE]``.
+With ``--start PLAYERS`` it measures instead how long the datastore's start
+takes when a world of PLAYERS players is resumed (``supervisor run
+--resume``, the default watchdog): the ``datastore.started`` log line's
+seconds, ``--runs`` resumes per backend, and whether any start was
+interrupted as a hang.
+
+Run: ``python -m bench.datastore_pg [--seconds S] [--runs N] [--url URL] [--json FILE]``
+or ``python -m bench.datastore_pg --start 100000 --runs 3``.
 """
 
 from __future__ import annotations
@@ -99,6 +106,76 @@ def scenario(players: int, seconds: float, url: str | None) -> dict[str, Any]:
     return out
 
 
+_START_WORLD = """\
+[supervisor]
+tick_rate = {rate}
+snapshot_interval = 1.0
+
+[systems]
+enabled = {demo}
+
+[systems.players]
+count = {players}
+
+[systems.tycoon]
+buy_rate = 0.5
+
+[systems.datastore]
+{datastore}
+
+[features]
+api = false
+"""
+
+
+def start_times(players: int, runs: int, url: str | None) -> dict[str, Any]:
+    """Build a world of ``players`` (150 ticks), then resume it ``runs`` times; the start times."""
+    backend = "sqlite" if url is None else "pg"
+    out: dict[str, Any] = {"players": players, "backend": backend, "seconds": [], "failed": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "world.toml"
+        datastore = "" if url is None else f'url = "{url}"'
+        config.write_text(
+            _START_WORLD.format(
+                rate=RATE, demo=json.dumps(DEMO), players=players, datastore=datastore
+            )
+        )
+        run = [sys.executable, "-m", "supervisor", "run", "--config", str(config)]
+        run += ["--state-dir", str(Path(tmp) / "state")]
+        built = subprocess.run(
+            [*run, "--ticks", "150"], capture_output=True, text=True, check=False
+        )
+        if built.returncode != 0:
+            raise RuntimeError(f"building the world failed: {built.stderr[-2000:]}")
+        for _ in range(runs):
+            done = subprocess.run(
+                [*run, "--resume", "--ticks", "3"], capture_output=True, text=True, check=False
+            )
+            started = [
+                json.loads(line)
+                for line in done.stderr.splitlines()
+                if '"datastore.started"' in line
+            ]
+            if done.returncode != 0 or not started:
+                out["failed"] += 1
+            else:
+                out["seconds"].append(started[0]["seconds"])
+    return out
+
+
+def print_start_times(rows: list[dict[str, Any]], load: str) -> None:
+    """The ``--start`` table."""
+    print(
+        f"The datastore's start, resuming a world (load average before: {load}, after: {_load()})."
+    )
+    print()
+    print("| players | backend | start s, median [min-max] | starts failed |")
+    print("|---:|---|---:|---:|")
+    for row in rows:
+        secs = _spread(row["seconds"]) if row["seconds"] else "-"
+        print(f"| {row['players']:,} | {row['backend']} | {secs} | {row['failed']} |")
+
+
 def run_child(players: int, seconds: float, url: str | None) -> dict[str, Any]:
     """``scenario`` in a fresh Python process."""
     args = [sys.executable, "-m", "bench.datastore_pg", "--one", str(players)]
@@ -132,6 +209,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--runs", type=int, default=RUNS)
     parser.add_argument("--url", help="a PostgreSQL server to use (default: a throwaway one)")
     parser.add_argument("--players", type=int, nargs="*", default=list(PLAYERS))
+    parser.add_argument("--start", type=int, metavar="PLAYERS", help="time the start instead")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one is not None:
@@ -139,6 +217,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         return []
     results: list[dict[str, Any]] = []
     load = _load()
+    if args.start is not None:
+        with _database(args.url) as make_url:
+            results = [start_times(args.start, args.runs, url) for url in (None, make_url())]
+        print_start_times(results, load)
+        _common.write_json(args.json, results)
+        return results
     with _database(args.url) as make_url:
         for players in args.players:
             for _ in range(args.runs):

@@ -257,6 +257,7 @@ class Datastore:
         loop thread, where a test's ``MockClock`` can run them: waiting for a
         thread, it would jump straight to the start deadline.
         """
+        began = time.monotonic()
         if self.url is not None and self.ack_log is None:
             self.ack_log = str(ctx.state_dir / "world.acks")
         if self.path is None:
@@ -299,6 +300,11 @@ class Datastore:
                 target=self._autosave_loop, name=f"{self.name}-autosave", daemon=True
             )
             self._thread.start()
+        ctx.log.info(
+            "datastore.started",
+            seconds=round(time.monotonic() - began, 3),
+            accounts=len(self._economy.accounts),
+        )
 
     def _prepare(self, ctx: Context, continuing: bool) -> Steps[int | None]:
         """Cross-check or set aside, then open; the database's last committed tick. In slices."""
