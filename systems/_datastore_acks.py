@@ -44,14 +44,17 @@ T = TypeVar("T")
 Steps = Generator[None, None, T]
 
 
+def running(steps: Steps[T], result: list[T]) -> Iterator[None]:
+    """Iterate to run ``steps``, one slice an iteration; their result is appended to ``result``."""
+    result.append((yield from steps))
+
+
 def exhaust(steps: Steps[T]) -> T:
     """Run ``steps`` to the end in one go (a thread's way); their result."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result: T = done.value
-            return result
+    result: list[T] = []
+    for _ in running(steps, result):
+        pass
+    return result[0]
 
 
 @attrs.frozen

@@ -101,7 +101,7 @@ import trio
 from supervisor import Context, Phase, StartRefused
 
 from ._datastore_acks import CHUNK as _CHUNK
-from ._datastore_acks import Steps, ack_lines, exhaust, open_ack_log
+from ._datastore_acks import Steps, ack_lines, exhaust, open_ack_log, running
 from ._datastore_pg import (
     PgBackend,
     check_acks,
@@ -142,13 +142,10 @@ _SET_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET valu
 
 async def _sliced(steps: Steps[T]) -> T:
     """Run ``steps`` on the loop thread, letting the loop run between two; their result."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result: T = done.value
-            return result
+    result: list[T] = []
+    for _ in running(steps, result):
         await trio.lowlevel.checkpoint()
+    return result[0]
 
 
 def _synchronous(value: Any) -> str:
