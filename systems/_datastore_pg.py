@@ -5,9 +5,10 @@ Why a worker thread and psycopg 3's sync connection
 The tick must never wait on the network. psycopg 3's async connection runs
 on asyncio only (it needs an asyncio loop; the supervisor runs on trio), so
 the usual pairing beside trio is what this module does: one sync
-``psycopg.Connection`` owned by one worker thread. The tick only appends to
-a queue under a lock (no I/O) and collects what the worker finished; the
-worker does every connect, COMMIT and retry.
+``psycopg.Connection`` owned by one worker thread. The tick only puts its
+commit on a ``queue.SimpleQueue`` and collects what the worker finished from
+a deque, taking no lock the worker may hold (no I/O); the worker does every
+connect, COMMIT and retry.
 
 The tick's side (:meth:`PgBackend.submit`, :meth:`PgBackend.finished`)
 ----------------------------------------------------------------------
@@ -19,6 +20,12 @@ database was slow: group commit adapts), COMMITs, then appends the ack log
 lines and hands the items back; the next tick calls
 ``Economy.committed`` for them (on the tick thread, where the economy
 lives). So a purchase is acknowledged only after its COMMIT returned.
+
+What the worker costs the tick is the GIL: whenever it runs Python while a
+tick runs, the tick waits (up to the interpreter's 5 ms switch interval,
+longer when the OS is slow to schedule the worker). Hence no lock shared
+with the tick, and few replies a commit (see ``_COPY``), each of which wakes
+the worker.
 
 Outage and back-pressure
 ------------------------
