@@ -315,14 +315,16 @@ def end_old_owners(conn: psycopg.Connection[Any], schema: str) -> int:
     ``pg_terminate_backend`` ends it at once: the transaction rolls back (it
     was never committed, so never acknowledged), the locks go, and the old
     owner, when it wakes, finds its connection gone, reconnects, reads the
-    new token and is fenced. Waits up to 1 s for each to be gone.
+    new token and is fenced. The one-argument form (any server version): the
+    ended backends release their locks within milliseconds, which taking the
+    token then waits for.
 
     Raises:
         psycopg.errors.InsufficientPrivilege: the old sessions belong to
             another role (and this one has no ``pg_signal_backend``).
     """
     rows = conn.execute(
-        "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity"
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         " WHERE datname = current_database() AND application_name = %s"
         " AND pid <> pg_backend_pid()",
         (writer_tag(schema),),
