@@ -7,14 +7,25 @@ so the work p99 with PostgreSQL stays within 10 % of SQLite's.
 Each run is a fresh child process running the six demo systems at ``RATE``
 Hz for ``--seconds`` on the real clock; backends are interleaved (SQLite,
 PostgreSQL, SQLite, ...), ``--runs`` runs each, and the table gives the
-median and the range of the work p99. Also the acknowledged purchases (both
-backends must acknowledge; PostgreSQL's acks come from the worker).
+median and the range of the work p99, and of the ratio PostgreSQL / SQLite
+of each interleaved pair (the two runs next to each other in time share the
+machine's load, so the ratio of a pair is steadier than the ratio of two
+medians). Also the acknowledged purchases (both backends must acknowledge;
+PostgreSQL's acks come from the worker). The load average is printed before
+and after: on a shared machine, figures are only comparable within a table.
 
 PostgreSQL: ``--url postgresql://...`` or, by default, a throwaway cluster
 started from Debian's server binaries (``tests/pg_server.py``; each run gets
 its own database).
 
-Run: ``python -m bench.datastore_pg [--seconds S] [--runs N] [--url URL] [--json FILE]``.
+With ``--start PLAYERS`` it measures instead how long the datastore's start
+takes when a world of PLAYERS players is resumed (``supervisor run
+--resume``, the default watchdog): the ``datastore.started`` log line's
+seconds, ``--runs`` resumes per backend, and whether any start was
+interrupted as a hang.
+
+Run: ``python -m bench.datastore_pg [--seconds S] [--runs N] [--url URL] [--json FILE]``
+or ``python -m bench.datastore_pg --start 100000 --runs 3``.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -94,6 +106,76 @@ def scenario(players: int, seconds: float, url: str | None) -> dict[str, Any]:
     return out
 
 
+_START_WORLD = """\
+[supervisor]
+tick_rate = {rate}
+snapshot_interval = 1.0
+
+[systems]
+enabled = {demo}
+
+[systems.players]
+count = {players}
+
+[systems.tycoon]
+buy_rate = 0.5
+
+[systems.datastore]
+{datastore}
+
+[features]
+api = false
+"""
+
+
+def start_times(players: int, runs: int, url: str | None) -> dict[str, Any]:
+    """Build a world of ``players`` (150 ticks), then resume it ``runs`` times; the start times."""
+    backend = "sqlite" if url is None else "pg"
+    out: dict[str, Any] = {"players": players, "backend": backend, "seconds": [], "failed": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "world.toml"
+        datastore = "" if url is None else f'url = "{url}"'
+        config.write_text(
+            _START_WORLD.format(
+                rate=RATE, demo=json.dumps(DEMO), players=players, datastore=datastore
+            )
+        )
+        run = [sys.executable, "-m", "supervisor", "run", "--config", str(config)]
+        run += ["--state-dir", str(Path(tmp) / "state")]
+        built = subprocess.run(
+            [*run, "--ticks", "150"], capture_output=True, text=True, check=False
+        )
+        if built.returncode != 0:
+            raise RuntimeError(f"building the world failed: {built.stderr[-2000:]}")
+        for _ in range(runs):
+            done = subprocess.run(
+                [*run, "--resume", "--ticks", "3"], capture_output=True, text=True, check=False
+            )
+            started = [
+                json.loads(line)
+                for line in done.stderr.splitlines()
+                if '"datastore.started"' in line
+            ]
+            if done.returncode != 0 or not started:
+                out["failed"] += 1
+            else:
+                out["seconds"].append(started[0]["seconds"])
+    return out
+
+
+def print_start_times(rows: list[dict[str, Any]], load: str) -> None:
+    """The ``--start`` table."""
+    print(
+        f"The datastore's start, resuming a world (load average before: {load}, after: {_load()})."
+    )
+    print()
+    print("| players | backend | start s, median [min-max] | starts failed |")
+    print("|---:|---|---:|---:|")
+    for row in rows:
+        secs = _spread(row["seconds"]) if row["seconds"] else "-"
+        print(f"| {row['players']:,} | {row['backend']} | {secs} | {row['failed']} |")
+
+
 def run_child(players: int, seconds: float, url: str | None) -> dict[str, Any]:
     """``scenario`` in a fresh Python process."""
     args = [sys.executable, "-m", "bench.datastore_pg", "--one", str(players)]
@@ -127,40 +209,57 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--runs", type=int, default=RUNS)
     parser.add_argument("--url", help="a PostgreSQL server to use (default: a throwaway one)")
     parser.add_argument("--players", type=int, nargs="*", default=list(PLAYERS))
+    parser.add_argument("--start", type=int, metavar="PLAYERS", help="time the start instead")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one is not None:
         print(json.dumps(scenario(args.one, args.seconds, args.url)))
         return []
     results: list[dict[str, Any]] = []
+    load = _load()
+    if args.start is not None:
+        with _database(args.url) as make_url:
+            results = [start_times(args.start, args.runs, url) for url in (None, make_url())]
+        print_start_times(results, load)
+        _common.write_json(args.json, results)
+        return results
     with _database(args.url) as make_url:
         for players in args.players:
             for _ in range(args.runs):
                 results.append(run_child(players, args.seconds, None))
                 results.append(run_child(players, args.seconds, make_url()))
     print(f"The demo world at {RATE} Hz, {args.seconds:g} s a run, {args.runs} runs a backend,")
-    print("interleaved; work p99 median [min-max] ms.")
+    print(f"interleaved; median [min-max]. Load average before: {load}, after: {_load()}.")
     print()
-    print("| players | SQLite work p99 | PostgreSQL work p99 | PG / SQLite | acks SQLite / PG |")
+    print(
+        "| players | SQLite work p99 ms | PostgreSQL work p99 ms | PG / SQLite (pairs)"
+        " | acks SQLite / PG |"
+    )
     print("|---:|---:|---:|---:|---:|")
     for players in args.players:
         rows = {
             b: [r for r in results if r["players"] == players and r["backend"] == b]
             for b in ("sqlite", "pg")
         }
-        med = {b: statistics.median(r["work_p99_ms"] for r in rs) for b, rs in rows.items()}
-        span = {
-            b: (min(r["work_p99_ms"] for r in rs), max(r["work_p99_ms"] for r in rs))
-            for b, rs in rows.items()
-        }
+        p99 = {b: [r["work_p99_ms"] for r in rs] for b, rs in rows.items()}
+        ratios = [pg / lite for lite, pg in zip(p99["sqlite"], p99["pg"], strict=True)]
         acks = {b: statistics.median(r["acked"] for r in rs) for b, rs in rows.items()}
         print(
-            f"| {players:,} | {med['sqlite']:.2f} [{span['sqlite'][0]:.2f}-{span['sqlite'][1]:.2f}]"
-            f" | {med['pg']:.2f} [{span['pg'][0]:.2f}-{span['pg'][1]:.2f}]"
-            f" | {med['pg'] / med['sqlite']:.2f} | {acks['sqlite']:.0f} / {acks['pg']:.0f} |"
+            f"| {players:,} | {_spread(p99['sqlite'])} | {_spread(p99['pg'])}"
+            f" | {_spread(ratios)} | {acks['sqlite']:.0f} / {acks['pg']:.0f} |"
         )
     _common.write_json(args.json, results)
     return results
+
+
+def _spread(values: list[float]) -> str:
+    """``median [min-max]``."""
+    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+def _load() -> str:
+    """The 1-minute load average (the machine's business while the runs ran)."""
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 if __name__ == "__main__":

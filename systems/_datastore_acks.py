@@ -11,15 +11,24 @@ comparison lives here once, with the lookup passed in.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 from .economy import Batch
 
-__all__ = ["AckCheck", "Lookup", "ack_chunks", "ack_lines", "compare_acks"]
+__all__ = [
+    "AckCheck",
+    "Lookup",
+    "Steps",
+    "ack_chunks",
+    "ack_lines",
+    "compare_acks",
+    "comparing",
+    "exhaust",
+]
 
 #: Lines compared at a time (and ids in one ``IN (...)``): bounded memory for any log.
 CHUNK = 500
@@ -29,6 +38,23 @@ AckRow = tuple[int, int, int, int, str]
 
 #: ``ids -> {id: (player, amount, tick, item)}`` for the purchases the database holds.
 Lookup = Callable[[Sequence[int]], dict[int, tuple[Any, ...]]]
+
+T = TypeVar("T")
+#: Work done in slices: it yields between two (a chunk each), returns its result.
+Steps = Generator[None, None, T]
+
+
+def running(steps: Steps[T], result: list[T]) -> Iterator[None]:
+    """Iterate to run ``steps``, one slice an iteration; their result is appended to ``result``."""
+    result.append((yield from steps))
+
+
+def exhaust(steps: Steps[T]) -> T:
+    """Run ``steps`` to the end in one go (a thread's way); their result."""
+    result: list[T] = []
+    for _ in running(steps, result):
+        pass
+    return result[0]
 
 
 @attrs.frozen
@@ -45,7 +71,17 @@ class AckCheck:
 def compare_acks(
     acks: Path | None, accepted: int, lookup: Lookup | None, db_tick: int | None
 ) -> AckCheck:
-    """Compare the ack log with the database, ``CHUNK`` lines at a time.
+    """:func:`comparing` in one go."""
+    return exhaust(comparing(acks, accepted, lookup, db_tick))
+
+
+def comparing(
+    acks: Path | None, accepted: int, lookup: Lookup | None, db_tick: int | None
+) -> Steps[AckCheck]:
+    """Compare the ack log with the database, ``CHUNK`` lines at a time, yielding after each.
+
+    A caller on the loop thread (SQLite) lets the loop run between two
+    chunks: 100,000 acknowledgements take most of a second to check.
 
     Args:
         acks: the ack log (None or missing: no acknowledgements).
@@ -67,6 +103,7 @@ def compare_acks(
             if stored.get(ack[0]) != ack[1:]:
                 missing += 1
                 first = ack[0] if first is None else first
+        yield
     return AckCheck(count, missing, first, max_id, db_tick)
 
 

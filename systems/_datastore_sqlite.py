@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._datastore_acks import AckCheck, compare_acks
+from ._datastore_acks import AckCheck, Steps, comparing
 from .economy import MAX_BALANCE
 
 __all__ = ["SCHEMA", "audit", "check_against_acks", "checkpoint_and_close", "rollback"]
@@ -80,10 +80,10 @@ def audit(path: str | os.PathLike[str]) -> list[str]:
     return problems
 
 
-def check_against_acks(db: str, acks: Path | None) -> AckCheck:
-    """Compare the ack log with the SQLite database, read-only."""
+def check_against_acks(db: str, acks: Path | None) -> Steps[AckCheck]:
+    """Compare the ack log with the SQLite database, read-only, in slices (see ``comparing``)."""
     if not Path(db).exists():
-        return compare_acks(acks, 0, None, None)
+        return (yield from comparing(acks, 0, None, None))
     conn = sqlite3.connect(f"{Path(db).absolute().as_uri()}?mode=ro", uri=True)
     try:
         meta: dict[str, int] = {}
@@ -97,7 +97,9 @@ def check_against_acks(db: str, acks: Path | None) -> AckCheck:
 
         found = lookup if _has_table(conn, "purchases") else None
         # The first ``accepted`` acks were lost once and the loss accepted.
-        return compare_acks(acks, meta.get("acks_accepted", 0), found, meta.get("last_tick"))
+        return (
+            yield from comparing(acks, meta.get("acks_accepted", 0), found, meta.get("last_tick"))
+        )
     finally:
         conn.close()
 

@@ -93,7 +93,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
 import trio
@@ -101,7 +101,7 @@ import trio
 from supervisor import Context, Phase, StartRefused
 
 from ._datastore_acks import CHUNK as _CHUNK
-from ._datastore_acks import ack_lines, open_ack_log
+from ._datastore_acks import Steps, ack_lines, exhaust, open_ack_log, running
 from ._datastore_pg import (
     PgBackend,
     check_acks,
@@ -119,6 +119,12 @@ if TYPE_CHECKING:
 
 __all__ = ["SCHEMA", "Datastore", "audit"]
 
+T = TypeVar("T")
+
+#: Online players up to which the economy's reload at start runs on the loop
+#: thread: a few ms. Above, in a thread (see ``start``).
+_INLINE_RELOAD = 5_000
+
 #: Seconds a commit may wait (PostgreSQL) before the datastore says degraded.
 _SLOW_ACK = 1.0
 
@@ -132,6 +138,14 @@ _UPSERT_PLAYER = (
 #: ``meta`` key: how many ack log lines an operator accepted as lost (``accept_data_loss``).
 _ACCEPTED = "acks_accepted"
 _SET_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+
+
+async def _sliced(steps: Steps[T]) -> T:
+    """Run ``steps`` on the loop thread, letting the loop run between two; their result."""
+    result: list[T] = []
+    for _ in running(steps, result):
+        await trio.lowlevel.checkpoint()
+    return result[0]
 
 
 def _synchronous(value: Any) -> str:
@@ -226,13 +240,21 @@ class Datastore:
     # ------------------------------------------------------------------ hooks
 
     async def start(self, ctx: Context) -> None:
-        """Check, open and reload (async: on PostgreSQL the network part runs in a thread).
+        """Check, open and reload, never holding the loop thread for long.
 
         A sync hook longer than the watchdog's ``kill_timeout`` (1 s) is
-        interrupted; connecting, migrating and reading every account from a
-        busy database server can take that long, so it runs off the loop
-        thread, bounded by the start deadline and libpq's own timeouts.
+        interrupted, and so is one step of an async hook (the code between two
+        awaits). A resumed world's start is seconds of work at 100,000 players:
+        checking every line of the ack log against the database, then the
+        economy reading every online account back and rebuilding it. The
+        check runs in a thread on PostgreSQL (with the network, bounded by the
+        start deadline and libpq's timeouts), and on SQLite on the loop thread
+        in slices of ``CHUNK`` lines with a checkpoint between two; the reload,
+        above ``_INLINE_RELOAD`` players, in a thread. Small worlds stay on the
+        loop thread, where a test's ``MockClock`` can run them: waiting for a
+        thread, it would jump straight to the start deadline.
         """
+        began = time.monotonic()
         if self.url is not None and self.ack_log is None:
             self.ack_log = str(ctx.state_dir / "world.acks")
         if self.path is None:
@@ -245,12 +267,18 @@ class Datastore:
         continuing = self._restored or self.last_commit_tick >= 0
         self._restored = False
         if self.url is not None:
-            stored_tick = await trio.to_thread.run_sync(self._prepare, ctx, continuing)
+            stored_tick = await trio.to_thread.run_sync(exhaust, self._prepare(ctx, continuing))
         else:
-            stored_tick = self._prepare(ctx, continuing)
+            stored_tick = await _sliced(self._prepare(ctx, continuing))
         self._started = True
         assert self._economy is not None
-        self._economy.attach_store(self, ctx.tick)
+        if len(ctx.system("players").online) > _INLINE_RELOAD:
+            # Reading every online account back and rebuilding it (its income
+            # rate too) is seconds at 100,000 players: a thread, the economy's
+            # only user until every start is done (nothing ticks before).
+            await trio.to_thread.run_sync(self._economy.attach_store, self, ctx.tick)
+        else:
+            self._economy.attach_store(self, ctx.tick)
         if stored_tick is not None and stored_tick >= ctx.tick:
             # Tick ``stored_tick`` was committed, yet the world resumes at an
             # earlier one: the snapshot lags the database (a killed process).
@@ -261,6 +289,7 @@ class Datastore:
                 detail="the snapshot is older than the database: balances come from the database",
             )
         if self._pg is not None:
+            self._report_old_owners(ctx, self._pg)
             self._economy.add_guard(self._backpressure)
         elif self.autosave > 0:
             self._halt.clear()
@@ -268,12 +297,17 @@ class Datastore:
                 target=self._autosave_loop, name=f"{self.name}-autosave", daemon=True
             )
             self._thread.start()
+        ctx.log.info(
+            "datastore.started",
+            seconds=round(time.monotonic() - began, 3),
+            accounts=len(self._economy.accounts),
+        )
 
-    def _prepare(self, ctx: Context, continuing: bool) -> int | None:
-        """Cross-check or set aside, then open; the database's last committed tick."""
+    def _prepare(self, ctx: Context, continuing: bool) -> Steps[int | None]:
+        """Cross-check or set aside, then open; the database's last committed tick. In slices."""
         accepted = None
         if continuing:
-            accepted = self._cross_check(ctx)
+            accepted = yield from self._cross_check(ctx)
         else:
             self._set_aside_old_world(ctx)
         if self.url is not None:
@@ -423,7 +457,7 @@ class Datastore:
 
     # ------------------------------------------------------------------ start-up checks
 
-    def _cross_check(self, ctx: Context) -> int | None:
+    def _cross_check(self, ctx: Context) -> Steps[int | None]:
         """Refuse (or, with ``accept_data_loss``, log) a database that lost acknowledged data.
 
         Read-only and before :meth:`_open`, so a refusal changes no file.
@@ -439,7 +473,7 @@ class Datastore:
             with refusing(self.url, self.schema):
                 check = check_acks(self.url, self.schema, self.ack_path)
         else:
-            check = check_against_acks(path, self.ack_path)
+            check = yield from check_against_acks(path, self.ack_path)
         self.acked_max_id = check.max_id
         problems = []
         if check.missing:
@@ -519,6 +553,23 @@ class Datastore:
             pg.open(accepted)
         self._pg = pg
         return pg.stored_tick
+
+    @staticmethod
+    def _report_old_owners(ctx: Context, pg: PgBackend) -> None:
+        """Log the old owners' sessions this start ended, or why it could not."""
+        if pg.old_owners_ended:
+            ctx.log.warning(
+                "datastore.old_owner_ended",
+                sessions=pg.old_owners_ended,
+                detail="an earlier owner of this world was still connected: its"
+                " uncommitted transaction was rolled back, it is fenced",
+            )
+        if pg.end_error is not None:
+            ctx.log.warning(
+                "datastore.old_owner_not_ended",
+                error=pg.end_error,
+                detail="commits may wait up to 5 s for a frozen earlier owner's locks",
+            )
 
     def _count_acks(self, n: int) -> None:
         self.acks_written += n  # only the worker writes it while PostgreSQL is in use

@@ -37,6 +37,8 @@ from typing import Any
 import attrs
 import pytest
 
+from systems._datastore_acks import CHUNK, compare_acks, comparing
+
 pytestmark = pytest.mark.e2e
 
 SUPERVISOR = Path(sys.executable).parent / "supervisor"
@@ -247,3 +249,49 @@ def test_every_acknowledged_purchase_survives_kill_9(tmp_path: Path) -> None:
     for counts in results:
         # Each run acknowledged something before it was killed: no run was vacuous.
         assert all(b > a for a, b in itertools.pairwise([0, *counts]))
+
+
+def test_the_ack_check_runs_in_slices_of_a_chunk(tmp_path: Path) -> None:
+    """On the loop thread (SQLite) the check lets the loop run after every CHUNK lines."""
+    acks = tmp_path / "world.acks"
+    lines = 2 * CHUNK + 1
+    acks.write_text("".join(f"{i} 1 5 7 -\n" for i in range(1, lines + 1)))
+    steps = comparing(acks, 0, lambda ids: {i: (1, 5, 7, "") for i in ids if i != 3}, 9)
+    slices = 0
+    with contextlib.suppress(StopIteration):
+        while True:
+            next(steps)
+            slices += 1
+    assert slices == 3  # 500 + 500 + 1
+    check = compare_acks(acks, 0, lambda ids: {}, None)
+    assert (check.acks, check.missing, check.first_missing, check.max_id) == (
+        lines,
+        lines,
+        1,
+        lines,
+    )
+
+
+def test_a_resume_at_20_000_players_starts_under_a_tight_watchdog(tmp_path: Path) -> None:
+    """The start's long parts (ack check, account reload) never hold the loop for a step.
+
+    At 100,000 players the reload alone held the loop thread ~1 s and the
+    default watchdog (``kill_timeout`` 1 s) interrupted ``--resume``; here
+    20,000 players and a watchdog at 0.3 s.
+    """
+    config = tmp_path / "world.toml"
+    text = CONFIG.format(rate=30, seed=7, datastore="").replace("count = 200", "count = 20000")
+    text = text.replace("snapshot_interval = 0.25", "snapshot_interval = 1.0")
+    config.write_text(text)
+    base = [str(SUPERVISOR), "run", "--config", str(config), "--state-dir", str(tmp_path / "s")]
+    first = subprocess.run(
+        [*base, "--ticks", "45"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    config.write_text(f"{text}\n[watchdog]\nhang_timeout = 0.3\nkill_timeout = 0.3\n")
+    resumed = subprocess.run(
+        [*base, "--resume", "--ticks", "3"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert '"datastore.verified"' in resumed.stderr
+    assert "StepInterrupted" not in resumed.stderr

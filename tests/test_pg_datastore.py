@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +32,7 @@ from systems._datastore_pg import (
     _Item,
     connect,
     migrate,
+    writer_tag,
 )
 from systems.economy import Batch, Purchase
 
@@ -65,7 +68,7 @@ def test_migrations_apply_once_in_order_and_upgrade(pg: PgServer) -> None:
         conn.execute("DELETE FROM schema_migrations WHERE version = 3")
         assert migrate(conn, "world") == [3]
         rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
-        assert [r[0] for r in rows] == [1, 2, 3]
+        assert [r[0] for r in rows] == [1, 2, 3, 4]
 
 
 def test_a_schema_newer_than_the_code_is_refused(pg: PgServer, tmp_path: Path) -> None:
@@ -73,7 +76,7 @@ def test_a_schema_newer_than_the_code_is_refused(pg: PgServer, tmp_path: Path) -
     with connect(url, "world") as conn:
         migrate(conn, "world")
         conn.execute("INSERT INTO schema_migrations (version, name) VALUES (99, 'future')")
-        with pytest.raises(MigrationError, match="migration 99, newer than this code's 3"):
+        with pytest.raises(MigrationError, match="migration 99, newer than this code's 4"):
             migrate(conn, "world")
     done = run_world(tmp_path, url, "--ticks", "5")
     assert done.returncode == 2
@@ -143,7 +146,7 @@ def test_a_commit_whose_reply_was_lost_is_not_written_twice(pg: PgServer) -> Non
         # As if the COMMIT reached the server but its reply was lost: the same
         # item again, on a new connection. Re-inserting would violate the keys.
         backend._disconnect()
-        assert not backend._queue  # the worker finished it
+        assert not backend._waiting  # the worker finished it
         again = _Item(backend.last_seq, 7, batch, [(1, 995, 0, 7)], time.monotonic())
         assert backend._commit([again]) == [again]
     finally:
@@ -324,3 +327,126 @@ def test_a_fresh_world_sets_the_old_schema_aside(pg: PgServer, tmp_path: Path) -
         }
     assert "world" in names
     assert any(n.startswith("world_aside_") for n in names), names
+
+
+def test_an_owner_frozen_holding_its_locks_is_ended_at_once(pg: PgServer) -> None:
+    """An owner frozen holding its row locks is ended: the new owner goes on at once.
+
+    What the server sees of a frozen owner: its tagged session, idle in a
+    transaction that holds the ``owner`` row and the next ledger key. The new
+    owner ends that session before taking the token: its open and its first
+    commit (the very same ledger key) go through at once instead of waiting
+    for the server's 5 s idle timeout.
+    """
+    url = fresh_db(pg)
+    first = PgBackend(url, "world", None, lambda n: None)
+    first.open(None)  # the world, owned by token 1
+    first.close()
+    frozen = connect(url, "world", writer=True)
+    frozen.execute("BEGIN")
+    frozen.execute("SELECT fence(1)")
+    frozen.execute("INSERT INTO ledger VALUES (1, 7, 1, 'grant', 10, NULL)")
+    started = time.monotonic()
+    new = PgBackend(url, "world", None, lambda n: None)
+    new.open(None)
+    try:
+        assert new.old_owners_ended == 1
+        assert new.last_ids == (0, 0)  # the frozen insert was never committed
+        new.submit(Batch([(1, 7, 2, "grant", 10, None)], [], {7}, []), [(7, 10, 0, 2)], 2)
+        assert len(_wait_finished(new, timeout=10.0)) == 1
+        took = time.monotonic() - started
+        assert took < 1.0, f"the new owner's open and first commit took {took:.2f} s"
+    finally:
+        new.close()
+    with pytest.raises(psycopg.OperationalError):
+        frozen.execute("SELECT 1")
+    frozen.close()
+
+
+def _freeze_mid_commit(proc: subprocess.Popen[bytes], url: str) -> int:
+    """SIGSTOP ``proc`` mid-commit; its writer session's pid.
+
+    Mid-commit: the session is inside a transaction and waits for its client
+    (``ClientRead``: between BEGIN and the COPY, or within the COPY), so the
+    transaction cannot finish while the client is frozen.
+    """
+    sql = (
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND xact_start IS NOT NULL"
+        " AND wait_event = 'ClientRead' AND datname = current_database()"
+    )
+    rng = random.Random(15)
+    with connect(url, "world") as watch:
+        for _ in range(500):
+            os.kill(proc.pid, signal.SIGSTOP)
+            row = watch.execute(sql, (writer_tag("world"),)).fetchone()
+            if row is not None:
+                return int(row[0])
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(rng.uniform(0.0, 0.01))
+    raise AssertionError("never caught the writer inside a commit")
+
+
+def test_a_frozen_owner_is_ended_so_the_new_owner_commits_at_once(
+    pg: PgServer, tmp_path: Path
+) -> None:
+    """A real run SIGSTOPped mid-commit: B ends its session, commits at once; A is fenced.
+
+    A commit fills a temporary staging table before its one final query, so
+    an owner frozen in the COPY holds no lock on the world's tables (the test
+    above covers one that does); its session is ended all the same. A,
+    continued, finds its connection gone, reconnects, reads the new token, is
+    fenced and stops, acknowledging nothing more; everything it acknowledged
+    is in the database.
+    """
+    url = fresh_db(pg)
+    config = write_world(tmp_path, url, rate=100)
+    acks_path = tmp_path / "state" / "world.acks"
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        args = run_args(tmp_path, config, "--exit-on-emergency")
+        proc = subprocess.Popen(args, stdout=out, stderr=out, cwd=tmp_path)
+    try:
+        while not acks_path.exists() or acks_path.stat().st_size == 0:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.02)
+        frozen = _freeze_mid_commit(proc, url)
+        started = time.monotonic()
+        new = PgBackend(url, "world", None, lambda n: None)
+        new.open(None)
+        try:
+            assert new.old_owners_ended == 1
+            seq, pid = new.last_ids
+            player, tick = 10**9, 10**6
+            batch = Batch(
+                [
+                    (seq + 1, player, tick, "grant", 10, None),
+                    (seq + 2, player, tick, "purchase", -5, pid + 1),
+                ],
+                [Purchase(pid + 1, player, 5, "", tick)],
+                {player},
+                [],
+            )
+            new.submit(batch, [(player, 5, 0, tick)], tick)
+            assert len(_wait_finished(new, timeout=5.0)) == 1
+            took = time.monotonic() - started
+            assert took < 1.0, f"the new owner's first commit took {took:.2f} s"
+        finally:
+            new.close()
+        with connect(url, "world") as conn:
+            gone = conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (frozen,))
+            assert gone.fetchone() is None
+        acked_while_frozen = acks_path.stat().st_size
+        os.kill(proc.pid, signal.SIGCONT)
+        assert proc.wait(timeout=30) == 3  # --exit-on-emergency: fenced, it stopped
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert '"datastore.fenced"' in text, text[-3000:]
+    # A acknowledged nothing after it was replaced, and all it did acknowledge is stored.
+    assert acks_path.stat().st_size == acked_while_frozen
+    acks = read_acks(acks_path)
+    assert acks
+    assert pg_audit(url, acks) == []
