@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -77,7 +78,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     except RuntimeError as exc:  # a world that fell over is a result too
                         figures = {"failed": str(exc)[-500:]}
                     results.setdefault(f"{label} {players}", []).append(figures)
-                    print(f"# run {run + 1} {label} {players:,}: {json.dumps(figures)}", flush=True)
+                    print(
+                        f"# run {run + 1} {label} {players:,}: {json.dumps(figures)}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     results["uptime_after"] = os.getloadavg()
     print()
     print(

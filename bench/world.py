@@ -274,7 +274,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 figures = {"players": players, "failed": str(exc)[-500:]}
             results.append(figures)
             if args.runs > 1:
-                print(f"# run {run + 1} {players:,}: {json.dumps(figures)}", flush=True)
+                print(
+                    f"# run {run + 1} {players:,}: {json.dumps(figures)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     load = os.getloadavg()[0]
     how = f"median (range) of {args.runs} interleaved runs, " if args.runs > 1 else ""
     how += "realtime mode, " if args.realtime else ""
