@@ -138,7 +138,7 @@ def table(
         floor = _median(cells.get(("busywait", rate, condition), []), "p99_us")
         trio_p99 = _median(cells.get(("trio", rate, condition), []), "p99_us")
         # Below 1 µs (a quiet machine's busy-wait) the ratio only measures the clock's resolution.
-        ratio_floor = f"{p99 / floor:.1f}" if p99 and floor >= 1 else "-"
+        ratio_floor = f"{p99 / floor:.1f}" if p99 and floor is not None and floor >= 1 else "-"
         ratio_trio = f"{p99 / trio_p99:.2f}" if p99 and trio_p99 else "-"
         cpu_cell = _pct([v for r in results if (v := r["cpu_pct"]) is not None])
         polled_cell = _pct(polled.get((loop, rate, condition), []))
