@@ -557,6 +557,18 @@ class Supervisor:
         """Lateness and work over the last 10 s and 60 s, and the tick rate measured over 10 s."""
         return self._windows.figures()
 
+    def next_tick_due(self) -> tuple[float, float] | None:
+        """The next tick's deadline on trio's clock and the period; None before the first tick.
+
+        For work that must not start just before a tick (the API's accept
+        loop under load): the last tick's deadline plus one period, which the
+        reader projects forward if the loop is late or stopped.
+        """
+        loop = self._k.loop
+        if not loop.tick or self._k.run.stopping:
+            return None
+        return loop.now + loop.dt, loop.dt
+
     def set_listen(self, address: str | None) -> None:
         """The server layer reports the API address it bound (status shows it)."""
         self._surface.listen = address

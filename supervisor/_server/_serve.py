@@ -217,6 +217,7 @@ async def serve_api(
     stats: ServerStats | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     graceful_timeout: float = 1.0,
+    tick_due: Callable[[], tuple[float, float] | None] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``listen`` until cancelled or ``shutdown_trigger`` returns.
@@ -239,6 +240,8 @@ async def serve_api(
         shutdown_trigger: when it returns, stop accepting and give open
             requests ``graceful_timeout`` seconds to finish.
         graceful_timeout: seconds open requests get after the trigger.
+        tick_due: the next tick's deadline and period (``Supervisor.next_tick_due``):
+            a loaded server accepts nothing just before a tick.
 
     Raises:
         ApiListenError: the address is malformed, in use, or not usable; TLS
@@ -290,6 +293,7 @@ async def serve_api(
                     ssl_context=tls,
                     shutdown_trigger=shutdown_trigger,
                     graceful_timeout=graceful_timeout,
+                    tick_due=tick_due,
                 )
             )
             log.info("api.listening", listen=shown, tls=tls is not None)
@@ -436,6 +440,7 @@ def attach_api(sup: Supervisor, *, error_store: ErrorShipper | None = None) -> A
                         listen,
                         api=served,
                         shutdown_trigger=functools.partial(_wait_closing, sup),
+                        tick_due=sup.next_tick_due,
                         task_status=task_status,
                     )
                     nursery.cancel_scope.cancel()
