@@ -17,7 +17,13 @@ import pytest
 import trio
 import trio.testing
 
-from supervisor._server._connection import ConnectionLimits, ServerStats
+from supervisor._server._connection import (
+    TICK_AFTER,
+    ConnectionLimits,
+    ServerStats,
+    clear_of_ticks,
+    tick_guard,
+)
 from supervisor._server._listener import ACCEPT_AFTER, ACCEPT_GUARD, _Server
 
 
@@ -87,3 +93,30 @@ def test_without_a_tick_source_the_server_accepts_as_before() -> None:
         assert await _taken_at(server, 3.25) == 3.25
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.parametrize(
+    ("when", "due", "moved"),
+    [
+        (9.5, (10.0, 1.0), 9.5),  # before the guard: kept
+        (9.8, (10.0, 1.0), 10.0 + TICK_AFTER),  # in the guard: just after the tick
+        (10.0, (10.0, 1.0), 10.0 + TICK_AFTER),  # at the deadline: after the tick too
+        (10.5, (10.0, 1.0), 10.5),  # after the tick: kept
+        (12.9, (10.0, 1.0), 13.0 + TICK_AFTER),  # projected onto later ticks
+        (6.8, (10.0, 1.0), 7.0 + TICK_AFTER),  # and onto earlier ones (a stale deadline)
+        (9.8, None, 9.8),  # no schedule: kept
+    ],
+)
+def test_a_slow_heads_poll_keeps_out_of_the_guard_before_a_tick(
+    when: float, due: tuple[float, float] | None, moved: float
+) -> None:
+    assert clear_of_ticks(when, due) == pytest.approx(moved)
+
+
+def test_the_end_of_a_guard_belongs_to_the_next_tick() -> None:
+    # Where a wait for the guard wakes: the same tick again would make the waiter spin.
+    due = (1e6 + 1 / 60, 1 / 60)
+    start, end = tick_guard(due[0] - 0.001, due)
+    assert start <= due[0] - 0.001 < end
+    later_start, _ = tick_guard(end, due)
+    assert later_start > end

@@ -65,12 +65,59 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
 
-__all__ = ["DEADLINE_SPREAD", "Connection", "ConnectionLimits", "ServerStats"]
+__all__ = [
+    "DEADLINE_SPREAD",
+    "TICK_AFTER",
+    "TICK_GUARD",
+    "Connection",
+    "ConnectionLimits",
+    "ServerStats",
+    "TickDue",
+    "clear_of_ticks",
+    "tick_guard",
+]
 
 # Jitter for pacing slow heads and spreading deadlines: not a secret, only a spread.
 _JITTER: Final = random.Random()
 #: Deadlines fall at random between (1 - DEADLINE_SPREAD) and 1 times their timeout.
 DEADLINE_SPREAD: Final = 0.1
+
+
+#: Share of the tick period before a deadline kept free of connection wake-ups we time.
+TICK_GUARD: Final = 0.25
+#: Such a wake-up moved out of the guard comes this long after the deadline (the tick first).
+TICK_AFTER: Final = 200e-6
+#: The next tick's deadline on trio's clock and the period (``Supervisor.next_tick_due``).
+TickDue = Callable[[], "tuple[float, float] | None"]
+
+
+def tick_guard(when: float, due: tuple[float, float]) -> tuple[float, float]:
+    """The guard ``[start, end)`` of the first tick that ``when`` is not yet past.
+
+    ``start`` is ``TICK_GUARD`` of a period before that tick, ``end`` is
+    ``TICK_AFTER`` past it. The schedule is projected from ``due`` (the next
+    deadline and the period) both ways, so a late or stopped loop still gets
+    a regular grid.
+    """
+    deadline, period = due
+    # The epsilon: at exactly ``end`` (where a wait for the guard wakes) rounding
+    # must not give the same tick again, or the waiter would spin on it.
+    ticks = math.floor((when - deadline - TICK_AFTER) / period + 1e-9) + 1
+    tick = deadline + ticks * period
+    return tick - TICK_GUARD * period, tick + TICK_AFTER
+
+
+def clear_of_ticks(when: float, due: tuple[float, float] | None) -> float:
+    """``when``, or just after a tick if ``when`` falls in the guard before that tick.
+
+    A wake-up we choose the time of (a slow head's next poll) must not land
+    in the last ``TICK_GUARD`` of a period: trio would run it in the tick's
+    own scheduler batch, ahead of the tick.
+    """
+    if due is None:
+        return when
+    start, end = tick_guard(when, due)
+    return end if when >= start else when
 
 
 def _within(timeout: float) -> float:
@@ -206,10 +253,12 @@ class Connection(TCPServer):
         *,
         limits: ConnectionLimits,
         stats: ServerStats,
+        tick_due: TickDue | None = None,
     ) -> None:
         super().__init__(app, config, context, {}, cast(Any, stream))
         self.limits = limits
         self.stats = stats
+        self.tick_due = tick_due
         self.stage = _HEAD
         self.evicted = False
         self._deadline = _within(limits.header_timeout)
@@ -408,16 +457,22 @@ class Connection(TCPServer):
         of several milliseconds, in front of a due tick. Here no task waits
         on the socket: each sleeps a random while (``pace`` times 0.5 to
         1.5), then tries a non-blocking read, so the wake-ups stay spread
-        out whatever the clients do. Only for a plain socket (TLS records
-        need the SSL stream) and only once a head came in pieces.
+        out whatever the clients do; one that would fall in the guard before
+        a tick comes just after it instead (:func:`clear_of_ticks`). Only for
+        a plain socket (TLS records need the SSL stream) and only once a head
+        came in pieces.
 
         Raises:
             trio.ClosedResourceError: the socket was closed meanwhile.
             OSError: the read failed (reset by the peer).
         """
         sock: Any = cast(Any, self.stream).socket
+        tick_due = self.tick_due
         while True:
-            await trio.sleep(pace * (0.5 + _JITTER.random()))
+            when = trio.current_time() + pace * (0.5 + _JITTER.random())
+            if tick_due is not None:  # and never just before a tick
+                when = clear_of_ticks(when, tick_due())
+            await trio.sleep_until(when)
             fd = sock.fileno()
             if fd < 0:
                 raise trio.ClosedResourceError

@@ -28,7 +28,8 @@ around it:
   holder whose task wakes too; with 600 held connections about 225 of each a
   second, and the ones that landed in the tick's own scheduler batch came
   before the tick. ``tick_due`` (``Supervisor.next_tick_due``) gives the next
-  deadline; without it, or with few connections, accept as before.
+  deadline; without it, or with few connections, accept as before. A slow
+  head's polls keep out of the same guard (``_connection.clear_of_ticks``).
 * **Peer credentials.** On a Unix socket the peer's uid (``SO_PEERCRED``) is
   put into each request's ASGI scope as ``scope["extensions"]["peer_uid"]``.
 * **TLS** when given an :class:`ssl.SSLContext` (ALPN ``http/1.1``).
@@ -68,7 +69,15 @@ from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.trio.worker_context import WorkerContext
 
 from .._logging import get_logger
-from ._connection import Connection, ConnectionLimits, ServerStats
+from ._connection import (
+    TICK_AFTER,
+    TICK_GUARD,
+    Connection,
+    ConnectionLimits,
+    ServerStats,
+    TickDue,
+    tick_guard,
+)
 
 __all__ = ["make_ssl_context", "peer_uid", "serve_connections"]
 
@@ -84,9 +93,9 @@ _PEERCRED_SIZE: Final = struct.calcsize("3i")
 
 
 #: Share of the tick period before a deadline in which a loaded server does not accept.
-ACCEPT_GUARD: Final = 0.25
+ACCEPT_GUARD: Final = TICK_GUARD
 #: Accept again this long after the deadline: the tick's own task runs first.
-ACCEPT_AFTER: Final = 200e-6
+ACCEPT_AFTER: Final = TICK_AFTER
 
 
 def peer_uid(sock: trio.socket.SocketType) -> int | None:
@@ -154,7 +163,7 @@ class _Server:
     ssl_context: ssl.SSLContext | None
     context: WorkerContext = attrs.field(factory=lambda: WorkerContext(None))
     #: The next tick's deadline on trio's clock and the tick period, or None (see the module).
-    tick_due: Callable[[], tuple[float, float] | None] | None = None
+    tick_due: TickDue | None = None
     # Insertion-ordered: the first waiting connection is the oldest.
     _conns: dict[Connection, None] = attrs.field(factory=dict)
     _room: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
@@ -202,13 +211,10 @@ class _Server:
             due = self.tick_due()
             if due is None:
                 break
-            deadline, period = due
             now = trio.current_time()
-            if now > deadline:  # a late or stopped loop: the schedule, projected
-                deadline += math.ceil((now - deadline) / period) * period
-            guard_start = deadline - ACCEPT_GUARD * period
+            guard_start, guard_end = tick_guard(now, due)
             if now >= guard_start:
-                await trio.sleep_until(deadline + ACCEPT_AFTER)
+                await trio.sleep_until(guard_end)
                 continue
             with trio.move_on_at(guard_start):
                 return await listener.accept()
@@ -245,7 +251,13 @@ class _Server:
                 stream, self.ssl_context, server_side=True, https_compatible=True
             )
         conn = Connection(
-            app, self.config, self.context, served, limits=self.limits, stats=self.stats
+            app,
+            self.config,
+            self.context,
+            served,
+            limits=self.limits,
+            stats=self.stats,
+            tick_due=self.tick_due,
         )
         self._conns[conn] = None
         self.stats.accepted += 1
