@@ -4,7 +4,7 @@ Each accept wakes a task, starts a connection and may evict a holder: under
 load those wake-ups must not land in the tick's own scheduler batch. On a
 MockClock, with the next tick due at 10.0 every 1.0 s, a connection that
 arrives in the guard (the last quarter of the period) is taken exactly
-ACCEPT_AFTER past the deadline; one arriving earlier is taken at once; a
+TICK_AFTER past the deadline; one arriving earlier is taken at once; a
 server with few connections, or no tick schedule, accepts as before.
 """
 
@@ -19,12 +19,13 @@ import trio.testing
 
 from supervisor._server._connection import (
     TICK_AFTER,
+    TICK_GUARD,
     ConnectionLimits,
     ServerStats,
     clear_of_ticks,
     tick_guard,
 )
-from supervisor._server._listener import ACCEPT_AFTER, ACCEPT_GUARD, _Server
+from supervisor._server._listener import _Server
 
 
 class _Arrivals:
@@ -62,14 +63,14 @@ async def _taken_at(server: _Server, arrival: float) -> float:
     ("held", "due", "arrival", "taken"),
     [
         # loaded (half the slots or more): in the guard -> just after the tick
-        (2, (10.0, 1.0), 9.8, 10.0 + ACCEPT_AFTER),
-        (2, (10.0, 1.0), 10.0 - ACCEPT_GUARD, 10.0 + ACCEPT_AFTER),
+        (2, (10.0, 1.0), 9.8, 10.0 + TICK_AFTER),
+        (2, (10.0, 1.0), 10.0 - TICK_GUARD, 10.0 + TICK_AFTER),
         # loaded, before the guard: at once
         (2, (10.0, 1.0), 9.5, 9.5),
         # loaded, after the tick: at once
         (2, (10.0, 1.0), 10.5, 10.5),
         # a stale deadline (loop late or stopped) is projected onto the schedule
-        (3, (5.0, 1.0), 9.9, 10.0 + ACCEPT_AFTER),
+        (3, (5.0, 1.0), 9.9, 10.0 + TICK_AFTER),
         # few connections, or no schedule: as before
         (1, (10.0, 1.0), 9.8, 9.8),
         (2, None, 9.8, 9.8),

@@ -22,7 +22,7 @@ around it:
   time at a pace the client sets.
 * **No accepting just before a tick.** Under load (half the slots taken or
   more) the accept loop does not wait on the listening socket during the
-  last quarter of a tick period (``ACCEPT_GUARD``): it sleeps until the tick
+  last quarter of a tick period (``TICK_GUARD``): it sleeps until the tick
   is due and accepts after it, what arrived meanwhile waiting in the kernel's
   backlog. Each accept wakes a task, starts a connection and may evict a
   holder whose task wakes too; with 600 held connections about 225 of each a
@@ -70,8 +70,6 @@ from hypercorn.trio.worker_context import WorkerContext
 
 from .._logging import get_logger
 from ._connection import (
-    TICK_AFTER,
-    TICK_GUARD,
     Connection,
     ConnectionLimits,
     ServerStats,
@@ -90,12 +88,6 @@ LOG_EVERY: Final = 60.0
 _EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _EXHAUSTED_PAUSE: Final = 0.1
 _PEERCRED_SIZE: Final = struct.calcsize("3i")
-
-
-#: Share of the tick period before a deadline in which a loaded server does not accept.
-ACCEPT_GUARD: Final = TICK_GUARD
-#: Accept again this long after the deadline: the tick's own task runs first.
-ACCEPT_AFTER: Final = TICK_AFTER
 
 
 def peer_uid(sock: trio.socket.SocketType) -> int | None:
@@ -343,7 +335,7 @@ async def serve_connections(
         shutdown_trigger: when it returns, stop gracefully.
         graceful_timeout: seconds requests in flight get after the trigger.
         tick_due: the next tick's deadline and period: a loaded server does
-            not accept in the last ``ACCEPT_GUARD`` of a period.
+            not accept in the last ``TICK_GUARD`` of a period.
     """
     # The longest accept queue the kernel allows: a flood of connects that
     # overflows a short one makes the kernel drop handshakes, and a client
