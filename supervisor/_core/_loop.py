@@ -24,6 +24,7 @@ from ._gc import TickCollector
 from ._kernel import Kernel
 from ._realtime import RealtimeMode
 from ._schedule import Chore, TickSchedule
+from ._slice import FairSlice
 from ._slots import RING_MASK
 from ._steps import Steps
 from ._timing import PreciseSleeper, make_sleeper
@@ -43,6 +44,8 @@ class TickLoop:
         #: Realtime mode, entered and left around each run of the ticks.
         #: The cyclic GC, run between ticks while the loop runs.
         self.collector = TickCollector()
+        #: The tick thread's short fair-scheduler slice, held while the loop runs.
+        self.fair_slice = FairSlice()
         self.realtime = RealtimeMode(kernel.log, self.collector)
 
     def add_chore(self, chore: Chore) -> None:
@@ -57,6 +60,7 @@ class TickLoop:
         sleeper = None
         try:
             # Before the anchor: locking memory takes milliseconds, tick 0 must not pay them.
+            self.fair_slice.enter()
             realtime.enter(cfg)
             self.collector.enter(k.rate)
             sleep_until, sleeper = make_sleeper(precise=k.active.features.precise_timing)
@@ -72,6 +76,7 @@ class TickLoop:
         finally:
             self.collector.leave()
             realtime.leave()
+            self.fair_slice.leave()
             if sleeper is not None:
                 sleeper.close()
 

@@ -205,9 +205,11 @@ class Supervisor:
         self._attach_features(k, active.supervisor.realtime)
 
     def _attach_features(self, k: Kernel, realtime: bool) -> None:
-        """Realtime mode's status, hot reload, memory per system, flags and experiments."""
+        """Realtime mode's and the scheduler's status, hot reload, memory, flags, experiments."""
         if realtime:
             self.status_sections["realtime"] = self._runner.loop.realtime.status
+        # The tick thread's fair-scheduler slice (``_slice``), in plain mode too.
+        self.status_sections["scheduler"] = self._runner.loop.fair_slice.status
         #: Hot reload of systems between two ticks (``run --reload`` drives it).
         self.reloader = Reloader(k, self._steps)
         self._runner.loop.add_chore(self.reloader.chore)
