@@ -20,7 +20,12 @@ and range of the N runs, and the ratio is the held p99 over the idle p99 of
 each pair. The load average is printed before and after: on a shared machine
 the figures are noise.
 
-Run: ``python -m bench.held_connections [--seconds S] [--held N] [--runs N] [--json FILE]``.
+``--without-fair-slice`` starts the supervisor with the tick thread's short
+fair-scheduler slice turned off (``supervisor._core._slice``), for the
+before/after comparison in the README.
+
+Run: ``python -m bench.held_connections [--seconds S] [--held N] [--runs N]
+[--without-fair-slice] [--json FILE]``.
 """
 
 from __future__ import annotations
@@ -161,6 +166,21 @@ def _api_counters(port: int, token: str) -> dict[str, float]:
     return out
 
 
+#: ``supervisor`` with the tick thread's fair slice turned off (the comparison).
+_WITHOUT_FAIR_SLICE = (
+    "import sys; from supervisor._core import _slice; "
+    "_slice.FairSlice.enter = lambda self: None; "
+    "from supervisor._cli._main import main; sys.argv[0] = 'supervisor'; main()"
+)
+
+
+def supervisor_command(*, fair_slice: bool = True) -> list[str]:
+    """The ``supervisor`` command of this virtualenv, or the same without the fair slice."""
+    if fair_slice:
+        return [str(Path(sys.executable).parent / "supervisor")]
+    return [sys.executable, "-c", _WITHOUT_FAIR_SLICE]
+
+
 #: What a run does while the supervisor runs: ``(port, token) -> figures``.
 During = Callable[[int, str], dict[str, Any]]
 
@@ -172,6 +192,7 @@ def run_on_tcp(
     during: During,
     *,
     after: During | None = None,
+    fair_slice: bool = True,
 ) -> dict[str, Any]:
     """One ``supervisor run`` of the bench world on a free loopback port, with a token.
 
@@ -179,7 +200,6 @@ def run_on_tcp(
     the supervisor's CPU share over ``seconds`` is added to its figures, then
     those of ``after(port, token)``, and the run's summary.
     """
-    exe = Path(sys.executable).parent / "supervisor"
     token = secrets.token_urlsafe(16)
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -199,7 +219,8 @@ def run_on_tcp(
         # A little longer than the attack, so the counters can be read before it ends.
         proc = subprocess.Popen(
             [
-                *(str(exe), "run", "--config", str(cfg), "--duration", str(seconds + 3)),
+                *supervisor_command(fair_slice=fair_slice),
+                *("run", "--config", str(cfg), "--duration", str(seconds + 3)),
                 *("--summary-json", str(summary), "--log-format", "json"),
             ],
             stdout=subprocess.DEVNULL,
@@ -229,7 +250,9 @@ def run_on_tcp(
     return result
 
 
-def run(seconds: float, rate: int, held: int, max_connections: int) -> dict[str, Any]:
+def run(
+    seconds: float, rate: int, held: int, max_connections: int, *, fair_slice: bool = True
+) -> dict[str, Any]:
     """One supervisor run with ``held`` connections held against it (0: only the prober)."""
     return run_on_tcp(
         seconds,
@@ -237,6 +260,7 @@ def run(seconds: float, rate: int, held: int, max_connections: int) -> dict[str,
         max_connections,
         lambda port, token: trio.run(_attack, port, held, seconds),
         after=lambda port, token: {"api": _api_counters(port, token)},
+        fair_slice=fair_slice,
     )
 
 
@@ -268,17 +292,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--held", type=int, default=HELD)
     parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS)
     parser.add_argument("--runs", type=int, default=1, help="idle/held pairs, interleaved")
+    parser.add_argument(
+        "--without-fair-slice",
+        action="store_true",
+        help="the tick thread on the kernel's default slice (the comparison)",
+    )
     args = parser.parse_args(argv)
+    fair_slice = not args.without_fair_slice
     load_before = os.getloadavg()
     idles: list[dict[str, Any]] = []
     helds: list[dict[str, Any]] = []
     for _ in range(args.runs):
-        idles.append(run(args.seconds, args.rate, 0, args.max_connections))
-        helds.append(run(args.seconds, args.rate, args.held, args.max_connections))
+        for runs, held in ((idles, 0), (helds, args.held)):
+            runs.append(
+                run(args.seconds, args.rate, held, args.max_connections, fair_slice=fair_slice)
+            )
     load_after = os.getloadavg()
     print(
         f"systems: {', '.join(serve._systems())} at {args.rate} Hz, {args.seconds:g} s each, "
-        f"max_connections = {args.max_connections}, {args.runs} interleaved pair(s); "
+        f"max_connections = {args.max_connections}, {args.runs} interleaved pair(s), "
+        f"fair slice {'on' if fair_slice else 'off'}; "
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
     )
     print()
@@ -309,6 +342,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "p99_ratios": ratios,
         "p99_ratio": statistics.median(ratios),
         "load_average": [load_before[0], load_after[0]],
+        "fair_slice": fair_slice,
     }
     _common.write_json(args.json, figures)
     return figures

@@ -8,12 +8,17 @@ restart.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import platform
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from cli_harness import Running, running_supervisor
+
+from supervisor._core._slice import TICK_SLICE, FairSlice, SchedAttr
 
 CONFIG = """\
 [supervisor]
@@ -104,6 +109,22 @@ class TestReadCommands:
         assert 0 < data["budget"] < 0.05  # seconds, not milliseconds
         assert data["tick"] > 0
         assert data["lateness"]["p99"] < 1.0  # seconds
+
+    def test_the_tick_thread_asks_for_a_short_fair_slice(self, world: Running) -> None:
+        """status --json shows the slice, and the kernel has it on the process's main thread."""
+        probe = FairSlice()
+        probe.enter()  # on pytest's thread: does this kernel have custom slices?
+        probe.leave()
+        section = json.loads(world.ctl("status", "--json").stdout)["scheduler"]
+        if probe.problem is not None:
+            assert section == {"fair_slice_us": None, "fair_slice_problem": probe.problem}
+            return
+        assert section == {"fair_slice_us": round(TICK_SLICE * 1e6)}
+        attr = SchedAttr()
+        libc: Any = ctypes.CDLL(None, use_errno=True)
+        get_nr = 315 if platform.machine() == "x86_64" else 275
+        assert libc.syscall(get_nr, world.proc.pid, ctypes.byref(attr), ctypes.sizeof(attr), 0) == 0
+        assert attr.sched_runtime == int(TICK_SLICE * 1e9)
 
     def test_errors(self, world: Running) -> None:
         """errors: flaky's RuntimeError grouped with a count; --json the same records."""

@@ -109,7 +109,9 @@ class FairSlice:
     problem: str | None = None
 
     def status(self) -> dict[str, Any]:
-        """The ``scheduler`` section of ``status()``: the slice held (µs), or why none is."""
+        """The ``scheduler`` section of ``status()``: the slice held (µs), and why none is."""
+        if self.problem is None:
+            return {"fair_slice_us": self.held_us}
         return {"fair_slice_us": self.held_us, "fair_slice_problem": self.problem}
 
     def enter(self) -> None:
