@@ -140,6 +140,7 @@ async def _attack(port: int, held: int, seconds: float) -> dict[str, Any]:
     return {
         "probes": len(latencies),
         "probe_failures": len(failures),
+        "probe_failure_kinds": sorted(set(failures)),
         "healthz_p50_ms": _percentile(latencies, 0.5) * 1e3,
         "healthz_p99_ms": _percentile(latencies, 0.99) * 1e3,
         "connections_opened": opened[0],

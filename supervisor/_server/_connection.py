@@ -142,6 +142,9 @@ class ConnectionLimits:
         send_timeout: seconds the client has to take a response.
         head_pace: mean seconds between reads of a request head that arrives
             in pieces (see ``Connection._poll``).
+        evict_grace: seconds a new connection is never evicted for: the time
+            an honest client has to get its request head in (and a TLS
+            handshake done) while a flood of connects fills every slot.
     """
 
     max_connections: int = 256
@@ -149,6 +152,7 @@ class ConnectionLimits:
     keep_alive_timeout: float = 5.0
     send_timeout: float = 10.0
     head_pace: float = 0.25
+    evict_grace: float = 0.5
 
 
 @attrs.define(eq=False)
@@ -166,7 +170,8 @@ class ServerStats:
         accept_errors: accept() failures (out of descriptors, ...).
         open: connections open now.
         accept_pauses: times the accept loop paused because every connection
-            was serving a request (newcomers waited in the listen backlog).
+            was serving a request or younger than ``evict_grace`` (newcomers
+            waited in the listen backlog).
         paused_seconds: seconds the accept loop spent paused.
     """
 
@@ -261,6 +266,8 @@ class Connection(TCPServer):
         self.tick_due = tick_due
         self.stage = _HEAD
         self.evicted = False
+        #: When the connection was accepted (trio's clock): young ones are not evicted.
+        self.born = trio.current_time()
         self._deadline = _within(limits.header_timeout)
         self._reader: trio.CancelScope | None = None
 
