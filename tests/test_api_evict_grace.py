@@ -20,7 +20,7 @@ import pytest
 import trio
 import trio.testing
 
-from supervisor._server._connection import ConnectionLimits, ServerStats
+from supervisor._server._connection import TICK_AFTER, ConnectionLimits, ServerStats
 from supervisor._server._listener import _Server
 
 GRACE = 0.5
@@ -140,5 +140,18 @@ def test_a_slot_freed_during_the_grace_ends_the_wait_at_once() -> None:
             await server._wait_for_room()
         assert trio.current_time() == pytest.approx(now + 0.1)
         assert not any(c.evicted for c in conns)
+
+    _run(main)
+
+
+def test_the_wait_never_ends_in_the_guard_before_a_tick() -> None:
+    """An eviction due just before a tick (10.0, every 1.0 s) waits until just after it."""
+
+    async def main() -> None:
+        server = _server(_Stub(born=9.85 - GRACE), _Stub(born=9.9 - GRACE))
+        server.tick_due = lambda: (10.0, 1.0)
+        assert server._evictable_at() == pytest.approx(10.0 + TICK_AFTER)
+        server.tick_due = lambda: (10.5, 1.0)  # 9.85 is mid-period there: as it is
+        assert server._evictable_at() == pytest.approx(9.85)
 
     _run(main)

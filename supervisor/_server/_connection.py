@@ -143,8 +143,8 @@ class ConnectionLimits:
         head_pace: mean seconds between reads of a request head that arrives
             in pieces (see ``Connection._poll``).
         evict_grace: seconds a new connection is never evicted for: the time
-            an honest client has to get its request head in (and a TLS
-            handshake done) while a flood of connects fills every slot.
+            an honest client has to get its request head in while a flood of
+            connects fills every slot (``_listener``).
     """
 
     max_connections: int = 256
@@ -152,7 +152,7 @@ class ConnectionLimits:
     keep_alive_timeout: float = 5.0
     send_timeout: float = 10.0
     head_pace: float = 0.25
-    evict_grace: float = 0.5
+    evict_grace: float = 0.1
 
 
 @attrs.define(eq=False)

@@ -12,16 +12,21 @@ around it:
   :class:`ServerStats`, never raised. Only cancellation passes through.
 * **Bounded.** At most ``max_connections`` at once: past it the oldest
   connection still waiting for its request head is closed to make room
-  (``evicted``), once it is ``evict_grace`` (0.5 s) old, so that a request
-  that came in with a flood of connects is not evicted by the flood behind
-  it. Preferring the newcomer over an idle holder keeps ``/healthz``
-  answering while an attacker holds every slot with idle or slowloris
-  connections (``bench/held_connections.py``). When every connection is
-  serving a request or that young, nothing is closed: the accept loop
-  pauses (``accept_pauses``, ``paused_seconds``) and newcomers wait in the
-  kernel's listen backlog until a request ends or a holder may be evicted.
-  Closing them at accept, as before, only made them reconnect at once, each
-  accept and close costing loop time at a pace the client sets.
+  (``evicted``), once it is ``evict_grace`` (0.1 s) old. Preferring the
+  newcomer over an idle holder keeps ``/healthz`` answering while an
+  attacker holds every slot with idle or slowloris connections
+  (``bench/held_connections.py``); the grace keeps an honest request that
+  came in with a flood of connects from being evicted by the flood behind
+  it before its head arrived (a ``/healthz`` probe in about one run of two
+  of that bench, 38 ms old: its client's loop was busy). When every
+  connection is serving a request or that young, nothing is closed: the
+  accept loop pauses (``accept_pauses``, ``paused_seconds``) until a
+  request ends or a holder may be evicted, never waking in the guard
+  before a tick, and newcomers wait in the kernel's listen backlog. Closing
+  them at accept, as before, only made them reconnect at once, each accept
+  and close costing loop time at a pace the client sets. A longer grace
+  costs every newcomer that wait: 0.5 s took that bench's ``/healthz`` p99
+  from 30-35 ms to 414-448 ms (0.1 s: 50-78 ms).
 * **No accepting just before a tick.** Under load (half the slots taken or
   more) the accept loop does not wait on the listening socket during the
   last quarter of a tick period (``TICK_GUARD``): it sleeps until the tick
@@ -76,6 +81,7 @@ from ._connection import (
     ConnectionLimits,
     ServerStats,
     TickDue,
+    clear_of_ticks,
     tick_guard,
 )
 
@@ -273,8 +279,7 @@ class _Server:
 
         A younger one is kept: in a flood of connects larger than the cap, an
         honest request that came in with the flood would otherwise be evicted
-        by the connects behind it before its own task read it (one in ~600
-        ``/healthz`` probes of ``bench/held_connections.py``, 38 ms old).
+        by the connects behind it before its head arrived (see the module).
         """
         conn = self._oldest_waiting()
         if conn is None or trio.current_time() - conn.born < self.limits.evict_grace:
@@ -284,9 +289,16 @@ class _Server:
         return True
 
     def _evictable_at(self) -> float:
-        """When the oldest waiting connection may be evicted (inf: none is waiting)."""
+        """When the oldest waiting connection may be evicted (inf: none is waiting).
+
+        Never in the guard before a tick: the eviction and the newcomer's
+        start would wake tasks in the tick's own scheduler batch.
+        """
         conn = self._oldest_waiting()
-        return math.inf if conn is None else conn.born + self.limits.evict_grace
+        if conn is None:
+            return math.inf
+        when = conn.born + self.limits.evict_grace
+        return when if self.tick_due is None else clear_of_ticks(when, self.tick_due())
 
     async def _run(self, conn: Connection, sock: trio.socket.SocketType) -> None:
         try:
