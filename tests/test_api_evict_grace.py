@@ -101,44 +101,33 @@ def test_serving_connections_are_skipped_and_never_evicted() -> None:
     _run(main)
 
 
-def test_all_serving_waits_for_a_slot_without_a_deadline() -> None:
-    """No connection waits for a head: no eviction time; the wait ends when a slot frees."""
-
+@pytest.mark.parametrize(
+    ("age", "waiting", "freed_after"),
+    [
+        # every slot serving a request: no eviction time, the wait ends when one frees
+        (10.0, False, 7.0),
+        # every slot waiting but young: a slot freed within the grace ends the wait at once
+        (0.0, True, 0.1),
+    ],
+)
+def test_a_freed_slot_ends_the_wait_and_nothing_is_evicted(
+    age: float, waiting: bool, freed_after: float
+) -> None:
     async def main() -> None:
         now = trio.current_time()
-        conns = [_Stub(born=now - 10.0, waiting=False) for _ in range(2)]
+        conns = [_Stub(born=now - age, waiting=waiting) for _ in range(2)]
         server = _server(*conns)
-        assert server._evictable_at() == math.inf
+        assert server._evictable_at() == (now - age + GRACE if waiting else math.inf)
 
         async def free_a_slot() -> None:
-            await trio.sleep(7.0)
-            server._conns.pop(cast(Any, conns[0]))
-            server._room.unpark()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(free_a_slot)
-            await server._wait_for_room()
-        assert trio.current_time() == pytest.approx(now + 7.0)
-        assert not any(c.evicted for c in conns)
-
-    _run(main)
-
-
-def test_a_slot_freed_during_the_grace_ends_the_wait_at_once() -> None:
-    async def main() -> None:
-        now = trio.current_time()
-        conns = [_Stub(born=now), _Stub(born=now)]
-        server = _server(*conns)
-
-        async def free_a_slot() -> None:
-            await trio.sleep(0.1)
+            await trio.sleep(freed_after)
             server._conns.pop(cast(Any, conns[1]))
             server._room.unpark()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(free_a_slot)
             await server._wait_for_room()
-        assert trio.current_time() == pytest.approx(now + 0.1)
+        assert trio.current_time() == pytest.approx(now + freed_after)
         assert not any(c.evicted for c in conns)
 
     _run(main)

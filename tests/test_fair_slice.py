@@ -106,8 +106,10 @@ class TestHeld:
 class _FakeKernel:
     """sched_setattr/sched_getattr on a dict, with failures to order."""
 
-    def __init__(self, *, set_error: int = 0, get_error: int = 0, ignores: bool = False) -> None:
-        self.policy = 0
+    def __init__(
+        self, *, set_error: int = 0, get_error: int = 0, ignores: bool = False, policy: int = 0
+    ) -> None:
+        self.policy = policy
         self.runtime = 1_400_000
         self.set_error = set_error
         self.get_error = get_error
@@ -142,40 +144,37 @@ class TestRefused:
         }
         fair.leave()
 
-    def test_getattr_fails(self) -> None:
-        kernel = _FakeKernel(get_error=errno.ENOSYS)
+    @pytest.mark.parametrize(
+        ("kernel", "problem", "sets"),
+        [
+            (
+                _FakeKernel(get_error=errno.ENOSYS),
+                "sched_getattr: Function not implemented",
+                [],
+            ),
+            (
+                _FakeKernel(set_error=errno.EPERM),
+                "sched_setattr: Operation not permitted",
+                [],
+            ),
+            # Before 6.12 the call succeeds and the runtime reads back 0: asked, then put back.
+            (
+                _FakeKernel(ignores=True),
+                "the kernel has no custom slices (Linux 6.12 or later has)",
+                [int(TICK_SLICE * 1e9), 0],
+            ),
+            # A thread under another policy (chrt, SCHED_BATCH) is left alone.
+            (_FakeKernel(policy=1), "the tick thread is not SCHED_OTHER", []),
+        ],
+        ids=["getattr-fails", "setattr-refused", "kernel-ignores-it", "not-sched-other"],
+    )
+    def test_refused(self, kernel: _FakeKernel, problem: str, sets: list[int]) -> None:
         fair = FairSlice(calls=(kernel.set_attr, kernel.get_attr))
         fair.enter()
-        assert fair.held_us is None
-        assert fair.problem == "sched_getattr: Function not implemented"
-        assert kernel.sets == []
-
-    def test_setattr_refused(self) -> None:
-        kernel = _FakeKernel(set_error=errno.EPERM)
-        fair = FairSlice(calls=(kernel.set_attr, kernel.get_attr))
-        fair.enter()
-        assert fair.held_us is None
-        assert fair.problem == "sched_setattr: Operation not permitted"
-
-    def test_a_kernel_that_ignores_the_runtime(self) -> None:
-        """Before 6.12 the call succeeds and the runtime reads back 0: reported, put back."""
-        kernel = _FakeKernel(ignores=True)
-        fair = FairSlice(calls=(kernel.set_attr, kernel.get_attr))
-        fair.enter()
-        assert fair.held_us is None
-        assert fair.problem is not None
-        assert "6.12" in fair.problem
-        assert kernel.sets == [int(TICK_SLICE * 1e9), 0]  # asked, then the default back
-
-    def test_not_a_fair_thread(self) -> None:
-        """A thread under another policy (chrt, SCHED_BATCH) is left alone."""
-        kernel = _FakeKernel()
-        kernel.policy = 1  # SCHED_FIFO
-        fair = FairSlice(calls=(kernel.set_attr, kernel.get_attr))
-        fair.enter()
-        assert fair.held_us is None
-        assert fair.problem == "the tick thread is not SCHED_OTHER"
-        assert kernel.sets == []
+        assert fair.status() == {"fair_slice_us": None, "fair_slice_problem": problem}
+        assert kernel.sets == sets
+        fair.leave()
+        assert kernel.sets == sets
 
     def test_held_then_put_back(self) -> None:
         kernel = _FakeKernel()
