@@ -282,7 +282,8 @@ class _Server:
         by the connects behind it before its head arrived (see the module).
         """
         conn = self._oldest_waiting()
-        if conn is None or trio.current_time() - conn.born < self.limits.evict_grace:
+        # The same sum as _evictable_at: a wait woken at that time must find it evictable.
+        if conn is None or trio.current_time() < conn.born + self.limits.evict_grace:
             return False
         del self._conns[conn]
         conn.evict()
