@@ -170,29 +170,44 @@ def test_experiment_panel_shows_the_failing_arm_as_significant(
     assert "two-sample Poisson rate test" in text
 
 
+def _row(driver: WebDriver, key: str) -> tuple[str, str]:
+    """The text and the class of the fleet panel's row ``key``."""
+    row = driver.find_element(By.CSS_SELECTOR, f'#fleet tr[data-key="{key}"]')
+    return row.text, row.get_attribute("class") or ""
+
+
 def test_fleet_and_other_sections(browser: WebDriver, world: World) -> None:
     """The fleet member's state and last error (its Redis is down); a section without a panel
     of its own (``memory``) as key/value text."""
     login(browser, world, VIEWER_TOKEN)
     wait_for(browser, "the fleet panel", lambda d: d.find_element(By.ID, "fleet").is_displayed())
-    state = browser.find_element(By.CSS_SELECTOR, '#fleet tr[data-key="state"]')
-    assert state.text.startswith("state "), state.text
-    assert state.text != "state connected"
-    assert "warn" in (state.get_attribute("class") or "")
-    error = browser.find_element(By.CSS_SELECTOR, '#fleet tr[data-key="last_error"]')
-    wait_for(
-        browser, "the fleet's last error", lambda d: "bad" in (error.get_attribute("class") or "")
+    # Each frame rebuilds the panel's rows: read a row's text and class in one go,
+    # again if the frame replaced it meanwhile (wait_for ignores stale elements).
+    text, classes = wait_for(browser, "the fleet's state", lambda d: _row(d, "state"))
+    assert text.startswith("state "), text
+    assert text != "state connected"
+    assert "warn" in classes
+    wait_for(browser, "the fleet's last error", lambda d: "bad" in _row(d, "last_error")[1])
+    assert wait_for(browser, "the fleet's id", lambda d: _row(d, "id"))[0] == "id panel-test"
+    memory = '#capabilities [data-section="memory"]'
+    shown_text = wait_for(
+        browser,
+        "the memory section",
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, memory).text
+            if d.find_element(By.CSS_SELECTOR, memory).is_displayed()
+            else ""
+        ),
     )
-    assert browser.find_element(By.CSS_SELECTOR, '#fleet tr[data-key="id"]').text == "id panel-test"
-    section = browser.find_element(
-        By.CSS_SELECTOR, '#capabilities [data-section="memory"]'
+    assert shown_text.startswith("memory\n"), shown_text
+    shown = wait_for(
+        browser,
+        "the capabilities",
+        lambda d: {
+            el.get_attribute("data-section")
+            for el in d.find_elements(By.CSS_SELECTOR, "#capabilities [data-section]")
+        },
     )
-    assert section.is_displayed()
-    assert section.text.startswith("memory\n"), section.text
-    shown = {
-        el.get_attribute("data-section")
-        for el in browser.find_elements(By.CSS_SELECTOR, "#capabilities [data-section]")
-    }
     assert not shown & {"fleet", "rollouts", "flags", "windows", "machine"}, shown
 
 

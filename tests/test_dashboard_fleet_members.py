@@ -140,7 +140,7 @@ def test_the_page_lists_both_members(browser: WebDriver, world: World, tmp_path:
     assert age.endswith(" s ago"), age
     assert float(age.split()[0]) < 5.0, age
     assert rows["a"][3].endswith("/20"), rows["a"]
-    note = browser.find_element(By.ID, "fleet-members-note").text
+    note = wait_for(browser, "the note", lambda d: d.find_element(By.ID, "fleet-members-note").text)
     assert note == "4 members", note
     panel = browser.find_element(By.ID, "fleet")
     browser.execute_script("arguments[0].scrollIntoView();", panel)
@@ -155,8 +155,16 @@ def test_planted_markup_stays_text(browser: WebDriver, world: World) -> None:
     assert rows is not None
     assert rows[HOSTILE_ID] == [HOSTILE_ID, "not a member id"]
     assert rows["evil"][1] == HOSTILE_HOST
-    problem = browser.find_elements(By.CSS_SELECTOR, "#fleet-members tr.bad")
-    assert [r.find_element(By.TAG_NAME, "td").text for r in problem] == [HOSTILE_ID]
+    # Each frame rebuilds the table: read it again if a frame replaced it meanwhile.
+    problem = wait_for(
+        browser,
+        "the problem rows",
+        lambda d: [
+            r.find_element(By.TAG_NAME, "td").text
+            for r in d.find_elements(By.CSS_SELECTOR, "#fleet-members tr.bad")
+        ],
+    )
+    assert problem == [HOSTILE_ID]
     assert browser.find_elements(By.CSS_SELECTOR, "#fleet img") == []
     assert browser.find_elements(By.ID, "injected-id") == []
     assert browser.find_elements(By.ID, "injected-host") == []
