@@ -8,17 +8,14 @@ restart.
 
 from __future__ import annotations
 
-import ctypes
 import json
-import platform
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from cli_harness import Running, running_supervisor
 
-from supervisor._core._slice import TICK_SLICE, FairSlice, SchedAttr
+from supervisor._core._slice import TICK_SLICE, FairSlice, SchedAttr, sched_attr_calls
 
 CONFIG = """\
 [supervisor]
@@ -120,10 +117,10 @@ class TestReadCommands:
             assert section == {"fair_slice_us": None, "fair_slice_problem": probe.problem}
             return
         assert section == {"fair_slice_us": round(TICK_SLICE * 1e6)}
+        calls = sched_attr_calls(world.proc.pid)  # its main thread, the tick thread
+        assert calls is not None
         attr = SchedAttr()
-        libc: Any = ctypes.CDLL(None, use_errno=True)
-        get_nr = 315 if platform.machine() == "x86_64" else 275
-        assert libc.syscall(get_nr, world.proc.pid, ctypes.byref(attr), ctypes.sizeof(attr), 0) == 0
+        assert calls[1](attr) == 0
         assert attr.sched_runtime == int(TICK_SLICE * 1e9)
 
     def test_errors(self, world: Running) -> None:

@@ -6,7 +6,6 @@ elsewhere; the refusals run everywhere, on fake system calls.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import threading
 from typing import Any
@@ -19,15 +18,11 @@ from supervisor.testing import run_systems
 CALLS = sched_attr_calls()
 
 
-def _runtime(tid: int = 0) -> int:
-    """The slice (ns) of thread ``tid`` (0: this one), from ``sched_getattr``."""
+def _runtime() -> int:
+    """The slice (ns) of this thread, from ``sched_getattr``."""
     assert CALLS is not None
     attr = SchedAttr()
-    if tid == 0:
-        assert CALLS[1](attr) == 0
-        return int(attr.sched_runtime)
-    libc: Any = ctypes.CDLL(None, use_errno=True)
-    assert libc.syscall(315, tid, ctypes.byref(attr), ctypes.sizeof(SchedAttr), 0) == 0
+    assert CALLS[1](attr) == 0
     return int(attr.sched_runtime)
 
 

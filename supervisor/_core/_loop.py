@@ -41,11 +41,11 @@ class TickLoop:
         self._commands = commands
         #: The post-tick chores, in the order they run.
         self.chores: list[Chore] = []
-        #: Realtime mode, entered and left around each run of the ticks.
         #: The cyclic GC, run between ticks while the loop runs.
         self.collector = TickCollector()
         #: The tick thread's short fair-scheduler slice, held while the loop runs.
         self.fair_slice = FairSlice()
+        #: Realtime mode, entered and left around each run of the ticks.
         self.realtime = RealtimeMode(kernel.log, self.collector)
 
     def add_chore(self, chore: Chore) -> None:

@@ -69,12 +69,12 @@ class SchedAttr(ctypes.Structure):
     )
 
 
-#: ``(set, get)``: each takes a SchedAttr for the calling thread and returns an errno (0: done).
+#: ``(set, get)``: each takes a SchedAttr for the thread and returns an errno (0: done).
 AttrCalls = tuple[Callable[[SchedAttr], int], Callable[[SchedAttr], int]]
 
 
-def sched_attr_calls() -> AttrCalls | None:
-    """The calling thread's ``sched_setattr``/``sched_getattr``, or None where there are none."""
+def sched_attr_calls(tid: int = 0) -> AttrCalls | None:
+    """``sched_setattr``/``sched_getattr`` of thread ``tid`` (0: the calling one), or None."""
     numbers = _SYSCALLS.get(platform.machine())
     if numbers is None or not hasattr(os, "sched_setscheduler"):
         return None
@@ -85,12 +85,12 @@ def sched_attr_calls() -> AttrCalls | None:
     set_nr, get_nr = numbers
 
     def set_attr(attr: SchedAttr) -> int:
-        if syscall(set_nr, 0, ctypes.byref(attr), 0) == 0:
+        if syscall(set_nr, tid, ctypes.byref(attr), 0) == 0:
             return 0
         return ctypes.get_errno() or errno.EINVAL
 
     def get_attr(attr: SchedAttr) -> int:
-        if syscall(get_nr, 0, ctypes.byref(attr), ctypes.sizeof(SchedAttr), 0) == 0:
+        if syscall(get_nr, tid, ctypes.byref(attr), ctypes.sizeof(SchedAttr), 0) == 0:
             return 0
         return ctypes.get_errno() or errno.EINVAL
 
