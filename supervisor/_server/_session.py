@@ -75,7 +75,20 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """The bytes ``text`` encodes, only if ``_b64`` gives exactly ``text`` for them.
+
+    Without the check a cookie had several spellings: the spare low bits of
+    its last character are ignored by the decoder, so an altered last
+    character could still be accepted (one cookie in ~20 in
+    ``tests/test_dashboard_server.py::TestSessions::test_any_altered_byte_is_refused``).
+
+    Raises:
+        ValueError: not base64url, or not in its one canonical form.
+    """
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not the canonical encoding")
+    return data
 
 
 @attrs.frozen
